@@ -1,0 +1,123 @@
+//! File backups: before a run changes a file for the first time, its previous content (or
+//! the fact that it did not exist) is saved durably under the state directory. Only the first
+//! version matters: it is what the operator had before canup touched anything, and what an
+//! undo restores.
+
+use std::collections::HashSet;
+use std::fs;
+use std::io::{self, BufRead, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// One line of `index.jsonl` in a run's backup directory.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BackupEntry {
+    /// The file as the step named it (resolved).
+    pub path: PathBuf,
+    pub existed: bool,
+    pub mode: Option<u32>,
+    /// Where the saved copy lives, relative to the run's backup directory.
+    pub copy: Option<PathBuf>,
+}
+
+#[derive(Debug)]
+pub struct Backups {
+    dir: PathBuf,
+    saved: HashSet<PathBuf>,
+    index: fs::File,
+}
+
+impl Backups {
+    /// Opens (or resumes) the backups of one run. Entries already saved by an earlier,
+    /// interrupted attempt are kept: the pre-run content must not be overwritten by a
+    /// half-upgraded one.
+    pub fn open(state_dir: &Path, run: &str) -> io::Result<Self> {
+        let dir = state_dir.join("backups").join(run);
+        fs::create_dir_all(dir.join("files"))?;
+        let index_path = dir.join("index.jsonl");
+        let saved = match fs::File::open(&index_path) {
+            Ok(f) => io::BufReader::new(f)
+                .lines()
+                .map_while(Result::ok)
+                .filter_map(|l| serde_json::from_str::<BackupEntry>(&l).ok())
+                .map(|e| e.path)
+                .collect(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => HashSet::new(),
+            Err(e) => return Err(e),
+        };
+        let index = fs::OpenOptions::new().create(true).append(true).mode(0o600).open(&index_path)?;
+        Ok(Self { dir, saved, index })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Saves `real` (known to the step as `logical`) unless this run already did.
+    pub fn save(&mut self, logical: &Path, real: &Path) -> io::Result<()> {
+        if self.saved.contains(logical) {
+            return Ok(());
+        }
+        let entry = match fs::metadata(real) {
+            Ok(meta) => {
+                let copy = Path::new("files").join(logical.strip_prefix("/").unwrap_or(logical));
+                let dest = self.dir.join(&copy);
+                if let Some(parent) = dest.parent() {
+                    fs::create_dir_all(parent)?;
+                }
+                let data = fs::read(real)?;
+                let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&dest)?;
+                f.write_all(&data)?;
+                f.sync_all()?;
+                BackupEntry { path: logical.to_owned(), existed: true, mode: Some(meta.mode() & 0o7777), copy: Some(copy) }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                BackupEntry { path: logical.to_owned(), existed: false, mode: None, copy: None }
+            }
+            Err(e) => return Err(e),
+        };
+        let mut line = serde_json::to_vec(&entry).map_err(io::Error::other)?;
+        line.push(b'\n');
+        self.index.write_all(&line)?;
+        self.index.sync_all()?;
+        self.saved.insert(logical.to_owned());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_the_first_version_only_even_across_reopen() {
+        let state = tempfile::tempdir().unwrap();
+        let work = tempfile::tempdir().unwrap();
+        let file = work.path().join("webserver.conf");
+        fs::write(&file, "original\n").unwrap();
+        let logical = Path::new("/opt/canopsis/etc/webserver.conf");
+        let mut b = Backups::open(state.path(), "run-1").unwrap();
+        b.save(logical, &file).unwrap();
+        fs::write(&file, "changed\n").unwrap();
+        b.save(logical, &file).unwrap();
+        drop(b);
+        let mut b = Backups::open(state.path(), "run-1").unwrap();
+        b.save(logical, &file).unwrap();
+        let copy = b.dir().join("files/opt/canopsis/etc/webserver.conf");
+        assert_eq!(fs::read_to_string(copy).unwrap(), "original\n");
+        let index = fs::read_to_string(b.dir().join("index.jsonl")).unwrap();
+        assert_eq!(index.lines().count(), 1);
+    }
+
+    #[test]
+    fn records_files_that_did_not_exist() {
+        let state = tempfile::tempdir().unwrap();
+        let mut b = Backups::open(state.path(), "r").unwrap();
+        b.save(Path::new("/new.conf"), &state.path().join("absent")).unwrap();
+        let index = fs::read_to_string(b.dir().join("index.jsonl")).unwrap();
+        let e: BackupEntry = serde_json::from_str(index.trim()).unwrap();
+        assert!(!e.existed && e.copy.is_none());
+    }
+}

@@ -1,0 +1,303 @@
+//! The `exec` capability: the check of a command against the rules, and the runner that
+//! executes an allowed command with no inherited environment, bounded output, a time limit
+//! and its whole process group killed when the limit passes.
+
+use std::path::{Component, Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use globset::GlobMatcher;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::{Pid, User};
+use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+
+use super::{Denial, ExecRule, Grant, PatternError, glob};
+use crate::sysroot::Sysroot;
+
+/// Variables that make the dynamic loader or a shell run code of the caller's choosing
+/// (glibc's "unsecure" list plus the shells' startup hooks). No policy can allow them: a
+/// step that could set them could run anything as root.
+const FORBIDDEN_ENV: &[&str] = &[
+    "LD_*", "GCONV_PATH", "GETCONF_DIR", "HOSTALIASES", "LOCALDOMAIN", "LOCPATH", "MALLOC_TRACE", "NIS_PATH",
+    "NLSPATH", "RESOLV_HOST_CONF", "RES_OPTIONS", "TMPDIR", "TZDIR", "BASH_ENV", "ENV", "SHELLOPTS", "BASHOPTS",
+    "PS4", "IFS",
+];
+
+/// Set for a program run "as user U" under `--sysroot`: the sysroot's users do not exist on
+/// the machine, so the simulated tools learn the user from this variable instead.
+pub const SIMULATED_USER_ENV: &str = "CANUP_SIMULATED_USER";
+
+/// One command as a step asked for it, before any mapping.
+#[derive(Debug, Clone, Default)]
+pub struct ExecRequest {
+    pub program: String,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub cwd: Option<String>,
+    pub user: Option<String>,
+    pub stdin: Option<Vec<u8>>,
+    pub timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone)]
+enum ArgPattern {
+    One(GlobMatcher),
+    Rest,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct CompiledExecRule {
+    program: String,
+    args: Vec<ArgPattern>,
+    env: Vec<GlobMatcher>,
+    users: Vec<String>,
+}
+
+impl CompiledExecRule {
+    pub(crate) fn new(rule: &ExecRule, origin: &str) -> Result<Self, PatternError> {
+        let last = rule.args.len().saturating_sub(1);
+        let args = rule
+            .args
+            .iter()
+            .enumerate()
+            .map(|(i, a)| match a.as_str() {
+                "**" if i == last => Ok(ArgPattern::Rest),
+                _ => glob(a, false, origin).map(ArgPattern::One),
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            program: rule.program.clone(),
+            args,
+            env: rule.env.iter().map(|e| glob(e, false, origin)).collect::<Result<_, _>>()?,
+            users: rule.users.clone(),
+        })
+    }
+
+    fn args_match(&self, args: &[String]) -> bool {
+        for (i, pattern) in self.args.iter().enumerate() {
+            match pattern {
+                ArgPattern::Rest => return true,
+                ArgPattern::One(g) => match args.get(i) {
+                    Some(a) if g.is_match(a) => {}
+                    _ => return false,
+                },
+            }
+        }
+        args.len() == self.args.len()
+    }
+
+    fn env_match(&self, env: &[(String, String)]) -> bool {
+        env.iter().all(|(k, _)| self.env.iter().any(|g| g.is_match(k)))
+    }
+
+    fn user_match(&self, user: Option<&str>) -> bool {
+        user.is_none_or(|u| self.users.iter().any(|allowed| allowed == u))
+    }
+}
+
+/// Names the first part of the request that no rule of this side covers, or `None` when one
+/// rule covers all of it (program, arguments, environment and user together).
+fn uncovered(rules: &[CompiledExecRule], req: &ExecRequest) -> Option<String> {
+    let for_program: Vec<_> = rules.iter().filter(|r| r.program == req.program).collect();
+    if for_program.is_empty() {
+        return Some(format!("exec of program {}", req.program));
+    }
+    let with_args: Vec<_> = for_program.into_iter().filter(|r| r.args_match(&req.args)).collect();
+    if with_args.is_empty() {
+        return Some(format!("exec of {} with arguments {:?}", req.program, req.args));
+    }
+    let with_env: Vec<_> = with_args.into_iter().filter(|r| r.env_match(&req.env)).collect();
+    if with_env.is_empty() {
+        let names: Vec<_> = req.env.iter().map(|(k, _)| k.as_str()).collect();
+        return Some(format!("exec of {} with environment variables {:?}", req.program, names));
+    }
+    if !with_env.iter().any(|r| r.user_match(req.user.as_deref())) {
+        return Some(format!("exec of {} as user {}", req.program, req.user.as_deref().unwrap_or("?")));
+    }
+    None
+}
+
+fn has_dot_components(path: &str) -> bool {
+    Path::new(path).components().any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+}
+
+impl Grant {
+    /// The single checkpoint for `exec`.
+    pub fn check_exec(&self, req: &ExecRequest) -> Result<(), Denial> {
+        if !req.program.starts_with('/') {
+            return Err(Denial::Invalid {
+                what: format!("exec of program {:?}", req.program),
+                why: "programs are named by absolute path, never looked up through PATH".into(),
+            });
+        }
+        if has_dot_components(&req.program) || req.program.contains('\0') {
+            return Err(Denial::Invalid {
+                what: format!("exec of program {:?}", req.program),
+                why: "the path must not contain '.' or '..' components".into(),
+            });
+        }
+        if let Some(cwd) = &req.cwd
+            && (!cwd.starts_with('/') || cwd.contains('\0'))
+        {
+            return Err(Denial::Invalid { what: format!("working directory {cwd:?}"), why: "it must be an absolute path".into() });
+        }
+        for (name, value) in &req.env {
+            if name.is_empty() || name.contains('=') || name.contains('\0') || value.contains('\0') {
+                return Err(Denial::Invalid { what: format!("environment variable {name:?}"), why: "malformed name or value".into() });
+            }
+            if let Some(pattern) = FORBIDDEN_ENV.iter().find(|p| match p.strip_suffix('*') {
+                Some(prefix) => name.starts_with(prefix),
+                None => name == *p,
+            }) {
+                return Err(Denial::Forbidden {
+                    what: format!("environment variable {name} for {}", req.program),
+                    why: format!("{pattern} lets a program load code of the caller's choosing"),
+                });
+            }
+        }
+        if let Some(what) = uncovered(&self.declared.exec, req) {
+            return Err(Denial::NotDeclared { step: self.step.clone(), what });
+        }
+        if let Some(what) = uncovered(&self.policy.exec, req) {
+            return Err(Denial::NotInPolicy { step: self.step.clone(), what });
+        }
+        Ok(())
+    }
+}
+
+/// Bounds of one command run by the host.
+#[derive(Debug, Clone, Copy)]
+pub struct ExecLimits {
+    pub default_timeout: Duration,
+    pub max_timeout: Duration,
+    /// Bytes kept of each of stdout and stderr.
+    pub max_output: usize,
+}
+
+impl Default for ExecLimits {
+    fn default() -> Self {
+        Self { default_timeout: Duration::from_secs(600), max_timeout: Duration::from_secs(3600), max_output: 1 << 20 }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ExecOutput {
+    pub status: Option<i32>,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub stdout_truncated: bool,
+    pub stderr_truncated: bool,
+}
+
+#[derive(Debug, Error)]
+pub enum ExecError {
+    #[error("program {program} not found at {real}")]
+    NotFound { program: String, real: PathBuf },
+    #[error("program {program} resolves outside the sysroot ({real})")]
+    OutsideSysroot { program: String, real: PathBuf },
+    #[error("working directory {0} does not exist")]
+    NoCwd(String),
+    #[error("user {0} does not exist on this machine")]
+    NoUser(String),
+    #[error("could not start {program}: {source}")]
+    Spawn { program: String, source: std::io::Error },
+    #[error("{program} ran past its time limit of {after:?}; its process group was killed")]
+    Timeout { program: String, after: Duration },
+    #[error("{program}: {source}")]
+    Io { program: String, source: std::io::Error },
+}
+
+/// Kills the command's whole process group when dropped, so that neither a timeout nor a
+/// cancelled step (wall-time limit) leaves grandchildren running.
+struct GroupGuard(Option<Pid>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0.take() {
+            // ESRCH (already gone) is the normal case.
+            let _ = killpg(pgid, Signal::SIGKILL);
+        }
+    }
+}
+
+/// Reads a stream to its end, keeping at most `max` bytes. The rest is drained (so the
+/// program never blocks on a full pipe) and reported as truncation.
+async fn read_bounded(mut stream: impl AsyncRead + Unpin, max: usize) -> std::io::Result<(Vec<u8>, bool)> {
+    let mut kept = Vec::new();
+    let mut truncated = false;
+    let mut buf = [0u8; 8192];
+    loop {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            return Ok((kept, truncated));
+        }
+        let room = max.saturating_sub(kept.len());
+        kept.extend_from_slice(&buf[..n.min(room)]);
+        truncated |= n > room;
+    }
+}
+
+/// Runs an already-checked command.
+pub async fn run(req: &ExecRequest, sysroot: &Sysroot, limits: &ExecLimits) -> Result<ExecOutput, ExecError> {
+    let real = sysroot.map(Path::new(&req.program));
+    let resolved = real.canonicalize().map_err(|_| ExecError::NotFound { program: req.program.clone(), real: real.clone() })?;
+    if !sysroot.is_host() && sysroot.unmap(&resolved).is_none() {
+        return Err(ExecError::OutsideSysroot { program: req.program.clone(), real: resolved });
+    }
+    let cwd = match &req.cwd {
+        Some(c) => {
+            let dir = sysroot.map(Path::new(c));
+            if !dir.is_dir() {
+                return Err(ExecError::NoCwd(c.clone()));
+            }
+            dir
+        }
+        None => sysroot.root().to_path_buf(),
+    };
+    let mut cmd = tokio::process::Command::new(&real);
+    cmd.args(&req.args)
+        .env_clear()
+        .envs(req.env.iter().map(|(k, v)| (k, v)))
+        .current_dir(&cwd)
+        .process_group(0)
+        .stdin(if req.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    if let Some(user) = &req.user {
+        if sysroot.is_host() {
+            let u = User::from_name(user).ok().flatten().ok_or_else(|| ExecError::NoUser(user.clone()))?;
+            cmd.uid(u.uid.as_raw()).gid(u.gid.as_raw());
+        } else {
+            cmd.env(SIMULATED_USER_ENV, user);
+        }
+    }
+    let mut child = cmd.spawn().map_err(|source| ExecError::Spawn { program: req.program.clone(), source })?;
+    let _group = GroupGuard(child.id().map(|id| Pid::from_raw(id as i32)));
+    let io = |source| ExecError::Io { program: req.program.clone(), source };
+
+    let stdin = child.stdin.take();
+    let input = req.stdin.clone();
+    let feed = async move {
+        if let (Some(mut pipe), Some(data)) = (stdin, input) {
+            // A program that exits without reading its input is not an error of the step.
+            let _ = pipe.write_all(&data).await;
+        }
+    };
+    let stdout = child.stdout.take().ok_or_else(|| io(std::io::Error::other("no stdout pipe")))?;
+    let stderr = child.stderr.take().ok_or_else(|| io(std::io::Error::other("no stderr pipe")))?;
+    let timeout = req.timeout.unwrap_or(limits.default_timeout).min(limits.max_timeout);
+    let all = async {
+        let ((), out, err, status) =
+            tokio::join!(feed, read_bounded(stdout, limits.max_output), read_bounded(stderr, limits.max_output), child.wait());
+        Ok::<_, std::io::Error>((out?, err?, status?))
+    };
+    match tokio::time::timeout(timeout, all).await {
+        Ok(Ok(((stdout, stdout_truncated), (stderr, stderr_truncated), status))) => {
+            Ok(ExecOutput { status: status.code(), stdout, stderr, stdout_truncated, stderr_truncated })
+        }
+        Ok(Err(e)) => Err(io(e)),
+        Err(_) => Err(ExecError::Timeout { program: req.program.clone(), after: timeout }),
+    }
+}

@@ -1,0 +1,262 @@
+//! The `http` capability: requests to endpoints the operator named in `canup.toml`.
+//!
+//! A step names an endpoint ("rabbitmq"), never a URL, so the operator decides where each name
+//! points and with which credentials. The host injects the credentials after the check; the
+//! step never sees them, and cannot set `Authorization` itself. Every redirect is checked again
+//! as if the step had asked for it, and a redirect to another origin is refused.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use globset::GlobMatcher;
+use reqwest::Url;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use super::{Denial, Grant, HttpRule, PatternError, glob};
+
+#[derive(Debug, Clone)]
+pub(crate) struct CompiledHttpRule {
+    endpoint: String,
+    methods: Vec<String>,
+    paths: Vec<GlobMatcher>,
+}
+
+impl CompiledHttpRule {
+    pub(crate) fn new(rule: &HttpRule, origin: &str) -> Result<Self, PatternError> {
+        Ok(Self {
+            endpoint: rule.endpoint.clone(),
+            methods: rule.methods.iter().map(|m| m.to_ascii_uppercase()).collect(),
+            paths: rule.paths.iter().map(|p| glob(p, true, origin)).collect::<Result<_, _>>()?,
+        })
+    }
+
+    fn allows(&self, endpoint: &str, method: &str, path: &str) -> bool {
+        self.endpoint == endpoint && self.methods.iter().any(|m| m == method) && self.paths.iter().any(|g| g.is_match(path))
+    }
+}
+
+/// Headers that carry identity or routing: the host owns them.
+const RESERVED_HEADERS: &[&str] = &["authorization", "proxy-authorization", "cookie", "host"];
+
+impl Grant {
+    /// The single checkpoint for `http`. `path` may carry a query string; rules match the
+    /// path part.
+    pub fn check_http(&self, endpoint: &str, method: &str, path: &str, headers: &[(String, String)]) -> Result<(), Denial> {
+        let what = || format!("{method} {path} on endpoint {endpoint}");
+        let path_only = path.split('?').next().unwrap_or_default();
+        let bad_path = !path.starts_with('/')
+            || path.starts_with("//")
+            || path.contains('#')
+            || path.contains('\\')
+            || path.chars().any(|c| c.is_control() || c == ' ')
+            || path_only.split('/').any(|seg| seg == ".." || seg == "." || seg.eq_ignore_ascii_case("%2e%2e"));
+        if bad_path {
+            return Err(Denial::Invalid { what: what(), why: "the path must start with '/' and contain no '..', '#', spaces or control characters".into() });
+        }
+        if !method.bytes().all(|b| b.is_ascii_uppercase()) || method.is_empty() {
+            return Err(Denial::Invalid { what: what(), why: "the method must be an upper-case HTTP method".into() });
+        }
+        if let Some((name, _)) = headers.iter().find(|(n, _)| RESERVED_HEADERS.contains(&n.to_ascii_lowercase().as_str())) {
+            return Err(Denial::Forbidden { what: format!("header {name} on endpoint {endpoint}"), why: "credentials and routing headers are set by canup only".into() });
+        }
+        self.both(what, |side| side.http.iter().any(|r| r.allows(endpoint, method, path_only)))
+    }
+}
+
+/// An endpoint as the operator configures it. Secrets come from a file or an environment
+/// variable of canup's own process, read at call time, so they are never in a config file
+/// that steps or logs could show.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Endpoint {
+    /// Base URL; the step's path is appended to it.
+    pub url: String,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// A bearer token instead of basic credentials.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    #[serde(default)]
+    pub token_env: Option<String>,
+}
+
+pub type Endpoints = BTreeMap<String, Endpoint>;
+
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    pub timeout: Duration,
+    pub max_response_body: usize,
+    pub max_request_body: usize,
+    pub max_redirects: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self { timeout: Duration::from_secs(30), max_response_body: 8 << 20, max_request_body: 8 << 20, max_redirects: 5 }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct HttpRequest {
+    pub endpoint: String,
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Option<Vec<u8>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+#[derive(Debug, Error)]
+pub enum HttpError {
+    #[error("endpoint {0} is not configured; add [endpoints.{0}] to canup.toml")]
+    UnknownEndpoint(String),
+    #[error("endpoint {endpoint}: {why}")]
+    BadConfig { endpoint: String, why: String },
+    #[error(transparent)]
+    Denied(#[from] Denial),
+    #[error("{what} exceeds the limit of {limit} bytes")]
+    TooLarge { what: String, limit: usize },
+    #[error("request to endpoint {endpoint} timed out after {after:?}")]
+    Timeout { endpoint: String, after: Duration },
+    #[error("request to endpoint {endpoint} failed: {why}")]
+    Failed { endpoint: String, why: String },
+}
+
+fn read_secret(endpoint: &str, file: &Option<PathBuf>, env: &Option<String>) -> Result<Option<String>, HttpError> {
+    let bad = |why: String| HttpError::BadConfig { endpoint: endpoint.to_owned(), why };
+    if let Some(path) = file {
+        let s = std::fs::read_to_string(path).map_err(|e| bad(format!("cannot read secret file {}: {e}", path.display())))?;
+        return Ok(Some(s.trim_end_matches(['\n', '\r']).to_owned()));
+    }
+    if let Some(var) = env {
+        return std::env::var(var).map(Some).map_err(|_| bad(format!("environment variable {var} is not set")));
+    }
+    Ok(None)
+}
+
+fn same_origin(a: &Url, b: &Url) -> bool {
+    a.scheme() == b.scheme() && a.host_str() == b.host_str() && a.port_or_known_default() == b.port_or_known_default()
+}
+
+/// Sends an already-checked request. Redirects go through `grant` again.
+pub async fn send(grant: &Grant, endpoints: &Endpoints, req: &HttpRequest, limits: &HttpLimits) -> Result<HttpResponse, HttpError> {
+    let name = req.endpoint.as_str();
+    let ep = endpoints.get(name).ok_or_else(|| HttpError::UnknownEndpoint(name.to_owned()))?;
+    let failed = |why: String| HttpError::Failed { endpoint: name.to_owned(), why };
+    let base = Url::parse(&ep.url).map_err(|e| HttpError::BadConfig { endpoint: name.to_owned(), why: format!("url {:?}: {e}", ep.url) })?;
+    let base_path = base.path().trim_end_matches('/').to_owned();
+    let url = Url::parse(&format!("{}{}", ep.url.trim_end_matches('/'), req.path)).map_err(|e| failed(format!("bad URL: {e}")))?;
+    if !same_origin(&url, &base) {
+        return Err(Denial::Invalid { what: format!("path {} on endpoint {name}", req.path), why: "it leaves the endpoint's origin".into() }.into());
+    }
+    if let Some(body) = &req.body
+        && body.len() > limits.max_request_body
+    {
+        return Err(HttpError::TooLarge { what: format!("request body for endpoint {name}"), limit: limits.max_request_body });
+    }
+
+    // The redirect policy runs inside reqwest; it records why it refused so the step gets a
+    // capability error rather than a generic "redirect error".
+    let refused: Arc<Mutex<Option<HttpError>>> = Arc::default();
+    let policy = {
+        let refused = refused.clone();
+        let grant = grant.clone();
+        let base = base.clone();
+        let (endpoint, method, max) = (name.to_owned(), req.method.clone(), limits.max_redirects);
+        reqwest::redirect::Policy::custom(move |attempt| {
+            let target = attempt.url().clone();
+            let verdict = if attempt.previous().len() > max {
+                Err(HttpError::Failed { endpoint: endpoint.clone(), why: format!("more than {max} redirects") })
+            } else if !same_origin(&target, &base) || !target.path().starts_with(&base_path) {
+                Err(Denial::Invalid {
+                    what: format!("redirect of endpoint {endpoint} to {target}"),
+                    why: "it leads to another origin than the endpoint's".into(),
+                }
+                .into())
+            } else {
+                let rest = &target.path()[base_path.len()..];
+                grant.check_http(&endpoint, &method, rest, &[]).map_err(HttpError::from)
+            };
+            match verdict {
+                Ok(()) => attempt.follow(),
+                Err(e) => {
+                    let msg = e.to_string();
+                    if let Ok(mut slot) = refused.lock() {
+                        *slot = Some(e);
+                    }
+                    attempt.error(msg)
+                }
+            }
+        })
+    };
+    let client = reqwest::Client::builder()
+        .redirect(policy)
+        .timeout(limits.timeout)
+        .no_proxy()
+        .build()
+        .map_err(|e| failed(e.to_string()))?;
+    let method = reqwest::Method::from_bytes(req.method.as_bytes()).map_err(|e| failed(e.to_string()))?;
+    let mut builder = client.request(method, url);
+    for (k, v) in &req.headers {
+        builder = builder.header(k, v);
+    }
+    if let Some(token) = read_secret(name, &ep.token_file, &ep.token_env)? {
+        builder = builder.bearer_auth(token);
+    } else if let Some(user) = &ep.username {
+        builder = builder.basic_auth(user, read_secret(name, &ep.password_file, &ep.password_env)?);
+    }
+    if let Some(body) = &req.body {
+        builder = builder.body(body.clone());
+    }
+    let map_err = |e: reqwest::Error| {
+        if let Some(why) = refused.lock().ok().and_then(|mut s| s.take()) {
+            return why;
+        }
+        if e.is_timeout() {
+            HttpError::Timeout { endpoint: name.to_owned(), after: limits.timeout }
+        } else {
+            failed(error_chain(&e))
+        }
+    };
+    let resp = builder.send().await.map_err(map_err)?;
+    let status = resp.status().as_u16();
+    let headers = resp.headers().iter().map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned())).collect();
+    if resp.content_length().is_some_and(|n| n > limits.max_response_body as u64) {
+        return Err(HttpError::TooLarge { what: format!("response body of endpoint {name}"), limit: limits.max_response_body });
+    }
+    let mut body = Vec::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(map_err)?;
+        if body.len() + chunk.len() > limits.max_response_body {
+            return Err(HttpError::TooLarge { what: format!("response body of endpoint {name}"), limit: limits.max_response_body });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(HttpResponse { status, headers, body })
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

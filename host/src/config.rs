@@ -1,0 +1,139 @@
+//! Operator configuration (`/etc/canup/canup.toml`): the policy (upper bound of what any step
+//! may get), the endpoints steps may call, and the sandbox limits. Issue #4 adds the
+//! repository, edition and method here.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::capabilities::CapabilitySet;
+use crate::capabilities::exec::ExecLimits;
+use crate::capabilities::http::{Endpoints, HttpLimits};
+
+pub const DEFAULT_CONFIG: &str = "/etc/canup/canup.toml";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/canup";
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Journal, audit log, backups and caches.
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub policy: CapabilitySet,
+    #[serde(default)]
+    pub endpoints: Endpoints,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+/// Per-step bounds, in operator units. Every field has a default.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub memory_mib: Option<u64>,
+    pub cpu_seconds: Option<u64>,
+    pub wall_seconds: Option<u64>,
+    pub guest_output_kib: Option<u64>,
+    pub exec_timeout_seconds: Option<u64>,
+    pub exec_output_kib: Option<u64>,
+    pub http_timeout_seconds: Option<u64>,
+    pub http_body_kib: Option<u64>,
+}
+
+/// The bounds the sandbox applies to one step.
+#[derive(Debug, Clone, Copy)]
+pub struct StepLimits {
+    pub memory: usize,
+    /// Time spent running guest code (host calls excluded).
+    pub cpu: Duration,
+    /// Time of the whole step, host calls included.
+    pub wall: Duration,
+    /// Bytes kept of each of the guest's own stdout and stderr.
+    pub guest_output: usize,
+    pub exec: ExecLimits,
+    pub http: HttpLimits,
+}
+
+impl Default for StepLimits {
+    fn default() -> Self {
+        Self {
+            memory: 256 << 20,
+            cpu: Duration::from_secs(60),
+            wall: Duration::from_secs(3600),
+            guest_output: 64 << 10,
+            exec: ExecLimits::default(),
+            http: HttpLimits::default(),
+        }
+    }
+}
+
+impl LimitsConfig {
+    pub fn resolve(&self) -> StepLimits {
+        let d = StepLimits::default();
+        let kib = |v: Option<u64>, default: usize| v.map_or(default, |k| (k as usize).saturating_mul(1024));
+        let secs = |v: Option<u64>, default: Duration| v.map_or(default, Duration::from_secs);
+        StepLimits {
+            memory: self.memory_mib.map_or(d.memory, |m| (m as usize).saturating_mul(1 << 20)),
+            cpu: secs(self.cpu_seconds, d.cpu),
+            wall: secs(self.wall_seconds, d.wall),
+            guest_output: kib(self.guest_output_kib, d.guest_output),
+            exec: ExecLimits {
+                default_timeout: secs(self.exec_timeout_seconds, d.exec.default_timeout),
+                max_output: kib(self.exec_output_kib, d.exec.max_output),
+                ..d.exec
+            },
+            http: HttpLimits {
+                timeout: secs(self.http_timeout_seconds, d.http.timeout),
+                max_response_body: kib(self.http_body_kib, d.http.max_response_body),
+                ..d.http
+            },
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    /// toml's message names the key and shows the line.
+    #[error("config {path}: {source}")]
+    Parse { path: String, source: Box<toml::de::Error> },
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
+        Self::parse(&text, &shown)
+    }
+
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse { path: origin.to_owned(), source: Box::new(e) })
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.state_dir.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_key_names_key_and_line() {
+        let e = Config::parse("[limits]\nmemory_mib = 10\ncpu_secs = 3\n", "canup.toml").unwrap_err().to_string();
+        assert!(e.contains("cpu_secs") && e.contains("line 3") && e.contains("canup.toml"), "{e}");
+    }
+
+    #[test]
+    fn limits_default_and_override() {
+        let c = Config::parse("[limits]\nmemory_mib = 16\n", "t").unwrap();
+        let l = c.limits.resolve();
+        assert_eq!(l.memory, 16 << 20);
+        assert_eq!(l.cpu, StepLimits::default().cpu);
+    }
+}

@@ -1,0 +1,164 @@
+//! Step manifests: what a step is and what it needs, as the vendor declares it.
+//!
+//! A release's crate ships one component and a `step.toml` listing its steps; several steps
+//! may share one module, which learns which one to run from `context.step-id`. In the
+//! repository (issue #3) the same records are signed metadata.
+
+use std::path::Path;
+
+use semver::Version;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::capabilities::CapabilitySet;
+
+/// The step API this canup implements (the `canup:step` WIT package version).
+pub const STEP_API: Version = Version::new(1, 0, 0);
+
+/// Phases in the order canup runs them for one upgrade.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    Detect,
+    Preflight,
+    PreUpdate,
+    Update,
+    Finalize,
+    PostUpdate,
+    Verify,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    Packages,
+    Compose,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Edition {
+    /// Canopsis Community.
+    Core,
+    /// Canopsis Pro.
+    Cat,
+}
+
+macro_rules! display_as_serde {
+    ($($t:ty),*) => {$(
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                let v = serde_json::to_value(self).map_err(|_| std::fmt::Error)?;
+                f.write_str(v.as_str().unwrap_or_default())
+            }
+        }
+    )*};
+}
+display_as_serde!(Phase, Method, Edition);
+
+/// One step.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StepManifest {
+    /// Unique in the repository, e.g. `3.40.0/webserver-services`.
+    pub id: String,
+    pub phase: Phase,
+    /// Order within the phase (ascending).
+    #[serde(default)]
+    pub order: u32,
+    pub methods: Vec<Method>,
+    pub editions: Vec<Edition>,
+    /// What the release note says this step does, shown to the operator in the plan.
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub capabilities: CapabilitySet,
+}
+
+/// A release crate's `step.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseSteps {
+    pub release: Version,
+    /// The step API version the module is built against.
+    pub api: Version,
+    #[serde(rename = "step", default)]
+    pub steps: Vec<StepManifest>,
+}
+
+#[derive(Debug, Error)]
+pub enum ManifestError {
+    #[error("cannot read manifest {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("manifest {path}: {source}")]
+    Parse { path: String, source: Box<toml::de::Error> },
+    #[error("manifest {path} has no step {id:?}; it has: {available}")]
+    NoSuchStep { path: String, id: String, available: String },
+    #[error("manifest {path} has several steps ({available}); choose one with --step")]
+    Ambiguous { path: String, available: String },
+    #[error("manifest {path} declares no step")]
+    Empty { path: String },
+}
+
+impl ReleaseSteps {
+    pub fn load(path: &Path) -> Result<Self, ManifestError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read { path: shown.clone(), source })?;
+        toml::from_str(&text).map_err(|e| ManifestError::Parse { path: shown, source: Box::new(e) })
+    }
+
+    /// The step `id`, or the only step when `id` is `None`.
+    pub fn select(&self, id: Option<&str>, path: &Path) -> Result<&StepManifest, ManifestError> {
+        let shown = path.display().to_string();
+        let available = self.steps.iter().map(|s| s.id.as_str()).collect::<Vec<_>>().join(", ");
+        match (id, self.steps.as_slice()) {
+            (_, []) => Err(ManifestError::Empty { path: shown }),
+            (None, [only]) => Ok(only),
+            (None, _) => Err(ManifestError::Ambiguous { path: shown, available }),
+            (Some(id), steps) => steps
+                .iter()
+                .find(|s| s.id == id)
+                .ok_or_else(|| ManifestError::NoSuchStep { path: shown, id: id.to_owned(), available }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_release_with_capabilities() {
+        let m: ReleaseSteps = toml::from_str(
+            r#"
+release = "3.40.0"
+api = "1.0.0"
+[[step]]
+id = "3.40.0/webserver-services"
+phase = "post-update"
+order = 10
+methods = ["packages"]
+editions = ["core", "cat"]
+description = "Add the metaalarmrule and broadcast_message services to webserver.conf"
+[step.capabilities.fs]
+read = ["/opt/canopsis/etc/webserver.conf"]
+write = ["/opt/canopsis/etc/webserver.conf"]
+[[step.capabilities.exec]]
+program = "/usr/bin/canoctl"
+args = ["restart"]
+"#,
+        )
+        .unwrap();
+        let s = m.select(None, Path::new("step.toml")).unwrap();
+        assert_eq!(s.phase, Phase::PostUpdate);
+        assert_eq!(s.capabilities.exec[0].program, "/usr/bin/canoctl");
+        assert_eq!(Phase::PreUpdate.to_string(), "pre-update");
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_that_name_the_key() {
+        let e = toml::from_str::<ReleaseSteps>("release = \"1.0.0\"\napi = \"1.0.0\"\nsurprise = 1\n").unwrap_err();
+        assert!(e.to_string().contains("surprise"), "{e}");
+        assert!(e.to_string().contains("line 3"), "{e}");
+    }
+}

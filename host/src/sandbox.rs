@@ -1,0 +1,612 @@
+//! The sandbox: runs one step component with no ambient authority.
+//!
+//! Each step gets a fresh `Store` (a trapped instance is dead, and steps must not share
+//! state), WASI p2 with no preopens, environment, arguments or sockets (clocks and random
+//! stay), and the `canup:step` interfaces, whose every call goes through one capability
+//! checkpoint and one audit record. Memory, guest CPU time, wall time and the guest's own
+//! output are bounded, and every way a step can stop is mapped to a [`Stop`] an operator can
+//! read.
+
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use semver::Version;
+use serde_json::json;
+use thiserror::Error;
+use tokio::io::AsyncWrite;
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Config, Engine, ResourceLimiter, Store, UpdateDeadline};
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use crate::audit::{AuditLog, Decision};
+use crate::backup::Backups;
+use crate::cache::{CompiledCache, sha256_hex};
+use crate::capabilities::exec::ExecRequest;
+use crate::capabilities::fs::Access;
+use crate::capabilities::http::{Endpoints, HttpRequest};
+use crate::capabilities::{Denial, Grant, exec as cap_exec, fs as cap_fs, http as cap_http};
+use crate::config::StepLimits;
+use crate::manifest::{Edition, Method, STEP_API};
+use crate::sysroot::Sysroot;
+use crate::ui::{Level, Ui};
+
+wasmtime::component::bindgen!({
+    path: "../sdk/wit",
+    world: "step",
+    imports: { default: async },
+    exports: { default: async },
+});
+
+use canup::step::types::{Error as WitError, ErrorKind};
+
+/// How often the epoch advances: the granularity of the CPU limit and of yielding to the
+/// runtime (which is what lets the wall-time limit interrupt a spinning guest).
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+#[derive(Debug, Error)]
+pub enum SandboxError {
+    #[error("cannot set up the WebAssembly engine: {0}")]
+    Engine(String),
+    #[error("step {step}: built for step API {built}, this canup supports {supported}; use a canup of the same major version")]
+    ApiMismatch { step: String, built: Version, supported: Version },
+    #[error("step {step}: the module is not a valid step component: {why}")]
+    Invalid { step: String, why: String },
+    #[error("step {step}: the module needs {why}; it was built for another host or a newer step API")]
+    Link { step: String, why: String },
+    #[error(transparent)]
+    Cache(#[from] crate::cache::CacheError),
+}
+
+/// What a step's run looks like to it: the versions and the install.
+#[derive(Debug, Clone)]
+pub struct StepContext {
+    pub step_id: String,
+    pub installed: Version,
+    pub target: Version,
+    pub release: Version,
+    pub edition: Edition,
+    pub method: Method,
+    pub dry_run: bool,
+}
+
+/// Everything one step run may use besides its own code.
+pub struct StepEnv {
+    pub grant: Grant,
+    pub sysroot: Sysroot,
+    pub endpoints: Arc<Endpoints>,
+    pub backups: Backups,
+    pub audit: Arc<AuditLog>,
+    pub ui: Arc<dyn Ui>,
+    pub context: StepContext,
+    pub limits: StepLimits,
+}
+
+/// Why a step stopped without finishing.
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum Stop {
+    #[error("the step returned an error: {0}")]
+    Failed(String),
+    #[error("the step used more than its CPU time limit of {0:?}")]
+    CpuTime(Duration),
+    #[error("the step ran past its wall-time limit of {0:?}")]
+    WallTime(Duration),
+    #[error("the step tried to grow its memory to {wanted} bytes, over its limit of {limit} bytes")]
+    OutOfMemory { wanted: usize, limit: usize },
+    #[error("the step panicked: {0}")]
+    Panic(String),
+    #[error("the step trapped: {0}")]
+    Trap(String),
+}
+
+/// The guest's own stdout or stderr, as kept.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Captured {
+    pub bytes: Vec<u8>,
+    /// Bytes written beyond the bound and dropped.
+    pub dropped: u64,
+}
+
+impl Captured {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.bytes).into_owned()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct StepReport {
+    pub step: String,
+    pub module_sha256: String,
+    pub result: Result<(), Stop>,
+    pub stdout: Captured,
+    pub stderr: Captured,
+    pub duration: Duration,
+}
+
+/// A guest output stream that keeps the first `limit` bytes and counts the rest. It never
+/// refuses a write: a full pipe would make the guest's `println!` panic (and trap), so that
+/// a chatty step would fail for a reason that is not its own.
+#[derive(Clone)]
+struct BoundedPipe {
+    inner: Arc<Mutex<Captured>>,
+    limit: usize,
+}
+
+impl BoundedPipe {
+    fn new(limit: usize) -> Self {
+        Self { inner: Arc::default(), limit }
+    }
+
+    fn take(&self) -> Captured {
+        self.inner.lock().map(|mut c| std::mem::take(&mut *c)).unwrap_or_default()
+    }
+}
+
+impl AsyncWrite for BoundedPipe {
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        if let Ok(mut c) = self.inner.lock() {
+            let room = self.limit.saturating_sub(c.bytes.len());
+            let keep = buf.len().min(room);
+            c.bytes.extend_from_slice(&buf[..keep]);
+            c.dropped += (buf.len() - keep) as u64;
+        }
+        Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl IsTerminal for BoundedPipe {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for BoundedPipe {
+    fn async_stream(&self) -> Box<dyn AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+/// Memory bound with a record of the refused size, so the trap can be reported as "out of
+/// memory" rather than as the allocator's `unreachable`.
+struct MemoryLimiter {
+    limit: usize,
+    refused: Option<usize>,
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.limit {
+            self.refused = Some(desired);
+            return Err(wasmtime::Error::msg(format!("memory limit of {} bytes reached", self.limit)));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 1 << 20)
+    }
+}
+
+/// The error the epoch callback raises when the guest's CPU budget is spent.
+#[derive(Debug, Error)]
+#[error("CPU time limit exceeded")]
+struct CpuExceeded;
+
+pub struct StepState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: MemoryLimiter,
+    env: StepEnv,
+    started: Instant,
+    /// Time spent in host calls; subtracted from wall time to get the guest's CPU time,
+    /// so that waiting for `yum` or for the operator does not count against the step.
+    host_time: Duration,
+}
+
+impl WasiView for StepState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+fn wit_error(kind: ErrorKind, message: impl Into<String>) -> WitError {
+    WitError { kind, message: message.into() }
+}
+
+impl From<Denial> for WitError {
+    fn from(d: Denial) -> Self {
+        wit_error(ErrorKind::Denied, d.to_string())
+    }
+}
+
+fn io_error(e: std::io::Error, what: &str) -> WitError {
+    let kind = match e.kind() {
+        std::io::ErrorKind::NotFound => ErrorKind::NotFound,
+        std::io::ErrorKind::InvalidInput | std::io::ErrorKind::IsADirectory | std::io::ErrorKind::NotADirectory => ErrorKind::Invalid,
+        _ => ErrorKind::Failed,
+    };
+    wit_error(kind, format!("{what}: {e}"))
+}
+
+impl StepState {
+    /// Ends one host call: adds its time to the host total and writes its audit record.
+    fn account<T>(&mut self, start: Instant, capability: &str, args: serde_json::Value, result: &Result<T, WitError>, summary: impl FnOnce(&T) -> String) {
+        let took = start.elapsed();
+        self.host_time += took;
+        let (decision, text) = match result {
+            Ok(v) => (Decision::Allowed, summary(v)),
+            Err(e) if e.kind == ErrorKind::Denied => (Decision::Denied, e.message.clone()),
+            Err(e) => (Decision::Allowed, format!("error: {}", e.message)),
+        };
+        self.env.audit.record(self.env.grant.step(), capability, args, decision, text, took);
+    }
+
+    /// One `fs` call: check, then run `op` on the resolved path, then account.
+    fn fs_call<T>(
+        &mut self,
+        capability: &str,
+        path: &str,
+        access: Access,
+        op: impl FnOnce(&cap_fs::Resolved, &mut Backups) -> std::io::Result<T>,
+        summary: impl FnOnce(&T) -> String,
+    ) -> Result<T, WitError> {
+        let start = Instant::now();
+        let result = self
+            .env
+            .grant
+            .check_fs(&self.env.sysroot, path, access)
+            .map_err(WitError::from)
+            .and_then(|resolved| op(&resolved, &mut self.env.backups).map_err(|e| io_error(e, path)));
+        self.account(start, capability, json!({ "path": path }), &result, summary);
+        result
+    }
+}
+
+impl canup::step::types::Host for StepState {}
+
+impl canup::step::exec::Host for StepState {
+    async fn run(&mut self, cmd: canup::step::exec::Command) -> Result<canup::step::exec::Output, WitError> {
+        let start = Instant::now();
+        let req = ExecRequest {
+            program: cmd.program,
+            args: cmd.args,
+            env: cmd.env,
+            cwd: cmd.cwd,
+            user: cmd.user,
+            stdin: cmd.stdin,
+            timeout: cmd.timeout_ms.map(|ms| Duration::from_millis(ms.into())),
+        };
+        // Values are left out of the audit: they can hold credentials (CPS_AMQP_URL...).
+        let env_names: Vec<&str> = req.env.iter().map(|(k, _)| k.as_str()).collect();
+        let args = json!({ "program": req.program, "args": req.args, "env": env_names, "cwd": req.cwd, "user": req.user });
+        let result = match self.env.grant.check_exec(&req) {
+            Err(d) => Err(d.into()),
+            Ok(()) => cap_exec::run(&req, &self.env.sysroot, &self.env.limits.exec)
+                .await
+                .map(|o| canup::step::exec::Output {
+                    status: o.status,
+                    stdout: o.stdout,
+                    stderr: o.stderr,
+                    stdout_truncated: o.stdout_truncated,
+                    stderr_truncated: o.stderr_truncated,
+                    simulated: false,
+                })
+                .map_err(|e| {
+                    let kind = match &e {
+                        cap_exec::ExecError::NotFound { .. } | cap_exec::ExecError::NoCwd(_) | cap_exec::ExecError::NoUser(_) => ErrorKind::NotFound,
+                        cap_exec::ExecError::OutsideSysroot { .. } => ErrorKind::Denied,
+                        cap_exec::ExecError::Timeout { .. } => ErrorKind::Timeout,
+                        _ => ErrorKind::Failed,
+                    };
+                    wit_error(kind, e.to_string())
+                }),
+        };
+        self.account(start, "exec", args, &result, |o| match o.status {
+            Some(code) => format!("exit {code}"),
+            None => "killed by a signal".into(),
+        });
+        result
+    }
+}
+
+impl canup::step::fs::Host for StepState {
+    async fn read(&mut self, path: String) -> Result<Vec<u8>, WitError> {
+        self.fs_call("fs.read", &path, Access::Read, |p, _| cap_fs::read(p), |d| format!("{} bytes", d.len()))
+    }
+
+    async fn write(&mut self, path: String, data: Vec<u8>) -> Result<(), WitError> {
+        let n = data.len();
+        self.fs_call("fs.write", &path, Access::Write, |p, b| cap_fs::write(p, &data, b), |_| format!("{n} bytes written"))
+    }
+
+    async fn append(&mut self, path: String, data: Vec<u8>) -> Result<(), WitError> {
+        let n = data.len();
+        self.fs_call("fs.append", &path, Access::Write, |p, b| cap_fs::append(p, &data, b), |_| format!("{n} bytes appended"))
+    }
+
+    async fn exists(&mut self, path: String) -> Result<bool, WitError> {
+        self.fs_call("fs.exists", &path, Access::Read, |p, _| Ok(cap_fs::exists(p)), |e| e.to_string())
+    }
+
+    async fn list_dir(&mut self, path: String) -> Result<Vec<String>, WitError> {
+        self.fs_call("fs.list-dir", &path, Access::Read, |p, _| cap_fs::list(p), |l| format!("{} entries", l.len()))
+    }
+
+    async fn remove(&mut self, path: String) -> Result<(), WitError> {
+        self.fs_call("fs.remove", &path, Access::Write, |p, b| cap_fs::remove(p, b), |_| "removed".into())
+    }
+
+    async fn metadata(&mut self, path: String) -> Result<canup::step::fs::FileInfo, WitError> {
+        use canup::step::fs::{FileInfo, FileKind};
+        use std::os::unix::fs::MetadataExt;
+        self.fs_call(
+            "fs.metadata",
+            &path,
+            Access::Read,
+            |p, _| {
+                cap_fs::metadata(p).map(|m| FileInfo {
+                    kind: if m.is_symlink() {
+                        FileKind::Symlink
+                    } else if m.is_dir() {
+                        FileKind::Directory
+                    } else if m.is_file() {
+                        FileKind::File
+                    } else {
+                        FileKind::Other
+                    },
+                    size: m.len(),
+                    mode: m.mode() & 0o7777,
+                    modified: m.mtime().max(0) as u64,
+                })
+            },
+            |m| format!("{} bytes", m.size),
+        )
+    }
+}
+
+impl canup::step::http::Host for StepState {
+    async fn send(&mut self, req: canup::step::http::Request) -> Result<canup::step::http::Response, WitError> {
+        let start = Instant::now();
+        let header_names: Vec<&str> = req.headers.iter().map(|(k, _)| k.as_str()).collect();
+        let args = json!({ "endpoint": req.endpoint, "method": req.method, "path": req.path, "headers": header_names,
+                           "body_bytes": req.body.as_ref().map(Vec::len) });
+        let request = HttpRequest { endpoint: req.endpoint, method: req.method, path: req.path, headers: req.headers, body: req.body };
+        let result = match self.env.grant.check_http(&request.endpoint, &request.method, &request.path, &request.headers) {
+            Err(d) => Err(d.into()),
+            Ok(()) => cap_http::send(&self.env.grant, &self.env.endpoints, &request, &self.env.limits.http)
+                .await
+                .map(|r| canup::step::http::Response { status: r.status, headers: r.headers, body: r.body })
+                .map_err(|e| {
+                    let kind = match &e {
+                        cap_http::HttpError::Denied(_) => ErrorKind::Denied,
+                        cap_http::HttpError::UnknownEndpoint(_) => ErrorKind::NotFound,
+                        cap_http::HttpError::TooLarge { .. } => ErrorKind::TooLarge,
+                        cap_http::HttpError::Timeout { .. } => ErrorKind::Timeout,
+                        _ => ErrorKind::Failed,
+                    };
+                    wit_error(kind, e.to_string())
+                }),
+        };
+        self.account(start, "http", args, &result, |r| format!("status {}", r.status));
+        result
+    }
+}
+
+impl canup::step::ui::Host for StepState {
+    async fn log(&mut self, level: canup::step::ui::Level, message: String) {
+        use canup::step::ui::Level as L;
+        let level = match level {
+            L::Trace => Level::Trace,
+            L::Debug => Level::Debug,
+            L::Info => Level::Info,
+            L::Warn => Level::Warn,
+            L::Error => Level::Error,
+        };
+        self.env.ui.log(&self.env.context.step_id, level, &message);
+    }
+
+    async fn progress(&mut self, done: u64, total: Option<u64>, message: String) {
+        self.env.ui.progress(&self.env.context.step_id, done, total, &message);
+    }
+
+    async fn confirm(&mut self, question: String) -> bool {
+        let start = Instant::now();
+        let ui = self.env.ui.clone();
+        let step = self.env.context.step_id.clone();
+        let q = question.clone();
+        // The operator may take minutes to answer; keep the runtime free meanwhile.
+        let answer = tokio::task::spawn_blocking(move || ui.confirm(&step, &q)).await.unwrap_or(false);
+        self.account(start, "ui.confirm", json!({ "question": question }), &Ok::<_, WitError>(answer), |a| a.to_string());
+        answer
+    }
+
+    async fn manual(&mut self, instruction: String) -> bool {
+        let start = Instant::now();
+        let ui = self.env.ui.clone();
+        let step = self.env.context.step_id.clone();
+        let text = instruction.clone();
+        let done = tokio::task::spawn_blocking(move || ui.manual(&step, &text)).await.unwrap_or(false);
+        self.account(start, "ui.manual", json!({ "instruction": instruction }), &Ok::<_, WitError>(done), |d| {
+            if *d { "done".into() } else { "not done".into() }
+        });
+        done
+    }
+}
+
+impl canup::step::context::Host for StepState {
+    async fn get(&mut self) -> canup::step::context::Info {
+        let c = &self.env.context;
+        canup::step::context::Info {
+            installed: c.installed.to_string(),
+            target: c.target.to_string(),
+            release: c.release.to_string(),
+            edition: c.edition.to_string(),
+            method: c.method.to_string(),
+            dry_run: c.dry_run,
+            step_id: c.step_id.clone(),
+        }
+    }
+}
+
+/// A verified, compiled module ready to instantiate.
+#[derive(Clone)]
+pub struct LoadedStep {
+    pre: StepPre<StepState>,
+    pub module_sha256: String,
+    /// The step API the module imports (its declared one when it imports no `canup:step`
+    /// interface).
+    pub api: Version,
+    pub from_cache: bool,
+}
+
+pub struct Sandbox {
+    engine: Engine,
+    linker: Linker<StepState>,
+    cache: Option<CompiledCache>,
+}
+
+impl Sandbox {
+    /// An engine with epoch interruption, the WASI p2 imports and the step interfaces, and
+    /// a compiled-component cache in `cache_dir` when given.
+    pub fn new(cache_dir: Option<&Path>) -> Result<Self, SandboxError> {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        let engine = Engine::new(&config).map_err(|e| SandboxError::Engine(e.to_string()))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| SandboxError::Engine(e.to_string()))?;
+        Step::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(|e| SandboxError::Engine(e.to_string()))?;
+        let weak = engine.weak();
+        std::thread::Builder::new()
+            .name("canup-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })
+            .map_err(|e| SandboxError::Engine(e.to_string()))?;
+        let cache = cache_dir.map(|d| CompiledCache::open(d, &engine)).transpose()?;
+        Ok(Self { engine, linker, cache })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Compiles (or loads from the cache) and links a module. A module built for another
+    /// major step API is refused here, before anything of it runs.
+    pub fn load(&self, step: &str, wasm: &[u8], declared_api: &Version) -> Result<LoadedStep, SandboxError> {
+        let mismatch = |built: &Version| SandboxError::ApiMismatch { step: step.to_owned(), built: built.clone(), supported: STEP_API };
+        if declared_api.major != STEP_API.major {
+            return Err(mismatch(declared_api));
+        }
+        let sha = sha256_hex(wasm);
+        let cached = match &self.cache {
+            Some(c) => c.load(&self.engine, &sha)?,
+            None => None,
+        };
+        let from_cache = cached.is_some();
+        let component = match cached {
+            Some(c) => c,
+            None => {
+                let c = Component::new(&self.engine, wasm).map_err(|e| SandboxError::Invalid { step: step.to_owned(), why: format!("{e:#}") })?;
+                if let Some(cache) = &self.cache
+                    && let Err(e) = cache.store(&sha, &c)
+                {
+                    tracing::warn!("{e}; continuing without caching");
+                }
+                c
+            }
+        };
+        let mut api = declared_api.clone();
+        for (name, _) in component.component_type().imports(&self.engine) {
+            if let Some(version) = name.strip_prefix("canup:step/").and_then(|rest| rest.split_once('@')).map(|(_, v)| v) {
+                let v = Version::parse(version).map_err(|e| SandboxError::Invalid { step: step.to_owned(), why: format!("import {name}: {e}") })?;
+                if v.major != STEP_API.major {
+                    return Err(mismatch(&v));
+                }
+                api = v;
+            }
+        }
+        let pre = self.linker.instantiate_pre(&component).map_err(|e| SandboxError::Link { step: step.to_owned(), why: format!("{e:#}") })?;
+        let pre = StepPre::new(pre).map_err(|e| SandboxError::Invalid { step: step.to_owned(), why: format!("{e:#}") })?;
+        Ok(LoadedStep { pre, module_sha256: sha, api, from_cache })
+    }
+
+    /// Runs a loaded step in a fresh store. Never panics on guest behaviour: every way the
+    /// guest can stop is in the report.
+    pub async fn run(&self, step: &LoadedStep, env: StepEnv) -> StepReport {
+        let limits = env.limits;
+        let step_id = env.context.step_id.clone();
+        let stdout = BoundedPipe::new(limits.guest_output);
+        let stderr = BoundedPipe::new(limits.guest_output);
+        let wasi = WasiCtxBuilder::new()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        let started = Instant::now();
+        let state = StepState {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter { limit: limits.memory, refused: None },
+            env,
+            started,
+            host_time: Duration::ZERO,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|ctx| {
+            let s = ctx.data();
+            if s.started.elapsed().saturating_sub(s.host_time) > s.env.limits.cpu {
+                return Err(CpuExceeded.into());
+            }
+            Ok(UpdateDeadline::Yield(1))
+        });
+
+        let outcome = tokio::time::timeout(limits.wall, async {
+            let instance = step.pre.instantiate_async(&mut store).await?;
+            instance.call_run(&mut store).await
+        })
+        .await;
+        let stderr_text = stderr.take();
+        let result = match outcome {
+            Err(_) => Err(Stop::WallTime(limits.wall)),
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(message))) => Err(Stop::Failed(message)),
+            Ok(Err(e)) => Err(classify_trap(&e, store.data().limiter.refused, &limits, &stderr_text)),
+        };
+        StepReport { step: step_id, module_sha256: step.module_sha256.clone(), result, stdout: stdout.take(), stderr: stderr_text, duration: started.elapsed() }
+    }
+}
+
+fn classify_trap(e: &wasmtime::Error, refused: Option<usize>, limits: &StepLimits, stderr: &Captured) -> Stop {
+    if e.downcast_ref::<CpuExceeded>().is_some() {
+        return Stop::CpuTime(limits.cpu);
+    }
+    if let Some(wanted) = refused {
+        return Stop::OutOfMemory { wanted, limit: limits.memory };
+    }
+    // A Rust guest prints "panicked at FILE:LINE:COL:\nMESSAGE" on stderr, then aborts.
+    let text = stderr.text();
+    if let Some(pos) = text.rfind("panicked at ") {
+        let after = &text[pos + "panicked at ".len()..];
+        let (location, message) = after.split_once(":\n").unwrap_or((after, ""));
+        let message = message.lines().take_while(|l| !l.starts_with("note:")).collect::<Vec<_>>().join("\n");
+        return Stop::Panic(format!("{} (at {})", message.trim(), location.trim()));
+    }
+    Stop::Trap(format!("{e:#}"))
+}

@@ -1,0 +1,75 @@
+//! `--sysroot DIR`: every absolute path a step names, for files and programs alike, is taken
+//! under DIR. This is how the simulated host and staging rehearsals run real steps without
+//! touching the machine. Steps never see the mapping; they keep naming `/opt/canopsis/...`.
+
+use std::io;
+use std::path::{Component, Path, PathBuf};
+
+#[derive(Debug, Clone)]
+pub struct Sysroot {
+    /// Canonical root; `/` for the real host.
+    root: PathBuf,
+}
+
+impl Default for Sysroot {
+    fn default() -> Self {
+        Self::host()
+    }
+}
+
+impl Sysroot {
+    /// The machine itself.
+    pub fn host() -> Self {
+        Self { root: PathBuf::from("/") }
+    }
+
+    /// A directory standing in for `/`. It must exist; it is canonicalised so that later
+    /// prefix checks compare resolved paths with a resolved root.
+    pub fn new(dir: &Path) -> io::Result<Self> {
+        let root = dir.canonicalize().map_err(|e| io::Error::new(e.kind(), format!("sysroot {}: {e}", dir.display())))?;
+        Ok(Self { root })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn is_host(&self) -> bool {
+        self.root == Path::new("/")
+    }
+
+    /// Where a step's absolute path lives on this machine. `logical` must be absolute;
+    /// `..` is not interpreted here (callers resolve and re-check the result).
+    pub fn map(&self, logical: &Path) -> PathBuf {
+        let relative: PathBuf = logical.components().filter(|c| !matches!(c, Component::RootDir | Component::Prefix(_))).collect();
+        self.root.join(relative)
+    }
+
+    /// The step's view of a resolved path, or `None` when the path is outside the sysroot.
+    pub fn unmap(&self, real: &Path) -> Option<PathBuf> {
+        let rest = real.strip_prefix(&self.root).ok()?;
+        Some(Path::new("/").join(rest))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_and_unmaps_under_a_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Sysroot::new(dir.path()).unwrap();
+        let real = s.map(Path::new("/opt/canopsis/VERSION.txt"));
+        assert_eq!(real, dir.path().canonicalize().unwrap().join("opt/canopsis/VERSION.txt"));
+        assert_eq!(s.unmap(&real).unwrap(), Path::new("/opt/canopsis/VERSION.txt"));
+        assert_eq!(s.unmap(Path::new("/etc/passwd")), None);
+    }
+
+    #[test]
+    fn host_sysroot_is_identity() {
+        let s = Sysroot::host();
+        assert_eq!(s.map(Path::new("/etc/hosts")), Path::new("/etc/hosts"));
+        assert_eq!(s.unmap(Path::new("/etc/hosts")).unwrap(), Path::new("/etc/hosts"));
+    }
+}

@@ -1,0 +1,79 @@
+//! How steps reach the operator: logs, progress, confirmations and manual instructions.
+
+use std::io::{BufRead, IsTerminal, Write};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+pub trait Ui: Send + Sync {
+    fn log(&self, step: &str, level: Level, message: &str);
+    fn progress(&self, step: &str, done: u64, total: Option<u64>, message: &str);
+    /// A yes/no question; `false` when nobody can answer.
+    fn confirm(&self, step: &str, question: &str) -> bool;
+    /// An instruction to carry out by hand; `true` once the operator says it is done.
+    fn manual(&self, step: &str, instruction: &str) -> bool;
+}
+
+/// The terminal: messages on stderr, answers from stdin when it is a terminal.
+///
+/// Without a terminal nobody can answer, so a confirmation is refused unless `assume_yes`
+/// and a manual instruction stops the step unless `accept_manual`: an unattended run must
+/// never skip a manual action silently.
+#[derive(Debug, Clone, Default)]
+pub struct ConsoleUi {
+    pub assume_yes: bool,
+    pub accept_manual: bool,
+    pub min_level: Option<Level>,
+}
+
+impl ConsoleUi {
+    fn ask(&self, prompt: &str) -> Option<String> {
+        if !std::io::stdin().is_terminal() {
+            return None;
+        }
+        eprint!("{prompt}");
+        let _ = std::io::stderr().flush();
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line).ok()?;
+        Some(line.trim().to_owned())
+    }
+}
+
+impl Ui for ConsoleUi {
+    fn log(&self, step: &str, level: Level, message: &str) {
+        if level >= self.min_level.unwrap_or(Level::Info) {
+            eprintln!("  [{step}] {level:?}: {message}");
+        }
+    }
+
+    fn progress(&self, step: &str, done: u64, total: Option<u64>, message: &str) {
+        match total {
+            Some(t) => eprintln!("  [{step}] {done}/{t} {message}"),
+            None => eprintln!("  [{step}] {done} {message}"),
+        }
+    }
+
+    fn confirm(&self, step: &str, question: &str) -> bool {
+        if self.assume_yes {
+            eprintln!("  [{step}] {question} yes (--yes)");
+            return true;
+        }
+        matches!(self.ask(&format!("  [{step}] {question} [y/N] ")).as_deref(), Some("y" | "Y" | "yes"))
+    }
+
+    fn manual(&self, step: &str, instruction: &str) -> bool {
+        eprintln!("  [{step}] MANUAL ACTION REQUIRED:\n{instruction}");
+        if self.accept_manual {
+            eprintln!("  [{step}] accepted as done (--accept-manual)");
+            return true;
+        }
+        matches!(self.ask(&format!("  [{step}] Type 'done' once carried out: ")).as_deref(), Some("done"))
+    }
+}
