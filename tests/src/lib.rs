@@ -1,0 +1,23 @@
+//! Shared test fixtures: the simulated Canopsis host, paths of the built guest modules, and
+//! loopback servers. Used by the end-to-end tests and by `cargo xtask demo`.
+
+pub mod simhost;
+
+use std::path::PathBuf;
+
+/// The workspace's target directory (honours `CARGO_TARGET_DIR`).
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
+}
+
+/// The cargo profile guests are built with (see the workspace `Cargo.toml`).
+pub const GUEST_PROFILE: &str = "step";
+
+/// A guest component built by `cargo xtask build-guests` (run by `cargo xtask test`).
+pub fn guest_wasm(crate_name: &str) -> PathBuf {
+    let path = target_dir().join("wasm32-wasip2").join(GUEST_PROFILE).join(format!("{}.wasm", crate_name.replace('-', "_")));
+    assert!(path.is_file(), "guest module {} is missing: run the tests with `cargo xtask test`, which builds the guests first", path.display());
+    path
+}

@@ -1,0 +1,40 @@
+//! What the step is running for: versions, edition, method, dry run.
+
+use semver::Version;
+
+use crate::bindings::canup::step::context as wit;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Context {
+    /// Canopsis version installed before this upgrade.
+    pub installed: Version,
+    /// Version the upgrade goes to.
+    pub target: Version,
+    /// Release this step belongs to.
+    pub release: Version,
+    /// `core` (Community) or `cat` (Pro).
+    pub edition: String,
+    /// `packages` or `compose`.
+    pub method: String,
+    pub dry_run: bool,
+    pub step_id: String,
+}
+
+fn version(s: &str) -> Version {
+    // The host validates versions before it runs anything; 0.0.0 means "unknown" (detect).
+    Version::parse(s).unwrap_or(Version::new(0, 0, 0))
+}
+
+/// The context of the running step.
+pub fn get() -> Context {
+    let i = wit::get();
+    Context {
+        installed: version(&i.installed),
+        target: version(&i.target),
+        release: version(&i.release),
+        edition: i.edition,
+        method: i.method,
+        dry_run: i.dry_run,
+        step_id: i.step_id,
+    }
+}

@@ -1,0 +1,262 @@
+//! Edits that release notes ask for again and again, as pure text functions (unit-tested on
+//! the build machine) plus thin wrappers that read and write through [`crate::fs`].
+//!
+//! Each wrapper writes only when the content changes, so a step built from them is
+//! idempotent: run twice, the second run changes nothing.
+
+use crate::{Error, Result, fs};
+
+/// `grep -q ^PREFIX FILE || echo LINE >> FILE`: the new content when no line starts with
+/// `prefix`, or `None` when one does. A missing final newline is added before the line.
+pub fn ensure_line_text(content: &str, prefix: &str, line: &str) -> Option<String> {
+    if content.lines().any(|l| l.starts_with(prefix)) {
+        return None;
+    }
+    let mut out = content.to_owned();
+    if !out.is_empty() && !out.ends_with('\n') {
+        out.push('\n');
+    }
+    out.push_str(line);
+    out.push('\n');
+    Some(out)
+}
+
+/// [`ensure_line_text`] on a file; `Ok(true)` when the line was added.
+pub fn ensure_line(path: &str, prefix: &str, line: &str) -> Result<bool> {
+    let content = fs::read_to_string(path)?;
+    match ensure_line_text(&content, prefix, line) {
+        Some(new) => fs::append(path, &new.as_bytes()[content.len()..]).map(|()| true),
+        None => Ok(false),
+    }
+}
+
+fn is_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c == '_' || c.is_ascii_alphabetic()) && chars.all(|c| c == '_' || c.is_ascii_alphanumeric())
+}
+
+/// Expands `$NAME` and `${NAME}` from the variables defined so far (unknown ones expand to
+/// nothing, as in the shell); refuses command substitution, which cannot be reproduced
+/// without running a shell.
+fn expand(value: &str, vars: &[(String, String)], lineno: usize) -> Result<String> {
+    if value.contains("$(") || value.contains('`') {
+        return Err(Error::msg(format!("line {lineno}: command substitution is not supported")));
+    }
+    let lookup = |name: &str| vars.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.clone()).unwrap_or_default();
+    let mut out = String::new();
+    let mut rest = value;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos + 1..];
+        if let Some(braced) = after.strip_prefix('{') {
+            let end = braced.find('}').ok_or_else(|| Error::msg(format!("line {lineno}: unclosed ${{")))?;
+            out.push_str(&lookup(&braced[..end]));
+            rest = &braced[end + 1..];
+        } else {
+            let len = after.find(|c: char| !(c == '_' || c.is_ascii_alphanumeric())).unwrap_or(after.len());
+            if len == 0 {
+                out.push('$');
+            } else {
+                out.push_str(&lookup(&after[..len]));
+            }
+            rest = &after[len..];
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Parses a systemd `EnvironmentFile` such as `go-engines-vars.conf` into the variables
+/// `set -o allexport; source FILE` would export, in order: `KEY=value` lines, optionally
+/// prefixed by `export`, with `#`/`;` comments, single quotes (literal), double quotes
+/// (with `\"`, `\\`, `\$` escapes) and `$VAR` expansion from earlier lines.
+pub fn parse_env_file(text: &str) -> Result<Vec<(String, String)>> {
+    let mut vars: Vec<(String, String)> = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let lineno = i + 1;
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").map(str::trim_start).unwrap_or(line);
+        let (key, value) = line.split_once('=').ok_or_else(|| Error::msg(format!("line {lineno}: expected KEY=value, found {raw:?}")))?;
+        if !is_name(key) {
+            return Err(Error::msg(format!("line {lineno}: {key:?} is not a variable name")));
+        }
+        let value = if let Some(inner) = value.strip_prefix('\'') {
+            inner.strip_suffix('\'').ok_or_else(|| Error::msg(format!("line {lineno}: unclosed single quote")))?.to_owned()
+        } else if let Some(inner) = value.strip_prefix('"') {
+            let inner = inner.strip_suffix('"').ok_or_else(|| Error::msg(format!("line {lineno}: unclosed double quote")))?;
+            // Escapes first, protecting \$ from expansion with a placeholder.
+            let unescaped = inner.replace("\\\\", "\u{0}").replace("\\\"", "\"").replace("\\$", "\u{1}");
+            expand(&unescaped, &vars, lineno)?.replace('\u{0}', "\\").replace('\u{1}', "$")
+        } else {
+            expand(value.trim(), &vars, lineno)?
+        };
+        vars.retain(|(k, _)| k != key);
+        vars.push((key.to_owned(), value));
+    }
+    Ok(vars)
+}
+
+/// [`parse_env_file`] on a file.
+pub fn read_env_file(path: &str) -> Result<Vec<(String, String)>> {
+    parse_env_file(&fs::read_to_string(path)?).map_err(|e| e.context(path))
+}
+
+/// Sets `keys` (a path of tables, then the key) to `value` in a TOML document, keeping its
+/// comments and formatting; missing tables are created. `None` when the key already has that
+/// value.
+pub fn set_toml_key_text(text: &str, keys: &[&str], value: impl Into<toml_edit::Value>) -> Result<Option<String>> {
+    let mut doc: toml_edit::DocumentMut = text.parse().map_err(|e| Error::msg(format!("not valid TOML: {e}")))?;
+    let (last, tables) = keys.split_last().ok_or_else(|| Error::msg("no key given"))?;
+    let mut table = doc.as_table_mut();
+    for (i, name) in tables.iter().enumerate() {
+        let entry = table.entry(name).or_insert_with(|| toml_edit::Item::Table(toml_edit::Table::new()));
+        table = entry
+            .as_table_mut()
+            .ok_or_else(|| Error::msg(format!("{} is not a table", keys[..=i].join("."))))?;
+    }
+    let value = value.into();
+    let bare = |v: &toml_edit::Value| {
+        let mut v = v.clone();
+        v.decor_mut().clear();
+        v.to_string()
+    };
+    if let Some(existing) = table.get(last).and_then(|i| i.as_value())
+        && bare(existing) == bare(&value)
+    {
+        return Ok(None);
+    }
+    match table.get_mut(last).and_then(|i| i.as_value_mut()) {
+        // Keep the old value's surrounding spaces and trailing comment.
+        Some(slot) => {
+            let decor = slot.decor().clone();
+            *slot = value;
+            *slot.decor_mut() = decor;
+        }
+        None => {
+            table.insert(last, toml_edit::Item::Value(value));
+        }
+    }
+    Ok(Some(doc.to_string()))
+}
+
+/// [`set_toml_key_text`] on a file; `Ok(true)` when it changed.
+pub fn set_toml_key(path: &str, keys: &[&str], value: impl Into<toml_edit::Value>) -> Result<bool> {
+    let text = fs::read_to_string(path)?;
+    match set_toml_key_text(&text, keys, value).map_err(|e| e.context(path))? {
+        Some(new) => fs::write(path, new).map(|()| true),
+        None => Ok(false),
+    }
+}
+
+/// Removes a command-line option (`-alwaysFlushEntities`, also written
+/// `-alwaysFlushEntities=true`) from the `ExecStart` lines of a systemd unit or drop-in, leaving
+/// every other line as it was. `None` when the option is not there.
+pub fn remove_unit_option_text(text: &str, option: &str) -> Option<String> {
+    let mut changed = false;
+    let lines: Vec<String> = text
+        .split_inclusive('\n')
+        .map(|line| {
+            let body = line.trim_end_matches(['\n', '\r']);
+            let ending = &line[body.len()..];
+            let Some((key, command)) = body.split_once('=') else { return line.to_owned() };
+            if !key.trim().starts_with("ExecStart") {
+                return line.to_owned();
+            }
+            let kept: Vec<&str> = command
+                .split_whitespace()
+                .filter(|t| !(*t == option || t.strip_prefix(option).is_some_and(|r| r.starts_with('='))))
+                .collect();
+            if kept.len() == command.split_whitespace().count() {
+                return line.to_owned();
+            }
+            changed = true;
+            format!("{key}={}{ending}", kept.join(" "))
+        })
+        .collect();
+    changed.then(|| lines.concat())
+}
+
+/// [`remove_unit_option_text`] on a file; `Ok(true)` when it changed.
+pub fn remove_unit_option(path: &str, option: &str) -> Result<bool> {
+    let text = fs::read_to_string(path)?;
+    match remove_unit_option_text(&text, option) {
+        Some(new) => fs::write(path, new).map(|()| true),
+        None => Ok(false),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ensure_line_adds_once() {
+        let conf = "canopsis.webcore.services.rest=1\n";
+        let once = ensure_line_text(conf, "canopsis.webcore.services.metaalarmrule", "canopsis.webcore.services.metaalarmrule=1").unwrap();
+        assert_eq!(once, "canopsis.webcore.services.rest=1\ncanopsis.webcore.services.metaalarmrule=1\n");
+        assert_eq!(ensure_line_text(&once, "canopsis.webcore.services.metaalarmrule", "canopsis.webcore.services.metaalarmrule=1"), None);
+    }
+
+    #[test]
+    fn ensure_line_respects_existing_value_and_missing_newline() {
+        // The release note's grep checks the key, so an operator's "=0" is kept.
+        assert_eq!(ensure_line_text("a=1\nk=0\n", "k", "k=1"), None);
+        assert_eq!(ensure_line_text("a=1", "k", "k=1").unwrap(), "a=1\nk=1\n");
+        assert_eq!(ensure_line_text("", "k", "k=1").unwrap(), "k=1\n");
+        // A prefix must start the line, as with grep ^.
+        assert_eq!(ensure_line_text("# k=1\n", "k", "k=1").unwrap(), "# k=1\nk=1\n");
+    }
+
+    #[test]
+    fn env_file_like_go_engines_vars() {
+        let text = "# Canopsis Go engines\nCPS_AMQP_URL=amqp://cpsrabbit:canopsis@localhost/canopsis\n\
+                    export CPS_MONGO_URL=\"mongodb://cpsmongo:canopsis@localhost/canopsis\"\n\
+                    CPS_DEFAULT_CFG='/opt/canopsis/etc/default_configuration.toml'\n; comment\n\
+                    CPS_BASE=/opt/canopsis\nCPS_CFG=${CPS_BASE}/etc/x.toml\nPRICE=\"\\$5 $CPS_BASE\"\n";
+        let vars = parse_env_file(text).unwrap();
+        let get = |k: &str| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("CPS_AMQP_URL"), Some("amqp://cpsrabbit:canopsis@localhost/canopsis"));
+        assert_eq!(get("CPS_MONGO_URL"), Some("mongodb://cpsmongo:canopsis@localhost/canopsis"));
+        assert_eq!(get("CPS_DEFAULT_CFG"), Some("/opt/canopsis/etc/default_configuration.toml"));
+        assert_eq!(get("CPS_CFG"), Some("/opt/canopsis/etc/x.toml"));
+        assert_eq!(get("PRICE"), Some("$5 /opt/canopsis"));
+        assert_eq!(vars.len(), 6);
+    }
+
+    #[test]
+    fn env_file_errors_name_the_line() {
+        assert!(parse_env_file("A=1\nB=$(id)\n").unwrap_err().message.contains("line 2"));
+        assert!(parse_env_file("A=1\nnot a var\n").unwrap_err().message.contains("line 2"));
+        assert!(parse_env_file("1A=x\n").unwrap_err().message.contains("not a variable name"));
+        assert!(parse_env_file("A='x\n").unwrap_err().message.contains("unclosed"));
+    }
+
+    #[test]
+    fn toml_key_keeps_formatting() {
+        let text = "# Canopsis config\n[Canopsis.global]\nPrefetchCount = 10000 # tuned\nReconnectTimeoutMilliseconds = 8\n";
+        let out = set_toml_key_text(text, &["Canopsis", "global", "PrefetchCount"], 500).unwrap().unwrap();
+        assert_eq!(out, "# Canopsis config\n[Canopsis.global]\nPrefetchCount = 500 # tuned\nReconnectTimeoutMilliseconds = 8\n");
+        assert_eq!(set_toml_key_text(&out, &["Canopsis", "global", "PrefetchCount"], 500).unwrap(), None);
+        let added = set_toml_key_text(text, &["Canopsis", "alarm", "CancelAutosolveDelay"], "1h").unwrap().unwrap();
+        assert!(added.starts_with(text), "{added}");
+        assert!(added.contains("[Canopsis.alarm]\nCancelAutosolveDelay = \"1h\"\n"), "{added}");
+        assert!(set_toml_key_text("a = 1\n", &["a", "b"], 1).unwrap_err().message.contains("a is not a table"));
+    }
+
+    #[test]
+    fn unit_option_removed_from_exec_lines_only() {
+        let unit = "[Service]\n# -alwaysFlushEntities was needed before 3.39\nExecStart=\nExecStart=/opt/canopsis/bin/engine-che -alwaysFlushEntities -publishQueue Engine_event_filter\nEnvironment=X=-alwaysFlushEntities\n";
+        let out = remove_unit_option_text(unit, "-alwaysFlushEntities").unwrap();
+        assert_eq!(
+            out,
+            "[Service]\n# -alwaysFlushEntities was needed before 3.39\nExecStart=\nExecStart=/opt/canopsis/bin/engine-che -publishQueue Engine_event_filter\nEnvironment=X=-alwaysFlushEntities\n"
+        );
+        assert_eq!(remove_unit_option_text(&out, "-alwaysFlushEntities"), None);
+        assert_eq!(remove_unit_option_text("ExecStart=/e -alwaysFlushEntities=true\n", "-alwaysFlushEntities").unwrap(), "ExecStart=/e\n");
+        // A longer option sharing the prefix is not touched.
+        assert_eq!(remove_unit_option_text("ExecStart=/e -alwaysFlushEntitiesNow\n", "-alwaysFlushEntities"), None);
+    }
+}

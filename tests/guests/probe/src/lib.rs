@@ -1,0 +1,238 @@
+//! The probe module of the sandbox tests: one step per behaviour, allowed and hostile. Each
+//! hostile step *tries* its attack and returns the host's answer as its error, so the tests
+//! can assert both the message and that nothing changed.
+
+use std::time::Duration;
+
+use canup_sdk::{Context, Error, Result, bail, exec::Command, fs, http, ui};
+
+canup_sdk::export_step! {
+    "allowed-exec" => allowed_exec,
+    "allowed-fs" => allowed_fs,
+    "allowed-http" => allowed_http,
+    "allowed-ui" => allowed_ui,
+    "allowed-context" => allowed_context,
+    "traversal" => traversal,
+    "traversal-inside" => traversal_inside,
+    "symlink-read" => symlink_read,
+    "symlink-write" => symlink_write,
+    "write-readonly" => write_readonly,
+    "undeclared-program" => undeclared_program,
+    "undeclared-args" => undeclared_args,
+    "relative-program" => relative_program,
+    "path-lookup" => path_lookup,
+    "host-env" => host_env,
+    "ld-preload" => ld_preload,
+    "infinite-loop" => infinite_loop,
+    "memory-bomb" => memory_bomb,
+    "stdout-flood" => stdout_flood,
+    "exec-flood" => exec_flood,
+    "undeclared-endpoint" => undeclared_endpoint,
+    "redirect-elsewhere" => redirect_elsewhere,
+    "big-body" => big_body,
+    "auth-header" => auth_header,
+    "wasi-fs" => wasi_fs,
+    "wasi-socket" => wasi_socket,
+    "exec-timeout" => exec_timeout,
+    "wall-time" => wall_time,
+    "panic" => panic,
+}
+
+fn allowed_exec(_: &Context) -> Result<()> {
+    let out = Command::new("/usr/bin/env").env("FOO", "bar").env("CPS_API_URL", "http://localhost:8082").run()?;
+    print!("{}", out.stdout_text());
+    let rpm = Command::new("/usr/bin/rpm").args(["-q", "canopsis-core"]).run()?;
+    print!("{}", rpm.stdout_text());
+    let id = Command::new("/usr/bin/su").args(["-", "canopsis", "-c", "canopsinit --canopsis-edition core"]).run()?;
+    print!("{}", id.stdout_text());
+    let missing = Command::new("/usr/bin/rpm").args(["-q", "canopsis-cat"]).output()?;
+    println!("rpm canopsis-cat status {:?}", missing.status());
+    Ok(())
+}
+
+fn allowed_fs(_: &Context) -> Result<()> {
+    let version = fs::read_to_string("/opt/canopsis/VERSION.txt")?;
+    println!("version={}", version.trim());
+    fs::write("/opt/canopsis/etc/new.conf", "created=1\n")?;
+    fs::append("/opt/canopsis/etc/webserver.conf", "canopsis.webcore.services.metaalarmrule=1\n")?;
+    println!("exists={} missing={}", fs::exists("/opt/canopsis/etc/new.conf")?, fs::exists("/opt/canopsis/etc/nope.conf")?);
+    println!("list={}", fs::list_dir("/opt/canopsis/etc")?.join(","));
+    let meta = fs::metadata("/opt/canopsis/etc/webserver.conf")?;
+    println!("size={} kind={:?}", meta.size, meta.kind);
+    fs::remove("/opt/canopsis/etc/old.conf")?;
+    Ok(())
+}
+
+fn allowed_http(_: &Context) -> Result<()> {
+    let resp = http::Request::post("api", "/api/v4/broadcast-message")
+        .json(r##"{"message":"Canopsis upgrade in progress","color":"#e75e40"}"##)
+        .send()?;
+    println!("post status={} body={}", resp.status(), resp.text());
+    let moved = http::Request::get("api", "/old-path").send()?;
+    println!("redirected status={} body={}", moved.status(), moved.text());
+    Ok(())
+}
+
+fn allowed_ui(_: &Context) -> Result<()> {
+    ui::info("hello operator");
+    ui::warn("careful");
+    ui::progress(5, Some(10), "halfway");
+    let yes = ui::confirm("Proceed?");
+    let done = ui::manual("Upgrade Redis to version 5 by hand.");
+    println!("confirm={yes} manual={done}");
+    Ok(())
+}
+
+fn allowed_context(ctx: &Context) -> Result<()> {
+    println!("installed={} target={} release={} edition={} method={} dry_run={} step={}", ctx.installed, ctx.target, ctx.release, ctx.edition, ctx.method, ctx.dry_run, ctx.step_id);
+    Ok(())
+}
+
+fn traversal(_: &Context) -> Result<()> {
+    let data = fs::read("/opt/canopsis/etc/../../../../../../../../etc/passwd")?;
+    bail!("read {} bytes of the host's /etc/passwd", data.len())
+}
+
+fn traversal_inside(_: &Context) -> Result<()> {
+    let data = fs::read("/opt/canopsis/etc/../../../root/secret")?;
+    bail!("read {} bytes of /root/secret", data.len())
+}
+
+fn symlink_read(_: &Context) -> Result<()> {
+    let data = fs::read("/opt/canopsis/etc/escape/secret")?;
+    bail!("read {} bytes through the symlink", data.len())
+}
+
+fn symlink_write(_: &Context) -> Result<()> {
+    fs::write("/opt/canopsis/etc/escape/secret", "pwned\n")?;
+    bail!("wrote through the symlink")
+}
+
+fn write_readonly(_: &Context) -> Result<()> {
+    fs::write("/opt/canopsis/VERSION.txt", "Canopsis version 9.9.9\n")?;
+    bail!("rewrote VERSION.txt")
+}
+
+fn undeclared_program(_: &Context) -> Result<()> {
+    Command::new("/bin/sh").args(["-c", "touch /pwned"]).run()?;
+    bail!("ran a shell")
+}
+
+fn undeclared_args(_: &Context) -> Result<()> {
+    Command::new("/usr/bin/systemctl").args(["stop", "canopsis-engine-go@engine-che"]).run()?;
+    bail!("stopped an engine")
+}
+
+fn relative_program(_: &Context) -> Result<()> {
+    Command::new("usr/bin/systemctl").arg("daemon-reload").run()?;
+    bail!("ran a relative program")
+}
+
+fn path_lookup(_: &Context) -> Result<()> {
+    Command::new("systemctl").arg("daemon-reload").run()?;
+    bail!("ran a program found through PATH")
+}
+
+fn host_env(_: &Context) -> Result<()> {
+    let vars: Vec<String> = std::env::vars().map(|(k, _)| k).collect();
+    let args: Vec<String> = std::env::args().collect();
+    if !vars.is_empty() || !args.is_empty() || std::env::var("HOME").is_ok() {
+        bail!("saw the host's environment: vars {vars:?} args {args:?}");
+    }
+    println!("environment empty, no arguments");
+    Ok(())
+}
+
+fn ld_preload(_: &Context) -> Result<()> {
+    Command::new("/usr/bin/systemctl").arg("daemon-reload").env("LD_PRELOAD", "/tmp/evil.so").run()?;
+    bail!("passed LD_PRELOAD")
+}
+
+fn infinite_loop(_: &Context) -> Result<()> {
+    let mut x: u64 = 0;
+    loop {
+        x = std::hint::black_box(x.wrapping_add(1));
+    }
+}
+
+fn memory_bomb(_: &Context) -> Result<()> {
+    let mut hoard: Vec<Vec<u8>> = Vec::new();
+    loop {
+        hoard.push(vec![0xAB; 1 << 20]);
+        std::hint::black_box(&hoard);
+    }
+}
+
+fn stdout_flood(_: &Context) -> Result<()> {
+    for i in 0..200_000 {
+        println!("flood line {i:06} ..............................................");
+    }
+    eprintln!("flood finished");
+    Ok(())
+}
+
+fn exec_flood(_: &Context) -> Result<()> {
+    let out = Command::new("/usr/bin/flood").run()?;
+    println!("kept={} truncated={}", out.stdout().len(), out.truncated());
+    Ok(())
+}
+
+fn undeclared_endpoint(_: &Context) -> Result<()> {
+    http::Request::get("internal-admin", "/").send()?;
+    bail!("reached an undeclared endpoint")
+}
+
+fn redirect_elsewhere(_: &Context) -> Result<()> {
+    let r = http::Request::get("api", "/redirect-elsewhere").send()?;
+    bail!("followed a redirect to another host: {}", r.status())
+}
+
+fn big_body(_: &Context) -> Result<()> {
+    let r = http::Request::get("api", "/big").send()?;
+    bail!("received {} bytes", r.body().len())
+}
+
+fn auth_header(_: &Context) -> Result<()> {
+    http::Request::get("api", "/api/v4/app-info").header("Authorization", "Basic c3RlcDpzdGVw").send()?;
+    bail!("set its own Authorization header")
+}
+
+fn wasi_fs(_: &Context) -> Result<()> {
+    let errors = [
+        std::fs::read_to_string("/etc/passwd").err(),
+        std::fs::write("/tmp/canup-wasi-pwned", "pwned").err(),
+        std::fs::read_dir("/").err(),
+        std::fs::read_to_string("opt/canopsis/VERSION.txt").err(),
+    ];
+    if errors.iter().any(Option::is_none) {
+        bail!("direct WASI filesystem access worked: {errors:?}");
+    }
+    println!("all direct filesystem calls failed: {errors:?}");
+    Ok(())
+}
+
+fn wasi_socket(_: &Context) -> Result<()> {
+    let addr = fs::read_to_string("/opt/canopsis/etc/listener")?;
+    match std::net::TcpStream::connect(addr.trim()) {
+        Ok(_) => bail!("opened a socket to {}", addr.trim()),
+        Err(e) => {
+            println!("socket refused: {e}");
+            Ok(())
+        }
+    }
+}
+
+fn exec_timeout(_: &Context) -> Result<()> {
+    let err = Command::new("/usr/bin/hang").timeout(Duration::from_millis(500)).run().map(|_| ());
+    err?;
+    bail!("hang returned")
+}
+
+fn wall_time(_: &Context) -> Result<()> {
+    Command::new("/usr/bin/hang").timeout(Duration::from_secs(120)).run()?;
+    Err(Error::msg("hang returned"))
+}
+
+fn panic(_: &Context) -> Result<()> {
+    panic!("boom: the probe panicked on purpose");
+}

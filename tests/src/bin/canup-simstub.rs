@@ -1,0 +1,262 @@
+//! The stub behind every program of the simulated host (see `canup_tests::simhost`).
+//! Usage (from the wrapper scripts): `canup-simstub --sysroot DIR NAME ARGS...`.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use canup_tests::simhost::{CALL_LOG, Call, RPM_DB};
+
+struct Sim {
+    root: PathBuf,
+    user: String,
+}
+
+impl Sim {
+    fn path(&self, logical: &str) -> PathBuf {
+        self.root.join(logical.trim_start_matches('/'))
+    }
+    fn read(&self, logical: &str) -> String {
+        fs::read_to_string(self.path(logical)).unwrap_or_default()
+    }
+    fn write(&self, logical: &str, content: &str) {
+        let p = self.path(logical);
+        if let Some(d) = p.parent() {
+            let _ = fs::create_dir_all(d);
+        }
+        if let Err(e) = fs::write(&p, content) {
+            eprintln!("simstub: cannot write {}: {e}", p.display());
+        }
+    }
+    fn append(&self, logical: &str, line: &str) {
+        let mut content = self.read(logical);
+        content.push_str(line);
+        content.push('\n');
+        self.write(logical, &content);
+    }
+    fn rpm_db(&self) -> Vec<(String, String)> {
+        self.read(RPM_DB)
+            .lines()
+            .filter_map(|l| l.split_once(' ').map(|(n, v)| (n.to_owned(), v.to_owned())))
+            .collect()
+    }
+    fn installed_version(&self) -> String {
+        self.read("/opt/canopsis/VERSION.txt").trim().trim_start_matches("Canopsis version ").to_owned()
+    }
+}
+
+fn fail(msg: &str) -> ExitCode {
+    eprintln!("{msg}");
+    ExitCode::from(1)
+}
+
+fn main() -> ExitCode {
+    let mut argv: Vec<String> = std::env::args().skip(1).collect();
+    if argv.len() < 3 || argv[0] != "--sysroot" {
+        return fail("usage: canup-simstub --sysroot DIR NAME ARGS...");
+    }
+    let root = PathBuf::from(argv.remove(1));
+    argv.remove(0);
+    let name = argv.remove(0);
+    let args = argv;
+    let user = std::env::var("CANUP_SIMULATED_USER").unwrap_or_else(|_| "root".into());
+    let sim = Sim { root, user };
+    let env: BTreeMap<String, String> = std::env::vars().filter(|(k, _)| k != "CANUP_SIMULATED_USER").collect();
+    let cwd = std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default();
+    let call = Call { program: name.clone(), args: args.clone(), user: sim.user.clone(), env, cwd };
+    if let Ok(line) = serde_json::to_string(&call) {
+        let log = sim.path(CALL_LOG);
+        let _ = fs::create_dir_all(log.parent().unwrap_or(Path::new("/")));
+        if let Ok(mut f) = fs::OpenOptions::new().create(true).append(true).open(&log) {
+            let _ = f.write_all(format!("{line}\n").as_bytes());
+        }
+    }
+    match name.as_str() {
+        "yum" => yum(&sim, &args),
+        "rpm" => rpm(&sim, &args),
+        "su" => su(&sim, &args),
+        "systemctl" => systemctl(&sim, &args),
+        "canoctl" => {
+            if args.first().map(String::as_str) != Some("restart") {
+                return fail("canoctl (simulated): only 'restart' is supported");
+            }
+            sim.append("/var/lib/canup-sim/canoctl-restarts", &sim.installed_version());
+            println!("Restarting Canopsis engines... done");
+            ExitCode::SUCCESS
+        }
+        "mongo" => mongo(&sim, &args),
+        "canopsinit" => {
+            if sim.user != "canopsis" {
+                return fail("canopsinit must run as the canopsis user (su - canopsis -c ...)");
+            }
+            sim.write("/opt/canopsis/var/canopsinit.last", &format!("{} {}\n", sim.installed_version(), args.join(" ")));
+            println!("canopsinit: done");
+            ExitCode::SUCCESS
+        }
+        "init" => {
+            if std::env::var("CPS_AMQP_URL").is_err() {
+                return fail("init: CPS_AMQP_URL is not set (export go-engines-vars.conf first)");
+            }
+            let conf = match args.iter().position(|a| a == "-conf").and_then(|i| args.get(i + 1)) {
+                Some(c) => c.clone(),
+                None => return fail("init: -conf FILE is required"),
+            };
+            if !sim.path(&conf).is_file() {
+                return fail(&format!("init: {conf} not found"));
+            }
+            sim.append("/var/lib/canup-sim/init-runs", &conf);
+            ExitCode::SUCCESS
+        }
+        "canopsis-reconfigure" => {
+            for var in ["CPS_AMQP_URL", "CPS_MONGO_URL"] {
+                if std::env::var(var).is_err() {
+                    return fail(&format!("canopsis-reconfigure: {var} is not set (export go-engines-vars.conf first)"));
+                }
+            }
+            sim.write("/opt/canopsis/var/reconfigured", &format!("{}\n", sim.installed_version()));
+            ExitCode::SUCCESS
+        }
+        "docker-compose" => {
+            if args.iter().map(String::as_str).collect::<Vec<_>>() != ["up", "-d"] {
+                return fail("docker-compose (simulated): only 'up -d' is supported");
+            }
+            let env = sim.read("/opt/canopsis/docker/.env");
+            sim.write("/var/lib/canup-sim/compose-up", &env);
+            ExitCode::SUCCESS
+        }
+        other => fail(&format!("canup-simstub: unknown program {other}")),
+    }
+}
+
+/// `yum [options] update|install PKG-VERSION...`: only pinned versions are simulated; an
+/// unpinned update fails, because the simulated repository does not know what "latest" is.
+fn yum(sim: &Sim, args: &[String]) -> ExitCode {
+    let words: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
+    let Some((command, packages)) = words.split_first() else { return fail("yum: no command") };
+    if !matches!(command.as_str(), "update" | "install" | "upgrade") {
+        return fail(&format!("yum (simulated): unsupported command {command}"));
+    }
+    if packages.is_empty() {
+        return fail("yum (simulated): refusing an unpinned update; name PACKAGE-VERSION");
+    }
+    let mut db = sim.rpm_db();
+    let mut new_version = None;
+    for pkg in packages {
+        let Some((name, version)) = pkg.rsplit_once('-') else { return fail(&format!("yum: bad package {pkg}")) };
+        match db.iter_mut().find(|(n, _)| n == name) {
+            Some(entry) => entry.1 = version.to_owned(),
+            None => return fail(&format!("yum: package {name} is not installed")),
+        }
+        if name == "canopsis-core" || name == "canopsis-cat" {
+            new_version = Some(version.to_owned());
+        }
+    }
+    sim.write(RPM_DB, &db.iter().map(|(n, v)| format!("{n} {v}\n")).collect::<String>());
+    if let Some(v) = new_version {
+        sim.write("/opt/canopsis/VERSION.txt", &format!("Canopsis version {v}\n"));
+    }
+    println!("Complete!");
+    ExitCode::SUCCESS
+}
+
+fn rpm(sim: &Sim, args: &[String]) -> ExitCode {
+    if args.first().map(String::as_str) != Some("-q") {
+        return fail("rpm (simulated): only -q is supported");
+    }
+    let db = sim.rpm_db();
+    let mut code = ExitCode::SUCCESS;
+    for name in &args[1..] {
+        match db.iter().find(|(n, _)| n == name) {
+            Some((n, v)) => println!("{n}-{v}-1.el7.x86_64"),
+            None => {
+                println!("package {name} is not installed");
+                code = ExitCode::from(1);
+            }
+        }
+    }
+    code
+}
+
+/// `su [-] USER -c "COMMAND"`: runs COMMAND (split like a shell would) as USER, with a login
+/// environment as `su -` gives.
+fn su(sim: &Sim, args: &[String]) -> ExitCode {
+    let rest: Vec<&String> = args.iter().filter(|a| *a != "-" && *a != "-l").collect();
+    let (user, command) = match rest.as_slice() {
+        [user, flag, command] if flag.as_str() == "-c" => (user.as_str(), command.as_str()),
+        _ => return fail("su (simulated): expected su - USER -c COMMAND"),
+    };
+    let Some(words) = shlex::split(command) else { return fail("su: unbalanced quotes") };
+    let Some((program, program_args)) = words.split_first() else { return fail("su: empty command") };
+    let found = ["/opt/canopsis/bin", "/usr/bin", "/usr/sbin", "/bin"]
+        .iter()
+        .map(|d| if program.starts_with('/') { sim.path(program) } else { sim.path(&format!("{d}/{program}")) })
+        .find(|p| p.is_file());
+    let Some(path) = found else { return fail(&format!("su: {program}: command not found")) };
+    let status = Command::new(path)
+        .args(program_args)
+        .env_clear()
+        .env("CANUP_SIMULATED_USER", user)
+        .env("USER", user)
+        .env("HOME", format!("/opt/{user}"))
+        .env("PATH", "/opt/canopsis/bin:/usr/bin:/bin")
+        .status();
+    match status {
+        Ok(s) => ExitCode::from(s.code().unwrap_or(1) as u8),
+        Err(e) => fail(&format!("su: {e}")),
+    }
+}
+
+fn systemctl(sim: &Sim, args: &[String]) -> ExitCode {
+    let unit_file = |u: &str| if u.contains('.') { u.to_owned() } else { format!("{u}.service") };
+    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        ["daemon-reload"] => {
+            sim.append("/var/lib/canup-sim/daemon-reloads", "reload");
+            ExitCode::SUCCESS
+        }
+        ["enable", unit] => {
+            let link = sim.path(&format!("/etc/systemd/system/multi-user.target.wants/{}", unit_file(unit)));
+            let _ = fs::create_dir_all(link.parent().unwrap_or(Path::new("/")));
+            if !link.exists() {
+                let template = "/usr/lib/systemd/system/canopsis-engine-go@.service";
+                if let Err(e) = std::os::unix::fs::symlink(template, &link) {
+                    return fail(&format!("systemctl enable: {e}"));
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        ["is-enabled", unit] => {
+            let enabled = fs::symlink_metadata(sim.path(&format!("/etc/systemd/system/multi-user.target.wants/{}", unit_file(unit)))).is_ok();
+            println!("{}", if enabled { "enabled" } else { "disabled" });
+            ExitCode::from(if enabled { 0 } else { 1 })
+        }
+        [verb @ ("start" | "stop" | "restart"), _unit] => {
+            sim.append("/var/lib/canup-sim/systemctl-actions", &args.join(" "));
+            let _ = verb;
+            ExitCode::SUCCESS
+        }
+        _ => fail(&format!("systemctl (simulated): unsupported {}", args.join(" "))),
+    }
+}
+
+/// `mongo DB --eval SCRIPT` or a script on stdin: the script is appended to the simulated
+/// database's journal of applied scripts.
+fn mongo(sim: &Sim, args: &[String]) -> ExitCode {
+    let script = match args.iter().position(|a| a == "--eval") {
+        Some(i) => match args.get(i + 1) {
+            Some(s) => s.clone(),
+            None => return fail("mongo: --eval needs a script"),
+        },
+        None => {
+            let mut s = String::new();
+            if std::io::stdin().read_to_string(&mut s).is_err() {
+                return fail("mongo: cannot read the script from stdin");
+            }
+            s
+        }
+    };
+    sim.append("/var/lib/canup-sim/mongo-applied.js", script.trim());
+    println!("WriteResult({{ \"nMatched\" : 1, \"nUpserted\" : 0, \"nModified\" : 1 }})");
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,265 @@
+//! The simulated host: a single-node Canopsis as a directory tree, for `--sysroot`.
+//!
+//! MongoDB, yum, canoctl and Canopsis itself cannot exist on a Debian build machine, so the
+//! programs a step runs are stubs: each is a two-line shell wrapper that hands over to the
+//! `canup-simstub` binary, which records the call (argv, env, user, cwd) as one JSON line in
+//! `/var/log/canup-sim/calls.jsonl` and changes the tree the way the real tool would (`yum
+//! update` to V rewrites `VERSION.txt`, `systemctl enable` creates the wants link, ...). The
+//! files' contents follow what `canopsis-docs/` quotes.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+/// Where each stubbed program lives, as a step names it.
+pub const PROGRAMS: &[&str] = &[
+    "/usr/bin/yum",
+    "/usr/bin/rpm",
+    "/usr/bin/su",
+    "/usr/bin/systemctl",
+    "/usr/bin/canoctl",
+    "/usr/bin/mongo",
+    "/usr/bin/docker-compose",
+    "/opt/canopsis/bin/canopsinit",
+    "/opt/canopsis/bin/init",
+    "/opt/canopsis/bin/canopsis-reconfigure",
+];
+
+pub const CALL_LOG: &str = "/var/log/canup-sim/calls.jsonl";
+/// The simulated rpm database: one `name version` per line.
+pub const RPM_DB: &str = "/var/lib/canup-sim/rpm.txt";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Edition {
+    Core,
+    Cat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    Packages,
+    Compose,
+}
+
+#[derive(Debug, Clone)]
+pub struct Spec {
+    pub version: String,
+    pub edition: Edition,
+    pub method: Method,
+}
+
+impl Default for Spec {
+    fn default() -> Self {
+        Self { version: "3.38.0".into(), edition: Edition::Core, method: Method::Packages }
+    }
+}
+
+/// One recorded call of a stubbed program.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Call {
+    pub program: String,
+    pub args: Vec<String>,
+    pub user: String,
+    pub env: std::collections::BTreeMap<String, String>,
+    pub cwd: String,
+}
+
+impl Call {
+    /// `program arg1 arg2`, for comparing call sequences.
+    pub fn line(&self) -> String {
+        std::iter::once(self.program.as_str()).chain(self.args.iter().map(String::as_str)).collect::<Vec<_>>().join(" ")
+    }
+}
+
+pub struct SimHost {
+    root: PathBuf,
+}
+
+pub const GO_ENGINES_VARS: &str = "\
+CPS_AMQP_URL=amqp://cpsrabbit:canopsis@localhost/canopsis
+CPS_MONGO_URL=mongodb://cpsmongo:canopsis@localhost/canopsis
+CPS_REDIS_URL=redis://localhost:6379/0
+CPS_INFLUX_URL=http://cpsinflux:canopsis@localhost:8086/canopsis
+CPS_DEFAULT_CFG=/opt/canopsis/etc/default_configuration.toml
+CPS_API_URL=http://localhost:8082
+CPS_OLD_API_URL=http://localhost:8081
+";
+
+const WEBSERVER_CONF: &str = "\
+[server]
+debug=False
+enable_crossdomain_send_events=False
+root_directory=~/var/www
+
+[auth]
+providers=authkey
+
+[webservices]
+canopsis.webcore.services.rest=1
+canopsis.webcore.services.event=1
+canopsis.webcore.services.entities=1
+canopsis.webcore.services.pbehavior=1
+canopsis.webcore.services.session=1
+";
+
+fn amqp2engines(stack: &str, edition: &str) -> String {
+    format!(
+        "# amqp2engines ({stack} engines, {edition} edition)\n[engine:cleaner_events]\nevent_processing=canopsis.cleaner.process.event_processing\nnext=dynamic_infos\n\n[engine:dynamic_infos]\nnext=event_filter\n"
+    )
+}
+
+fn initialisation(edition: &str) -> String {
+    format!(
+        "# RabbitMQ and MongoDB initialisation ({edition})\n[RabbitMQ]\n\n[[RabbitMQ.queues]]\nname = \"Engine_fifo\"\ndurable = true\n\n[[RabbitMQ.queues]]\nname = \"Engine_che\"\ndurable = true\n"
+    )
+}
+
+const CHE_DROPIN: &str = "\
+[Service]
+ExecStart=
+ExecStart=/opt/canopsis/bin/engine-che -alwaysFlushEntities -publishQueue Engine_event_filter
+";
+
+const AXE_DROPIN: &str = "\
+[Service]
+Environment=CPS_DEFAULT_CFG=/opt/canopsis/etc/default_configuration.toml
+";
+
+const COMPOSE_YML: &str = "\
+version: '3'
+services:
+  rabbitmq:
+    image: rabbitmq:3.7.28-management
+    env_file:
+      - compose.env
+    restart: unless-stopped
+  redis:
+    image: redis:${REDIS_TAG}
+    restart: unless-stopped
+  che:
+    image: canopsis/engine-che:${CANOPSIS_IMAGE_TAG}
+    env_file:
+      - compose.env
+    restart: unless-stopped
+    command: /engine-che -alwaysFlushEntities
+";
+
+impl SimHost {
+    /// Builds the tree under `root` (which must be empty or absent). `stub` is the
+    /// `canup-simstub` binary the wrappers hand over to.
+    pub fn create(root: &Path, spec: &Spec, stub: &Path) -> Result<Self> {
+        fs::create_dir_all(root)?;
+        let root = root.canonicalize()?;
+        let host = Self { root };
+        let edition = match spec.edition {
+            Edition::Core => "core",
+            Edition::Cat => "cat",
+        };
+        host.write("/opt/canopsis/VERSION.txt", &format!("Canopsis version {}\n", spec.version))?;
+        host.write("/opt/canopsis/etc/go-engines-vars.conf", GO_ENGINES_VARS)?;
+        host.write("/opt/canopsis/etc/webserver.conf", WEBSERVER_CONF)?;
+        host.write("/opt/canopsis/etc/amqp2engines.conf", &amqp2engines("python", "core"))?;
+        for stack in ["go", "python"] {
+            for ed in ["cat", "core"] {
+                host.write(&format!("/opt/canopsis/etc/amqp2engines-{stack}-{ed}.conf.example"), &amqp2engines(stack, ed))?;
+            }
+        }
+        for ed in ["cat", "core"] {
+            host.write(&format!("/opt/canopsis/etc/initialisation-{ed}.toml.example"), &initialisation(ed))?;
+        }
+        host.write("/opt/canopsis/etc/default_configuration.toml", "[Canopsis.global]\nPrefetchCount = 10000\n")?;
+        host.write("/etc/systemd/system/canopsis-engine-go@engine-che.service.d/che.conf", CHE_DROPIN)?;
+        host.write("/etc/systemd/system/canopsis-engine-go@engine-axe.service.d/axe.conf", AXE_DROPIN)?;
+        fs::create_dir_all(host.path("/etc/systemd/system/multi-user.target.wants"))?;
+        fs::create_dir_all(host.path("/var/log/canup-sim"))?;
+        let mut rpm = format!("canopsis-core {}\n", spec.version);
+        if spec.edition == Edition::Cat {
+            rpm.push_str(&format!("canopsis-cat {}\n", spec.version));
+        }
+        if spec.method == Method::Packages {
+            host.write(RPM_DB, &rpm)?;
+        } else {
+            host.write(RPM_DB, "")?;
+            host.write(
+                "/opt/canopsis/docker/.env",
+                &format!("COMPOSE_PROJECT_NAME=canopsis\nCANOPSIS_IMAGE_TAG={}\nREDIS_TAG=3.2.12\nCPS_EDITION={edition}\n", spec.version),
+            )?;
+            host.write("/opt/canopsis/docker/docker-compose.yml", COMPOSE_YML)?;
+        }
+        let stub = stub.canonicalize().with_context(|| format!("stub binary {}", stub.display()))?;
+        for program in PROGRAMS {
+            let name = Path::new(program).file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            let script = format!(
+                "#!/bin/sh\nexec '{}' --sysroot '{}' {name} \"$@\"\n",
+                stub.display(),
+                host.root.display()
+            );
+            host.write(program, &script)?;
+            fs::set_permissions(host.path(program), fs::Permissions::from_mode(0o755))?;
+        }
+        Ok(host)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The real location of a path as a step names it.
+    pub fn path(&self, logical: &str) -> PathBuf {
+        self.root.join(logical.trim_start_matches('/'))
+    }
+
+    pub fn write(&self, logical: &str, content: &str) -> Result<()> {
+        let p = self.path(logical);
+        if let Some(dir) = p.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        fs::write(&p, content).with_context(|| format!("writing {}", p.display()))
+    }
+
+    pub fn read(&self, logical: &str) -> Result<String> {
+        let p = self.path(logical);
+        fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))
+    }
+
+    /// The calls recorded so far, in order.
+    pub fn calls(&self) -> Result<Vec<Call>> {
+        let text = match fs::read_to_string(self.path(CALL_LOG)) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        text.lines().map(|l| serde_json::from_str(l).with_context(|| format!("call log line {l:?}"))).collect()
+    }
+
+    /// Every file of the tree with its content (the call log excluded), for comparing end
+    /// states.
+    pub fn snapshot(&self) -> Result<std::collections::BTreeMap<String, String>> {
+        let mut out = std::collections::BTreeMap::new();
+        let mut stack = vec![self.root.clone()];
+        while let Some(dir) = stack.pop() {
+            for entry in fs::read_dir(&dir)? {
+                let entry = entry?;
+                let path = entry.path();
+                let logical = format!("/{}", path.strip_prefix(&self.root)?.display());
+                let meta = fs::symlink_metadata(&path)?;
+                if meta.is_dir() {
+                    stack.push(path);
+                } else if logical != CALL_LOG {
+                    let content = if meta.is_symlink() {
+                        format!("-> {}", fs::read_link(&path)?.display())
+                    } else {
+                        String::from_utf8_lossy(&fs::read(&path)?).into_owned()
+                    };
+                    out.insert(logical, content);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
