@@ -86,10 +86,13 @@ impl CompiledCache {
         }
         check_owned(&self.dir, &fs::metadata(&self.dir).map_err(|source| CacheError::Io { path: self.dir.display().to_string(), source })?)?;
         check_owned(&path, &meta)?;
+        // Read into memory rather than mapped: a file truncated under a mapping would crash
+        // canup with SIGBUS.
+        let bytes = fs::read(&path).map_err(|source| CacheError::Io { path: path.display().to_string(), source })?;
         // SAFETY: the file was written by `store` below from a component this engine compiled,
         // in a directory only canup's user can write (checked just above), under a key that
         // includes the engine's compatibility hash.
-        match unsafe { Component::deserialize_file(engine, &path) } {
+        match unsafe { Component::deserialize(engine, &bytes) } {
             Ok(c) => Ok(Some(c)),
             Err(e) => {
                 tracing::warn!("ignoring unusable compiled component {}: {e}", path.display());

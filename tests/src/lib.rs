@@ -21,3 +21,21 @@ pub fn guest_wasm(crate_name: &str) -> PathBuf {
     assert!(path.is_file(), "guest module {} is missing: run the tests with `cargo xtask test`, which builds the guests first", path.display());
     path
 }
+
+/// Serves `router` on an ephemeral 127.0.0.1 port for the life of the current runtime.
+pub async fn serve(router: axum::Router) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1");
+    let addr = listener.local_addr().expect("local addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    addr
+}
+
+/// Whether a process still runs (a zombie counts as gone: it runs nothing).
+pub fn process_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).is_some_and(|state| state != "Z"),
+        Err(_) => false,
+    }
+}

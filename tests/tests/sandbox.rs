@@ -1,0 +1,642 @@
+//! The sandbox and its capabilities, with the real host library, real guest components, real
+//! processes and real loopback HTTP servers. Hostile cases assert the error *and* that nothing
+//! outside changed (the simulated tree, the stub call log, files outside the sysroot).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Redirect};
+use axum::routing::{get, post};
+use canup::audit::{AuditLog, AuditRecord, Decision};
+use canup::backup::{BackupEntry, Backups};
+use canup::capabilities::http::{Endpoint, Endpoints};
+use canup::capabilities::{CapabilitySet, ExecRule, FsRules, Grant, HttpRule};
+use canup::config::StepLimits;
+use canup::manifest::{Edition, Method, STEP_API};
+use canup::sandbox::{LoadedStep, Sandbox, SandboxError, StepContext, StepEnv, StepReport, Stop};
+use canup::sysroot::Sysroot;
+use canup::ui::{Level, Ui};
+use canup_tests::simhost::{SimHost, Spec};
+use canup_tests::{guest_wasm, process_alive, serve};
+use semver::Version;
+use tempfile::TempDir;
+
+const STUB: &str = env!("CARGO_BIN_EXE_canup-simstub");
+
+/// One engine and one compile of the probe for the whole test binary.
+fn probe() -> &'static (Sandbox, LoadedStep) {
+    static PROBE: OnceLock<(Sandbox, LoadedStep)> = OnceLock::new();
+    PROBE.get_or_init(|| {
+        let sandbox = Sandbox::new(None).expect("sandbox");
+        let wasm = std::fs::read(guest_wasm("probe")).expect("probe.wasm");
+        let loaded = sandbox.load("probe", &wasm, &STEP_API).expect("load probe");
+        (sandbox, loaded)
+    })
+}
+
+fn exec_rule(program: &str, args: &[&str], env: &[&str]) -> ExecRule {
+    ExecRule { program: program.into(), args: args.iter().map(|s| s.to_string()).collect(), env: env.iter().map(|s| s.to_string()).collect(), users: vec![] }
+}
+
+/// What the probe declares: broad enough that each hostile case is refused for the reason it
+/// tests, not because something unrelated is missing.
+fn probe_caps() -> CapabilitySet {
+    CapabilitySet {
+        exec: vec![
+            exec_rule("/usr/bin/env", &[], &["FOO", "CPS_*"]),
+            exec_rule("/usr/bin/rpm", &["-q", "*"], &[]),
+            exec_rule("/usr/bin/su", &["-", "canopsis", "-c", "canopsinit --canopsis-edition *"], &[]),
+            // env "*": LD_PRELOAD must still be refused.
+            exec_rule("/usr/bin/systemctl", &["daemon-reload"], &["*"]),
+            exec_rule("/usr/bin/flood", &[], &[]),
+            exec_rule("/usr/bin/hang", &[], &[]),
+        ],
+        fs: FsRules { read: vec!["/opt/canopsis/**".into()], write: vec!["/opt/canopsis/etc/**".into()] },
+        http: vec![HttpRule {
+            endpoint: "api".into(),
+            methods: vec!["GET".into(), "POST".into()],
+            paths: vec!["/api/v4/**".into(), "/old-path".into(), "/new-path".into(), "/redirect-elsewhere".into(), "/big".into()],
+        }],
+    }
+}
+
+/// A UI that answers yes and records what it was asked.
+#[derive(Default)]
+struct RecordingUi {
+    events: Mutex<Vec<String>>,
+}
+
+impl Ui for RecordingUi {
+    fn log(&self, _: &str, level: Level, message: &str) {
+        self.events.lock().unwrap().push(format!("{level:?}: {message}"));
+    }
+    fn progress(&self, _: &str, done: u64, total: Option<u64>, message: &str) {
+        self.events.lock().unwrap().push(format!("progress {done}/{total:?} {message}"));
+    }
+    fn confirm(&self, _: &str, question: &str) -> bool {
+        self.events.lock().unwrap().push(format!("confirm {question}"));
+        true
+    }
+    fn manual(&self, _: &str, instruction: &str) -> bool {
+        self.events.lock().unwrap().push(format!("manual {instruction}"));
+        true
+    }
+}
+
+/// The loopback servers a probe talks to.
+struct Servers {
+    api: String,
+    elsewhere_hits: Arc<AtomicUsize>,
+    socket_hits: Arc<AtomicUsize>,
+    socket_addr: String,
+    posts: Arc<Mutex<Vec<(Option<String>, String)>>>,
+}
+
+async fn servers() -> Servers {
+    let elsewhere_hits = Arc::new(AtomicUsize::new(0));
+    let hits = elsewhere_hits.clone();
+    let elsewhere = serve(Router::new().fallback(move || {
+        hits.fetch_add(1, Ordering::SeqCst);
+        async { "stolen" }
+    }))
+    .await;
+    let posts: Arc<Mutex<Vec<(Option<String>, String)>>> = Arc::default();
+    let seen = posts.clone();
+    let api = serve(
+        Router::new()
+            .route(
+                "/api/v4/broadcast-message",
+                post(move |headers: HeaderMap, body: String| {
+                    let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
+                    seen.lock().unwrap().push((auth.clone(), body));
+                    async move {
+                        if auth.as_deref() == Some("Basic Y2FudXA6czNjcmV0") {
+                            (StatusCode::CREATED, r#"{"_id":"b1"}"#).into_response()
+                        } else {
+                            StatusCode::UNAUTHORIZED.into_response()
+                        }
+                    }
+                }),
+            )
+            .route("/api/v4/app-info", get(|| async { r#"{"version":"3.40.0"}"# }))
+            .route("/old-path", get(|| async { Redirect::to("/new-path") }))
+            .route("/new-path", get(|| async { "moved here" }))
+            .route("/redirect-elsewhere", get(move || async move { Redirect::to(&format!("http://{elsewhere}/steal")) }))
+            .route("/big", get(|| async { vec![b'x'; 10 << 20] })),
+    )
+    .await;
+    let socket_hits = Arc::new(AtomicUsize::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let socket_addr = listener.local_addr().unwrap().to_string();
+    let counter = socket_hits.clone();
+    tokio::spawn(async move {
+        while listener.accept().await.is_ok() {
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    Servers { api: format!("http://{api}"), elsewhere_hits, socket_hits, socket_addr, posts }
+}
+
+struct World {
+    _dir: TempDir,
+    sim: SimHost,
+    state: PathBuf,
+    outside: PathBuf,
+    servers: Servers,
+    secret_file: PathBuf,
+}
+
+async fn world() -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = SimHost::create(&dir.path().join("root"), &Spec::default(), Path::new(STUB)).unwrap();
+    let outside = dir.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("secret"), "outside secret\n").unwrap();
+    std::os::unix::fs::symlink(&outside, sim.path("/opt/canopsis/etc/escape")).unwrap();
+    sim.write("/root/secret", "root's secret\n").unwrap();
+    sim.write("/opt/canopsis/etc/old.conf", "old=1\n").unwrap();
+    std::fs::copy("/usr/bin/env", sim.path("/usr/bin/env")).unwrap();
+    let script = |name: &str, body: &str| {
+        sim.write(name, &format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(sim.path(name), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    };
+    script("/usr/bin/flood", "head -c 5000000 /dev/zero | tr '\\0' 'y'");
+    std::fs::create_dir_all(sim.path("/var/run")).unwrap();
+    let pid_file = sim.path("/var/run/hang.pid");
+    script("/usr/bin/hang", &format!("sleep 300 &\necho $! > '{}'\nsleep 300", pid_file.display()));
+    let servers = servers().await;
+    sim.write("/opt/canopsis/etc/listener", &servers.socket_addr).unwrap();
+    let state = dir.path().join("state");
+    let secret_file = dir.path().join("api-password");
+    std::fs::write(&secret_file, "s3cret\n").unwrap();
+    World { _dir: dir, sim, state, outside, servers, secret_file }
+}
+
+struct Run {
+    report: StepReport,
+    audit: Vec<AuditRecord>,
+    ui: Arc<RecordingUi>,
+}
+
+impl World {
+    fn endpoints(&self) -> Endpoints {
+        BTreeMap::from([(
+            "api".to_owned(),
+            Endpoint {
+                url: self.servers.api.clone(),
+                username: Some("canup".into()),
+                password_file: Some(self.secret_file.clone()),
+                password_env: None,
+                token_file: None,
+                token_env: None,
+            },
+        )])
+    }
+
+    async fn run_with(&self, step: &str, declared: &CapabilitySet, policy: &CapabilitySet, limits: StepLimits) -> Run {
+        let (sandbox, loaded) = probe();
+        let audit = Arc::new(AuditLog::open(&self.state.join("audit.jsonl"), "test-run").unwrap());
+        let ui = Arc::new(RecordingUi::default());
+        let env = StepEnv {
+            grant: Grant::new(step, declared, policy).unwrap(),
+            sysroot: Sysroot::new(self.sim.root()).unwrap(),
+            endpoints: Arc::new(self.endpoints()),
+            backups: Backups::open(&self.state, "test-run").unwrap(),
+            audit: audit.clone(),
+            ui: ui.clone(),
+            context: StepContext {
+                step_id: step.into(),
+                installed: Version::new(3, 38, 0),
+                target: Version::new(3, 40, 0),
+                release: Version::new(3, 40, 0),
+                edition: Edition::Cat,
+                method: Method::Packages,
+                dry_run: false,
+            },
+            limits,
+        };
+        let report = sandbox.run(loaded, env).await;
+        Run { report, audit: audit.records(), ui }
+    }
+
+    async fn run(&self, step: &str) -> Run {
+        self.run_with(step, &probe_caps(), &probe_caps(), StepLimits::default()).await
+    }
+
+    /// Runs a hostile step and checks the common promises: it failed with a message
+    /// containing `expected`, and nothing in or outside the simulated host changed.
+    async fn hostile(&self, step: &str, limits: StepLimits, expected: &str) -> Run {
+        let before = self.sim.snapshot().unwrap();
+        let run = self.run_with(step, &probe_caps(), &probe_caps(), limits).await;
+        let message = match &run.report.result {
+            Ok(()) => panic!("hostile step {step} succeeded; stdout: {}", run.report.stdout.text()),
+            Err(e) => e.to_string(),
+        };
+        assert!(message.contains(expected), "step {step}: expected {expected:?} in {message:?}");
+        assert_eq!(self.sim.snapshot().unwrap(), before, "step {step} changed the simulated host");
+        assert!(self.sim.calls().unwrap().is_empty(), "step {step} ran a stub: {:?}", self.sim.calls().unwrap());
+        assert_eq!(std::fs::read_to_string(self.outside.join("secret")).unwrap(), "outside secret\n");
+        assert!(!Path::new("/pwned").exists() && !Path::new("/tmp/canup-wasi-pwned").exists());
+        run
+    }
+}
+
+fn denied<'a>(run: &'a Run, capability: &str) -> &'a AuditRecord {
+    run.audit
+        .iter()
+        .find(|r| r.capability == capability && r.decision == Decision::Denied)
+        .unwrap_or_else(|| panic!("no denied {capability} record in {:#?}", run.audit))
+}
+
+// ---- allowed paths, one per capability ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_runs_declared_programs_with_only_the_given_environment() {
+    let w = world().await;
+    let run = w.run("allowed-exec").await;
+    assert_eq!(run.report.result, Ok(()), "stderr: {}", run.report.stderr.text());
+    let out = run.report.stdout.text();
+    // /usr/bin/env prints exactly the environment it got: what the step passed, nothing else.
+    let mut env_lines: Vec<&str> = out.lines().take_while(|l| !l.starts_with("canopsis-core")).collect();
+    env_lines.sort();
+    assert_eq!(env_lines, ["CPS_API_URL=http://localhost:8082", "FOO=bar"]);
+    assert!(out.contains("canopsis-core-3.38.0-1.el7.x86_64"), "{out}");
+    assert!(out.contains("rpm canopsis-cat status Some(1)"), "{out}");
+    let calls = w.sim.calls().unwrap();
+    let lines: Vec<String> = calls.iter().map(|c| format!("{} as {}", c.line(), c.user)).collect();
+    assert_eq!(
+        lines,
+        [
+            "rpm -q canopsis-core as root",
+            "su - canopsis -c canopsinit --canopsis-edition core as root",
+            "canopsinit --canopsis-edition core as canopsis",
+            "rpm -q canopsis-cat as root",
+        ]
+    );
+    let exec: Vec<_> = run.audit.iter().filter(|r| r.capability == "exec").collect();
+    assert_eq!(exec.len(), 4);
+    assert!(exec.iter().all(|r| r.decision == Decision::Allowed));
+    assert_eq!(exec[0].result, "exit 0");
+    // Environment values stay out of the audit; names are kept.
+    assert_eq!(exec[0].args["env"], serde_json::json!(["FOO", "CPS_API_URL"]));
+    assert!(!serde_json::to_string(&run.audit).unwrap().contains("localhost:8082"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fs_reads_writes_atomically_and_keeps_backups() {
+    let w = world().await;
+    let original = w.sim.read("/opt/canopsis/etc/webserver.conf").unwrap();
+    let run = w.run("allowed-fs").await;
+    assert_eq!(run.report.result, Ok(()), "stderr: {}", run.report.stderr.text());
+    let out = run.report.stdout.text();
+    assert!(out.contains("version=Canopsis version 3.38.0"), "{out}");
+    assert!(out.contains("exists=true missing=false"), "{out}");
+    assert!(out.contains("list=amqp2engines"), "{out}");
+    assert!(out.contains("new.conf") && out.contains("kind=File"), "{out}");
+    assert_eq!(w.sim.read("/opt/canopsis/etc/new.conf").unwrap(), "created=1\n");
+    assert_eq!(w.sim.read("/opt/canopsis/etc/webserver.conf").unwrap(), format!("{original}canopsis.webcore.services.metaalarmrule=1\n"));
+    assert!(!w.sim.path("/opt/canopsis/etc/old.conf").exists());
+    // Backups: the pre-run content of every changed file, and which files did not exist.
+    let dir = w.state.join("backups/test-run");
+    let entries: Vec<BackupEntry> =
+        std::fs::read_to_string(dir.join("index.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let by_path = |p: &str| entries.iter().find(|e| e.path == Path::new(p)).unwrap_or_else(|| panic!("no backup of {p}"));
+    assert!(!by_path("/opt/canopsis/etc/new.conf").existed);
+    assert_eq!(std::fs::read_to_string(dir.join(by_path("/opt/canopsis/etc/webserver.conf").copy.as_ref().unwrap())).unwrap(), original);
+    assert_eq!(std::fs::read_to_string(dir.join(by_path("/opt/canopsis/etc/old.conf").copy.as_ref().unwrap())).unwrap(), "old=1\n");
+    // No temporary file is left behind.
+    assert!(!std::fs::read_dir(w.sim.path("/opt/canopsis/etc")).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().contains(".canup-")));
+    let caps: Vec<&str> = run.audit.iter().map(|r| r.capability.as_str()).collect();
+    assert_eq!(caps, ["fs.read", "fs.write", "fs.append", "fs.exists", "fs.exists", "fs.list-dir", "fs.metadata", "fs.remove"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_injects_credentials_and_follows_same_origin_redirects() {
+    let w = world().await;
+    let run = w.run("allowed-http").await;
+    assert_eq!(run.report.result, Ok(()), "stderr: {}", run.report.stderr.text());
+    let out = run.report.stdout.text();
+    assert!(out.contains(r#"post status=201 body={"_id":"b1"}"#), "{out}");
+    assert!(out.contains("redirected status=200 body=moved here"), "{out}");
+    let posts = w.servers.posts.lock().unwrap().clone();
+    assert_eq!(posts.len(), 1);
+    assert_eq!(posts[0].0.as_deref(), Some("Basic Y2FudXA6czNjcmV0"));
+    assert!(posts[0].1.contains("Canopsis upgrade in progress"));
+    // The secret is in no record the step or the operator sees.
+    assert!(!serde_json::to_string(&run.audit).unwrap().contains("s3cret"));
+    assert!(!out.contains("s3cret") && !out.contains("Y2FudXA6czNjcmV0"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ui_reaches_the_operator() {
+    let w = world().await;
+    let run = w.run("allowed-ui").await;
+    assert_eq!(run.report.result, Ok(()));
+    assert!(run.report.stdout.text().contains("confirm=true manual=true"));
+    let events = run.ui.events.lock().unwrap().clone();
+    assert_eq!(
+        events,
+        ["Info: hello operator", "Warn: careful", "progress 5/Some(10) halfway", "confirm Proceed?", "manual Upgrade Redis to version 5 by hand."]
+    );
+    assert!(run.audit.iter().any(|r| r.capability == "ui.manual" && r.result == "done"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn context_tells_versions_edition_and_method() {
+    let w = world().await;
+    let run = w.run("allowed-context").await;
+    assert_eq!(run.report.result, Ok(()));
+    assert_eq!(
+        run.report.stdout.text().trim(),
+        "installed=3.38.0 target=3.40.0 release=3.40.0 edition=cat method=packages dry_run=false step=allowed-context"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_id_the_module_does_not_implement_fails_clearly() {
+    let w = world().await;
+    let run = w.run("no-such-step").await;
+    let Err(Stop::Failed(msg)) = &run.report.result else { panic!("{:?}", run.report.result) };
+    assert!(msg.contains("does not implement step \"no-such-step\"") && msg.contains("allowed-exec"), "{msg}");
+}
+
+// ---- hostile modules ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn path_traversal_out_of_the_sysroot_is_denied() {
+    let w = world().await;
+    let run = w.hostile("traversal", StepLimits::default(), "outside the sysroot").await;
+    denied(&run, "fs.read");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn path_traversal_to_an_undeclared_path_is_judged_after_resolution() {
+    let w = world().await;
+    let run = w.hostile("traversal-inside", StepLimits::default(), "read of /opt/canopsis/etc/../../../root/secret (resolves to /root/secret) is not in the capabilities declared by step traversal-inside").await;
+    denied(&run, "fs.read");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_symlink_leading_outside_cannot_be_read() {
+    let w = world().await;
+    let run = w.hostile("symlink-read", StepLimits::default(), "outside the sysroot").await;
+    assert!(!run.report.result.as_ref().unwrap_err().to_string().contains("outside secret"));
+    denied(&run, "fs.read");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_symlink_leading_outside_cannot_be_written() {
+    let w = world().await;
+    let run = w.hostile("symlink-write", StepLimits::default(), "outside the sysroot").await;
+    denied(&run, "fs.write");
+    assert!(!w.state.join("backups/test-run/files").read_dir().unwrap().any(|_| true), "nothing was backed up");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_path_cannot_be_written() {
+    let w = world().await;
+    let run = w.hostile("write-readonly", StepLimits::default(), "write of /opt/canopsis/VERSION.txt is not in the capabilities declared").await;
+    denied(&run, "fs.write");
+    assert_eq!(w.sim.read("/opt/canopsis/VERSION.txt").unwrap(), "Canopsis version 3.38.0\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undeclared_program_is_denied() {
+    let w = world().await;
+    let run = w.hostile("undeclared-program", StepLimits::default(), "exec of program /bin/sh is not in the capabilities declared by step undeclared-program").await;
+    denied(&run, "exec");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declared_program_with_undeclared_arguments_is_denied() {
+    let w = world().await;
+    let run = w
+        .hostile("undeclared-args", StepLimits::default(), r#"exec of /usr/bin/systemctl with arguments ["stop", "canopsis-engine-go@engine-che"] is not in the capabilities declared"#)
+        .await;
+    denied(&run, "exec");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relative_program_is_refused() {
+    let w = world().await;
+    let run = w.hostile("relative-program", StepLimits::default(), "never looked up through PATH").await;
+    denied(&run, "exec");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_program_found_through_path_is_refused() {
+    let w = world().await;
+    let run = w.hostile("path-lookup", StepLimits::default(), "exec of program \"systemctl\": programs are named by absolute path").await;
+    denied(&run, "exec");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hosts_environment_and_arguments_are_invisible() {
+    // SAFETY: set before any thread of this test reads the environment; tests that read it
+    // do so only through the sandbox, which never passes it on.
+    unsafe { std::env::set_var("CANUP_TEST_SECRET", "hunter2") };
+    let w = world().await;
+    let run = w.run("host-env").await;
+    assert_eq!(run.report.result, Ok(()), "{:?}", run.report.result);
+    assert!(run.report.stdout.text().contains("environment empty, no arguments"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ld_preload_is_refused_even_when_declared() {
+    let w = world().await;
+    let run = w.hostile("ld-preload", StepLimits::default(), "environment variable LD_PRELOAD for /usr/bin/systemctl is refused for every step").await;
+    denied(&run, "exec");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_infinite_loop_hits_the_cpu_limit() {
+    let w = world().await;
+    let limits = StepLimits { cpu: Duration::from_millis(300), wall: Duration::from_secs(60), ..StepLimits::default() };
+    let run = w.hostile("infinite-loop", limits, "CPU time limit of 300ms").await;
+    assert_eq!(run.report.result, Err(Stop::CpuTime(Duration::from_millis(300))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_bomb_hits_the_memory_limit() {
+    let w = world().await;
+    let limits = StepLimits { memory: 32 << 20, ..StepLimits::default() };
+    let run = w.hostile("memory-bomb", limits, "over its limit of 33554432 bytes").await;
+    assert!(matches!(run.report.result, Err(Stop::OutOfMemory { wanted, .. }) if wanted > 32 << 20));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stdout_flood_is_bounded_and_does_not_kill_the_step() {
+    let w = world().await;
+    let limits = StepLimits { guest_output: 64 << 10, ..StepLimits::default() };
+    let run = w.run_with("stdout-flood", &probe_caps(), &probe_caps(), limits).await;
+    assert_eq!(run.report.result, Ok(()));
+    assert_eq!(run.report.stdout.bytes.len(), 64 << 10);
+    assert!(run.report.stdout.dropped > 10_000_000, "dropped {}", run.report.stdout.dropped);
+    assert!(run.report.stdout.text().starts_with("flood line 000000"));
+    assert_eq!(run.report.stderr.text(), "flood finished\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_output_beyond_the_bound_is_truncated() {
+    let w = world().await;
+    let mut limits = StepLimits::default();
+    limits.exec.max_output = 100_000;
+    let run = w.run_with("exec-flood", &probe_caps(), &probe_caps(), limits).await;
+    assert_eq!(run.report.result, Ok(()), "{:?}", run.report.result);
+    assert_eq!(run.report.stdout.text().trim(), "kept=100000 truncated=true");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undeclared_endpoint_is_denied() {
+    let w = world().await;
+    let run = w.hostile("undeclared-endpoint", StepLimits::default(), "GET / on endpoint internal-admin is not in the capabilities declared").await;
+    denied(&run, "http");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_to_another_host_is_refused() {
+    let w = world().await;
+    let run = w.hostile("redirect-elsewhere", StepLimits::default(), "leads to another origin").await;
+    denied(&run, "http");
+    assert_eq!(w.servers.elsewhere_hits.load(Ordering::SeqCst), 0, "the other host was contacted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_response_body_is_refused() {
+    let w = world().await;
+    let mut limits = StepLimits::default();
+    limits.http.max_response_body = 1 << 20;
+    let run = w.hostile("big-body", limits, "response body of endpoint api exceeds the limit of 1048576 bytes").await;
+    assert!(run.audit.iter().any(|r| r.capability == "http" && r.result.contains("exceeds")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_cannot_set_its_own_credentials() {
+    let w = world().await;
+    let run = w.hostile("auth-header", StepLimits::default(), "header Authorization on endpoint api is refused for every step").await;
+    denied(&run, "http");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_wasi_filesystem_access_finds_nothing() {
+    let w = world().await;
+    let before = w.sim.snapshot().unwrap();
+    let run = w.run("wasi-fs").await;
+    assert_eq!(run.report.result, Ok(()), "{:?}", run.report.result);
+    assert!(run.report.stdout.text().contains("all direct filesystem calls failed"));
+    assert_eq!(w.sim.snapshot().unwrap(), before);
+    assert!(!Path::new("/tmp/canup-wasi-pwned").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_wasi_sockets_are_refused() {
+    let w = world().await;
+    let run = w.run("wasi-socket").await;
+    assert_eq!(run.report.result, Ok(()), "{:?}", run.report.result);
+    assert!(run.report.stdout.text().contains("socket refused"), "{}", run.report.stdout.text());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(w.servers.socket_hits.load(Ordering::SeqCst), 0, "the listener was reached");
+}
+
+fn hang_pids(w: &World) -> Vec<i32> {
+    let text = std::fs::read_to_string(w.sim.path("/var/run/hang.pid")).unwrap_or_default();
+    text.trim().parse().into_iter().collect()
+}
+
+async fn assert_gone(pids: &[i32]) {
+    assert!(!pids.is_empty(), "the hanging program did not start");
+    for _ in 0..50 {
+        if pids.iter().all(|p| !process_alive(*p)) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("processes {pids:?} survived");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_command_is_killed_with_its_process_group() {
+    let w = world().await;
+    let run = w.run("exec-timeout").await;
+    let Err(Stop::Failed(msg)) = &run.report.result else { panic!("{:?}", run.report.result) };
+    assert!(msg.contains("/usr/bin/hang ran past its time limit of 500ms; its process group was killed"), "{msg}");
+    assert_gone(&hang_pids(&w)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wall_time_limit_stops_a_step_blocked_in_a_host_call() {
+    let w = world().await;
+    let limits = StepLimits { wall: Duration::from_secs(1), ..StepLimits::default() };
+    let run = w.run_with("wall-time", &probe_caps(), &probe_caps(), limits).await;
+    assert_eq!(run.report.result, Err(Stop::WallTime(Duration::from_secs(1))));
+    assert_gone(&hang_pids(&w)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_panic_is_reported_with_its_message() {
+    let w = world().await;
+    let run = w.hostile("panic", StepLimits::default(), "the step panicked: boom: the probe panicked on purpose").await;
+    assert!(matches!(&run.report.result, Err(Stop::Panic(m)) if m.contains("src/lib.rs")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operators_policy_bounds_what_a_step_declared() {
+    let w = world().await;
+    let mut policy = probe_caps();
+    policy.exec.retain(|r| r.program != "/usr/bin/rpm");
+    let before = w.sim.snapshot().unwrap();
+    let run = w.run_with("allowed-exec", &probe_caps(), &policy, StepLimits::default()).await;
+    let Err(Stop::Failed(msg)) = &run.report.result else { panic!("{:?}", run.report.result) };
+    assert!(msg.contains("exec of program /usr/bin/rpm is not allowed by the operator's policy (step allowed-exec)"), "{msg}");
+    assert_eq!(w.sim.snapshot().unwrap(), before);
+    assert!(w.sim.calls().unwrap().is_empty());
+    denied(&run, "exec");
+}
+
+#[test]
+fn a_module_built_for_a_newer_major_api_is_refused_before_instantiation() {
+    let (sandbox, _) = probe();
+    let wasm = std::fs::read(guest_wasm("newer-api")).unwrap();
+    // Even when its manifest claims 1.0.0, the imports tell the truth.
+    let Err(e) = sandbox.load("newer", &wasm, &STEP_API) else { panic!("loaded a 2.0 module") };
+    assert!(matches!(e, SandboxError::ApiMismatch { .. }));
+    assert_eq!(e.to_string(), "step newer: built for step API 2.0.0, this canup supports 1.0.0; use a canup of the same major version");
+    let Err(e) = sandbox.load("newer", &wasm, &Version::new(2, 0, 0)) else { panic!("loaded a 2.0 module") };
+    assert!(e.to_string().contains("built for step API 2.0.0"));
+}
+
+#[test]
+fn a_broken_module_is_refused() {
+    let (sandbox, _) = probe();
+    let Err(e) = sandbox.load("broken", b"\0asm\x0d\0\x01\0garbage", &STEP_API) else { panic!("loaded garbage") };
+    assert!(e.to_string().starts_with("step broken: the module is not a valid step component"), "{e}");
+}
+
+#[test]
+fn compiled_components_are_cached_and_a_tampered_cache_is_not_loaded() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("compiled");
+    let wasm = std::fs::read(guest_wasm("example-step")).unwrap();
+    let first = Sandbox::new(Some(&cache)).unwrap().load("example", &wasm, &STEP_API).unwrap();
+    assert!(!first.from_cache);
+    let second = Sandbox::new(Some(&cache)).unwrap().load("example", &wasm, &STEP_API).unwrap();
+    assert!(second.from_cache);
+    let entry = std::fs::read_dir(&cache).unwrap().next().unwrap().unwrap().path();
+    assert!(entry.file_name().unwrap().to_string_lossy().starts_with(&first.module_sha256));
+    // Writable by others: treated as untrusted native code.
+    std::fs::set_permissions(&entry, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let Err(e) = Sandbox::new(Some(&cache)).unwrap().load("example", &wasm, &STEP_API) else { panic!("loaded a world-writable cache entry") };
+    assert!(e.to_string().contains("writable by group or others"), "{e}");
+    // Corrupt content: ignored and recompiled.
+    std::fs::set_permissions(&entry, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(&entry, b"not native code").unwrap();
+    let again = Sandbox::new(Some(&cache)).unwrap().load("example", &wasm, &STEP_API).unwrap();
+    assert!(!again.from_cache);
+    assert!(Sandbox::new(Some(&cache)).unwrap().load("example", &wasm, &STEP_API).unwrap().from_cache);
+}
