@@ -155,11 +155,13 @@ async fn step_run(config_path: &std::path::Path, args: StepRunArgs) -> Result<u8
     };
     let grant = Grant::new(&manifest.id, &manifest.capabilities, &config.policy).map_err(usage)?;
 
-    let sandbox = Sandbox::new(Some(&state_dir.join("cache/compiled"))).map_err(|e| Exit(3, e.into()))?;
+    let sandbox = Sandbox::new(Some(&state_dir.join("cache/compiled"))).map_err(|e| Exit(2, e.into()))?;
+    let load_start = std::time::Instant::now();
     let loaded = sandbox.load(&manifest.id, &wasm, &release.api).map_err(|e| {
         let code = if matches!(e, SandboxError::Cache(_) | SandboxError::Engine(_)) { 2 } else { 3 };
         Exit(code, e.into())
     })?;
+    let load_time = load_start.elapsed();
 
     let run = run_id("step-run");
     let audit = Arc::new(AuditLog::open(&state_dir.join("audit.jsonl"), &run).map_err(|e| usage(anyhow::anyhow!("audit log in {}: {e}", state_dir.display())))?);
@@ -191,18 +193,19 @@ async fn step_run(config_path: &std::path::Path, args: StepRunArgs) -> Result<u8
     let report = sandbox.run(&loaded, env).await;
     let records = audit.records();
     if args.json {
-        print_json(&report, &records, loaded.from_cache);
+        print_json(&report, &records, loaded.from_cache, load_time);
     } else {
-        print_human(&report, &records, loaded.from_cache);
+        print_human(&report, &records, loaded.from_cache, load_time);
     }
     Ok(if report.result.is_ok() { 0 } else { 1 })
 }
 
-fn print_json(report: &StepReport, audit: &[AuditRecord], from_cache: bool) {
+fn print_json(report: &StepReport, audit: &[AuditRecord], from_cache: bool, load_time: std::time::Duration) {
     let value = serde_json::json!({
         "step": report.step,
         "module_sha256": report.module_sha256,
         "compiled_from_cache": from_cache,
+        "load_ms": load_time.as_secs_f64() * 1000.0,
         "outcome": match &report.result { Ok(()) => "succeeded".to_owned(), Err(e) => e.to_string() },
         "succeeded": report.result.is_ok(),
         "duration_ms": report.duration.as_secs_f64() * 1000.0,
@@ -215,7 +218,7 @@ fn print_json(report: &StepReport, audit: &[AuditRecord], from_cache: bool) {
     println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
 }
 
-fn print_human(report: &StepReport, audit: &[AuditRecord], from_cache: bool) {
+fn print_human(report: &StepReport, audit: &[AuditRecord], from_cache: bool, load_time: std::time::Duration) {
     for (name, c) in [("stdout", &report.stdout), ("stderr", &report.stderr)] {
         if !c.bytes.is_empty() {
             println!("--- step {name} ---");
@@ -236,7 +239,7 @@ fn print_human(report: &StepReport, audit: &[AuditRecord], from_cache: bool) {
         };
         println!("{mark} {:<11} {} -> {} ({} us)", r.capability, r.args, r.result, r.duration_us);
     }
-    let cache = if from_cache { "cached compile" } else { "fresh compile" };
+    let cache = format!("module {} in {:.1} ms", if from_cache { "loaded from the compiled cache" } else { "compiled" }, load_time.as_secs_f64() * 1000.0);
     match &report.result {
         Ok(()) => println!("step {} succeeded in {:.1} ms ({cache})", report.step, report.duration.as_secs_f64() * 1000.0),
         Err(e) => println!("step {} FAILED: {e}", report.step),

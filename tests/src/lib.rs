@@ -7,9 +7,18 @@ use std::path::PathBuf;
 
 /// The workspace's target directory (honours `CARGO_TARGET_DIR`).
 pub fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
+    let dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    dir.canonicalize().unwrap_or(dir)
+}
+
+/// The `canup` binary built by `cargo test`/`cargo build` (the tests crate cannot name
+/// another package's binary through `CARGO_BIN_EXE_*`).
+pub fn canup_bin() -> PathBuf {
+    let path = target_dir().join("debug/canup");
+    assert!(path.is_file(), "{} is missing: run the tests with `cargo xtask test`", path.display());
+    path
 }
 
 /// The cargo profile guests are built with (see the workspace `Cargo.toml`).

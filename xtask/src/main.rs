@@ -1,1 +1,185 @@
-fn main() {}
+//! `cargo xtask …`: the project's build steps.
+//!
+//! - `cargo xtask test [ARGS]`: installs what the tests need (the `wasm32-wasip2` target),
+//!   builds every guest crate once, then runs every test (`cargo test`, extra ARGS passed on).
+//! - `cargo xtask demo`: runs the example step on a simulated Canopsis with a loopback API
+//!   server, and prints the step's log, its audit and the commands it ran.
+//! - `cargo xtask build-guests`: builds `steps/*` and `tests/guests/*` for `wasm32-wasip2`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use canup_tests::simhost::{Edition, Method, SimHost, Spec};
+
+const WASM_TARGET: &str = "wasm32-wasip2";
+
+fn main() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let task = args.next().unwrap_or_default();
+    let rest: Vec<String> = args.collect();
+    match task.as_str() {
+        "test" => test(&rest),
+        "demo" => demo(),
+        "build-guests" => build_guests().map(|_| ()),
+        _ => {
+            eprintln!("usage: cargo xtask <test [CARGO TEST ARGS] | demo | build-guests>");
+            std::process::exit(2)
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+fn run(mut cmd: Command) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    let status = cmd.status().with_context(|| format!("cannot start {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed with {status}");
+    }
+    Ok(())
+}
+
+/// Installs the wasm target when it is missing (a fresh machine has only the host target).
+fn ensure_wasm_target() -> Result<()> {
+    let out = Command::new("rustup").args(["target", "list", "--installed"]).output().context("rustup is needed to install the wasm32-wasip2 target")?;
+    if String::from_utf8_lossy(&out.stdout).lines().any(|l| l.trim() == WASM_TARGET) {
+        return Ok(());
+    }
+    eprintln!("xtask: installing the {WASM_TARGET} target");
+    let mut c = Command::new("rustup");
+    c.args(["target", "add", WASM_TARGET]);
+    run(c)
+}
+
+/// Package names of the guest crates (every crate under `steps/` and `tests/guests/`).
+fn guest_crates() -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    for dir in ["steps", "tests/guests"] {
+        let Ok(entries) = std::fs::read_dir(root().join(dir)) else { continue };
+        for entry in entries {
+            let manifest = entry?.path().join("Cargo.toml");
+            let Ok(text) = std::fs::read_to_string(&manifest) else { continue };
+            let name = text
+                .lines()
+                .find_map(|l| l.strip_prefix("name = ").map(|n| n.trim().trim_matches('"').to_owned()))
+                .with_context(|| format!("no package name in {}", manifest.display()))?;
+            names.push(name);
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// Builds every guest once, in one cargo invocation.
+fn build_guests() -> Result<Vec<String>> {
+    ensure_wasm_target()?;
+    let crates = guest_crates()?;
+    let mut c = cargo();
+    c.args(["build", "--target", WASM_TARGET, "--profile", canup_tests::GUEST_PROFILE]);
+    for name in &crates {
+        c.args(["-p", name]);
+    }
+    run(c)?;
+    Ok(crates)
+}
+
+fn test(extra: &[String]) -> Result<()> {
+    build_guests()?;
+    let mut c = cargo();
+    c.arg("test").args(extra);
+    run(c)
+}
+
+fn demo() -> Result<()> {
+    build_guests()?;
+    let mut c = cargo();
+    c.args(["build", "--quiet", "-p", "canup", "-p", "canup-tests", "--bins"]);
+    run(c)?;
+    let target = canup_tests::target_dir();
+    let canup = target.join("debug/canup");
+    let stub = target.join("debug/canup-simstub");
+
+    let demo = target.join("demo");
+    if demo.exists() {
+        std::fs::remove_dir_all(&demo).with_context(|| format!("cleaning {}", demo.display()))?;
+    }
+    let spec = Spec { version: "3.38.0".into(), edition: Edition::Cat, method: Method::Packages };
+    let sim = SimHost::create(&demo.join("root"), &spec, &stub)?;
+    let secret = demo.join("canopsis-api.password");
+    std::fs::write(&secret, "demo-password\n")?;
+
+    let runtime = tokio::runtime::Runtime::new()?;
+    let api = runtime.block_on(canup_tests::serve(axum::Router::new().route(
+        "/api/v4/app-info",
+        axum::routing::get(|| async { r#"{"version":"3.38.0","edition":"cat"}"# }),
+    )));
+    let config = demo.join("canup.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"# Demo operator config: the policy bounds what any step may do.
+[policy.fs]
+read = ["/opt/canopsis/**"]
+write = ["/opt/canopsis/etc/**"]
+
+[[policy.exec]]
+program = "/usr/bin/rpm"
+args = ["-q", "*"]
+
+[[policy.exec]]
+program = "/opt/canopsis/bin/canopsis-reconfigure"
+env = ["CPS_*"]
+
+[[policy.exec]]
+program = "/usr/bin/canoctl"
+args = ["restart"]
+
+[[policy.http]]
+endpoint = "canopsis-api"
+methods = ["GET"]
+
+[endpoints.canopsis-api]
+url = "http://{api}"
+username = "root"
+password_file = "{}"
+"#,
+            secret.display()
+        ),
+    )?;
+    let module = target.join(WASM_TARGET).join(canup_tests::GUEST_PROFILE).join("example_step.wasm");
+    let manifest = root().join("tests/guests/example-step/step.toml");
+    println!("== simulated Canopsis 3.38.0 (cat, packages) in {}", sim.root().display());
+    println!("== canup step run {} --sysroot … --yes\n", module.display());
+    let mut c = Command::new(&canup);
+    c.arg("step").arg("run").arg(&module).arg("--manifest").arg(&manifest).arg("--policy").arg(&config);
+    c.arg("--sysroot").arg(sim.root()).arg("--state-dir").arg(demo.join("state"));
+    c.args(["--installed", "3.38.0", "--target", "3.40.0", "--edition", "cat", "--yes"]);
+    let status = c.status().context("running canup")?;
+    if status.success() {
+        println!("\n== the same step again: idempotent, and started from the compiled cache\n");
+        let again = Command::new(&canup).args(c.get_args()).status().context("running canup")?;
+        if !again.success() {
+            bail!("the second run exited with {again}");
+        }
+    }
+    println!("\n== commands the step ran on the simulated host, in order");
+    for call in sim.calls()? {
+        let env = if call.env.is_empty() { String::new() } else { format!("  [env: {}]", call.env.keys().cloned().collect::<Vec<_>>().join(" ")) };
+        println!("  {} (as {}){env}", call.line(), call.user);
+    }
+    println!("\n== webserver.conf now ends with: {:?}", sim.read("/opt/canopsis/etc/webserver.conf")?.lines().last().unwrap_or_default());
+    drop(runtime);
+    if !status.success() {
+        bail!("canup exited with {status}");
+    }
+    Ok(())
+}

@@ -177,3 +177,136 @@ impl Grant {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::exec::ExecRequest;
+    use super::fs::Access;
+    use super::*;
+    use crate::sysroot::Sysroot;
+
+    fn set(toml_text: &str) -> CapabilitySet {
+        toml::from_str(toml_text).unwrap()
+    }
+
+    fn req(program: &str, args: &[&str]) -> ExecRequest {
+        ExecRequest { program: program.into(), args: args.iter().map(|s| s.to_string()).collect(), ..Default::default() }
+    }
+
+    const YUM: &str = r#"
+[[exec]]
+program = "/usr/bin/yum"
+args = ["--disablerepo=[*]", "--enablerepo=canopsis[*]", "update", "-y", "**"]
+[[exec]]
+program = "/usr/bin/systemctl"
+args = ["enable", "canopsis-engine-go@*"]
+users = ["canopsis"]
+"#;
+
+    #[test]
+    fn argument_patterns_one_rest_and_literal_star() {
+        let g = Grant::new("s", &set(YUM), &set(YUM)).unwrap();
+        let yum = ["--disablerepo=*", "--enablerepo=canopsis*", "update", "-y"];
+        assert!(g.check_exec(&req("/usr/bin/yum", &[&yum[..], &["canopsis-core-3.40.0", "canopsis-cat-3.40.0"]].concat())).is_ok());
+        assert!(g.check_exec(&req("/usr/bin/yum", &yum)).is_ok(), "** matches nothing too");
+        // [*] is a literal star: another repo glob is not the declared one.
+        assert!(g.check_exec(&req("/usr/bin/yum", &["--disablerepo=epel", "--enablerepo=canopsis*", "update", "-y"])).is_err());
+        assert!(g.check_exec(&req("/usr/bin/yum", &["--disablerepo=*", "--enablerepo=canopsis*", "remove", "-y", "x"])).is_err());
+        // * is exactly one argument, including one with slashes.
+        assert!(g.check_exec(&req("/usr/bin/systemctl", &["enable", "canopsis-engine-go@engine-fifo"])).is_ok());
+        assert!(g.check_exec(&req("/usr/bin/systemctl", &["enable", "canopsis-engine-go@a", "extra"])).is_err());
+        assert!(g.check_exec(&req("/usr/bin/systemctl", &["enable"])).is_err());
+    }
+
+    #[test]
+    fn users_and_environment_must_be_declared_by_the_same_rule() {
+        let g = Grant::new("s", &set(YUM), &set(YUM)).unwrap();
+        let mut r = req("/usr/bin/systemctl", &["enable", "canopsis-engine-go@x"]);
+        r.user = Some("canopsis".into());
+        assert!(g.check_exec(&r).is_ok());
+        r.user = Some("root".into());
+        let e = g.check_exec(&r).unwrap_err().to_string();
+        assert!(e.contains("exec of /usr/bin/systemctl as user root"), "{e}");
+        r.user = None;
+        r.env = vec![("CPS_AMQP_URL".into(), "amqp://".into())];
+        assert!(g.check_exec(&r).unwrap_err().to_string().contains("environment variables [\"CPS_AMQP_URL\"]"));
+    }
+
+    #[test]
+    fn forbidden_variables_and_malformed_requests() {
+        let any_env = set("[[exec]]\nprogram = \"/bin/x\"\nenv = [\"*\"]\n");
+        let g = Grant::new("s", &any_env, &any_env).unwrap();
+        for name in ["LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT", "BASH_ENV", "GCONV_PATH"] {
+            let mut r = req("/bin/x", &[]);
+            r.env = vec![(name.into(), "x".into())];
+            assert!(matches!(g.check_exec(&r), Err(Denial::Forbidden { .. })), "{name}");
+        }
+        let mut r = req("/bin/x", &[]);
+        r.env = vec![("A=B".into(), "x".into())];
+        assert!(matches!(g.check_exec(&r), Err(Denial::Invalid { .. })));
+        assert!(matches!(g.check_exec(&req("/bin/../bin/x", &[])), Err(Denial::Invalid { .. })));
+        let mut r = req("/bin/x", &[]);
+        r.cwd = Some("relative".into());
+        assert!(matches!(g.check_exec(&r), Err(Denial::Invalid { .. })));
+    }
+
+    #[test]
+    fn declaration_is_blamed_before_policy() {
+        let declared = set("[[exec]]\nprogram = \"/bin/a\"\n");
+        let policy = set("[[exec]]\nprogram = \"/bin/b\"\n");
+        let g = Grant::new("step-1", &declared, &policy).unwrap();
+        assert!(matches!(g.check_exec(&req("/bin/b", &[])), Err(Denial::NotDeclared { .. })));
+        let e = g.check_exec(&req("/bin/a", &[])).unwrap_err();
+        assert!(matches!(e, Denial::NotInPolicy { .. }));
+        assert!(e.to_string().contains("widen the policy in canup.toml"), "{e}");
+    }
+
+    #[test]
+    fn empty_rules_deny_everything() {
+        let g = Grant::new("s", &CapabilitySet::default(), &CapabilitySet::default()).unwrap();
+        assert!(g.check_exec(&req("/bin/true", &[])).is_err());
+        assert!(g.check_http("api", "GET", "/", &[]).is_err());
+        assert!(g.check_fs(&Sysroot::host(), "/etc/hostname", Access::Read).is_err());
+    }
+
+    #[test]
+    fn path_globs_stay_within_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("opt/canopsis/etc/sub")).unwrap();
+        let root = Sysroot::new(dir.path()).unwrap();
+        let caps = set("[fs]\nread = [\"/opt/canopsis/etc/*.conf\"]\nwrite = [\"/opt/canopsis/etc/**\"]\n");
+        let g = Grant::new("s", &caps, &caps).unwrap();
+        assert!(g.check_fs(&root, "/opt/canopsis/etc/webserver.conf", Access::Read).is_ok());
+        assert!(g.check_fs(&root, "/opt/canopsis/etc/sub/x.conf", Access::Read).is_err(), "* does not cross /");
+        assert!(g.check_fs(&root, "/opt/canopsis/etc/sub/x.conf", Access::Write).is_ok());
+        assert!(g.check_fs(&root, "/opt/canopsis/VERSION.txt", Access::Write).is_err());
+        // `..` through a directory that does not exist cannot be resolved: refused.
+        assert!(g.check_fs(&root, "/opt/canopsis/etc/nope/../webserver.conf", Access::Read).is_err());
+        assert!(g.check_fs(&root, "relative.conf", Access::Read).is_err());
+        // Resolved through existing directories, `..` is judged by where it leads.
+        let r = g.check_fs(&root, "/opt/canopsis/etc/sub/../webserver.conf", Access::Read).unwrap();
+        assert_eq!(r.logical, std::path::Path::new("/opt/canopsis/etc/webserver.conf"));
+    }
+
+    #[test]
+    fn http_paths_methods_and_reserved_headers() {
+        let caps = set("[[http]]\nendpoint = \"rabbitmq\"\npaths = [\"/api/queues/canopsis\", \"/api/bindings/canopsis/**\"]\n[[http]]\nendpoint = \"canopsis-api\"\nmethods = [\"POST\", \"DELETE\"]\npaths = [\"/api/v4/broadcast-message/**\", \"/api/v4/broadcast-message\"]\n");
+        let g = Grant::new("s", &caps, &caps).unwrap();
+        assert!(g.check_http("rabbitmq", "GET", "/api/queues/canopsis?columns=name,messages", &[]).is_ok());
+        assert!(g.check_http("rabbitmq", "DELETE", "/api/queues/canopsis", &[]).is_err(), "GET only by default");
+        assert!(g.check_http("rabbitmq", "GET", "/api/queues/canopsis/../../users", &[]).is_err());
+        assert!(g.check_http("rabbitmq", "GET", "//evil.example/x", &[]).is_err());
+        assert!(g.check_http("rabbitmq", "GET", "/api/users", &[]).is_err());
+        assert!(g.check_http("canopsis-api", "POST", "/api/v4/broadcast-message", &[("content-type".into(), "application/json".into())]).is_ok());
+        assert!(g.check_http("canopsis-api", "DELETE", "/api/v4/broadcast-message/b1", &[]).is_ok());
+        assert!(matches!(g.check_http("canopsis-api", "POST", "/api/v4/broadcast-message", &[("Cookie".into(), "x".into())]), Err(Denial::Forbidden { .. })));
+        assert!(g.check_http("canopsis-api", "post", "/api/v4/broadcast-message", &[]).is_err());
+    }
+
+    #[test]
+    fn a_bad_pattern_names_its_origin() {
+        let bad = set("[fs]\nread = [\"/opt/[unclosed\"]\n");
+        let e = Grant::new("3.39.0/x", &bad, &CapabilitySet::default()).unwrap_err().to_string();
+        assert!(e.contains("/opt/[unclosed") && e.contains("the manifest of step 3.39.0/x"), "{e}");
+    }
+}

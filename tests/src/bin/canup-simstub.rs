@@ -63,7 +63,10 @@ fn main() -> ExitCode {
     let args = argv;
     let user = std::env::var("CANUP_SIMULATED_USER").unwrap_or_else(|_| "root".into());
     let sim = Sim { root, user };
-    let env: BTreeMap<String, String> = std::env::vars().filter(|(k, _)| k != "CANUP_SIMULATED_USER").collect();
+    // The wrapper's shell adds PWD (and may add SHLVL, _): plumbing of the fixture, not what
+    // canup passed, so it is not recorded.
+    let env: BTreeMap<String, String> =
+        std::env::vars().filter(|(k, _)| !matches!(k.as_str(), "CANUP_SIMULATED_USER" | "PWD" | "OLDPWD" | "SHLVL" | "_")).collect();
     let cwd = std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default();
     let call = Call { program: name.clone(), args: args.clone(), user: sim.user.clone(), env, cwd };
     if let Ok(line) = serde_json::to_string(&call) {
@@ -218,7 +221,7 @@ fn systemctl(sim: &Sim, args: &[String]) -> ExitCode {
         ["enable", unit] => {
             let link = sim.path(&format!("/etc/systemd/system/multi-user.target.wants/{}", unit_file(unit)));
             let _ = fs::create_dir_all(link.parent().unwrap_or(Path::new("/")));
-            if !link.exists() {
+            if fs::symlink_metadata(&link).is_err() {
                 let template = "/usr/lib/systemd/system/canopsis-engine-go@.service";
                 if let Err(e) = std::os::unix::fs::symlink(template, &link) {
                     return fail(&format!("systemctl enable: {e}"));

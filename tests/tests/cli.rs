@@ -1,0 +1,115 @@
+//! `canup step run` through the real binary.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use canup_tests::simhost::{SimHost, Spec};
+use canup_tests::{canup_bin, guest_wasm, serve};
+
+const STUB: &str = env!("CARGO_BIN_EXE_canup-simstub");
+
+fn manifest() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("guests/example-step/step.toml")
+}
+
+struct Setup {
+    dir: tempfile::TempDir,
+    sim: SimHost,
+    config: PathBuf,
+}
+
+async fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = SimHost::create(&dir.path().join("root"), &Spec::default(), Path::new(STUB)).unwrap();
+    let api = serve(axum::Router::new().route("/api/v4/app-info", axum::routing::get(|| async { r#"{"version":"3.38.0"}"# }))).await;
+    let config = dir.path().join("canup.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[policy.fs]\nread = [\"/opt/canopsis/**\"]\nwrite = [\"/opt/canopsis/etc/webserver.conf\"]\n\
+             [[policy.exec]]\nprogram = \"/usr/bin/rpm\"\nargs = [\"**\"]\n\
+             [[policy.exec]]\nprogram = \"/opt/canopsis/bin/canopsis-reconfigure\"\nenv = [\"CPS_*\"]\n\
+             [[policy.exec]]\nprogram = \"/usr/bin/canoctl\"\nargs = [\"restart\"]\n\
+             [[policy.http]]\nendpoint = \"canopsis-api\"\n\
+             [endpoints.canopsis-api]\nurl = \"http://{api}\"\n"
+        ),
+    )
+    .unwrap();
+    Setup { dir, sim, config }
+}
+
+impl Setup {
+    fn step_run(&self, module: &Path, extra: &[&str]) -> std::process::Output {
+        Command::new(canup_bin())
+            .args(["step", "run"])
+            .arg(module)
+            .arg("--manifest")
+            .arg(manifest())
+            .arg("--policy")
+            .arg(&self.config)
+            .arg("--sysroot")
+            .arg(self.sim.root())
+            .arg("--state-dir")
+            .arg(self.dir.path().join("state"))
+            .args(["--installed", "3.38.0", "--target", "3.40.0", "--yes"])
+            .args(extra)
+            .output()
+            .unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn step_run_prints_the_audit_and_a_rerun_does_not_append_again() {
+    let s = setup().await;
+    let module = guest_wasm("example-step");
+    let out = s.step_run(&module, &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "stdout {stdout}\nstderr {}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("--- audit (9 decisions) ---"), "{stdout}");
+    assert!(stdout.contains(r#"allowed exec        {"args":["restart"]"#), "{stdout}");
+    assert!(stdout.contains("step example/hello succeeded") && stdout.contains("module compiled in"), "{stdout}");
+    assert!(s.sim.read("/opt/canopsis/etc/webserver.conf").unwrap().ends_with("canopsis.webcore.services.broadcast_message=1\n"));
+    let audit = std::fs::read_to_string(s.dir.path().join("state/audit.jsonl")).unwrap();
+    assert_eq!(audit.lines().count(), 9);
+
+    let conf = s.sim.read("/opt/canopsis/etc/webserver.conf").unwrap();
+    let again = s.step_run(&module, &["--json"]);
+    assert!(again.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(report["succeeded"], true);
+    assert_eq!(report["compiled_from_cache"], true);
+    assert!(!report["audit"].as_array().unwrap().iter().any(|r| r["capability"] == "fs.append"), "second run appended again");
+    assert_eq!(s.sim.read("/opt/canopsis/etc/webserver.conf").unwrap(), conf);
+    // The restart itself is run each time, as the step says.
+    assert_eq!(s.sim.read("/var/lib/canup-sim/canoctl-restarts").unwrap(), "3.38.0\n3.38.0\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn step_run_refuses_a_newer_major_module_with_exit_3() {
+    let s = setup().await;
+    let before = s.sim.snapshot().unwrap();
+    let out = s.step_run(&guest_wasm("newer-api"), &[]);
+    assert_eq!(out.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("built for step API 2.0.0, this canup supports 1.0.0"), "{stderr}");
+    assert_eq!(s.sim.snapshot().unwrap(), before);
+    assert!(s.sim.calls().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_policy_names_the_key_and_line_with_exit_2() {
+    let s = setup().await;
+    std::fs::write(&s.config, "[policy]\n[[policy.exec]]\nprogram = \"/usr/bin/rpm\"\nargz = [\"-q\"]\n").unwrap();
+    let out = s.step_run(&guest_wasm("example-step"), &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("argz") && stderr.contains("line 4") && stderr.contains("canup.toml"), "{stderr}");
+    assert!(s.sim.calls().unwrap().is_empty());
+}
+
+#[test]
+fn help_documents_exit_codes() {
+    let out = Command::new(canup_bin()).arg("--help").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Exit codes: 0 success; 1 a step failed"), "{text}");
+}

@@ -1,0 +1,96 @@
+//! The simulated host's stubs behave like the tools they stand in for.
+
+use std::path::Path;
+use std::process::Command;
+
+use canup_tests::simhost::{Edition, Method, SimHost, Spec};
+
+const STUB: &str = env!("CARGO_BIN_EXE_canup-simstub");
+
+fn host(spec: Spec) -> (tempfile::TempDir, SimHost) {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = SimHost::create(&dir.path().join("root"), &spec, Path::new(STUB)).unwrap();
+    (dir, sim)
+}
+
+fn run(sim: &SimHost, program: &str, args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    let out = Command::new(sim.path(program)).args(args).env_clear().envs(env.iter().copied()).output().unwrap();
+    (out.status.code().unwrap_or(-1), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+#[test]
+fn pinned_yum_update_rewrites_version_and_rpm_database() {
+    let (_d, sim) = host(Spec { edition: Edition::Cat, ..Spec::default() });
+    assert_eq!(run(&sim, "/usr/bin/rpm", &["-q", "canopsis-cat"], &[]).1.trim(), "canopsis-cat-3.38.0-1.el7.x86_64");
+    let (code, _) = run(&sim, "/usr/bin/yum", &["--disablerepo=*", "--enablerepo=canopsis*", "update", "-y", "canopsis-core-3.40.0", "canopsis-cat-3.40.0"], &[]);
+    assert_eq!(code, 0);
+    assert_eq!(sim.read("/opt/canopsis/VERSION.txt").unwrap(), "Canopsis version 3.40.0\n");
+    assert_eq!(run(&sim, "/usr/bin/rpm", &["-q", "canopsis-core", "canopsis-cat"], &[]).1, "canopsis-core-3.40.0-1.el7.x86_64\ncanopsis-cat-3.40.0-1.el7.x86_64\n");
+    let calls = sim.calls().unwrap();
+    assert_eq!(calls[1].line(), "yum --disablerepo=* --enablerepo=canopsis* update -y canopsis-core-3.40.0 canopsis-cat-3.40.0");
+    assert_eq!(calls[1].user, "root");
+}
+
+#[test]
+fn an_unpinned_update_is_refused_and_changes_nothing() {
+    let (_d, sim) = host(Spec::default());
+    let before = sim.snapshot().unwrap();
+    let (code, out) = run(&sim, "/usr/bin/yum", &["update"], &[]);
+    assert_eq!(code, 1);
+    assert!(out.contains("unpinned"), "{out}");
+    assert_eq!(sim.snapshot().unwrap(), before);
+}
+
+#[test]
+fn su_runs_canopsinit_as_canopsis_and_canopsinit_refuses_root() {
+    let (_d, sim) = host(Spec::default());
+    assert_eq!(run(&sim, "/opt/canopsis/bin/canopsinit", &[], &[]).0, 1);
+    let (code, _) = run(&sim, "/usr/bin/su", &["-", "canopsis", "-c", "canopsinit --canopsis-edition core --canopsis-stack go"], &[]);
+    assert_eq!(code, 0);
+    let calls = sim.calls().unwrap();
+    let last = calls.last().unwrap();
+    assert_eq!((last.line().as_str(), last.user.as_str()), ("canopsinit --canopsis-edition core --canopsis-stack go", "canopsis"));
+    assert_eq!(sim.read("/opt/canopsis/var/canopsinit.last").unwrap(), "3.38.0 --canopsis-edition core --canopsis-stack go\n");
+}
+
+#[test]
+fn systemctl_enable_creates_the_wants_link_once() {
+    let (_d, sim) = host(Spec::default());
+    assert_eq!(run(&sim, "/usr/bin/systemctl", &["is-enabled", "canopsis-engine-go@engine-fifo"], &[]).0, 1);
+    for _ in 0..2 {
+        assert_eq!(run(&sim, "/usr/bin/systemctl", &["enable", "canopsis-engine-go@engine-fifo"], &[]).0, 0);
+    }
+    assert_eq!(run(&sim, "/usr/bin/systemctl", &["is-enabled", "canopsis-engine-go@engine-fifo"], &[]), (0, "enabled\n".into()));
+    assert!(std::fs::symlink_metadata(sim.path("/etc/systemd/system/multi-user.target.wants/canopsis-engine-go@engine-fifo.service")).unwrap().is_symlink());
+}
+
+#[test]
+fn reconfigure_and_init_need_the_exported_variables() {
+    let (_d, sim) = host(Spec::default());
+    let (code, out) = run(&sim, "/opt/canopsis/bin/canopsis-reconfigure", &[], &[]);
+    assert_eq!(code, 1);
+    assert!(out.contains("CPS_AMQP_URL is not set"), "{out}");
+    let env = [("CPS_AMQP_URL", "amqp://x"), ("CPS_MONGO_URL", "mongodb://x")];
+    assert_eq!(run(&sim, "/opt/canopsis/bin/canopsis-reconfigure", &[], &env).0, 0);
+    assert_eq!(run(&sim, "/opt/canopsis/bin/init", &["-conf", "/opt/canopsis/etc/initialisation.toml"], &env).0, 1, "conf missing");
+    assert_eq!(run(&sim, "/opt/canopsis/bin/init", &["-conf", "/opt/canopsis/etc/initialisation-cat.toml.example"], &env).0, 0);
+    let call = sim.calls().unwrap().pop().unwrap();
+    assert_eq!(call.env.get("CPS_AMQP_URL").map(String::as_str), Some("amqp://x"));
+}
+
+#[test]
+fn mongo_records_each_applied_script() {
+    let (_d, sim) = host(Spec::default());
+    let script = "db.default_rights.update({'_id' : 'root'},{ \"$rename\" : {'shadowpass' : 'shadowpasswd'}});";
+    assert_eq!(run(&sim, "/usr/bin/mongo", &["canopsis", "--quiet", "--eval", script], &[]).0, 0);
+    assert_eq!(sim.read("/var/lib/canup-sim/mongo-applied.js").unwrap(), format!("{script}\n"));
+}
+
+#[test]
+fn compose_host_has_env_and_up_records_the_tags() {
+    let (_d, sim) = host(Spec { method: Method::Compose, ..Spec::default() });
+    assert!(sim.read("/opt/canopsis/docker/.env").unwrap().contains("CANOPSIS_IMAGE_TAG=3.38.0"));
+    assert_eq!(run(&sim, "/usr/bin/docker-compose", &["up", "-d"], &[]).0, 0);
+    assert!(sim.read("/var/lib/canup-sim/compose-up").unwrap().contains("CANOPSIS_IMAGE_TAG=3.38.0"));
+    assert_eq!(run(&sim, "/usr/bin/rpm", &["-q", "canopsis-core"], &[]).0, 1);
+}
