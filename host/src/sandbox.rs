@@ -34,14 +34,19 @@ use crate::manifest::{Edition, Method, STEP_API};
 use crate::sysroot::Sysroot;
 use crate::ui::{Level, Ui};
 
-wasmtime::component::bindgen!({
-    path: "../sdk/wit",
-    world: "step",
-    imports: { default: async },
-    exports: { default: async },
-});
+/// The host side of `sdk/wit/step.wit`, generated.
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../sdk/wit",
+        world: "step",
+        imports: { default: async },
+        exports: { default: async },
+    });
+}
 
-use canup::step::types::{Error as WitError, ErrorKind};
+use bindings::canup::step as wit;
+use bindings::{Step, StepPre};
+use wit::types::{Error as WitError, ErrorKind};
 
 /// How often the epoch advances: the granularity of the CPU limit and of yielding to the
 /// runtime (which is what lets the wall-time limit interrupt a spinning guest).
@@ -271,10 +276,10 @@ impl StepState {
     }
 }
 
-impl canup::step::types::Host for StepState {}
+impl wit::types::Host for StepState {}
 
-impl canup::step::exec::Host for StepState {
-    async fn run(&mut self, cmd: canup::step::exec::Command) -> Result<canup::step::exec::Output, WitError> {
+impl wit::exec::Host for StepState {
+    async fn run(&mut self, cmd: wit::exec::Command) -> Result<wit::exec::Output, WitError> {
         let start = Instant::now();
         let req = ExecRequest {
             program: cmd.program,
@@ -292,7 +297,7 @@ impl canup::step::exec::Host for StepState {
             Err(d) => Err(d.into()),
             Ok(()) => cap_exec::run(&req, &self.env.sysroot, &self.env.limits.exec)
                 .await
-                .map(|o| canup::step::exec::Output {
+                .map(|o| wit::exec::Output {
                     status: o.status,
                     stdout: o.stdout,
                     stderr: o.stderr,
@@ -318,7 +323,7 @@ impl canup::step::exec::Host for StepState {
     }
 }
 
-impl canup::step::fs::Host for StepState {
+impl wit::fs::Host for StepState {
     async fn read(&mut self, path: String) -> Result<Vec<u8>, WitError> {
         self.fs_call("fs.read", &path, Access::Read, |p, _| cap_fs::read(p), |d| format!("{} bytes", d.len()))
     }
@@ -345,8 +350,8 @@ impl canup::step::fs::Host for StepState {
         self.fs_call("fs.remove", &path, Access::Write, |p, b| cap_fs::remove(p, b), |_| "removed".into())
     }
 
-    async fn metadata(&mut self, path: String) -> Result<canup::step::fs::FileInfo, WitError> {
-        use canup::step::fs::{FileInfo, FileKind};
+    async fn metadata(&mut self, path: String) -> Result<wit::fs::FileInfo, WitError> {
+        use wit::fs::{FileInfo, FileKind};
         use std::os::unix::fs::MetadataExt;
         self.fs_call(
             "fs.metadata",
@@ -373,8 +378,8 @@ impl canup::step::fs::Host for StepState {
     }
 }
 
-impl canup::step::http::Host for StepState {
-    async fn send(&mut self, req: canup::step::http::Request) -> Result<canup::step::http::Response, WitError> {
+impl wit::http::Host for StepState {
+    async fn send(&mut self, req: wit::http::Request) -> Result<wit::http::Response, WitError> {
         let start = Instant::now();
         let header_names: Vec<&str> = req.headers.iter().map(|(k, _)| k.as_str()).collect();
         let args = json!({ "endpoint": req.endpoint, "method": req.method, "path": req.path, "headers": header_names,
@@ -384,7 +389,7 @@ impl canup::step::http::Host for StepState {
             Err(d) => Err(d.into()),
             Ok(()) => cap_http::send(&self.env.grant, &self.env.endpoints, &request, &self.env.limits.http)
                 .await
-                .map(|r| canup::step::http::Response { status: r.status, headers: r.headers, body: r.body })
+                .map(|r| wit::http::Response { status: r.status, headers: r.headers, body: r.body })
                 .map_err(|e| {
                     let kind = match &e {
                         cap_http::HttpError::Denied(_) => ErrorKind::Denied,
@@ -401,9 +406,9 @@ impl canup::step::http::Host for StepState {
     }
 }
 
-impl canup::step::ui::Host for StepState {
-    async fn log(&mut self, level: canup::step::ui::Level, message: String) {
-        use canup::step::ui::Level as L;
+impl wit::ui::Host for StepState {
+    async fn log(&mut self, level: wit::ui::Level, message: String) {
+        use wit::ui::Level as L;
         let level = match level {
             L::Trace => Level::Trace,
             L::Debug => Level::Debug,
@@ -442,10 +447,10 @@ impl canup::step::ui::Host for StepState {
     }
 }
 
-impl canup::step::context::Host for StepState {
-    async fn get(&mut self) -> canup::step::context::Info {
+impl wit::context::Host for StepState {
+    async fn get(&mut self) -> wit::context::Info {
         let c = &self.env.context;
-        canup::step::context::Info {
+        wit::context::Info {
             installed: c.installed.to_string(),
             target: c.target.to_string(),
             release: c.release.to_string(),

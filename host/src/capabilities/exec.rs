@@ -301,3 +301,55 @@ pub async fn run(req: &ExecRequest, sysroot: &Sysroot, limits: &ExecLimits) -> R
         Err(_) => Err(ExecError::Timeout { program: req.program.clone(), after: timeout }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(program: &str, args: &[&str]) -> ExecRequest {
+        ExecRequest { program: program.into(), args: args.iter().map(|s| s.to_string()).collect(), ..Default::default() }
+    }
+
+    #[tokio::test]
+    async fn runs_as_another_user_on_the_host() {
+        if !nix::unistd::geteuid().is_root() {
+            // Switching users needs root; canup itself runs as root on a Canopsis host.
+            eprintln!("skipped: not root");
+            return;
+        }
+        let mut r = req("/usr/bin/id", &["-un"]);
+        r.user = Some("nobody".into());
+        let out = run(&r, &Sysroot::host(), &ExecLimits::default()).await.unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "nobody\n");
+        r.user = Some("no-such-user-canup".into());
+        assert!(matches!(run(&r, &Sysroot::host(), &ExecLimits::default()).await, Err(ExecError::NoUser(_))));
+    }
+
+    #[tokio::test]
+    async fn nothing_is_inherited_and_stdin_is_fed() {
+        // SAFETY: this test binary does not read the variable concurrently.
+        unsafe { std::env::set_var("CANUP_EXEC_TEST_INHERITED", "1") };
+        let mut r = req("/usr/bin/env", &[]);
+        r.env = vec![("ONLY".into(), "this".into())];
+        let out = run(&r, &Sysroot::host(), &ExecLimits::default()).await.unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "ONLY=this\n");
+        let mut cat = req("/bin/cat", &[]);
+        cat.stdin = Some(b"fed".to_vec());
+        assert_eq!(run(&cat, &Sysroot::host(), &ExecLimits::default()).await.unwrap().stdout, b"fed");
+    }
+
+    #[tokio::test]
+    async fn a_missing_program_is_not_found() {
+        let e = run(&req("/usr/bin/canup-no-such-program", &[]), &Sysroot::host(), &ExecLimits::default()).await.unwrap_err();
+        assert!(matches!(e, ExecError::NotFound { .. }), "{e}");
+    }
+
+    #[tokio::test]
+    async fn timeout_is_capped_by_the_maximum() {
+        let limits = ExecLimits { default_timeout: Duration::from_secs(60), max_timeout: Duration::from_millis(200), max_output: 1024 };
+        let mut r = req("/bin/sleep", &["30"]);
+        r.timeout = Some(Duration::from_secs(3600));
+        let e = run(&r, &Sysroot::host(), &limits).await.unwrap_err();
+        assert!(matches!(e, ExecError::Timeout { after, .. } if after == Duration::from_millis(200)), "{e}");
+    }
+}
