@@ -239,10 +239,33 @@ pub struct StepState {
     table: ResourceTable,
     limiter: MemoryLimiter,
     env: StepEnv,
-    started: Instant,
-    /// Time spent in host calls; subtracted from wall time to get the guest's CPU time,
-    /// so that waiting for `yum` or for the operator does not count against the step.
-    host_time: Duration,
+    cpu: CpuMeter,
+}
+
+/// Guest CPU time, measured from the epoch callback.
+///
+/// The callback runs once per tick *while guest code runs*. Consecutive callbacks a tick or so
+/// apart mean the guest computed the whole time; a long gap means it was suspended in between
+/// (a host call such as `yum`, an operator's answer, or a WASI sleep), and only one tick of it
+/// is counted. So waiting never counts against the CPU limit, and a spinning guest is charged
+/// its real time even when the machine is loaded (ticks up to [`BUSY_GAP`] apart still count).
+#[derive(Debug, Default)]
+struct CpuMeter {
+    used: Duration,
+    last: Option<Instant>,
+}
+
+/// The longest gap between two callbacks still counted as computing.
+const BUSY_GAP: Duration = Duration::from_millis(50);
+
+impl CpuMeter {
+    fn tick(&mut self) -> Duration {
+        let now = Instant::now();
+        let gap = self.last.map_or(EPOCH_TICK, |t| now.duration_since(t));
+        self.used += if gap <= BUSY_GAP { gap } else { EPOCH_TICK };
+        self.last = Some(now);
+        self.used
+    }
 }
 
 impl WasiView for StepState {
@@ -271,10 +294,9 @@ fn io_error(e: std::io::Error, what: &str) -> WitError {
 }
 
 impl StepState {
-    /// Ends one host call: adds its time to the host total and writes its audit record.
+    /// Ends one host call: writes its audit record.
     fn account<T>(&mut self, start: Instant, capability: &str, args: serde_json::Value, result: &Result<T, WitError>, summary: impl FnOnce(&T) -> String) {
         let took = start.elapsed();
-        self.host_time += took;
         let (decision, text) = match result {
             Ok(v) => (Decision::Allowed, summary(v)),
             Err(e) if e.kind == ErrorKind::Denied => (Decision::Denied, e.message.clone()),
@@ -596,17 +618,17 @@ impl Sandbox {
             table: ResourceTable::new(),
             limiter: MemoryLimiter { limit: limits.memory, refused: None },
             env,
-            started,
-            host_time: Duration::ZERO,
+            cpu: CpuMeter::default(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(|ctx| {
-            let s = ctx.data();
-            if s.started.elapsed().saturating_sub(s.host_time) > s.env.limits.cpu {
+        store.epoch_deadline_callback(|mut ctx| {
+            let s = ctx.data_mut();
+            if s.cpu.tick() > s.env.limits.cpu {
                 return Err(CpuExceeded.into());
             }
+            // Yielding lets the runtime run the wall-time timer even while the guest spins.
             Ok(UpdateDeadline::Yield(1))
         });
 

@@ -462,6 +462,19 @@ async fn an_infinite_loop_hits_the_cpu_limit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sleeping_and_waiting_do_not_count_as_cpu_time() {
+    let w = world().await;
+    let limits = StepLimits { cpu: Duration::from_millis(300), ..StepLimits::default() };
+    let run = w.run_with("sleepy", &probe_caps(), &probe_caps(), limits).await;
+    assert_eq!(run.report.result, Ok(()), "a step sleeping 1.2 s used a 300 ms CPU budget");
+    assert!(run.report.duration >= Duration::from_millis(1200));
+    // Waiting in a host call neither: the exec test's commands take longer than this budget
+    // would allow if their time counted.
+    let run = w.run_with("exec-timeout", &probe_caps(), &probe_caps(), StepLimits { cpu: Duration::from_millis(100), ..StepLimits::default() }).await;
+    assert!(matches!(&run.report.result, Err(Stop::Failed(m)) if m.contains("ran past its time limit of 500ms")), "{:?}", run.report.result);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_memory_bomb_hits_the_memory_limit() {
     let w = world().await;
     let limits = StepLimits { memory: 32 << 20, ..StepLimits::default() };

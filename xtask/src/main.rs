@@ -94,6 +94,11 @@ fn build_guests() -> Result<Vec<String>> {
 
 fn test(extra: &[String]) -> Result<()> {
     build_guests()?;
+    // The end-to-end tests run the `canup` and `canup-simstub` binaries, which `cargo test`
+    // alone does not build for another package's tests.
+    let mut bins = cargo();
+    bins.args(["build", "--bins"]);
+    run(bins)?;
     let mut c = cargo();
     c.arg("test").args(extra);
     run(c)

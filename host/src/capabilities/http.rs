@@ -53,7 +53,11 @@ impl Grant {
             || path.contains('#')
             || path.contains('\\')
             || path.chars().any(|c| c.is_control() || c == ' ')
-            || path_only.split('/').any(|seg| seg == ".." || seg == "." || seg.eq_ignore_ascii_case("%2e%2e"));
+            || path_only.split('/').any(|seg| {
+                // Percent-encoded dots are dots to most servers.
+                let seg = seg.to_ascii_lowercase().replace("%2e", ".");
+                seg == ".." || seg == "."
+            });
         if bad_path {
             return Err(Denial::Invalid { what: what(), why: "the path must start with '/' and contain no '..', '#', spaces or control characters".into() });
         }

@@ -295,6 +295,7 @@ users = ["canopsis"]
         assert!(g.check_http("rabbitmq", "GET", "/api/queues/canopsis?columns=name,messages", &[]).is_ok());
         assert!(g.check_http("rabbitmq", "DELETE", "/api/queues/canopsis", &[]).is_err(), "GET only by default");
         assert!(g.check_http("rabbitmq", "GET", "/api/queues/canopsis/../../users", &[]).is_err());
+        assert!(g.check_http("rabbitmq", "GET", "/api/queues/canopsis/.%2E/x", &[]).is_err());
         assert!(g.check_http("rabbitmq", "GET", "//evil.example/x", &[]).is_err());
         assert!(g.check_http("rabbitmq", "GET", "/api/users", &[]).is_err());
         assert!(g.check_http("canopsis-api", "POST", "/api/v4/broadcast-message", &[("content-type".into(), "application/json".into())]).is_ok());

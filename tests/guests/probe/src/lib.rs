@@ -36,6 +36,7 @@ canup_sdk::export_step! {
     "exec-timeout" => exec_timeout,
     "wall-time" => wall_time,
     "panic" => panic,
+    "sleepy" => sleepy,
 }
 
 fn allowed_exec(_: &Context) -> Result<()> {
@@ -235,4 +236,12 @@ fn wall_time(_: &Context) -> Result<()> {
 
 fn panic(_: &Context) -> Result<()> {
     panic!("boom: the probe panicked on purpose");
+}
+
+fn sleepy(_: &Context) -> Result<()> {
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    println!("slept 1.2 s");
+    Ok(())
 }
