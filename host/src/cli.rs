@@ -4,7 +4,8 @@
 //! - 0: success;
 //! - 1: a step failed or stopped (error, trap, limit);
 //! - 2: bad usage, configuration or manifest;
-//! - 3: a module was refused before running (invalid, wrong step API, cannot link).
+//! - 3: a module was refused before running (invalid, wrong step API, cannot link);
+//! - 4: the release repository failed verification (signatures, expiry, rollback, digests).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -20,12 +21,15 @@ use crate::backup::Backups;
 use crate::capabilities::Grant;
 use crate::config::{Config, DEFAULT_CONFIG};
 use crate::manifest::{Edition, Method, ReleaseSteps};
+use crate::repository::vendor::{self, Expiry, RoleKeyFiles, VendorError};
+use crate::repository::{self, LoadOptions, Repository};
 use crate::sandbox::{Sandbox, SandboxError, StepContext, StepEnv, StepReport};
 use crate::sysroot::Sysroot;
 use crate::ui::ConsoleUi;
 
 const EXIT_CODES: &str = "Exit codes: 0 success; 1 a step failed or stopped; 2 bad usage, configuration or manifest; \
-3 a module was refused before running (invalid, wrong step API, cannot link).";
+3 a module was refused before running (invalid, wrong step API, cannot link); \
+4 the release repository failed verification (signatures, expiry, rollback, digests).";
 
 #[derive(Debug, Parser)]
 #[command(name = "canup", version, about = "Upgrade a single-node Canopsis with signed, sandboxed release steps", after_help = EXIT_CODES)]
@@ -42,6 +46,124 @@ pub enum Command {
     /// Tools for step authors.
     #[command(subcommand)]
     Step(StepCommand),
+    /// The signed release repository: vendor tools, and `verify` for operators.
+    #[command(subcommand)]
+    Repo(RepoCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct ExpiryArgs {
+    /// Days the root metadata stays valid.
+    #[arg(long, default_value_t = 365)]
+    pub root_days: i64,
+    #[arg(long, default_value_t = 90)]
+    pub targets_days: i64,
+    #[arg(long, default_value_t = 14)]
+    pub snapshot_days: i64,
+    /// Short on purpose: a cron job refreshes it (`canup repo refresh-timestamp`).
+    #[arg(long, default_value_t = 1)]
+    pub timestamp_days: i64,
+}
+
+impl ExpiryArgs {
+    fn expiry(&self) -> Expiry {
+        Expiry { root_days: self.root_days, targets_days: self.targets_days, snapshot_days: self.snapshot_days, timestamp_days: self.timestamp_days }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RepoCommand {
+    /// Create an ed25519 signing key (PKCS#8 DER, mode 0600). Keep it out of the repository.
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Create a repository: signed root and an empty release index.
+    Init {
+        dir: PathBuf,
+        /// Root key(s); the other roles use them too unless given their own.
+        #[arg(long = "root-key", required = true)]
+        root_keys: Vec<PathBuf>,
+        #[arg(long = "targets-key")]
+        targets_keys: Vec<PathBuf>,
+        #[arg(long = "snapshot-key")]
+        snapshot_keys: Vec<PathBuf>,
+        #[arg(long = "timestamp-key")]
+        timestamp_keys: Vec<PathBuf>,
+        /// Signatures needed for each role.
+        #[arg(long, default_value_t = 1)]
+        threshold: u64,
+        #[command(flatten)]
+        expiry: ExpiryArgs,
+    },
+    /// Publish a release: its built module and the step.toml describing its steps.
+    AddRelease {
+        dir: PathBuf,
+        /// The release crate's step.toml.
+        #[arg(long)]
+        steps: PathBuf,
+        /// The built component (.wasm).
+        #[arg(long)]
+        module: PathBuf,
+        /// Publication date from the release note (YYYY-MM-DD).
+        #[arg(long)]
+        published: String,
+        /// Signing keys (targets, snapshot, timestamp).
+        #[arg(long = "key", required = true)]
+        keys: Vec<PathBuf>,
+        #[command(flatten)]
+        expiry: ExpiryArgs,
+    },
+    /// Mark a release withdrawn; operators are told the reason and it is never planned.
+    Withdraw {
+        dir: PathBuf,
+        #[arg(long)]
+        release: Version,
+        #[arg(long)]
+        reason: String,
+        #[arg(long = "key", required = true)]
+        keys: Vec<PathBuf>,
+        #[command(flatten)]
+        expiry: ExpiryArgs,
+    },
+    /// Re-sign targets, snapshot and timestamp with new versions and expiries.
+    Sign {
+        dir: PathBuf,
+        #[arg(long = "key", required = true)]
+        keys: Vec<PathBuf>,
+        #[command(flatten)]
+        expiry: ExpiryArgs,
+    },
+    /// Sign a fresh timestamp (run it from cron, more often than it expires).
+    RefreshTimestamp {
+        dir: PathBuf,
+        #[arg(long = "key", required = true)]
+        keys: Vec<PathBuf>,
+        #[arg(long, default_value_t = 1)]
+        days: i64,
+    },
+    /// Replace the root key(s): writes the next N.root.json signed by old and new keys.
+    RotateRoot {
+        dir: PathBuf,
+        #[arg(long = "old-key", required = true)]
+        old_keys: Vec<PathBuf>,
+        #[arg(long = "new-key", required = true)]
+        new_keys: Vec<PathBuf>,
+        #[command(flatten)]
+        expiry: ExpiryArgs,
+    },
+    /// Check a repository (signatures, expiry, every module's digest) and the local cache.
+    Verify {
+        /// Repository URL or directory; defaults to the config's `repository`.
+        #[arg(long)]
+        repo: Option<String>,
+        /// Root of trust; defaults to the config's `trusted_root`, then the built-in one.
+        #[arg(long)]
+        trusted_root: Option<PathBuf>,
+        /// Cache directory; defaults to STATE_DIR/cache/repository.
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -135,7 +257,91 @@ pub fn main() -> ExitCode {
 async fn dispatch(cli: Cli) -> Result<u8, Exit> {
     match cli.command {
         Command::Step(StepCommand::Run(args)) => step_run(&cli.config, args).await,
+        Command::Repo(cmd) => repo(&cli.config, cmd).await,
     }
+}
+
+/// Loads the config when it exists; vendor commands and step authors may have none.
+fn config_or_default(path: &std::path::Path) -> Result<Config, Exit> {
+    if path.exists() { Config::load(path).map_err(usage) } else { Ok(Config::default()) }
+}
+
+async fn repo(config_path: &std::path::Path, cmd: RepoCommand) -> Result<u8, Exit> {
+    let vendor_err = |e: VendorError| match e {
+        VendorError::Usage(_) => usage(e),
+        other => Exit(1, other.into()),
+    };
+    match cmd {
+        RepoCommand::Keygen { out } => {
+            let id = vendor::keygen(&out).await.map_err(vendor_err)?;
+            println!("created {} (key id {id})", out.display());
+        }
+        RepoCommand::Init { dir, root_keys, targets_keys, snapshot_keys, timestamp_keys, threshold, expiry } => {
+            let keys = RoleKeyFiles { root: root_keys, targets: targets_keys, snapshot: snapshot_keys, timestamp: timestamp_keys };
+            vendor::init(&dir, &keys, threshold, &expiry.expiry()).await.map_err(vendor_err)?;
+            println!("initialised {} (root: {}/metadata/1.root.json)", dir.display(), dir.display());
+        }
+        RepoCommand::AddRelease { dir, steps, module, published, keys, expiry } => {
+            let release = ReleaseSteps::load(&steps).map_err(usage)?;
+            let bytes = std::fs::read(&module).with_context(|| format!("cannot read module {}", module.display())).map_err(usage)?;
+            let name = module.file_stem().and_then(|s| s.to_str()).unwrap_or("step").replace('_', "-");
+            vendor::add_release(&dir, &keys, &expiry.expiry(), &release, &bytes, &name, &published).await.map_err(vendor_err)?;
+            println!("published release {} ({} steps) in {}", release.release, release.steps.len(), dir.display());
+        }
+        RepoCommand::Withdraw { dir, release, reason, keys, expiry } => {
+            vendor::withdraw(&dir, &keys, &expiry.expiry(), &release, &reason).await.map_err(vendor_err)?;
+            println!("withdrew release {release}");
+        }
+        RepoCommand::Sign { dir, keys, expiry } => {
+            vendor::sign(&dir, &keys, &expiry.expiry()).await.map_err(vendor_err)?;
+            println!("signed {}", dir.display());
+        }
+        RepoCommand::RefreshTimestamp { dir, keys, days } => {
+            let v = vendor::refresh_timestamp(&dir, &keys, days).await.map_err(vendor_err)?;
+            println!("timestamp version {v}, valid {days} day(s)");
+        }
+        RepoCommand::RotateRoot { dir, old_keys, new_keys, expiry } => {
+            let v = vendor::rotate_root(&dir, &old_keys, &new_keys, &expiry.expiry()).await.map_err(vendor_err)?;
+            println!("wrote {}/metadata/{v}.root.json; re-sign the other roles if their keys changed", dir.display());
+        }
+        RepoCommand::Verify { repo, trusted_root, cache_dir } => return verify(config_path, repo, trusted_root, cache_dir).await,
+    }
+    Ok(0)
+}
+
+async fn verify(config_path: &std::path::Path, repo: Option<String>, trusted: Option<PathBuf>, cache_dir: Option<PathBuf>) -> Result<u8, Exit> {
+    let config = config_or_default(config_path)?;
+    let location = repo.or(config.repository.clone()).ok_or_else(|| usage(anyhow::anyhow!("no repository: pass --repo or set `repository` in {}", config_path.display())))?;
+    let root = repository::trusted_root(trusted.as_deref().or(config.trusted_root.as_deref())).map_err(usage)?;
+    let cache = cache_dir.unwrap_or_else(|| config.state_dir().join("cache/repository"));
+    let repo = Repository::open(&location, &root, &cache, &LoadOptions::default()).await.map_err(|e| Exit(4, e.into()))?;
+    println!("repository {location}: metadata verified");
+    let now = jiff::Timestamp::now();
+    for (role, expires) in repo.expirations() {
+        let left = expires.duration_since(now);
+        println!("  {role:<9} expires {expires} (in {:.1} days)", left.as_secs_f64() / 86400.0);
+    }
+    let index = repo.index().await.map_err(|e| Exit(4, e.into()))?;
+    let mut modules = 0;
+    for release in &index.releases {
+        let state = release.withdrawn.as_ref().map(|r| format!(" WITHDRAWN: {r}")).unwrap_or_default();
+        println!("  release {} ({}) {} steps{state}", release.version, release.published, release.steps.len());
+        for step in &release.steps {
+            repo.module(step).await.map_err(|e| Exit(4, e.into()))?;
+            modules += 1;
+        }
+    }
+    println!("  {modules} step modules verified (length and sha256)");
+    let stale = repo.stale_cache_entries();
+    if stale.is_empty() {
+        println!("cache {}: up to date", cache.display());
+    } else {
+        println!("cache {}: {} stale entries (not signed by this repository or altered):", cache.display(), stale.len());
+        for p in stale {
+            println!("  {}", p.display());
+        }
+    }
+    Ok(0)
 }
 
 fn run_id(prefix: &str) -> String {
@@ -144,7 +350,10 @@ fn run_id(prefix: &str) -> String {
 }
 
 async fn step_run(config_path: &std::path::Path, args: StepRunArgs) -> Result<u8, Exit> {
-    let config = Config::load(args.policy.as_deref().unwrap_or(config_path)).map_err(usage)?;
+    let config = match &args.policy {
+        Some(p) => Config::load(p).map_err(usage)?,
+        None => config_or_default(config_path)?,
+    };
     let release = ReleaseSteps::load(&args.manifest).map_err(usage)?;
     let manifest = release.select(args.step.as_deref(), &args.manifest).map_err(usage)?.clone();
     let wasm = std::fs::read(&args.module).with_context(|| format!("cannot read module {}", args.module.display())).map_err(usage)?;

@@ -18,6 +18,12 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/canup";
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// Where the signed release repository is: `https://…`, `file://…` or a directory.
+    #[serde(default)]
+    pub repository: Option<String>,
+    /// A root of trust replacing the one built into canup (e.g. a staging repository's).
+    #[serde(default)]
+    pub trusted_root: Option<PathBuf>,
     /// Journal, audit log, backups and caches.
     #[serde(default)]
     pub state_dir: Option<PathBuf>,

@@ -16,6 +16,7 @@ pub mod capabilities;
 pub mod cli;
 pub mod config;
 pub mod manifest;
+pub mod repository;
 pub mod sandbox;
 pub mod sysroot;
 pub mod ui;
