@@ -105,9 +105,9 @@ pub enum RepoCommand {
         /// The built component (.wasm).
         #[arg(long)]
         module: PathBuf,
-        /// Publication date from the release note (YYYY-MM-DD).
+        /// Publication date (YYYY-MM-DD); defaults to `published` in step.toml.
         #[arg(long)]
-        published: String,
+        published: Option<String>,
         /// Signing keys (targets, snapshot, timestamp).
         #[arg(long = "key", required = true)]
         keys: Vec<PathBuf>,
@@ -284,8 +284,10 @@ async fn repo(config_path: &std::path::Path, cmd: RepoCommand) -> Result<u8, Exi
         RepoCommand::AddRelease { dir, steps, module, published, keys, expiry } => {
             let release = ReleaseSteps::load(&steps).map_err(usage)?;
             let bytes = std::fs::read(&module).with_context(|| format!("cannot read module {}", module.display())).map_err(usage)?;
-            let name = module.file_stem().and_then(|s| s.to_str()).unwrap_or("step").replace('_', "-");
-            vendor::add_release(&dir, &keys, &expiry.expiry(), &release, &bytes, &name, &published).await.map_err(vendor_err)?;
+            let published = published
+                .or_else(|| release.published.clone())
+                .ok_or_else(|| usage(anyhow::anyhow!("no publication date: pass --published or set `published` in {}", steps.display())))?;
+            vendor::add_release(&dir, &keys, &expiry.expiry(), &release, &bytes, &published).await.map_err(vendor_err)?;
             println!("published release {} ({} steps) in {}", release.release, release.steps.len(), dir.display());
         }
         RepoCommand::Withdraw { dir, release, reason, keys, expiry } => {
@@ -322,16 +324,17 @@ async fn verify(config_path: &std::path::Path, repo: Option<String>, trusted: Op
         println!("  {role:<9} expires {expires} (in {:.1} days)", left.as_secs_f64() / 86400.0);
     }
     let index = repo.index().await.map_err(|e| Exit(4, e.into()))?;
-    let mut modules = 0;
+    let mut modules = std::collections::BTreeSet::new();
     for release in &index.releases {
         let state = release.withdrawn.as_ref().map(|r| format!(" WITHDRAWN: {r}")).unwrap_or_default();
         println!("  release {} ({}) {} steps{state}", release.version, release.published, release.steps.len());
         for step in &release.steps {
-            repo.module(step).await.map_err(|e| Exit(4, e.into()))?;
-            modules += 1;
+            if modules.insert(step.module.clone()) {
+                repo.module(step).await.map_err(|e| Exit(4, e.into()))?;
+            }
         }
     }
-    println!("  {modules} step modules verified (length and sha256)");
+    println!("  {} step modules verified (length and sha256)", modules.len());
     let stale = repo.stale_cache_entries();
     if stale.is_empty() {
         println!("cache {}: up to date", cache.display());

@@ -82,6 +82,9 @@ pub struct ReleaseSteps {
     pub release: Version,
     /// The step API version the module is built against.
     pub api: Version,
+    /// Publication date of the release note (YYYY-MM-DD), shown in the index.
+    #[serde(default)]
+    pub published: Option<String>,
     #[serde(rename = "step", default)]
     pub steps: Vec<StepManifest>,
 }

@@ -3,7 +3,7 @@
 
 pub mod simhost;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The workspace's target directory (honours `CARGO_TARGET_DIR`).
 pub fn target_dir() -> PathBuf {
@@ -47,4 +47,69 @@ pub fn process_alive(pid: i32) -> bool {
         Ok(stat) => stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).is_some_and(|state| state != "Z"),
         Err(_) => false,
     }
+}
+
+/// The workspace root.
+pub fn workspace_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    dir.canonicalize().unwrap_or(dir)
+}
+
+/// Guest crates under `dir` (relative to the workspace): (package name, crate directory).
+pub fn crates_under(dir: &str) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(workspace_dir().join(dir)) else { return Ok(found) };
+    for entry in entries {
+        let path = entry?.path();
+        let Ok(text) = std::fs::read_to_string(path.join("Cargo.toml")) else { continue };
+        let name = text
+            .lines()
+            .find_map(|l| l.strip_prefix("name = ").map(|n| n.trim().trim_matches('"').to_owned()))
+            .ok_or_else(|| anyhow::anyhow!("no package name in {}/Cargo.toml", path.display()))?;
+        found.push((name, path));
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Publishes every release crate under `steps/` into a new repository at `out`, signed with
+/// a development key kept in `keys_dir` (created when missing), through the real vendor
+/// commands of `canup`. Returns the key path. The guests must be built.
+pub fn publish_steps(canup: &Path, out: &Path, keys_dir: &Path) -> anyhow::Result<PathBuf> {
+    use anyhow::{Context, bail};
+    let run = |args: &[&std::ffi::OsStr]| -> anyhow::Result<()> {
+        let out = std::process::Command::new(canup).args(args).output().with_context(|| format!("running {}", canup.display()))?;
+        if !out.status.success() {
+            bail!("canup {:?} failed: {}", args, String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    };
+    std::fs::create_dir_all(keys_dir)?;
+    let key = keys_dir.join("dev.key");
+    if !key.exists() {
+        run(&["repo".as_ref(), "keygen".as_ref(), "--out".as_ref(), key.as_os_str()])?;
+    }
+    if out.exists() {
+        if !out.join("metadata/1.root.json").exists() && std::fs::read_dir(out)?.next().is_some() {
+            bail!("{} exists and is not a repository: refusing to replace it", out.display());
+        }
+        std::fs::remove_dir_all(out)?;
+    }
+    run(&["repo".as_ref(), "init".as_ref(), out.as_os_str(), "--root-key".as_ref(), key.as_os_str()])?;
+    for (name, dir) in crates_under("steps")? {
+        let module = target_dir().join("wasm32-wasip2").join(GUEST_PROFILE).join(format!("{}.wasm", name.replace('-', "_")));
+        let steps = dir.join("step.toml");
+        run(&[
+            "repo".as_ref(),
+            "add-release".as_ref(),
+            out.as_os_str(),
+            "--steps".as_ref(),
+            steps.as_os_str(),
+            "--module".as_ref(),
+            module.as_os_str(),
+            "--key".as_ref(),
+            key.as_os_str(),
+        ])?;
+    }
+    Ok(key)
 }

@@ -5,6 +5,8 @@
 //! - `cargo xtask demo`: runs the example step on a simulated Canopsis with a loopback API
 //!   server, and prints the step's log, its audit and the commands it ran.
 //! - `cargo xtask build-guests`: builds `steps/*` and `tests/guests/*` for `wasm32-wasip2`.
+//! - `cargo xtask publish --out DIR`: builds the release crates under `steps/` and publishes
+//!   them into a signed repository at DIR with a development key (`target/dev-keys/`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -22,8 +24,12 @@ fn main() -> Result<()> {
         "test" => test(&rest),
         "demo" => demo(),
         "build-guests" => build_guests().map(|_| ()),
+        "publish" => match rest.as_slice() {
+            [flag, out] if flag == "--out" => publish(Path::new(out)),
+            _ => bail!("usage: cargo xtask publish --out DIR"),
+        },
         _ => {
-            eprintln!("usage: cargo xtask <test [CARGO TEST ARGS] | demo | build-guests>");
+            eprintln!("usage: cargo xtask <test [CARGO TEST ARGS] | demo | build-guests | publish --out DIR>");
             std::process::exit(2)
         }
     }
@@ -64,18 +70,8 @@ fn ensure_wasm_target() -> Result<()> {
 fn guest_crates() -> Result<Vec<String>> {
     let mut names = Vec::new();
     for dir in ["steps", "tests/guests"] {
-        let Ok(entries) = std::fs::read_dir(root().join(dir)) else { continue };
-        for entry in entries {
-            let manifest = entry?.path().join("Cargo.toml");
-            let Ok(text) = std::fs::read_to_string(&manifest) else { continue };
-            let name = text
-                .lines()
-                .find_map(|l| l.strip_prefix("name = ").map(|n| n.trim().trim_matches('"').to_owned()))
-                .with_context(|| format!("no package name in {}", manifest.display()))?;
-            names.push(name);
-        }
+        names.extend(canup_tests::crates_under(dir)?.into_iter().map(|(name, _)| name));
     }
-    names.sort();
     Ok(names)
 }
 
@@ -92,6 +88,23 @@ fn build_guests() -> Result<Vec<String>> {
     Ok(crates)
 }
 
+fn build_canup() -> Result<PathBuf> {
+    let mut c = cargo();
+    c.args(["build", "--quiet", "-p", "canup", "-p", "canup-tests", "--bins"]);
+    run(c)?;
+    Ok(canup_tests::target_dir().join("debug/canup"))
+}
+
+fn publish(out: &Path) -> Result<()> {
+    build_guests()?;
+    let canup = build_canup()?;
+    let out = if out.is_absolute() { out.to_path_buf() } else { std::env::current_dir()?.join(out) };
+    let key = canup_tests::publish_steps(&canup, &out, &canup_tests::target_dir().join("dev-keys"))?;
+    println!("published {} releases into {}", canup_tests::crates_under("steps")?.len(), out.display());
+    println!("trusted root: {}/metadata/1.root.json (development key {})", out.display(), key.display());
+    Ok(())
+}
+
 fn test(extra: &[String]) -> Result<()> {
     build_guests()?;
     // The end-to-end tests run the `canup` and `canup-simstub` binaries, which `cargo test`
@@ -106,11 +119,8 @@ fn test(extra: &[String]) -> Result<()> {
 
 fn demo() -> Result<()> {
     build_guests()?;
-    let mut c = cargo();
-    c.args(["build", "--quiet", "-p", "canup", "-p", "canup-tests", "--bins"]);
-    run(c)?;
+    let canup = build_canup()?;
     let target = canup_tests::target_dir();
-    let canup = target.join("debug/canup");
     let stub = target.join("debug/canup-simstub");
 
     let demo = target.join("demo");

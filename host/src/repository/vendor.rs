@@ -209,6 +209,11 @@ async fn read_index_of(loaded: &tough::Repository) -> Result<Index, VendorError>
     Index::parse(&bytes).map_err(|e| tuf("the index")(&e))
 }
 
+/// Publishes `index` as it is (the other vendor commands edit it first).
+pub async fn publish_index(repo: &Path, keys: &[PathBuf], expiry: &Expiry, index: &Index) -> Result<(), VendorError> {
+    publish(repo, keys, expiry, index, &[]).await
+}
+
 /// Writes `index` and `files` as targets and signs targets, snapshot and timestamp with new
 /// versions and expiries.
 async fn publish(repo: &Path, keys: &[PathBuf], expiry: &Expiry, index: &Index, files: &[(String, Vec<u8>)]) -> Result<(), VendorError> {
@@ -249,13 +254,14 @@ async fn publish(repo: &Path, keys: &[PathBuf], expiry: &Expiry, index: &Index, 
     Ok(())
 }
 
-/// Adds (or replaces) a release from its built module and its `step.toml`.
-pub async fn add_release(repo: &Path, keys: &[PathBuf], expiry: &Expiry, steps: &ReleaseSteps, module: &[u8], module_name: &str, published: &str) -> Result<(), VendorError> {
+/// Adds (or replaces) a release from its built module and its `step.toml`. The module is
+/// published as target `release-VERSION.wasm`.
+pub async fn add_release(repo: &Path, keys: &[PathBuf], expiry: &Expiry, steps: &ReleaseSteps, module: &[u8], published: &str) -> Result<(), VendorError> {
     if steps.steps.is_empty() {
         return Err(VendorError::Usage(format!("release {} declares no step", steps.release)));
     }
     let mut index = read_index(repo).await?;
-    let target = format!("{module_name}-{}.wasm", steps.release);
+    let target = format!("release-{}.wasm", steps.release);
     let sha256 = sha256_hex(module);
     let release = Release {
         version: steps.release.clone(),
