@@ -1,0 +1,483 @@
+//! The signed release repository under attack. Each test serves a repository published with
+//! the real vendor commands from a real HTTP server on 127.0.0.1, tampers with it the way an
+//! attacker or a broken mirror would, and asserts the error message, that no step ran (the
+//! simulated host and its call log are untouched) and that the local cache holds nothing the
+//! attack brought.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use canup::audit::AuditLog;
+use canup::backup::Backups;
+use canup::capabilities::Grant;
+use canup::config::StepLimits;
+use canup::manifest::{Edition, Method};
+use canup::repository::vendor::{self, Expiry, RoleKeyFiles};
+use canup::repository::{Index, LoadOptions, Repository};
+use canup::sandbox::{Sandbox, StepContext, StepEnv};
+use canup::sysroot::Sysroot;
+use canup::ui::ConsoleUi;
+use canup_tests::simhost::{SimHost, Spec};
+use canup_tests::{canup_bin, publish_steps, serve, target_dir};
+use semver::Version;
+
+const STUB: &str = env!("CARGO_BIN_EXE_canup-simstub");
+
+/// What the server does with one path instead of serving the file.
+#[derive(Clone)]
+enum Fault {
+    /// Serve these bytes.
+    Replace(Vec<u8>),
+    /// Never stop sending.
+    Endless,
+    /// Send half the file and cut the connection, once; then serve normally.
+    DropOnce,
+    /// Answer 500, once; then serve normally.
+    Error500Once,
+}
+
+#[derive(Clone, Default)]
+struct Control {
+    faults: Arc<Mutex<HashMap<String, Fault>>>,
+    hits: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl Control {
+    fn fault(&self, path: &str, fault: Fault) {
+        self.faults.lock().unwrap().insert(path.to_owned(), fault);
+    }
+    fn hits(&self, path: &str) -> usize {
+        self.hits.lock().unwrap().get(path).copied().unwrap_or(0)
+    }
+}
+
+async fn serve_repo(dir: PathBuf, control: Control) -> String {
+    let handler = move |uri: Uri| {
+        let (dir, control) = (dir.clone(), control.clone());
+        async move {
+            let path = uri.path().trim_start_matches('/').to_owned();
+            *control.hits.lock().unwrap().entry(path.clone()).or_default() += 1;
+            let fault = control.faults.lock().unwrap().get(&path).cloned();
+            let file = || std::fs::read(dir.join(&path));
+            match fault {
+                Some(Fault::Replace(bytes)) => bytes.into_response(),
+                Some(Fault::Endless) => {
+                    let chunk = Bytes::from(vec![b' '; 64 << 10]);
+                    Body::from_stream(futures_util::stream::repeat_with(move || Ok::<_, std::io::Error>(chunk.clone()))).into_response()
+                }
+                Some(Fault::DropOnce) => {
+                    control.faults.lock().unwrap().remove(&path);
+                    let bytes = file().unwrap_or_default();
+                    let half = Bytes::from(bytes[..bytes.len() / 2].to_vec());
+                    let parts = vec![Ok(half), Err(std::io::Error::other("connection cut by the test"))];
+                    Body::from_stream(futures_util::stream::iter(parts)).into_response()
+                }
+                Some(Fault::Error500Once) => {
+                    control.faults.lock().unwrap().remove(&path);
+                    StatusCode::INTERNAL_SERVER_ERROR.into_response()
+                }
+                None => match file() {
+                    Ok(bytes) => Response::new(Body::from(bytes)),
+                    Err(_) => StatusCode::NOT_FOUND.into_response(),
+                },
+            }
+        }
+    };
+    format!("http://{}", serve(Router::new().fallback(handler)).await)
+}
+
+/// The project's release crates, published once per test binary with the real `canup repo`
+/// commands; each test works on its own copy.
+fn pristine() -> &'static (PathBuf, PathBuf) {
+    static PRISTINE: OnceLock<(PathBuf, PathBuf, tempfile::TempDir)> = OnceLock::new();
+    let (repo, key, _) = PRISTINE.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path().join("repo");
+        let key = publish_steps(&canup_bin(), &repo, &target_dir().join("dev-keys")).unwrap();
+        (repo, key, dir)
+    });
+    // Leak-free: the TempDir lives in the static for the whole test binary.
+    static REF: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    REF.get_or_init(|| (repo.clone(), key.clone()))
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), dest).unwrap();
+        }
+    }
+}
+
+struct Case {
+    _dir: tempfile::TempDir,
+    repo: PathBuf,
+    key: PathBuf,
+    cache: PathBuf,
+    sim: SimHost,
+    pristine_tree: std::collections::BTreeMap<String, String>,
+    control: Control,
+    url: String,
+}
+
+async fn case() -> Case {
+    let (pristine_repo, key) = pristine();
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    copy_dir(pristine_repo, &repo);
+    let sim = SimHost::create(&dir.path().join("root"), &Spec::default(), Path::new(STUB)).unwrap();
+    let pristine_tree = sim.snapshot().unwrap();
+    let control = Control::default();
+    let url = serve_repo(repo.clone(), control.clone()).await;
+    Case { cache: dir.path().join("cache"), repo, key: key.clone(), sim, pristine_tree, control, url, _dir: dir }
+}
+
+fn options() -> LoadOptions {
+    LoadOptions { timeout: Duration::from_secs(10), tries: 3, allow_expired: false }
+}
+
+impl Case {
+    fn root(&self) -> Vec<u8> {
+        std::fs::read(self.repo.join("metadata/1.root.json")).unwrap()
+    }
+
+    fn expiry(&self) -> Expiry {
+        Expiry::default()
+    }
+
+    /// The file of a target as served (consistent snapshot: `SHA256.NAME`), from the newest
+    /// signed targets metadata.
+    fn target_file(&self, name: &str) -> String {
+        let newest = std::fs::read_dir(self.repo.join("metadata"))
+            .unwrap()
+            .filter_map(|e| {
+                let f = e.unwrap().file_name().to_string_lossy().into_owned();
+                f.strip_suffix(".targets.json").and_then(|n| n.parse::<u64>().ok()).map(|n| (n, f))
+            })
+            .max()
+            .unwrap()
+            .1;
+        let targets: serde_json::Value = serde_json::from_slice(&std::fs::read(self.repo.join("metadata").join(newest)).unwrap()).unwrap();
+        let sha = targets["signed"]["targets"][name]["hashes"]["sha256"].as_str().unwrap_or_else(|| panic!("no target {name}"));
+        format!("targets/{sha}.{name}")
+    }
+
+    /// What an operator's upgrade does with a repository: verify, read the index, fetch each
+    /// packages step's module, run it on the simulated host.
+    async fn upgrade(&self, location: &str) -> Result<usize, String> {
+        let repo = Repository::open(location, &self.root(), &self.cache, &options()).await.map_err(|e| e.to_string())?;
+        let index = repo.index().await.map_err(|e| e.to_string())?;
+        let sandbox = Sandbox::new(None).map_err(|e| e.to_string())?;
+        let mut ran = 0;
+        for release in &index.releases {
+            for step in release.steps.iter().filter(|s| s.manifest.methods.contains(&Method::Packages)) {
+                let wasm = repo.module(step).await.map_err(|e| e.to_string())?;
+                let loaded = sandbox.load(&step.manifest.id, &wasm, &step.api).map_err(|e| e.to_string())?;
+                let caps = &step.manifest.capabilities;
+                let env = StepEnv {
+                    grant: Grant::new(&step.manifest.id, caps, caps).unwrap(),
+                    sysroot: Sysroot::new(self.sim.root()).unwrap(),
+                    endpoints: Arc::default(),
+                    backups: Backups::open(&self.cache.join("state"), "run").unwrap(),
+                    audit: Arc::new(AuditLog::in_memory("run")),
+                    ui: Arc::new(ConsoleUi::default()),
+                    context: StepContext {
+                        step_id: step.manifest.id.clone(),
+                        installed: Version::new(3, 39, 0),
+                        target: release.version.clone(),
+                        release: release.version.clone(),
+                        edition: Edition::Core,
+                        method: Method::Packages,
+                        dry_run: false,
+                    },
+                    limits: StepLimits::default(),
+                };
+                sandbox.run(&loaded, env).await.result.map_err(|e| e.to_string())?;
+                ran += 1;
+            }
+        }
+        Ok(ran)
+    }
+
+    fn cached_modules(&self) -> Vec<String> {
+        std::fs::read_dir(self.cache.join("modules")).map(|d| d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect()).unwrap_or_default()
+    }
+
+    /// The attack's promises: the error names the problem, no step ran, the cache is clean.
+    async fn refused(&self, expected: &[&str]) -> String {
+        let err = match self.upgrade(&self.url).await {
+            Ok(n) => panic!("the attack went through: {n} steps ran"),
+            Err(e) => e,
+        };
+        for part in expected {
+            assert!(err.contains(part), "expected {part:?} in: {err}");
+        }
+        assert!(err.contains("Nothing was run"), "{err}");
+        assert_eq!(self.sim.snapshot().unwrap(), self.pristine_tree, "a step changed the host");
+        assert!(self.sim.calls().unwrap().is_empty(), "a step ran a command");
+        assert!(self.cached_modules().is_empty(), "the cache kept {:?}", self.cached_modules());
+        err
+    }
+
+    /// The TUF cache's timestamp version, if any.
+    fn cached_timestamp_version(&self) -> Option<u64> {
+        let bytes = std::fs::read(self.cache.join("tuf/timestamp.json")).ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+        v["signed"]["version"].as_u64()
+    }
+}
+
+fn flip_byte(path: &Path) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let i = bytes.len() / 2;
+    bytes[i] ^= 0x20;
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_published_repository_verifies_over_http_and_its_steps_run() {
+    let c = case().await;
+    let repo = Repository::open(&c.url, &c.root(), &c.cache, &options()).await.unwrap();
+    let index: Index = repo.index().await.unwrap();
+    let release = index.release(&Version::new(3, 40, 0)).expect("3.40.0 is published");
+    assert_eq!(release.published, "2020-05-04");
+    assert_eq!(release.steps[0].manifest.id, "3.40.0/webserver-services");
+    assert_eq!(release.steps[0].module, "release-3.40.0.wasm");
+    assert_eq!(c.upgrade(&c.url).await, Ok(1));
+    let conf = c.sim.read("/opt/canopsis/etc/webserver.conf").unwrap();
+    assert!(conf.ends_with("canopsis.webcore.services.metaalarmrule=1\ncanopsis.webcore.services.broadcast_message=1\n"), "{conf}");
+    assert_eq!(c.sim.calls().unwrap().iter().map(|c| c.line()).collect::<Vec<_>>(), ["canoctl restart"]);
+    assert_eq!(c.cached_modules().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_air_gapped_directory_or_file_url_works_too() {
+    let c = case().await;
+    assert_eq!(c.upgrade(c.repo.to_str().unwrap()).await, Ok(1));
+    assert_eq!(c.upgrade(&format!("file://{}", c.repo.display())).await, Ok(1), "the second run is idempotent");
+    assert_eq!(c.sim.calls().unwrap().len(), 1, "the restart ran once: the second run changed nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_module_is_refused() {
+    let c = case().await;
+    flip_byte(&c.repo.join(c.target_file("release-3.40.0.wasm")));
+    c.refused(&["Hash mismatch for", "release-3.40.0.wasm: calculated"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_index_is_refused() {
+    let c = case().await;
+    let path = c.repo.join(c.target_file("index.json"));
+    let text = std::fs::read_to_string(&path).unwrap().replace("\"canoctl\"", "\"/bin/sh\"").replace("2020-05-04", "2020-05-05");
+    std::fs::write(&path, text).unwrap();
+    c.refused(&["Hash mismatch for", "index.json: calculated"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_module_not_listed_in_the_signed_targets_is_refused() {
+    let c = case().await;
+    // A (buggy or compromised-index) release pointing at a file the targets never signed.
+    let mut index = vendor::read_index(&c.repo).await.unwrap();
+    index.releases[0].steps[0].module = "ghost.wasm".into();
+    vendor::publish_index(&c.repo, &[c.key.clone()], &c.expiry(), &index).await.unwrap();
+    std::fs::write(c.repo.join("targets/ghost.wasm"), b"\0asm").unwrap();
+    let err = match c.upgrade(&c.url).await {
+        Ok(_) => panic!("ran an unlisted module"),
+        Err(e) => e,
+    };
+    assert!(err.contains("module ghost.wasm of step 3.40.0/webserver-services is not listed in the signed targets"), "{err}");
+    assert_eq!(c.sim.snapshot().unwrap(), c.pristine_tree);
+    assert!(c.cached_modules().is_empty());
+    assert_eq!(c.control.hits("targets/ghost.wasm"), 0, "the unlisted file was not even fetched");
+}
+
+/// Publishes the same content in a second repository signed by the attacker's own key.
+async fn attacker_repo(c: &Case) -> PathBuf {
+    let attacker = c.repo.parent().unwrap().join("attacker");
+    let key = c.repo.parent().unwrap().join("attacker.key");
+    vendor::keygen(&key).await.unwrap();
+    vendor::init(&attacker, &RoleKeyFiles { root: vec![key.clone()], ..Default::default() }, 1, &c.expiry()).await.unwrap();
+    let index = vendor::read_index(&c.repo).await.unwrap();
+    for _ in 0..3 {
+        // Push the attacker's versions above the real ones.
+        vendor::publish_index(&attacker, &[key.clone()], &c.expiry(), &index).await.unwrap();
+    }
+    attacker
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_signed_by_an_unknown_key_is_refused() {
+    let c = case().await;
+    let attacker = attacker_repo(&c).await;
+    c.control.fault("metadata/timestamp.json", Fault::Replace(std::fs::read(attacker.join("metadata/timestamp.json")).unwrap()));
+    c.refused(&["Failed to verify timestamp metadata: Signature threshold of 1 not met for role timestamp (0 valid signatures)"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signature_threshold_not_met_is_refused() {
+    let c = case().await;
+    // A repository whose roles need two signatures; the mirror drops one of them.
+    let dir = c.repo.parent().unwrap().join("two-key");
+    let keys = [dir.with_extension("k1"), dir.with_extension("k2")];
+    for k in &keys {
+        vendor::keygen(k).await.unwrap();
+    }
+    vendor::init(&dir, &RoleKeyFiles { root: keys.to_vec(), ..Default::default() }, 2, &c.expiry()).await.unwrap();
+    let mut ts: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("metadata/timestamp.json")).unwrap()).unwrap();
+    ts["signatures"].as_array_mut().unwrap().pop();
+    let served = Control::default();
+    served.fault("metadata/timestamp.json", Fault::Replace(serde_json::to_vec(&ts).unwrap()));
+    let url = serve_repo(dir.clone(), served).await;
+    let root = std::fs::read(dir.join("metadata/1.root.json")).unwrap();
+    let err = Repository::open(&url, &root, &c.cache, &options()).await.unwrap_err().to_string();
+    assert!(err.contains("Signature threshold of 2 not met for role timestamp (1 valid signatures)"), "{err}");
+    assert!(c.cached_timestamp_version().is_none(), "the rejected timestamp was cached");
+    // With both signatures it loads: the threshold, not the key, was the problem.
+    let ok = serve_repo(dir.clone(), Control::default()).await;
+    Repository::open(&ok, &root, &c.cache, &options()).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_timestamp_is_refused() {
+    let c = case().await;
+    vendor::refresh_timestamp(&c.repo, &[c.key.clone()], -1).await.unwrap();
+    c.refused(&["timestamp metadata is expired"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_snapshot_is_refused() {
+    let c = case().await;
+    vendor::sign(&c.repo, &[c.key.clone()], &Expiry { snapshot_days: -1, ..c.expiry() }).await.unwrap();
+    c.refused(&["snapshot metadata is expired"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_targets_are_refused() {
+    let c = case().await;
+    vendor::sign(&c.repo, &[c.key.clone()], &Expiry { targets_days: -1, ..c.expiry() }).await.unwrap();
+    c.refused(&["targets metadata is expired"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_root_is_refused() {
+    let c = case().await;
+    // A frozen root: rotated long ago and never renewed.
+    vendor::rotate_root(&c.repo, &[c.key.clone()], &[c.key.clone()], &Expiry { root_days: -1, ..c.expiry() }).await.unwrap();
+    c.refused(&["root metadata is expired"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_to_an_older_timestamp_is_refused() {
+    let c = case().await;
+    let old = std::fs::read(c.repo.join("metadata/timestamp.json")).unwrap();
+    vendor::refresh_timestamp(&c.repo, &[c.key.clone()], 1).await.unwrap();
+    // The operator sees the new version once …
+    Repository::open(&c.url, &c.root(), &c.cache, &options()).await.unwrap();
+    let seen = c.cached_timestamp_version().unwrap();
+    // … then a mirror serves the old, still validly signed, one.
+    c.control.fault("metadata/timestamp.json", Fault::Replace(old));
+    c.refused(&[&format!("Found version {} of timestamp metadata when we had previously fetched version {seen}", seen - 1)]).await;
+    assert_eq!(c.cached_timestamp_version(), Some(seen), "the cache kept the newer timestamp");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_timestamp_pointing_to_an_older_snapshot_is_refused() {
+    let c = case().await;
+    let old_ts = std::fs::read(c.repo.join("metadata/timestamp.json")).unwrap();
+    vendor::sign(&c.repo, &[c.key.clone()], &c.expiry()).await.unwrap();
+    Repository::open(&c.url, &c.root(), &c.cache, &options()).await.unwrap();
+    // Someone holding the timestamp key signs newer timestamps that name the old snapshot.
+    std::fs::write(c.repo.join("metadata/timestamp.json"), old_ts).unwrap();
+    vendor::refresh_timestamp(&c.repo, &[c.key.clone()], 1).await.unwrap();
+    vendor::refresh_timestamp(&c.repo, &[c.key.clone()], 1).await.unwrap();
+    c.refused(&["Snapshot version 2 in timestamp 4 is less than 3 in timestamp 3"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_to_older_targets_is_refused() {
+    let c = case().await;
+    let old_targets = std::fs::read(c.repo.join("metadata/2.targets.json")).unwrap();
+    vendor::sign(&c.repo, &[c.key.clone()], &c.expiry()).await.unwrap();
+    // The new snapshot names 3.targets.json; the mirror answers with version 2's content.
+    c.control.fault("metadata/3.targets.json", Fault::Replace(old_targets));
+    c.refused(&["metadata/3.targets.json", "Hash mismatch"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mix_and_match_of_snapshot_and_targets_is_refused() {
+    let c = case().await;
+    let old_snapshot = std::fs::read(c.repo.join("metadata/2.snapshot.json")).unwrap();
+    vendor::sign(&c.repo, &[c.key.clone()], &c.expiry()).await.unwrap();
+    // Timestamp 3 names snapshot 3; the mirror serves snapshot 2 (which names targets 2) in its place.
+    c.control.fault("metadata/3.snapshot.json", Fault::Replace(old_snapshot));
+    c.refused(&["metadata/3.snapshot.json", "Hash mismatch"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endless_metadata_is_cut_at_its_limit() {
+    let c = case().await;
+    c.control.fault("metadata/timestamp.json", Fault::Endless);
+    c.refused(&["metadata/timestamp.json", "Maximum size 1048576 (specified by max_timestamp_size argument) exceeded"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_module_is_cut_at_its_signed_length() {
+    let c = case().await;
+    let module = c.target_file("release-3.40.0.wasm");
+    c.control.fault(&module, Fault::Endless);
+    c.refused(&["release-3.40.0.wasm", "(specified by targets.json) exceeded"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_dropped_mid_download_is_retried() {
+    let c = case().await;
+    let module = c.target_file("release-3.40.0.wasm");
+    c.control.fault(&module, Fault::DropOnce);
+    c.control.fault("metadata/timestamp.json", Fault::Error500Once);
+    assert_eq!(c.upgrade(&c.url).await, Ok(1));
+    assert_eq!(c.control.hits(&module), 2, "the module was fetched again after the cut");
+    assert_eq!(c.control.hits("metadata/timestamp.json"), 2, "the 500 was retried");
+    assert_eq!(c.cached_modules().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn root_rotation_is_followed_and_a_retired_key_is_refused() {
+    let c = case().await;
+    let new_key = c.repo.parent().unwrap().join("new-root.key");
+    vendor::keygen(&new_key).await.unwrap();
+    vendor::rotate_root(&c.repo, &[c.key.clone()], &[new_key.clone()], &c.expiry()).await.unwrap();
+    // A client that trusts root 1 follows the chain to root 2.
+    let repo = Repository::open(&c.url, &c.root(), &c.cache, &options()).await.unwrap();
+    assert_eq!(repo.tuf().root().signed.version.get(), 2);
+    assert_eq!(c.upgrade(&c.url).await, Ok(1));
+
+    // Whoever still holds the retired key signs a root 3 on their own: refused.
+    let scratch = c.repo.parent().unwrap().join("forge");
+    copy_dir(&c.repo, &scratch);
+    vendor::rotate_root(&scratch, &[c.key.clone()], &[c.key.clone()], &c.expiry()).await.unwrap();
+    std::fs::copy(scratch.join("metadata/3.root.json"), c.repo.join("metadata/3.root.json")).unwrap();
+    let err = Repository::open(&c.url, &c.root(), &c.cache, &options()).await.unwrap_err().to_string();
+    assert!(err.contains("Failed to verify root metadata: Signature threshold of 1 not met for role root (0 valid signatures)"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_withdrawn_release_is_marked_in_the_index() {
+    let c = case().await;
+    vendor::withdraw(&c.repo, &[c.key.clone()], &c.expiry(), &Version::new(3, 40, 0), "breaks engine-axe; use 3.40.1").await.unwrap();
+    let repo = Repository::open(&c.url, &c.root(), &c.cache, &options()).await.unwrap();
+    let index = repo.index().await.unwrap();
+    assert_eq!(index.releases[0].withdrawn.as_deref(), Some("breaks engine-axe; use 3.40.1"));
+}
