@@ -1,6 +1,7 @@
 //! Shared test fixtures: the simulated Canopsis host, paths of the built guest modules, and
 //! loopback servers. Used by the end-to-end tests and by `cargo xtask demo`.
 
+pub mod repo_server;
 pub mod simhost;
 
 use std::path::{Path, PathBuf};

@@ -4,16 +4,10 @@
 //! simulated host and its call log are untouched) and that the local cache holds nothing the
 //! attack brought.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use axum::Router;
-use axum::body::Body;
-use axum::http::{StatusCode, Uri};
-use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
 use canup::audit::AuditLog;
 use canup::backup::Backups;
 use canup::capabilities::Grant;
@@ -25,73 +19,11 @@ use canup::sandbox::{Sandbox, StepContext, StepEnv};
 use canup::sysroot::Sysroot;
 use canup::ui::ConsoleUi;
 use canup_tests::simhost::{SimHost, Spec};
-use canup_tests::{canup_bin, publish_steps, serve, target_dir};
+use canup_tests::repo_server::{Control, Fault, serve_repo};
+use canup_tests::{canup_bin, publish_steps, target_dir};
 use semver::Version;
 
 const STUB: &str = env!("CARGO_BIN_EXE_canup-simstub");
-
-/// What the server does with one path instead of serving the file.
-#[derive(Clone)]
-enum Fault {
-    /// Serve these bytes.
-    Replace(Vec<u8>),
-    /// Never stop sending.
-    Endless,
-    /// Send half the file and cut the connection, once; then serve normally.
-    DropOnce,
-    /// Answer 500, once; then serve normally.
-    Error500Once,
-}
-
-#[derive(Clone, Default)]
-struct Control {
-    faults: Arc<Mutex<HashMap<String, Fault>>>,
-    hits: Arc<Mutex<HashMap<String, usize>>>,
-}
-
-impl Control {
-    fn fault(&self, path: &str, fault: Fault) {
-        self.faults.lock().unwrap().insert(path.to_owned(), fault);
-    }
-    fn hits(&self, path: &str) -> usize {
-        self.hits.lock().unwrap().get(path).copied().unwrap_or(0)
-    }
-}
-
-async fn serve_repo(dir: PathBuf, control: Control) -> String {
-    let handler = move |uri: Uri| {
-        let (dir, control) = (dir.clone(), control.clone());
-        async move {
-            let path = uri.path().trim_start_matches('/').to_owned();
-            *control.hits.lock().unwrap().entry(path.clone()).or_default() += 1;
-            let fault = control.faults.lock().unwrap().get(&path).cloned();
-            let file = || std::fs::read(dir.join(&path));
-            match fault {
-                Some(Fault::Replace(bytes)) => bytes.into_response(),
-                Some(Fault::Endless) => {
-                    let chunk = Bytes::from(vec![b' '; 64 << 10]);
-                    Body::from_stream(futures_util::stream::repeat_with(move || Ok::<_, std::io::Error>(chunk.clone()))).into_response()
-                }
-                Some(Fault::DropOnce) => {
-                    control.faults.lock().unwrap().remove(&path);
-                    let bytes = file().unwrap_or_default();
-                    let half = Bytes::from(bytes[..bytes.len() / 2].to_vec());
-                    let parts = vec![Ok(half), Err(std::io::Error::other("connection cut by the test"))];
-                    Body::from_stream(futures_util::stream::iter(parts)).into_response()
-                }
-                Some(Fault::Error500Once) => {
-                    control.faults.lock().unwrap().remove(&path);
-                    StatusCode::INTERNAL_SERVER_ERROR.into_response()
-                }
-                None => match file() {
-                    Ok(bytes) => Response::new(Body::from(bytes)),
-                    Err(_) => StatusCode::NOT_FOUND.into_response(),
-                },
-            }
-        }
-    };
-    format!("http://{}", serve(Router::new().fallback(handler)).await)
-}
 
 /// The project's release crates, published once per test binary with the real `canup repo`
 /// commands; each test works on its own copy.

@@ -4,6 +4,7 @@
 //!   builds every guest crate once, then runs every test (`cargo test`, extra ARGS passed on).
 //! - `cargo xtask demo`: runs the example step on a simulated Canopsis with a loopback API
 //!   server, and prints the step's log, its audit and the commands it ran.
+//! - `cargo xtask bench`: the performance figures with their goals (release build).
 //! - `cargo xtask build-guests`: builds `steps/*` and `tests/guests/*` for `wasm32-wasip2`.
 //! - `cargo xtask publish --out DIR`: builds the release crates under `steps/` and publishes
 //!   them into a signed repository at DIR with a development key (`target/dev-keys/`).
@@ -24,12 +25,13 @@ fn main() -> Result<()> {
         "test" => test(&rest),
         "demo" => demo(),
         "build-guests" => build_guests().map(|_| ()),
+        "bench" => bench(),
         "publish" => match rest.as_slice() {
             [flag, out] if flag == "--out" => publish(Path::new(out)),
             _ => bail!("usage: cargo xtask publish --out DIR"),
         },
         _ => {
-            eprintln!("usage: cargo xtask <test [CARGO TEST ARGS] | demo | build-guests | publish --out DIR>");
+            eprintln!("usage: cargo xtask <test [CARGO TEST ARGS] | demo | bench | build-guests | publish --out DIR>");
             std::process::exit(2)
         }
     }
@@ -103,6 +105,13 @@ fn publish(out: &Path) -> Result<()> {
     println!("published {} releases into {}", canup_tests::crates_under("steps")?.len(), out.display());
     println!("trusted root: {}/metadata/1.root.json (development key {})", out.display(), key.display());
     Ok(())
+}
+
+fn bench() -> Result<()> {
+    build_guests()?;
+    let mut c = cargo();
+    c.args(["run", "--release", "--quiet", "-p", "canup-tests", "--bin", "canup-bench"]);
+    run(c)
 }
 
 fn test(extra: &[String]) -> Result<()> {
