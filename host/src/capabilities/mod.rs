@@ -126,6 +126,76 @@ pub(crate) fn glob(pattern: &str, literal_separator: bool, origin: &str) -> Resu
         .map_err(|source| PatternError { pattern: pattern.to_owned(), origin: origin.to_owned(), source })
 }
 
+/// Whether the policy pattern `policy` allows everything the declared pattern `declared`
+/// allows. Equal patterns do; otherwise the policy glob must match the declared pattern's text
+/// (`/opt/canopsis/**` matches `/opt/canopsis/etc/*.conf`). A declared `**` crosses
+/// directories, which only a policy `…/**` with a literal prefix of it can cover: matching
+/// its text against a single `*` would admit more than the policy allows.
+fn pattern_covers(policy: &str, declared: &str, literal_separator: bool) -> bool {
+    if policy == declared {
+        return true;
+    }
+    if declared.contains("**") {
+        return policy.strip_suffix("**").is_some_and(|prefix| {
+            !prefix.contains(['*', '?', '[', '{', '\\']) && declared.starts_with(prefix)
+        });
+    }
+    glob(policy, literal_separator, "the policy").is_ok_and(|g| g.is_match(declared))
+}
+
+fn all_covered<'a>(declared: &'a [String], policy: &[String], literal_separator: bool) -> Option<&'a String> {
+    declared.iter().find(|d| !policy.iter().any(|p| pattern_covers(p, d, literal_separator)))
+}
+
+impl CapabilitySet {
+    /// Admission at plan time: names the first capability this declaration asks for that
+    /// `policy` does not grant, or `None` when the policy covers all of it. The per-call
+    /// checkpoint stays authoritative; this stops a plan before anything runs.
+    pub fn uncovered_by(&self, policy: &CapabilitySet) -> Option<String> {
+        for d in &self.exec {
+            let covered = policy.exec.iter().any(|p| {
+                p.program == d.program
+                    && exec_args_cover(&p.args, &d.args)
+                    && all_covered(&d.env, &p.env, false).is_none()
+                    && d.users.iter().all(|u| p.users.contains(u))
+            });
+            if !covered {
+                return Some(format!("exec of {} with arguments {:?}", d.program, d.args));
+            }
+        }
+        if let Some(path) = all_covered(&self.fs.read, &policy.fs.read, true) {
+            return Some(format!("read of {path}"));
+        }
+        if let Some(path) = all_covered(&self.fs.write, &policy.fs.write, true) {
+            return Some(format!("write of {path}"));
+        }
+        for d in &self.http {
+            let covered = policy.http.iter().any(|p| {
+                p.endpoint == d.endpoint
+                    && d.methods.iter().all(|m| p.methods.iter().any(|pm| pm.eq_ignore_ascii_case(m)))
+                    && all_covered(&d.paths, &p.paths, true).is_none()
+            });
+            if !covered {
+                return Some(format!("{} {:?} on endpoint {}", d.methods.join("/"), d.paths, d.endpoint));
+            }
+        }
+        None
+    }
+}
+
+fn exec_args_cover(policy: &[String], declared: &[String]) -> bool {
+    for (i, p) in policy.iter().enumerate() {
+        if p == "**" && i == policy.len() - 1 {
+            return true;
+        }
+        match declared.get(i) {
+            Some(d) if d != "**" && pattern_covers(p, d, false) => {}
+            _ => return false,
+        }
+    }
+    policy.len() == declared.len()
+}
+
 /// One side's rules, compiled.
 #[derive(Debug, Clone)]
 struct Compiled {
@@ -302,6 +372,21 @@ users = ["canopsis"]
         assert!(g.check_http("canopsis-api", "DELETE", "/api/v4/broadcast-message/b1", &[]).is_ok());
         assert!(matches!(g.check_http("canopsis-api", "POST", "/api/v4/broadcast-message", &[("Cookie".into(), "x".into())]), Err(Denial::Forbidden { .. })));
         assert!(g.check_http("canopsis-api", "post", "/api/v4/broadcast-message", &[]).is_err());
+    }
+
+    #[test]
+    fn admission_coverage_of_patterns() {
+        let policy = set("[[exec]]\nprogram = \"/usr/bin/yum\"\nargs = [\"--disablerepo=[*]\", \"--enablerepo=canopsis[*]\", \"update\", \"-y\", \"**\"]\n[fs]\nread = [\"/opt/canopsis/**\"]\nwrite = [\"/opt/canopsis/etc/*\"]\n[[http]]\nendpoint = \"rabbitmq\"\nmethods = [\"GET\", \"DELETE\"]\npaths = [\"/api/**\"]\n");
+        let ok = set("[[exec]]\nprogram = \"/usr/bin/yum\"\nargs = [\"--disablerepo=[*]\", \"--enablerepo=canopsis[*]\", \"update\", \"-y\", \"canopsis-core-*\"]\n[fs]\nread = [\"/opt/canopsis/etc/**\"]\nwrite = [\"/opt/canopsis/etc/*.conf\"]\n[[http]]\nendpoint = \"rabbitmq\"\npaths = [\"/api/queues/canopsis\"]\n");
+        assert_eq!(ok.uncovered_by(&policy), None);
+        let wider_write = set("[fs]\nwrite = [\"/opt/canopsis/etc/**\"]\n");
+        assert_eq!(wider_write.uncovered_by(&policy).as_deref(), Some("write of /opt/canopsis/etc/**"));
+        let other_repo = set("[[exec]]\nprogram = \"/usr/bin/yum\"\nargs = [\"--disablerepo=[*]\", \"--enablerepo=[*]\", \"update\", \"-y\"]\n");
+        assert!(other_repo.uncovered_by(&policy).is_some());
+        let post = set("[[http]]\nendpoint = \"rabbitmq\"\nmethods = [\"POST\"]\n");
+        assert!(post.uncovered_by(&policy).unwrap().contains("POST"));
+        let outside = set("[fs]\nread = [\"/etc/**\"]\n");
+        assert_eq!(outside.uncovered_by(&policy).as_deref(), Some("read of /etc/**"));
     }
 
     #[test]

@@ -130,8 +130,10 @@ impl Repository {
         for dir in [&tuf, &modules] {
             fs::create_dir_all(dir).map_err(cache_err(dir))?;
         }
+        let transport = ResumingTransport::new(options.timeout, options.tries)
+            .map_err(|e| RepoError::Verify { location: location.shown.clone(), why: format!("cannot set up HTTP: {e}") })?;
         let inner = RepositoryLoader::new(&trusted_root, location.metadata.clone(), location.targets.clone())
-            .transport(ResumingTransport::new(options.timeout, options.tries))
+            .transport(transport)
             .datastore(tuf)
             .limits(Limits { max_targets_size: 16 << 20, ..Limits::default() })
             .expiration_enforcement(if options.allow_expired { ExpirationEnforcement::Unsafe } else { ExpirationEnforcement::Safe })

@@ -1,39 +1,69 @@
-//! Fetching repository files with retries that survive a connection dropped mid-download.
+//! Fetching repository files: one HTTP client for the whole load, retries on connection
+//! errors and 5xx, and resumption when a connection drops mid-download.
 //!
-//! tough's HTTP transport retries failed requests and 5xx answers, but a body cut halfway by a
-//! server without `Range` support ends the fetch. This wrapper re-fetches the file and skips
-//! the bytes already handed on, so the consumer (tough, which checks length and hash over
-//! the whole stream) sees one uninterrupted stream. Sizes stay bounded by tough's limits,
-//! which apply to the stream this returns.
+//! tough's own HTTP transport builds a new client (and TLS verifier) for every file, which
+//! cost ~50 ms per file here, and ends a fetch whose body was cut by a server without
+//! `Range` support. This transport re-fetches such a file and skips the bytes already handed
+//! on, so the consumer (tough, which checks length and hash over the whole stream) sees one
+//! uninterrupted stream. Sizes stay bounded by tough's limits, which apply to the stream this
+//! returns. `file://` URLs go to tough's filesystem transport.
 
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use tough::{DefaultTransport, HttpTransportBuilder, Transport, TransportError, TransportErrorKind, TransportStream};
+use tough::{FilesystemTransport, Transport, TransportError, TransportErrorKind, TransportStream};
 use url::Url;
 
 #[derive(Debug, Clone)]
 pub struct ResumingTransport {
-    inner: DefaultTransport,
-    /// Re-fetches allowed after a failure in the middle of a body.
-    resumes: u32,
+    client: reqwest::Client,
+    tries: u32,
     backoff: Duration,
 }
 
 impl ResumingTransport {
-    pub fn new(timeout: Duration, tries: u32) -> Self {
-        let http = HttpTransportBuilder::new()
-            .timeout(timeout)
-            .connect_timeout(Duration::from_secs(10))
-            .tries(tries)
-            .initial_backoff(Duration::from_millis(50))
-            .max_backoff(Duration::from_secs(2));
-        Self { inner: DefaultTransport::new_with_http_settings(http), resumes: tries, backoff: Duration::from_millis(50) }
+    pub fn new(timeout: Duration, tries: u32) -> Result<Self, reqwest::Error> {
+        let client = reqwest::Client::builder().timeout(timeout).connect_timeout(Duration::from_secs(10)).build()?;
+        Ok(Self { client, tries: tries.max(1), backoff: Duration::from_millis(50) })
+    }
+
+    /// One GET with retries: connection errors, timeouts and 5xx are retried with backoff;
+    /// 403/404/410 mean "not there" (which ends tough's walk of root versions).
+    async fn open(&self, url: &Url) -> Result<TransportStream, TransportError> {
+        let mut backoff = self.backoff;
+        let mut last = None;
+        for attempt in 1..=self.tries {
+            if attempt > 1 {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+            match self.client.get(url.clone()).send().await {
+                Ok(resp) if resp.status().is_success() => {
+                    let stream = resp.bytes_stream().map(|chunk| chunk.map_err(|e| TransportError::new_with_cause(TransportErrorKind::Other, "body", e)));
+                    return Ok(Box::pin(stream));
+                }
+                Ok(resp) if matches!(resp.status().as_u16(), 403 | 404 | 410) => {
+                    return Err(TransportError::new(TransportErrorKind::FileNotFound, url.as_str()));
+                }
+                Ok(resp) if resp.status().is_server_error() => {
+                    tracing::warn!("{url} answered {}; retrying", resp.status());
+                    last = Some(TransportError::new_with_cause(TransportErrorKind::Other, url.as_str(), format!("HTTP {}", resp.status())));
+                }
+                Ok(resp) => {
+                    return Err(TransportError::new_with_cause(TransportErrorKind::Other, url.as_str(), format!("HTTP {}", resp.status())));
+                }
+                Err(e) => {
+                    tracing::warn!("fetching {url}: {e}; retrying");
+                    last = Some(TransportError::new_with_cause(TransportErrorKind::Other, url.as_str(), e));
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| TransportError::new(TransportErrorKind::Other, url.as_str())))
     }
 }
 
 struct State {
-    inner: DefaultTransport,
+    transport: ResumingTransport,
     url: Url,
     stream: TransportStream,
     /// Bytes already handed on.
@@ -41,24 +71,17 @@ struct State {
     /// Bytes of the current stream still to drop (already delivered by an earlier attempt).
     skip: u64,
     resumes_left: u32,
-    backoff: Duration,
     done: bool,
 }
 
 #[tough::async_trait]
 impl Transport for ResumingTransport {
     async fn fetch(&self, url: Url) -> Result<TransportStream, TransportError> {
-        let stream = self.inner.fetch(url.clone()).await?;
-        let state = State {
-            inner: self.inner.clone(),
-            url,
-            stream,
-            delivered: 0,
-            skip: 0,
-            resumes_left: self.resumes,
-            backoff: self.backoff,
-            done: false,
-        };
+        if url.scheme() == "file" {
+            return FilesystemTransport.fetch(url).await;
+        }
+        let stream = self.open(&url).await?;
+        let state = State { transport: self.clone(), url, stream, delivered: 0, skip: 0, resumes_left: self.tries, done: false };
         let resumed = futures_util::stream::unfold(state, |mut st| async move {
             if st.done {
                 return None;
@@ -76,26 +99,16 @@ impl Transport for ResumingTransport {
                         st.delivered += chunk.len() as u64;
                         return Some((Ok(chunk), st));
                     }
-                    Some(Err(e)) if st.resumes_left > 0 && e.kind() != TransportErrorKind::FileNotFound => {
+                    Some(Err(e)) if st.resumes_left > 0 => {
                         st.resumes_left -= 1;
                         tracing::warn!("download of {} broke after {} bytes ({e}); fetching it again", st.url, st.delivered);
-                        tokio::time::sleep(st.backoff).await;
-                        st.backoff *= 2;
-                        // Spawned because the stream must be `Sync` and the fetch future is not.
-                        let (inner, url) = (st.inner.clone(), st.url.clone());
-                        let refetch = tokio::spawn(async move { inner.fetch(url).await }).await;
-                        match refetch {
-                            Ok(Ok(s)) => {
+                        match st.transport.open(&st.url).await {
+                            Ok(s) => {
                                 st.stream = s;
                                 st.skip = st.delivered;
                             }
-                            Ok(Err(e)) => {
+                            Err(e) => {
                                 st.done = true;
-                                return Some((Err(e), st));
-                            }
-                            Err(join) => {
-                                st.done = true;
-                                let e = TransportError::new_with_cause(TransportErrorKind::Other, st.url.as_str(), join);
                                 return Some((Err(e), st));
                             }
                         }

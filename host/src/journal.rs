@@ -1,0 +1,318 @@
+//! The journal: what each run planned and how each step ended, kept crash-safe so that a
+//! re-run resumes where the last one stopped and never repeats a finished step.
+//!
+//! Why an append-only JSON-lines file with an fsync per record rather than an embedded
+//! database: the journal is tiny (a few records per step), written a handful of times per
+//! run, and read whole; an append of one line followed by `fsync` is atomic enough (a crash
+//! can only leave a torn *last* line, which is detected and ignored, so the step it described
+//! counts as not finished and runs again), the file stays readable with `cat` by an operator
+//! in the middle of an incident, and no dependency or file format has to be trusted beyond
+//! serde_json.
+//!
+//! A lock (`flock` on `STATE/lock`) lets only one apply run at a time. The kernel releases it
+//! when its holder dies, so a lock left by a killed canup is taken over safely.
+
+use std::fs;
+use std::io::{self, BufRead, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use semver::Version;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::manifest::{Edition, Method, Phase};
+
+/// One planned step as recorded when the run starts: a resumed run replays exactly this.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PlannedRef {
+    pub id: String,
+    pub release: Version,
+    pub phase: Phase,
+    pub module_sha256: String,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    Succeeded,
+    Failed,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum Event {
+    RunStarted {
+        run: String,
+        time: String,
+        installed: Version,
+        target: Version,
+        edition: Edition,
+        method: Method,
+        steps: Vec<PlannedRef>,
+    },
+    StepStarted {
+        run: String,
+        step: String,
+        time: String,
+    },
+    StepFinished {
+        run: String,
+        step: String,
+        time: String,
+        outcome: Outcome,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message: Option<String>,
+        duration_ms: u64,
+        module_sha256: String,
+    },
+    RunFinished {
+        run: String,
+        time: String,
+        outcome: Outcome,
+    },
+}
+
+#[derive(Debug, Error)]
+pub enum JournalError {
+    #[error("journal {path}: {source}")]
+    Io { path: String, source: io::Error },
+    #[error("another canup (pid {pid}) is applying an upgrade with state directory {state}; wait for it to finish")]
+    Locked { pid: String, state: String },
+}
+
+pub struct Journal {
+    path: PathBuf,
+    file: fs::File,
+}
+
+pub fn now() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}
+
+impl Journal {
+    pub fn path(state_dir: &Path) -> PathBuf {
+        state_dir.join("journal.jsonl")
+    }
+
+    pub fn open(state_dir: &Path) -> Result<Self, JournalError> {
+        let path = Self::path(state_dir);
+        let err = |source| JournalError::Io { path: path.display().to_string(), source };
+        fs::create_dir_all(state_dir).map_err(err)?;
+        let file = fs::OpenOptions::new().create(true).append(true).mode(0o600).open(&path).map_err(err)?;
+        Ok(Self { path, file })
+    }
+
+    /// Appends one record and waits until it is on disk.
+    pub fn append(&mut self, event: &Event) -> Result<(), JournalError> {
+        let err = |source| JournalError::Io { path: self.path.display().to_string(), source };
+        let mut line = serde_json::to_vec(event).map_err(|e| err(io::Error::other(e)))?;
+        line.push(b'\n');
+        self.file.write_all(&line).map_err(err)?;
+        self.file.sync_data().map_err(err)
+    }
+
+    /// Every complete record, in order. A torn last line (crash during an append) is ignored.
+    pub fn read(state_dir: &Path) -> Result<Vec<Event>, JournalError> {
+        let path = Self::path(state_dir);
+        let file = match fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => return Err(JournalError::Io { path: path.display().to_string(), source }),
+        };
+        let mut events = Vec::new();
+        for line in io::BufReader::new(file).lines() {
+            let line = line.map_err(|source| JournalError::Io { path: path.display().to_string(), source })?;
+            match serde_json::from_str(&line) {
+                Ok(e) => events.push(e),
+                Err(e) => tracing::warn!("ignoring an unreadable journal record ({e}): {line:?}"),
+            }
+        }
+        Ok(events)
+    }
+}
+
+/// A run as the journal tells it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RunRecord {
+    pub run: String,
+    pub started: String,
+    pub installed: Version,
+    pub target: Version,
+    pub edition: Edition,
+    pub method: Method,
+    pub planned: Vec<PlannedRef>,
+    pub steps: Vec<StepRecord>,
+    pub outcome: Option<Outcome>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct StepRecord {
+    pub step: String,
+    pub outcome: Option<Outcome>,
+    pub message: Option<String>,
+    pub duration_ms: u64,
+    pub module_sha256: String,
+}
+
+impl RunRecord {
+    /// Steps that finished successfully: a resumed run skips them.
+    pub fn done(&self) -> Vec<&str> {
+        self.steps.iter().filter(|s| s.outcome == Some(Outcome::Succeeded)).map(|s| s.step.as_str()).collect()
+    }
+}
+
+/// Folds the records into runs, oldest first. A step started again after a failure or a
+/// crash keeps only its latest attempt.
+pub fn runs(events: &[Event]) -> Vec<RunRecord> {
+    let mut runs: Vec<RunRecord> = Vec::new();
+    for e in events {
+        match e {
+            Event::RunStarted { run, time, installed, target, edition, method, steps } => runs.push(RunRecord {
+                run: run.clone(),
+                started: time.clone(),
+                installed: installed.clone(),
+                target: target.clone(),
+                edition: *edition,
+                method: *method,
+                planned: steps.clone(),
+                steps: Vec::new(),
+                outcome: None,
+            }),
+            Event::StepStarted { run, step, .. } => {
+                if let Some(r) = runs.iter_mut().rev().find(|r| &r.run == run) {
+                    r.outcome = None;
+                    r.steps.retain(|s| &s.step != step);
+                    let sha = r.planned.iter().find(|p| &p.id == step).map(|p| p.module_sha256.clone()).unwrap_or_default();
+                    r.steps.push(StepRecord { step: step.clone(), outcome: None, message: None, duration_ms: 0, module_sha256: sha });
+                }
+            }
+            Event::StepFinished { run, step, outcome, message, duration_ms, module_sha256, .. } => {
+                if let Some(s) = runs.iter_mut().rev().find(|r| &r.run == run).and_then(|r| r.steps.iter_mut().rev().find(|s| &s.step == step)) {
+                    s.outcome = Some(*outcome);
+                    s.message = message.clone();
+                    s.duration_ms = *duration_ms;
+                    s.module_sha256 = module_sha256.clone();
+                }
+            }
+            Event::RunFinished { run, outcome, .. } => {
+                if let Some(r) = runs.iter_mut().rev().find(|r| &r.run == run) {
+                    r.outcome = Some(*outcome);
+                }
+            }
+        }
+    }
+    runs
+}
+
+/// The run to resume: the newest one that did not finish successfully.
+pub fn unfinished(events: &[Event]) -> Option<RunRecord> {
+    runs(events).into_iter().last().filter(|r| r.outcome != Some(Outcome::Succeeded))
+}
+
+/// Held for the whole of an apply.
+pub struct ApplyLock {
+    _file: fs::File,
+}
+
+impl ApplyLock {
+    /// Takes the lock or says who holds it. A lock file left by a dead process is not held
+    /// (the kernel released it), and is taken over with a message naming the old pid.
+    pub fn acquire(state_dir: &Path) -> Result<Self, JournalError> {
+        let path = state_dir.join("lock");
+        let err = |source| JournalError::Io { path: path.display().to_string(), source };
+        fs::create_dir_all(state_dir).map_err(err)?;
+        let mut file = fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(&path).map_err(err)?;
+        let previous = fs::read_to_string(&path).unwrap_or_default().trim().to_owned();
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(JournalError::Locked { pid: if previous.is_empty() { "?".into() } else { previous }, state: state_dir.display().to_string() });
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(err(e)),
+        }
+        if !previous.is_empty() && previous != std::process::id().to_string() {
+            eprintln!("canup: taking over the lock left by pid {previous}, which is no longer running");
+        }
+        file.set_len(0).map_err(err)?;
+        file.write_all(format!("{}\n", std::process::id()).as_bytes()).map_err(err)?;
+        file.sync_data().map_err(err)?;
+        Ok(Self { _file: file })
+    }
+}
+
+impl Drop for ApplyLock {
+    fn drop(&mut self) {
+        // Clear the pid so the next canup does not report a takeover after a clean exit.
+        let _ = self._file.set_len(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn started(run: &str) -> Event {
+        Event::RunStarted {
+            run: run.into(),
+            time: now(),
+            installed: Version::new(3, 38, 0),
+            target: Version::new(3, 40, 0),
+            edition: Edition::Cat,
+            method: Method::Packages,
+            steps: ["a", "b"].iter().map(|id| PlannedRef { id: id.to_string(), release: Version::new(3, 40, 0), phase: Phase::PostUpdate, module_sha256: "ff".into() }).collect(),
+        }
+    }
+
+    fn finished(run: &str, step: &str, outcome: Outcome) -> Event {
+        Event::StepFinished { run: run.into(), step: step.into(), time: now(), outcome, message: None, duration_ms: 3, module_sha256: "ff".into() }
+    }
+
+    #[test]
+    fn a_torn_last_line_is_ignored_and_the_step_counts_as_not_done() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = Journal::open(dir.path()).unwrap();
+        j.append(&started("r1")).unwrap();
+        j.append(&Event::StepStarted { run: "r1".into(), step: "a".into(), time: now() }).unwrap();
+        j.append(&finished("r1", "a", Outcome::Succeeded)).unwrap();
+        j.append(&Event::StepStarted { run: "r1".into(), step: "b".into(), time: now() }).unwrap();
+        drop(j);
+        let mut f = fs::OpenOptions::new().append(true).open(Journal::path(dir.path())).unwrap();
+        f.write_all(b"{\"event\":\"step-finished\",\"run\":\"r1\",\"st").unwrap();
+        let events = Journal::read(dir.path()).unwrap();
+        let run = unfinished(&events).unwrap();
+        assert_eq!(run.done(), ["a"]);
+        assert_eq!(run.steps[1].outcome, None);
+    }
+
+    #[test]
+    fn a_finished_run_is_not_resumed_and_a_retried_step_keeps_its_last_attempt() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = Journal::open(dir.path()).unwrap();
+        for e in [
+            started("r1"),
+            Event::StepStarted { run: "r1".into(), step: "a".into(), time: now() },
+            finished("r1", "a", Outcome::Failed),
+            Event::StepStarted { run: "r1".into(), step: "a".into(), time: now() },
+            finished("r1", "a", Outcome::Succeeded),
+            Event::RunFinished { run: "r1".into(), time: now(), outcome: Outcome::Succeeded },
+        ] {
+            j.append(&e).unwrap();
+        }
+        let events = Journal::read(dir.path()).unwrap();
+        assert!(unfinished(&events).is_none());
+        let all = runs(&events);
+        assert_eq!(all[0].steps.len(), 1);
+        assert_eq!(all[0].steps[0].outcome, Some(Outcome::Succeeded));
+    }
+
+    #[test]
+    fn a_second_lock_is_refused_and_released_on_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = ApplyLock::acquire(dir.path()).unwrap();
+        let e = ApplyLock::acquire(dir.path()).err().unwrap().to_string();
+        assert!(e.contains(&format!("another canup (pid {})", std::process::id())), "{e}");
+        drop(first);
+        ApplyLock::acquire(dir.path()).unwrap();
+    }
+}

@@ -1,0 +1,313 @@
+//! Planning: which steps an upgrade from the installed version C to a target T runs, in which
+//! order, and whether canup may run it at all.
+//!
+//! The releases are C < R ≤ T in semver order (pre-releases only when targeted; withdrawn
+//! intermediates skipped, a withdrawn target refused). Steps are filtered by the install's
+//! method and edition and grouped by phase: `preflight`, `update`, `finalize` and `verify`
+//! come from the target's release only (they act once), `pre-update` and `post-update` from
+//! every release, ascending (each release note's actions in turn). Within a release and
+//! phase, steps run by `order`, then id. `detect` runs before planning and is not part of it.
+
+use semver::Version;
+use serde::Serialize;
+use thiserror::Error;
+
+use crate::capabilities::CapabilitySet;
+use crate::manifest::{Edition, Method, Phase};
+use crate::repository::{Index, IndexStep};
+
+/// The major version of a Canopsis release: the first number up to 4.x, YY.MM from 22.10 on
+/// (`numeros-version-canopsis.md`).
+pub fn major_of(v: &Version) -> (u64, Option<u64>) {
+    if v.major >= 22 { (v.major, Some(v.minor)) } else { (v.major, None) }
+}
+
+fn show_major(v: &Version) -> String {
+    match major_of(v) {
+        (m, Some(n)) => format!("{m}.{n:02}"),
+        (m, None) => m.to_string(),
+    }
+}
+
+#[derive(Debug, Error, PartialEq)]
+pub enum PlanError {
+    #[error("the installed version {0} is not in the repository, so canup cannot tell which release notes apply; check the detected version (canup status) or the repository")]
+    UnknownInstalled(Version),
+    #[error("{installed} → {target} is a major upgrade: follow the migration guide for Canopsis {major}; canup only runs regular upgrades")]
+    Major { installed: Version, target: Version, major: String },
+    #[error("{target} is older than the installed {installed}: canup does not downgrade; restore a backup instead")]
+    Downgrade { installed: Version, target: Version },
+    #[error("release {0} is not in the repository; `canup status` lists the reachable targets")]
+    NotInRepository(Version),
+    #[error("release {version} was withdrawn by the vendor: {reason}")]
+    Withdrawn { version: Version, reason: String },
+    #[error("no regular release newer than {0} is in the repository")]
+    NoTarget(Version),
+}
+
+impl PlanError {
+    /// Distinct exit codes, one per refusal (documented in `--help`).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            PlanError::Major { .. } => 10,
+            PlanError::Downgrade { .. } => 11,
+            PlanError::NotInRepository(_) | PlanError::NoTarget(_) => 12,
+            PlanError::Withdrawn { .. } => 13,
+            PlanError::UnknownInstalled(_) => 14,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PlannedStep {
+    pub release: Version,
+    pub phase: Phase,
+    pub step: IndexStep,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Plan {
+    pub installed: Version,
+    pub target: Version,
+    pub edition: Edition,
+    pub method: Method,
+    /// Releases the upgrade goes through, ascending.
+    pub releases: Vec<Version>,
+    /// Withdrawn releases on the way, skipped, with the vendor's reason.
+    pub skipped: Vec<(Version, String)>,
+    pub steps: Vec<PlannedStep>,
+}
+
+/// The newest regular (non-pre-release, not withdrawn) release of the installed major.
+pub fn newest_target(index: &Index, installed: &Version) -> Option<Version> {
+    index
+        .releases
+        .iter()
+        .filter(|r| r.version.pre.is_empty() && r.withdrawn.is_none() && major_of(&r.version) == major_of(installed))
+        .map(|r| r.version.clone())
+        .max()
+}
+
+pub fn plan(index: &Index, installed: &Version, target: Option<&Version>, edition: Edition, method: Method) -> Result<Plan, PlanError> {
+    if index.release(installed).is_none() {
+        return Err(PlanError::UnknownInstalled(installed.clone()));
+    }
+    let target = match target {
+        Some(t) => t.clone(),
+        None => newest_target(index, installed).ok_or_else(|| PlanError::NoTarget(installed.clone()))?,
+    };
+    if target < *installed {
+        return Err(PlanError::Downgrade { installed: installed.clone(), target });
+    }
+    if major_of(&target) != major_of(installed) {
+        return Err(PlanError::Major { major: show_major(&target), installed: installed.clone(), target });
+    }
+    let target_release = index.release(&target).ok_or_else(|| PlanError::NotInRepository(target.clone()))?;
+    if let Some(reason) = &target_release.withdrawn {
+        return Err(PlanError::Withdrawn { version: target.clone(), reason: reason.clone() });
+    }
+    let mut releases = Vec::new();
+    let mut skipped = Vec::new();
+    for r in index.releases.iter().filter(|r| r.version > *installed && r.version <= target) {
+        if !r.version.pre.is_empty() && r.version != target {
+            continue;
+        }
+        match &r.withdrawn {
+            Some(reason) => skipped.push((r.version.clone(), reason.clone())),
+            None => releases.push(r),
+        }
+    }
+    let applies = |s: &IndexStep| s.manifest.methods.contains(&method) && s.manifest.editions.contains(&edition);
+    let mut steps = Vec::new();
+    for phase in [Phase::Preflight, Phase::PreUpdate, Phase::Update, Phase::Finalize, Phase::PostUpdate, Phase::Verify] {
+        let once = !matches!(phase, Phase::PreUpdate | Phase::PostUpdate);
+        for release in releases.iter().filter(|r| !once || r.version == target) {
+            let mut chosen: Vec<&IndexStep> = release.steps.iter().filter(|s| s.manifest.phase == phase && applies(s)).collect();
+            chosen.sort_by(|a, b| (a.manifest.order, &a.manifest.id).cmp(&(b.manifest.order, &b.manifest.id)));
+            steps.extend(chosen.into_iter().map(|s| PlannedStep { release: release.version.clone(), phase, step: s.clone() }));
+        }
+    }
+    Ok(Plan { installed: installed.clone(), target, edition, method, releases: releases.iter().map(|r| r.version.clone()).collect(), skipped, steps })
+}
+
+/// Admission: every step of the plan must get what it declared. A step that wants more than
+/// the operator's policy allows stops the plan here, before anything runs.
+pub fn admit(plan: &Plan, policy: &CapabilitySet) -> Result<(), Vec<String>> {
+    let refusals: Vec<String> = plan
+        .steps
+        .iter()
+        .filter_map(|p| p.step.manifest.capabilities.uncovered_by(policy).map(|what| format!("step {} needs {what}, which the policy does not allow", p.step.manifest.id)))
+        .collect();
+    if refusals.is_empty() { Ok(()) } else { Err(refusals) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capabilities::{ExecRule, FsRules};
+    use crate::manifest::StepManifest;
+    use crate::repository::{Release, index::INDEX_FORMAT};
+
+    fn step(id: &str, phase: Phase, order: u32, methods: &[Method], editions: &[Edition]) -> IndexStep {
+        IndexStep {
+            api: Version::new(1, 0, 0),
+            module: "m.wasm".into(),
+            sha256: String::new(),
+            length: 0,
+            manifest: StepManifest {
+                id: id.into(),
+                phase,
+                order,
+                methods: methods.to_vec(),
+                editions: editions.to_vec(),
+                description: String::new(),
+                capabilities: CapabilitySet::default(),
+            },
+        }
+    }
+
+    /// Each release ships the standard procedure (update, finalize) and its own notes.
+    fn release(v: &str, extra: Vec<IndexStep>) -> Release {
+        use Edition::*;
+        use Method::*;
+        let mut steps = vec![
+            step(&format!("{v}/broadcast"), Phase::Preflight, 0, &[Packages, Compose], &[Core, Cat]),
+            step(&format!("{v}/yum"), Phase::Update, 0, &[Packages], &[Core, Cat]),
+            step(&format!("{v}/compose"), Phase::Update, 0, &[Compose], &[Core, Cat]),
+            step(&format!("{v}/canopsinit"), Phase::Finalize, 0, &[Packages], &[Core, Cat]),
+            step(&format!("{v}/drain"), Phase::Verify, 0, &[Packages, Compose], &[Core, Cat]),
+        ];
+        steps.extend(extra);
+        Release { version: Version::parse(v).unwrap(), published: "2020-01-01".into(), withdrawn: None, steps }
+    }
+
+    fn index() -> Index {
+        use Edition::*;
+        use Method::*;
+        Index {
+            format: INDEX_FORMAT,
+            releases: vec![
+                release("3.37.0", vec![]),
+                release("3.38.0", vec![step("3.38.0/mongo-rename", Phase::PreUpdate, 0, &[Packages, Compose], &[Core, Cat])]),
+                release(
+                    "3.39.0",
+                    vec![
+                        step("3.39.0/unbind-che", Phase::PostUpdate, 20, &[Packages], &[Core, Cat]),
+                        step("3.39.0/enable-fifo", Phase::PostUpdate, 10, &[Packages], &[Core, Cat]),
+                        step("3.39.0/fifo-compose", Phase::PostUpdate, 10, &[Compose], &[Core, Cat]),
+                        step("3.39.0/cat-only", Phase::PostUpdate, 30, &[Packages], &[Cat]),
+                    ],
+                ),
+                release("3.39.1", vec![]),
+                release("3.40.0", vec![step("3.40.0/webserver", Phase::PostUpdate, 10, &[Packages], &[Core, Cat])]),
+                release("3.41.0-rc.1", vec![step("3.41.0-rc.1/x", Phase::PostUpdate, 0, &[Packages], &[Core, Cat])]),
+                release("4.0.0", vec![]),
+            ],
+        }
+    }
+
+    fn v(s: &str) -> Version {
+        Version::parse(s).unwrap()
+    }
+
+    fn ids(p: &Plan) -> Vec<&str> {
+        p.steps.iter().map(|s| s.step.manifest.id.as_str()).collect()
+    }
+
+    #[test]
+    fn phases_in_order_once_or_per_release() {
+        let p = plan(&index(), &v("3.37.0"), Some(&v("3.40.0")), Edition::Core, Method::Packages).unwrap();
+        assert_eq!(p.releases, [v("3.38.0"), v("3.39.0"), v("3.39.1"), v("3.40.0")]);
+        assert_eq!(
+            ids(&p),
+            [
+                "3.40.0/broadcast",
+                "3.38.0/mongo-rename",
+                "3.40.0/yum",
+                "3.40.0/canopsinit",
+                "3.39.0/enable-fifo",
+                "3.39.0/unbind-che",
+                "3.40.0/webserver",
+                "3.40.0/drain",
+            ]
+        );
+    }
+
+    #[test]
+    fn method_and_edition_filter() {
+        let p = plan(&index(), &v("3.38.0"), Some(&v("3.40.0")), Edition::Cat, Method::Compose).unwrap();
+        assert_eq!(ids(&p), ["3.40.0/broadcast", "3.40.0/compose", "3.39.0/fifo-compose", "3.40.0/drain"]);
+        let p = plan(&index(), &v("3.38.0"), Some(&v("3.40.0")), Edition::Cat, Method::Packages).unwrap();
+        assert!(ids(&p).contains(&"3.39.0/cat-only"));
+    }
+
+    #[test]
+    fn default_target_is_the_newest_regular_release_of_the_major() {
+        let p = plan(&index(), &v("3.38.0"), None, Edition::Core, Method::Packages).unwrap();
+        assert_eq!(p.target, v("3.40.0"), "neither the pre-release nor 4.0.0");
+        assert!(!p.releases.contains(&v("3.41.0-rc.1")));
+    }
+
+    #[test]
+    fn a_pre_release_runs_only_when_targeted() {
+        let p = plan(&index(), &v("3.40.0"), Some(&v("3.41.0-rc.1")), Edition::Core, Method::Packages).unwrap();
+        assert_eq!(p.releases, [v("3.41.0-rc.1")]);
+    }
+
+    #[test]
+    fn refusals_have_distinct_codes_and_clear_messages() {
+        let i = index();
+        let e = plan(&i, &v("3.40.0"), Some(&v("4.0.0")), Edition::Core, Method::Packages).unwrap_err();
+        assert_eq!(e.to_string(), "3.40.0 → 4.0.0 is a major upgrade: follow the migration guide for Canopsis 4; canup only runs regular upgrades");
+        let d = plan(&i, &v("3.40.0"), Some(&v("3.39.0")), Edition::Core, Method::Packages).unwrap_err();
+        assert!(matches!(d, PlanError::Downgrade { .. }));
+        let n = plan(&i, &v("3.38.0"), Some(&v("3.45.0")), Edition::Core, Method::Packages).unwrap_err();
+        assert!(matches!(n, PlanError::NotInRepository(_)));
+        let u = plan(&i, &v("3.20.0"), Some(&v("3.40.0")), Edition::Core, Method::Packages).unwrap_err();
+        assert!(matches!(u, PlanError::UnknownInstalled(_)));
+        let mut withdrawn = i.clone();
+        withdrawn.releases[4].withdrawn = Some("breaks axe".into());
+        let w = plan(&withdrawn, &v("3.38.0"), Some(&v("3.40.0")), Edition::Core, Method::Packages).unwrap_err();
+        assert_eq!(w.to_string(), "release 3.40.0 was withdrawn by the vendor: breaks axe");
+        let codes: std::collections::HashSet<u8> = [e, d, n, u, w].iter().map(PlanError::exit_code).collect();
+        assert_eq!(codes.len(), 5);
+    }
+
+    #[test]
+    fn yy_mm_is_the_major_from_22_10_on() {
+        assert_eq!(major_of(&v("22.10.3")), (22, Some(10)));
+        assert_ne!(major_of(&v("22.10.3")), major_of(&v("23.3.0")));
+        assert_eq!(major_of(&v("4.5.7")), major_of(&v("4.6.0")));
+        let mut i = index();
+        i.releases.push(release("22.10.0", vec![]));
+        i.releases.push(release("22.10.1", vec![]));
+        i.releases.push(release("23.3.0", vec![]));
+        assert!(plan(&i, &v("22.10.0"), Some(&v("22.10.1")), Edition::Core, Method::Packages).is_ok());
+        let e = plan(&i, &v("22.10.1"), Some(&v("23.3.0")), Edition::Core, Method::Packages).unwrap_err();
+        assert!(e.to_string().contains("migration guide for Canopsis 23.03"), "{e}");
+    }
+
+    #[test]
+    fn withdrawn_intermediate_releases_are_skipped_with_their_reason() {
+        let mut i = index();
+        i.releases[3].withdrawn = Some("superseded".into());
+        let p = plan(&i, &v("3.38.0"), Some(&v("3.40.0")), Edition::Core, Method::Packages).unwrap();
+        assert_eq!(p.skipped, [(v("3.39.1"), "superseded".to_owned())]);
+    }
+
+    #[test]
+    fn admission_refuses_a_step_wanting_more_than_the_policy() {
+        let mut i = index();
+        i.releases[4].steps[5].manifest.capabilities = CapabilitySet {
+            exec: vec![ExecRule { program: "/usr/bin/canoctl".into(), args: vec!["restart".into()], env: vec![], users: vec![] }],
+            fs: FsRules { read: vec!["/opt/canopsis/etc/webserver.conf".into()], write: vec!["/opt/canopsis/etc/webserver.conf".into()] },
+            http: vec![],
+        };
+        let p = plan(&i, &v("3.39.0"), Some(&v("3.40.0")), Edition::Core, Method::Packages).unwrap();
+        let broad: CapabilitySet = toml::from_str("[[exec]]\nprogram = \"/usr/bin/canoctl\"\nargs = [\"**\"]\n[fs]\nread = [\"/opt/canopsis/**\"]\nwrite = [\"/opt/canopsis/etc/*.conf\"]\n").unwrap();
+        assert_eq!(admit(&p, &broad), Ok(()));
+        let narrow: CapabilitySet = toml::from_str("[[exec]]\nprogram = \"/usr/bin/canoctl\"\nargs = [\"status\"]\n[fs]\nread = [\"/opt/canopsis/**\"]\nwrite = [\"/opt/canopsis/etc/*.conf\"]\n").unwrap();
+        let refusals = admit(&p, &narrow).unwrap_err();
+        assert_eq!(refusals, ["step 3.40.0/webserver needs exec of /usr/bin/canoctl with arguments [\"restart\"], which the policy does not allow"]);
+    }
+}
