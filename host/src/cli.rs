@@ -387,20 +387,22 @@ async fn step_run(config_path: &std::path::Path, args: StepRunArgs) -> Result<u8
         ui: Arc::new(ConsoleUi { assume_yes: args.yes, accept_manual: args.accept_manual, min_level: None }),
         context: StepContext {
             step_id: manifest.id.clone(),
+            phase: manifest.phase,
             installed: args.installed.clone(),
             target: args.target.clone().unwrap_or_else(|| release.release.clone()),
             release: release.release.clone(),
-            edition: match args.edition {
+            edition: Some(match args.edition {
                 EditionArg::Core => Edition::Core,
                 EditionArg::Cat => Edition::Cat,
-            },
-            method: match args.method {
+            }),
+            method: Some(match args.method {
                 MethodArg::Packages => Method::Packages,
                 MethodArg::Compose => Method::Compose,
-            },
+            }),
             dry_run: false,
         },
         limits: config.limits.resolve(),
+        recorded: Arc::default(),
     };
     let report = sandbox.run(&loaded, env).await;
     let records = audit.records();

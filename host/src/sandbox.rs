@@ -31,7 +31,7 @@ use crate::capabilities::fs::Access;
 use crate::capabilities::http::{Endpoints, HttpRequest};
 use crate::capabilities::{Denial, Grant, exec as cap_exec, fs as cap_fs, http as cap_http};
 use crate::config::StepLimits;
-use crate::manifest::{Edition, Method, STEP_API};
+use crate::manifest::{Edition, Method, Phase, STEP_API};
 use crate::sysroot::Sysroot;
 use crate::ui::{Level, Ui};
 
@@ -71,12 +71,36 @@ pub enum SandboxError {
 #[derive(Debug, Clone)]
 pub struct StepContext {
     pub step_id: String,
+    pub phase: Phase,
     pub installed: Version,
     pub target: Version,
     pub release: Version,
+    /// Unknown (`None`) only while detecting.
+    pub edition: Option<Edition>,
+    pub method: Option<Method>,
+    pub dry_run: bool,
+}
+
+/// What a `detect` step reported.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Detected {
+    pub installed: Version,
     pub edition: Edition,
     pub method: Method,
-    pub dry_run: bool,
+}
+
+/// Canopsis writes YY.MM versions with a leading zero (23.04.1), which semver refuses.
+pub fn parse_canopsis_version(s: &str) -> Option<Version> {
+    let s = s.trim();
+    Version::parse(s).ok().or_else(|| {
+        let (core, rest) = match s.find(['-', '+']) {
+            Some(i) => s.split_at(i),
+            None => (s, ""),
+        };
+        let parts: Vec<u64> = core.split('.').map(|p| p.parse().ok()).collect::<Option<_>>()?;
+        let [major, minor, patch] = parts[..] else { return None };
+        Version::parse(&format!("{major}.{minor}.{patch}{rest}")).ok()
+    })
 }
 
 /// Everything one step run may use besides its own code.
@@ -89,6 +113,8 @@ pub struct StepEnv {
     pub ui: Arc<dyn Ui>,
     pub context: StepContext,
     pub limits: StepLimits,
+    /// In a dry run, the commands and file changes the step would have made, in order.
+    pub recorded: Arc<Mutex<Vec<String>>>,
 }
 
 /// Why a step stopped without finishing.
@@ -125,6 +151,8 @@ impl Captured {
 #[derive(Debug, Clone)]
 pub struct StepReport {
     pub step: String,
+    /// What a detect step reported.
+    pub detected: Option<Detected>,
     pub module_sha256: String,
     pub result: Result<(), Stop>,
     pub stdout: Captured,
@@ -240,6 +268,7 @@ pub struct StepState {
     limiter: MemoryLimiter,
     env: StepEnv,
     cpu: CpuMeter,
+    detected: Option<Detected>,
 }
 
 /// Guest CPU time, measured from the epoch callback.
@@ -305,6 +334,12 @@ impl StepState {
         self.env.audit.record(self.env.grant.step(), capability, args, decision, text, took);
     }
 
+    fn record(&mut self, line: String) {
+        if let Ok(mut r) = self.env.recorded.lock() {
+            r.push(line);
+        }
+    }
+
     /// One `fs` call: check, then run `op` on the resolved path, then account.
     fn fs_call<T>(
         &mut self,
@@ -343,8 +378,15 @@ impl wit::exec::Host for StepState {
         // Values are left out of the audit: they can hold credentials (CPS_AMQP_URL...).
         let env_names: Vec<&str> = req.env.iter().map(|(k, _)| k.as_str()).collect();
         let args = json!({ "program": req.program, "args": req.args, "env": env_names, "cwd": req.cwd, "user": req.user });
+        let dry = self.env.context.dry_run;
         let result = match self.env.grant.check_exec(&req) {
             Err(d) => Err(d.into()),
+            Ok(()) if dry && !self.env.grant.exec_is_readonly(&req) => {
+                let user = req.user.as_ref().map(|u| format!(" (as {u})")).unwrap_or_default();
+                let env = if req.env.is_empty() { String::new() } else { format!("{} ", req.env.iter().map(|(k, _)| format!("{k}=…")).collect::<Vec<_>>().join(" ")) };
+                self.record(format!("run: {env}{}{user}", shell_words(&req.program, &req.args)));
+                Ok(wit::exec::Output { status: Some(0), stdout: vec![], stderr: vec![], stdout_truncated: false, stderr_truncated: false, simulated: true })
+            }
             Ok(()) => cap_exec::run(&req, &self.env.sysroot, &self.env.limits.exec)
                 .await
                 .map(|o| wit::exec::Output {
@@ -380,11 +422,19 @@ impl wit::fs::Host for StepState {
 
     async fn write(&mut self, path: String, data: Vec<u8>) -> Result<(), WitError> {
         let n = data.len();
+        if self.env.context.dry_run {
+            let text = String::from_utf8_lossy(&data).into_owned();
+            return self.fs_call("fs.write", &path, Access::Write, |p, _| Ok(format!("write {} ({n} bytes):\n{}", p.logical.display(), indent(&text))), |_| "recorded (dry run)".into()).map(|line| self.record(line));
+        }
         self.fs_call("fs.write", &path, Access::Write, |p, b| cap_fs::write(p, &data, b), |_| format!("{n} bytes written"))
     }
 
     async fn append(&mut self, path: String, data: Vec<u8>) -> Result<(), WitError> {
         let n = data.len();
+        if self.env.context.dry_run {
+            let text = String::from_utf8_lossy(&data).into_owned();
+            return self.fs_call("fs.append", &path, Access::Write, |p, _| Ok(format!("append to {}:\n{}", p.logical.display(), indent(&text))), |_| "recorded (dry run)".into()).map(|line| self.record(line));
+        }
         self.fs_call("fs.append", &path, Access::Write, |p, b| cap_fs::append(p, &data, b), |_| format!("{n} bytes appended"))
     }
 
@@ -397,6 +447,9 @@ impl wit::fs::Host for StepState {
     }
 
     async fn remove(&mut self, path: String) -> Result<(), WitError> {
+        if self.env.context.dry_run {
+            return self.fs_call("fs.remove", &path, Access::Write, |p, _| Ok(format!("remove {}", p.logical.display())), |_| "recorded (dry run)".into()).map(|line| self.record(line));
+        }
         self.fs_call("fs.remove", &path, Access::Write, |p, b| cap_fs::remove(p, b), |_| "removed".into())
     }
 
@@ -435,8 +488,14 @@ impl wit::http::Host for StepState {
         let args = json!({ "endpoint": req.endpoint, "method": req.method, "path": req.path, "headers": header_names,
                            "body_bytes": req.body.as_ref().map(Vec::len) });
         let request = HttpRequest { endpoint: req.endpoint, method: req.method, path: req.path, headers: req.headers, body: req.body };
+        let mutating = !matches!(request.method.as_str(), "GET" | "HEAD");
         let result = match self.env.grant.check_http(&request.endpoint, &request.method, &request.path, &request.headers) {
             Err(d) => Err(d.into()),
+            Ok(()) if self.env.context.dry_run && mutating => {
+                let body = request.body.as_ref().map(|b| format!(" with body {}", String::from_utf8_lossy(b))).unwrap_or_default();
+                self.record(format!("send: {} {} to endpoint {}{body}", request.method, request.path, request.endpoint));
+                Ok(wit::http::Response { status: 200, headers: vec![("x-canup-dry-run".into(), "1".into())], body: vec![] })
+            }
             Ok(()) => cap_http::send(&self.env.grant, &self.env.endpoints, &request, &self.env.limits.http)
                 .await
                 .map(|r| wit::http::Response { status: r.status, headers: r.headers, body: r.body })
@@ -504,11 +563,33 @@ impl wit::context::Host for StepState {
             installed: c.installed.to_string(),
             target: c.target.to_string(),
             release: c.release.to_string(),
-            edition: c.edition.to_string(),
-            method: c.method.to_string(),
+            edition: c.edition.map(|e| e.to_string()).unwrap_or_default(),
+            method: c.method.map(|m| m.to_string()).unwrap_or_default(),
+            phase: c.phase.to_string(),
             dry_run: c.dry_run,
             step_id: c.step_id.clone(),
         }
+    }
+}
+
+impl wit::detect::Host for StepState {
+    async fn report(&mut self, installed: String, edition: String, method: String) -> Result<(), WitError> {
+        let start = Instant::now();
+        let result = (|| {
+            if self.env.context.phase != Phase::Detect {
+                return Err(wit_error(ErrorKind::Denied, format!("step {} runs in phase {}; only detect steps report the installation", self.env.context.step_id, self.env.context.phase)));
+            }
+            let installed = parse_canopsis_version(&installed).ok_or_else(|| wit_error(ErrorKind::Invalid, format!("{installed:?} is not a version")))?;
+            let edition: Edition = serde_json::from_value(serde_json::Value::String(edition.clone()))
+                .map_err(|_| wit_error(ErrorKind::Invalid, format!("edition {edition:?} is neither core nor cat")))?;
+            let method: Method = serde_json::from_value(serde_json::Value::String(method.clone()))
+                .map_err(|_| wit_error(ErrorKind::Invalid, format!("method {method:?} is neither packages nor compose")))?;
+            Ok(Detected { installed, edition, method })
+        })();
+        let args = json!({ "installed": installed, "edition": edition, "method": method });
+        let outcome = result.map(|d| self.detected = Some(d));
+        self.account(start, "detect.report", args, &outcome, |_| "recorded".into());
+        outcome
     }
 }
 
@@ -619,6 +700,7 @@ impl Sandbox {
             limiter: MemoryLimiter { limit: limits.memory, refused: None },
             env,
             cpu: CpuMeter::default(),
+            detected: None,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -644,8 +726,28 @@ impl Sandbox {
             Ok(Ok(Err(message))) => Err(Stop::Failed(message)),
             Ok(Err(e)) => Err(classify_trap(&e, store.data().limiter.refused, &limits, &stderr_text)),
         };
-        StepReport { step: step_id, module_sha256: step.module_sha256.clone(), result, stdout: stdout.take(), stderr: stderr_text, duration: started.elapsed() }
+        let detected = store.data_mut().detected.take();
+        StepReport { step: step_id, detected, module_sha256: step.module_sha256.clone(), result, stdout: stdout.take(), stderr: stderr_text, duration: started.elapsed() }
     }
+}
+
+fn indent(text: &str) -> String {
+    text.lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
+}
+
+/// A command as a shell would need it typed, for dry-run output an operator can replay.
+pub fn shell_words(program: &str, args: &[String]) -> String {
+    std::iter::once(program)
+        .chain(args.iter().map(String::as_str))
+        .map(|a| {
+            if !a.is_empty() && a.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c)) {
+                a.to_owned()
+            } else {
+                format!("'{}'", a.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn classify_trap(e: &wasmtime::Error, refused: Option<usize>, limits: &StepLimits, stderr: &Captured) -> Stop {

@@ -12,10 +12,12 @@ pub struct Context {
     pub target: Version,
     /// Release this step belongs to.
     pub release: Version,
-    /// `core` (Community) or `cat` (Pro).
+    /// `core` (Community) or `cat` (Pro); empty while detecting.
     pub edition: String,
-    /// `packages` or `compose`.
+    /// `packages` or `compose`; empty while detecting.
     pub method: String,
+    /// The phase the step runs in (`detect`, `preflight`, `pre-update`, ...).
+    pub phase: String,
     pub dry_run: bool,
     pub step_id: String,
 }
@@ -34,6 +36,7 @@ pub fn get() -> Context {
         release: version(&i.release),
         edition: i.edition,
         method: i.method,
+        phase: i.phase,
         dry_run: i.dry_run,
         step_id: i.step_id,
     }

@@ -17,6 +17,7 @@ pub mod bindings {
 }
 
 pub mod context;
+pub mod detect;
 pub mod exec;
 pub mod fs;
 pub mod helpers;

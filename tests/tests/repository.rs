@@ -127,14 +127,16 @@ impl Case {
                     ui: Arc::new(ConsoleUi::default()),
                     context: StepContext {
                         step_id: step.manifest.id.clone(),
+                        phase: step.manifest.phase,
                         installed: Version::new(3, 39, 0),
                         target: release.version.clone(),
                         release: release.version.clone(),
-                        edition: Edition::Core,
-                        method: Method::Packages,
+                        edition: Some(Edition::Core),
+                        method: Some(Method::Packages),
                         dry_run: false,
                     },
                     limits: StepLimits::default(),
+                    recorded: Arc::default(),
                 };
                 sandbox.run(&loaded, env).await.result.map_err(|e| e.to_string())?;
                 ran += 1;

@@ -40,7 +40,7 @@ fn probe() -> &'static (Sandbox, LoadedStep) {
 }
 
 fn exec_rule(program: &str, args: &[&str], env: &[&str]) -> ExecRule {
-    ExecRule { program: program.into(), args: args.iter().map(|s| s.to_string()).collect(), env: env.iter().map(|s| s.to_string()).collect(), users: vec![] }
+    ExecRule { program: program.into(), args: args.iter().map(|s| s.to_string()).collect(), env: env.iter().map(|s| s.to_string()).collect(), users: vec![], readonly: false }
 }
 
 /// What the probe declares: broad enough that each hostile case is refused for the reason it
@@ -211,14 +211,16 @@ impl World {
             ui: ui.clone(),
             context: StepContext {
                 step_id: step.into(),
+                phase: canup::manifest::Phase::PostUpdate,
                 installed: Version::new(3, 38, 0),
                 target: Version::new(3, 40, 0),
                 release: Version::new(3, 40, 0),
-                edition: Edition::Cat,
-                method: Method::Packages,
+                edition: Some(Edition::Cat),
+                method: Some(Method::Packages),
                 dry_run: false,
             },
             limits,
+            recorded: Arc::default(),
         };
         let report = sandbox.run(loaded, env).await;
         Run { report, audit: audit.records(), ui }

@@ -52,6 +52,7 @@ pub(crate) struct CompiledExecRule {
     args: Vec<ArgPattern>,
     env: Vec<GlobMatcher>,
     users: Vec<String>,
+    readonly: bool,
 }
 
 impl CompiledExecRule {
@@ -71,7 +72,12 @@ impl CompiledExecRule {
             args,
             env: rule.env.iter().map(|e| glob(e, false, origin)).collect::<Result<_, _>>()?,
             users: rule.users.clone(),
+            readonly: rule.readonly,
         })
+    }
+
+    fn covers(&self, req: &ExecRequest) -> bool {
+        self.program == req.program && self.args_match(&req.args) && self.env_match(&req.env) && self.user_match(req.user.as_deref())
     }
 
     fn args_match(&self, args: &[String]) -> bool {
@@ -112,7 +118,7 @@ fn uncovered(rules: &[CompiledExecRule], req: &ExecRequest) -> Option<String> {
         let names: Vec<_> = req.env.iter().map(|(k, _)| k.as_str()).collect();
         return Some(format!("exec of {} with environment variables {:?}", req.program, names));
     }
-    if !with_env.iter().any(|r| r.user_match(req.user.as_deref())) {
+    if !with_env.iter().any(|r| r.covers(req)) {
         return Some(format!("exec of {} as user {}", req.program, req.user.as_deref().unwrap_or("?")));
     }
     None
@@ -123,6 +129,11 @@ fn has_dot_components(path: &str) -> bool {
 }
 
 impl Grant {
+    /// Whether the step declared this (already checked) command read-only.
+    pub fn exec_is_readonly(&self, req: &ExecRequest) -> bool {
+        self.declared.exec.iter().any(|r| r.readonly && r.covers(req))
+    }
+
     /// The single checkpoint for `exec`.
     pub fn check_exec(&self, req: &ExecRequest) -> Result<(), Denial> {
         if !req.program.starts_with('/') {

@@ -49,6 +49,10 @@ pub struct ExecRule {
     /// Users the program may be run as; empty means canup's own user only.
     #[serde(default)]
     pub users: Vec<String>,
+    /// The program only reads (`rpm -q`, `systemctl is-enabled`): a dry run executes it for
+    /// real, while every other command is only recorded.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub readonly: bool,
 }
 
 /// Path globs (`*` stays within one directory, `**` crosses directories), read and write kept
