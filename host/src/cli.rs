@@ -5,7 +5,13 @@
 //! - 1: a step failed or stopped (error, trap, limit);
 //! - 2: bad usage, configuration or manifest;
 //! - 3: a module was refused before running (invalid, wrong step API, cannot link);
-//! - 4: the release repository failed verification (signatures, expiry, rollback, digests).
+//! - 4: the release repository failed verification (signatures, expiry, rollback, digests);
+//! - 5: the plan needs more than the operator's policy allows;
+//! - 6: another canup is applying an upgrade;
+//! - 7: an interrupted run is pending, or the repository changed under it;
+//! - 8: the operator declined the plan;
+//! - 10 to 14: refused plans: 10 major target, 11 downgrade, 12 target not in the repository,
+//!   13 withdrawn release, 14 unknown installed version.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,11 +31,18 @@ use crate::repository::vendor::{self, Expiry, RoleKeyFiles, VendorError};
 use crate::repository::{self, LoadOptions, Repository};
 use crate::sandbox::{Sandbox, SandboxError, StepContext, StepEnv, StepReport};
 use crate::sysroot::Sysroot;
-use crate::ui::ConsoleUi;
+use crate::journal;
+use crate::plan::Plan;
+use crate::ui::{ConsoleUi, ProgressUi};
+use crate::upgrade::{self, ApplyOptions, Session, UpgradeError};
 
 const EXIT_CODES: &str = "Exit codes: 0 success; 1 a step failed or stopped; 2 bad usage, configuration or manifest; \
 3 a module was refused before running (invalid, wrong step API, cannot link); \
-4 the release repository failed verification (signatures, expiry, rollback, digests).";
+4 the release repository failed verification (signatures, expiry, rollback, digests); \
+5 the plan needs more than the policy allows; 6 another canup is applying; \
+7 an interrupted run is pending or the repository changed under it; 8 the operator declined; \
+10 major target (follow the migration guide); 11 downgrade; 12 target not in the repository; \
+13 withdrawn release; 14 unknown installed version.";
 
 #[derive(Debug, Parser)]
 #[command(name = "canup", version, about = "Upgrade a single-node Canopsis with signed, sandboxed release steps", after_help = EXIT_CODES)]
@@ -37,12 +50,70 @@ pub struct Cli {
     /// Operator configuration.
     #[arg(long, global = true, default_value = DEFAULT_CONFIG)]
     pub config: PathBuf,
+    /// Run against DIR instead of `/` (simulated hosts, staging rehearsals).
+    #[arg(long, global = true)]
+    pub sysroot: Option<PathBuf>,
+    /// State directory (journal, audit, backups, caches); overrides the config's state_dir.
+    #[arg(long, global = true)]
+    pub state_dir: Option<PathBuf>,
+    /// Release repository; overrides the config's `repository`.
+    #[arg(long, global = true)]
+    pub repo: Option<String>,
+    /// Root of trust; overrides the config's `trusted_root` and the built-in root.
+    #[arg(long, global = true)]
+    pub trusted_root: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// What is installed, how fresh the repository is, and the newest reachable release.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// The verified plan of an upgrade: releases, steps by phase, what each may touch.
+    Plan {
+        /// Target version; the newest regular release of the installed major by default.
+        #[arg(long)]
+        to: Option<Version>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the plan, ask, then run it; resumes an interrupted run.
+    Apply {
+        #[arg(long)]
+        to: Option<Version>,
+        /// Do not ask; confirmations from steps are answered yes.
+        #[arg(long)]
+        yes: bool,
+        /// With --yes: treat manual instructions as done instead of stopping.
+        #[arg(long)]
+        accept_manual: bool,
+        /// Run the steps with every change recorded instead of made, and print the changes.
+        #[arg(long)]
+        dry_run: bool,
+        /// Abandon an interrupted run and plan again.
+        #[arg(long)]
+        restart: bool,
+    },
+    /// Runs and their steps: outcome, module digest, duration.
+    History {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put back every file a run changed, from the backups taken before the change.
+    RestoreFiles {
+        /// The run id (see `canup history`).
+        run: String,
+    },
+    /// Print shell completions.
+    Completions {
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff).
+    Man,
     /// Tools for step authors.
     #[command(subcommand)]
     Step(StepCommand),
@@ -96,15 +167,19 @@ pub enum RepoCommand {
         #[command(flatten)]
         expiry: ExpiryArgs,
     },
-    /// Publish a release: its built module and the step.toml describing its steps.
+    /// Publish a release: its own steps (step.toml and built module) and the shared steps
+    /// (standard procedure, detection) it includes.
     AddRelease {
         dir: PathBuf,
-        /// The release crate's step.toml.
+        /// The release's step.toml (`release = "…"`).
         #[arg(long)]
         steps: PathBuf,
-        /// The built component (.wasm).
+        /// The built component implementing its steps (.wasm); not needed when it has none.
         #[arg(long)]
-        module: PathBuf,
+        module: Option<PathBuf>,
+        /// Shared steps to include, as STEP_TOML=MODULE (repeatable).
+        #[arg(long = "include", value_parser = parse_include)]
+        includes: Vec<(PathBuf, PathBuf)>,
         /// Publication date (YYYY-MM-DD); defaults to `published` in step.toml.
         #[arg(long)]
         published: Option<String>,
@@ -152,14 +227,9 @@ pub enum RepoCommand {
         #[command(flatten)]
         expiry: ExpiryArgs,
     },
-    /// Check a repository (signatures, expiry, every module's digest) and the local cache.
+    /// Check a repository (--repo or the config's; signatures, expiry, every module's
+    /// digest) and the local cache.
     Verify {
-        /// Repository URL or directory; defaults to the config's `repository`.
-        #[arg(long)]
-        repo: Option<String>,
-        /// Root of trust; defaults to the config's `trusted_root`, then the built-in one.
-        #[arg(long)]
-        trusted_root: Option<PathBuf>,
         /// Cache directory; defaults to STATE_DIR/cache/repository.
         #[arg(long)]
         cache_dir: Option<PathBuf>,
@@ -186,12 +256,6 @@ pub struct StepRunArgs {
     /// defaults to --config.
     #[arg(long)]
     pub policy: Option<PathBuf>,
-    /// Map every absolute path the step uses under DIR.
-    #[arg(long)]
-    pub sysroot: Option<PathBuf>,
-    /// Audit log, backups and compiled-module cache; defaults to the config's state_dir.
-    #[arg(long)]
-    pub state_dir: Option<PathBuf>,
     #[arg(long, default_value = "0.0.0")]
     pub installed: Version,
     /// Target version; defaults to the manifest's release.
@@ -233,6 +297,11 @@ fn usage(e: impl Into<anyhow::Error>) -> Exit {
 }
 
 pub fn main() -> ExitCode {
+    // Behave like other Unix tools when the reader goes away (`canup history | head`).
+    // SAFETY: called first, before any other thread exists.
+    unsafe {
+        let _ = nix::sys::signal::signal(nix::sys::signal::Signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("CANUP_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
@@ -255,10 +324,194 @@ pub fn main() -> ExitCode {
 }
 
 async fn dispatch(cli: Cli) -> Result<u8, Exit> {
-    match cli.command {
-        Command::Step(StepCommand::Run(args)) => step_run(&cli.config, args).await,
-        Command::Repo(cmd) => repo(&cli.config, cmd).await,
+    match &cli.command {
+        Command::Step(StepCommand::Run(_)) | Command::Repo(_) | Command::Completions { .. } | Command::Man => {}
+        _ => return operate(cli).await,
     }
+    match cli.command {
+        Command::Step(StepCommand::Run(args)) => step_run(&cli.config, cli.sysroot.as_deref(), cli.state_dir.as_deref(), args).await,
+        Command::Repo(cmd) => repo(&cli.config, cli.repo, cli.trusted_root, cmd).await,
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "canup", &mut std::io::stdout());
+            Ok(0)
+        }
+        Command::Man => {
+            clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(&mut std::io::stdout()).map_err(usage)?;
+            Ok(0)
+        }
+        _ => Ok(0),
+    }
+}
+
+fn parse_include(s: &str) -> Result<(PathBuf, PathBuf), String> {
+    s.split_once('=').map(|(a, b)| (PathBuf::from(a), PathBuf::from(b))).ok_or_else(|| format!("expected STEP_TOML=MODULE, got {s:?}"))
+}
+
+fn upgrade_err(e: UpgradeError) -> Exit {
+    Exit(e.exit_code(), e.into())
+}
+
+/// The operator's commands: status, plan, apply, history, restore-files.
+async fn operate(cli: Cli) -> Result<u8, Exit> {
+    let mut config = config_or_default(&cli.config)?;
+    if let Some(dir) = &cli.state_dir {
+        config.state_dir = Some(dir.clone());
+    }
+    let sysroot = match cli.sysroot.as_ref().or(config.sysroot.as_ref()) {
+        Some(dir) => Sysroot::new(dir).map_err(usage)?,
+        None => Sysroot::host(),
+    };
+    let state_dir = config.state_dir();
+    match &cli.command {
+        Command::History { json } => return history(&state_dir, *json),
+        Command::RestoreFiles { run } => {
+            for line in upgrade::restore_files(&state_dir, &sysroot, run).map_err(upgrade_err)? {
+                println!("{line}");
+            }
+            return Ok(0);
+        }
+        _ => {}
+    }
+    let location = cli
+        .repo
+        .clone()
+        .or(config.repository.clone())
+        .ok_or_else(|| usage(anyhow::anyhow!("no repository: set `repository` in {} or pass --repo", cli.config.display())))?;
+    let root = repository::trusted_root(cli.trusted_root.as_deref().or(config.trusted_root.as_deref())).map_err(usage)?;
+    let console = ConsoleUi { assume_yes: matches!(cli.command, Command::Apply { yes: true, .. }), accept_manual: matches!(cli.command, Command::Apply { accept_manual: true, .. }), min_level: None };
+    let progress = Arc::new(ProgressUi::new(console));
+    let session = Session::open(config, sysroot, &location, &root).await.map_err(upgrade_err)?;
+    match cli.command {
+        Command::Status { json } => {
+            let s = upgrade::status(&session, progress).await.map_err(upgrade_err)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
+            } else {
+                println!("installed: Canopsis {} ({} edition, {} method)", s.installed, s.edition, s.method);
+                println!("repository: {}", s.repository);
+                for (role, t) in &s.expires {
+                    println!("  {role:<9} valid until {t}");
+                }
+                match &s.newest_target {
+                    Some(t) => println!("newest regular target: {t} (canup plan --to {t})"),
+                    None => println!("up to date: no newer regular release of this major"),
+                }
+                if let Some(r) = &s.pending_run {
+                    println!("interrupted run pending: {r}; `canup apply` resumes it");
+                }
+            }
+            Ok(0)
+        }
+        Command::Plan { to, json } => {
+            let detected = session.detect(progress).await.map_err(upgrade_err)?;
+            let plan = session.plan(&detected, to.as_ref()).map_err(upgrade_err)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&plan).unwrap_or_default());
+            } else {
+                print_plan(&plan, &[]);
+            }
+            Ok(0)
+        }
+        Command::Apply { to, yes, dry_run, restart, .. } => {
+            let options = ApplyOptions { to, yes, dry_run, restart };
+            let confirm = |plan: &Plan, done: &[String]| {
+                print_plan(plan, done);
+                if !done.is_empty() {
+                    println!("resuming an interrupted run: {} steps already done are not run again", done.len());
+                }
+                println!();
+                yes || dry_run || ask_yes_no("Apply this plan? [y/N] ")
+            };
+            let p: Arc<dyn upgrade::Progress> = progress.clone();
+            let result = upgrade::apply(&session, &options, p, &confirm).await;
+            let summary = result.map_err(upgrade_err)?;
+            let ran: Vec<&str> = summary.reports.iter().map(|r| r.step.as_str()).collect();
+            println!("\nsummary: run {}: {} steps ran, {} already done", summary.run, ran.len(), summary.skipped.len());
+            if dry_run {
+                println!("dry run: nothing was changed. The real run would make these changes, in order:");
+                for line in &summary.recorded {
+                    println!("  {line}");
+                }
+            } else {
+                println!("Canopsis is now at {} (backups of changed files: canup restore-files {})", summary.plan.target, summary.run);
+            }
+            Ok(0)
+        }
+        _ => Ok(0),
+    }
+}
+
+fn ask_yes_no(prompt: &str) -> bool {
+    use std::io::{BufRead, IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        eprintln!("no terminal to confirm the plan: pass --yes to apply it unattended");
+        return false;
+    }
+    print!("{prompt}");
+    let _ = std::io::stdout().flush();
+    let mut line = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut line);
+    matches!(line.trim(), "y" | "Y" | "yes")
+}
+
+fn print_plan(plan: &Plan, done: &[String]) {
+    println!("plan: Canopsis {} → {} ({} edition, {} method)", plan.installed, plan.target, plan.edition, plan.method);
+    println!("releases: {}", plan.releases.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "));
+    for (v, why) in &plan.skipped {
+        println!("skipped: {v} (withdrawn: {why})");
+    }
+    let mut phase = None;
+    for p in &plan.steps {
+        if phase != Some(p.phase) {
+            println!("{}:", p.phase);
+            phase = Some(p.phase);
+        }
+        let m = &p.step.manifest;
+        let mark = if done.contains(&m.id) { " (done)" } else { "" };
+        println!("  {}{mark} — {}", m.id, m.description);
+        let c = &m.capabilities;
+        for e in &c.exec {
+            println!("      exec {} {}{}", e.program, e.args.join(" "), if e.users.is_empty() { String::new() } else { format!(" (as {})", e.users.join("/")) });
+        }
+        for r in &c.fs.read {
+            println!("      read {r}");
+        }
+        for w in &c.fs.write {
+            println!("      write {w}");
+        }
+        for h in &c.http {
+            println!("      http {} {} on {}", h.methods.join("/"), h.paths.join(" "), h.endpoint);
+        }
+    }
+}
+
+fn history(state_dir: &std::path::Path, json: bool) -> Result<u8, Exit> {
+    let events = journal::Journal::read(state_dir).map_err(usage)?;
+    let runs = journal::runs(&events);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&runs).unwrap_or_default());
+        return Ok(0);
+    }
+    if runs.is_empty() {
+        println!("no runs recorded in {}", state_dir.display());
+    }
+    for r in &runs {
+        let outcome = match r.outcome {
+            Some(journal::Outcome::Succeeded) => "succeeded",
+            Some(journal::Outcome::Failed) => "abandoned",
+            None => "interrupted (resumable)",
+        };
+        println!("run {} ({}): {} → {} {}", r.run, r.started, r.installed, r.target, outcome);
+        for s in &r.steps {
+            let o = match s.outcome {
+                Some(journal::Outcome::Succeeded) => "ok".to_owned(),
+                Some(journal::Outcome::Failed) => format!("FAILED: {}", s.message.clone().unwrap_or_default()),
+                None => "interrupted".to_owned(),
+            };
+            println!("  {:<40} {o:<10} {:>6} ms  module {}", s.step, s.duration_ms, &s.module_sha256[..s.module_sha256.len().min(12)]);
+        }
+    }
+    Ok(0)
 }
 
 /// Loads the config when it exists; vendor commands and step authors may have none.
@@ -266,7 +519,7 @@ fn config_or_default(path: &std::path::Path) -> Result<Config, Exit> {
     if path.exists() { Config::load(path).map_err(usage) } else { Ok(Config::default()) }
 }
 
-async fn repo(config_path: &std::path::Path, cmd: RepoCommand) -> Result<u8, Exit> {
+async fn repo(config_path: &std::path::Path, repo_arg: Option<String>, trusted_arg: Option<PathBuf>, cmd: RepoCommand) -> Result<u8, Exit> {
     let vendor_err = |e: VendorError| match e {
         VendorError::Usage(_) => usage(e),
         other => Exit(1, other.into()),
@@ -281,14 +534,32 @@ async fn repo(config_path: &std::path::Path, cmd: RepoCommand) -> Result<u8, Exi
             vendor::init(&dir, &keys, threshold, &expiry.expiry()).await.map_err(vendor_err)?;
             println!("initialised {} (root: {}/metadata/1.root.json)", dir.display(), dir.display());
         }
-        RepoCommand::AddRelease { dir, steps, module, published, keys, expiry } => {
+        RepoCommand::AddRelease { dir, steps, module, includes, published, keys, expiry } => {
+            let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("cannot read module {}", p.display())).map_err(usage);
             let release = ReleaseSteps::load(&steps).map_err(usage)?;
-            let bytes = std::fs::read(&module).with_context(|| format!("cannot read module {}", module.display())).map_err(usage)?;
+            let version = release.release.clone().ok_or_else(|| usage(anyhow::anyhow!("{} names no `release`", steps.display())))?;
             let published = published
                 .or_else(|| release.published.clone())
                 .ok_or_else(|| usage(anyhow::anyhow!("no publication date: pass --published or set `published` in {}", steps.display())))?;
-            vendor::add_release(&dir, &keys, &expiry.expiry(), &release, &bytes, &published).await.map_err(vendor_err)?;
-            println!("published release {} ({} steps) in {}", release.release, release.steps.len(), dir.display());
+            let own_module = match (&module, release.steps.is_empty()) {
+                (Some(m), _) => Some(read(m)?),
+                (None, true) => None,
+                (None, false) => return Err(usage(anyhow::anyhow!("{} declares steps: pass the --module implementing them", steps.display()))),
+            };
+            let mut shared = Vec::new();
+            for (toml, wasm) in &includes {
+                let s = ReleaseSteps::load(toml).map_err(usage)?;
+                if let Some(range) = &s.applies
+                    && !range.matches(&version)
+                {
+                    return Err(usage(anyhow::anyhow!("{} applies to {range}, not to {version}", toml.display())));
+                }
+                shared.push((s, read(wasm)?));
+            }
+            let shared_refs: Vec<(&ReleaseSteps, &[u8])> = shared.iter().map(|(s, m)| (s, m.as_slice())).collect();
+            let own = own_module.as_deref().map(|m| (&release, m));
+            vendor::add_release(&dir, &keys, &expiry.expiry(), &version, &published, own, &shared_refs).await.map_err(vendor_err)?;
+            println!("published release {version} in {}", dir.display());
         }
         RepoCommand::Withdraw { dir, release, reason, keys, expiry } => {
             vendor::withdraw(&dir, &keys, &expiry.expiry(), &release, &reason).await.map_err(vendor_err)?;
@@ -306,7 +577,7 @@ async fn repo(config_path: &std::path::Path, cmd: RepoCommand) -> Result<u8, Exi
             let v = vendor::rotate_root(&dir, &old_keys, &new_keys, &expiry.expiry()).await.map_err(vendor_err)?;
             println!("wrote {}/metadata/{v}.root.json; re-sign the other roles if their keys changed", dir.display());
         }
-        RepoCommand::Verify { repo, trusted_root, cache_dir } => return verify(config_path, repo, trusted_root, cache_dir).await,
+        RepoCommand::Verify { cache_dir } => return verify(config_path, repo_arg, trusted_arg, cache_dir).await,
     }
     Ok(0)
 }
@@ -352,7 +623,7 @@ fn run_id(prefix: &str) -> String {
     format!("{prefix}-{secs}-{}", std::process::id())
 }
 
-async fn step_run(config_path: &std::path::Path, args: StepRunArgs) -> Result<u8, Exit> {
+async fn step_run(config_path: &std::path::Path, sysroot: Option<&std::path::Path>, state_dir: Option<&std::path::Path>, args: StepRunArgs) -> Result<u8, Exit> {
     let config = match &args.policy {
         Some(p) => Config::load(p).map_err(usage)?,
         None => config_or_default(config_path)?,
@@ -360,8 +631,8 @@ async fn step_run(config_path: &std::path::Path, args: StepRunArgs) -> Result<u8
     let release = ReleaseSteps::load(&args.manifest).map_err(usage)?;
     let manifest = release.select(args.step.as_deref(), &args.manifest).map_err(usage)?.clone();
     let wasm = std::fs::read(&args.module).with_context(|| format!("cannot read module {}", args.module.display())).map_err(usage)?;
-    let state_dir = args.state_dir.clone().unwrap_or_else(|| config.state_dir());
-    let sysroot = match &args.sysroot {
+    let state_dir = state_dir.map(ToOwned::to_owned).unwrap_or_else(|| config.state_dir());
+    let sysroot = match sysroot {
         Some(dir) => Sysroot::new(dir).map_err(usage)?,
         None => Sysroot::host(),
     };
@@ -389,8 +660,8 @@ async fn step_run(config_path: &std::path::Path, args: StepRunArgs) -> Result<u8
             step_id: manifest.id.clone(),
             phase: manifest.phase,
             installed: args.installed.clone(),
-            target: args.target.clone().unwrap_or_else(|| release.release.clone()),
-            release: release.release.clone(),
+            target: args.target.clone().or_else(|| release.release.clone()).unwrap_or(Version::new(0, 0, 0)),
+            release: release.release.clone().unwrap_or(Version::new(0, 0, 0)),
             edition: Some(match args.edition {
                 EditionArg::Core => Edition::Core,
                 EditionArg::Cat => Edition::Cat,

@@ -24,6 +24,15 @@ pub struct Config {
     /// A root of trust replacing the one built into canup (e.g. a staging repository's).
     #[serde(default)]
     pub trusted_root: Option<PathBuf>,
+    /// Pins the edition when detection should not decide.
+    #[serde(default)]
+    pub edition: Option<crate::manifest::Edition>,
+    /// Pins the install method when detection should not decide.
+    #[serde(default)]
+    pub method: Option<crate::manifest::Method>,
+    /// Run every step against this directory instead of `/` (staging rehearsals).
+    #[serde(default)]
+    pub sysroot: Option<PathBuf>,
     /// Journal, audit log, backups and caches.
     #[serde(default)]
     pub state_dir: Option<PathBuf>,

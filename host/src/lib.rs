@@ -22,3 +22,4 @@ pub mod repository;
 pub mod sandbox;
 pub mod sysroot;
 pub mod ui;
+pub mod upgrade;

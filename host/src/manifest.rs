@@ -75,11 +75,16 @@ pub struct StepManifest {
     pub capabilities: CapabilitySet,
 }
 
-/// A release crate's `step.toml`.
+/// A crate's `step.toml`: either one release's own steps (`release = "3.40.0"`), or steps
+/// the vendor ships with every release of a range (`applies = ">=3.0.0, <4.0.0"`: the
+/// standard procedure, detection), which publishing adds to each matching release.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ReleaseSteps {
-    pub release: Version,
+    #[serde(default)]
+    pub release: Option<Version>,
+    #[serde(default)]
+    pub applies: Option<semver::VersionReq>,
     /// The step API version the module is built against.
     pub api: Version,
     /// Publication date of the release note (YYYY-MM-DD), shown in the index.
@@ -101,13 +106,19 @@ pub enum ManifestError {
     Ambiguous { path: String, available: String },
     #[error("manifest {path} declares no step")]
     Empty { path: String },
+    #[error("manifest {path} must name either one `release` or a range it `applies` to")]
+    ReleaseOrRange { path: String },
 }
 
 impl ReleaseSteps {
     pub fn load(path: &Path) -> Result<Self, ManifestError> {
         let shown = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read { path: shown.clone(), source })?;
-        toml::from_str(&text).map_err(|e| ManifestError::Parse { path: shown, source: Box::new(e) })
+        let steps: Self = toml::from_str(&text).map_err(|e| ManifestError::Parse { path: shown.clone(), source: Box::new(e) })?;
+        if steps.release.is_some() == steps.applies.is_some() {
+            return Err(ManifestError::ReleaseOrRange { path: shown });
+        }
+        Ok(steps)
     }
 
     /// The step `id`, or the only step when `id` is `None`.
@@ -152,6 +163,7 @@ args = ["restart"]
 "#,
         )
         .unwrap();
+        assert_eq!(m.release, Some(Version::new(3, 40, 0)));
         let s = m.select(None, Path::new("step.toml")).unwrap();
         assert_eq!(s.phase, Phase::PostUpdate);
         assert_eq!(s.capabilities.exec[0].program, "/usr/bin/canoctl");

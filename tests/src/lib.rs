@@ -50,6 +50,58 @@ pub fn process_alive(pid: i32) -> bool {
     }
 }
 
+/// An operator's policy for a Canopsis 3.x host: every program, file and endpoint the
+/// published steps may use. Used by the demo and the end-to-end tests.
+pub const OPERATOR_POLICY: &str = r#"[policy.fs]
+read = ["/opt/canopsis/**", "/etc/systemd/system", "/etc/systemd/system/**"]
+write = ["/opt/canopsis/etc/**", "/opt/canopsis/docker/.env", "/etc/systemd/system/canopsis*/*.conf"]
+
+[[policy.exec]]
+program = "/usr/bin/rpm"
+args = ["-q", "*"]
+
+[[policy.exec]]
+program = "/usr/bin/yum"
+args = ["**"]
+
+[[policy.exec]]
+program = "/usr/bin/su"
+args = ["-", "canopsis", "-c", "canopsinit **"]
+
+[[policy.exec]]
+program = "/usr/bin/systemctl"
+args = ["**"]
+
+[[policy.exec]]
+program = "/usr/bin/canoctl"
+args = ["restart"]
+
+[[policy.exec]]
+program = "/usr/bin/mongo"
+args = ["**"]
+
+[[policy.exec]]
+program = "/usr/bin/docker-compose"
+args = ["up", "-d"]
+
+[[policy.exec]]
+program = "/opt/canopsis/bin/init"
+args = ["**"]
+env = ["CPS_*"]
+
+[[policy.exec]]
+program = "/opt/canopsis/bin/canopsis-reconfigure"
+env = ["CPS_*"]
+
+[[policy.http]]
+endpoint = "canopsis-api"
+methods = ["GET", "POST", "DELETE"]
+
+[[policy.http]]
+endpoint = "rabbitmq"
+methods = ["GET", "DELETE"]
+"#;
+
 /// The workspace root.
 pub fn workspace_dir() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -73,13 +125,44 @@ pub fn crates_under(dir: &str) -> anyhow::Result<Vec<(String, PathBuf)>> {
     Ok(found)
 }
 
-/// Publishes every release crate under `steps/` into a new repository at `out`, signed with
-/// a development key kept in `keys_dir` (created when missing), through the real vendor
-/// commands of `canup`. Returns the key path. The guests must be built.
+/// A `steps/*/step.toml`: its directory, its parsed manifest and, for a crate, its module.
+pub struct StepSource {
+    pub dir: PathBuf,
+    pub steps: canup::manifest::ReleaseSteps,
+    pub module: Option<PathBuf>,
+}
+
+/// Every `step.toml` under `steps/`, with the module its crate builds (a release with nothing
+/// to automate has a step.toml and no crate).
+pub fn step_sources() -> anyhow::Result<Vec<StepSource>> {
+    let crates = crates_under("steps")?;
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(workspace_dir().join("steps"))? {
+        let dir = entry?.path();
+        let toml = dir.join("step.toml");
+        if !toml.is_file() {
+            continue;
+        }
+        let steps = canup::manifest::ReleaseSteps::load(&toml)?;
+        let module = crates
+            .iter()
+            .find(|(_, d)| d == &dir)
+            .map(|(name, _)| target_dir().join("wasm32-wasip2").join(GUEST_PROFILE).join(format!("{}.wasm", name.replace('-', "_"))));
+        found.push(StepSource { dir, steps, module });
+    }
+    found.sort_by(|a, b| a.dir.cmp(&b.dir));
+    Ok(found)
+}
+
+/// Publishes every release under `steps/` (each with the shared steps whose range covers it)
+/// into a new repository at `out`, signed with a development key kept in `keys_dir` (created
+/// when missing), through the real vendor commands of `canup`. Returns the key path. The
+/// guests must be built.
 pub fn publish_steps(canup: &Path, out: &Path, keys_dir: &Path) -> anyhow::Result<PathBuf> {
     use anyhow::{Context, bail};
-    let run = |args: &[&std::ffi::OsStr]| -> anyhow::Result<()> {
-        let out = std::process::Command::new(canup).args(args).output().with_context(|| format!("running {}", canup.display()))?;
+    use std::ffi::OsString;
+    let run = |args: Vec<OsString>| -> anyhow::Result<()> {
+        let out = std::process::Command::new(canup).args(&args).output().with_context(|| format!("running {}", canup.display()))?;
         if !out.status.success() {
             bail!("canup {:?} failed: {}", args, String::from_utf8_lossy(&out.stderr));
         }
@@ -88,7 +171,7 @@ pub fn publish_steps(canup: &Path, out: &Path, keys_dir: &Path) -> anyhow::Resul
     std::fs::create_dir_all(keys_dir)?;
     let key = keys_dir.join("dev.key");
     if !key.exists() {
-        run(&["repo".as_ref(), "keygen".as_ref(), "--out".as_ref(), key.as_os_str()])?;
+        run(vec!["repo".into(), "keygen".into(), "--out".into(), key.clone().into()])?;
     }
     if out.exists() {
         if !out.join("metadata/1.root.json").exists() && std::fs::read_dir(out)?.next().is_some() {
@@ -96,21 +179,24 @@ pub fn publish_steps(canup: &Path, out: &Path, keys_dir: &Path) -> anyhow::Resul
         }
         std::fs::remove_dir_all(out)?;
     }
-    run(&["repo".as_ref(), "init".as_ref(), out.as_os_str(), "--root-key".as_ref(), key.as_os_str()])?;
-    for (name, dir) in crates_under("steps")? {
-        let module = target_dir().join("wasm32-wasip2").join(GUEST_PROFILE).join(format!("{}.wasm", name.replace('-', "_")));
-        let steps = dir.join("step.toml");
-        run(&[
-            "repo".as_ref(),
-            "add-release".as_ref(),
-            out.as_os_str(),
-            "--steps".as_ref(),
-            steps.as_os_str(),
-            "--module".as_ref(),
-            module.as_os_str(),
-            "--key".as_ref(),
-            key.as_os_str(),
-        ])?;
+    run(vec!["repo".into(), "init".into(), out.into(), "--root-key".into(), key.clone().into()])?;
+    let sources = step_sources()?;
+    let mut releases: Vec<&StepSource> = sources.iter().filter(|s| s.steps.release.is_some()).collect();
+    releases.sort_by_key(|s| s.steps.release.clone());
+    for release in releases {
+        let version = release.steps.release.clone().unwrap_or(semver::Version::new(0, 0, 0));
+        let mut args: Vec<OsString> = vec!["repo".into(), "add-release".into(), out.into(), "--steps".into(), release.dir.join("step.toml").into(), "--key".into(), key.clone().into()];
+        if let Some(module) = &release.module {
+            args.extend(["--module".into(), module.clone().into()]);
+        }
+        for shared in sources.iter().filter(|s| s.steps.applies.as_ref().is_some_and(|r| r.matches(&version))) {
+            let module = shared.module.as_ref().with_context(|| format!("{} has steps but no crate", shared.dir.display()))?;
+            let mut include = OsString::from(shared.dir.join("step.toml"));
+            include.push("=");
+            include.push(module);
+            args.extend(["--include".into(), include]);
+        }
+        run(args)?;
     }
     Ok(key)
 }

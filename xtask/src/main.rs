@@ -102,7 +102,8 @@ fn publish(out: &Path) -> Result<()> {
     let canup = build_canup()?;
     let out = if out.is_absolute() { out.to_path_buf() } else { std::env::current_dir()?.join(out) };
     let key = canup_tests::publish_steps(&canup, &out, &canup_tests::target_dir().join("dev-keys"))?;
-    println!("published {} releases into {}", canup_tests::crates_under("steps")?.len(), out.display());
+    let releases = canup_tests::step_sources()?.iter().filter(|s| s.steps.release.is_some()).count();
+    println!("published {releases} releases into {}", out.display());
     println!("trusted root: {}/metadata/1.root.json (development key {})", out.display(), key.display());
     Ok(())
 }
@@ -126,81 +127,51 @@ fn test(extra: &[String]) -> Result<()> {
     run(c)
 }
 
+/// The operator's policy of the demo (and of the end-to-end tests): what any step may do on
+/// this host at most.
+pub const DEMO_POLICY: &str = canup_tests::OPERATOR_POLICY;
+
 fn demo() -> Result<()> {
     build_guests()?;
     let canup = build_canup()?;
     let target = canup_tests::target_dir();
-    let stub = target.join("debug/canup-simstub");
-
     let demo = target.join("demo");
     if demo.exists() {
         std::fs::remove_dir_all(&demo).with_context(|| format!("cleaning {}", demo.display()))?;
     }
+    let repo = demo.join("repo");
+    canup_tests::publish_steps(&canup, &repo, &target.join("dev-keys"))?;
     let spec = Spec { version: "3.38.0".into(), edition: Edition::Cat, method: Method::Packages };
-    let sim = SimHost::create(&demo.join("root"), &spec, &stub)?;
-    let secret = demo.join("canopsis-api.password");
-    std::fs::write(&secret, "demo-password\n")?;
+    let sim = SimHost::create(&demo.join("root"), &spec, &target.join("debug/canup-simstub"))?;
 
     let runtime = tokio::runtime::Runtime::new()?;
-    let api = runtime.block_on(canup_tests::serve(axum::Router::new().route(
-        "/api/v4/app-info",
-        axum::routing::get(|| async { r#"{"version":"3.38.0","edition":"cat"}"# }),
-    )));
+    let url = runtime.block_on(canup_tests::repo_server::serve_repo(repo.clone(), Default::default()));
     let config = demo.join("canup.toml");
     std::fs::write(
         &config,
         format!(
-            r#"# Demo operator config: the policy bounds what any step may do.
-[policy.fs]
-read = ["/opt/canopsis/**"]
-write = ["/opt/canopsis/etc/**"]
-
-[[policy.exec]]
-program = "/usr/bin/rpm"
-args = ["-q", "*"]
-
-[[policy.exec]]
-program = "/opt/canopsis/bin/canopsis-reconfigure"
-env = ["CPS_*"]
-
-[[policy.exec]]
-program = "/usr/bin/canoctl"
-args = ["restart"]
-
-[[policy.http]]
-endpoint = "canopsis-api"
-methods = ["GET"]
-
-[endpoints.canopsis-api]
-url = "http://{api}"
-username = "root"
-password_file = "{}"
-"#,
-            secret.display()
+            "repository = \"{url}\"\ntrusted_root = \"{}\"\nstate_dir = \"{}\"\n\n{DEMO_POLICY}",
+            repo.join("metadata/1.root.json").display(),
+            demo.join("state").display()
         ),
     )?;
-    let module = target.join(WASM_TARGET).join(canup_tests::GUEST_PROFILE).join("example_step.wasm");
-    let manifest = root().join("tests/guests/example-step/step.toml");
+    println!("== signed repository of {} served at {url}", repo.display());
     println!("== simulated Canopsis 3.38.0 (cat, packages) in {}", sim.root().display());
-    println!("== canup step run {} --sysroot … --yes\n", module.display());
-    let mut c = Command::new(&canup);
-    c.arg("step").arg("run").arg(&module).arg("--manifest").arg(&manifest).arg("--policy").arg(&config);
-    c.arg("--sysroot").arg(sim.root()).arg("--state-dir").arg(demo.join("state"));
-    c.args(["--installed", "3.38.0", "--target", "3.40.0", "--edition", "cat", "--yes"]);
-    let status = c.status().context("running canup")?;
-    if status.success() {
-        println!("\n== the same step again: idempotent, and started from the compiled cache\n");
-        let again = Command::new(&canup).args(c.get_args()).status().context("running canup")?;
-        if !again.success() {
-            bail!("the second run exited with {again}");
-        }
-    }
-    println!("\n== commands the step ran on the simulated host, in order");
+    println!("== canup apply --to 3.40.0 --yes --accept-manual --sysroot {}\n", sim.root().display());
+    let status = Command::new(&canup)
+        .arg("--config")
+        .arg(&config)
+        .arg("--sysroot")
+        .arg(sim.root())
+        .args(["apply", "--to", "3.40.0", "--yes", "--accept-manual"])
+        .status()
+        .context("running canup")?;
+    println!("\n== commands the steps ran on the simulated host, in order");
     for call in sim.calls()? {
         let env = if call.env.is_empty() { String::new() } else { format!("  [env: {}]", call.env.keys().cloned().collect::<Vec<_>>().join(" ")) };
         println!("  {} (as {}){env}", call.line(), call.user);
     }
-    println!("\n== webserver.conf now ends with: {:?}", sim.read("/opt/canopsis/etc/webserver.conf")?.lines().last().unwrap_or_default());
+    println!("\n== /opt/canopsis/VERSION.txt: {}", sim.read("/opt/canopsis/VERSION.txt")?.trim());
     drop(runtime);
     if !status.success() {
         bail!("canup exited with {status}");

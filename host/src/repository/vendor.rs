@@ -254,27 +254,49 @@ async fn publish(repo: &Path, keys: &[PathBuf], expiry: &Expiry, index: &Index, 
     Ok(())
 }
 
-/// Adds (or replaces) a release from its built module and its `step.toml`. The module is
-/// published as target `release-VERSION.wasm`.
-pub async fn add_release(repo: &Path, keys: &[PathBuf], expiry: &Expiry, steps: &ReleaseSteps, module: &[u8], published: &str) -> Result<(), VendorError> {
-    if steps.steps.is_empty() {
-        return Err(VendorError::Usage(format!("release {} declares no step", steps.release)));
-    }
-    let mut index = read_index(repo).await?;
-    let target = format!("release-{}.wasm", steps.release);
+/// Index entries for the steps of one `step.toml` implemented by `module`, published as the
+/// target `target`.
+fn index_steps(steps: &ReleaseSteps, module: &[u8], target: &str) -> Vec<IndexStep> {
     let sha256 = sha256_hex(module);
-    let release = Release {
-        version: steps.release.clone(),
-        published: published.to_owned(),
-        withdrawn: None,
-        steps: steps
-            .steps
-            .iter()
-            .map(|m| IndexStep { api: steps.api.clone(), module: target.clone(), sha256: sha256.clone(), length: module.len() as u64, manifest: m.clone() })
-            .collect(),
-    };
-    index.upsert(release);
-    publish(repo, keys, expiry, &index, &[(target, module.to_vec())]).await
+    steps
+        .steps
+        .iter()
+        .map(|m| IndexStep { api: steps.api.clone(), module: target.to_owned(), sha256: sha256.clone(), length: module.len() as u64, manifest: m.clone() })
+        .collect()
+}
+
+/// Adds (or replaces) a release: its own steps (`steps`, implemented by `module`, published
+/// as `release-VERSION.wasm`) and the shared steps of `includes` (the standard procedure,
+/// each published once as `shared-SHA.wasm`).
+pub async fn add_release(
+    repo: &Path,
+    keys: &[PathBuf],
+    expiry: &Expiry,
+    version: &Version,
+    published: &str,
+    own: Option<(&ReleaseSteps, &[u8])>,
+    includes: &[(&ReleaseSteps, &[u8])],
+) -> Result<(), VendorError> {
+    let mut index = read_index(repo).await?;
+    let mut steps = Vec::new();
+    let mut files = Vec::new();
+    if let Some((own_steps, module)) = own {
+        let target = format!("release-{version}.wasm");
+        steps.extend(index_steps(own_steps, module, &target));
+        files.push((target, module.to_vec()));
+    }
+    for (shared, module) in includes {
+        let target = format!("shared-{}.wasm", &sha256_hex(module)[..16]);
+        steps.extend(index_steps(shared, module, &target));
+        if !files.iter().any(|(t, _)| t == &target) {
+            files.push((target, module.to_vec()));
+        }
+    }
+    if steps.is_empty() {
+        return Err(VendorError::Usage(format!("release {version} has no step, own or included")));
+    }
+    index.upsert(Release { version: version.clone(), published: published.to_owned(), withdrawn: None, steps });
+    publish(repo, keys, expiry, &index, &files).await
 }
 
 /// Marks a release withdrawn: operators are told why and it is never planned.

@@ -60,12 +60,13 @@ async fn main() -> Result<()> {
     vendor::keygen(&key).await?;
     vendor::init(&repo, &RoleKeyFiles { root: vec![key.clone()], ..Default::default() }, 1, &Expiry::default()).await?;
     for minor in 0..RELEASES {
+        let version = Version::new(3, minor, 0);
         let mut release = template.clone();
-        release.release = Version::new(3, minor, 0);
+        release.release = Some(version.clone());
         for step in &mut release.steps {
-            step.id = step.id.replace("3.40.0", &release.release.to_string());
+            step.id = step.id.replace("3.40.0", &version.to_string());
         }
-        vendor::add_release(&repo, &[key.clone()], &Expiry::default(), &release, &module, "2020-05-04").await?;
+        vendor::add_release(&repo, &[key.clone()], &Expiry::default(), &version, "2020-05-04", Some((&release, &module)), &[]).await?;
     }
     eprintln!("generated a {RELEASES}-release repository in {:.1} s", generate.elapsed().as_secs_f64());
     let url = serve_repo(repo.clone(), Control::default()).await;

@@ -1,0 +1,371 @@
+//! The operator's upgrade: detect what is installed, plan, admit, verify every module, then
+//! run the steps in order under the journal, resuming an interrupted run.
+//!
+//! Nothing runs before everything is known good: the plan is admitted against the policy and
+//! every module of it is fetched, verified and compiled before the first step starts.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use semver::Version;
+use thiserror::Error;
+
+use crate::audit::AuditLog;
+use crate::backup::Backups;
+use crate::capabilities::Grant;
+use crate::config::Config;
+use crate::journal::{self, ApplyLock, Event, Journal, JournalError, Outcome, PlannedRef};
+use crate::manifest::{Edition, Method, Phase};
+use crate::plan::{self, Plan, PlanError, PlannedStep};
+use crate::repository::{Index, IndexStep, LoadOptions, RepoError, Repository};
+use crate::sandbox::{Detected, LoadedStep, Sandbox, SandboxError, StepContext, StepEnv, StepReport};
+use crate::sysroot::Sysroot;
+use crate::ui::Ui;
+
+#[derive(Debug, Error)]
+pub enum UpgradeError {
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error("the plan needs more than the operator's policy allows; nothing was run:\n  {}", .0.join("\n  "))]
+    Admission(Vec<String>),
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error("detection failed: {0}")]
+    Detect(String),
+    #[error("step {step} failed: {why}\nThe upgrade stopped; fix the cause and run `canup apply` again to resume from this step (run {run}).")]
+    StepFailed { run: String, step: String, why: String },
+    #[error("an interrupted upgrade to {target} (run {run}) is pending; run `canup apply` to finish it, or `canup apply --restart` to abandon it and plan again")]
+    Pending { run: String, target: Version },
+    #[error("the repository changed step {step} since run {run} started (module {was} is now {now}); canup will not mix versions: run `canup apply --restart` to plan again")]
+    Changed { run: String, step: String, was: String, now: String },
+    #[error("the operator declined the plan; nothing was run")]
+    Declined,
+    #[error("{0}")]
+    Other(String),
+}
+
+impl UpgradeError {
+    /// Exit codes (documented in `--help`).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            UpgradeError::Plan(e) => e.exit_code(),
+            UpgradeError::Repo(_) => 4,
+            UpgradeError::Admission(_) => 5,
+            UpgradeError::Journal(JournalError::Locked { .. }) => 6,
+            UpgradeError::Pending { .. } | UpgradeError::Changed { .. } => 7,
+            UpgradeError::Sandbox(_) => 3,
+            UpgradeError::Declined => 8,
+            UpgradeError::StepFailed { .. } | UpgradeError::Detect(_) => 1,
+            UpgradeError::Journal(_) | UpgradeError::Other(_) => 2,
+        }
+    }
+}
+
+/// What an upgrade session works with.
+pub struct Session {
+    pub config: Config,
+    pub sysroot: Sysroot,
+    pub state_dir: PathBuf,
+    pub repo: Repository,
+    pub index: Index,
+    sandbox: Sandbox,
+    audit: Arc<AuditLog>,
+}
+
+/// Receives the step-by-step progress of a run.
+pub trait Progress: Ui {
+    fn step_started(&self, n: usize, total: usize, planned: &PlannedStep);
+    fn step_finished(&self, report: &StepReport);
+}
+
+fn run_id() -> String {
+    let t = humantime::format_rfc3339_seconds(SystemTime::now()).to_string().replace([':', '-'], "");
+    format!("{}-{}", t.trim_end_matches('Z'), std::process::id())
+}
+
+impl Session {
+    pub async fn open(config: Config, sysroot: Sysroot, repository: &str, trusted_root: &[u8]) -> Result<Self, UpgradeError> {
+        let state_dir = config.state_dir();
+        let repo = Repository::open(repository, trusted_root, &state_dir.join("cache/repository"), &LoadOptions::default()).await?;
+        let index = repo.index().await?;
+        let sandbox = Sandbox::new(Some(&state_dir.join("cache/compiled")))?;
+        let audit = Arc::new(AuditLog::open(&state_dir.join("audit.jsonl"), "canup").map_err(|e| UpgradeError::Other(format!("audit log in {}: {e}", state_dir.display())))?);
+        Ok(Self { config, sysroot, state_dir, repo, index, sandbox, audit })
+    }
+
+    async fn load(&self, step: &IndexStep) -> Result<LoadedStep, UpgradeError> {
+        let wasm = self.repo.module(step).await?;
+        Ok(self.sandbox.load(&step.manifest.id, &wasm, &step.api)?)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn run_step(&self, run: &str, loaded: &LoadedStep, step: &IndexStep, release: &Version, phase: Phase, installed: &Version, target: &Version, detected: Option<&Detected>, ui: Arc<dyn Ui>, dry_run: bool, recorded: &Arc<Mutex<Vec<String>>>) -> Result<StepReport, UpgradeError> {
+        let grant = Grant::new(&step.manifest.id, &step.manifest.capabilities, &self.config.policy).map_err(|e| UpgradeError::Other(e.to_string()))?;
+        let backups = Backups::open(&self.state_dir, run).map_err(|e| UpgradeError::Other(format!("backups in {}: {e}", self.state_dir.display())))?;
+        let env = StepEnv {
+            grant,
+            sysroot: self.sysroot.clone(),
+            endpoints: Arc::new(self.config.endpoints.clone()),
+            backups,
+            audit: self.audit.clone(),
+            ui,
+            context: StepContext {
+                step_id: step.manifest.id.clone(),
+                phase,
+                installed: installed.clone(),
+                target: target.clone(),
+                release: release.clone(),
+                edition: detected.map(|d| d.edition),
+                method: detected.map(|d| d.method),
+                dry_run,
+            },
+            limits: self.config.limits.resolve(),
+            recorded: recorded.clone(),
+        };
+        Ok(self.sandbox.run(loaded, env).await)
+    }
+
+    /// Runs the detect steps of the newest release that ships them; the operator's config can
+    /// pin the edition and method when detection should not decide.
+    pub async fn detect(&self, ui: Arc<dyn Ui>) -> Result<Detected, UpgradeError> {
+        let release = self
+            .index
+            .releases
+            .iter()
+            .rev()
+            .find(|r| r.withdrawn.is_none() && r.steps.iter().any(|s| s.manifest.phase == Phase::Detect))
+            .ok_or_else(|| UpgradeError::Detect("the repository has no detect step".into()))?;
+        let mut steps: Vec<&IndexStep> = release.steps.iter().filter(|s| s.manifest.phase == Phase::Detect).collect();
+        steps.sort_by(|a, b| (a.manifest.order, &a.manifest.id).cmp(&(b.manifest.order, &b.manifest.id)));
+        let unknown = Version::new(0, 0, 0);
+        let mut detected = None;
+        for step in steps {
+            let loaded = self.load(step).await?;
+            let report = self.run_step("detect", &loaded, step, &release.version, Phase::Detect, &unknown, &unknown, None, ui.clone(), false, &Arc::default()).await?;
+            if let Err(e) = &report.result {
+                return Err(UpgradeError::Detect(format!("step {}: {e}", step.manifest.id)));
+            }
+            detected = report.detected.or(detected);
+        }
+        let mut d = detected.ok_or_else(|| UpgradeError::Detect("no detect step reported the installation".into()))?;
+        if let Some(e) = self.config.edition {
+            d.edition = e;
+        }
+        if let Some(m) = self.config.method {
+            d.method = m;
+        }
+        Ok(d)
+    }
+
+    /// The verified, admitted plan.
+    pub fn plan(&self, detected: &Detected, to: Option<&Version>) -> Result<Plan, UpgradeError> {
+        let p = plan::plan(&self.index, &detected.installed, to, detected.edition, detected.method)?;
+        plan::admit(&p, &self.config.policy).map_err(UpgradeError::Admission)?;
+        Ok(p)
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ApplyOptions {
+    pub to: Option<Version>,
+    pub yes: bool,
+    pub dry_run: bool,
+    pub restart: bool,
+}
+
+#[derive(Debug)]
+pub struct ApplySummary {
+    pub run: String,
+    pub plan: Plan,
+    pub reports: Vec<StepReport>,
+    /// Steps a resumed run did not repeat.
+    pub skipped: Vec<String>,
+    /// In a dry run: the commands and file changes the real run would make.
+    pub recorded: Vec<String>,
+}
+
+/// Shows the plan (with the steps a resumed run already did) and asks the operator to
+/// confirm it; `true` to go on.
+pub type Confirm<'a> = &'a dyn Fn(&Plan, &[String]) -> bool;
+
+/// `canup apply`.
+pub async fn apply(session: &Session, options: &ApplyOptions, progress: Arc<dyn Progress>, confirm: Confirm<'_>) -> Result<ApplySummary, UpgradeError> {
+    let _lock = if options.dry_run { None } else { Some(ApplyLock::acquire(&session.state_dir)?) };
+    let events = Journal::read(&session.state_dir)?;
+    let pending = if options.dry_run { None } else { journal::unfinished(&events) };
+    let mut journal = if options.dry_run { None } else { Some(Journal::open(&session.state_dir)?) };
+    let ui: Arc<dyn Ui> = progress.clone();
+
+    let (run, plan, done) = match pending {
+        Some(run) if options.restart => {
+            if let Some(j) = journal.as_mut() {
+                j.append(&Event::RunFinished { run: run.run.clone(), time: journal::now(), outcome: Outcome::Failed })?;
+            }
+            fresh_plan(session, options, ui.clone()).await?
+        }
+        Some(run) => {
+            if options.to.as_ref().is_some_and(|t| t != &run.target) {
+                return Err(UpgradeError::Pending { run: run.run, target: run.target });
+            }
+            let plan = replay(session, &run)?;
+            let done: Vec<String> = run.done().into_iter().map(str::to_owned).collect();
+            (run.run, plan, done)
+        }
+        None => fresh_plan(session, options, ui.clone()).await?,
+    };
+    let fresh = done.is_empty() && !events.iter().any(|e| matches!(e, Event::RunStarted { run: r, .. } if r == &run));
+    let remaining: Vec<&PlannedStep> = plan.steps.iter().filter(|p| !done.contains(&p.step.manifest.id)).collect();
+    // The plan is always shown; `confirm` asks unless the operator said --yes.
+    if !confirm(&plan, &done) {
+        return Err(UpgradeError::Declined);
+    }
+
+    // Every module is fetched, verified and compiled before anything runs.
+    let mut loaded: HashMap<String, LoadedStep> = HashMap::new();
+    for p in &remaining {
+        if !loaded.contains_key(&p.step.sha256) {
+            loaded.insert(p.step.sha256.clone(), session.load(&p.step).await?);
+        }
+    }
+    if fresh && let Some(j) = journal.as_mut() {
+        j.append(&Event::RunStarted {
+            run: run.clone(),
+            time: journal::now(),
+            installed: plan.installed.clone(),
+            target: plan.target.clone(),
+            edition: plan.edition,
+            method: plan.method,
+            steps: plan.steps.iter().map(|p| PlannedRef { id: p.step.manifest.id.clone(), release: p.release.clone(), phase: p.phase, module_sha256: p.step.sha256.clone() }).collect(),
+        })?;
+    }
+    let detected = Detected { installed: plan.installed.clone(), edition: plan.edition, method: plan.method };
+    let recorded: Arc<Mutex<Vec<String>>> = Arc::default();
+    let mut reports = Vec::new();
+    let total = plan.steps.len();
+    for (i, p) in plan.steps.iter().enumerate() {
+        let id = &p.step.manifest.id;
+        if done.contains(id) {
+            continue;
+        }
+        progress.step_started(i + 1, total, p);
+        if let Some(j) = journal.as_mut() {
+            j.append(&Event::StepStarted { run: run.clone(), step: id.clone(), time: journal::now() })?;
+        }
+        let module = loaded.get(&p.step.sha256).ok_or_else(|| UpgradeError::Other(format!("module of step {id} was not loaded")))?;
+        let report = session.run_step(&run, module, &p.step, &p.release, p.phase, &plan.installed, &plan.target, Some(&detected), ui.clone(), options.dry_run, &recorded).await?;
+        progress.step_finished(&report);
+        if let Some(j) = journal.as_mut() {
+            j.append(&Event::StepFinished {
+                run: run.clone(),
+                step: id.clone(),
+                time: journal::now(),
+                outcome: if report.result.is_ok() { Outcome::Succeeded } else { Outcome::Failed },
+                message: report.result.as_ref().err().map(|e| e.to_string()),
+                duration_ms: report.duration.as_millis() as u64,
+                module_sha256: report.module_sha256.clone(),
+            })?;
+        }
+        if let Err(e) = &report.result {
+            return Err(UpgradeError::StepFailed { run, step: id.clone(), why: e.to_string() });
+        }
+        reports.push(report);
+    }
+    if let Some(j) = journal.as_mut() {
+        j.append(&Event::RunFinished { run: run.clone(), time: journal::now(), outcome: Outcome::Succeeded })?;
+    }
+    let recorded = recorded.lock().map(|r| r.clone()).unwrap_or_default();
+    Ok(ApplySummary { run, plan, reports, skipped: done, recorded })
+}
+
+async fn fresh_plan(session: &Session, options: &ApplyOptions, ui: Arc<dyn Ui>) -> Result<(String, Plan, Vec<String>), UpgradeError> {
+    let detected = session.detect(ui).await?;
+    let plan = session.plan(&detected, options.to.as_ref())?;
+    Ok((run_id(), plan, Vec::new()))
+}
+
+/// The plan of an interrupted run, rebuilt from the journal and the current index. A step
+/// whose module changed since is refused: a run never mixes two versions of a release.
+fn replay(session: &Session, run: &journal::RunRecord) -> Result<Plan, UpgradeError> {
+    let mut steps = Vec::new();
+    for r in &run.planned {
+        let step = session
+            .index
+            .release(&r.release)
+            .and_then(|rel| rel.steps.iter().find(|s| s.manifest.id == r.id))
+            .ok_or_else(|| UpgradeError::Changed { run: run.run.clone(), step: r.id.clone(), was: r.module_sha256.clone(), now: "missing".into() })?;
+        if step.sha256 != r.module_sha256 {
+            return Err(UpgradeError::Changed { run: run.run.clone(), step: r.id.clone(), was: r.module_sha256.clone(), now: step.sha256.clone() });
+        }
+        steps.push(PlannedStep { release: r.release.clone(), phase: r.phase, step: step.clone() });
+    }
+    let releases = {
+        let mut v: Vec<Version> = run.planned.iter().map(|r| r.release.clone()).collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    let plan = Plan { installed: run.installed.clone(), target: run.target.clone(), edition: run.edition, method: run.method, releases, skipped: Vec::new(), steps };
+    plan::admit(&plan, &session.config.policy).map_err(UpgradeError::Admission)?;
+    Ok(plan)
+}
+
+/// `canup restore-files RUN`: puts back every file a run changed, from its backups.
+pub fn restore_files(state_dir: &std::path::Path, sysroot: &Sysroot, run: &str) -> Result<Vec<String>, UpgradeError> {
+    let dir = state_dir.join("backups").join(run);
+    let index = std::fs::read_to_string(dir.join("index.jsonl")).map_err(|e| UpgradeError::Other(format!("run {run} has no backups in {}: {e}", dir.display())))?;
+    let mut done = Vec::new();
+    for line in index.lines() {
+        let entry: crate::backup::BackupEntry = serde_json::from_str(line).map_err(|e| UpgradeError::Other(format!("backup index of run {run}: {e}")))?;
+        let real = sysroot.map(&entry.path);
+        let shown = entry.path.display().to_string();
+        match (&entry.copy, entry.existed) {
+            (Some(copy), true) => {
+                let data = std::fs::read(dir.join(copy)).map_err(|e| UpgradeError::Other(format!("backup of {shown}: {e}")))?;
+                crate::capabilities::fs::atomic_replace(&real, &data).map_err(|e| UpgradeError::Other(format!("restoring {shown}: {e}")))?;
+                if let Some(mode) = entry.mode {
+                    use std::os::unix::fs::PermissionsExt;
+                    std::fs::set_permissions(&real, std::fs::Permissions::from_mode(mode)).map_err(|e| UpgradeError::Other(format!("restoring {shown}: {e}")))?;
+                }
+                done.push(format!("restored {shown}"));
+            }
+            _ => match std::fs::remove_file(&real) {
+                Ok(()) => done.push(format!("removed {shown} (created by the run)")),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(UpgradeError::Other(format!("removing {shown}: {e}"))),
+            },
+        }
+    }
+    Ok(done)
+}
+
+/// For `canup status`: the installation, the repository's freshness, the newest target.
+#[derive(Debug, serde::Serialize)]
+pub struct Status {
+    pub installed: Version,
+    pub edition: Edition,
+    pub method: Method,
+    pub repository: String,
+    pub expires: Vec<(String, String)>,
+    pub newest_target: Option<Version>,
+    pub pending_run: Option<String>,
+}
+
+pub async fn status(session: &Session, ui: Arc<dyn Ui>) -> Result<Status, UpgradeError> {
+    let d = session.detect(ui).await?;
+    let events = Journal::read(&session.state_dir)?;
+    Ok(Status {
+        newest_target: plan::newest_target(&session.index, &d.installed).filter(|t| *t > d.installed),
+        installed: d.installed,
+        edition: d.edition,
+        method: d.method,
+        repository: session.repo.location().shown.clone(),
+        expires: session.repo.expirations().into_iter().map(|(r, t)| (r.to_owned(), t.to_string())).collect(),
+        pending_run: journal::unfinished(&events).map(|r| format!("{} (to {})", r.run, r.target)),
+    })
+}

@@ -1,0 +1,93 @@
+//! Canopsis 3.39.0, post-update, packages.
+//!
+//! The release note says: « Redis doit être mis à jour vers sa version 5. Cette manipulation
+//! n'est facilement réalisable que dans le cadre d'une nouvelle installation » (a manual
+//! instruction); « `systemctl enable canopsis-engine-go@engine-fifo`, `cp
+//! /opt/canopsis/etc/initialisation-cat.toml.example /opt/canopsis/etc/initialisation.toml`,
+//! `set -o allexport ; source /opt/canopsis/etc/go-engines-vars.conf`, `/opt/canopsis/bin/init
+//! -conf /opt/canopsis/etc/initialisation.toml` »; « Supprimez toute référence à l'option
+//! `-alwaysFlushEntities` du moteur `engine-che` … `systemctl daemon-reload` »; « resynchroniser
+//! votre fichier `amqp2engines.conf` avec les fichiers de référence » ; then « `canoctl
+//! restart` ». Each step checks before it changes, so a re-run changes nothing.
+//!
+//! Not yet automated here: unbinding `Engine_che` from `canopsis.events` through the RabbitMQ
+//! management API, and the Compose variant (`REDIS_TAG`, the `fifo` service).
+
+use canup_sdk::{Context, Result, bail, exec::Command, fs, helpers, ui};
+
+canup_sdk::export_step! {
+    "3.39.0/redis-5" => redis_5,
+    "3.39.0/enable-fifo" => enable_fifo,
+    "3.39.0/fifo-queue" => fifo_queue,
+    "3.39.0/always-flush-entities" => always_flush_entities,
+    "3.39.0/amqp2engines" => amqp2engines,
+    "3.39.0/restart" => restart,
+}
+
+const ETC: &str = "/opt/canopsis/etc";
+
+fn redis_5(_: &Context) -> Result<()> {
+    let note = "Canopsis 3.39.0 needs Redis 5. On a package install this is only practical on a new installation \
+                (canoctl deploy) or with your Capensis support contract. Check Redis's maxmemory setting afterwards.";
+    if !ui::manual(note) {
+        bail!("Redis 5 is required by Canopsis 3.39.0; run canup again once it is installed");
+    }
+    Ok(())
+}
+
+fn enable_fifo(_: &Context) -> Result<()> {
+    let unit = "canopsis-engine-go@engine-fifo";
+    if Command::new("/usr/bin/systemctl").args(["is-enabled", unit]).output()?.success() {
+        ui::info("engine-fifo is already enabled");
+        return Ok(());
+    }
+    Command::new("/usr/bin/systemctl").args(["enable", unit]).run()?;
+    Ok(())
+}
+
+fn fifo_queue(_: &Context) -> Result<()> {
+    let example = fs::read(&format!("{ETC}/initialisation-cat.toml.example"))?;
+    let target = format!("{ETC}/initialisation.toml");
+    if !fs::exists(&target)? || fs::read(&target)? != example {
+        fs::write(&target, &example)?;
+    }
+    let vars = helpers::read_env_file(&format!("{ETC}/go-engines-vars.conf"))?;
+    Command::new("/opt/canopsis/bin/init").args(["-conf", &target]).envs(vars).run()?;
+    Ok(())
+}
+
+fn always_flush_entities(_: &Context) -> Result<()> {
+    let mut changed = false;
+    for dir in fs::list_dir("/etc/systemd/system")?.into_iter().filter(|d| d.starts_with("canopsis")) {
+        let dir = format!("/etc/systemd/system/{dir}");
+        if fs::metadata(&dir)?.kind != fs::FileKind::Directory {
+            continue;
+        }
+        for file in fs::list_dir(&dir)?.into_iter().filter(|f| f.ends_with(".conf")) {
+            let path = format!("{dir}/{file}");
+            if helpers::remove_unit_option(&path, "-alwaysFlushEntities")? {
+                ui::info(&format!("removed -alwaysFlushEntities from {path}"));
+                changed = true;
+            }
+        }
+    }
+    if changed {
+        Command::new("/usr/bin/systemctl").arg("daemon-reload").run()?;
+    }
+    Ok(())
+}
+
+fn amqp2engines(ctx: &Context) -> Result<()> {
+    let reference = fs::read(&format!("{ETC}/amqp2engines-go-{}.conf.example", ctx.edition))?;
+    let conf = format!("{ETC}/amqp2engines.conf");
+    if fs::read(&conf)? != reference {
+        fs::write(&conf, &reference)?;
+        ui::info(&format!("amqp2engines.conf now matches amqp2engines-go-{}.conf.example (previous copy kept as a backup)", ctx.edition));
+    }
+    Ok(())
+}
+
+fn restart(_: &Context) -> Result<()> {
+    Command::new("/usr/bin/canoctl").arg("restart").run()?;
+    Ok(())
+}
