@@ -80,7 +80,7 @@ impl Ui for ConsoleUi {
 
 /// The apply screen: one progress line per step with the step's log under it. On a
 /// terminal, a spinner shows the running step; elsewhere (logs, CI, Ansible) plain lines go
-/// to stdout.
+/// to stderr.
 pub struct ProgressUi {
     console: ConsoleUi,
     multi: indicatif::MultiProgress,
@@ -92,9 +92,11 @@ impl ProgressUi {
         Self { console, multi: indicatif::MultiProgress::new(), bar: std::sync::Mutex::new(None) }
     }
 
+    /// Progress goes to stderr, like the bars: stdout carries only results (the plan, the
+    /// summary, JSON).
     pub fn line(&self, text: &str) {
         if self.multi.is_hidden() {
-            println!("{text}");
+            eprintln!("{text}");
         } else {
             let _ = self.multi.println(text);
         }

@@ -84,8 +84,10 @@ impl CompiledExecRule {
         for (i, pattern) in self.args.iter().enumerate() {
             match pattern {
                 ArgPattern::Rest => return true,
+                // An argument equal to the pattern's own text always matches: a literal script
+                // (`mongo --eval "db.x.update({...})"`) needs no escaping of glob characters.
                 ArgPattern::One(g) => match args.get(i) {
-                    Some(a) if g.is_match(a) => {}
+                    Some(a) if a == g.glob().glob() || g.is_match(a) => {}
                     _ => return false,
                 },
             }

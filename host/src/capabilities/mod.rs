@@ -35,7 +35,8 @@ pub struct CapabilitySet {
 ///
 /// `args` is a list of per-argument glob patterns: `*` matches any one argument, `**` (last
 /// only) matches all remaining arguments, and a literal `*` inside an argument is written `[*]`
-/// (for example `--disablerepo=[*]`).
+/// (for example `--disablerepo=[*]`). An argument equal to the pattern's text always matches,
+/// so a literal script needs no escaping.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ExecRule {

@@ -76,6 +76,16 @@ fn main() -> ExitCode {
             let _ = f.write_all(format!("{line}\n").as_bytes());
         }
     }
+    // Tests freeze a program mid-call (to kill canup while it runs) by creating
+    // /var/lib/canup-sim/block-NAME; the stub says it is blocked and waits for its removal.
+    let block = sim.path(&format!("/var/lib/canup-sim/block-{name}"));
+    if block.exists() {
+        sim.write(&format!("/var/lib/canup-sim/blocked-{name}"), &std::process::id().to_string());
+        let start = std::time::Instant::now();
+        while block.exists() && start.elapsed() < std::time::Duration::from_secs(120) {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
     match name.as_str() {
         "yum" => yum(&sim, &args),
         "rpm" => rpm(&sim, &args),
@@ -109,7 +119,8 @@ fn main() -> ExitCode {
             if !sim.path(&conf).is_file() {
                 return fail(&format!("init: {conf} not found"));
             }
-            sim.append("/var/lib/canup-sim/init-runs", &conf);
+            // Like the real init, it creates what the file describes; doing it again changes nothing.
+            sim.write("/var/lib/canup-sim/init-applied", &format!("{conf}\n"));
             ExitCode::SUCCESS
         }
         "canopsis-reconfigure" => {

@@ -1,0 +1,281 @@
+//! End to end: the real `canup` binary, a signed repository of the project's steps served over
+//! loopback HTTP, and the simulated Canopsis host.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use canup_tests::repo_server::{Control, serve_repo};
+use canup_tests::simhost::{Edition, Method, SimHost, Spec};
+use canup_tests::{OPERATOR_POLICY, canup_bin, publish_steps, target_dir};
+
+const STUB: &str = env!("CARGO_BIN_EXE_canup-simstub");
+
+fn repository() -> &'static PathBuf {
+    static REPO: OnceLock<(PathBuf, tempfile::TempDir)> = OnceLock::new();
+    &REPO
+        .get_or_init(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let repo = dir.path().join("repo");
+            publish_steps(&canup_bin(), &repo, &target_dir().join("dev-keys")).unwrap();
+            (repo, dir)
+        })
+        .0
+}
+
+struct Host {
+    dir: tempfile::TempDir,
+    sim: SimHost,
+    config: PathBuf,
+}
+
+async fn host(spec: Spec) -> Host {
+    host_with_policy(spec, OPERATOR_POLICY).await
+}
+
+async fn host_with_policy(spec: Spec, policy: &str) -> Host {
+    let repo = repository();
+    let url = serve_repo(repo.clone(), Control::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sim = SimHost::create(&dir.path().join("root"), &spec, Path::new(STUB)).unwrap();
+    let config = dir.path().join("canup.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "repository = \"{url}\"\ntrusted_root = \"{}\"\nstate_dir = \"{}\"\n\n{policy}",
+            repo.join("metadata/1.root.json").display(),
+            dir.path().join("state").display()
+        ),
+    )
+    .unwrap();
+    Host { dir, sim, config }
+}
+
+impl Host {
+    fn canup(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(canup_bin());
+        c.arg("--config").arg(&self.config).arg("--sysroot").arg(self.sim.root()).args(args);
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.canup(args).output().unwrap()
+    }
+
+    fn calls(&self) -> Vec<String> {
+        self.sim.calls().unwrap().iter().map(|c| format!("{} as {}", c.line(), c.user)).collect()
+    }
+
+    /// The calls that change something (detection's `rpm -q` and `is-enabled` excluded).
+    fn changes(&self) -> Vec<String> {
+        self.sim.calls().unwrap().iter().filter(|c| !(c.program == "rpm" || c.args.first().is_some_and(|a| a == "is-enabled"))).map(|c| c.line()).collect()
+    }
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+fn position(calls: &[String], needle: &str) -> usize {
+    calls.iter().position(|c| c.contains(needle)).unwrap_or_else(|| panic!("no call {needle:?} in {calls:#?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packages_cat_3_38_to_3_40_runs_the_steps_in_order() {
+    let h = host(Spec { version: "3.38.0".into(), edition: Edition::Cat, method: Method::Packages }).await;
+    let out = h.run(&["apply", "--to", "3.40.0", "--yes", "--accept-manual"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let calls = h.calls();
+    assert_eq!(
+        h.changes(),
+        [
+            "yum update -y canopsis-core-3.40.0 canopsis-cat-3.40.0",
+            "su - canopsis -c canopsinit --canopsis-edition cat --canopsis-stack go",
+            "canopsinit --canopsis-edition cat --canopsis-stack go",
+            "systemctl daemon-reload",
+            "canoctl restart",
+            "systemctl enable canopsis-engine-go@engine-fifo",
+            "init -conf /opt/canopsis/etc/initialisation.toml",
+            "systemctl daemon-reload",
+            "canoctl restart",
+            "canoctl restart",
+        ]
+    );
+    assert!(calls.contains(&"canopsinit --canopsis-edition cat --canopsis-stack go as canopsis".to_owned()));
+    assert_eq!(h.sim.read("/opt/canopsis/VERSION.txt").unwrap(), "Canopsis version 3.40.0\n");
+    assert_eq!(h.sim.read("/var/lib/canup-sim/rpm.txt").unwrap(), "canopsis-core 3.40.0\ncanopsis-cat 3.40.0\n");
+    let webserver = h.sim.read("/opt/canopsis/etc/webserver.conf").unwrap();
+    assert!(webserver.ends_with("canopsis.webcore.services.metaalarmrule=1\ncanopsis.webcore.services.broadcast_message=1\n"));
+    assert!(!h.sim.read("/etc/systemd/system/canopsis-engine-go@engine-che.service.d/che.conf").unwrap().contains("alwaysFlushEntities"));
+    assert_eq!(h.sim.read("/opt/canopsis/etc/amqp2engines.conf").unwrap(), h.sim.read("/opt/canopsis/etc/amqp2engines-go-cat.conf.example").unwrap());
+    let o = text(&out);
+    assert!(o.contains("plan: Canopsis 3.38.0 → 3.40.0 (cat edition, packages method)") && o.contains("summary: run"), "{o}");
+
+    // A second apply has nothing to do.
+    let again = h.run(&["apply", "--to", "3.40.0", "--yes"]);
+    assert!(again.status.success(), "{}", text(&again));
+    assert!(text(&again).contains("summary:") && text(&again).contains("0 steps ran"), "{}", text(&again));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn core_from_3_37_runs_the_3_38_pre_update_before_yum() {
+    let h = host(Spec { version: "3.37.0".into(), edition: Edition::Core, method: Method::Packages }).await;
+    let out = h.run(&["apply", "--to", "3.40.0", "--yes", "--accept-manual"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let calls = h.changes();
+    assert!(position(&calls, "mongo canopsis --quiet --eval") < position(&calls, "yum update -y canopsis-core-3.40.0"));
+    assert!(!calls.iter().any(|c| c.contains("canopsis-cat")), "{calls:#?}");
+    assert!(position(&calls, "canoctl restart") < position(&calls, "systemctl enable canopsis-engine-go@engine-fifo"), "3.39.0 post-update runs after the standard restart");
+    // 3.37.0's own note is not part of an upgrade from 3.37.0.
+    assert!(!h.sim.read("/opt/canopsis/etc/default_configuration.toml").unwrap().contains("CancelAutosolveDelay"));
+    assert_eq!(h.sim.read("/opt/canopsis/etc/amqp2engines.conf").unwrap(), h.sim.read("/opt/canopsis/etc/amqp2engines-go-core.conf.example").unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compose_install_updates_the_image_tag_and_restarts_the_stack() {
+    let h = host(Spec { version: "3.38.0".into(), edition: Edition::Core, method: Method::Compose }).await;
+    let out = h.run(&["apply", "--to", "3.40.0", "--yes", "--accept-manual"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(h.changes(), ["docker-compose up -d"]);
+    let env = h.sim.read("/opt/canopsis/docker/.env").unwrap();
+    assert!(env.contains("CANOPSIS_IMAGE_TAG=3.40.0") && env.contains("REDIS_TAG=3.2.12") && env.contains("COMPOSE_PROJECT_NAME=canopsis"), "{env}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_change_nothing_and_have_distinct_codes() {
+    let h = host(Spec { version: "3.40.0".into(), ..Spec::default() }).await;
+    let before = h.sim.snapshot().unwrap();
+    let major = h.run(&["plan", "--to", "4.0.0"]);
+    assert_eq!(major.status.code(), Some(10), "{}", text(&major));
+    assert!(text(&major).contains("3.40.0 → 4.0.0 is a major upgrade: follow the migration guide for Canopsis 4"));
+    let down = h.run(&["apply", "--to", "3.39.0", "--yes"]);
+    assert_eq!(down.status.code(), Some(11), "{}", text(&down));
+    assert!(text(&down).contains("canup does not downgrade"));
+    let missing = h.run(&["plan", "--to", "3.45.0"]);
+    assert_eq!(missing.status.code(), Some(12));
+    assert_eq!(h.sim.snapshot().unwrap(), before);
+    assert!(h.changes().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_lacking_a_capability_stops_the_plan_before_anything_runs() {
+    let narrow = OPERATOR_POLICY.replace("[[policy.exec]]\nprogram = \"/opt/canopsis/bin/init\"\nargs = [\"**\"]\nenv = [\"CPS_*\"]\n", "");
+    assert_ne!(narrow, OPERATOR_POLICY);
+    let h = host_with_policy(Spec { version: "3.38.0".into(), ..Spec::default() }, &narrow).await;
+    let before = h.sim.snapshot().unwrap();
+    let out = h.run(&["apply", "--to", "3.40.0", "--yes", "--accept-manual"]);
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    assert!(text(&out).contains("step 3.39.0/fifo-queue needs exec of /opt/canopsis/bin/init"), "{}", text(&out));
+    assert_eq!(h.sim.snapshot().unwrap(), before);
+    assert!(h.changes().is_empty(), "{:?}", h.changes());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_changes_nothing_and_lists_what_the_real_run_does() {
+    let h = host(Spec { version: "3.38.0".into(), edition: Edition::Cat, method: Method::Packages }).await;
+    let before = h.sim.snapshot().unwrap();
+    let dry = h.run(&["apply", "--to", "3.40.0", "--dry-run", "--accept-manual"]);
+    assert!(dry.status.success(), "{}", text(&dry));
+    assert_eq!(h.sim.snapshot().unwrap(), before, "the dry run changed the host");
+    assert!(h.changes().is_empty(), "the dry run ran {:?}", h.changes());
+    let listed: Vec<String> = String::from_utf8_lossy(&dry.stdout)
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("run: "))
+        .map(|l| l.replace("/usr/bin/", "").replace("/opt/canopsis/bin/", "").replace("CPS_AMQP_URL=… CPS_MONGO_URL=… CPS_REDIS_URL=… CPS_INFLUX_URL=… CPS_DEFAULT_CFG=… CPS_API_URL=… CPS_OLD_API_URL=… ", "").replace('\'', ""))
+        .collect();
+    assert!(text(&dry).contains("append to /opt/canopsis/etc/webserver.conf:"), "{}", text(&dry));
+    let real = h.run(&["apply", "--to", "3.40.0", "--yes", "--accept-manual"]);
+    assert!(real.status.success(), "{}", text(&real));
+    // The real run executes the commands the dry run listed (the nested canopsinit is su's).
+    let executed: Vec<String> = h.changes().into_iter().filter(|c| !c.starts_with("canopsinit")).collect();
+    assert_eq!(listed, executed);
+}
+
+/// Waits for a stub to report that it is blocked.
+fn wait_blocked(h: &Host, name: &str) {
+    let marker = h.sim.path(&format!("/var/lib/canup-sim/blocked-{name}"));
+    let start = Instant::now();
+    while !marker.exists() {
+        assert!(start.elapsed() < Duration::from_secs(60), "{name} never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_mid_step_resumes_and_each_step_completes_once() {
+    let reference = host(Spec { version: "3.38.0".into(), edition: Edition::Cat, method: Method::Packages }).await;
+    assert!(reference.run(&["apply", "--to", "3.40.0", "--yes", "--accept-manual"]).status.success());
+
+    let h = host(Spec { version: "3.38.0".into(), edition: Edition::Cat, method: Method::Packages }).await;
+    h.sim.write("/var/lib/canup-sim/block-init", "").unwrap();
+    let mut child = h.canup(&["apply", "--to", "3.40.0", "--yes", "--accept-manual"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    wait_blocked(&h, "init");
+    // A second apply meanwhile is refused.
+    let second = h.run(&["apply", "--to", "3.40.0", "--yes", "--accept-manual"]);
+    assert_eq!(second.status.code(), Some(6), "{}", text(&second));
+    assert!(text(&second).contains(&format!("another canup (pid {})", child.id())), "{}", text(&second));
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    // The interrupted `init` finishes on its own (as a real program would), then the operator re-runs.
+    std::fs::remove_file(h.sim.path("/var/lib/canup-sim/block-init")).unwrap();
+    let pid: i32 = h.sim.read("/var/lib/canup-sim/blocked-init").unwrap().trim().parse().unwrap();
+    while canup_tests::process_alive(pid) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let resumed = h.run(&["apply", "--yes", "--accept-manual"]);
+    assert!(resumed.status.success(), "{}", text(&resumed));
+    assert!(text(&resumed).contains("resuming an interrupted run: 4 steps already done"), "{}", text(&resumed));
+
+    // Same end state; every step ran to completion once (the interrupted one was re-run).
+    let tree = |s: &SimHost| {
+        let mut t = s.snapshot().unwrap();
+        t.retain(|k, _| !k.contains("block"));
+        t.into_iter().map(|(k, v)| (k.clone(), v.replace(s.root().to_str().unwrap(), "ROOT"))).collect::<Vec<_>>()
+    };
+    assert_eq!(tree(&h.sim), tree(&reference.sim));
+    let history = h.run(&["history", "--json"]);
+    let runs: serde_json::Value = serde_json::from_slice(&history.stdout).unwrap();
+    let steps = runs[0]["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 9);
+    assert!(steps.iter().all(|s| s["outcome"] == "succeeded"), "{steps:#?}");
+    assert_eq!(runs[0]["outcome"], "succeeded");
+    let mut without_init: Vec<String> = h.changes();
+    let inits = without_init.iter().filter(|c| c.starts_with("init ")).count();
+    assert_eq!(inits, 2, "the interrupted init ran again when its step was resumed");
+    without_init.retain(|c| !c.starts_with("init "));
+    let mut reference_changes = reference.changes();
+    reference_changes.retain(|c| !c.starts_with("init "));
+    assert_eq!(without_init, reference_changes, "no other command ran twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_files_puts_back_what_a_run_changed() {
+    let h = host(Spec { version: "3.38.0".into(), edition: Edition::Cat, method: Method::Packages }).await;
+    let webserver = h.sim.read("/opt/canopsis/etc/webserver.conf").unwrap();
+    let amqp = h.sim.read("/opt/canopsis/etc/amqp2engines.conf").unwrap();
+    assert!(h.run(&["apply", "--to", "3.40.0", "--yes", "--accept-manual"]).status.success());
+    let history: serde_json::Value = serde_json::from_slice(&h.run(&["history", "--json"]).stdout).unwrap();
+    let run = history[0]["run"].as_str().unwrap().to_owned();
+    let out = h.run(&["restore-files", &run]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(h.sim.read("/opt/canopsis/etc/webserver.conf").unwrap(), webserver);
+    assert_eq!(h.sim.read("/opt/canopsis/etc/amqp2engines.conf").unwrap(), amqp);
+    assert!(!h.sim.path("/opt/canopsis/etc/initialisation.toml").exists(), "a file the run created is removed");
+    assert!(text(&out).contains("restored /opt/canopsis/etc/webserver.conf"));
+    let _ = &h.dir;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_plan_report_in_json() {
+    let h = host(Spec { version: "3.38.0".into(), edition: Edition::Cat, method: Method::Packages }).await;
+    let status: serde_json::Value = serde_json::from_slice(&h.run(&["status", "--json"]).stdout).unwrap();
+    assert_eq!(status["installed"], "3.38.0");
+    assert_eq!(status["edition"], "cat");
+    assert_eq!(status["newest_target"], "3.40.0");
+    let plan: serde_json::Value = serde_json::from_slice(&h.run(&["plan", "--json"]).stdout).unwrap();
+    assert_eq!(plan["target"], "3.40.0");
+    let ids: Vec<&str> = plan["steps"].as_array().unwrap().iter().map(|s| s["step"]["manifest"]["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.first(), Some(&"procedure-3.x/yum-update"));
+    assert_eq!(ids.last(), Some(&"3.40.0/webserver-services"));
+}
