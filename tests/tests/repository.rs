@@ -113,8 +113,9 @@ impl Case {
         let index = repo.index().await.map_err(|e| e.to_string())?;
         let sandbox = Sandbox::new(None).map_err(|e| e.to_string())?;
         let mut ran = 0;
-        for release in &index.releases {
-            for step in release.steps.iter().filter(|s| s.manifest.methods.contains(&Method::Packages)) {
+        // The 3.40.0 release's own steps: what matters here is that no module runs unverified.
+        for release in index.releases.iter().filter(|r| r.version == Version::new(3, 40, 0)) {
+            for step in release.steps.iter().filter(|s| s.manifest.methods.contains(&Method::Packages) && s.manifest.id.starts_with("3.40.0/")) {
                 let wasm = repo.module(step).await.map_err(|e| e.to_string())?;
                 let loaded = sandbox.load(&step.manifest.id, &wasm, &step.api).map_err(|e| e.to_string())?;
                 let caps = &step.manifest.capabilities;
@@ -163,6 +164,15 @@ impl Case {
         assert!(self.sim.calls().unwrap().is_empty(), "a step ran a command");
         assert!(self.cached_modules().is_empty(), "the cache kept {:?}", self.cached_modules());
         err
+    }
+
+    /// The newest version of a role's metadata file (`N.targets.json`, `N.snapshot.json`).
+    fn newest(&self, role: &str) -> u64 {
+        std::fs::read_dir(self.repo.join("metadata"))
+            .unwrap()
+            .filter_map(|e| e.unwrap().file_name().to_string_lossy().strip_suffix(&format!(".{role}.json")).and_then(|n| n.parse().ok()))
+            .max()
+            .unwrap()
     }
 
     /// The TUF cache's timestamp version, if any.
@@ -225,7 +235,8 @@ async fn a_module_not_listed_in_the_signed_targets_is_refused() {
     let c = case().await;
     // A (buggy or compromised-index) release pointing at a file the targets never signed.
     let mut index = vendor::read_index(&c.repo).await.unwrap();
-    index.releases[0].steps[0].module = "ghost.wasm".into();
+    let release = index.releases.iter_mut().find(|r| r.version == Version::new(3, 40, 0)).unwrap();
+    release.steps[0].module = "ghost.wasm".into();
     vendor::publish_index(&c.repo, &[c.key.clone()], &c.expiry(), &index).await.unwrap();
     std::fs::write(c.repo.join("targets/ghost.wasm"), b"\0asm").unwrap();
     let err = match c.upgrade(&c.url).await {
@@ -331,33 +342,38 @@ async fn a_rollback_to_an_older_timestamp_is_refused() {
 async fn a_fresh_timestamp_pointing_to_an_older_snapshot_is_refused() {
     let c = case().await;
     let old_ts = std::fs::read(c.repo.join("metadata/timestamp.json")).unwrap();
+    let n = c.newest("snapshot");
     vendor::sign(&c.repo, &[c.key.clone()], &c.expiry()).await.unwrap();
     Repository::open(&c.url, &c.root(), &c.cache, &options()).await.unwrap();
     // Someone holding the timestamp key signs newer timestamps that name the old snapshot.
     std::fs::write(c.repo.join("metadata/timestamp.json"), old_ts).unwrap();
     vendor::refresh_timestamp(&c.repo, &[c.key.clone()], 1).await.unwrap();
     vendor::refresh_timestamp(&c.repo, &[c.key.clone()], 1).await.unwrap();
-    c.refused(&["Snapshot version 2 in timestamp 4 is less than 3 in timestamp 3"]).await;
+    c.refused(&[&format!("Snapshot version {n} in timestamp {} is less than {} in timestamp {}", n + 2, n + 1, n + 1)]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollback_to_older_targets_is_refused() {
     let c = case().await;
-    let old_targets = std::fs::read(c.repo.join("metadata/2.targets.json")).unwrap();
+    let n = c.newest("targets");
+    let old_targets = std::fs::read(c.repo.join(format!("metadata/{n}.targets.json"))).unwrap();
     vendor::sign(&c.repo, &[c.key.clone()], &c.expiry()).await.unwrap();
-    // The new snapshot names 3.targets.json; the mirror answers with version 2's content.
-    c.control.fault("metadata/3.targets.json", Fault::Replace(old_targets));
-    c.refused(&["metadata/3.targets.json", "Hash mismatch"]).await;
+    // The new snapshot names N+1.targets.json; the mirror answers with version N's content.
+    let path = format!("metadata/{}.targets.json", n + 1);
+    c.control.fault(&path, Fault::Replace(old_targets));
+    c.refused(&[&path, "Hash mismatch"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mix_and_match_of_snapshot_and_targets_is_refused() {
     let c = case().await;
-    let old_snapshot = std::fs::read(c.repo.join("metadata/2.snapshot.json")).unwrap();
+    let n = c.newest("snapshot");
+    let old_snapshot = std::fs::read(c.repo.join(format!("metadata/{n}.snapshot.json"))).unwrap();
     vendor::sign(&c.repo, &[c.key.clone()], &c.expiry()).await.unwrap();
-    // Timestamp 3 names snapshot 3; the mirror serves snapshot 2 (which names targets 2) in its place.
-    c.control.fault("metadata/3.snapshot.json", Fault::Replace(old_snapshot));
-    c.refused(&["metadata/3.snapshot.json", "Hash mismatch"]).await;
+    // Timestamp N+1 names snapshot N+1; the mirror serves snapshot N (which names targets N) in its place.
+    let path = format!("metadata/{}.snapshot.json", n + 1);
+    c.control.fault(&path, Fault::Replace(old_snapshot));
+    c.refused(&[&path, "Hash mismatch"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -413,5 +429,5 @@ async fn a_withdrawn_release_is_marked_in_the_index() {
     vendor::withdraw(&c.repo, &[c.key.clone()], &c.expiry(), &Version::new(3, 40, 0), "breaks engine-axe; use 3.40.1").await.unwrap();
     let repo = Repository::open(&c.url, &c.root(), &c.cache, &options()).await.unwrap();
     let index = repo.index().await.unwrap();
-    assert_eq!(index.releases[0].withdrawn.as_deref(), Some("breaks engine-axe; use 3.40.1"));
+    assert_eq!(index.release(&Version::new(3, 40, 0)).unwrap().withdrawn.as_deref(), Some("breaks engine-axe; use 3.40.1"));
 }
