@@ -413,7 +413,7 @@ async fn operate(cli: Cli) -> Result<u8, Exit> {
             Ok(0)
         }
         Command::Apply { to, yes, dry_run, restart, .. } => {
-            let options = ApplyOptions { to, yes, dry_run, restart };
+            let options = ApplyOptions { to, dry_run, restart };
             let confirm = |plan: &Plan, done: &[String]| {
                 print_plan(plan, done);
                 if !done.is_empty() {

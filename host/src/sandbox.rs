@@ -340,6 +340,24 @@ impl StepState {
         }
     }
 
+    /// A changing `fs` call: performed, or in a dry run checked and recorded as `describe`
+    /// says (the step sees success, nothing is written).
+    fn fs_change(
+        &mut self,
+        capability: &str,
+        path: &str,
+        describe: impl FnOnce(&std::path::Path) -> String,
+        op: impl FnOnce(&cap_fs::Resolved, &mut Backups) -> std::io::Result<()>,
+        done: String,
+    ) -> Result<(), WitError> {
+        if self.env.context.dry_run {
+            let line = self.fs_call(capability, path, Access::Write, |p, _| Ok(describe(&p.logical)), |_| "recorded (dry run)".into())?;
+            self.record(line);
+            return Ok(());
+        }
+        self.fs_call(capability, path, Access::Write, op, |_| done)
+    }
+
     /// One `fs` call: check, then run `op` on the resolved path, then account.
     fn fs_call<T>(
         &mut self,
@@ -421,21 +439,15 @@ impl wit::fs::Host for StepState {
     }
 
     async fn write(&mut self, path: String, data: Vec<u8>) -> Result<(), WitError> {
-        let n = data.len();
-        if self.env.context.dry_run {
-            let text = String::from_utf8_lossy(&data).into_owned();
-            return self.fs_call("fs.write", &path, Access::Write, |p, _| Ok(format!("write {} ({n} bytes):\n{}", p.logical.display(), indent(&text))), |_| "recorded (dry run)".into()).map(|line| self.record(line));
-        }
-        self.fs_call("fs.write", &path, Access::Write, |p, b| cap_fs::write(p, &data, b), |_| format!("{n} bytes written"))
+        let text = String::from_utf8_lossy(&data).into_owned();
+        let done = format!("{} bytes written", data.len());
+        self.fs_change("fs.write", &path, |p| format!("write {} ({} bytes):\n{}", p.display(), data.len(), indent(&text)), |p, b| cap_fs::write(p, &data, b), done)
     }
 
     async fn append(&mut self, path: String, data: Vec<u8>) -> Result<(), WitError> {
-        let n = data.len();
-        if self.env.context.dry_run {
-            let text = String::from_utf8_lossy(&data).into_owned();
-            return self.fs_call("fs.append", &path, Access::Write, |p, _| Ok(format!("append to {}:\n{}", p.logical.display(), indent(&text))), |_| "recorded (dry run)".into()).map(|line| self.record(line));
-        }
-        self.fs_call("fs.append", &path, Access::Write, |p, b| cap_fs::append(p, &data, b), |_| format!("{n} bytes appended"))
+        let text = String::from_utf8_lossy(&data).into_owned();
+        let done = format!("{} bytes appended", data.len());
+        self.fs_change("fs.append", &path, |p| format!("append to {}:\n{}", p.display(), indent(&text)), |p, b| cap_fs::append(p, &data, b), done)
     }
 
     async fn exists(&mut self, path: String) -> Result<bool, WitError> {
@@ -447,10 +459,7 @@ impl wit::fs::Host for StepState {
     }
 
     async fn remove(&mut self, path: String) -> Result<(), WitError> {
-        if self.env.context.dry_run {
-            return self.fs_call("fs.remove", &path, Access::Write, |p, _| Ok(format!("remove {}", p.logical.display())), |_| "recorded (dry run)".into()).map(|line| self.record(line));
-        }
-        self.fs_call("fs.remove", &path, Access::Write, |p, b| cap_fs::remove(p, b), |_| "removed".into())
+        self.fs_change("fs.remove", &path, |p| format!("remove {}", p.display()), cap_fs::remove, "removed".into())
     }
 
     async fn metadata(&mut self, path: String) -> Result<wit::fs::FileInfo, WitError> {

@@ -174,7 +174,6 @@ impl Session {
 #[derive(Debug, Clone, Default)]
 pub struct ApplyOptions {
     pub to: Option<Version>,
-    pub yes: bool,
     pub dry_run: bool,
     pub restart: bool,
 }

@@ -119,6 +119,19 @@ async fn packages_cat_3_38_to_3_40_runs_the_steps_in_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packages_core_3_38_to_3_40_updates_only_the_core_package() {
+    let h = host(Spec { version: "3.38.0".into(), edition: Edition::Core, method: Method::Packages }).await;
+    let out = h.run(&["apply", "--to", "3.40.0", "--yes", "--accept-manual"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let changes = h.changes();
+    assert_eq!(changes[0], "yum update -y canopsis-core-3.40.0");
+    assert_eq!(changes[1], "su - canopsis -c canopsinit --canopsis-edition core --canopsis-stack go");
+    assert!(position(&changes, "canoctl restart") < position(&changes, "systemctl enable canopsis-engine-go@engine-fifo"));
+    assert_eq!(h.sim.read("/var/lib/canup-sim/rpm.txt").unwrap(), "canopsis-core 3.40.0\n");
+    assert_eq!(h.sim.read("/opt/canopsis/etc/amqp2engines.conf").unwrap(), h.sim.read("/opt/canopsis/etc/amqp2engines-go-core.conf.example").unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn core_from_3_37_runs_the_3_38_pre_update_before_yum() {
     let h = host(Spec { version: "3.37.0".into(), edition: Edition::Core, method: Method::Packages }).await;
     let out = h.run(&["apply", "--to", "3.40.0", "--yes", "--accept-manual"]);

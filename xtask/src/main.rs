@@ -172,9 +172,47 @@ fn demo() -> Result<()> {
         println!("  {} (as {}){env}", call.line(), call.user);
     }
     println!("\n== /opt/canopsis/VERSION.txt: {}", sim.read("/opt/canopsis/VERSION.txt")?.trim());
-    drop(runtime);
     if !status.success() {
         bail!("canup exited with {status}");
+    }
+    example_step(&runtime, &canup, &sim, &demo)
+}
+
+/// The SDK's example step (one call of each capability, an API on loopback) through
+/// `canup step run`, which prints its audit: what a step author sees.
+fn example_step(runtime: &tokio::runtime::Runtime, canup: &Path, sim: &SimHost, demo: &Path) -> Result<()> {
+    let api = runtime.block_on(canup_tests::serve(axum::Router::new().route(
+        "/api/v4/app-info",
+        axum::routing::get(|| async { r#"{"version":"3.40.0","edition":"cat"}"# }),
+    )));
+    let secret = demo.join("canopsis-api.password");
+    std::fs::write(&secret, "demo-password\n")?;
+    let policy = demo.join("step-policy.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            "{DEMO_POLICY}\n[endpoints.canopsis-api]\nurl = \"http://{api}\"\nusername = \"root\"\npassword_file = \"{}\"\n",
+            secret.display()
+        ),
+    )?;
+    let module = canup_tests::target_dir().join(WASM_TARGET).join(canup_tests::GUEST_PROFILE).join("example_step.wasm");
+    println!("\n== the SDK's example step with its audit: canup step run {} --yes", module.display());
+    let status = Command::new(canup)
+        .arg("--sysroot")
+        .arg(sim.root())
+        .arg("--state-dir")
+        .arg(demo.join("step-state"))
+        .args(["step", "run"])
+        .arg(&module)
+        .arg("--manifest")
+        .arg(root().join("tests/guests/example-step/step.toml"))
+        .arg("--policy")
+        .arg(&policy)
+        .args(["--installed", "3.40.0", "--edition", "cat", "--yes"])
+        .status()
+        .context("running canup step run")?;
+    if !status.success() {
+        bail!("the example step failed ({status})");
     }
     Ok(())
 }
