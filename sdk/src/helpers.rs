@@ -188,6 +188,43 @@ pub fn remove_unit_option(path: &str, option: &str) -> Result<bool> {
     }
 }
 
+/// Where Canopsis packages put the MongoDB migration scripts.
+pub const MONGO_MIGRATIONS: &str = "/opt/canopsis/share/migrations/mongodb";
+
+/// Runs MongoDB migration scripts in order, as the release notes' `mongo -u cpsmongo -p … canopsis
+/// < releaseX/NNN_script.js` do, with the connection URL of the installation
+/// (`CPS_MONGO_URL` in `go-engines-vars.conf`) so that changed credentials are honoured.
+/// `scripts` are relative to [`MONGO_MIGRATIONS`].
+pub fn run_mongo_scripts(scripts: &[&str]) -> Result<()> {
+    let vars = read_env_file("/opt/canopsis/etc/go-engines-vars.conf")?;
+    let url = vars
+        .iter()
+        .find(|(k, _)| k == "CPS_MONGO_URL")
+        .map(|(_, v)| v.clone())
+        .ok_or_else(|| Error::msg("go-engines-vars.conf has no CPS_MONGO_URL"))?;
+    for script in scripts {
+        let path = format!("{MONGO_MIGRATIONS}/{script}");
+        let body = fs::read(&path)?;
+        crate::exec::Command::new("/usr/bin/mongo").arg(url.clone()).stdin(body).run()?;
+        crate::ui::info(&format!("applied {script}"));
+    }
+    Ok(())
+}
+
+/// The same scripts for a Compose install, whose database canup does not reach: shown as a
+/// manual instruction; an error when the operator did not confirm.
+pub fn mongo_scripts_manual(release: &str, scripts: &[&str]) -> Result<()> {
+    let lines: Vec<String> = scripts.iter().map(|s| format!("  mongo \"mongodb://cpsmongo:canopsis@localhost:27017/canopsis\" < {s}")).collect();
+    let instruction = format!(
+        "From a machine with a mongo client that reaches the mongodb service, in the database/migrations directory of the canopsis-community release-{release} branch, run (adapt the URI):\n{}",
+        lines.join("\n")
+    );
+    if !crate::ui::manual(&instruction) {
+        return Err(Error::msg(format!("the MongoDB scripts of Canopsis {release} were not confirmed; run canup again once they are done")));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -28,6 +28,13 @@ pub const PROGRAMS: &[&str] = &[
     "/opt/canopsis/bin/canopsis-reconfigure",
 ];
 
+/// The MongoDB migration scripts a 4.5 package ships (those the 4.5.x notes run).
+pub const MIGRATIONS: &[&str] = &[
+    "release4.4/016_add_snooze_and_pbehavior_durations_to_alarm.js",
+    "release4.5/000_add_pbehavior_info_to_entity.js",
+    "release4.5/008_add_multiple_executions_to_job.js",
+];
+
 pub const CALL_LOG: &str = "/var/log/canup-sim/calls.jsonl";
 /// The simulated rpm database: one `name version` per line.
 pub const RPM_DB: &str = "/var/lib/canup-sim/rpm.txt";
@@ -173,6 +180,11 @@ impl SimHost {
             host.write(&format!("/opt/canopsis/etc/initialisation-{ed}.toml.example"), &initialisation(ed))?;
         }
         host.write("/opt/canopsis/etc/default_configuration.toml", "[Canopsis.global]\nPrefetchCount = 10000\n")?;
+        if spec.version.starts_with("4.") {
+            for script in MIGRATIONS {
+                host.write(&format!("/opt/canopsis/share/migrations/mongodb/{script}"), &format!("// {script}\nprint('migrated {script}');\n"))?;
+            }
+        }
         host.write("/etc/systemd/system/canopsis-engine-go@engine-che.service.d/che.conf", CHE_DROPIN)?;
         host.write("/etc/systemd/system/canopsis-engine-go@engine-axe.service.d/axe.conf", AXE_DROPIN)?;
         fs::create_dir_all(host.path("/etc/systemd/system/multi-user.target.wants"))?;

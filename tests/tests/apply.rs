@@ -146,6 +146,44 @@ async fn core_from_3_37_runs_the_3_38_pre_update_before_yum() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packages_4_5_4_to_4_5_7_runs_the_4x_procedure_and_each_release_migrations() {
+    let h = host(Spec { version: "4.5.4".into(), edition: Edition::Core, method: Method::Packages }).await;
+    let out = h.run(&["apply", "--to", "4.5.7", "--yes"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        h.changes(),
+        [
+            "yum --disablerepo=* --enablerepo=canopsis* update -y canopsis-core-4.5.7",
+            "su - canopsis -c canopsinit --canopsis-edition core",
+            "canopsinit --canopsis-edition core",
+            "canopsis-reconfigure",
+            "systemctl daemon-reload",
+            "canoctl restart",
+            "mongo mongodb://cpsmongo:canopsis@localhost/canopsis",
+            "mongo mongodb://cpsmongo:canopsis@localhost/canopsis",
+            "mongo mongodb://cpsmongo:canopsis@localhost/canopsis",
+            "mongo mongodb://cpsmongo:canopsis@localhost/canopsis",
+            "mongo mongodb://cpsmongo:canopsis@localhost/canopsis",
+        ]
+    );
+    let reconfigure = h.sim.calls().unwrap().into_iter().find(|c| c.program == "canopsis-reconfigure").unwrap();
+    assert_eq!(reconfigure.env.get("CPS_MONGO_URL").map(String::as_str), Some("mongodb://cpsmongo:canopsis@localhost/canopsis"));
+    // The notes' scripts, release by release, in the notes' order.
+    let applied: Vec<String> = h.sim.read("/var/lib/canup-sim/mongo-applied.js").unwrap().lines().filter(|l| l.starts_with("// ")).map(|l| l[3..].to_owned()).collect();
+    assert_eq!(
+        applied,
+        [
+            "release4.4/016_add_snooze_and_pbehavior_durations_to_alarm.js",
+            "release4.5/008_add_multiple_executions_to_job.js",
+            "release4.4/016_add_snooze_and_pbehavior_durations_to_alarm.js",
+            "release4.4/016_add_snooze_and_pbehavior_durations_to_alarm.js",
+            "release4.5/000_add_pbehavior_info_to_entity.js",
+        ]
+    );
+    assert_eq!(h.sim.read("/opt/canopsis/VERSION.txt").unwrap(), "Canopsis version 4.5.7\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_compose_install_updates_the_image_tag_and_restarts_the_stack() {
     let h = host(Spec { version: "3.38.0".into(), edition: Edition::Core, method: Method::Compose }).await;
     let out = h.run(&["apply", "--to", "3.40.0", "--yes", "--accept-manual"]);

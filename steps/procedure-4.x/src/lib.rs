@@ -1,0 +1,38 @@
+//! The standard upgrade procedure of Canopsis 4.x (`mise-a-jour.md`) for package installs,
+//! shipped with every 4.x release.
+//!
+//! The procedure says: « `yum --disablerepo="*" --enablerepo="canopsis*" update` », then
+//! « `su - canopsis -c "canopsinit --canopsis-edition core"` » (or `cat`), « `set -o allexport ;
+//! source /opt/canopsis/etc/go-engines-vars.conf` / `/opt/canopsis/bin/canopsis-reconfigure` »,
+//! « `systemctl daemon-reload` » and « `canoctl restart` ». The update is pinned to exactly the
+//! target version; the variables of `go-engines-vars.conf` are read and passed as the
+//! environment of `canopsis-reconfigure` (no shell `source`).
+
+use canup_sdk::{Context, Result, bail, exec::Command, helpers};
+
+canup_sdk::export_step! {
+    "procedure-4.x/yum-update" => yum_update,
+    "procedure-4.x/finalize" => finalize,
+}
+
+fn yum_update(ctx: &Context) -> Result<()> {
+    let mut packages = vec![format!("canopsis-core-{}", ctx.target)];
+    if ctx.edition == "cat" {
+        packages.push(format!("canopsis-cat-{}", ctx.target));
+    }
+    Command::new("/usr/bin/yum").args(["--disablerepo=*", "--enablerepo=canopsis*", "update", "-y"]).args(packages).run()?;
+    Ok(())
+}
+
+fn finalize(ctx: &Context) -> Result<()> {
+    let edition = match ctx.edition.as_str() {
+        e @ ("core" | "cat") => e,
+        other => bail!("unknown edition {other:?}"),
+    };
+    Command::new("/usr/bin/su").args(["-", "canopsis", "-c", &format!("canopsinit --canopsis-edition {edition}")]).run()?;
+    let vars = helpers::read_env_file("/opt/canopsis/etc/go-engines-vars.conf")?;
+    Command::new("/opt/canopsis/bin/canopsis-reconfigure").envs(vars).run()?;
+    Command::new("/usr/bin/systemctl").arg("daemon-reload").run()?;
+    Command::new("/usr/bin/canoctl").arg("restart").run()?;
+    Ok(())
+}
