@@ -22,6 +22,18 @@ pub struct Context {
     pub step_id: String,
 }
 
+impl Context {
+    /// The Canopsis packages of this edition, pinned to exactly the target version
+    /// (`canopsis-core-3.40.0`, plus `canopsis-cat-3.40.0` for Pro): never "latest".
+    pub fn pinned_packages(&self) -> Vec<String> {
+        let mut packages = vec![format!("canopsis-core-{}", self.target)];
+        if self.edition == "cat" {
+            packages.push(format!("canopsis-cat-{}", self.target));
+        }
+        packages
+    }
+}
+
 fn version(s: &str) -> Version {
     // The host validates versions before it runs anything; 0.0.0 means "unknown" (detect).
     Version::parse(s).unwrap_or(Version::new(0, 0, 0))

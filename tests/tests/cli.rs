@@ -113,3 +113,15 @@ fn help_documents_exit_codes() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("Exit codes: 0 success; 1 a step failed"), "{text}");
 }
+
+#[test]
+fn completions_and_man_page_are_generated_from_the_cli() {
+    let bash = Command::new(canup_bin()).args(["completions", "bash"]).output().unwrap();
+    assert!(bash.status.success());
+    let script = String::from_utf8_lossy(&bash.stdout);
+    assert!(script.contains("restore-files") && script.contains("--dry-run"), "{script}");
+    let man = Command::new(canup_bin()).arg("man").output().unwrap();
+    let page = String::from_utf8_lossy(&man.stdout);
+    assert!(page.starts_with(".ie") && page.contains(".TH canup 1"), "{page}");
+    assert!(page.contains("Exit codes"), "the man page documents the exit codes");
+}

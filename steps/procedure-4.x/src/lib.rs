@@ -16,11 +16,7 @@ canup_sdk::export_step! {
 }
 
 fn yum_update(ctx: &Context) -> Result<()> {
-    let mut packages = vec![format!("canopsis-core-{}", ctx.target)];
-    if ctx.edition == "cat" {
-        packages.push(format!("canopsis-cat-{}", ctx.target));
-    }
-    Command::new("/usr/bin/yum").args(["--disablerepo=*", "--enablerepo=canopsis*", "update", "-y"]).args(packages).run()?;
+    Command::new("/usr/bin/yum").args(["--disablerepo=*", "--enablerepo=canopsis*", "update", "-y"]).args(ctx.pinned_packages()).run()?;
     Ok(())
 }
 

@@ -1,0 +1,89 @@
+//! Every published step, on its own, twice against the simulated host: the second run must
+//! change nothing (steps are idempotent, which is what makes resuming an interrupted upgrade
+//! safe). Counters the simulator keeps of repeated actions (restarts, reloads, applied
+//! scripts) and its call log are left out of the comparison: running them again is the
+//! documented behaviour of those commands, not a change of state.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use canup::audit::AuditLog;
+use canup::backup::Backups;
+use canup::capabilities::Grant;
+use canup::config::StepLimits;
+use canup::manifest::{Edition, Method, Phase};
+use canup::repository::{LoadOptions, Repository};
+use canup::sandbox::{Sandbox, StepContext, StepEnv};
+use canup::sysroot::Sysroot;
+use canup::ui::ConsoleUi;
+use canup_tests::simhost::{self, SimHost, Spec};
+use canup_tests::{canup_bin, publish_steps, target_dir};
+use semver::Version;
+
+const STUB: &str = env!("CARGO_BIN_EXE_canup-simstub");
+
+/// Simulator files that count repeated actions.
+const COUNTERS: &[&str] = &["canoctl-restarts", "daemon-reloads", "mongo-applied.js", "systemctl-actions"];
+
+fn state(sim: &SimHost) -> std::collections::BTreeMap<String, String> {
+    let mut tree = sim.snapshot().unwrap();
+    tree.retain(|path, _| !COUNTERS.iter().any(|c| path.ends_with(c)));
+    tree
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_step_changes_nothing_when_run_a_second_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo_dir = dir.path().join("repo");
+    publish_steps(&canup_bin(), &repo_dir, &target_dir().join("dev-keys")).unwrap();
+    let root = std::fs::read(repo_dir.join("metadata/1.root.json")).unwrap();
+    let repo = Repository::open(repo_dir.to_str().unwrap(), &root, &dir.path().join("cache"), &LoadOptions::default()).await.unwrap();
+    let index = repo.index().await.unwrap();
+    let sandbox = Sandbox::new(None).unwrap();
+    let mut checked = 0;
+    for release in &index.releases {
+        for step in &release.steps {
+            for method in step.manifest.methods.clone() {
+                let installed = if release.version.major == 4 { "4.5.4" } else { "3.37.0" };
+                let spec = Spec {
+                    version: installed.into(),
+                    edition: simhost::Edition::Cat,
+                    method: if method == Method::Packages { simhost::Method::Packages } else { simhost::Method::Compose },
+                };
+                let sim = SimHost::create(&dir.path().join(format!("sim-{checked}")), &spec, Path::new(STUB)).unwrap();
+                let wasm = repo.module(step).await.unwrap();
+                let loaded = sandbox.load(&step.manifest.id, &wasm, &step.api).unwrap();
+                let mut after = Vec::new();
+                for attempt in 0..2 {
+                    let caps = &step.manifest.capabilities;
+                    let env = StepEnv {
+                        grant: Grant::new(&step.manifest.id, caps, caps).unwrap(),
+                        sysroot: Sysroot::new(sim.root()).unwrap(),
+                        endpoints: Arc::default(),
+                        backups: Backups::open(&dir.path().join("state"), &format!("run-{checked}")).unwrap(),
+                        audit: Arc::new(AuditLog::in_memory("idempotence")),
+                        ui: Arc::new(ConsoleUi { assume_yes: true, accept_manual: true, min_level: Some(canup::ui::Level::Warn) }),
+                        context: StepContext {
+                            step_id: step.manifest.id.clone(),
+                            phase: step.manifest.phase,
+                            installed: Version::parse(installed).unwrap(),
+                            target: release.version.clone(),
+                            release: release.version.clone(),
+                            edition: (step.manifest.phase != Phase::Detect).then_some(Edition::Cat),
+                            method: (step.manifest.phase != Phase::Detect).then_some(method),
+                            dry_run: false,
+                        },
+                        limits: StepLimits::default(),
+                        recorded: Arc::default(),
+                    };
+                    let report = sandbox.run(&loaded, env).await;
+                    assert_eq!(report.result, Ok(()), "step {} ({method}), run {}: {}", step.manifest.id, attempt + 1, report.stderr.text());
+                    after.push(state(&sim));
+                }
+                assert_eq!(after[0], after[1], "step {} ({method}) changed the host again on its second run", step.manifest.id);
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 20, "only {checked} step runs were checked");
+}
