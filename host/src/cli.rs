@@ -674,6 +674,7 @@ async fn step_run(config_path: &std::path::Path, sysroot: Option<&std::path::Pat
         },
         limits: config.limits.resolve(),
         recorded: Arc::default(),
+        settings: Arc::new(config.settings.clone()),
     };
     let report = sandbox.run(&loaded, env).await;
     let records = audit.records();

@@ -42,6 +42,10 @@ pub struct Config {
     pub endpoints: Endpoints,
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Values steps may read (`context.setting`): e.g. `drain_timeout_seconds = "900"`,
+    /// `broadcast_message = "…"`. Not secrets: steps and logs can show them.
+    #[serde(default)]
+    pub settings: std::collections::BTreeMap<String, String>,
 }
 
 /// Per-step bounds, in operator units. Every field has a default.

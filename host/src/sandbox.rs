@@ -115,6 +115,8 @@ pub struct StepEnv {
     pub limits: StepLimits,
     /// In a dry run, the commands and file changes the step would have made, in order.
     pub recorded: Arc<Mutex<Vec<String>>>,
+    /// The operator's `[settings]`.
+    pub settings: Arc<std::collections::BTreeMap<String, String>>,
 }
 
 /// Why a step stopped without finishing.
@@ -578,6 +580,10 @@ impl wit::context::Host for StepState {
             dry_run: c.dry_run,
             step_id: c.step_id.clone(),
         }
+    }
+
+    async fn setting(&mut self, name: String) -> Option<String> {
+        self.env.settings.get(&name).cloned()
     }
 }
 

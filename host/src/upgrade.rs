@@ -127,6 +127,7 @@ impl Session {
             },
             limits: self.config.limits.resolve(),
             recorded: recorded.clone(),
+            settings: Arc::new(self.config.settings.clone()),
         };
         Ok(self.sandbox.run(loaded, env).await)
     }

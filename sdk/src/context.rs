@@ -53,3 +53,8 @@ pub fn get() -> Context {
         step_id: i.step_id,
     }
 }
+
+/// An operator setting (`[settings]` in canup.toml), or `None`.
+pub fn setting(name: &str) -> Option<String> {
+    wit::setting(name)
+}

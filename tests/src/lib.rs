@@ -1,8 +1,10 @@
 //! Shared test fixtures: the simulated Canopsis host, paths of the built guest modules, and
 //! loopback servers. Used by the end-to-end tests and by `cargo xtask demo`.
 
+pub mod rabbitmq;
 pub mod repo_server;
 pub mod simhost;
+pub mod steprun;
 
 use std::path::{Path, PathBuf};
 

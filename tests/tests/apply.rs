@@ -6,6 +6,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use canup_tests::rabbitmq::{Admin, endpoint_toml};
 use canup_tests::repo_server::{Control, serve_repo};
 use canup_tests::simhost::{Edition, Method, SimHost, Spec};
 use canup_tests::{OPERATOR_POLICY, canup_bin, publish_steps, target_dir};
@@ -37,15 +38,18 @@ async fn host(spec: Spec) -> Host {
 async fn host_with_policy(spec: Spec, policy: &str) -> Host {
     let repo = repository();
     let url = serve_repo(repo.clone(), Control::default()).await;
+    // 3.39.0 unbinds Engine_che and the verify phase watches the queues: a real RabbitMQ.
+    Admin::new().setup_canopsis().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let sim = SimHost::create(&dir.path().join("root"), &spec, Path::new(STUB)).unwrap();
     let config = dir.path().join("canup.toml");
     std::fs::write(
         &config,
         format!(
-            "repository = \"{url}\"\ntrusted_root = \"{}\"\nstate_dir = \"{}\"\n\n{policy}",
+            "repository = \"{url}\"\ntrusted_root = \"{}\"\nstate_dir = \"{}\"\n\n{policy}\n{}",
             repo.join("metadata/1.root.json").display(),
-            dir.path().join("state").display()
+            dir.path().join("state").display(),
+            endpoint_toml(&dir.path().join("rabbitmq.pw")).unwrap()
         ),
     )
     .unwrap();
@@ -276,7 +280,7 @@ async fn a_kill_mid_step_resumes_and_each_step_completes_once() {
     }
     let resumed = h.run(&["apply", "--yes", "--accept-manual"]);
     assert!(resumed.status.success(), "{}", text(&resumed));
-    assert!(text(&resumed).contains("resuming an interrupted run: 4 steps already done"), "{}", text(&resumed));
+    assert!(text(&resumed).contains("resuming an interrupted run: 5 steps already done"), "{}", text(&resumed));
 
     // Same end state; every step ran to completion once (the interrupted one was re-run).
     let tree = |s: &SimHost| {
@@ -288,7 +292,7 @@ async fn a_kill_mid_step_resumes_and_each_step_completes_once() {
     let history = h.run(&["history", "--json"]);
     let runs: serde_json::Value = serde_json::from_slice(&history.stdout).unwrap();
     let steps = runs[0]["steps"].as_array().unwrap();
-    assert_eq!(steps.len(), 9);
+    assert_eq!(steps.len(), 13);
     assert!(steps.iter().all(|s| s["outcome"] == "succeeded"), "{steps:#?}");
     assert_eq!(runs[0]["outcome"], "succeeded");
     let mut without_init: Vec<String> = h.changes();
@@ -327,6 +331,8 @@ async fn status_and_plan_report_in_json() {
     let plan: serde_json::Value = serde_json::from_slice(&h.run(&["plan", "--json"]).stdout).unwrap();
     assert_eq!(plan["target"], "3.40.0");
     let ids: Vec<&str> = plan["steps"].as_array().unwrap().iter().map(|s| s["step"]["manifest"]["id"].as_str().unwrap()).collect();
-    assert_eq!(ids.first(), Some(&"procedure-3.x/yum-update"));
-    assert_eq!(ids.last(), Some(&"3.40.0/webserver-services"));
+    assert_eq!(ids.first(), Some(&"broadcast/announce"));
+    assert_eq!(ids[1], "procedure-3.x/yum-update");
+    assert_eq!(ids.last(), Some(&"broadcast/withdraw"));
+    assert!(ids.contains(&"3.39.0/unbind-che") && ids.contains(&"drain/queues"));
 }

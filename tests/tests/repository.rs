@@ -138,6 +138,7 @@ impl Case {
                     },
                     limits: StepLimits::default(),
                     recorded: Arc::default(),
+                    settings: Arc::default(),
                 };
                 sandbox.run(&loaded, env).await.result.map_err(|e| e.to_string())?;
                 ran += 1;

@@ -221,6 +221,7 @@ impl World {
             },
             limits,
             recorded: Arc::default(),
+            settings: Arc::default(),
         };
         let report = sandbox.run(loaded, env).await;
         Run { report, audit: audit.records(), ui }

@@ -40,6 +40,20 @@ async fn every_step_changes_nothing_when_run_a_second_time() {
     let repo = Repository::open(repo_dir.to_str().unwrap(), &root, &dir.path().join("cache"), &LoadOptions::default()).await.unwrap();
     let index = repo.index().await.unwrap();
     let sandbox = Sandbox::new(None).unwrap();
+    canup_tests::rabbitmq::Admin::new().setup_canopsis().await.unwrap();
+    let secret = dir.path().join("rabbitmq.pw");
+    std::fs::write(&secret, canup_tests::rabbitmq::PASSWORD).unwrap();
+    let endpoints = std::collections::BTreeMap::from([(
+        "rabbitmq".to_owned(),
+        canup::capabilities::http::Endpoint {
+            url: canup_tests::rabbitmq::MANAGEMENT.into(),
+            username: Some(canup_tests::rabbitmq::USER.into()),
+            password_file: Some(secret.clone()),
+            password_env: None,
+            token_file: None,
+            token_env: None,
+        },
+    )]);
     let mut checked = 0;
     for release in &index.releases {
         for step in &release.steps {
@@ -59,7 +73,7 @@ async fn every_step_changes_nothing_when_run_a_second_time() {
                     let env = StepEnv {
                         grant: Grant::new(&step.manifest.id, caps, caps).unwrap(),
                         sysroot: Sysroot::new(sim.root()).unwrap(),
-                        endpoints: Arc::default(),
+                        endpoints: Arc::new(endpoints.clone()),
                         backups: Backups::open(&dir.path().join("state"), &format!("run-{checked}")).unwrap(),
                         audit: Arc::new(AuditLog::in_memory("idempotence")),
                         ui: Arc::new(ConsoleUi { assume_yes: true, accept_manual: true, min_level: Some(canup::ui::Level::Warn) }),
@@ -75,6 +89,7 @@ async fn every_step_changes_nothing_when_run_a_second_time() {
                         },
                         limits: StepLimits::default(),
                         recorded: Arc::default(),
+                        settings: Arc::new([("drain_timeout_seconds".to_owned(), "20".to_owned())].into()),
                     };
                     let report = sandbox.run(&loaded, env).await;
                     assert_eq!(report.result, Ok(()), "step {} ({method}), run {}: {}", step.manifest.id, attempt + 1, report.stderr.text());

@@ -10,6 +10,7 @@
 //!   them into a signed repository at DIR with a development key (`target/dev-keys/`).
 
 use std::path::{Path, PathBuf};
+use std::ops::Not;
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
@@ -115,8 +116,90 @@ fn bench() -> Result<()> {
     run(c)
 }
 
+/// A `rabbitmq-server` (Debian's) for the tests and the demo, on 127.0.0.1 with the
+/// management plugin on 15672, its files under `target/rabbitmq`. Stopped when dropped.
+struct RabbitMq {
+    env: Vec<(&'static str, PathBuf)>,
+    child: Option<std::process::Child>,
+}
+
+const RABBITMQ_NODE: &str = "canup@localhost";
+
+fn management_listening() -> bool {
+    std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], 15672).into(), std::time::Duration::from_millis(200)).is_ok()
+}
+
+impl RabbitMq {
+    fn start() -> Result<Self> {
+        if Command::new("sh").args(["-c", "command -v rabbitmq-server || test -x /usr/sbin/rabbitmq-server"]).output()?.status.success().not() {
+            eprintln!("xtask: installing rabbitmq-server (apt-get)");
+            let mut update = Command::new("apt-get");
+            update.arg("update").env("DEBIAN_FRONTEND", "noninteractive");
+            run(update)?;
+            let mut install = Command::new("apt-get");
+            install.args(["install", "-y", "rabbitmq-server"]).env("DEBIAN_FRONTEND", "noninteractive");
+            run(install)?;
+        }
+        let dir = canup_tests::target_dir().join("rabbitmq");
+        let env = vec![
+            ("RABBITMQ_NODENAME", PathBuf::from(RABBITMQ_NODE)),
+            ("RABBITMQ_MNESIA_BASE", dir.join("mnesia")),
+            ("RABBITMQ_LOG_BASE", dir.join("log")),
+            ("RABBITMQ_ENABLED_PLUGINS_FILE", dir.join("enabled_plugins")),
+            ("RABBITMQ_CONFIG_FILE", dir.join("rabbitmq")),
+            ("RABBITMQ_FEATURE_FLAGS_FILE", dir.join("feature_flags")),
+            ("RABBITMQ_PID_FILE", dir.join("pid")),
+            ("HOME", dir.clone()),
+        ];
+        if management_listening() {
+            eprintln!("xtask: a RabbitMQ already answers on 127.0.0.1:15672; using it");
+            return Ok(Self { env, child: None });
+        }
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)?;
+        }
+        for sub in ["mnesia", "log"] {
+            std::fs::create_dir_all(dir.join(sub))?;
+        }
+        std::fs::write(dir.join("enabled_plugins"), "[rabbitmq_management].\n")?;
+        std::fs::write(dir.join("rabbitmq.conf"), "listeners.tcp.default = 127.0.0.1:5672\nmanagement.tcp.ip = 127.0.0.1\nmanagement.tcp.port = 15672\n")?;
+        // Debian's wrapper drops to the rabbitmq user when started as root.
+        let mut chown = Command::new("chown");
+        chown.args(["-R", "rabbitmq:rabbitmq"]).arg(&dir);
+        let _ = chown.status();
+        let log = std::fs::File::create(dir.join("server.out"))?;
+        let child = Command::new("rabbitmq-server").envs(env.iter().map(|(k, v)| (k, v))).stdout(log.try_clone()?).stderr(log).spawn().context("starting rabbitmq-server")?;
+        let started = std::time::Instant::now();
+        while !management_listening() {
+            if started.elapsed() > std::time::Duration::from_secs(90) {
+                bail!("rabbitmq-server did not open 127.0.0.1:15672 within 90 s; see {}", dir.join("server.out").display());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        eprintln!("xtask: rabbitmq-server up in {:.1} s", started.elapsed().as_secs_f64());
+        Ok(Self { env, child: Some(child) })
+    }
+}
+
+impl Drop for RabbitMq {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let stopped = Command::new("rabbitmqctl")
+                .args(["-n", RABBITMQ_NODE, "stop"])
+                .envs(self.env.iter().map(|(k, v)| (k, v)))
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if !stopped {
+                let _ = child.kill();
+            }
+            let _ = child.wait();
+        }
+    }
+}
+
 fn test(extra: &[String]) -> Result<()> {
     build_guests()?;
+    let _rabbitmq = RabbitMq::start()?;
     // The end-to-end tests run the `canup` and `canup-simstub` binaries, which `cargo test`
     // alone does not build for another package's tests.
     let mut bins = cargo();
@@ -144,17 +227,21 @@ fn demo() -> Result<()> {
     let spec = Spec { version: "3.38.0".into(), edition: Edition::Cat, method: Method::Packages };
     let sim = SimHost::create(&demo.join("root"), &spec, &target.join("debug/canup-simstub"))?;
 
+    let _rabbitmq = RabbitMq::start()?;
     let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(canup_tests::rabbitmq::Admin::new().setup_canopsis())?;
     let url = runtime.block_on(canup_tests::repo_server::serve_repo(repo.clone(), Default::default()));
     let config = demo.join("canup.toml");
     std::fs::write(
         &config,
         format!(
-            "repository = \"{url}\"\ntrusted_root = \"{}\"\nstate_dir = \"{}\"\n\n{DEMO_POLICY}",
+            "repository = \"{url}\"\ntrusted_root = \"{}\"\nstate_dir = \"{}\"\n\n{DEMO_POLICY}\n{}",
             repo.join("metadata/1.root.json").display(),
-            demo.join("state").display()
+            demo.join("state").display(),
+            canup_tests::rabbitmq::endpoint_toml(&demo.join("rabbitmq.password"))?
         ),
     )?;
+    println!("== rabbitmq-server on 127.0.0.1:15672 with the canopsis vhost, Engine_che bound to canopsis.events");
     println!("== signed repository of {} served at {url}", repo.display());
     println!("== simulated Canopsis 3.38.0 (cat, packages) in {}", sim.root().display());
     println!("== canup apply --to 3.40.0 --yes --accept-manual --sysroot {}\n", sim.root().display());

@@ -10,10 +10,11 @@
 //! votre fichier `amqp2engines.conf` avec les fichiers de référence » ; then « `canoctl
 //! restart` ». Each step checks before it changes, so a re-run changes nothing.
 //!
-//! Not yet automated here: unbinding `Engine_che` from `canopsis.events` through the RabbitMQ
-//! management API, and the Compose variant (`REDIS_TAG`, the `fifo` service).
+//! « Allez dans Exchanges > `canopsis.events` > Bindings, et cliquez sur le bouton « Unbind »
+//! de la file `Engine_che` » is done through the RabbitMQ management API. Not yet automated:
+//! the Compose variant (`REDIS_TAG`, the `fifo` service).
 
-use canup_sdk::{Context, Result, bail, exec::Command, fs, helpers, ui};
+use canup_sdk::{Context, Result, bail, exec::Command, fs, helpers, http, ui};
 
 canup_sdk::export_step! {
     "3.39.0/redis-5" => redis_5,
@@ -21,6 +22,7 @@ canup_sdk::export_step! {
     "3.39.0/fifo-queue" => fifo_queue,
     "3.39.0/always-flush-entities" => always_flush_entities,
     "3.39.0/amqp2engines" => amqp2engines,
+    "3.39.0/unbind-che" => unbind_che,
     "3.39.0/restart" => restart,
 }
 
@@ -89,5 +91,31 @@ fn amqp2engines(ctx: &Context) -> Result<()> {
 
 fn restart(_: &Context) -> Result<()> {
     Command::new("/usr/bin/canoctl").arg("restart").run()?;
+    Ok(())
+}
+
+/// Percent-encodes a path segment (binding property keys can hold `#` or `*`).
+fn encode(segment: &str) -> String {
+    segment.bytes().map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
+}
+
+fn unbind_che(_: &Context) -> Result<()> {
+    let resp = http::Request::get("rabbitmq", "/api/exchanges/canopsis/canopsis.events/bindings/source").send()?;
+    if !resp.is_success() {
+        bail!("RabbitMQ answered HTTP {} for the bindings of canopsis.events: {}", resp.status(), resp.text());
+    }
+    let bindings: serde_json::Value = serde_json::from_slice(resp.body()).map_err(|e| canup_sdk::Error::msg(format!("RabbitMQ bindings: {e}")))?;
+    let mut removed = 0;
+    for b in bindings.as_array().cloned().unwrap_or_default() {
+        let to_che = b.get("destination").and_then(|d| d.as_str()) == Some("Engine_che") && b.get("destination_type").and_then(|d| d.as_str()) == Some("queue");
+        let Some(key) = b.get("properties_key").and_then(|k| k.as_str()).filter(|_| to_che) else { continue };
+        let path = format!("/api/bindings/canopsis/e/canopsis.events/q/Engine_che/{}", encode(key));
+        let r = http::Request::delete("rabbitmq", &path).send()?;
+        if !r.is_success() && r.status() != 404 {
+            bail!("RabbitMQ refused to unbind Engine_che: HTTP {} {}", r.status(), r.text());
+        }
+        removed += 1;
+    }
+    ui::info(if removed > 0 { "Engine_che is no longer bound to canopsis.events" } else { "Engine_che was not bound to canopsis.events" });
     Ok(())
 }

@@ -1,0 +1,109 @@
+//! The real RabbitMQ the tests and the demo talk to: `rabbitmq-server` from Debian, started by
+//! `cargo xtask test` / `cargo xtask demo` (see `xtask`), with the management plugin on
+//! 127.0.0.1:15672. This module sets it up as Canopsis does: vhost `canopsis`, user
+//! `cpsrabbit`, exchange `canopsis.events`, queues `Engine_che`, `Engine_axe`, … and
+//! `Engine_che` bound to the exchange.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use serde_json::json;
+
+pub const MANAGEMENT: &str = "http://127.0.0.1:15672";
+pub const USER: &str = "cpsrabbit";
+pub const PASSWORD: &str = "canopsis";
+pub const QUEUES: &[&str] = &["Engine_che", "Engine_axe", "Engine_fifo"];
+
+/// The management API as the broker's administrator (the default `guest`, loopback only).
+pub struct Admin {
+    client: reqwest::Client,
+}
+
+impl Admin {
+    pub fn new() -> Self {
+        Self { client: reqwest::Client::new() }
+    }
+
+    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<serde_json::Value>) -> Result<reqwest::Response> {
+        let mut req = self.client.request(method.clone(), format!("{MANAGEMENT}{path}")).basic_auth("guest", Some("guest"));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.with_context(|| format!("RabbitMQ management API at {MANAGEMENT} is not reachable: run the tests with `cargo xtask test`, which starts rabbitmq-server"))?;
+        if !resp.status().is_success() && resp.status() != reqwest::StatusCode::NOT_FOUND {
+            bail!("{method} {path}: HTTP {}", resp.status());
+        }
+        Ok(resp)
+    }
+
+    async fn put(&self, path: &str, body: serde_json::Value) -> Result<()> {
+        self.call(reqwest::Method::PUT, path, Some(body)).await.map(|_| ())
+    }
+
+    /// Vhost, user, exchange, queues and the `Engine_che` binding, as a Canopsis install has
+    /// them. Idempotent.
+    pub async fn setup_canopsis(&self) -> Result<()> {
+        self.put("/api/vhosts/canopsis", json!({})).await?;
+        self.put(&format!("/api/users/{USER}"), json!({ "password": PASSWORD, "tags": "administrator" })).await?;
+        self.put(&format!("/api/permissions/canopsis/{USER}"), json!({ "configure": ".*", "write": ".*", "read": ".*" })).await?;
+        self.put("/api/exchanges/canopsis/canopsis.events", json!({ "type": "topic", "durable": true })).await?;
+        for q in QUEUES {
+            self.put(&format!("/api/queues/canopsis/{q}"), json!({ "durable": true })).await?;
+        }
+        self.bind_che().await
+    }
+
+    pub async fn bind_che(&self) -> Result<()> {
+        self.call(reqwest::Method::POST, "/api/bindings/canopsis/e/canopsis.events/q/Engine_che", Some(json!({ "routing_key": "#" }))).await.map(|_| ())
+    }
+
+    /// Destinations bound to `canopsis.events`.
+    pub async fn bound_queues(&self) -> Result<Vec<String>> {
+        let v: serde_json::Value = self.call(reqwest::Method::GET, "/api/exchanges/canopsis/canopsis.events/bindings/source", None).await?.json().await?;
+        Ok(v.as_array().cloned().unwrap_or_default().iter().filter_map(|b| b["destination"].as_str().map(str::to_owned)).collect())
+    }
+
+    /// Publishes `count` messages to a queue (through the default exchange), 16 at a time.
+    pub async fn publish(&self, queue: &str, count: usize) -> Result<()> {
+        use futures_util::StreamExt;
+        let body = json!({ "properties": {}, "routing_key": queue, "payload": "{\"event_type\":\"check\"}", "payload_encoding": "string" });
+        let results: Vec<Result<()>> = futures_util::stream::iter(0..count)
+            .map(|_| {
+                let body = body.clone();
+                async move { self.call(reqwest::Method::POST, "/api/exchanges/canopsis/amq.default/publish", Some(body)).await.map(|_| ()) }
+            })
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        results.into_iter().collect()
+    }
+
+    /// Takes up to `count` messages off a queue (acknowledged): a consumer catching up.
+    pub async fn consume(&self, queue: &str, count: usize) -> Result<usize> {
+        let v: serde_json::Value = self
+            .call(reqwest::Method::POST, &format!("/api/queues/canopsis/{queue}/get"), Some(json!({ "count": count, "ackmode": "ack_requeue_false", "encoding": "auto" })))
+            .await?
+            .json()
+            .await?;
+        Ok(v.as_array().map_or(0, Vec::len))
+    }
+
+    pub async fn purge(&self) -> Result<()> {
+        for q in QUEUES {
+            self.call(reqwest::Method::DELETE, &format!("/api/queues/canopsis/{q}/contents"), None).await?;
+        }
+        Ok(())
+    }
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The `[endpoints.rabbitmq]` of canup.toml for this broker, with the password in `secret`.
+pub fn endpoint_toml(secret: &Path) -> Result<String> {
+    std::fs::write(secret, format!("{PASSWORD}\n"))?;
+    Ok(format!("[endpoints.rabbitmq]\nurl = \"{MANAGEMENT}\"\nusername = \"{USER}\"\npassword_file = \"{}\"\n", secret.display()))
+}

@@ -1,0 +1,177 @@
+//! The steps that talk to RabbitMQ, against a real `rabbitmq-server` (started by
+//! `cargo xtask test`), and the broadcast message against a loopback Canopsis API.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::{HeaderMap, Method as HttpMethod, StatusCode, Uri, header};
+use axum::response::IntoResponse;
+use canup::audit::Decision;
+use canup::capabilities::http::{Endpoint, Endpoints};
+use canup::manifest::{Edition, Method};
+use canup::sandbox::Sandbox;
+use canup_tests::rabbitmq::{Admin, MANAGEMENT, PASSWORD, USER};
+use canup_tests::serve;
+use canup_tests::steprun::{self, Setting};
+use semver::Version;
+use tokio::sync::Mutex as AsyncMutex;
+
+/// The tests share one broker (and its `canopsis` vhost): one at a time.
+static BROKER: AsyncMutex<()> = AsyncMutex::const_new(());
+
+fn endpoint(url: &str, user: &str, secret: &std::path::Path, password: &str) -> Endpoint {
+    std::fs::write(secret, password).unwrap();
+    Endpoint { url: url.into(), username: Some(user.into()), password_file: Some(secret.into()), password_env: None, token_file: None, token_env: None }
+}
+
+fn setting(dir: &std::path::Path, installed: &str, target: &str, settings: &[(&str, &str)]) -> Setting {
+    let endpoints: Endpoints = BTreeMap::from([("rabbitmq".to_owned(), endpoint(MANAGEMENT, USER, &dir.join("rabbitmq.pw"), PASSWORD))]);
+    Setting {
+        installed: Version::parse(installed).unwrap(),
+        target: Version::parse(target).unwrap(),
+        release: Version::parse(target).unwrap(),
+        edition: Edition::Core,
+        method: Method::Packages,
+        endpoints,
+        settings: settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unbind_removes_the_engine_che_binding_and_a_second_run_is_a_no_op() {
+    let _one = BROKER.lock().await;
+    let admin = Admin::new();
+    admin.setup_canopsis().await.unwrap();
+    assert!(admin.bound_queues().await.unwrap().contains(&"Engine_che".to_owned()));
+    let dir = tempfile::tempdir().unwrap();
+    let sandbox = Sandbox::new(None).unwrap();
+    let (step, loaded, _) = steprun::load(&sandbox, "canopsis-3.39.0", "3.39.0/unbind-che").unwrap();
+    let s = setting(dir.path(), "3.38.0", "3.39.0", &[]);
+    let (first, audit) = steprun::run(&sandbox, &loaded, &step, dir.path(), &dir.path().join("state"), &s).await;
+    assert_eq!(first.result, Ok(()), "{}", first.stderr.text());
+    assert!(!admin.bound_queues().await.unwrap().contains(&"Engine_che".to_owned()), "still bound");
+    assert!(audit.iter().any(|r| r.args["method"] == "DELETE" && r.decision == Decision::Allowed));
+    let (second, audit) = steprun::run(&sandbox, &loaded, &step, dir.path(), &dir.path().join("state"), &s).await;
+    assert_eq!(second.result, Ok(()));
+    assert!(!audit.iter().any(|r| r.args["method"] == "DELETE"), "the second run deleted something: {audit:#?}");
+    admin.bind_che().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_waits_for_a_consumer_to_empty_a_backlog_of_10000_messages() {
+    let _one = BROKER.lock().await;
+    let admin = Admin::new();
+    admin.setup_canopsis().await.unwrap();
+    admin.purge().await.unwrap();
+    admin.publish("Engine_axe", 10_000).await.unwrap();
+    // The queue statistics the step reads lag a little behind publishing.
+    let dir = tempfile::tempdir().unwrap();
+    let sandbox = Sandbox::new(None).unwrap();
+    let (step, loaded, _) = steprun::load(&sandbox, "drain", "drain/queues").unwrap();
+    let s = setting(dir.path(), "3.39.0", "3.40.0", &[("drain_timeout_seconds", "120"), ("drain_poll_ms", "300")]);
+    let consumer = tokio::spawn(async move {
+        let admin = Admin::new();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let mut taken = 0;
+        while taken < 10_000 {
+            let n = admin.consume("Engine_axe", 1000).await.unwrap();
+            taken += n;
+            if n == 0 {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        taken
+    });
+    let (report, audit) = steprun::run(&sandbox, &loaded, &step, dir.path(), &dir.path().join("state"), &s).await;
+    assert_eq!(consumer.await.unwrap(), 10_000);
+    assert_eq!(report.result, Ok(()), "{}", report.stderr.text());
+    assert!(audit.iter().filter(|r| r.capability == "http").count() >= 2, "the step polled more than once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_times_out_naming_the_loaded_queues() {
+    let _one = BROKER.lock().await;
+    let admin = Admin::new();
+    admin.setup_canopsis().await.unwrap();
+    admin.purge().await.unwrap();
+    admin.publish("Engine_axe", 5).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(6)).await; // statistics refresh every 5 s
+    let dir = tempfile::tempdir().unwrap();
+    let sandbox = Sandbox::new(None).unwrap();
+    let (step, loaded, _) = steprun::load(&sandbox, "drain", "drain/queues").unwrap();
+    let s = setting(dir.path(), "3.39.0", "3.40.0", &[("drain_timeout_seconds", "2"), ("drain_poll_ms", "500")]);
+    let (report, _) = steprun::run(&sandbox, &loaded, &step, dir.path(), &dir.path().join("state"), &s).await;
+    let err = report.result.unwrap_err().to_string();
+    assert!(err.contains("did not drain within 2 s: Engine_axe (5 messages)"), "{err}");
+    admin.purge().await.unwrap();
+}
+
+type Seen = Arc<Mutex<Vec<(String, String, Option<String>, String)>>>;
+
+async fn fake_canopsis_api() -> (String, Seen) {
+    let seen: Seen = Arc::default();
+    let log = seen.clone();
+    let handler = move |method: HttpMethod, uri: Uri, headers: HeaderMap, body: String| {
+        let log = log.clone();
+        async move {
+            let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
+            log.lock().unwrap().push((method.to_string(), uri.path().to_owned(), auth.clone(), body));
+            if auth.as_deref() != Some("Basic cm9vdDpyb290cHc=") {
+                return StatusCode::UNAUTHORIZED.into_response();
+            }
+            match method {
+                HttpMethod::GET => r#"{"data":[{"_id":"b-42","message":"Upgrade tonight"},{"_id":"other","message":"Someone else's"}]}"#.into_response(),
+                _ => (StatusCode::OK, "{}").into_response(),
+            }
+        }
+    };
+    (format!("http://{}", serve(Router::new().fallback(handler)).await), seen)
+}
+
+fn api_setting(dir: &std::path::Path, url: &str, installed: &str, target: &str) -> Setting {
+    let mut s = setting(dir, installed, target, &[("broadcast_message", "Upgrade tonight")]);
+    s.endpoints.insert("canopsis-api".into(), endpoint(url, "root", &dir.join("api.pw"), "rootpw"));
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broadcast_uses_the_api_of_the_installed_version_and_is_withdrawn_after() {
+    let (url, seen) = fake_canopsis_api().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sandbox = Sandbox::new(None).unwrap();
+    let (announce, announce_module, _) = steprun::load(&sandbox, "broadcast", "broadcast/announce").unwrap();
+    let (withdraw, withdraw_module, _) = steprun::load(&sandbox, "broadcast", "broadcast/withdraw").unwrap();
+
+    // 3.39.0 has no broadcast messages: nothing is sent.
+    let (r, _) = steprun::run(&sandbox, &announce_module, &announce, dir.path(), &dir.path().join("s"), &api_setting(dir.path(), &url, "3.39.0", "3.40.0")).await;
+    assert_eq!(r.result, Ok(()));
+    assert!(seen.lock().unwrap().is_empty());
+
+    // 3.40.0: API v2.
+    let (r, _) = steprun::run(&sandbox, &announce_module, &announce, dir.path(), &dir.path().join("s"), &api_setting(dir.path(), &url, "3.40.0", "3.40.0")).await;
+    assert_eq!(r.result, Ok(()), "{}", r.stderr.text());
+    // 4.5.4: API v4, then withdrawn after the upgrade to 4.5.7.
+    let (r, _) = steprun::run(&sandbox, &announce_module, &announce, dir.path(), &dir.path().join("s"), &api_setting(dir.path(), &url, "4.5.4", "4.5.7")).await;
+    assert_eq!(r.result, Ok(()));
+    let (r, _) = steprun::run(&sandbox, &withdraw_module, &withdraw, dir.path(), &dir.path().join("s"), &api_setting(dir.path(), &url, "4.5.4", "4.5.7")).await;
+    assert_eq!(r.result, Ok(()), "{}", r.stderr.text());
+
+    let seen = seen.lock().unwrap().clone();
+    let calls: Vec<(&str, &str)> = seen.iter().map(|(m, p, _, _)| (m.as_str(), p.as_str())).collect();
+    assert_eq!(
+        calls,
+        [
+            ("POST", "/api/v2/broadcast-message"),
+            ("POST", "/api/v4/broadcast-message"),
+            ("GET", "/api/v4/broadcast-message"),
+            ("DELETE", "/api/v4/broadcast-message/b-42"),
+        ]
+    );
+    assert!(seen.iter().all(|(_, _, auth, _)| auth.as_deref() == Some("Basic cm9vdDpyb290cHc=")), "credentials injected by canup");
+    let body: serde_json::Value = serde_json::from_str(&seen[1].3).unwrap();
+    assert_eq!(body["message"], "Upgrade tonight");
+    assert_eq!(body["color"], "#e75e40");
+    assert_eq!(body["end"].as_u64().unwrap() - body["start"].as_u64().unwrap(), 3600);
+}
