@@ -39,7 +39,7 @@ async fn host_with_policy(spec: Spec, policy: &str) -> Host {
     let repo = repository();
     let url = serve_repo(repo.clone(), Control::default()).await;
     // 3.39.0 unbinds Engine_che and the verify phase watches the queues: a real RabbitMQ.
-    Admin::new().setup_canopsis().await.unwrap();
+    Admin::new().setup_canopsis_once().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let sim = SimHost::create(&dir.path().join("root"), &spec, Path::new(STUB)).unwrap();
     let config = dir.path().join("canup.toml");

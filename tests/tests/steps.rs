@@ -40,7 +40,7 @@ async fn every_step_changes_nothing_when_run_a_second_time() {
     let repo = Repository::open(repo_dir.to_str().unwrap(), &root, &dir.path().join("cache"), &LoadOptions::default()).await.unwrap();
     let index = repo.index().await.unwrap();
     let sandbox = Sandbox::new(None).unwrap();
-    canup_tests::rabbitmq::Admin::new().setup_canopsis().await.unwrap();
+    canup_tests::rabbitmq::Admin::new().setup_canopsis_once().await.unwrap();
     let secret = dir.path().join("rabbitmq.pw");
     std::fs::write(&secret, canup_tests::rabbitmq::PASSWORD).unwrap();
     let endpoints = std::collections::BTreeMap::from([(

@@ -168,9 +168,14 @@ impl RabbitMq {
         chown.args(["-R", "rabbitmq:rabbitmq"]).arg(&dir);
         let _ = chown.status();
         let log = std::fs::File::create(dir.join("server.out"))?;
-        let child = Command::new("rabbitmq-server").envs(env.iter().map(|(k, v)| (k, v))).stdout(log.try_clone()?).stderr(log).spawn().context("starting rabbitmq-server")?;
+        let mut child = Command::new("rabbitmq-server").envs(env.iter().map(|(k, v)| (k, v))).stdout(log.try_clone()?).stderr(log).spawn().context("starting rabbitmq-server")?;
         let started = std::time::Instant::now();
         while !management_listening() {
+            if let Some(status) = child.try_wait()? {
+                let out = std::fs::read_to_string(dir.join("server.out")).unwrap_or_default();
+                let tail: Vec<&str> = out.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect();
+                bail!("rabbitmq-server exited ({status}) before opening 127.0.0.1:15672:\n{}", tail.join("\n"));
+            }
             if started.elapsed() > std::time::Duration::from_secs(90) {
                 bail!("rabbitmq-server did not open 127.0.0.1:15672 within 90 s; see {}", dir.join("server.out").display());
             }
@@ -229,7 +234,7 @@ fn demo() -> Result<()> {
 
     let _rabbitmq = RabbitMq::start()?;
     let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(canup_tests::rabbitmq::Admin::new().setup_canopsis())?;
+    runtime.block_on(canup_tests::rabbitmq::Admin::new().setup_canopsis_once())?;
     let url = runtime.block_on(canup_tests::repo_server::serve_repo(repo.clone(), Default::default()));
     let config = demo.join("canup.toml");
     std::fs::write(
