@@ -5,21 +5,16 @@
 //! attack brought.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
-use canup::audit::AuditLog;
-use canup::backup::Backups;
-use canup::capabilities::Grant;
-use canup::config::StepLimits;
 use canup::manifest::{Edition, Method};
 use canup::repository::vendor::{self, Expiry, RoleKeyFiles};
 use canup::repository::{Index, LoadOptions, Repository};
-use canup::sandbox::{Sandbox, StepContext, StepEnv};
-use canup::sysroot::Sysroot;
-use canup::ui::ConsoleUi;
+use canup::sandbox::Sandbox;
 use canup_tests::simhost::{SimHost, Spec};
 use canup_tests::repo_server::{Control, Fault, serve_repo};
+use canup_tests::steprun::{self, Setting};
 use canup_tests::{canup_bin, publish_steps, target_dir};
 use semver::Version;
 
@@ -118,29 +113,17 @@ impl Case {
             for step in release.steps.iter().filter(|s| s.manifest.methods.contains(&Method::Packages) && s.manifest.id.starts_with("3.40.0/")) {
                 let wasm = repo.module(step).await.map_err(|e| e.to_string())?;
                 let loaded = sandbox.load(&step.manifest.id, &wasm, &step.api).map_err(|e| e.to_string())?;
-                let caps = &step.manifest.capabilities;
-                let env = StepEnv {
-                    grant: Grant::new(&step.manifest.id, caps, caps).unwrap(),
-                    sysroot: Sysroot::new(self.sim.root()).unwrap(),
-                    endpoints: Arc::default(),
-                    backups: Backups::open(&self.cache.join("state"), "run").unwrap(),
-                    audit: Arc::new(AuditLog::in_memory("run")),
-                    ui: Arc::new(ConsoleUi::default()),
-                    context: StepContext {
-                        step_id: step.manifest.id.clone(),
-                        phase: step.manifest.phase,
-                        installed: Version::new(3, 39, 0),
-                        target: release.version.clone(),
-                        release: release.version.clone(),
-                        edition: Some(Edition::Core),
-                        method: Some(Method::Packages),
-                        dry_run: false,
-                    },
-                    limits: StepLimits::default(),
-                    recorded: Arc::default(),
-                    settings: Arc::default(),
+                let setting = Setting {
+                    installed: Version::new(3, 39, 0),
+                    target: release.version.clone(),
+                    release: release.version.clone(),
+                    edition: Edition::Core,
+                    method: Method::Packages,
+                    endpoints: Default::default(),
+                    settings: Default::default(),
                 };
-                sandbox.run(&loaded, env).await.result.map_err(|e| e.to_string())?;
+                let (report, _) = steprun::run(&sandbox, &loaded, &step.manifest, self.sim.root(), &self.cache.join("state"), &setting).await;
+                report.result.map_err(|e| e.to_string())?;
                 ran += 1;
             }
         }

@@ -5,18 +5,12 @@
 //! documented behaviour of those commands, not a change of state.
 
 use std::path::Path;
-use std::sync::Arc;
 
-use canup::audit::AuditLog;
-use canup::backup::Backups;
-use canup::capabilities::Grant;
-use canup::config::StepLimits;
-use canup::manifest::{Edition, Method, Phase};
+use canup::manifest::{Edition, Method};
 use canup::repository::{LoadOptions, Repository};
-use canup::sandbox::{Sandbox, StepContext, StepEnv};
-use canup::sysroot::Sysroot;
-use canup::ui::ConsoleUi;
+use canup::sandbox::Sandbox;
 use canup_tests::simhost::{self, SimHost, Spec};
+use canup_tests::steprun::{self, Setting};
 use canup_tests::{canup_bin, publish_steps, target_dir};
 use semver::Version;
 
@@ -67,31 +61,18 @@ async fn every_step_changes_nothing_when_run_a_second_time() {
                 let sim = SimHost::create(&dir.path().join(format!("sim-{checked}")), &spec, Path::new(STUB)).unwrap();
                 let wasm = repo.module(step).await.unwrap();
                 let loaded = sandbox.load(&step.manifest.id, &wasm, &step.api).unwrap();
+                let setting = Setting {
+                    installed: Version::parse(installed).unwrap(),
+                    target: release.version.clone(),
+                    release: release.version.clone(),
+                    edition: Edition::Cat,
+                    method,
+                    endpoints: endpoints.clone(),
+                    settings: [("drain_timeout_seconds".to_owned(), "20".to_owned())].into(),
+                };
                 let mut after = Vec::new();
                 for attempt in 0..2 {
-                    let caps = &step.manifest.capabilities;
-                    let env = StepEnv {
-                        grant: Grant::new(&step.manifest.id, caps, caps).unwrap(),
-                        sysroot: Sysroot::new(sim.root()).unwrap(),
-                        endpoints: Arc::new(endpoints.clone()),
-                        backups: Backups::open(&dir.path().join("state"), &format!("run-{checked}")).unwrap(),
-                        audit: Arc::new(AuditLog::in_memory("idempotence")),
-                        ui: Arc::new(ConsoleUi { assume_yes: true, accept_manual: true, min_level: Some(canup::ui::Level::Warn) }),
-                        context: StepContext {
-                            step_id: step.manifest.id.clone(),
-                            phase: step.manifest.phase,
-                            installed: Version::parse(installed).unwrap(),
-                            target: release.version.clone(),
-                            release: release.version.clone(),
-                            edition: (step.manifest.phase != Phase::Detect).then_some(Edition::Cat),
-                            method: (step.manifest.phase != Phase::Detect).then_some(method),
-                            dry_run: false,
-                        },
-                        limits: StepLimits::default(),
-                        recorded: Arc::default(),
-                        settings: Arc::new([("drain_timeout_seconds".to_owned(), "20".to_owned())].into()),
-                    };
-                    let report = sandbox.run(&loaded, env).await;
+                    let (report, _) = steprun::run(&sandbox, &loaded, &step.manifest, sim.root(), &dir.path().join(format!("state-{checked}")), &setting).await;
                     assert_eq!(report.result, Ok(()), "step {} ({method}), run {}: {}", step.manifest.id, attempt + 1, report.stderr.text());
                     after.push(state(&sim));
                 }
