@@ -188,6 +188,39 @@ pub fn remove_unit_option(path: &str, option: &str) -> Result<bool> {
     }
 }
 
+/// Sets `KEY=value` in a `.env`-style file's text, keeping every other line as it was (an
+/// existing `KEY=` line is replaced in place, a missing one appended). `None` when `KEY`
+/// already has that value.
+pub fn set_env_value_text(text: &str, key: &str, value: &str) -> Option<String> {
+    let mut found = false;
+    let mut changed = false;
+    let mut out: Vec<String> = text
+        .lines()
+        .map(|l| match l.split_once('=') {
+            Some((k, v)) if k.trim() == key => {
+                found = true;
+                changed |= v.trim() != value;
+                format!("{key}={value}")
+            }
+            _ => l.to_owned(),
+        })
+        .collect();
+    if !found {
+        out.push(format!("{key}={value}"));
+        changed = true;
+    }
+    changed.then(|| out.join("\n") + "\n")
+}
+
+/// [`set_env_value_text`] on a file; `Ok(true)` when it changed.
+pub fn set_env_value(path: &str, key: &str, value: &str) -> Result<bool> {
+    let text = fs::read_to_string(path)?;
+    match set_env_value_text(&text, key, value) {
+        Some(new) => fs::write(path, new).map(|()| true),
+        None => Ok(false),
+    }
+}
+
 /// Where Canopsis packages put the MongoDB migration scripts.
 pub const MONGO_MIGRATIONS: &str = "/opt/canopsis/share/migrations/mongodb";
 
@@ -281,6 +314,15 @@ mod tests {
         assert!(added.starts_with(text), "{added}");
         assert!(added.contains("[Canopsis.alarm]\nCancelAutosolveDelay = \"1h\"\n"), "{added}");
         assert!(set_toml_key_text("a = 1\n", &["a", "b"], 1).unwrap_err().message.contains("a is not a table"));
+    }
+
+    #[test]
+    fn env_value_replaced_in_place_or_appended_once() {
+        let env = "COMPOSE_PROJECT_NAME=canopsis\nCANOPSIS_IMAGE_TAG=3.38.0\n# comment\n";
+        let out = set_env_value_text(env, "CANOPSIS_IMAGE_TAG", "3.40.0").unwrap();
+        assert_eq!(out, "COMPOSE_PROJECT_NAME=canopsis\nCANOPSIS_IMAGE_TAG=3.40.0\n# comment\n");
+        assert_eq!(set_env_value_text(&out, "CANOPSIS_IMAGE_TAG", "3.40.0"), None);
+        assert_eq!(set_env_value_text(&out, "REDIS_TAG", "5.0.8-buster").unwrap(), format!("{out}REDIS_TAG=5.0.8-buster\n"));
     }
 
     #[test]

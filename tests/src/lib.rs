@@ -56,7 +56,7 @@ pub fn process_alive(pid: i32) -> bool {
 /// published steps may use. Used by the demo and the end-to-end tests.
 pub const OPERATOR_POLICY: &str = r#"[policy.fs]
 read = ["/opt/canopsis/**", "/etc/systemd/system", "/etc/systemd/system/**"]
-write = ["/opt/canopsis/etc/**", "/opt/canopsis/docker/.env", "/etc/systemd/system/canopsis*/*.conf"]
+write = ["/opt/canopsis/etc/**", "/opt/canopsis/docker/.env", "/opt/canopsis/docker/docker-compose.yml", "/etc/systemd/system/canopsis*/*.conf"]
 
 [[policy.exec]]
 program = "/usr/bin/rpm"

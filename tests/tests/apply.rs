@@ -192,9 +192,13 @@ async fn a_compose_install_updates_the_image_tag_and_restarts_the_stack() {
     let h = host(Spec { version: "3.38.0".into(), edition: Edition::Core, method: Method::Compose }).await;
     let out = h.run(&["apply", "--to", "3.40.0", "--yes", "--accept-manual"]);
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(h.changes(), ["docker-compose up -d"]);
+    // The standard update, then 3.39.0's Compose changes restart the stack once more.
+    assert_eq!(h.changes(), ["docker-compose up -d", "docker-compose up -d"]);
     let env = h.sim.read("/opt/canopsis/docker/.env").unwrap();
-    assert!(env.contains("CANOPSIS_IMAGE_TAG=3.40.0") && env.contains("REDIS_TAG=3.2.12") && env.contains("COMPOSE_PROJECT_NAME=canopsis"), "{env}");
+    assert!(env.contains("CANOPSIS_IMAGE_TAG=3.40.0") && env.contains("REDIS_TAG=5.0.8-buster") && env.contains("COMPOSE_PROJECT_NAME=canopsis"), "{env}");
+    let yml = h.sim.read("/opt/canopsis/docker/docker-compose.yml").unwrap();
+    assert!(yml.contains("services:\n  fifo:\n    image: canopsis/engine-fifo:${CANOPSIS_IMAGE_TAG}\n"), "{yml}");
+    assert!(yml.contains("    command: /engine-che\n") && !yml.contains("alwaysFlushEntities"), "{yml}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
