@@ -115,6 +115,8 @@ async fn main() -> Result<()> {
     }
     rows.push(Row { figure: "step start: from the compiled cache".into(), value: median(cached), goal: Some(Duration::from_millis(3)) });
 
+    host_call_rows(&mut rows, work.path()).await?;
+
     println!("| figure | median | goal | ratio to goal |");
     println!("| --- | --- | --- | --- |");
     for r in &rows {
@@ -126,5 +128,85 @@ async fn main() -> Result<()> {
     }
     let (c, w) = (rows[0].value.as_secs_f64(), rows[1].value.as_secs_f64());
     println!("\ncold / warm: {:.1}x; compile / cached start: {:.1}x", c / w, rows[2].value.as_secs_f64() / rows[3].value.as_secs_f64());
+    let exec_ratio = rows[5].value.as_secs_f64() / rows[6].value.as_secs_f64();
+    println!("exec through the capability / std::process::Command: {exec_ratio:.2} (goal ≤ 1.05{})", if exec_ratio <= 1.05 { "" } else { ", missed" });
+    println!("4 KB read through fs / std::fs::read: {:.1}x", rows[7].value.as_secs_f64() / rows[8].value.as_secs_f64());
+    Ok(())
+}
+
+/// Step start and host-call overhead, with the probe module's benchmark steps.
+async fn host_call_rows(rows: &mut Vec<Row>, work: &Path) -> Result<()> {
+    use canup::capabilities::{CapabilitySet, ExecRule, FsRules};
+    use canup::manifest::{Edition, Method, Phase, StepManifest};
+    use canup_tests::steprun::{self, Setting};
+    let root = work.join("sysroot");
+    std::fs::create_dir_all(root.join("bin"))?;
+    std::fs::create_dir_all(root.join("opt/canopsis/etc"))?;
+    std::fs::copy("/bin/true", root.join("bin/true"))?;
+    std::fs::write(root.join("opt/canopsis/etc/bench-4k"), vec![b'x'; 4096])?;
+    let sandbox = Sandbox::new(Some(&work.join("compiled-probe")))?;
+    let wasm = std::fs::read(guest_wasm("probe"))?;
+    let manifest = |id: &str| StepManifest {
+        id: id.into(),
+        phase: Phase::PostUpdate,
+        order: 0,
+        methods: vec![Method::Packages],
+        editions: vec![Edition::Core],
+        description: String::new(),
+        capabilities: CapabilitySet {
+            exec: vec![ExecRule { program: "/bin/true".into(), args: vec![], env: vec![], users: vec![], readonly: false }],
+            fs: FsRules { read: vec!["/opt/canopsis/etc/bench-4k".into()], write: vec![] },
+            http: vec![],
+        },
+    };
+    let setting = Setting {
+        installed: Version::new(3, 39, 0),
+        target: Version::new(3, 40, 0),
+        release: Version::new(3, 40, 0),
+        edition: Edition::Core,
+        method: Method::Packages,
+        endpoints: Default::default(),
+        settings: Default::default(),
+    };
+    let state = work.join("state");
+    let timed = |id: &'static str, n: usize| {
+        let (sandbox, wasm, root, state, setting) = (&sandbox, &wasm, &root, &state, &setting);
+        let step = manifest(id);
+        async move {
+            let loaded = sandbox.load(id, wasm, &STEP_API)?;
+            let mut v = Vec::new();
+            for _ in 0..n {
+                let t = Instant::now();
+                let (report, _) = steprun::run(sandbox, &loaded, &step, root, state, setting).await;
+                v.push(t.elapsed());
+                anyhow::ensure!(report.result.is_ok(), "{id}: {:?}", report.result);
+            }
+            Ok::<_, anyhow::Error>(median(v))
+        }
+    };
+    let empty = timed("empty", 50).await?;
+    rows.push(Row { figure: "step: instantiate + call of an empty step".into(), value: empty, goal: None });
+    let exec = timed("exec-true-100", 5).await?;
+    let mut direct = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        for _ in 0..100 {
+            std::process::Command::new("/bin/true").output()?;
+        }
+        direct.push(t.elapsed());
+    }
+    rows.push(Row { figure: "exec of /bin/true through the capability (per call)".into(), value: exec.saturating_sub(empty) / 100, goal: None });
+    rows.push(Row { figure: "std::process::Command of /bin/true (per call)".into(), value: median(direct) / 100, goal: None });
+    let read = timed("read-4k-1000", 5).await?;
+    let mut direct = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        for _ in 0..1000 {
+            std::hint::black_box(std::fs::read(root.join("opt/canopsis/etc/bench-4k"))?);
+        }
+        direct.push(t.elapsed());
+    }
+    rows.push(Row { figure: "4 KB read through fs (per call)".into(), value: read.saturating_sub(empty) / 1000, goal: Some(Duration::from_micros(20)) });
+    rows.push(Row { figure: "std::fs::read of 4 KB (per call)".into(), value: median(direct) / 1000, goal: None });
     Ok(())
 }

@@ -37,6 +37,9 @@ canup_sdk::export_step! {
     "wall-time" => wall_time,
     "panic" => panic,
     "sleepy" => sleepy,
+    "empty" => empty,
+    "exec-true-100" => exec_true_100,
+    "read-4k-1000" => read_4k_1000,
 }
 
 fn allowed_exec(_: &Context) -> Result<()> {
@@ -243,5 +246,27 @@ fn sleepy(_: &Context) -> Result<()> {
         std::thread::sleep(Duration::from_millis(400));
     }
     println!("slept 1.2 s");
+    Ok(())
+}
+
+/// For the benchmark: the cost of a step that does nothing.
+fn empty(_: &Context) -> Result<()> {
+    Ok(())
+}
+
+/// For the benchmark: 100 host `exec` calls of `/bin/true`.
+fn exec_true_100(_: &Context) -> Result<()> {
+    for _ in 0..100 {
+        Command::new("/bin/true").run()?;
+    }
+    Ok(())
+}
+
+/// For the benchmark: 1000 reads of a 4 KB file through the `fs` capability.
+fn read_4k_1000(_: &Context) -> Result<()> {
+    for _ in 0..1000 {
+        let data = fs::read("/opt/canopsis/etc/bench-4k")?;
+        std::hint::black_box(data);
+    }
     Ok(())
 }
