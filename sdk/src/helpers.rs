@@ -142,13 +142,19 @@ pub fn set_toml_key_text(text: &str, keys: &[&str], value: impl Into<toml_edit::
     Ok(Some(doc.to_string()))
 }
 
-/// [`set_toml_key_text`] on a file; `Ok(true)` when it changed.
-pub fn set_toml_key(path: &str, keys: &[&str], value: impl Into<toml_edit::Value>) -> Result<bool> {
+/// Applies `edit` to a file's text and writes the file back only when the edit changed
+/// something; `Ok(true)` then.
+fn edit_file(path: &str, edit: impl FnOnce(&str) -> Result<Option<String>>) -> Result<bool> {
     let text = fs::read_to_string(path)?;
-    match set_toml_key_text(&text, keys, value).map_err(|e| e.context(path))? {
+    match edit(&text).map_err(|e| e.context(path))? {
         Some(new) => fs::write(path, new).map(|()| true),
         None => Ok(false),
     }
+}
+
+/// [`set_toml_key_text`] on a file; `Ok(true)` when it changed.
+pub fn set_toml_key(path: &str, keys: &[&str], value: impl Into<toml_edit::Value>) -> Result<bool> {
+    edit_file(path, |text| set_toml_key_text(text, keys, value))
 }
 
 /// Removes a command-line option (`-alwaysFlushEntities`, also written
@@ -181,11 +187,7 @@ pub fn remove_unit_option_text(text: &str, option: &str) -> Option<String> {
 
 /// [`remove_unit_option_text`] on a file; `Ok(true)` when it changed.
 pub fn remove_unit_option(path: &str, option: &str) -> Result<bool> {
-    let text = fs::read_to_string(path)?;
-    match remove_unit_option_text(&text, option) {
-        Some(new) => fs::write(path, new).map(|()| true),
-        None => Ok(false),
-    }
+    edit_file(path, |text| Ok(remove_unit_option_text(text, option)))
 }
 
 /// Sets `KEY=value` in a `.env`-style file's text, keeping every other line as it was (an
@@ -214,11 +216,7 @@ pub fn set_env_value_text(text: &str, key: &str, value: &str) -> Option<String> 
 
 /// [`set_env_value_text`] on a file; `Ok(true)` when it changed.
 pub fn set_env_value(path: &str, key: &str, value: &str) -> Result<bool> {
-    let text = fs::read_to_string(path)?;
-    match set_env_value_text(&text, key, value) {
-        Some(new) => fs::write(path, new).map(|()| true),
-        None => Ok(false),
-    }
+    edit_file(path, |text| Ok(set_env_value_text(text, key, value)))
 }
 
 /// Where Canopsis packages put the MongoDB migration scripts.
