@@ -106,6 +106,22 @@ impl Admin {
         Ok(v.as_array().map_or(0, Vec::len))
     }
 
+    /// Waits until the management statistics (refreshed every few seconds) show `count`
+    /// messages in `queue`: what the drain step reads.
+    pub async fn wait_for_messages(&self, queue: &str, count: u64) -> Result<()> {
+        let start = std::time::Instant::now();
+        loop {
+            let v: serde_json::Value = self.call(reqwest::Method::GET, &format!("/api/queues/canopsis/{queue}"), None).await?.json().await?;
+            if v["messages"].as_u64() == Some(count) {
+                return Ok(());
+            }
+            if start.elapsed() > std::time::Duration::from_secs(60) {
+                bail!("RabbitMQ statistics never showed {count} messages in {queue}: {v}");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+    }
+
     pub async fn purge(&self) -> Result<()> {
         for q in QUEUES {
             self.call(reqwest::Method::DELETE, &format!("/api/queues/canopsis/{q}/contents"), None).await?;

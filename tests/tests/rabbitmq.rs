@@ -67,6 +67,7 @@ async fn drain_waits_for_a_consumer_to_empty_a_backlog_of_10000_messages() {
     admin.purge().await.unwrap();
     admin.publish("Engine_axe", 10_000).await.unwrap();
     // The queue statistics the step reads lag a little behind publishing.
+    admin.wait_for_messages("Engine_axe", 10_000).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let sandbox = Sandbox::new(None).unwrap();
     let (step, loaded, _) = steprun::load(&sandbox, "drain", "drain/queues").unwrap();
@@ -97,7 +98,7 @@ async fn drain_times_out_naming_the_loaded_queues() {
     admin.setup_canopsis().await.unwrap();
     admin.purge().await.unwrap();
     admin.publish("Engine_axe", 5).await.unwrap();
-    tokio::time::sleep(Duration::from_secs(6)).await; // statistics refresh every 5 s
+    admin.wait_for_messages("Engine_axe", 5).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let sandbox = Sandbox::new(None).unwrap();
     let (step, loaded, _) = steprun::load(&sandbox, "drain", "drain/queues").unwrap();
