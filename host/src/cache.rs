@@ -53,10 +53,6 @@ fn check_owned(path: &Path, meta: &fs::Metadata) -> Result<(), CacheError> {
     Ok(())
 }
 
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
-
 impl CompiledCache {
     pub fn open(dir: &Path, engine: &Engine) -> Result<Self, CacheError> {
         let io = |source| CacheError::Io { path: dir.display().to_string(), source };

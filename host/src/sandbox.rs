@@ -25,7 +25,8 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::audit::{AuditLog, Decision};
 use crate::backup::Backups;
-use crate::cache::{CompiledCache, sha256_hex};
+use crate::cache::CompiledCache;
+use crate::sha256_hex;
 use crate::capabilities::exec::ExecRequest;
 use crate::capabilities::fs::Access;
 use crate::capabilities::http::{Endpoints, HttpRequest};

@@ -233,7 +233,7 @@ pub async fn send(grant: &Grant, endpoints: &Endpoints, req: &HttpRequest, limit
         if e.is_timeout() {
             HttpError::Timeout { endpoint: name.to_owned(), after: limits.timeout }
         } else {
-            failed(error_chain(&e))
+            failed(crate::error_chain(&e))
         }
     };
     let resp = builder.send().await.map_err(map_err)?;
@@ -254,13 +254,3 @@ pub async fn send(grant: &Grant, endpoints: &Endpoints, req: &HttpRequest, limit
     Ok(HttpResponse { status, headers, body })
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}

@@ -17,11 +17,11 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
 use thiserror::Error;
 use tough::{ExpirationEnforcement, IntoVec, Limits, RepositoryLoader, TargetName};
 use url::Url;
 
+use crate::{error_chain, sha256_hex};
 pub use index::{Index, IndexStep, Release};
 pub use transport::ResumingTransport;
 
@@ -47,21 +47,6 @@ pub enum RepoError {
     Cache { path: String, source: std::io::Error },
     #[error(transparent)]
     Index(#[from] index::IndexError),
-}
-
-/// Every message in an error's source chain: tough wraps the telling part (which role
-/// expired, which hash mismatched) in a transport error.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let s = c.to_string();
-        if !parts.iter().any(|p| p.contains(&s)) {
-            parts.push(s);
-        }
-        cur = c.source();
-    }
-    parts.join(": ")
 }
 
 /// Where the repository's metadata and targets live.
@@ -113,10 +98,6 @@ pub struct Repository {
 
 fn cache_err(path: &Path) -> impl Fn(std::io::Error) -> RepoError + '_ {
     move |source| RepoError::Cache { path: path.display().to_string(), source }
-}
-
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
 }
 
 impl Repository {

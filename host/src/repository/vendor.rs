@@ -27,7 +27,7 @@ use tough::{ExpirationEnforcement, IntoVec, RepositoryLoader, TargetName};
 use url::Url;
 
 use super::index::{INDEX_FORMAT, INDEX_TARGET, Index, IndexStep, Release};
-use super::{error_chain, sha256_hex};
+use crate::{error_chain, sha256_hex};
 use crate::manifest::ReleaseSteps;
 
 #[derive(Debug, Error)]
