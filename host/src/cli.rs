@@ -183,6 +183,10 @@ pub enum RepoCommand {
         /// Publication date (YYYY-MM-DD); defaults to `published` in step.toml.
         #[arg(long)]
         published: Option<String>,
+        /// The release's data files for its steps to read (e.g. reference Compose files);
+        /// defaults to the `data/` directory beside step.toml when there is one.
+        #[arg(long)]
+        data: Option<PathBuf>,
         /// Signing keys (targets, snapshot, timestamp).
         #[arg(long = "key", required = true)]
         keys: Vec<PathBuf>,
@@ -534,7 +538,7 @@ async fn repo(config_path: &std::path::Path, repo_arg: Option<String>, trusted_a
             vendor::init(&dir, &keys, threshold, &expiry.expiry()).await.map_err(vendor_err)?;
             println!("initialised {} (root: {}/metadata/1.root.json)", dir.display(), dir.display());
         }
-        RepoCommand::AddRelease { dir, steps, module, includes, published, keys, expiry } => {
+        RepoCommand::AddRelease { dir, steps, module, includes, published, data, keys, expiry } => {
             let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("cannot read module {}", p.display())).map_err(usage);
             let release = ReleaseSteps::load(&steps).map_err(usage)?;
             let version = release.release.clone().ok_or_else(|| usage(anyhow::anyhow!("{} names no `release`", steps.display())))?;
@@ -558,7 +562,12 @@ async fn repo(config_path: &std::path::Path, repo_arg: Option<String>, trusted_a
             }
             let shared_refs: Vec<(&ReleaseSteps, &[u8])> = shared.iter().map(|(s, m)| (s, m.as_slice())).collect();
             let own = own_module.as_deref().map(|m| (&release, m));
-            vendor::add_release(&dir, &keys, &expiry.expiry(), &version, &published, own, &shared_refs).await.map_err(vendor_err)?;
+            let data_dir = data.or_else(|| steps.parent().map(|d| d.join("data")).filter(|d| d.is_dir()));
+            let files = match &data_dir {
+                Some(d) => vendor::read_data_dir(d).map_err(vendor_err)?,
+                None => Vec::new(),
+            };
+            vendor::add_release(&dir, &keys, &expiry.expiry(), &version, &published, own, &shared_refs, &files).await.map_err(vendor_err)?;
             println!("published release {version} in {}", dir.display());
         }
         RepoCommand::Withdraw { dir, release, reason, keys, expiry } => {
@@ -649,14 +658,8 @@ async fn step_run(config_path: &std::path::Path, sysroot: Option<&std::path::Pat
     let run = run_id("step-run");
     let audit = Arc::new(AuditLog::open(&state_dir.join("audit.jsonl"), &run).map_err(|e| usage(anyhow::anyhow!("audit log in {}: {e}", state_dir.display())))?);
     let backups = Backups::open(&state_dir, &run).map_err(|e| usage(anyhow::anyhow!("backups in {}: {e}", state_dir.display())))?;
-    let env = StepEnv {
-        grant,
-        sysroot,
-        endpoints: Arc::new(config.endpoints.clone()),
-        backups,
-        audit: audit.clone(),
-        ui: Arc::new(ConsoleUi { assume_yes: args.yes, accept_manual: args.accept_manual, min_level: None }),
-        context: StepContext {
+    let ui = Arc::new(ConsoleUi { assume_yes: args.yes, accept_manual: args.accept_manual, min_level: None });
+    let context = StepContext {
             step_id: manifest.id.clone(),
             phase: manifest.phase,
             installed: args.installed.clone(),
@@ -671,10 +674,19 @@ async fn step_run(config_path: &std::path::Path, sysroot: Option<&std::path::Pat
                 MethodArg::Compose => Method::Compose,
             }),
             dry_run: false,
-        },
+    };
+    // The release's data files sit in `data/` beside its step.toml, as `canup repo add-release` publishes them.
+    let data_dir = args.manifest.parent().map(|d| d.join("data")).filter(|d| d.is_dir());
+    let data = match &data_dir {
+        Some(d) => vendor::read_data_dir(d).map_err(usage)?.into_iter().collect(),
+        None => repository::ReleaseData::new(),
+    };
+    let env = StepEnv {
+        endpoints: Arc::new(config.endpoints.clone()),
         limits: config.limits.resolve(),
-        recorded: Arc::default(),
         settings: Arc::new(config.settings.clone()),
+        data: Arc::new(data),
+        ..StepEnv::new(grant, sysroot, backups, audit.clone(), ui, context)
     };
     let report = sandbox.run(&loaded, env).await;
     let records = audit.records();

@@ -178,7 +178,7 @@ mod tests {
             step(&format!("{v}/drain"), Phase::Verify, 0, &[Packages, Compose], &[Core, Cat]),
         ];
         steps.extend(extra);
-        Release { version: Version::parse(v).unwrap(), published: "2020-01-01".into(), withdrawn: None, steps }
+        Release { version: Version::parse(v).unwrap(), published: "2020-01-01".into(), withdrawn: None, steps, data: Vec::new() }
     }
 
     fn index() -> Index {

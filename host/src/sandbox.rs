@@ -33,6 +33,7 @@ use crate::capabilities::http::{Endpoints, HttpRequest};
 use crate::capabilities::{Denial, Grant, exec as cap_exec, fs as cap_fs, http as cap_http};
 use crate::config::StepLimits;
 use crate::manifest::{Edition, Method, Phase, STEP_API};
+use crate::repository::ReleaseData;
 use crate::sysroot::Sysroot;
 use crate::ui::{Level, Ui};
 
@@ -118,6 +119,28 @@ pub struct StepEnv {
     pub recorded: Arc<Mutex<Vec<String>>>,
     /// The operator's `[settings]`.
     pub settings: Arc<std::collections::BTreeMap<String, String>>,
+    /// The data files of the step's release (`context.data`).
+    pub data: Arc<ReleaseData>,
+}
+
+impl StepEnv {
+    /// What every caller (apply, `canup step run`, the tests) needs to give; the rest starts
+    /// empty (no endpoints, settings or data, default limits) and is set field by field.
+    pub fn new(grant: Grant, sysroot: Sysroot, backups: Backups, audit: Arc<AuditLog>, ui: Arc<dyn Ui>, context: StepContext) -> Self {
+        Self {
+            grant,
+            sysroot,
+            endpoints: Arc::default(),
+            backups,
+            audit,
+            ui,
+            context,
+            limits: StepLimits::default(),
+            recorded: Arc::default(),
+            settings: Arc::default(),
+            data: Arc::default(),
+        }
+    }
 }
 
 /// Why a step stopped without finishing.
@@ -585,6 +608,17 @@ impl wit::context::Host for StepState {
 
     async fn setting(&mut self, name: String) -> Option<String> {
         self.env.settings.get(&name).cloned()
+    }
+
+    async fn data_files(&mut self) -> Vec<String> {
+        self.env.data.keys().cloned().collect()
+    }
+
+    async fn data(&mut self, name: String) -> Result<Vec<u8>, WitError> {
+        self.env.data.get(&name).cloned().ok_or_else(|| {
+            let have = self.env.data.keys().cloned().collect::<Vec<_>>().join(", ");
+            wit_error(ErrorKind::NotFound, format!("release {} ships no data file {name:?} (it has: {})", self.env.context.release, if have.is_empty() { "none" } else { &have }))
+        })
     }
 }
 

@@ -2,7 +2,9 @@
 //! run the steps in order under the journal, resuming an interrupted run.
 //!
 //! Nothing runs before everything is known good: the plan is admitted against the policy and
-//! every module of it is fetched, verified and compiled before the first step starts.
+//! every module of it is fetched, verified and compiled before the first step starts. That
+//! work starts in the background as soon as the plan is known, so it overlaps with the
+//! operator reading the plan instead of adding to the service interruption.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -19,7 +21,7 @@ use crate::config::Config;
 use crate::journal::{self, ApplyLock, Event, Journal, JournalError, Outcome, PlannedRef};
 use crate::manifest::{Edition, Method, Phase};
 use crate::plan::{self, Plan, PlanError, PlannedStep};
-use crate::repository::{Index, IndexStep, LoadOptions, RepoError, Repository};
+use crate::repository::{Index, IndexStep, LoadOptions, ReleaseData, RepoError, Repository};
 use crate::sandbox::{Detected, LoadedStep, Sandbox, SandboxError, StepContext, StepEnv, StepReport};
 use crate::sysroot::Sysroot;
 use crate::ui::Ui;
@@ -72,9 +74,9 @@ pub struct Session {
     pub config: Config,
     pub sysroot: Sysroot,
     pub state_dir: PathBuf,
-    pub repo: Repository,
+    pub repo: Arc<Repository>,
     pub index: Index,
-    sandbox: Sandbox,
+    sandbox: Arc<Sandbox>,
     audit: Arc<AuditLog>,
 }
 
@@ -96,38 +98,34 @@ impl Session {
         let index = repo.index().await?;
         let sandbox = Sandbox::new(Some(&state_dir.join("cache/compiled")))?;
         let audit = Arc::new(AuditLog::open(&state_dir.join("audit.jsonl"), "canup").map_err(|e| UpgradeError::Other(format!("audit log in {}: {e}", state_dir.display())))?);
-        Ok(Self { config, sysroot, state_dir, repo, index, sandbox, audit })
+        Ok(Self { config, sysroot, state_dir, repo: Arc::new(repo), index, sandbox: Arc::new(sandbox), audit })
     }
 
     async fn load(&self, step: &IndexStep) -> Result<LoadedStep, UpgradeError> {
-        let wasm = self.repo.module(step).await?;
-        Ok(self.sandbox.load(&step.manifest.id, &wasm, &step.api)?)
+        load_step(&self.repo, &self.sandbox, step).await
     }
 
     #[allow(clippy::too_many_arguments)]
-    async fn run_step(&self, run: &str, loaded: &LoadedStep, step: &IndexStep, release: &Version, phase: Phase, installed: &Version, target: &Version, detected: Option<&Detected>, ui: Arc<dyn Ui>, dry_run: bool, recorded: &Arc<Mutex<Vec<String>>>) -> Result<StepReport, UpgradeError> {
+    async fn run_step(&self, run: &str, loaded: &LoadedStep, step: &IndexStep, release: &Version, data: Arc<ReleaseData>, phase: Phase, installed: &Version, target: &Version, detected: Option<&Detected>, ui: Arc<dyn Ui>, dry_run: bool, recorded: &Arc<Mutex<Vec<String>>>) -> Result<StepReport, UpgradeError> {
         let grant = Grant::new(&step.manifest.id, &step.manifest.capabilities, &self.config.policy).map_err(|e| UpgradeError::Other(e.to_string()))?;
         let backups = Backups::open(&self.state_dir, run).map_err(|e| UpgradeError::Other(format!("backups in {}: {e}", self.state_dir.display())))?;
+        let context = StepContext {
+            step_id: step.manifest.id.clone(),
+            phase,
+            installed: installed.clone(),
+            target: target.clone(),
+            release: release.clone(),
+            edition: detected.map(|d| d.edition),
+            method: detected.map(|d| d.method),
+            dry_run,
+        };
         let env = StepEnv {
-            grant,
-            sysroot: self.sysroot.clone(),
             endpoints: Arc::new(self.config.endpoints.clone()),
-            backups,
-            audit: self.audit.clone(),
-            ui,
-            context: StepContext {
-                step_id: step.manifest.id.clone(),
-                phase,
-                installed: installed.clone(),
-                target: target.clone(),
-                release: release.clone(),
-                edition: detected.map(|d| d.edition),
-                method: detected.map(|d| d.method),
-                dry_run,
-            },
             limits: self.config.limits.resolve(),
             recorded: recorded.clone(),
             settings: Arc::new(self.config.settings.clone()),
+            data,
+            ..StepEnv::new(grant, self.sysroot.clone(), backups, self.audit.clone(), ui, context)
         };
         Ok(self.sandbox.run(loaded, env).await)
     }
@@ -148,7 +146,7 @@ impl Session {
         let mut detected = None;
         for step in steps {
             let loaded = self.load(step).await?;
-            let report = self.run_step("detect", &loaded, step, &release.version, Phase::Detect, &unknown, &unknown, None, ui.clone(), false, &Arc::default()).await?;
+            let report = self.run_step("detect", &loaded, step, &release.version, Arc::default(), Phase::Detect, &unknown, &unknown, None, ui.clone(), false, &Arc::default()).await?;
             if let Err(e) = &report.result {
                 return Err(UpgradeError::Detect(format!("step {}: {e}", step.manifest.id)));
             }
@@ -221,18 +219,20 @@ pub async fn apply(session: &Session, options: &ApplyOptions, progress: Arc<dyn 
     };
     let fresh = done.is_empty() && !events.iter().any(|e| matches!(e, Event::RunStarted { run: r, .. } if r == &run));
     let remaining: Vec<&PlannedStep> = plan.steps.iter().filter(|p| !done.contains(&p.step.manifest.id)).collect();
+    // Fetching and compiling start now, while the operator reads the plan.
+    let prefetch = Prefetch::start(session, &remaining);
     // The plan is always shown; `confirm` asks unless the operator said --yes.
-    if !confirm(&plan, &done) {
+    let confirmed = match tokio::runtime::Handle::current().runtime_flavor() {
+        // Reading the answer blocks this worker; let the other workers take over the fetches.
+        tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(|| confirm(&plan, &done)),
+        _ => confirm(&plan, &done),
+    };
+    if !confirmed {
+        prefetch.abort();
         return Err(UpgradeError::Declined);
     }
-
-    // Every module is fetched, verified and compiled before anything runs.
-    let mut loaded: HashMap<String, LoadedStep> = HashMap::new();
-    for p in &remaining {
-        if !loaded.contains_key(&p.step.sha256) {
-            loaded.insert(p.step.sha256.clone(), session.load(&p.step).await?);
-        }
-    }
+    // Every module is verified and compiled before anything runs.
+    let (loaded, data) = prefetch.finish().await?;
     if fresh && let Some(j) = journal.as_mut() {
         j.append(&Event::RunStarted {
             run: run.clone(),
@@ -258,7 +258,8 @@ pub async fn apply(session: &Session, options: &ApplyOptions, progress: Arc<dyn 
             j.append(&Event::StepStarted { run: run.clone(), step: id.clone(), time: journal::now() })?;
         }
         let module = loaded.get(&p.step.sha256).ok_or_else(|| UpgradeError::Other(format!("module of step {id} was not loaded")))?;
-        let report = session.run_step(&run, module, &p.step, &p.release, p.phase, &plan.installed, &plan.target, Some(&detected), ui.clone(), options.dry_run, &recorded).await?;
+        let release_data = data.get(&p.release).cloned().unwrap_or_default();
+        let report = session.run_step(&run, module, &p.step, &p.release, release_data, p.phase, &plan.installed, &plan.target, Some(&detected), ui.clone(), options.dry_run, &recorded).await?;
         progress.step_finished(&report);
         if let Some(j) = journal.as_mut() {
             j.append(&Event::StepFinished {
@@ -281,6 +282,78 @@ pub async fn apply(session: &Session, options: &ApplyOptions, progress: Arc<dyn 
     }
     let recorded = recorded.lock().map(|r| r.clone()).unwrap_or_default();
     Ok(ApplySummary { run, plan, reports, skipped: done, recorded })
+}
+
+async fn load_step(repo: &Repository, sandbox: &Arc<Sandbox>, step: &IndexStep) -> Result<LoadedStep, UpgradeError> {
+    let wasm = repo.module(step).await?;
+    let (sandbox, id, api) = (sandbox.clone(), step.manifest.id.clone(), step.api.clone());
+    // Compiling is CPU work; it must not hold up the runtime's other tasks (downloads, the UI).
+    tokio::task::spawn_blocking(move || sandbox.load(&id, &wasm, &api))
+        .await
+        .map_err(|e| UpgradeError::Other(format!("compiling step {}: {e}", step.manifest.id)))?
+        .map_err(UpgradeError::from)
+}
+
+type Task<T> = tokio::task::JoinHandle<Result<T, UpgradeError>>;
+
+/// The modules (one per distinct module) and release data a plan needs, each fetched,
+/// verified and compiled in its own task: downloads run concurrently and each module
+/// compiles as soon as it is verified.
+struct Prefetch {
+    modules: Vec<(String, Task<LoadedStep>)>,
+    data: Vec<(Version, Task<Arc<ReleaseData>>)>,
+}
+
+impl Prefetch {
+    fn start(session: &Session, steps: &[&PlannedStep]) -> Self {
+        let mut modules: Vec<(String, Task<LoadedStep>)> = Vec::new();
+        let mut data: Vec<(Version, Task<Arc<ReleaseData>>)> = Vec::new();
+        for p in steps {
+            if !modules.iter().any(|(sha, _)| sha == &p.step.sha256) {
+                let (repo, sandbox, step) = (session.repo.clone(), session.sandbox.clone(), p.step.clone());
+                modules.push((p.step.sha256.clone(), tokio::spawn(async move { load_step(&repo, &sandbox, &step).await })));
+            }
+            if !data.iter().any(|(v, _)| v == &p.release)
+                && let Some(release) = session.index.release(&p.release).filter(|r| !r.data.is_empty()).cloned()
+            {
+                let repo = session.repo.clone();
+                data.push((p.release.clone(), tokio::spawn(async move { Ok(Arc::new(repo.release_data(&release).await?)) })));
+            }
+        }
+        Self { modules, data }
+    }
+
+    fn abort(self) {
+        self.modules.iter().for_each(|(_, t)| t.abort());
+        self.data.iter().for_each(|(_, t)| t.abort());
+    }
+
+    /// Waits for every task; the first failure (in plan order) is the answer.
+    async fn finish(self) -> Result<(HashMap<String, LoadedStep>, HashMap<Version, Arc<ReleaseData>>), UpgradeError> {
+        async fn join<T>(task: Task<T>) -> Result<T, UpgradeError> {
+            task.await.map_err(|e| UpgradeError::Other(format!("fetching the plan's modules: {e}")))?
+        }
+        let mut loaded = HashMap::new();
+        let mut data = HashMap::new();
+        let Self { modules, data: data_tasks } = self;
+        let mut rest = modules.into_iter();
+        while let Some((sha, task)) = rest.next() {
+            match join(task).await {
+                Ok(l) => {
+                    loaded.insert(sha, l);
+                }
+                Err(e) => {
+                    rest.for_each(|(_, t)| t.abort());
+                    data_tasks.iter().for_each(|(_, t)| t.abort());
+                    return Err(e);
+                }
+            }
+        }
+        for (version, task) in data_tasks {
+            data.insert(version, join(task).await?);
+        }
+        Ok((loaded, data))
+    }
 }
 
 async fn fresh_plan(session: &Session, options: &ApplyOptions, ui: Arc<dyn Ui>) -> Result<(String, Plan, Vec<String>), UpgradeError> {

@@ -58,3 +58,15 @@ pub fn get() -> Context {
 pub fn setting(name: &str) -> Option<String> {
     wit::setting(name)
 }
+
+/// Names of the data files the vendor signed with this step's release (for example
+/// `compose/docker-compose.yml`), sorted.
+pub fn data_files() -> Vec<String> {
+    wit::data_files()
+}
+
+/// One data file of this step's release. Reading it needs no capability: it is vendor
+/// content verified with the release, like the step's own code.
+pub fn data(name: &str) -> crate::Result<Vec<u8>> {
+    Ok(wit::data(name)?)
+}

@@ -1,6 +1,7 @@
 //! Shared test fixtures: the simulated Canopsis host, paths of the built guest modules, and
 //! loopback servers. Used by the end-to-end tests and by `cargo xtask demo`.
 
+pub mod canopsis_api;
 pub mod rabbitmq;
 pub mod repo_server;
 pub mod simhost;

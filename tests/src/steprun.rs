@@ -8,8 +8,8 @@ use canup::audit::{AuditLog, AuditRecord};
 use canup::backup::Backups;
 use canup::capabilities::Grant;
 use canup::capabilities::http::Endpoints;
-use canup::config::StepLimits;
 use canup::manifest::{Edition, Method, Phase, ReleaseSteps, StepManifest};
+use canup::repository::ReleaseData;
 use canup::sandbox::{LoadedStep, Sandbox, StepContext, StepEnv, StepReport};
 use canup::sysroot::Sysroot;
 use canup::ui::{ConsoleUi, Level};
@@ -25,6 +25,8 @@ pub struct Setting {
     pub method: Method,
     pub endpoints: Endpoints,
     pub settings: BTreeMap<String, String>,
+    /// The data files of the step's release (what `canup repo add-release` publishes).
+    pub data: ReleaseData,
 }
 
 /// A step crate under `steps/`: its manifest and its built module, loaded.
@@ -42,14 +44,7 @@ pub fn load(sandbox: &Sandbox, crate_dir: &str, step_id: &str) -> anyhow::Result
 pub async fn run(sandbox: &Sandbox, loaded: &LoadedStep, step: &StepManifest, root: &Path, state: &Path, s: &Setting) -> (StepReport, Vec<AuditRecord>) {
     let audit = Arc::new(AuditLog::in_memory("steprun"));
     let caps = &step.capabilities;
-    let env = StepEnv {
-        grant: Grant::new(&step.id, caps, caps).expect("valid capabilities"),
-        sysroot: Sysroot::new(root).expect("sysroot"),
-        endpoints: Arc::new(s.endpoints.clone()),
-        backups: Backups::open(state, "steprun").expect("backups"),
-        audit: audit.clone(),
-        ui: Arc::new(ConsoleUi { assume_yes: true, accept_manual: true, min_level: Some(Level::Warn) }),
-        context: StepContext {
+    let context = StepContext {
             step_id: step.id.clone(),
             phase: step.phase,
             installed: s.installed.clone(),
@@ -58,10 +53,14 @@ pub async fn run(sandbox: &Sandbox, loaded: &LoadedStep, step: &StepManifest, ro
             edition: (step.phase != Phase::Detect).then_some(s.edition),
             method: (step.phase != Phase::Detect).then_some(s.method),
             dry_run: false,
-        },
-        limits: StepLimits::default(),
-        recorded: Arc::default(),
+    };
+    let grant = Grant::new(&step.id, caps, caps).expect("valid capabilities");
+    let ui = Arc::new(ConsoleUi { assume_yes: true, accept_manual: true, min_level: Some(Level::Warn) });
+    let env = StepEnv {
+        endpoints: Arc::new(s.endpoints.clone()),
         settings: Arc::new(s.settings.clone()),
+        data: Arc::new(s.data.clone()),
+        ..StepEnv::new(grant, Sysroot::new(root).expect("sysroot"), Backups::open(state, "steprun").expect("backups"), audit.clone(), ui, context)
     };
     let report = sandbox.run(loaded, env).await;
     (report, audit.records())

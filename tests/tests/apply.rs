@@ -6,6 +6,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use canup_tests::canopsis_api::CanopsisApi;
 use canup_tests::rabbitmq::{Admin, endpoint_toml};
 use canup_tests::repo_server::{Control, serve_repo};
 use canup_tests::simhost::{Edition, Method, SimHost, Spec};
@@ -29,6 +30,8 @@ struct Host {
     dir: tempfile::TempDir,
     sim: SimHost,
     config: PathBuf,
+    /// The simulated host's Canopsis API (broadcast messages, the API check).
+    api: CanopsisApi,
 }
 
 async fn host(spec: Spec) -> Host {
@@ -42,18 +45,20 @@ async fn host_with_policy(spec: Spec, policy: &str) -> Host {
     Admin::new().setup_canopsis_once().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let sim = SimHost::create(&dir.path().join("root"), &spec, Path::new(STUB)).unwrap();
+    let api = CanopsisApi::serve(sim.root().to_path_buf()).await;
     let config = dir.path().join("canup.toml");
     std::fs::write(
         &config,
         format!(
-            "repository = \"{url}\"\ntrusted_root = \"{}\"\nstate_dir = \"{}\"\n\n{policy}\n{}",
+            "repository = \"{url}\"\ntrusted_root = \"{}\"\nstate_dir = \"{}\"\n\n{policy}\n{}{}",
             repo.join("metadata/1.root.json").display(),
             dir.path().join("state").display(),
-            endpoint_toml(&dir.path().join("rabbitmq.pw")).unwrap()
+            endpoint_toml(&dir.path().join("rabbitmq.pw")).unwrap(),
+            api.endpoint_toml(&dir.path().join("api.pw")).unwrap(),
         ),
     )
     .unwrap();
-    Host { dir, sim, config }
+    Host { dir, sim, config, api }
 }
 
 impl Host {
@@ -188,17 +193,33 @@ async fn packages_4_5_4_to_4_5_7_runs_the_4x_procedure_and_each_release_migratio
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_compose_install_updates_the_image_tag_and_restarts_the_stack() {
-    let h = host(Spec { version: "3.38.0".into(), edition: Edition::Core, method: Method::Compose }).await;
+async fn a_compose_install_is_resynced_with_the_signed_reference_files_keeping_the_operators_values() {
+    let h = host(Spec { version: "3.38.0".into(), edition: Edition::Cat, method: Method::Compose }).await;
+    // The operator's own choices: a project name and a key of their own.
+    let operator_env = h.sim.read("/opt/canopsis/docker/.env").unwrap().replace("COMPOSE_PROJECT_NAME=canopsis", "COMPOSE_PROJECT_NAME=prod") + "MY_PROXY=http://proxy:3128\n";
+    std::fs::write(h.sim.path("/opt/canopsis/docker/.env"), &operator_env).unwrap();
+    let operator_yml = h.sim.read("/opt/canopsis/docker/docker-compose.yml").unwrap();
     let out = h.run(&["apply", "--to", "3.40.0", "--yes", "--accept-manual"]);
     assert!(out.status.success(), "{}", text(&out));
-    // The standard update, then 3.39.0's Compose changes restart the stack once more.
-    assert_eq!(h.changes(), ["docker-compose up -d", "docker-compose up -d"]);
+    // The resync brings 3.39.0's Compose changes already: its own step finds nothing left to do.
+    assert_eq!(h.changes(), ["docker-compose up -d"]);
+    let reference = |f: &str| std::fs::read_to_string(canup_tests::workspace_dir().join("steps/canopsis-3.40.0/data/compose").join(f)).unwrap();
+    assert_eq!(h.sim.read("/opt/canopsis/docker/docker-compose.yml").unwrap(), reference("docker-compose.yml"));
     let env = h.sim.read("/opt/canopsis/docker/.env").unwrap();
-    assert!(env.contains("CANOPSIS_IMAGE_TAG=3.40.0") && env.contains("REDIS_TAG=5.0.8-buster") && env.contains("COMPOSE_PROJECT_NAME=canopsis"), "{env}");
-    let yml = h.sim.read("/opt/canopsis/docker/docker-compose.yml").unwrap();
-    assert!(yml.contains("services:\n  fifo:\n    image: canopsis/engine-fifo:${CANOPSIS_IMAGE_TAG}\n"), "{yml}");
-    assert!(yml.contains("    command: /engine-che\n") && !yml.contains("alwaysFlushEntities"), "{yml}");
+    let expected = reference(".env").replace("COMPOSE_PROJECT_NAME=canopsis", "COMPOSE_PROJECT_NAME=prod").replace("CPS_EDITION=core", "CPS_EDITION=cat")
+        + "# Kept from the previous .env (not in the reference file):\nMY_PROXY=http://proxy:3128\n";
+    assert_eq!(env, expected, "image tags from the reference, everything else the operator's");
+    assert!(env.contains("CANOPSIS_IMAGE_TAG=3.40.0\nREDIS_TAG=5.0.8-buster\n"), "{env}");
+    // The API of the new version answered the verify phase.
+    assert_eq!(h.sim.read("/opt/canopsis/VERSION.txt").unwrap(), "Canopsis version 3.40.0\n");
+    assert!(h.api.requests().iter().any(|r| r.path == "/api/internal/app_info" && r.authorized), "{:?}", h.api.requests());
+    // The operator's previous files are kept and can be put back.
+    let runs = h.run(&["history", "--json"]);
+    let run = serde_json::from_slice::<serde_json::Value>(&runs.stdout).unwrap()[0]["run"].as_str().unwrap().to_owned();
+    let restored = h.run(&["restore-files", &run]);
+    assert!(restored.status.success(), "{}", text(&restored));
+    assert_eq!(h.sim.read("/opt/canopsis/docker/.env").unwrap(), operator_env);
+    assert_eq!(h.sim.read("/opt/canopsis/docker/docker-compose.yml").unwrap(), operator_yml);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -296,7 +317,7 @@ async fn a_kill_mid_step_resumes_and_each_step_completes_once() {
     let history = h.run(&["history", "--json"]);
     let runs: serde_json::Value = serde_json::from_slice(&history.stdout).unwrap();
     let steps = runs[0]["steps"].as_array().unwrap();
-    assert_eq!(steps.len(), 13);
+    assert_eq!(steps.len(), 14);
     assert!(steps.iter().all(|s| s["outcome"] == "succeeded"), "{steps:#?}");
     assert_eq!(runs[0]["outcome"], "succeeded");
     let mut without_init: Vec<String> = h.changes();

@@ -36,6 +36,7 @@ fn setting(dir: &std::path::Path, installed: &str, target: &str, settings: &[(&s
         method: Method::Packages,
         endpoints,
         settings: settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        data: Default::default(),
     }
 }
 

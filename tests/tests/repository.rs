@@ -121,6 +121,7 @@ impl Case {
                     method: Method::Packages,
                     endpoints: Default::default(),
                     settings: Default::default(),
+                    data: Default::default(),
                 };
                 let (report, _) = steprun::run(&sandbox, &loaded, &step.manifest, self.sim.root(), &self.cache.join("state"), &setting).await;
                 report.result.map_err(|e| e.to_string())?;

@@ -202,14 +202,7 @@ impl World {
         let (sandbox, loaded) = probe();
         let audit = Arc::new(AuditLog::open(&self.state.join("audit.jsonl"), "test-run").unwrap());
         let ui = Arc::new(RecordingUi::default());
-        let env = StepEnv {
-            grant: Grant::new(step, declared, policy).unwrap(),
-            sysroot: Sysroot::new(self.sim.root()).unwrap(),
-            endpoints: Arc::new(self.endpoints()),
-            backups: Backups::open(&self.state, "test-run").unwrap(),
-            audit: audit.clone(),
-            ui: ui.clone(),
-            context: StepContext {
+        let context = StepContext {
                 step_id: step.into(),
                 phase: canup::manifest::Phase::PostUpdate,
                 installed: Version::new(3, 38, 0),
@@ -218,10 +211,11 @@ impl World {
                 edition: Some(Edition::Cat),
                 method: Some(Method::Packages),
                 dry_run: false,
-            },
+        };
+        let env = StepEnv {
+            endpoints: Arc::new(self.endpoints()),
             limits,
-            recorded: Arc::default(),
-            settings: Arc::default(),
+            ..StepEnv::new(Grant::new(step, declared, policy).unwrap(), Sysroot::new(self.sim.root()).unwrap(), Backups::open(&self.state, "test-run").unwrap(), audit.clone(), ui.clone(), context)
         };
         let report = sandbox.run(loaded, env).await;
         Run { report, audit: audit.records(), ui }

@@ -236,17 +236,20 @@ fn demo() -> Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(canup_tests::rabbitmq::Admin::new().setup_canopsis_once())?;
     let url = runtime.block_on(canup_tests::repo_server::serve_repo(repo.clone(), Default::default()));
+    let api = runtime.block_on(canup_tests::canopsis_api::CanopsisApi::serve(sim.root().to_path_buf()));
     let config = demo.join("canup.toml");
     std::fs::write(
         &config,
         format!(
-            "repository = \"{url}\"\ntrusted_root = \"{}\"\nstate_dir = \"{}\"\n\n{DEMO_POLICY}\n{}",
+            "repository = \"{url}\"\ntrusted_root = \"{}\"\nstate_dir = \"{}\"\n\n{DEMO_POLICY}\n{}{}",
             repo.join("metadata/1.root.json").display(),
             demo.join("state").display(),
-            canup_tests::rabbitmq::endpoint_toml(&demo.join("rabbitmq.password"))?
+            canup_tests::rabbitmq::endpoint_toml(&demo.join("rabbitmq.password"))?,
+            api.endpoint_toml(&demo.join("api.password"))?,
         ),
     )?;
     println!("== rabbitmq-server on 127.0.0.1:15672 with the canopsis vhost, Engine_che bound to canopsis.events");
+    println!("== the simulated host's Canopsis API at {}", api.url);
     println!("== signed repository of {} served at {url}", repo.display());
     println!("== simulated Canopsis 3.38.0 (cat, packages) in {}", sim.root().display());
     println!("== canup apply --to 3.40.0 --yes --accept-manual --sysroot {}\n", sim.root().display());
@@ -262,6 +265,10 @@ fn demo() -> Result<()> {
     for call in sim.calls()? {
         let env = if call.env.is_empty() { String::new() } else { format!("  [env: {}]", call.env.keys().cloned().collect::<Vec<_>>().join(" ")) };
         println!("  {} (as {}){env}", call.line(), call.user);
+    }
+    println!("\n== requests to the Canopsis API, in order");
+    for r in api.requests() {
+        println!("  {} {}", r.method, r.path);
     }
     println!("\n== /opt/canopsis/VERSION.txt: {}", sim.read("/opt/canopsis/VERSION.txt")?.trim());
     if !status.success() {

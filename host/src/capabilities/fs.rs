@@ -164,7 +164,11 @@ pub fn atomic_replace(target: &Path, data: &[u8]) -> io::Result<()> {
     let dir = target.parent().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no parent directory"))?;
     let name = target.file_name().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
     let previous = fs::metadata(target).ok();
-    let tmp = dir.join(format!(".{}.canup-{}", name.to_string_lossy(), std::process::id()));
+    // Unique per call, not only per process: canup fetches several targets at once, and two
+    // writers of one file must not share (and steal) a temporary.
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".{}.canup-{}-{seq}", name.to_string_lossy(), std::process::id()));
     let mut file = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
     let written = (|| {
         file.write_all(data)?;

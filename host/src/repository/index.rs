@@ -31,6 +31,23 @@ pub struct Release {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub withdrawn: Option<String>,
     pub steps: Vec<IndexStep>,
+    /// Files the vendor ships with the release for its steps to read (e.g. the reference
+    /// Compose files), each a signed target like the modules.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub data: Vec<IndexData>,
+}
+
+/// One data file of a release.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct IndexData {
+    /// The name steps ask for, a relative path such as `compose/docker-compose.yml`.
+    pub name: String,
+    /// Target name of the file in the repository.
+    pub target: String,
+    /// sha256 of the file (hex), checked again after TUF's own check.
+    pub sha256: String,
+    pub length: u64,
 }
 
 /// One step as published: its manifest plus the module that implements it.

@@ -17,12 +17,16 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use semver::Version;
 use thiserror::Error;
 use tough::{ExpirationEnforcement, IntoVec, Limits, RepositoryLoader, TargetName};
 use url::Url;
 
 use crate::{error_chain, sha256_hex};
-pub use index::{Index, IndexStep, Release};
+pub use index::{Index, IndexData, IndexStep, Release};
+
+/// A release's data files by name, as its steps read them (`context.data`).
+pub type ReleaseData = std::collections::BTreeMap<String, Vec<u8>>;
 pub use transport::ResumingTransport;
 
 /// The vendor's production root of trust (public keys only).
@@ -155,29 +159,44 @@ impl Repository {
     /// A step's module: from the cache when the cached file still matches the signed length
     /// and digest, otherwise downloaded, verified and cached.
     pub async fn module(&self, step: &IndexStep) -> Result<Vec<u8>, RepoError> {
-        let location = &self.location.shown;
-        let mismatch = |why: String| RepoError::Target { location: location.clone(), what: format!("module {} of step {}", step.module, step.manifest.id), why };
-        let name = TargetName::new(&step.module).map_err(|e| mismatch(e.to_string()))?;
-        let target = self
-            .inner
-            .targets()
-            .signed
-            .targets
-            .get(&name)
-            .ok_or_else(|| RepoError::NotListed { location: location.clone(), what: format!("module {} of step {}", step.module, step.manifest.id) })?;
-        let signed_sha = hex::encode(&target.hashes.sha256);
-        if signed_sha != step.sha256 {
-            return Err(mismatch(format!("the index says sha256 {}, the signed targets say {signed_sha}", step.sha256)));
+        self.cached_target(&step.module, &step.sha256, || format!("module {} of step {}", step.module, step.manifest.id)).await
+    }
+
+    /// A release's data file, verified like a module.
+    pub async fn data(&self, release: &Version, data: &IndexData) -> Result<Vec<u8>, RepoError> {
+        self.cached_target(&data.target, &data.sha256, || format!("data file {} of release {release}", data.name)).await
+    }
+
+    /// Every data file of a release, by name.
+    pub async fn release_data(&self, release: &Release) -> Result<ReleaseData, RepoError> {
+        let mut files = ReleaseData::new();
+        for d in &release.data {
+            files.insert(d.name.clone(), self.data(&release.version, d).await?);
         }
-        let cached = self.modules.join(format!("{signed_sha}.wasm"));
+        Ok(files)
+    }
+
+    /// A target the index names with its digest: the index and the signed targets metadata
+    /// must agree on the digest, and the bytes must match both. Cached by digest, so a cache
+    /// entry can never stand for other content.
+    async fn cached_target(&self, target: &str, index_sha: &str, what: impl Fn() -> String) -> Result<Vec<u8>, RepoError> {
+        let location = &self.location.shown;
+        let mismatch = |why: String| RepoError::Target { location: location.clone(), what: what(), why };
+        let name = TargetName::new(target).map_err(|e| mismatch(e.to_string()))?;
+        let signed = self.inner.targets().signed.targets.get(&name).ok_or_else(|| RepoError::NotListed { location: location.clone(), what: what() })?;
+        let signed_sha = hex::encode(&signed.hashes.sha256);
+        if signed_sha != index_sha {
+            return Err(mismatch(format!("the index says sha256 {index_sha}, the signed targets say {signed_sha}")));
+        }
+        let cached = self.modules.join(&signed_sha);
         if let Ok(bytes) = fs::read(&cached) {
-            if bytes.len() as u64 == target.length && sha256_hex(&bytes) == signed_sha {
+            if bytes.len() as u64 == signed.length && sha256_hex(&bytes) == signed_sha {
                 return Ok(bytes);
             }
-            tracing::warn!("cached module {} does not match the signed metadata; fetching it again", cached.display());
+            tracing::warn!("cached target {} does not match the signed metadata; fetching it again", cached.display());
         }
-        let bytes = self.read(&step.module).await?;
-        if sha256_hex(&bytes) != step.sha256 {
+        let bytes = self.read(target).await?;
+        if sha256_hex(&bytes) != index_sha {
             return Err(mismatch("its sha256 does not match the index".into()));
         }
         crate::capabilities::fs::atomic_replace(&cached, &bytes).map_err(cache_err(&cached))?;
@@ -196,16 +215,16 @@ impl Repository {
         v
     }
 
-    /// Modules in the cache that are not (or no longer) a verified target of this repository.
+    /// Modules and data files in the cache that are not (or no longer) a verified target of
+    /// this repository.
     pub fn stale_cache_entries(&self) -> Vec<PathBuf> {
-        let signed: std::collections::HashSet<String> =
-            self.inner.targets().signed.targets.values().map(|t| format!("{}.wasm", hex::encode(&t.hashes.sha256))).collect();
+        let signed: std::collections::HashSet<String> = self.inner.targets().signed.targets.values().map(|t| hex::encode(&t.hashes.sha256)).collect();
         let Ok(entries) = fs::read_dir(&self.modules) else { return Vec::new() };
         let mut stale: Vec<PathBuf> = entries
             .filter_map(Result::ok)
             .filter(|e| {
                 let name = e.file_name().to_string_lossy().into_owned();
-                !signed.contains(&name) || fs::read(e.path()).map(|b| format!("{}.wasm", sha256_hex(&b)) != name).unwrap_or(true)
+                !signed.contains(&name) || fs::read(e.path()).map(|b| sha256_hex(&b) != name).unwrap_or(true)
             })
             .map(|e| e.path())
             .collect();

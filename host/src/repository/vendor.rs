@@ -26,7 +26,7 @@ use tough::schema::{KeyHolder, RoleKeys, RoleType, Root, Signed};
 use tough::{ExpirationEnforcement, IntoVec, RepositoryLoader, TargetName};
 use url::Url;
 
-use super::index::{INDEX_FORMAT, INDEX_TARGET, Index, IndexStep, Release};
+use super::index::{INDEX_FORMAT, INDEX_TARGET, Index, IndexData, IndexStep, Release};
 use crate::{error_chain, sha256_hex};
 use crate::manifest::ReleaseSteps;
 
@@ -267,7 +267,8 @@ fn index_steps(steps: &ReleaseSteps, module: &[u8], target: &str) -> Vec<IndexSt
 
 /// Adds (or replaces) a release: its own steps (`steps`, implemented by `module`, published
 /// as `release-VERSION.wasm`) and the shared steps of `includes` (the standard procedure,
-/// each published once as `shared-SHA.wasm`).
+/// each published once as `shared-SHA.wasm`), and its `data` files (`data-SHA`).
+#[allow(clippy::too_many_arguments)]
 pub async fn add_release(
     repo: &Path,
     keys: &[PathBuf],
@@ -276,6 +277,7 @@ pub async fn add_release(
     published: &str,
     own: Option<(&ReleaseSteps, &[u8])>,
     includes: &[(&ReleaseSteps, &[u8])],
+    data: &[(String, Vec<u8>)],
 ) -> Result<(), VendorError> {
     let mut index = read_index(repo).await?;
     let mut steps = Vec::new();
@@ -295,8 +297,48 @@ pub async fn add_release(
     if steps.is_empty() {
         return Err(VendorError::Usage(format!("release {version} has no step, own or included")));
     }
-    index.upsert(Release { version: version.clone(), published: published.to_owned(), withdrawn: None, steps });
+    let mut data_entries = Vec::new();
+    for (name, bytes) in data {
+        check_data_name(name)?;
+        let sha256 = sha256_hex(bytes);
+        // Content-addressed: the same reference file shipped by several releases is stored once.
+        let target = format!("data-{}", &sha256[..32]);
+        data_entries.push(IndexData { name: name.clone(), target: target.clone(), sha256, length: bytes.len() as u64 });
+        if !files.iter().any(|(t, _)| t == &target) {
+            files.push((target, bytes.clone()));
+        }
+    }
+    index.upsert(Release { version: version.clone(), published: published.to_owned(), withdrawn: None, steps, data: data_entries });
     publish(repo, keys, expiry, &index, &files).await
+}
+
+/// Data names are relative paths of plain components, so that a step asking for
+/// `compose/.env` can never be handed something named outside the release's data.
+fn check_data_name(name: &str) -> Result<(), VendorError> {
+    let ok = !name.is_empty()
+        && name.split('/').all(|c| !c.is_empty() && c != "." && c != ".." && c.chars().all(|ch| ch.is_ascii_alphanumeric() || "._-".contains(ch)));
+    if ok { Ok(()) } else { Err(VendorError::Usage(format!("data file name {name:?} must be a relative path of letters, digits, '.', '_' and '-'"))) }
+}
+
+/// Every file under `dir` as (relative name, bytes), sorted by name: a release's data directory.
+pub fn read_data_dir(dir: &Path) -> Result<Vec<(String, Vec<u8>)>, VendorError> {
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>)>) -> Result<(), VendorError> {
+        let entries = fs::read_dir(dir).map_err(io(format!("reading data directory {}", dir.display())))?;
+        for entry in entries {
+            let path = entry.map_err(io(format!("reading data directory {}", dir.display())))?.path();
+            if path.is_dir() {
+                walk(base, &path, out)?;
+            } else {
+                let name = path.strip_prefix(base).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+                out.push((name, fs::read(&path).map_err(io(format!("reading data file {}", path.display())))?));
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out)?;
+    out.sort();
+    Ok(out)
 }
 
 /// Marks a release withdrawn: operators are told why and it is never planned.

@@ -66,7 +66,7 @@ async fn main() -> Result<()> {
         for step in &mut release.steps {
             step.id = step.id.replace("3.40.0", &version.to_string());
         }
-        vendor::add_release(&repo, &[key.clone()], &Expiry::default(), &version, "2020-05-04", Some((&release, &module)), &[]).await?;
+        vendor::add_release(&repo, &[key.clone()], &Expiry::default(), &version, "2020-05-04", Some((&release, &module)), &[], &[]).await?;
     }
     eprintln!("generated a {RELEASES}-release repository in {:.1} s", generate.elapsed().as_secs_f64());
     let url = serve_repo(repo.clone(), Control::default()).await;
@@ -167,6 +167,7 @@ async fn host_call_rows(rows: &mut Vec<Row>, work: &Path) -> Result<()> {
         method: Method::Packages,
         endpoints: Default::default(),
         settings: Default::default(),
+        data: Default::default(),
     };
     let state = work.join("state");
     let timed = |id: &'static str, n: usize| {

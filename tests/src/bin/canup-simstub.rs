@@ -138,6 +138,10 @@ fn main() -> ExitCode {
             }
             let env = sim.read("/opt/canopsis/docker/.env");
             sim.write("/var/lib/canup-sim/compose-up", &env);
+            // The containers now run the tagged images; their version file is what the host sees.
+            if let Some(tag) = env.lines().find_map(|l| l.trim().strip_prefix("CANOPSIS_IMAGE_TAG=")) {
+                sim.write("/opt/canopsis/VERSION.txt", &format!("Canopsis version {}\n", tag.trim()));
+            }
             ExitCode::SUCCESS
         }
         other => fail(&format!("canup-simstub: unknown program {other}")),
