@@ -73,7 +73,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// The verified plan of an upgrade: releases, steps by phase, what each may touch.
+    /// The verified plan of an upgrade: releases, steps by phase, what each may touch. Also
+    /// verifies and compiles its modules, so that a later `apply` starts at once.
     Plan {
         /// Target version; the newest regular release of the installed major by default.
         #[arg(long)]
@@ -384,6 +385,7 @@ async fn operate(cli: Cli) -> Result<u8, Exit> {
     let root = repository::trusted_root(cli.trusted_root.as_deref().or(config.trusted_root.as_deref())).map_err(usage)?;
     let console = ConsoleUi { assume_yes: matches!(cli.command, Command::Apply { yes: true, .. }), accept_manual: matches!(cli.command, Command::Apply { accept_manual: true, .. }), min_level: None };
     let progress = Arc::new(ProgressUi::new(console));
+    tracing::debug!("configuration read; opening the repository {location}");
     let session = Session::open(config, sysroot, &location, &root).await.map_err(upgrade_err)?;
     match cli.command {
         Command::Status { json } => {
@@ -409,6 +411,8 @@ async fn operate(cli: Cli) -> Result<u8, Exit> {
         Command::Plan { to, json } => {
             let detected = session.detect(progress).await.map_err(upgrade_err)?;
             let plan = session.plan(&detected, to.as_ref()).map_err(upgrade_err)?;
+            let modules = session.prepare(&plan).await.map_err(upgrade_err)?;
+            eprintln!("{modules} modules of the plan verified and compiled: `canup apply` will start from them");
             if json {
                 println!("{}", serde_json::to_string_pretty(&plan).unwrap_or_default());
             } else {
@@ -432,7 +436,7 @@ async fn operate(cli: Cli) -> Result<u8, Exit> {
             let ran: Vec<&str> = summary.reports.iter().map(|r| r.step.as_str()).collect();
             println!("\nsummary: run {}: {} steps ran, {} already done", summary.run, ran.len(), summary.skipped.len());
             if dry_run {
-                println!("dry run: nothing was changed. The real run would make these changes, in order:");
+                println!("dry run: nothing was changed. The real run would make these changes, in order (queries ran for real):");
                 for line in &summary.recorded {
                     println!("  {line}");
                 }

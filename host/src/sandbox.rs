@@ -431,7 +431,13 @@ impl wit::exec::Host for StepState {
                 self.record(format!("run: {env}{}{user}", shell_words(&req.program, &req.args)));
                 Ok(wit::exec::Output { status: Some(0), stdout: vec![], stderr: vec![], stdout_truncated: false, stderr_truncated: false, simulated: true })
             }
-            Ok(()) => cap_exec::run(&req, &self.env.sysroot, &self.env.limits.exec)
+            Ok(()) => {
+                if dry {
+                    // A read-only query runs for real in a dry run; listing it makes the list the
+                    // whole set of commands the real run would run.
+                    self.record(format!("query: {}", shell_words(&req.program, &req.args)));
+                }
+                cap_exec::run(&req, &self.env.sysroot, &self.env.limits.exec)
                 .await
                 .map(|o| wit::exec::Output {
                     status: o.status,
@@ -449,7 +455,8 @@ impl wit::exec::Host for StepState {
                         _ => ErrorKind::Failed,
                     };
                     wit_error(kind, e.to_string())
-                }),
+                })
+            }
         };
         self.account(start, "exec", args, &result, |o| match o.status {
             Some(code) => format!("exit {code}"),
@@ -531,19 +538,25 @@ impl wit::http::Host for StepState {
                 self.record(format!("send: {} {} to endpoint {}{body}", request.method, request.path, request.endpoint));
                 Ok(wit::http::Response { status: 200, headers: vec![("x-canup-dry-run".into(), "1".into())], body: vec![] })
             }
-            Ok(()) => cap_http::send(&self.env.grant, &self.env.endpoints, &request, &self.env.limits.http)
-                .await
-                .map(|r| wit::http::Response { status: r.status, headers: r.headers, body: r.body })
-                .map_err(|e| {
-                    let kind = match &e {
-                        cap_http::HttpError::Denied(_) => ErrorKind::Denied,
-                        cap_http::HttpError::UnknownEndpoint(_) => ErrorKind::NotFound,
-                        cap_http::HttpError::TooLarge { .. } => ErrorKind::TooLarge,
-                        cap_http::HttpError::Timeout { .. } => ErrorKind::Timeout,
-                        _ => ErrorKind::Failed,
-                    };
-                    wit_error(kind, e.to_string())
-                }),
+            Ok(()) => {
+                if self.env.context.dry_run {
+                    // Like a read-only command, a GET runs for real in a dry run and is listed.
+                    self.record(format!("query: {} {} on endpoint {}", request.method, request.path, request.endpoint));
+                }
+                cap_http::send(&self.env.grant, &self.env.endpoints, &request, &self.env.limits.http)
+                    .await
+                    .map(|r| wit::http::Response { status: r.status, headers: r.headers, body: r.body })
+                    .map_err(|e| {
+                        let kind = match &e {
+                            cap_http::HttpError::Denied(_) => ErrorKind::Denied,
+                            cap_http::HttpError::UnknownEndpoint(_) => ErrorKind::NotFound,
+                            cap_http::HttpError::TooLarge { .. } => ErrorKind::TooLarge,
+                            cap_http::HttpError::Timeout { .. } => ErrorKind::Timeout,
+                            _ => ErrorKind::Failed,
+                        };
+                        wit_error(kind, e.to_string())
+                    })
+            }
         };
         self.account(start, "http", args, &result, |r| format!("status {}", r.status));
         result
@@ -766,6 +779,7 @@ impl Sandbox {
 
         let outcome = tokio::time::timeout(limits.wall, async {
             let instance = step.pre.instantiate_async(&mut store).await?;
+            tracing::trace!("instantiated");
             instance.call_run(&mut store).await
         })
         .await;

@@ -16,12 +16,12 @@ use thiserror::Error;
 
 use crate::audit::AuditLog;
 use crate::backup::Backups;
-use crate::capabilities::Grant;
+use crate::capabilities::{Grant, Policy};
 use crate::config::Config;
 use crate::journal::{self, ApplyLock, Event, Journal, JournalError, Outcome, PlannedRef};
 use crate::manifest::{Edition, Method, Phase};
 use crate::plan::{self, Plan, PlanError, PlannedStep};
-use crate::repository::{Index, IndexStep, LoadOptions, ReleaseData, RepoError, Repository};
+use crate::repository::{Index, IndexStep, LoadOptions, Release, ReleaseData, RepoError, Repository};
 use crate::sandbox::{Detected, LoadedStep, Sandbox, SandboxError, StepContext, StepEnv, StepReport};
 use crate::sysroot::Sysroot;
 use crate::ui::Ui;
@@ -78,6 +78,7 @@ pub struct Session {
     pub index: Index,
     sandbox: Arc<Sandbox>,
     audit: Arc<AuditLog>,
+    policy: Policy,
 }
 
 /// Receives the step-by-step progress of a run.
@@ -95,10 +96,14 @@ impl Session {
     pub async fn open(config: Config, sysroot: Sysroot, repository: &str, trusted_root: &[u8]) -> Result<Self, UpgradeError> {
         let state_dir = config.state_dir();
         let repo = Repository::open(repository, trusted_root, &state_dir.join("cache/repository"), &LoadOptions::default()).await?;
+        tracing::debug!("repository metadata verified");
         let index = repo.index().await?;
+        tracing::debug!(releases = index.releases.len(), "release index read");
         let sandbox = Sandbox::new(Some(&state_dir.join("cache/compiled")))?;
+        tracing::debug!("sandbox ready");
         let audit = Arc::new(AuditLog::open(&state_dir.join("audit.jsonl"), "canup").map_err(|e| UpgradeError::Other(format!("audit log in {}: {e}", state_dir.display())))?);
-        Ok(Self { config, sysroot, state_dir, repo: Arc::new(repo), index, sandbox: Arc::new(sandbox), audit })
+        let policy = Policy::compile(&config.policy).map_err(|e| UpgradeError::Other(e.to_string()))?;
+        Ok(Self { config, sysroot, state_dir, repo: Arc::new(repo), index, sandbox: Arc::new(sandbox), audit, policy })
     }
 
     async fn load(&self, step: &IndexStep) -> Result<LoadedStep, UpgradeError> {
@@ -107,7 +112,7 @@ impl Session {
 
     #[allow(clippy::too_many_arguments)]
     async fn run_step(&self, run: &str, loaded: &LoadedStep, step: &IndexStep, release: &Version, data: Arc<ReleaseData>, phase: Phase, installed: &Version, target: &Version, detected: Option<&Detected>, ui: Arc<dyn Ui>, dry_run: bool, recorded: &Arc<Mutex<Vec<String>>>) -> Result<StepReport, UpgradeError> {
-        let grant = Grant::new(&step.manifest.id, &step.manifest.capabilities, &self.config.policy).map_err(|e| UpgradeError::Other(e.to_string()))?;
+        let grant = Grant::with_policy(&step.manifest.id, &step.manifest.capabilities, &self.policy).map_err(|e| UpgradeError::Other(e.to_string()))?;
         let backups = Backups::open(&self.state_dir, run).map_err(|e| UpgradeError::Other(format!("backups in {}: {e}", self.state_dir.display())))?;
         let context = StepContext {
             step_id: step.manifest.id.clone(),
@@ -127,12 +132,21 @@ impl Session {
             data,
             ..StepEnv::new(grant, self.sysroot.clone(), backups, self.audit.clone(), ui, context)
         };
-        Ok(self.sandbox.run(loaded, env).await)
+        tracing::trace!("grant, backups and context ready");
+        let report = self.sandbox.run(loaded, env).await;
+        tracing::trace!("step returned");
+        Ok(report)
     }
 
     /// Runs the detect steps of the newest release that ships them; the operator's config can
     /// pin the edition and method when detection should not decide.
     pub async fn detect(&self, ui: Arc<dyn Ui>) -> Result<Detected, UpgradeError> {
+        self.detect_recording(ui, None).await
+    }
+
+    /// [`Session::detect`]; in a dry run (`recorded` given) its queries join the run's list
+    /// of commands.
+    async fn detect_recording(&self, ui: Arc<dyn Ui>, recorded: Option<&Arc<Mutex<Vec<String>>>>) -> Result<Detected, UpgradeError> {
         let release = self
             .index
             .releases
@@ -146,7 +160,9 @@ impl Session {
         let mut detected = None;
         for step in steps {
             let loaded = self.load(step).await?;
-            let report = self.run_step("detect", &loaded, step, &release.version, Arc::default(), Phase::Detect, &unknown, &unknown, None, ui.clone(), false, &Arc::default()).await?;
+            tracing::debug!(step = %step.manifest.id, "detect step loaded");
+            let report = self.run_step("detect", &loaded, step, &release.version, Arc::default(), Phase::Detect, &unknown, &unknown, None, ui.clone(), recorded.is_some(), recorded.unwrap_or(&Arc::default())).await?;
+            tracing::debug!(step = %step.manifest.id, "detect step finished");
             if let Err(e) = &report.result {
                 return Err(UpgradeError::Detect(format!("step {}: {e}", step.manifest.id)));
             }
@@ -160,6 +176,15 @@ impl Session {
             d.method = m;
         }
         Ok(d)
+    }
+
+    /// Fetches, verifies and compiles every module and data file `plan` needs, so that
+    /// `canup apply` starts from the compiled cache: run by `canup plan`, before the
+    /// maintenance window. Returns the number of distinct modules.
+    pub async fn prepare(&self, plan: &Plan) -> Result<usize, UpgradeError> {
+        let steps: Vec<&PlannedStep> = plan.steps.iter().collect();
+        let (loaded, _) = Prefetch::new(self).finish(&self.index, &steps).await?;
+        Ok(loaded.len())
     }
 
     /// The verified, admitted plan.
@@ -200,12 +225,19 @@ pub async fn apply(session: &Session, options: &ApplyOptions, progress: Arc<dyn 
     let mut journal = if options.dry_run { None } else { Some(Journal::open(&session.state_dir)?) };
     let ui: Arc<dyn Ui> = progress.clone();
 
+    let recorded: Arc<Mutex<Vec<String>>> = Arc::default();
+    let mut prefetch = Prefetch::new(session);
+    // A named target's own steps are in any plan that reaches it: their modules load while
+    // detection runs.
+    if let Some(release) = options.to.as_ref().and_then(|t| session.index.release(t)) {
+        release.steps.iter().for_each(|s| prefetch.want(s, release));
+    }
     let (run, plan, done) = match pending {
         Some(run) if options.restart => {
             if let Some(j) = journal.as_mut() {
                 j.append(&Event::RunFinished { run: run.run.clone(), time: journal::now(), outcome: Outcome::Failed })?;
             }
-            fresh_plan(session, options, ui.clone()).await?
+            fresh_plan(session, options, ui.clone(), &recorded).await?
         }
         Some(run) => {
             if options.to.as_ref().is_some_and(|t| t != &run.target) {
@@ -215,12 +247,17 @@ pub async fn apply(session: &Session, options: &ApplyOptions, progress: Arc<dyn 
             let done: Vec<String> = run.done().into_iter().map(str::to_owned).collect();
             (run.run, plan, done)
         }
-        None => fresh_plan(session, options, ui.clone()).await?,
+        None => fresh_plan(session, options, ui.clone(), &recorded).await?,
     };
     let fresh = done.is_empty() && !events.iter().any(|e| matches!(e, Event::RunStarted { run: r, .. } if r == &run));
     let remaining: Vec<&PlannedStep> = plan.steps.iter().filter(|p| !done.contains(&p.step.manifest.id)).collect();
-    // Fetching and compiling start now, while the operator reads the plan.
-    let prefetch = Prefetch::start(session, &remaining);
+    // The rest of the fetching and compiling starts now, while the operator reads the plan.
+    tracing::debug!(steps = remaining.len(), "plan ready; fetching and compiling its modules");
+    for p in &remaining {
+        if let Some(release) = session.index.release(&p.release) {
+            prefetch.want(&p.step, release);
+        }
+    }
     // The plan is always shown; `confirm` asks unless the operator said --yes.
     let confirmed = match tokio::runtime::Handle::current().runtime_flavor() {
         // Reading the answer blocks this worker; let the other workers take over the fetches.
@@ -228,11 +265,11 @@ pub async fn apply(session: &Session, options: &ApplyOptions, progress: Arc<dyn 
         _ => confirm(&plan, &done),
     };
     if !confirmed {
-        prefetch.abort();
         return Err(UpgradeError::Declined);
     }
     // Every module is verified and compiled before anything runs.
-    let (loaded, data) = prefetch.finish().await?;
+    let (loaded, data) = prefetch.finish(&session.index, &remaining).await?;
+    tracing::debug!(modules = loaded.len(), "every module verified and compiled");
     if fresh && let Some(j) = journal.as_mut() {
         j.append(&Event::RunStarted {
             run: run.clone(),
@@ -245,7 +282,6 @@ pub async fn apply(session: &Session, options: &ApplyOptions, progress: Arc<dyn 
         })?;
     }
     let detected = Detected { installed: plan.installed.clone(), edition: plan.edition, method: plan.method };
-    let recorded: Arc<Mutex<Vec<String>>> = Arc::default();
     let mut reports = Vec::new();
     let total = plan.steps.len();
     for (i, p) in plan.steps.iter().enumerate() {
@@ -253,6 +289,7 @@ pub async fn apply(session: &Session, options: &ApplyOptions, progress: Arc<dyn 
         if done.contains(id) {
             continue;
         }
+        tracing::debug!(step = %id, "step starting");
         progress.step_started(i + 1, total, p);
         if let Some(j) = journal.as_mut() {
             j.append(&Event::StepStarted { run: run.clone(), step: id.clone(), time: journal::now() })?;
@@ -286,6 +323,7 @@ pub async fn apply(session: &Session, options: &ApplyOptions, progress: Arc<dyn 
 
 async fn load_step(repo: &Repository, sandbox: &Arc<Sandbox>, step: &IndexStep) -> Result<LoadedStep, UpgradeError> {
     let wasm = repo.module(step).await?;
+    tracing::debug!(step = %step.manifest.id, "module verified");
     let (sandbox, id, api) = (sandbox.clone(), step.manifest.id.clone(), step.api.clone());
     // Compiling is CPU work; it must not hold up the runtime's other tasks (downloads, the UI).
     tokio::task::spawn_blocking(move || sandbox.load(&id, &wasm, &api))
@@ -298,66 +336,81 @@ type Task<T> = tokio::task::JoinHandle<Result<T, UpgradeError>>;
 
 /// The modules (one per distinct module) and release data a plan needs, each fetched,
 /// verified and compiled in its own task: downloads run concurrently and each module
-/// compiles as soon as it is verified.
+/// compiles as soon as it is verified. Work can start before the plan is known (the target
+/// release's own steps, while detection runs); what the plan turns out not to need is dropped.
 struct Prefetch {
-    modules: Vec<(String, Task<LoadedStep>)>,
-    data: Vec<(Version, Task<Arc<ReleaseData>>)>,
+    modules: HashMap<String, Task<LoadedStep>>,
+    data: HashMap<Version, Task<Arc<ReleaseData>>>,
+    repo: Arc<Repository>,
+    sandbox: Arc<Sandbox>,
 }
 
 impl Prefetch {
-    fn start(session: &Session, steps: &[&PlannedStep]) -> Self {
-        let mut modules: Vec<(String, Task<LoadedStep>)> = Vec::new();
-        let mut data: Vec<(Version, Task<Arc<ReleaseData>>)> = Vec::new();
-        for p in steps {
-            if !modules.iter().any(|(sha, _)| sha == &p.step.sha256) {
-                let (repo, sandbox, step) = (session.repo.clone(), session.sandbox.clone(), p.step.clone());
-                modules.push((p.step.sha256.clone(), tokio::spawn(async move { load_step(&repo, &sandbox, &step).await })));
-            }
-            if !data.iter().any(|(v, _)| v == &p.release)
-                && let Some(release) = session.index.release(&p.release).filter(|r| !r.data.is_empty()).cloned()
-            {
-                let repo = session.repo.clone();
-                data.push((p.release.clone(), tokio::spawn(async move { Ok(Arc::new(repo.release_data(&release).await?)) })));
-            }
+    fn new(session: &Session) -> Self {
+        Self { modules: HashMap::new(), data: HashMap::new(), repo: session.repo.clone(), sandbox: session.sandbox.clone() }
+    }
+
+    /// Starts fetching `step`'s module and `release`'s data unless already started.
+    fn want(&mut self, step: &IndexStep, release: &Release) {
+        if !self.modules.contains_key(&step.sha256) {
+            let (repo, sandbox, step) = (self.repo.clone(), self.sandbox.clone(), step.clone());
+            let sha = step.sha256.clone();
+            self.modules.insert(sha, tokio::spawn(async move { load_step(&repo, &sandbox, &step).await }));
         }
-        Self { modules, data }
+        if !release.data.is_empty() && !self.data.contains_key(&release.version) {
+            let (repo, release) = (self.repo.clone(), release.clone());
+            let version = release.version.clone();
+            self.data.insert(version, tokio::spawn(async move { Ok(Arc::new(repo.release_data(&release).await?)) }));
+        }
     }
 
-    fn abort(self) {
-        self.modules.iter().for_each(|(_, t)| t.abort());
-        self.data.iter().for_each(|(_, t)| t.abort());
-    }
 
-    /// Waits for every task; the first failure (in plan order) is the answer.
-    async fn finish(self) -> Result<(HashMap<String, LoadedStep>, HashMap<Version, Arc<ReleaseData>>), UpgradeError> {
+    /// Waits for what `steps` need (the first failure, in plan order, is the answer); the
+    /// rest is dropped with the prefetch.
+    async fn finish(mut self, index: &Index, steps: &[&PlannedStep]) -> Result<(HashMap<String, LoadedStep>, HashMap<Version, Arc<ReleaseData>>), UpgradeError> {
         async fn join<T>(task: Task<T>) -> Result<T, UpgradeError> {
             task.await.map_err(|e| UpgradeError::Other(format!("fetching the plan's modules: {e}")))?
         }
-        let mut loaded = HashMap::new();
-        let mut data = HashMap::new();
-        let Self { modules, data: data_tasks } = self;
-        let mut rest = modules.into_iter();
-        while let Some((sha, task)) = rest.next() {
-            match join(task).await {
-                Ok(l) => {
-                    loaded.insert(sha, l);
-                }
-                Err(e) => {
-                    rest.for_each(|(_, t)| t.abort());
-                    data_tasks.iter().for_each(|(_, t)| t.abort());
-                    return Err(e);
-                }
+        for p in steps {
+            if let Some(release) = index.release(&p.release) {
+                self.want(&p.step, release);
             }
         }
-        for (version, task) in data_tasks {
-            data.insert(version, join(task).await?);
+        let mut loaded = HashMap::new();
+        let mut data = HashMap::new();
+        for p in steps {
+            if let Some(task) = self.modules.remove(&p.step.sha256) {
+                match join(task).await {
+                    Ok(l) => {
+                        loaded.insert(p.step.sha256.clone(), l);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if let Some(task) = self.data.remove(&p.release) {
+                match join(task).await {
+                    Ok(d) => {
+                        data.insert(p.release.clone(), d);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
         }
         Ok((loaded, data))
     }
 }
 
-async fn fresh_plan(session: &Session, options: &ApplyOptions, ui: Arc<dyn Ui>) -> Result<(String, Plan, Vec<String>), UpgradeError> {
-    let detected = session.detect(ui).await?;
+/// Whatever is still running when the prefetch goes (a declined plan, an error, work the plan
+/// did not need) is stopped.
+impl Drop for Prefetch {
+    fn drop(&mut self) {
+        self.modules.values().for_each(|t| t.abort());
+        self.data.values().for_each(|t| t.abort());
+    }
+}
+
+async fn fresh_plan(session: &Session, options: &ApplyOptions, ui: Arc<dyn Ui>, recorded: &Arc<Mutex<Vec<String>>>) -> Result<(String, Plan, Vec<String>), UpgradeError> {
+    let detected = session.detect_recording(ui, options.dry_run.then_some(recorded)).await?;
     let plan = session.plan(&detected, options.to.as_ref())?;
     Ok((run_id(), plan, Vec::new()))
 }

@@ -4,7 +4,8 @@
 //!   builds every guest crate once, then runs every test (`cargo test`, extra ARGS passed on).
 //! - `cargo xtask demo`: runs the example step on a simulated Canopsis with a loopback API
 //!   server, and prints the step's log, its audit and the commands it ran.
-//! - `cargo xtask bench`: the performance figures with their goals (release build).
+//! - `cargo xtask bench`: the performance figures with their goals (release build), the demo
+//!   upgrade against a bash script of the same commands included (needs RabbitMQ, started here).
 //! - `cargo xtask build-guests`: builds `steps/*` and `tests/guests/*` for `wasm32-wasip2`.
 //! - `cargo xtask publish --out DIR`: builds the release crates under `steps/` and publishes
 //!   them into a signed repository at DIR with a development key (`target/dev-keys/`).
@@ -111,9 +112,21 @@ fn publish(out: &Path) -> Result<()> {
 
 fn bench() -> Result<()> {
     build_guests()?;
+    // Release builds of everything the figures time: canup, the simulator's stub, the bench.
     let mut c = cargo();
-    c.args(["run", "--release", "--quiet", "-p", "canup-tests", "--bin", "canup-bench"]);
-    run(c)
+    c.args(["build", "--release", "--quiet", "-p", "canup", "-p", "canup-tests", "--bins"]);
+    run(c)?;
+    let release = canup_tests::target_dir().join("release");
+    let bench_dir = canup_tests::target_dir().join("bench");
+    if bench_dir.exists() {
+        std::fs::remove_dir_all(&bench_dir).with_context(|| format!("cleaning {}", bench_dir.display()))?;
+    }
+    let repo = bench_dir.join("repo");
+    canup_tests::publish_steps(&release.join("canup"), &repo, &canup_tests::target_dir().join("dev-keys"))?;
+    let _rabbitmq = RabbitMq::start()?;
+    let mut bench = Command::new(release.join("canup-bench"));
+    bench.arg("--canup").arg(release.join("canup")).arg("--stub").arg(release.join("canup-simstub")).arg("--repo").arg(&repo);
+    run(bench)
 }
 
 /// A `rabbitmq-server` (Debian's) for the tests and the demo, on 127.0.0.1 with the

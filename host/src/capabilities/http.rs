@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -156,6 +155,27 @@ fn same_origin(a: &Url, b: &Url) -> bool {
     a.scheme() == b.scheme() && a.host_str() == b.host_str() && a.port_or_known_default() == b.port_or_known_default()
 }
 
+/// One HTTP client for the whole process: building one loads the TLS roots and costs
+/// ~10–20 ms, which every step's request paid before. It keeps no idle connection: a pooled
+/// connection belongs to the tokio runtime that opened it, and a client shared by the whole
+/// process may outlive that runtime. It follows no redirect itself (see [`send`]).
+/// The repository transport uses it too.
+pub(crate) fn shared_client() -> Result<&'static reqwest::Client, String> {
+    static CLIENT: std::sync::OnceLock<Result<reqwest::Client, String>> = std::sync::OnceLock::new();
+    CLIENT
+        .get_or_init(|| {
+            reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .no_proxy()
+                .pool_max_idle_per_host(0)
+                .connect_timeout(std::time::Duration::from_secs(10))
+                .build()
+                .map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
 /// Sends an already-checked request. Redirects go through `grant` again.
 pub async fn send(grant: &Grant, endpoints: &Endpoints, req: &HttpRequest, limits: &HttpLimits) -> Result<HttpResponse, HttpError> {
     let name = req.endpoint.as_str();
@@ -173,70 +193,52 @@ pub async fn send(grant: &Grant, endpoints: &Endpoints, req: &HttpRequest, limit
         return Err(HttpError::TooLarge { what: format!("request body for endpoint {name}"), limit: limits.max_request_body });
     }
 
-    // The redirect policy runs inside reqwest; it records why it refused so the step gets a
-    // capability error rather than a generic "redirect error".
-    let refused: Arc<Mutex<Option<HttpError>>> = Arc::default();
-    let policy = {
-        let refused = refused.clone();
-        let grant = grant.clone();
-        let base = base.clone();
-        let (endpoint, method, max) = (name.to_owned(), req.method.clone(), limits.max_redirects);
-        reqwest::redirect::Policy::custom(move |attempt| {
-            let target = attempt.url().clone();
-            let verdict = if attempt.previous().len() > max {
-                Err(HttpError::Failed { endpoint: endpoint.clone(), why: format!("more than {max} redirects") })
-            } else if !same_origin(&target, &base) || !target.path().starts_with(&base_path) {
-                Err(Denial::Invalid {
-                    what: format!("redirect of endpoint {endpoint} to {target}"),
-                    why: "it leads to another origin than the endpoint's".into(),
-                }
-                .into())
-            } else {
-                let rest = &target.path()[base_path.len()..];
-                grant.check_http(&endpoint, &method, rest, &[]).map_err(HttpError::from)
-            };
-            match verdict {
-                Ok(()) => attempt.follow(),
-                Err(e) => {
-                    let msg = e.to_string();
-                    if let Ok(mut slot) = refused.lock() {
-                        *slot = Some(e);
-                    }
-                    attempt.error(msg)
-                }
-            }
-        })
-    };
-    let client = reqwest::Client::builder()
-        .redirect(policy)
-        .timeout(limits.timeout)
-        .no_proxy()
-        .build()
-        .map_err(|e| failed(e.to_string()))?;
-    let method = reqwest::Method::from_bytes(req.method.as_bytes()).map_err(|e| failed(e.to_string()))?;
-    let mut builder = client.request(method, url);
-    for (k, v) in &req.headers {
-        builder = builder.header(k, v);
-    }
-    if let Some(token) = read_secret(name, &ep.token_file, &ep.token_env)? {
-        builder = builder.bearer_auth(token);
-    } else if let Some(user) = &ep.username {
-        builder = builder.basic_auth(user, read_secret(name, &ep.password_file, &ep.password_env)?);
-    }
-    if let Some(body) = &req.body {
-        builder = builder.body(body.clone());
-    }
-    let map_err = |e: reqwest::Error| {
-        if let Some(why) = refused.lock().ok().and_then(|mut s| s.take()) {
-            return why;
+    let client = shared_client().map_err(failed)?;
+    let mut method = reqwest::Method::from_bytes(req.method.as_bytes()).map_err(|e| failed(e.to_string()))?;
+    let mut url = url;
+    let mut body = req.body.clone();
+    let map_err = |e: reqwest::Error| if e.is_timeout() { HttpError::Timeout { endpoint: name.to_owned(), after: limits.timeout } } else { failed(crate::error_chain(&e)) };
+    let mut hops = 0;
+    let resp = loop {
+        let mut builder = client.request(method.clone(), url.clone()).timeout(limits.timeout);
+        for (k, v) in &req.headers {
+            builder = builder.header(k, v);
         }
-        if e.is_timeout() {
-            HttpError::Timeout { endpoint: name.to_owned(), after: limits.timeout }
-        } else {
-            failed(crate::error_chain(&e))
+        if let Some(token) = read_secret(name, &ep.token_file, &ep.token_env)? {
+            builder = builder.bearer_auth(token);
+        } else if let Some(user) = &ep.username {
+            builder = builder.basic_auth(user, read_secret(name, &ep.password_file, &ep.password_env)?);
         }
+        if let Some(body) = &body {
+            builder = builder.body(body.clone());
+        }
+        let resp = builder.send().await.map_err(map_err)?;
+        let location = resp.headers().get(reqwest::header::LOCATION).and_then(|l| l.to_str().ok()).map(str::to_owned);
+        let Some(location) = location.filter(|_| resp.status().is_redirection()) else { break resp };
+        // Redirects are followed here rather than inside reqwest so that each hop goes through
+        // the same checks as the step's own request, and the client can be shared.
+        hops += 1;
+        if hops > limits.max_redirects {
+            return Err(failed(format!("more than {} redirects", limits.max_redirects)));
+        }
+        let target = url.join(&location).map_err(|e| failed(format!("redirect to {location:?}: {e}")))?;
+        if !same_origin(&target, &base) || !target.path().starts_with(&base_path) {
+            return Err(Denial::Invalid { what: format!("redirect of endpoint {name} to {target}"), why: "it leads to another origin than the endpoint's".into() }.into());
+        }
+        // As browsers do: 303, and 301/302 after a POST, continue as a GET without the body.
+        let status = resp.status().as_u16();
+        if status == 303 || (matches!(status, 301 | 302) && method == reqwest::Method::POST) {
+            method = reqwest::Method::GET;
+            body = None;
+        }
+        let rest = &target.path()[base_path.len()..];
+        let rest = match target.query() {
+            Some(q) => format!("{rest}?{q}"),
+            None => rest.to_owned(),
+        };
+        grant.check_http(name, method.as_str(), &rest, &req.headers)?;
+        url = target;
     };
-    let resp = builder.send().await.map_err(map_err)?;
     let status = resp.status().as_u16();
     let headers = resp.headers().iter().map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned())).collect();
     if resp.content_length().is_some_and(|n| n > limits.max_response_body as u64) {

@@ -12,6 +12,8 @@ pub mod exec;
 pub mod fs;
 pub mod http;
 
+use std::sync::Arc;
+
 use globset::{GlobBuilder, GlobMatcher};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -219,21 +221,32 @@ impl Compiled {
     }
 }
 
+/// The operator's policy, compiled once for every step of a run: compiling its globs is
+/// the costly part of a grant, and it does not change between steps.
+#[derive(Debug, Clone)]
+pub struct Policy(Arc<Compiled>);
+
+impl Policy {
+    pub fn compile(policy: &CapabilitySet) -> Result<Self, PatternError> {
+        Ok(Self(Arc::new(Compiled::new(policy, "the operator's policy")?)))
+    }
+}
+
 /// What one step may do: its declaration intersected with the operator's policy.
 #[derive(Debug, Clone)]
 pub struct Grant {
     step: String,
-    declared: Compiled,
-    policy: Compiled,
+    declared: Arc<Compiled>,
+    policy: Arc<Compiled>,
 }
 
 impl Grant {
     pub fn new(step: &str, declared: &CapabilitySet, policy: &CapabilitySet) -> Result<Self, PatternError> {
-        Ok(Self {
-            step: step.to_owned(),
-            declared: Compiled::new(declared, &format!("the manifest of step {step}"))?,
-            policy: Compiled::new(policy, "the operator's policy")?,
-        })
+        Self::with_policy(step, declared, &Policy::compile(policy)?)
+    }
+
+    pub fn with_policy(step: &str, declared: &CapabilitySet, policy: &Policy) -> Result<Self, PatternError> {
+        Ok(Self { step: step.to_owned(), declared: Arc::new(Compiled::new(declared, &format!("the manifest of step {step}"))?), policy: policy.0.clone() })
     }
 
     pub fn step(&self) -> &str {

@@ -14,17 +14,20 @@ use futures_util::StreamExt;
 use tough::{FilesystemTransport, Transport, TransportError, TransportErrorKind, TransportStream};
 use url::Url;
 
+const MAX_REDIRECTS: u32 = 5;
+
 #[derive(Debug, Clone)]
 pub struct ResumingTransport {
-    client: reqwest::Client,
+    client: &'static reqwest::Client,
+    timeout: Duration,
     tries: u32,
     backoff: Duration,
 }
 
 impl ResumingTransport {
-    pub fn new(timeout: Duration, tries: u32) -> Result<Self, reqwest::Error> {
-        let client = reqwest::Client::builder().timeout(timeout).connect_timeout(Duration::from_secs(10)).build()?;
-        Ok(Self { client, tries: tries.max(1), backoff: Duration::from_millis(50) })
+    pub fn new(timeout: Duration, tries: u32) -> Result<Self, String> {
+        let client = crate::capabilities::http::shared_client()?;
+        Ok(Self { client, timeout, tries: tries.max(1), backoff: Duration::from_millis(50) })
     }
 
     /// One GET with retries: connection errors, timeouts and 5xx are retried with backoff;
@@ -32,12 +35,27 @@ impl ResumingTransport {
     async fn open(&self, url: &Url) -> Result<TransportStream, TransportError> {
         let mut backoff = self.backoff;
         let mut last = None;
-        for attempt in 1..=self.tries {
+        let mut url = url.clone();
+        let mut redirects = 0;
+        let mut attempt = 0;
+        while attempt < self.tries {
+            attempt += 1;
             if attempt > 1 {
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));
             }
-            match self.client.get(url.clone()).send().await {
+            match self.client.get(url.clone()).timeout(self.timeout).send().await {
+                // The shared client follows no redirect itself; a repository may sit behind
+                // one (a mirror, a CDN). What it serves is verified by TUF wherever it comes from.
+                Ok(resp) if resp.status().is_redirection() && redirects < MAX_REDIRECTS => {
+                    let location = resp.headers().get(reqwest::header::LOCATION).and_then(|l| l.to_str().ok()).and_then(|l| url.join(l).ok());
+                    let Some(next) = location else {
+                        return Err(TransportError::new_with_cause(TransportErrorKind::Other, url.as_str(), format!("HTTP {} without a usable Location", resp.status())));
+                    };
+                    redirects += 1;
+                    attempt -= 1;
+                    url = next;
+                }
                 Ok(resp) if resp.status().is_success() => {
                     let stream = resp.bytes_stream().map(|chunk| chunk.map_err(|e| TransportError::new_with_cause(TransportErrorKind::Other, "body", e)));
                     return Ok(Box::pin(stream));

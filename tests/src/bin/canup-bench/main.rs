@@ -1,6 +1,12 @@
 //! `cargo xtask bench`: the figures the issues name, each with its goal and the ratio of the
 //! measurement to the goal, all measured in one run (machines are shared and noisy: compare
 //! ratios, not absolute numbers across runs). Medians of repeated runs.
+//!
+//! Arguments (given by `cargo xtask bench`): `--canup BIN --stub BIN --repo DIR`, the release
+//! `canup`, the simulator's stub and the published repository of the project's steps, for the
+//! demo upgrade figures (see `demo.rs`).
+
+mod demo;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -21,14 +27,51 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-struct Row {
-    figure: String,
-    value: Duration,
-    goal: Option<Duration>,
+#[derive(Clone, Copy)]
+enum Unit {
+    Ms,
+    Mb,
+    Times,
 }
 
-fn ms(d: Duration) -> String {
-    format!("{:.3} ms", d.as_secs_f64() * 1000.0)
+struct Row {
+    figure: String,
+    value: f64,
+    unit: Unit,
+    /// At most this, in the same unit.
+    goal: Option<f64>,
+}
+
+impl Row {
+    fn time(figure: impl Into<String>, d: Duration, goal: Option<Duration>) -> Self {
+        Self { figure: figure.into(), value: d.as_secs_f64() * 1000.0, unit: Unit::Ms, goal: goal.map(|g| g.as_secs_f64() * 1000.0) }
+    }
+
+    fn ratio(figure: impl Into<String>, value: f64, goal: Option<f64>) -> Self {
+        Self { figure: figure.into(), value, unit: Unit::Times, goal }
+    }
+
+    fn show(&self, v: f64) -> String {
+        match self.unit {
+            Unit::Ms => format!("{v:.3} ms"),
+            Unit::Mb => format!("{v:.1} MB"),
+            Unit::Times => format!("{v:.2}×"),
+        }
+    }
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+/// `--name VALUE` from the command line.
+fn arg(name: &str) -> Result<std::path::PathBuf> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(std::path::PathBuf::from)
+        .with_context(|| format!("missing {name} PATH (run through `cargo xtask bench`)"))
 }
 
 /// The releases an upgrade from `from` to `to` goes through (C < R ≤ T), as planning lists them.
@@ -49,14 +92,24 @@ async fn plan_once(url: &str, root: &[u8], cache: &Path) -> Result<usize> {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
-    let work = tempfile::tempdir()?;
+    let inputs = demo::Inputs { canup: arg("--canup")?, stub: arg("--stub")?, repo: arg("--repo")? };
+    let tmp = tempfile::tempdir()?;
+    let work = tmp.path().to_path_buf();
+    // CANUP_BENCH_KEEP=1 keeps the work directory (repositories, simulated hosts, state) to look into.
+    let _cleanup = if std::env::var_os("CANUP_BENCH_KEEP").is_some() {
+        eprintln!("keeping the work directory {}", tmp.keep().display());
+        None
+    } else {
+        Some(tmp)
+    };
+    let work = work.as_path();
     let module = std::fs::read(guest_wasm("canopsis-3-40-0"))?;
     let template = ReleaseSteps::load(&workspace_dir().join("steps/canopsis-3.40.0/step.toml"))?;
 
     // A repository of 150 releases, published with the vendor code.
     let generate = Instant::now();
-    let repo = work.path().join("repo");
-    let key = work.path().join("bench.key");
+    let repo = work.join("repo");
+    let key = work.join("bench.key");
     vendor::keygen(&key).await?;
     vendor::init(&repo, &RoleKeyFiles { root: vec![key.clone()], ..Default::default() }, 1, &Expiry::default()).await?;
     for minor in 0..RELEASES {
@@ -76,15 +129,15 @@ async fn main() -> Result<()> {
     // Cold: empty cache, everything over loopback HTTP.
     let mut cold = Vec::new();
     for i in 0..10 {
-        let cache = work.path().join(format!("cold-{i}"));
+        let cache = work.join(format!("cold-{i}"));
         let t = Instant::now();
         let n = plan_once(&url, &root, &cache).await?;
         cold.push(t.elapsed());
         assert_eq!(n, 120, "the path 3.20.0 → 3.140.0 has 120 releases");
     }
-    rows.push(Row { figure: format!("fetch + verify + list path, {RELEASES} releases, cold (loopback HTTP)"), value: median(cold), goal: Some(Duration::from_millis(200)) });
+    rows.push(Row::time(format!("1. plan: fetch + verify + list path, {RELEASES} releases, cold (loopback HTTP)"), median(cold), Some(Duration::from_millis(200))));
     // Warm: the TUF metadata cache is filled (rollback state, unchanged metadata).
-    let cache = work.path().join("warm");
+    let cache = work.join("warm");
     plan_once(&url, &root, &cache).await?;
     let mut warm = Vec::new();
     for _ in 0..20 {
@@ -92,7 +145,7 @@ async fn main() -> Result<()> {
         plan_once(&url, &root, &cache).await?;
         warm.push(t.elapsed());
     }
-    rows.push(Row { figure: format!("fetch + verify + list path, {RELEASES} releases, warm (cache)"), value: median(warm), goal: Some(Duration::from_millis(20)) });
+    rows.push(Row::time(format!("1. plan: fetch + verify + list path, {RELEASES} releases, warm (cache)"), median(warm), Some(Duration::from_millis(20))));
 
     // One step's start: compile from scratch vs. load from the compiled cache.
     let mut compile = Vec::new();
@@ -102,8 +155,9 @@ async fn main() -> Result<()> {
         sandbox.load("bench", &module, &STEP_API)?;
         compile.push(t.elapsed());
     }
-    rows.push(Row { figure: "step start: cold compile (Cranelift)".into(), value: median(compile), goal: None });
-    let compiled = work.path().join("compiled");
+    let compile = median(compile);
+    rows.push(Row::time("2. step start: cold compile (Cranelift)", compile, None));
+    let compiled = work.join("compiled");
     Sandbox::new(Some(&compiled))?.load("bench", &module, &STEP_API)?;
     let sandbox = Sandbox::new(Some(&compiled))?;
     let mut cached = Vec::new();
@@ -113,24 +167,34 @@ async fn main() -> Result<()> {
         cached.push(t.elapsed());
         assert!(loaded.from_cache);
     }
-    rows.push(Row { figure: "step start: from the compiled cache".into(), value: median(cached), goal: Some(Duration::from_millis(3)) });
+    let cached = median(cached);
+    rows.push(Row::time("2. step start: from the compiled cache", cached, Some(Duration::from_millis(3))));
+    rows.push(Row::ratio("2. cold compile / cached start", secs(compile) / secs(cached), None));
 
-    host_call_rows(&mut rows, work.path()).await?;
+    host_call_rows(&mut rows, work).await?;
+
+    let d = demo::measure(work, &inputs).await?;
+    rows.push(Row::time("4. demo upgrade 3.38.0 → 3.40.0: canup apply, first run (compiles every module)", d.apply_cold, None));
+    rows.push(Row::time("4. demo upgrade: canup apply, compiled cache warm", d.apply_warm, None));
+    rows.push(Row::time(format!("4. demo upgrade: bash script of the dry run's {} commands", d.commands), d.bash, None));
+    rows.push(Row::ratio("4. demo upgrade: canup apply (warm) / bash", secs(d.apply_warm) / secs(d.bash), Some(1.3)));
+    rows.push(Row::ratio("4. demo upgrade: canup apply (first run) / bash", secs(d.apply_cold) / secs(d.bash), None));
+    rows.push(Row { figure: "5. peak RSS of canup apply (demo, first run)".into(), value: d.peak_rss_bytes as f64 / 1e6, unit: Unit::Mb, goal: Some(80.0) });
 
     println!("| figure | median | goal | ratio to goal |");
     println!("| --- | --- | --- | --- |");
+    let mut missed = 0;
     for r in &rows {
         let (goal, ratio) = match r.goal {
-            Some(g) => (format!("≤ {}", ms(g)), format!("{:.2}{}", r.value.as_secs_f64() / g.as_secs_f64(), if r.value <= g { "" } else { " (missed)" })),
+            Some(g) => {
+                missed += usize::from(r.value > g);
+                (format!("≤ {}", r.show(g)), format!("{:.2}{}", r.value / g, if r.value <= g { "" } else { " (missed)" }))
+            }
             None => ("-".into(), "-".into()),
         };
-        println!("| {} | {} | {goal} | {ratio} |", r.figure, ms(r.value));
+        println!("| {} | {} | {goal} | {ratio} |", r.figure, r.show(r.value));
     }
-    let (c, w) = (rows[0].value.as_secs_f64(), rows[1].value.as_secs_f64());
-    println!("\ncold / warm: {:.1}x; compile / cached start: {:.1}x", c / w, rows[2].value.as_secs_f64() / rows[3].value.as_secs_f64());
-    let exec_ratio = rows[5].value.as_secs_f64() / rows[6].value.as_secs_f64();
-    println!("exec through the capability / std::process::Command: {exec_ratio:.2} (goal ≤ 1.05{})", if exec_ratio <= 1.05 { "" } else { ", missed" });
-    println!("4 KB read through fs / std::fs::read: {:.1}x", rows[7].value.as_secs_f64() / rows[8].value.as_secs_f64());
+    println!("\n{} figures with a goal, {missed} missed", rows.iter().filter(|r| r.goal.is_some()).count());
     Ok(())
 }
 
@@ -186,7 +250,7 @@ async fn host_call_rows(rows: &mut Vec<Row>, work: &Path) -> Result<()> {
         }
     };
     let empty = timed("empty", 50).await?;
-    rows.push(Row { figure: "step: instantiate + call of an empty step".into(), value: empty, goal: None });
+    rows.push(Row::time("2. step: instantiate + call of an empty step", empty, None));
     let exec = timed("exec-true-100", 5).await?;
     let mut direct = Vec::new();
     for _ in 0..5 {
@@ -196,8 +260,10 @@ async fn host_call_rows(rows: &mut Vec<Row>, work: &Path) -> Result<()> {
         }
         direct.push(t.elapsed());
     }
-    rows.push(Row { figure: "exec of /bin/true through the capability (per call)".into(), value: exec.saturating_sub(empty) / 100, goal: None });
-    rows.push(Row { figure: "std::process::Command of /bin/true (per call)".into(), value: median(direct) / 100, goal: None });
+    let (through, direct) = (exec.saturating_sub(empty) / 100, median(direct) / 100);
+    rows.push(Row::time("3. exec of /bin/true through the capability (per call)", through, None));
+    rows.push(Row::time("3. std::process::Command of /bin/true (per call)", direct, None));
+    rows.push(Row::ratio("3. exec overhead: capability / std::process::Command", secs(through) / secs(direct), Some(1.05)));
     let read = timed("read-4k-1000", 5).await?;
     let mut direct = Vec::new();
     for _ in 0..5 {
@@ -207,7 +273,7 @@ async fn host_call_rows(rows: &mut Vec<Row>, work: &Path) -> Result<()> {
         }
         direct.push(t.elapsed());
     }
-    rows.push(Row { figure: "4 KB read through fs (per call)".into(), value: read.saturating_sub(empty) / 1000, goal: Some(Duration::from_micros(20)) });
-    rows.push(Row { figure: "std::fs::read of 4 KB (per call)".into(), value: median(direct) / 1000, goal: None });
+    rows.push(Row::time("3. 4 KB read through fs (per call)", read.saturating_sub(empty) / 1000, Some(Duration::from_micros(20))));
+    rows.push(Row::time("3. std::fs::read of 4 KB (per call)", median(direct) / 1000, None));
     Ok(())
 }

@@ -1,0 +1,227 @@
+//! Bench items 4 and 5: the demo upgrade (3.38.0 → 3.40.0, cat, packages) by `canup apply`
+//! against the same mutating commands run by a bash script generated from canup's own dry-run
+//! output (the commands it would run, queries included), and the peak RSS of `canup apply`.
+//!
+//! Both sides start from a fresh simulated host, with the Engine_che binding restored in the
+//! real RabbitMQ, and must end with the same mutating calls in the simulator's log: the
+//! comparison is of the same work. What canup adds on top is its own: verifying the signed
+//! repository, detection, the plan, the sandbox, the journal and backups (fsync'd), the drain
+//! and API checks.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use canup_tests::canopsis_api::CanopsisApi;
+use canup_tests::rabbitmq::{self, Admin};
+use canup_tests::repo_server::{Control, serve_repo};
+use canup_tests::simhost::{Edition, Method, SimHost, Spec};
+
+/// What `cargo xtask bench` built for the comparison.
+pub struct Inputs {
+    pub canup: PathBuf,
+    pub stub: PathBuf,
+    pub repo: PathBuf,
+}
+
+pub struct Figures {
+    pub apply_cold: Duration,
+    pub apply_warm: Duration,
+    pub bash: Duration,
+    pub peak_rss_bytes: u64,
+    pub commands: usize,
+}
+
+struct Fresh {
+    sim: SimHost,
+    api: CanopsisApi,
+    config: PathBuf,
+}
+
+const RUNS: usize = 5;
+
+async fn fresh(work: &Path, name: &str, stub: &Path, repo_url: &str, repo: &Path, state: &Path) -> Result<Fresh> {
+    let dir = work.join(name);
+    let sim = SimHost::create(&dir.join("root"), &Spec { version: "3.38.0".into(), edition: Edition::Cat, method: Method::Packages }, stub)?;
+    let api = CanopsisApi::serve(sim.root().to_path_buf()).await;
+    let config = dir.join("canup.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "repository = \"{repo_url}\"\ntrusted_root = \"{}\"\nstate_dir = \"{}\"\n\n{}\n{}{}",
+            repo.join("metadata/1.root.json").display(),
+            state.display(),
+            canup_tests::OPERATOR_POLICY,
+            rabbitmq::endpoint_toml(&dir.join("rabbitmq.pw"))?,
+            api.endpoint_toml(&dir.join("api.pw"))?,
+        ),
+    )?;
+    // 3.39.0 unbinds Engine_che: every run starts from the binding in place.
+    Admin::new().bind_che().await?;
+    Ok(Fresh { sim, api, config })
+}
+
+fn canup(inputs: &Inputs, f: &Fresh, extra: &[&str]) -> Command {
+    let mut c = Command::new(&inputs.canup);
+    c.arg("--config").arg(&f.config).arg("--sysroot").arg(f.sim.root()).args(["apply", "--to", "3.40.0", "--yes", "--accept-manual"]).args(extra);
+    c
+}
+
+/// Every call in the simulator's log, queries included: what both sides must share.
+fn calls(sim: &SimHost) -> Result<Vec<String>> {
+    Ok(sim.calls()?.iter().map(|c| c.line()).collect())
+}
+
+fn timed(mut cmd: Command) -> Result<Duration> {
+    let shown = format!("{cmd:?}");
+    let t = Instant::now();
+    let out = cmd.stdin(Stdio::null()).output().with_context(|| format!("starting {shown}"))?;
+    let elapsed = t.elapsed();
+    ensure!(out.status.success(), "{shown} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    Ok(elapsed)
+}
+
+/// The bash script an operator would type from `canup apply --dry-run`'s list of changes.
+fn script_from_dry_run(dry_run_stdout: &str) -> Result<(String, usize)> {
+    let (_, changes) = dry_run_stdout.split_once("The real run would make these changes, in order (queries ran for real):\n").context("no list of changes in the dry-run output")?;
+    let mut script = String::from(
+        "#!/bin/bash\n# Generated from `canup apply --dry-run`: the same changes, run by bash.\nset -euo pipefail\nROOT=\"$1\"\n\
+         # The release notes' way of exporting the engines' variables.\nset -o allexport; source \"$ROOT/opt/canopsis/etc/go-engines-vars.conf\"; set +o allexport\n",
+    );
+    let mut commands = 0;
+    let mut heredoc_open = false;
+    for line in changes.lines() {
+        // canup prints each change at two spaces; a write's content follows at four.
+        if let Some(content) = line.strip_prefix("    ") {
+            ensure!(heredoc_open, "content line outside a write: {line:?}");
+            writeln!(script, "{content}")?;
+            continue;
+        }
+        if heredoc_open {
+            script.push_str("CANUP_EOF\n");
+            heredoc_open = false;
+        }
+        let Some(entry) = line.strip_prefix("  ") else { continue };
+        if let Some(cmd) = entry.strip_prefix("run: ") {
+            ensure!(!cmd.ends_with(')') || !cmd.contains(" (as "), "commands run as another user are not generated: {cmd}");
+            // Environment assignments are shown masked (`K=…`); the script exported the real ones above.
+            let words: Vec<&str> = cmd.split(' ').skip_while(|w| w.contains("=…")).collect();
+            let (program, args) = words.split_first().context("empty command")?;
+            ensure!(program.starts_with('/'), "program {program} is not absolute");
+            writeln!(script, "\"$ROOT\"{program} {}", args.join(" "))?;
+            commands += 1;
+        } else if let Some(query) = entry.strip_prefix("query: ") {
+            // A query may answer "no" with its exit status (systemctl is-enabled); the step reads it.
+            match query.split_once(" on endpoint ") {
+                Some((request, endpoint)) => {
+                    let (method, path) = request.split_once(' ').context("query without a path")?;
+                    writeln!(script, "curl -s -o /dev/null -X {method} {}{path}\" || true", endpoint_base(endpoint)?)?;
+                }
+                None => {
+                    let (program, args) = query.split_once(' ').unwrap_or((query, ""));
+                    writeln!(script, "\"$ROOT\"{program} {args} >/dev/null || true")?;
+                }
+            }
+            commands += 1;
+        } else if let Some(rest) = entry.strip_prefix("write ") {
+            let path = rest.split(" (").next().context("write without a path")?;
+            writeln!(script, "cat > \"$ROOT{path}\" <<'CANUP_EOF'")?;
+            heredoc_open = true;
+        } else if let Some(rest) = entry.strip_prefix("append to ") {
+            writeln!(script, "cat >> \"$ROOT{}\" <<'CANUP_EOF'", rest.trim_end_matches(':'))?;
+            heredoc_open = true;
+        } else if let Some(path) = entry.strip_prefix("remove ") {
+            writeln!(script, "rm -f \"$ROOT{path}\"")?;
+        } else if let Some(rest) = entry.strip_prefix("send: ") {
+            let mut parts = rest.splitn(5, ' ');
+            let (method, path, _, _, endpoint) = (parts.next(), parts.next(), parts.next(), parts.next(), parts.next());
+            let (method, path, endpoint) = (method.context("method")?, path.context("path")?, endpoint.context("endpoint")?);
+            let (endpoint, body) = match endpoint.split_once(" with body ") {
+                Some((e, b)) => (e, format!(" -H 'content-type: application/json' -d '{}'", b.replace('\'', r"'\''"))),
+                None => (endpoint, String::new()),
+            };
+            writeln!(script, "curl -sf -o /dev/null -X {method}{body} {}{path}\"", endpoint_base(endpoint)?)?;
+            commands += 1;
+        } else {
+            bail!("unknown change in the dry-run output: {entry:?}");
+        }
+    }
+    if heredoc_open {
+        script.push_str("CANUP_EOF\n");
+    }
+    Ok((script, commands))
+}
+
+/// curl's credentials and the start of the URL of an endpoint (the script's environment has them).
+fn endpoint_base(endpoint: &str) -> Result<&'static str> {
+    Ok(match endpoint {
+        "rabbitmq" => "-u \"$RABBITMQ_AUTH\" \"$RABBITMQ_URL",
+        "canopsis-api" => "-u \"$API_AUTH\" \"$API_URL",
+        other => bail!("no URL for endpoint {other}"),
+    })
+}
+
+fn peak_rss_of_children() -> Result<u64> {
+    let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)?;
+    // Linux reports kilobytes.
+    Ok(usage.max_rss() as u64 * 1024)
+}
+
+pub async fn measure(work: &Path, inputs: &Inputs) -> Result<Figures> {
+    Admin::new().setup_canopsis_once().await?;
+    let url = serve_repo(inputs.repo.clone(), Control::default()).await;
+    let state = work.join("state");
+
+    // First run: empty state (nothing compiled yet), as on a machine that never ran canup.
+    let first = fresh(work, "cold", &inputs.stub, &url, &inputs.repo, &state).await?;
+    let apply_cold = timed(canup(inputs, &first, &[]))?;
+    // Nothing but canup has run as a child so far: the largest child is canup itself.
+    let peak_rss_bytes = peak_rss_of_children()?;
+    let reference = calls(&first.sim)?;
+    ensure!(first.api.requests().iter().any(|r| r.path == "/api/internal/app_info"), "the API check did not reach the simulated API");
+
+    let mut warm = Vec::new();
+    for i in 0..RUNS {
+        let f = fresh(work, &format!("warm-{i}"), &inputs.stub, &url, &inputs.repo, &state).await?;
+        warm.push(timed(canup(inputs, &f, &[]))?);
+        ensure!(calls(&f.sim)? == reference, "run {i} made other changes than the first");
+    }
+
+    // For a profile of one warm run: CANUP_BENCH_WRAP="strace -f -c -w -o /tmp/apply.strace"
+    // (or "perf record -g -o …") runs it under that command, outside the timings.
+    if let Ok(wrap) = std::env::var("CANUP_BENCH_WRAP") {
+        let f = fresh(work, "profiled", &inputs.stub, &url, &inputs.repo, &state).await?;
+        let inner = canup(inputs, &f, &[]);
+        let mut words = wrap.split_whitespace();
+        let mut c = Command::new(words.next().context("CANUP_BENCH_WRAP is empty")?);
+        c.args(words).arg(inner.get_program()).args(inner.get_args());
+        let t = Instant::now();
+        let out = c.stdin(Stdio::null()).output()?;
+        eprintln!("profiled run: {:?} ({}):\n{}", t.elapsed(), out.status, String::from_utf8_lossy(&out.stderr));
+    }
+
+    let dry = fresh(work, "dry-run", &inputs.stub, &url, &inputs.repo, &work.join("dry-state")).await?;
+    let out = canup(inputs, &dry, &["--dry-run"]).output()?;
+    ensure!(out.status.success(), "dry run failed: {}", String::from_utf8_lossy(&out.stderr));
+    let (script, commands) = script_from_dry_run(&String::from_utf8_lossy(&out.stdout))?;
+    let script_path = work.join("demo-upgrade.sh");
+    std::fs::write(&script_path, &script)?;
+
+    let mut bash = Vec::new();
+    for i in 0..RUNS {
+        let f = fresh(work, &format!("bash-{i}"), &inputs.stub, &url, &inputs.repo, &work.join("unused")).await?;
+        let mut c = Command::new("bash");
+        c.arg(&script_path)
+            .arg(f.sim.root())
+            .env("RABBITMQ_URL", rabbitmq::MANAGEMENT)
+            .env("RABBITMQ_AUTH", format!("{}:{}", rabbitmq::USER, rabbitmq::PASSWORD))
+            .env("API_URL", &f.api.url)
+            .env("API_AUTH", format!("root:{}", canup_tests::canopsis_api::PASSWORD));
+        bash.push(timed(c)?);
+        ensure!(calls(&f.sim)? == reference, "the script ({}) made other changes than canup:\n{:#?}\nvs\n{reference:#?}", script_path.display(), calls(&f.sim)?);
+    }
+    Admin::new().bind_che().await?;
+    Ok(Figures { apply_cold, apply_warm: crate::median(warm), bash: crate::median(bash), peak_rss_bytes, commands })
+}
