@@ -656,6 +656,16 @@ impl wit::detect::Host for StepState {
     }
 }
 
+/// How instances get their memory. canup uses the default, on-demand allocation: a step is
+/// instantiated once per upgrade (about fifteen instantiations in all), and `cargo xtask
+/// bench` measured what the pooling allocator would save on them (see the README).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Allocation {
+    OnDemand,
+    /// Slots reserved up front, each with room for `max_memory` bytes of linear memory.
+    Pooling { max_memory: usize },
+}
+
 /// A verified, compiled module ready to instantiate.
 #[derive(Clone)]
 pub struct LoadedStep {
@@ -677,8 +687,17 @@ impl Sandbox {
     /// An engine with epoch interruption, the WASI p2 imports and the step interfaces, and
     /// a compiled-component cache in `cache_dir` when given.
     pub fn new(cache_dir: Option<&Path>) -> Result<Self, SandboxError> {
+        Self::with_allocation(cache_dir, Allocation::OnDemand)
+    }
+
+    pub fn with_allocation(cache_dir: Option<&Path>, allocation: Allocation) -> Result<Self, SandboxError> {
         let mut config = Config::new();
         config.epoch_interruption(true);
+        if let Allocation::Pooling { max_memory } = allocation {
+            let mut pool = wasmtime::PoolingAllocationConfig::default();
+            pool.total_component_instances(8).total_core_instances(64).total_memories(32).total_tables(64).max_memory_size(max_memory);
+            config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
+        }
         let engine = Engine::new(&config).map_err(|e| SandboxError::Engine(e.to_string()))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| SandboxError::Engine(e.to_string()))?;

@@ -15,7 +15,7 @@ use anyhow::{Context, Result};
 use canup::manifest::{ReleaseSteps, STEP_API};
 use canup::repository::vendor::{self, Expiry, RoleKeyFiles};
 use canup::repository::{Index, LoadOptions, Repository};
-use canup::sandbox::Sandbox;
+use canup::sandbox::{Allocation, Sandbox};
 use canup_tests::repo_server::{Control, serve_repo};
 use canup_tests::{guest_wasm, workspace_dir};
 use semver::Version;
@@ -234,24 +234,24 @@ async fn host_call_rows(rows: &mut Vec<Row>, work: &Path) -> Result<()> {
         data: Default::default(),
     };
     let state = work.join("state");
-    let timed = |id: &'static str, n: usize| {
-        let (sandbox, wasm, root, state, setting) = (&sandbox, &wasm, &root, &state, &setting);
-        let step = manifest(id);
-        async move {
-            let loaded = sandbox.load(id, wasm, &STEP_API)?;
-            let mut v = Vec::new();
-            for _ in 0..n {
-                let t = Instant::now();
-                let (report, _) = steprun::run(sandbox, &loaded, &step, root, state, setting).await;
-                v.push(t.elapsed());
-                anyhow::ensure!(report.result.is_ok(), "{id}: {:?}", report.result);
-            }
-            Ok::<_, anyhow::Error>(median(v))
+    async fn time_step(sandbox: &Sandbox, wasm: &[u8], step: StepManifest, root: &Path, state: &Path, setting: &Setting, n: usize) -> Result<Duration> {
+        let loaded = sandbox.load(&step.id, wasm, &STEP_API)?;
+        let mut v = Vec::new();
+        for _ in 0..n {
+            let t = Instant::now();
+            let (report, _) = steprun::run(sandbox, &loaded, &step, root, state, setting).await;
+            v.push(t.elapsed());
+            anyhow::ensure!(report.result.is_ok(), "{}: {:?}", step.id, report.result);
         }
-    };
-    let empty = timed("empty", 50).await?;
+        Ok(median(v))
+    }
+    let empty = time_step(&sandbox, &wasm, manifest("empty"), &root, &state, &setting, 200).await?;
     rows.push(Row::time("2. step: instantiate + call of an empty step", empty, None));
-    let exec = timed("exec-true-100", 5).await?;
+    let pooling = Sandbox::with_allocation(None, Allocation::Pooling { max_memory: canup::config::StepLimits::default().memory })?;
+    let pooled = time_step(&pooling, &wasm, manifest("empty"), &root, &state, &setting, 200).await?;
+    rows.push(Row::time("2. the same with the pooling allocator", pooled, None));
+    rows.push(Row::ratio("2. pooling / on-demand (an upgrade instantiates ~15 steps)", secs(pooled) / secs(empty), None));
+    let exec = time_step(&sandbox, &wasm, manifest("exec-true-100"), &root, &state, &setting, 5).await?;
     let mut direct = Vec::new();
     for _ in 0..5 {
         let t = Instant::now();
@@ -264,7 +264,7 @@ async fn host_call_rows(rows: &mut Vec<Row>, work: &Path) -> Result<()> {
     rows.push(Row::time("3. exec of /bin/true through the capability (per call)", through, None));
     rows.push(Row::time("3. std::process::Command of /bin/true (per call)", direct, None));
     rows.push(Row::ratio("3. exec overhead: capability / std::process::Command", secs(through) / secs(direct), Some(1.05)));
-    let read = timed("read-4k-1000", 5).await?;
+    let read = time_step(&sandbox, &wasm, manifest("read-4k-1000"), &root, &state, &setting, 5).await?;
     let mut direct = Vec::new();
     for _ in 0..5 {
         let t = Instant::now();
