@@ -98,6 +98,10 @@ pub enum Command {
         /// Abandon an interrupted run and plan again.
         #[arg(long)]
         restart: bool,
+        /// Print one JSON object with the outcome on stdout (for Ansible and scripts); the
+        /// plan is not printed and progress goes to stderr as always.
+        #[arg(long)]
+        json: bool,
     },
     /// Runs and their steps: outcome, module digest, duration.
     History {
@@ -420,9 +424,12 @@ async fn operate(cli: Cli) -> Result<u8, Exit> {
             }
             Ok(0)
         }
-        Command::Apply { to, yes, dry_run, restart, .. } => {
+        Command::Apply { to, yes, dry_run, restart, json, .. } => {
             let options = ApplyOptions { to, dry_run, restart };
             let confirm = |plan: &Plan, done: &[String]| {
+                if json {
+                    return yes || dry_run;
+                }
                 print_plan(plan, done);
                 if !done.is_empty() {
                     println!("resuming an interrupted run: {} steps already done are not run again", done.len());
@@ -432,8 +439,18 @@ async fn operate(cli: Cli) -> Result<u8, Exit> {
             };
             let p: Arc<dyn upgrade::Progress> = progress.clone();
             let result = upgrade::apply(&session, &options, p, &confirm).await;
+            if json {
+                print_apply_json(&result, dry_run);
+            }
             let summary = result.map_err(upgrade_err)?;
             let ran: Vec<&str> = summary.reports.iter().map(|r| r.step.as_str()).collect();
+            if json {
+                return Ok(0);
+            }
+            if ran.is_empty() && summary.skipped.is_empty() {
+                println!("Canopsis is already at {}: nothing to do", summary.plan.target);
+                return Ok(0);
+            }
             println!("\nsummary: run {}: {} steps ran, {} already done", summary.run, ran.len(), summary.skipped.len());
             if dry_run {
                 println!("dry run: nothing was changed. The real run would make these changes, in order (queries ran for real):");
@@ -447,6 +464,39 @@ async fn operate(cli: Cli) -> Result<u8, Exit> {
         }
         _ => Ok(0),
     }
+}
+
+/// `apply --json`: what Ansible's role reads. `changed` is true when a step ran for real.
+fn print_apply_json(result: &Result<upgrade::ApplySummary, UpgradeError>, dry_run: bool) {
+    let value = match result {
+        Ok(s) => {
+            let ran: Vec<&str> = s.reports.iter().map(|r| r.step.as_str()).collect();
+            let outcome = if dry_run {
+                "dry-run"
+            } else if ran.is_empty() && s.skipped.is_empty() {
+                "up-to-date"
+            } else {
+                "succeeded"
+            };
+            serde_json::json!({
+                "outcome": outcome,
+                "changed": !dry_run && !ran.is_empty(),
+                "run": s.run,
+                "installed": s.plan.installed.to_string(),
+                "target": s.plan.target.to_string(),
+                "steps_ran": ran,
+                "already_done": s.skipped,
+                "recorded": s.recorded,
+            })
+        }
+        Err(e) => serde_json::json!({
+            "outcome": "failed",
+            "changed": matches!(e, UpgradeError::StepFailed { .. }),
+            "exit_code": e.exit_code(),
+            "error": e.to_string(),
+        }),
+    };
+    println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
 }
 
 fn ask_yes_no(prompt: &str) -> bool {

@@ -155,4 +155,17 @@ mod tests {
         assert_eq!(l.memory, 16 << 20);
         assert_eq!(l.cpu, StepLimits::default().cpu);
     }
+
+    #[test]
+    fn the_shipped_default_config_parses_and_uncommented_examples_do_too() {
+        let shipped = include_str!("../dist/canup.toml");
+        let c = Config::parse(shipped, "host/dist/canup.toml").unwrap();
+        assert!(c.repository.is_none(), "the operator names the repository");
+        assert!(c.policy.exec.iter().any(|r| r.program == "/usr/bin/yum"));
+        // Every commented example line is valid once the operator uncomments it.
+        let uncommented: String = shipped.lines().map(|l| l.strip_prefix("# ").filter(|r| r.starts_with('[') || r.contains(" = ")).unwrap_or(l)).map(|l| format!("{l}\n")).collect();
+        let c = Config::parse(&uncommented, "uncommented").unwrap();
+        assert_eq!(c.state_dir(), PathBuf::from("/var/lib/canup"));
+        assert!(c.endpoints.contains_key("rabbitmq") && c.endpoints.contains_key("canopsis-api"));
+    }
 }

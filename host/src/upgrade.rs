@@ -251,6 +251,10 @@ pub async fn apply(session: &Session, options: &ApplyOptions, progress: Arc<dyn 
     };
     let fresh = done.is_empty() && !events.iter().any(|e| matches!(e, Event::RunStarted { run: r, .. } if r == &run));
     let remaining: Vec<&PlannedStep> = plan.steps.iter().filter(|p| !done.contains(&p.step.manifest.id)).collect();
+    if plan.steps.is_empty() {
+        // Already at the target: nothing to confirm, nothing to journal.
+        return Ok(ApplySummary { run, plan, reports: Vec::new(), skipped: done, recorded: Vec::new() });
+    }
     // The rest of the fetching and compiling starts now, while the operator reads the plan.
     tracing::debug!(steps = remaining.len(), "plan ready; fetching and compiling its modules");
     for p in &remaining {

@@ -53,57 +53,10 @@ pub fn process_alive(pid: i32) -> bool {
     }
 }
 
-/// An operator's policy for a Canopsis 3.x host: every program, file and endpoint the
-/// published steps may use. Used by the demo and the end-to-end tests.
-pub const OPERATOR_POLICY: &str = r#"[policy.fs]
-read = ["/opt/canopsis/**", "/etc/systemd/system", "/etc/systemd/system/**"]
-write = ["/opt/canopsis/etc/**", "/opt/canopsis/docker/.env", "/opt/canopsis/docker/docker-compose.yml", "/etc/systemd/system/canopsis*/*.conf"]
-
-[[policy.exec]]
-program = "/usr/bin/rpm"
-args = ["-q", "*"]
-
-[[policy.exec]]
-program = "/usr/bin/yum"
-args = ["**"]
-
-[[policy.exec]]
-program = "/usr/bin/su"
-args = ["-", "canopsis", "-c", "canopsinit **"]
-
-[[policy.exec]]
-program = "/usr/bin/systemctl"
-args = ["**"]
-
-[[policy.exec]]
-program = "/usr/bin/canoctl"
-args = ["restart"]
-
-[[policy.exec]]
-program = "/usr/bin/mongo"
-args = ["**"]
-
-[[policy.exec]]
-program = "/usr/bin/docker-compose"
-args = ["up", "-d"]
-
-[[policy.exec]]
-program = "/opt/canopsis/bin/init"
-args = ["**"]
-env = ["CPS_*"]
-
-[[policy.exec]]
-program = "/opt/canopsis/bin/canopsis-reconfigure"
-env = ["CPS_*"]
-
-[[policy.http]]
-endpoint = "canopsis-api"
-methods = ["GET", "POST", "DELETE"]
-
-[[policy.http]]
-endpoint = "rabbitmq"
-methods = ["GET", "DELETE"]
-"#;
+/// An operator's policy: every program, file and endpoint the published steps may use. It is
+/// the policy shipped in the RPM's default `/etc/canup/canup.toml` (everything else in it is
+/// commented out): the tests and the demo run under exactly what operators get.
+pub const OPERATOR_POLICY: &str = include_str!("../../host/dist/canup.toml");
 
 /// The workspace root.
 pub fn workspace_dir() -> PathBuf {

@@ -6,6 +6,8 @@
 //!   server, and prints the step's log, its audit and the commands it ran.
 //! - `cargo xtask bench`: the performance figures with their goals (release build), the demo
 //!   upgrade against a bash script of the same commands included (needs RabbitMQ, started here).
+//! - `cargo xtask dist`: the release `canup`, its man page and completions, and the RPM
+//!   (`cargo generate-rpm`, installed if missing), checked with Debian's `rpm` tool.
 //! - `cargo xtask build-guests`: builds `steps/*` and `tests/guests/*` for `wasm32-wasip2`.
 //! - `cargo xtask publish --out DIR`: builds the release crates under `steps/` and publishes
 //!   them into a signed repository at DIR with a development key (`target/dev-keys/`).
@@ -28,12 +30,13 @@ fn main() -> Result<()> {
         "demo" => demo(),
         "build-guests" => build_guests().map(|_| ()),
         "bench" => bench(),
+        "dist" => dist(),
         "publish" => match rest.as_slice() {
             [flag, out] if flag == "--out" => publish(Path::new(out)),
             _ => bail!("usage: cargo xtask publish --out DIR"),
         },
         _ => {
-            eprintln!("usage: cargo xtask <test [CARGO TEST ARGS] | demo | bench | build-guests | publish --out DIR>");
+            eprintln!("usage: cargo xtask <test [CARGO TEST ARGS] | demo | bench | dist | build-guests | publish --out DIR>");
             std::process::exit(2)
         }
     }
@@ -129,6 +132,155 @@ fn bench() -> Result<()> {
     run(bench)
 }
 
+/// Installs a Debian package when `program` is missing (the machine has apt-get and no sudo
+/// needed: the build runs as root, as CI does).
+fn ensure_debian_package(program: &str, package: &str) -> Result<()> {
+    if Command::new("sh").arg("-c").arg(format!("command -v {program}")).output()?.status.success() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing {package} (apt-get)");
+    let mut update = Command::new("apt-get");
+    update.arg("update").env("DEBIAN_FRONTEND", "noninteractive");
+    run(update)?;
+    let mut install = Command::new("apt-get");
+    install.args(["install", "-y", package]).env("DEBIAN_FRONTEND", "noninteractive");
+    run(install)
+}
+
+fn output_of(mut cmd: Command) -> Result<String> {
+    let shown = format!("{cmd:?}");
+    let out = cmd.output().with_context(|| format!("cannot start {shown}"))?;
+    if !out.status.success() {
+        bail!("{shown} failed with {}: {}", out.status, String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `cargo xtask dist`: builds the RPM and checks it as an operator's yum would see it.
+fn dist() -> Result<()> {
+    let target = canup_tests::target_dir();
+    let dist = target.join("dist");
+    if dist.exists() {
+        std::fs::remove_dir_all(&dist).with_context(|| format!("cleaning {}", dist.display()))?;
+    }
+    std::fs::create_dir_all(dist.join("completions"))?;
+    let mut build = cargo();
+    build.args(["build", "--release", "-p", "canup", "--bin", "canup"]);
+    run(build)?;
+    let binary = dist.join("canup");
+    std::fs::copy(target.join("release/canup"), &binary)?;
+    let mut strip = Command::new("strip");
+    strip.arg("-s").arg(&binary);
+    run(strip)?;
+    let canup = |args: &[&str]| {
+        let mut c = Command::new(&binary);
+        c.args(args);
+        output_of(c)
+    };
+    std::fs::write(dist.join("canup.1"), canup(&["man"])?)?;
+    let mut gzip = Command::new("gzip");
+    gzip.args(["-9n"]).arg(dist.join("canup.1"));
+    run(gzip)?;
+    for (shell, file) in [("bash", "canup.bash"), ("zsh", "_canup"), ("fish", "canup.fish")] {
+        std::fs::write(dist.join("completions").join(file), canup(&["completions", shell])?)?;
+    }
+
+    if !Command::new("sh").args(["-c", "command -v cargo-generate-rpm"]).output()?.status.success() {
+        eprintln!("xtask: installing cargo-generate-rpm (cargo install)");
+        let mut install = cargo();
+        install.args(["install", "--locked", "cargo-generate-rpm@0.21.1"]);
+        run(install)?;
+    }
+    let mut rpm = cargo();
+    rpm.args(["generate-rpm", "-p", "host", "-o"]).arg(&dist);
+    run(rpm)?;
+    let package = std::fs::read_dir(&dist)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "rpm"))
+        .context("cargo generate-rpm wrote no .rpm")?;
+    check_rpm(&package, &dist)?;
+    println!("{}", package.display());
+    Ok(())
+}
+
+/// The checks of the RPM with the `rpm` tool: metadata, file list, the config file marked
+/// noreplace, and an install into a scratch root where the binary runs and an edited
+/// config survives a reinstall.
+fn check_rpm(package: &Path, dist: &Path) -> Result<()> {
+    ensure_debian_package("rpm", "rpm")?;
+    let rpm = |args: &[&str]| {
+        let mut c = Command::new("rpm");
+        c.args(args);
+        output_of(c)
+    };
+    let pkg = package.to_str().context("package path is not UTF-8")?;
+    let info = rpm(&["-qip", pkg])?;
+    println!("{info}");
+    for field in ["Name        : canup", "License     : Apache-2.0"] {
+        if !info.contains(field) {
+            bail!("rpm -qip {pkg}: no {field:?}");
+        }
+    }
+    let files = rpm(&["-qlp", pkg])?;
+    println!("{files}");
+    let expected = [
+        "/etc/canup/canup.toml",
+        "/usr/bin/canup",
+        "/usr/share/bash-completion/completions/canup",
+        "/usr/share/fish/vendor_completions.d/canup.fish",
+        "/usr/share/man/man1/canup.1.gz",
+        "/usr/share/zsh/site-functions/_canup",
+    ];
+    let listed: Vec<&str> = files.lines().collect();
+    if listed != expected {
+        bail!("rpm -qlp {pkg} lists {listed:?}, expected {expected:?}");
+    }
+    let config = rpm(&["-qp", "--qf", "[%{FILENAMES} %{FILEFLAGS:fflags}\n]", pkg])?;
+    if !config.lines().any(|l| l == "/etc/canup/canup.toml cn") {
+        bail!("/etc/canup/canup.toml is not %config(noreplace) in {pkg}:
+{config}");
+    }
+    let modes = rpm(&["-qp", "--qf", "[%{FILENAMES} %{FILEMODES:perms}\n]", pkg])?;
+    for line in ["/usr/bin/canup -rwxr-xr-x", "/etc/canup/canup.toml -rw-r-----"] {
+        if !modes.lines().any(|l| l == line) {
+            bail!("{pkg}: expected {line:?} in
+{modes}");
+        }
+    }
+
+    let scripts = rpm(&["-qp", "--scripts", pkg])?;
+    if !scripts.contains("install -d -m 0700 /var/lib/canup") {
+        bail!("{pkg}: no %post creating /var/lib/canup:\n{scripts}");
+    }
+
+    // Install into a scratch root (its rpm database knows no glibc: --nodeps; it has no
+    // shell to run %post in: --noscripts).
+    let root = dist.join("scratch-root");
+    let root_s = root.to_str().context("scratch root path is not UTF-8")?;
+    std::fs::create_dir_all(&root)?;
+    rpm(&["--root", root_s, "--initdb"])?;
+    rpm(&["--root", root_s, "-i", "--nodeps", "--noscripts", pkg])?;
+    let version = output_of({
+        let mut c = Command::new(root.join("usr/bin/canup"));
+        c.arg("--version");
+        c
+    })?;
+    println!("installed into {root_s}: {}", version.trim());
+    let conf = root.join("etc/canup/canup.toml");
+    let mut edited = std::fs::read_to_string(&conf)?;
+    edited.push_str("
+# edited by the operator
+");
+    std::fs::write(&conf, &edited)?;
+    rpm(&["--root", root_s, "-U", "--replacepkgs", "--nodeps", "--noscripts", pkg])?;
+    if std::fs::read_to_string(&conf)? != edited {
+        bail!("reinstalling {pkg} replaced the operator's {}", conf.display());
+    }
+    println!("rpm checks passed: metadata, file list, modes, %config(noreplace), %post, scratch install and reinstall");
+    Ok(())
+}
+
 /// A `rabbitmq-server` (Debian's) for the tests and the demo, on 127.0.0.1 with the
 /// management plugin on 15672, its files under `target/rabbitmq`. Stopped when dropped.
 struct RabbitMq {
@@ -215,8 +367,27 @@ impl Drop for RabbitMq {
     }
 }
 
+/// ansible-core for the fleet test (`tests/tests/fleet.rs`), from PyPI into `target/ansible`.
+fn ensure_ansible() -> Result<()> {
+    let venv = canup_tests::target_dir().join("ansible");
+    if venv.join("bin/ansible-playbook").is_file() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing ansible-core into {} (pip)", venv.display());
+    let mut c = Command::new("python3");
+    c.args(["-m", "venv"]).arg(&venv);
+    run(c)?;
+    let mut pip = Command::new(venv.join("bin/pip"));
+    pip.args(["install", "--quiet", ANSIBLE_CORE]);
+    run(pip)
+}
+
+/// The ansible-core the fleet test uses: the 2.17–2.18 series runs on the machine's Python 3.11.
+const ANSIBLE_CORE: &str = "ansible-core>=2.17,<2.19";
+
 fn test(extra: &[String]) -> Result<()> {
     build_guests()?;
+    ensure_ansible()?;
     let _rabbitmq = RabbitMq::start()?;
     // The end-to-end tests run the `canup` and `canup-simstub` binaries, which `cargo test`
     // alone does not build for another package's tests.
