@@ -192,7 +192,8 @@ fn dist() -> Result<()> {
         run(install)?;
     }
     let mut rpm = cargo();
-    rpm.args(["generate-rpm", "-p", "host", "-o"]).arg(&dist);
+    // gzip, not the default zstd: the rpm of EL7 cannot read zstd payloads.
+    rpm.args(["generate-rpm", "-p", "host", "--payload-compress", "gzip", "-o"]).arg(&dist);
     run(rpm)?;
     let package = std::fs::read_dir(&dist)?
         .filter_map(Result::ok)
