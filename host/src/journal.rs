@@ -71,6 +71,43 @@ pub enum Event {
         time: String,
         outcome: Outcome,
     },
+    /// A changing file operation is about to happen; `expect` is the sha256 of the file it
+    /// leaves. A crash before the matching `ActionDone` is resolved by looking at the file.
+    ActionStarted {
+        run: String,
+        step: String,
+        action: String,
+        occurrence: u32,
+        expect: String,
+    },
+    /// A changing action of a step (a command, a mutating HTTP request, an append) finished:
+    /// a resumed attempt of the step gets this result instead of acting again.
+    ActionDone {
+        run: String,
+        step: String,
+        action: String,
+        occurrence: u32,
+        result: ActionResult,
+    },
+}
+
+/// What a step saw of one of its actions.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct ActionResult {
+    /// Exit status of a command, HTTP status of a request; none when killed by a signal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<i32>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub stdout: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub stderr: String,
+}
+
+/// An action of an earlier attempt of a step, as the journal knows it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PastAction {
+    Started { expect: String },
+    Done(ActionResult),
 }
 
 #[derive(Debug, Error)]
@@ -152,6 +189,9 @@ pub struct RunRecord {
     pub planned: Vec<PlannedRef>,
     pub steps: Vec<StepRecord>,
     pub outcome: Option<Outcome>,
+    /// (step, action, occurrence) → what became of it, across every attempt of the run.
+    #[serde(skip)]
+    pub actions: std::collections::HashMap<(String, String, u32), PastAction>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -164,6 +204,11 @@ pub struct StepRecord {
 }
 
 impl RunRecord {
+    /// The actions earlier attempts of `step` took: (action, occurrence) → what became of it.
+    pub fn actions_of(&self, step: &str) -> std::collections::HashMap<(String, u32), PastAction> {
+        self.actions.iter().filter(|((s, _, _), _)| s == step).map(|((_, a, n), p)| ((a.clone(), *n), p.clone())).collect()
+    }
+
     /// Steps that finished successfully: a resumed run skips them.
     pub fn done(&self) -> Vec<&str> {
         self.steps.iter().filter(|s| s.outcome == Some(Outcome::Succeeded)).map(|s| s.step.as_str()).collect()
@@ -186,6 +231,7 @@ pub fn runs(events: &[Event]) -> Vec<RunRecord> {
                 planned: steps.clone(),
                 steps: Vec::new(),
                 outcome: None,
+                actions: Default::default(),
             }),
             Event::StepStarted { run, step, .. } => {
                 if let Some(r) = runs.iter_mut().rev().find(|r| &r.run == run) {
@@ -208,6 +254,16 @@ pub fn runs(events: &[Event]) -> Vec<RunRecord> {
                     r.outcome = Some(*outcome);
                 }
             }
+            Event::ActionStarted { run, step, action, occurrence, expect } => {
+                if let Some(r) = runs.iter_mut().rev().find(|r| &r.run == run) {
+                    r.actions.insert((step.clone(), action.clone(), *occurrence), PastAction::Started { expect: expect.clone() });
+                }
+            }
+            Event::ActionDone { run, step, action, occurrence, result } => {
+                if let Some(r) = runs.iter_mut().rev().find(|r| &r.run == run) {
+                    r.actions.insert((step.clone(), action.clone(), *occurrence), PastAction::Done(result.clone()));
+                }
+            }
         }
     }
     runs
@@ -216,6 +272,47 @@ pub fn runs(events: &[Event]) -> Vec<RunRecord> {
 /// The run to resume: the newest one that did not finish successfully.
 pub fn unfinished(events: &[Event]) -> Option<RunRecord> {
     runs(events).into_iter().last().filter(|r| r.outcome != Some(Outcome::Succeeded))
+}
+
+/// The changing actions of one attempt of one step, journaled as they finish, and those of
+/// its earlier attempts in the same run. A step is an ordinary program: resumed after a crash,
+/// it runs again from its start. Its actions are keyed by what they are (the command line,
+/// its environment and input) and how many times the step did the same thing before, so the
+/// second attempt gets the first one's results for what was already done instead of doing it
+/// twice; only successful results are replayed, a failed action runs again.
+pub struct StepActions {
+    journal: std::sync::Arc<std::sync::Mutex<Journal>>,
+    run: String,
+    step: String,
+    past: std::collections::HashMap<(String, u32), PastAction>,
+    seen: std::collections::HashMap<String, u32>,
+}
+
+impl StepActions {
+    pub fn new(journal: std::sync::Arc<std::sync::Mutex<Journal>>, run: &str, step: &str, past: std::collections::HashMap<(String, u32), PastAction>) -> Self {
+        Self { journal, run: run.to_owned(), step: step.to_owned(), past, seen: Default::default() }
+    }
+
+    /// The occurrence of `action` this call is, and what an earlier attempt made of it.
+    pub fn next(&mut self, action: &str) -> (u32, Option<PastAction>) {
+        let n = self.seen.entry(action.to_owned()).or_default();
+        let occurrence = *n;
+        *n += 1;
+        (occurrence, self.past.get(&(action.to_owned(), occurrence)).cloned())
+    }
+
+    fn append(&self, event: &Event) -> Result<(), JournalError> {
+        let mut j = self.journal.lock().map_err(|_| JournalError::Io { path: "journal".into(), source: io::Error::other("journal lock poisoned") })?;
+        j.append(event)
+    }
+
+    pub fn started(&self, action: &str, occurrence: u32, expect: String) -> Result<(), JournalError> {
+        self.append(&Event::ActionStarted { run: self.run.clone(), step: self.step.clone(), action: action.to_owned(), occurrence, expect })
+    }
+
+    pub fn done(&self, action: &str, occurrence: u32, result: ActionResult) -> Result<(), JournalError> {
+        self.append(&Event::ActionDone { run: self.run.clone(), step: self.step.clone(), action: action.to_owned(), occurrence, result })
+    }
 }
 
 /// Held for the whole of an apply.

@@ -33,6 +33,7 @@ use crate::capabilities::http::{Endpoints, HttpRequest};
 use crate::capabilities::{Denial, Grant, exec as cap_exec, fs as cap_fs, http as cap_http};
 use crate::config::StepLimits;
 use crate::manifest::{Edition, Method, Phase, STEP_API};
+use crate::journal::{ActionResult, PastAction, StepActions};
 use crate::repository::ReleaseData;
 use crate::sysroot::Sysroot;
 use crate::ui::{Level, Ui};
@@ -121,6 +122,8 @@ pub struct StepEnv {
     pub settings: Arc<std::collections::BTreeMap<String, String>>,
     /// The data files of the step's release (`context.data`).
     pub data: Arc<ReleaseData>,
+    /// Under `canup apply`: the journal of the step's changing actions (see [`StepActions`]).
+    pub actions: Option<StepActions>,
 }
 
 impl StepEnv {
@@ -139,6 +142,7 @@ impl StepEnv {
             recorded: Arc::default(),
             settings: Arc::default(),
             data: Arc::default(),
+            actions: None,
         }
     }
 }
@@ -360,6 +364,26 @@ impl StepState {
         self.env.audit.record(self.env.grant.step(), capability, args, decision, text, took);
     }
 
+    /// Looks up a changing action (`key`, none for a query) among those of earlier attempts
+    /// of the step: the journal slot it takes, and the earlier result when `replayable`.
+    fn memo(&mut self, key: Option<String>, replayable: impl Fn(&ActionResult) -> bool) -> (Option<(String, u32)>, Option<ActionResult>) {
+        let (Some(key), Some(actions)) = (key, self.env.actions.as_mut()) else { return (None, None) };
+        let (occurrence, past) = actions.next(&key);
+        let replay = match past {
+            Some(PastAction::Done(r)) if replayable(&r) => Some(r),
+            _ => None,
+        };
+        (Some((key, occurrence)), replay)
+    }
+
+    /// Journals the result of a changing action (before the step sees it).
+    fn memo_done(&self, slot: &Option<(String, u32)>, result: ActionResult) -> Result<(), WitError> {
+        if let (Some((key, occurrence)), Some(actions)) = (slot, self.env.actions.as_ref()) {
+            actions.done(key, *occurrence, result).map_err(|e| wit_error(ErrorKind::Failed, format!("{key} was done but the journal could not record it: {e}; check the disk before resuming")))?;
+        }
+        Ok(())
+    }
+
     fn record(&mut self, line: String) {
         if let Ok(mut r) = self.env.recorded.lock() {
             r.push(line);
@@ -437,8 +461,20 @@ impl wit::exec::Host for StepState {
                     // whole set of commands the real run would run.
                     self.record(format!("query: {}", shell_words(&req.program, &req.args)));
                 }
-                cap_exec::run(&req, &self.env.sysroot, &self.env.limits.exec)
-                .await
+                // A changing command an earlier attempt of this step already ran is not run again.
+                let (slot, replay) = self.memo((!dry && !self.env.grant.exec_is_readonly(&req)).then(|| exec_action(&req)), |r| r.status == Some(0));
+                if let Some(done) = replay {
+                    let output = wit::exec::Output { status: done.status, stdout: done.stdout.into_bytes(), stderr: done.stderr.into_bytes(), stdout_truncated: false, stderr_truncated: false, simulated: false };
+                    self.env.ui.log(&self.env.context.step_id, Level::Info, &format!("not run again (it ran before the interruption): {}", shell_words(&req.program, &req.args)));
+                    let result = Ok(output);
+                    self.account(start, "exec", args, &result, |_| "replayed: ran before the interruption".into());
+                    return result;
+                }
+                let outcome = cap_exec::run(&req, &self.env.sysroot, &self.env.limits.exec).await;
+                if let Ok(o) = &outcome {
+                    self.memo_done(&slot, ActionResult { status: o.status, stdout: journal_text(&o.stdout), stderr: journal_text(&o.stderr) })?;
+                }
+                outcome
                 .map(|o| wit::exec::Output {
                     status: o.status,
                     stdout: o.stdout,
@@ -480,7 +516,40 @@ impl wit::fs::Host for StepState {
     async fn append(&mut self, path: String, data: Vec<u8>) -> Result<(), WitError> {
         let text = String::from_utf8_lossy(&data).into_owned();
         let done = format!("{} bytes appended", data.len());
-        self.fs_change("fs.append", &path, |p| format!("append to {}:\n{}", p.display(), indent(&text)), |p, b| cap_fs::append(p, &data, b), done)
+        // An append is not idempotent: under apply it is journaled with the file it leaves, so
+        // that a crash at any point neither loses nor doubles it when the step runs again.
+        let mut actions = if self.env.context.dry_run { None } else { self.env.actions.take() };
+        let key = format!("append {path} #{}", &sha256_hex(&data)[..16]);
+        let slot = actions.as_mut().map(|a| a.next(&key));
+        let outcome = self.fs_change(
+            "fs.append",
+            &path,
+            |p| format!("append to {}:\n{}", p.display(), indent(&text)),
+            |p, b| {
+                let (Some(actions), Some((occurrence, past))) = (actions.as_ref(), slot.clone()) else { return cap_fs::append(p, &data, b) };
+                let current = match std::fs::read(&p.real) {
+                    Ok(c) => c,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+                    Err(e) => return Err(e),
+                };
+                match past {
+                    Some(PastAction::Done(_)) => return Ok(()),
+                    Some(PastAction::Started { expect }) if sha256_hex(&current) == expect => {
+                        return actions.done(&key, occurrence, ActionResult::default()).map_err(std::io::Error::other);
+                    }
+                    _ => {}
+                }
+                let expect = sha256_hex(&[current.as_slice(), data.as_slice()].concat());
+                actions.started(&key, occurrence, expect).map_err(std::io::Error::other)?;
+                cap_fs::append(p, &data, b)?;
+                actions.done(&key, occurrence, ActionResult::default()).map_err(std::io::Error::other)
+            },
+            done,
+        );
+        if actions.is_some() {
+            self.env.actions = actions;
+        }
+        outcome
     }
 
     async fn exists(&mut self, path: String) -> Result<bool, WitError> {
@@ -543,8 +612,21 @@ impl wit::http::Host for StepState {
                     // Like a read-only command, a GET runs for real in a dry run and is listed.
                     self.record(format!("query: {} {} on endpoint {}", request.method, request.path, request.endpoint));
                 }
-                cap_http::send(&self.env.grant, &self.env.endpoints, &request, &self.env.limits.http)
-                    .await
+                let key = mutating.then(|| {
+                    let body = request.body.as_deref().map(sha256_hex).unwrap_or_default();
+                    format!("http {} {} on endpoint {} #{}", request.method, request.path, request.endpoint, &body[..body.len().min(16)])
+                });
+                let (slot, replay) = self.memo(key, |r| r.status.is_some_and(|s| (200..300).contains(&s)));
+                if let Some(done) = replay {
+                    let result = Ok(wit::http::Response { status: done.status.unwrap_or(200) as u16, headers: vec![], body: done.stdout.into_bytes() });
+                    self.account(start, "http", args, &result, |_| "replayed: sent before the interruption".into());
+                    return result;
+                }
+                let outcome = cap_http::send(&self.env.grant, &self.env.endpoints, &request, &self.env.limits.http).await;
+                if let Ok(r) = &outcome {
+                    self.memo_done(&slot, ActionResult { status: Some(r.status.into()), stdout: journal_text(&r.body), stderr: String::new() })?;
+                }
+                outcome
                     .map(|r| wit::http::Response { status: r.status, headers: r.headers, body: r.body })
                     .map_err(|e| {
                         let kind = match &e {
@@ -812,6 +894,19 @@ impl Sandbox {
         let detected = store.data_mut().detected.take();
         StepReport { step: step_id, detected, module_sha256: step.module_sha256.clone(), result, stdout: stdout.take(), stderr: stderr_text, duration: started.elapsed() }
     }
+}
+
+/// How the journal names a changing command: readable, and exact through the digest of
+/// everything that makes it this command (environment values, input, user, directory).
+fn exec_action(req: &ExecRequest) -> String {
+    let identity = json!({ "program": req.program, "args": req.args, "env": req.env, "cwd": req.cwd, "user": req.user, "stdin": req.stdin.as_deref().map(sha256_hex) });
+    format!("exec {} #{}", shell_words(&req.program, &req.args), &sha256_hex(identity.to_string().as_bytes())[..16])
+}
+
+/// Output kept in the journal for a replay: the start of it, as text.
+fn journal_text(bytes: &[u8]) -> String {
+    const KEEP: usize = 4096;
+    String::from_utf8_lossy(&bytes[..bytes.len().min(KEEP)]).into_owned()
 }
 
 fn indent(text: &str) -> String {

@@ -18,7 +18,7 @@ use crate::audit::AuditLog;
 use crate::backup::Backups;
 use crate::capabilities::{Grant, Policy};
 use crate::config::Config;
-use crate::journal::{self, ApplyLock, Event, Journal, JournalError, Outcome, PlannedRef};
+use crate::journal::{self, ApplyLock, Event, Journal, JournalError, Outcome, PlannedRef, StepActions};
 use crate::manifest::{Edition, Method, Phase};
 use crate::plan::{self, Plan, PlanError, PlannedStep};
 use crate::repository::{Index, IndexStep, LoadOptions, Release, ReleaseData, RepoError, Repository};
@@ -111,7 +111,7 @@ impl Session {
     }
 
     #[allow(clippy::too_many_arguments)]
-    async fn run_step(&self, run: &str, loaded: &LoadedStep, step: &IndexStep, release: &Version, data: Arc<ReleaseData>, phase: Phase, installed: &Version, target: &Version, detected: Option<&Detected>, ui: Arc<dyn Ui>, dry_run: bool, recorded: &Arc<Mutex<Vec<String>>>) -> Result<StepReport, UpgradeError> {
+    async fn run_step(&self, run: &str, loaded: &LoadedStep, step: &IndexStep, release: &Version, data: Arc<ReleaseData>, actions: Option<StepActions>, phase: Phase, installed: &Version, target: &Version, detected: Option<&Detected>, ui: Arc<dyn Ui>, dry_run: bool, recorded: &Arc<Mutex<Vec<String>>>) -> Result<StepReport, UpgradeError> {
         let grant = Grant::with_policy(&step.manifest.id, &step.manifest.capabilities, &self.policy).map_err(|e| UpgradeError::Other(e.to_string()))?;
         let backups = Backups::open(&self.state_dir, run).map_err(|e| UpgradeError::Other(format!("backups in {}: {e}", self.state_dir.display())))?;
         let context = StepContext {
@@ -130,6 +130,7 @@ impl Session {
             recorded: recorded.clone(),
             settings: Arc::new(self.config.settings.clone()),
             data,
+            actions,
             ..StepEnv::new(grant, self.sysroot.clone(), backups, self.audit.clone(), ui, context)
         };
         tracing::trace!("grant, backups and context ready");
@@ -161,7 +162,7 @@ impl Session {
         for step in steps {
             let loaded = self.load(step).await?;
             tracing::debug!(step = %step.manifest.id, "detect step loaded");
-            let report = self.run_step("detect", &loaded, step, &release.version, Arc::default(), Phase::Detect, &unknown, &unknown, None, ui.clone(), recorded.is_some(), recorded.unwrap_or(&Arc::default())).await?;
+            let report = self.run_step("detect", &loaded, step, &release.version, Arc::default(), None, Phase::Detect, &unknown, &unknown, None, ui.clone(), recorded.is_some(), recorded.unwrap_or(&Arc::default())).await?;
             tracing::debug!(step = %step.manifest.id, "detect step finished");
             if let Err(e) = &report.result {
                 return Err(UpgradeError::Detect(format!("step {}: {e}", step.manifest.id)));
@@ -222,7 +223,13 @@ pub async fn apply(session: &Session, options: &ApplyOptions, progress: Arc<dyn 
     let _lock = if options.dry_run { None } else { Some(ApplyLock::acquire(&session.state_dir)?) };
     let events = Journal::read(&session.state_dir)?;
     let pending = if options.dry_run { None } else { journal::unfinished(&events) };
-    let mut journal = if options.dry_run { None } else { Some(Journal::open(&session.state_dir)?) };
+    let journal = if options.dry_run { None } else { Some(Arc::new(Mutex::new(Journal::open(&session.state_dir)?))) };
+    let append = |event: Event| -> Result<(), UpgradeError> {
+        match &journal {
+            Some(j) => Ok(j.lock().map_err(|_| UpgradeError::Other("the journal lock is poisoned".into()))?.append(&event)?),
+            None => Ok(()),
+        }
+    };
     let ui: Arc<dyn Ui> = progress.clone();
 
     let recorded: Arc<Mutex<Vec<String>>> = Arc::default();
@@ -232,11 +239,10 @@ pub async fn apply(session: &Session, options: &ApplyOptions, progress: Arc<dyn 
     if let Some(release) = options.to.as_ref().and_then(|t| session.index.release(t)) {
         release.steps.iter().for_each(|s| prefetch.want(s, release));
     }
+    let mut resumed = None;
     let (run, plan, done) = match pending {
         Some(run) if options.restart => {
-            if let Some(j) = journal.as_mut() {
-                j.append(&Event::RunFinished { run: run.run.clone(), time: journal::now(), outcome: Outcome::Failed })?;
-            }
+            append(Event::RunFinished { run: run.run.clone(), time: journal::now(), outcome: Outcome::Failed })?;
             fresh_plan(session, options, ui.clone(), &recorded).await?
         }
         Some(run) => {
@@ -245,7 +251,9 @@ pub async fn apply(session: &Session, options: &ApplyOptions, progress: Arc<dyn 
             }
             let plan = replay(session, &run)?;
             let done: Vec<String> = run.done().into_iter().map(str::to_owned).collect();
-            (run.run, plan, done)
+            let id = run.run.clone();
+            resumed = Some(run);
+            (id, plan, done)
         }
         None => fresh_plan(session, options, ui.clone(), &recorded).await?,
     };
@@ -274,8 +282,8 @@ pub async fn apply(session: &Session, options: &ApplyOptions, progress: Arc<dyn 
     // Every module is verified and compiled before anything runs.
     let (loaded, data) = prefetch.finish(&session.index, &remaining).await?;
     tracing::debug!(modules = loaded.len(), "every module verified and compiled");
-    if fresh && let Some(j) = journal.as_mut() {
-        j.append(&Event::RunStarted {
+    if fresh {
+        append(Event::RunStarted {
             run: run.clone(),
             time: journal::now(),
             installed: plan.installed.clone(),
@@ -295,32 +303,27 @@ pub async fn apply(session: &Session, options: &ApplyOptions, progress: Arc<dyn 
         }
         tracing::debug!(step = %id, "step starting");
         progress.step_started(i + 1, total, p);
-        if let Some(j) = journal.as_mut() {
-            j.append(&Event::StepStarted { run: run.clone(), step: id.clone(), time: journal::now() })?;
-        }
+        append(Event::StepStarted { run: run.clone(), step: id.clone(), time: journal::now() })?;
+        let actions = journal.as_ref().map(|j| StepActions::new(j.clone(), &run, id, resumed.as_ref().map(|r| r.actions_of(id)).unwrap_or_default()));
         let module = loaded.get(&p.step.sha256).ok_or_else(|| UpgradeError::Other(format!("module of step {id} was not loaded")))?;
         let release_data = data.get(&p.release).cloned().unwrap_or_default();
-        let report = session.run_step(&run, module, &p.step, &p.release, release_data, p.phase, &plan.installed, &plan.target, Some(&detected), ui.clone(), options.dry_run, &recorded).await?;
+        let report = session.run_step(&run, module, &p.step, &p.release, release_data, actions, p.phase, &plan.installed, &plan.target, Some(&detected), ui.clone(), options.dry_run, &recorded).await?;
         progress.step_finished(&report);
-        if let Some(j) = journal.as_mut() {
-            j.append(&Event::StepFinished {
+        append(Event::StepFinished {
                 run: run.clone(),
                 step: id.clone(),
                 time: journal::now(),
                 outcome: if report.result.is_ok() { Outcome::Succeeded } else { Outcome::Failed },
                 message: report.result.as_ref().err().map(|e| e.to_string()),
                 duration_ms: report.duration.as_millis() as u64,
-                module_sha256: report.module_sha256.clone(),
-            })?;
-        }
+            module_sha256: report.module_sha256.clone(),
+        })?;
         if let Err(e) = &report.result {
             return Err(UpgradeError::StepFailed { run, step: id.clone(), why: e.to_string() });
         }
         reports.push(report);
     }
-    if let Some(j) = journal.as_mut() {
-        j.append(&Event::RunFinished { run: run.clone(), time: journal::now(), outcome: Outcome::Succeeded })?;
-    }
+    append(Event::RunFinished { run: run.clone(), time: journal::now(), outcome: Outcome::Succeeded })?;
     let recorded = recorded.lock().map(|r| r.clone()).unwrap_or_default();
     Ok(ApplySummary { run, plan, reports, skipped: done, recorded })
 }

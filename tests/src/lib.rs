@@ -2,6 +2,7 @@
 //! loopback servers. Used by the end-to-end tests and by `cargo xtask demo`.
 
 pub mod canopsis_api;
+pub mod chaos;
 pub mod rabbitmq;
 pub mod repo_server;
 pub mod simhost;

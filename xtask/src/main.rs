@@ -8,6 +8,8 @@
 //!   upgrade against a bash script of the same commands included (needs RabbitMQ, started here).
 //! - `cargo xtask dist`: the release `canup`, its man page and completions, and the RPM
 //!   (`cargo generate-rpm`, installed if missing), checked with Debian's `rpm` tool.
+//! - `cargo xtask chaos [KILLS [SEED]]`: the crash campaign, 50 kills of the demo upgrade by
+//!   default, each resumed and compared with an uninterrupted run.
 //! - `cargo xtask build-guests`: builds `steps/*` and `tests/guests/*` for `wasm32-wasip2`.
 //! - `cargo xtask publish --out DIR`: builds the release crates under `steps/` and publishes
 //!   them into a signed repository at DIR with a development key (`target/dev-keys/`).
@@ -31,12 +33,13 @@ fn main() -> Result<()> {
         "build-guests" => build_guests().map(|_| ()),
         "bench" => bench(),
         "dist" => dist(),
+        "chaos" => chaos(&rest),
         "publish" => match rest.as_slice() {
             [flag, out] if flag == "--out" => publish(Path::new(out)),
             _ => bail!("usage: cargo xtask publish --out DIR"),
         },
         _ => {
-            eprintln!("usage: cargo xtask <test [CARGO TEST ARGS] | demo | bench | dist | build-guests | publish --out DIR>");
+            eprintln!("usage: cargo xtask <test [CARGO TEST ARGS] | demo | bench | dist | chaos [KILLS [SEED]] | build-guests | publish --out DIR>");
             std::process::exit(2)
         }
     }
@@ -154,6 +157,29 @@ fn output_of(mut cmd: Command) -> Result<String> {
         bail!("{shown} failed with {}: {}", out.status, String::from_utf8_lossy(&out.stderr));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `cargo xtask chaos`: the crash campaign (see `canup_tests::chaos`).
+fn chaos(args: &[String]) -> Result<()> {
+    let kills: usize = args.first().map(|k| k.parse()).transpose().context("KILLS must be a number")?.unwrap_or(50);
+    let seed: u64 = match args.get(1) {
+        Some(s) => s.parse().context("SEED must be a number")?,
+        None => std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs(),
+    };
+    build_guests()?;
+    let canup = build_canup()?;
+    let work = canup_tests::chaos::work_dir("chaos")?;
+    let repo = work.join("repo");
+    canup_tests::publish_steps(&canup, &repo, &canup_tests::target_dir().join("dev-keys"))?;
+    let _rabbitmq = RabbitMq::start()?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        canup_tests::rabbitmq::Admin::new().setup_canopsis_once().await?;
+        let repo_url = canup_tests::repo_server::serve_repo(repo.clone(), Default::default()).await;
+        let stub = canup_tests::target_dir().join("debug/canup-simstub");
+        let setup = canup_tests::chaos::Setup { canup, stub, repo, repo_url, work };
+        canup_tests::chaos::campaign(&setup, kills, seed).await.map(|_| ())
+    })
 }
 
 /// `cargo xtask dist`: builds the RPM and checks it as an operator's yum would see it.
