@@ -15,6 +15,8 @@ pub mod cache;
 pub mod capabilities;
 pub mod cli;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod journal;
 pub mod manifest;
 pub mod plan;

@@ -38,7 +38,7 @@ pub struct EndState {
     /// Every file of the simulated host but the call log and the counters, the host's root
     /// written as ROOT.
     pub tree: BTreeMap<String, String>,
-    /// The changing commands the host saw, in order (queries left out).
+    /// The changing commands canup ran on the host, in order (queries left out).
     pub changes: Vec<String>,
 }
 
@@ -50,7 +50,14 @@ fn end_state(sim: &SimHost) -> Result<EndState> {
         .filter(|(path, _)| !COUNTERS.iter().any(|c| path.ends_with(c)))
         .map(|(path, content)| (path, content.replace(&root, "ROOT")))
         .collect();
-    let changes = sim.calls()?.iter().filter(|c| !(c.program == "rpm" || c.args.first().is_some_and(|a| a == "is-enabled"))).map(|c| c.line()).collect();
+    // Commands canup ran: a nested call (the canopsinit that `su - canopsis -c` starts, as
+    // canopsis) belongs to its parent.
+    let changes = sim
+        .calls()?
+        .iter()
+        .filter(|c| c.user == "root" && !(c.program == "rpm" || c.args.first().is_some_and(|a| a == "is-enabled")))
+        .map(|c| c.line())
+        .collect();
     Ok(EndState { tree, changes })
 }
 

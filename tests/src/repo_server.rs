@@ -20,6 +20,10 @@ pub enum Fault {
     DropOnce,
     /// Answer 500, once; then serve normally.
     Error500Once,
+    /// Answer 500, always: a broken server.
+    Error500Always,
+    /// Serve normally after this delay: a slow server.
+    Delay(std::time::Duration),
 }
 
 #[derive(Clone, Default)]
@@ -34,6 +38,13 @@ impl Control {
     }
     pub fn hits(&self, path: &str) -> usize {
         self.hits.lock().unwrap().get(path).copied().unwrap_or(0)
+    }
+}
+
+fn serve_file(file: std::io::Result<Vec<u8>>) -> Response {
+    match file {
+        Ok(bytes) => Response::new(Body::from(bytes)),
+        Err(_) => StatusCode::NOT_FOUND.into_response(),
     }
 }
 
@@ -63,10 +74,12 @@ pub async fn serve_repo(dir: PathBuf, control: Control) -> String {
                     control.faults.lock().unwrap().remove(&path);
                     StatusCode::INTERNAL_SERVER_ERROR.into_response()
                 }
-                None => match file() {
-                    Ok(bytes) => Response::new(Body::from(bytes)),
-                    Err(_) => StatusCode::NOT_FOUND.into_response(),
-                },
+                Some(Fault::Error500Always) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+                Some(Fault::Delay(d)) => {
+                    tokio::time::sleep(d).await;
+                    serve_file(file())
+                }
+                None => serve_file(file()),
             }
         }
     };

@@ -1,0 +1,200 @@
+//! Faults in the middle of an upgrade, through the real `canup` binary: each gets a clear
+//! error, loses nothing, and a re-run finishes the job.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use canup_tests::canopsis_api::CanopsisApi;
+use canup_tests::rabbitmq::{Admin, endpoint_toml};
+use canup_tests::repo_server::{Control, Fault, serve_repo};
+use canup_tests::simhost::{Edition, Method, SimHost, Spec};
+use canup_tests::{OPERATOR_POLICY, canup_bin, publish_steps, target_dir};
+
+const STUB: &str = env!("CARGO_BIN_EXE_canup-simstub");
+
+fn repository() -> &'static PathBuf {
+    static REPO: OnceLock<(PathBuf, tempfile::TempDir)> = OnceLock::new();
+    &REPO
+        .get_or_init(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let repo = dir.path().join("repo");
+            publish_steps(&canup_bin(), &repo, &target_dir().join("dev-keys")).unwrap();
+            (repo, dir)
+        })
+        .0
+}
+
+struct Host {
+    dir: PathBuf,
+    sim: SimHost,
+    config: PathBuf,
+    _api: CanopsisApi,
+}
+
+/// A simulated host whose canup.toml names `repo_url` and `rabbitmq` (the management URL).
+async fn host(dir: &Path, version: &str, repo_url: &str, rabbitmq: &str, state: &Path) -> Host {
+    Admin::new().setup_canopsis_once().await.unwrap();
+    Admin::new().bind_che().await.unwrap();
+    let sim = SimHost::create(&dir.join("root"), &Spec { version: version.into(), edition: Edition::Cat, method: Method::Packages }, Path::new(STUB)).unwrap();
+    let api = CanopsisApi::serve(sim.root().to_path_buf()).await;
+    let config = dir.join("canup.toml");
+    let endpoints = endpoint_toml(&dir.join("rabbitmq.pw")).unwrap().replace(canup_tests::rabbitmq::MANAGEMENT, rabbitmq);
+    std::fs::write(
+        &config,
+        format!(
+            "repository = \"{repo_url}\"\ntrusted_root = \"{}\"\nstate_dir = \"{}\"\n\n{OPERATOR_POLICY}\n{endpoints}{}",
+            repository().join("metadata/1.root.json").display(),
+            state.display(),
+            api.endpoint_toml(&dir.join("api.pw")).unwrap(),
+        ),
+    )
+    .unwrap();
+    Host { dir: dir.to_path_buf(), sim, config, _api: api }
+}
+
+impl Host {
+    fn apply(&self) -> Command {
+        let mut c = Command::new(canup_bin());
+        c.arg("--config").arg(&self.config).arg("--sysroot").arg(self.sim.root()).args(["apply", "--to", "3.40.0", "--yes", "--accept-manual"]);
+        c.stdin(Stdio::null());
+        c
+    }
+
+    /// Points the rabbitmq endpoint somewhere else.
+    fn set_rabbitmq(&self, url: &str) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let start = text.find("[endpoints.rabbitmq]\nurl = \"").unwrap() + "[endpoints.rabbitmq]\nurl = \"".len();
+        let end = start + text[start..].find('"').unwrap();
+        std::fs::write(&self.config, format!("{}{url}{}", &text[..start], &text[end..])).unwrap();
+    }
+
+    fn webserver_lines(&self) -> usize {
+        self.sim.read("/opt/canopsis/etc/webserver.conf").unwrap().lines().filter(|l| l.starts_with("canopsis.webcore.services.metaalarmrule")).count()
+    }
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// Faults that share the broker or the repository run one at a time.
+static ONE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_repository_is_waited_for_and_a_broken_one_stops_before_anything_runs() {
+    let _one = ONE.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let control = Control::default();
+    let url = serve_repo(repository().clone(), control.clone()).await;
+
+    // Every answer 500: after its retries canup names the repository and the status; nothing ran.
+    control.fault("metadata/timestamp.json", Fault::Error500Always);
+    let h = host(&dir.path().join("broken"), "3.38.0", &url, canup_tests::rabbitmq::MANAGEMENT, &dir.path().join("broken/state")).await;
+    let before = h.sim.snapshot().unwrap();
+    let out = h.apply().output().unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert!(text(&out).contains(&format!("the release repository at {url} failed verification")) && text(&out).contains("HTTP 500"), "{}", text(&out));
+    assert!(control.hits("metadata/timestamp.json") >= 2, "it retried");
+    assert_eq!(h.sim.snapshot().unwrap(), before, "nothing ran");
+
+    // A server that answers slowly, and one 500 on the way: the run completes.
+    control.fault("metadata/timestamp.json", Fault::Delay(Duration::from_millis(1500)));
+    control.fault("index.json", Fault::Error500Once);
+    let h = host(&dir.path().join("slow"), "3.38.0", &url, canup_tests::rabbitmq::MANAGEMENT, &dir.path().join("slow/state")).await;
+    let t = Instant::now();
+    let out = h.apply().output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(t.elapsed() >= Duration::from_millis(1500));
+    assert_eq!(h.sim.read("/opt/canopsis/VERSION.txt").unwrap(), "Canopsis version 3.40.0\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_unreachable_during_verify_stops_there_and_a_rerun_finishes_without_redoing_the_upgrade() {
+    let _one = ONE.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = serve_repo(repository().clone(), Control::default()).await;
+    // Nothing listens on port 9 of 127.0.0.1: the broker is down as the verify phase starts.
+    // (3.39.0 → 3.40.0 has no RabbitMQ step before the verify phase.)
+    let h = host(dir.path(), "3.39.0", &url, "http://127.0.0.1:9", &dir.path().join("state")).await;
+    let out = h.apply().output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("step drain/queues failed") && text(&out).contains("endpoint rabbitmq"), "{}", text(&out));
+    assert!(text(&out).contains("run `canup apply` again to resume"), "{}", text(&out));
+    assert_eq!(h.sim.read("/opt/canopsis/VERSION.txt").unwrap(), "Canopsis version 3.40.0\n", "the upgrade itself was done");
+    let calls = h.sim.calls().unwrap().len();
+
+    // The broker is back: the re-run resumes at the drain; nothing before it runs again.
+    h.set_rabbitmq(canup_tests::rabbitmq::MANAGEMENT);
+    let out = h.apply().output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("resuming an interrupted run"), "{}", text(&out));
+    let again: Vec<String> = h.sim.calls().unwrap()[calls..].iter().filter(|c| c.program != "rpm").map(|c| c.line()).collect();
+    assert!(again.is_empty(), "the resumed run repeated {again:?}");
+    assert_eq!(h.webserver_lines(), 1);
+}
+
+/// A tmpfs for the state directory, unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"]).arg(dir).output().unwrap();
+        assert!(out.status.success(), "this test mounts a small tmpfs for the state directory (root needed): {}", text(&out));
+        Self(dir.to_path_buf())
+    }
+
+    /// Fills the file system up: what is left for canup is nothing.
+    fn fill(&self) -> PathBuf {
+        use std::io::Write;
+        let filler = self.0.join("filler");
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 64 << 10];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.sync_all();
+        filler
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_under_the_journal_stops_the_run_clearly_and_a_rerun_finishes_it() {
+    let _one = ONE.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let state = Tmpfs::mount(&dir.path().join("state"), "96m");
+    let url = serve_repo(repository().clone(), Control::default()).await;
+    let h = host(dir.path(), "3.38.0", &url, canup_tests::rabbitmq::MANAGEMENT, &state.0).await;
+
+    // 3.39.0's init is held until the state directory's disk is full, then let go.
+    let block = h.sim.path("/var/lib/canup-sim/block-init");
+    std::fs::write(&block, "").unwrap();
+    let child = h.apply().stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let marker = h.sim.path("/var/lib/canup-sim/blocked-init");
+    let start = Instant::now();
+    while !marker.exists() {
+        assert!(start.elapsed() < Duration::from_secs(60), "init never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let filler = state.fill();
+    std::fs::remove_file(&block).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("No space left on device"), "the error names the cause:\n{}", text(&out));
+
+    // Space again: the re-run finishes; what was done is not done twice.
+    std::fs::remove_file(filler).unwrap();
+    let out = h.apply().output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(h.sim.read("/opt/canopsis/VERSION.txt").unwrap(), "Canopsis version 3.40.0\n");
+    assert_eq!(h.webserver_lines(), 1);
+    let yums = h.sim.calls().unwrap().iter().filter(|c| c.program == "yum").count();
+    assert_eq!(yums, 1, "yum ran once");
+    let _ = &h.dir;
+}
