@@ -374,6 +374,32 @@ mod tests {
     }
 
     #[test]
+    fn a_resumed_step_gets_the_actions_of_its_earlier_attempts_by_occurrence() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = std::sync::Arc::new(std::sync::Mutex::new(Journal::open(dir.path()).unwrap()));
+        journal.lock().unwrap().append(&started("r1")).unwrap();
+        let mut first = StepActions::new(journal.clone(), "r1", "a", Default::default());
+        let ok = ActionResult { status: Some(0), stdout: "done".into(), stderr: String::new() };
+        // The step restarted the service twice, then crashed during an append.
+        for _ in 0..2 {
+            let (n, past) = first.next("exec canoctl restart");
+            assert_eq!(past, None);
+            first.done("exec canoctl restart", n, ok.clone()).unwrap();
+        }
+        let (n, _) = first.next("append /f");
+        first.started("append /f", n, "sha-after".into()).unwrap();
+        drop(first);
+
+        let run = unfinished(&Journal::read(dir.path()).unwrap()).unwrap();
+        assert!(run.actions_of("b").is_empty(), "another step's actions are its own");
+        let mut second = StepActions::new(journal, "r1", "a", run.actions_of("a"));
+        assert_eq!(second.next("exec canoctl restart"), (0, Some(PastAction::Done(ok.clone()))));
+        assert_eq!(second.next("exec canoctl restart"), (1, Some(PastAction::Done(ok))));
+        assert_eq!(second.next("exec canoctl restart"), (2, None), "a third restart was never done");
+        assert_eq!(second.next("append /f"), (0, Some(PastAction::Started { expect: "sha-after".into() })));
+    }
+
+    #[test]
     fn a_torn_last_line_is_ignored_and_the_step_counts_as_not_done() {
         let dir = tempfile::tempdir().unwrap();
         let mut j = Journal::open(dir.path()).unwrap();

@@ -10,6 +10,8 @@
 //!   (`cargo generate-rpm`, installed if missing), checked with Debian's `rpm` tool.
 //! - `cargo xtask chaos [KILLS [SEED]]`: the crash campaign, 50 kills of the demo upgrade by
 //!   default, each resumed and compared with an uninterrupted run.
+//! - `cargo xtask fuzz [SECONDS]`: each fuzz target of `canup::fuzz` for SECONDS (600 by
+//!   default) as a proptest campaign (`tests/tests/fuzz.rs`); no nightly toolchain needed.
 //! - `cargo xtask build-guests`: builds `steps/*` and `tests/guests/*` for `wasm32-wasip2`.
 //! - `cargo xtask publish --out DIR`: builds the release crates under `steps/` and publishes
 //!   them into a signed repository at DIR with a development key (`target/dev-keys/`).
@@ -34,12 +36,13 @@ fn main() -> Result<()> {
         "bench" => bench(),
         "dist" => dist(),
         "chaos" => chaos(&rest),
+        "fuzz" => fuzz(&rest),
         "publish" => match rest.as_slice() {
             [flag, out] if flag == "--out" => publish(Path::new(out)),
             _ => bail!("usage: cargo xtask publish --out DIR"),
         },
         _ => {
-            eprintln!("usage: cargo xtask <test [CARGO TEST ARGS] | demo | bench | dist | chaos [KILLS [SEED]] | build-guests | publish --out DIR>");
+            eprintln!("usage: cargo xtask <test [CARGO TEST ARGS] | demo | bench | dist | chaos [KILLS [SEED]] | fuzz [SECONDS] | build-guests | publish --out DIR>");
             std::process::exit(2)
         }
     }
@@ -157,6 +160,14 @@ fn output_of(mut cmd: Command) -> Result<String> {
         bail!("{shown} failed with {}: {}", out.status, String::from_utf8_lossy(&out.stderr));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `cargo xtask fuzz`: the fuzz targets, each for a set time.
+fn fuzz(args: &[String]) -> Result<()> {
+    let seconds: u64 = args.first().map(|s| s.parse()).transpose().context("SECONDS must be a number")?.unwrap_or(600);
+    let mut c = cargo();
+    c.args(["test", "--release", "-p", "canup-tests", "--test", "fuzz", "--", "--nocapture", "--test-threads", "1"]).env("CANUP_FUZZ_SECONDS", seconds.to_string());
+    run(c)
 }
 
 /// `cargo xtask chaos`: the crash campaign (see `canup_tests::chaos`).
