@@ -14,16 +14,19 @@ use canup_tests::{OPERATOR_POLICY, canup_bin, publish_steps, target_dir};
 
 const STUB: &str = env!("CARGO_BIN_EXE_canup-simstub");
 
+/// The published repository and its (development) signing key.
+fn published() -> &'static (PathBuf, PathBuf, tempfile::TempDir) {
+    static REPO: OnceLock<(PathBuf, PathBuf, tempfile::TempDir)> = OnceLock::new();
+    REPO.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path().join("repo");
+        let key = publish_steps(&canup_bin(), &repo, &target_dir().join("dev-keys")).unwrap();
+        (repo, key, dir)
+    })
+}
+
 fn repository() -> &'static PathBuf {
-    static REPO: OnceLock<(PathBuf, tempfile::TempDir)> = OnceLock::new();
-    &REPO
-        .get_or_init(|| {
-            let dir = tempfile::tempdir().unwrap();
-            let repo = dir.path().join("repo");
-            publish_steps(&canup_bin(), &repo, &target_dir().join("dev-keys")).unwrap();
-            (repo, dir)
-        })
-        .0
+    &published().0
 }
 
 struct Host {
@@ -197,4 +200,40 @@ async fn a_full_disk_under_the_journal_stops_the_run_clearly_and_a_rerun_finishe
     let yums = h.sim.calls().unwrap().iter().filter(|c| c.program == "yum").count();
     assert_eq!(yums, 1, "yum ran once");
     let _ = &h.dir;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plans_and_an_apply_while_the_vendor_refreshes_the_timestamp_see_a_consistent_repository() {
+    let _one = ONE.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    // A private copy: the vendor's cron job rewrites its timestamp all along.
+    let repo = dir.path().join("repo");
+    assert!(Command::new("cp").arg("-a").arg(repository()).arg(&repo).status().unwrap().success());
+    let url = serve_repo(repo.clone(), Control::default()).await;
+    let h = host(&dir.path().join("host"), "3.38.0", &url, canup_tests::rabbitmq::MANAGEMENT, &dir.path().join("host/state")).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let refresher = {
+        let (stop, repo, key) = (stop.clone(), repo.clone(), published().1.clone());
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Runtime::new().unwrap();
+            let mut refreshes = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                runtime.block_on(canup::repository::vendor::refresh_timestamp(&repo, std::slice::from_ref(&key), 1)).unwrap();
+                refreshes += 1;
+            }
+            refreshes
+        })
+    };
+    for _ in 0..8 {
+        let mut plan = Command::new(canup_bin());
+        plan.arg("--config").arg(&h.config).arg("--sysroot").arg(h.sim.root()).args(["plan", "--to", "3.40.0"]);
+        let out = plan.output().unwrap();
+        assert!(out.status.success(), "a plan during a refresh failed: {}", text(&out));
+    }
+    let out = h.apply().output().unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let refreshes = refresher.join().unwrap();
+    assert!(out.status.success(), "the apply during refreshes failed: {}", text(&out));
+    assert!(refreshes >= 8, "the timestamp was refreshed {refreshes} times during the runs");
+    assert_eq!(h.sim.read("/opt/canopsis/VERSION.txt").unwrap(), "Canopsis version 3.40.0\n");
 }

@@ -9,9 +9,10 @@ use canup::fuzz;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 
-/// Runs `test` on values of `strategy`: 256 cases, or for `CANUP_FUZZ_SECONDS` seconds.
-fn fuzz<S: Strategy>(name: &str, strategy: S, test: impl Fn(S::Value)) {
-    let budget = std::env::var("CANUP_FUZZ_SECONDS").ok().and_then(|s| s.parse::<u64>().ok()).map(Duration::from_secs);
+/// Runs `test` on values of `strategy`: 256 cases, or for `CANUP_FUZZ_SECONDS` seconds split
+/// over the `parts` campaigns of one target (random and structure-aware inputs).
+fn fuzz<S: Strategy>(name: &str, parts: u32, strategy: S, test: impl Fn(S::Value)) {
+    let budget = std::env::var("CANUP_FUZZ_SECONDS").ok().and_then(|s| s.parse::<u64>().ok()).map(|s| Duration::from_secs(s) / parts);
     let start = Instant::now();
     let mut cases = 0u64;
     loop {
@@ -49,24 +50,24 @@ fn mutated(valid: &'static str) -> impl Strategy<Value = Vec<u8>> {
 
 #[test]
 fn index_parser() {
-    fuzz("index (random bytes)", prop::collection::vec(any::<u8>(), 0..512), |b| fuzz::index(&b));
-    fuzz("index (mutated)", mutated(VALID_INDEX), |b| fuzz::index(&b));
+    fuzz("index (random bytes)", 2, prop::collection::vec(any::<u8>(), 0..512), |b| fuzz::index(&b));
+    fuzz("index (mutated)", 2, mutated(VALID_INDEX), |b| fuzz::index(&b));
 }
 
 const VALID_MANIFEST: &str = "release = \"3.40.0\"\napi = \"1.0.0\"\n[[step]]\nid = \"3.40.0/x\"\nphase = \"post-update\"\nmethods = [\"packages\"]\neditions = [\"core\"]\n[step.capabilities.fs]\nread = [\"/opt/canopsis/etc/*.conf\"]\nwrite = [\"/opt/canopsis/etc/webserver.conf\"]\n[[step.capabilities.exec]]\nprogram = \"/usr/bin/yum\"\nargs = [\"--enablerepo=canopsis[*]\", \"**\"]\n[[step.capabilities.http]]\nendpoint = \"rabbitmq\"\nmethods = [\"GET\"]\npaths = [\"/api/queues/*\"]\n";
 
 #[test]
 fn manifest_parser() {
-    fuzz("manifest (random text)", ".{0,300}", |t: String| fuzz::manifest(&t));
-    fuzz("manifest (mutated)", mutated(VALID_MANIFEST), |b| fuzz::manifest(&String::from_utf8_lossy(&b)));
+    fuzz("manifest (random text)", 2, ".{0,300}", |t: String| fuzz::manifest(&t));
+    fuzz("manifest (mutated)", 2, mutated(VALID_MANIFEST), |b| fuzz::manifest(&String::from_utf8_lossy(&b)));
 }
 
 #[test]
 fn config_and_policy_parser() {
     let valid = canup_tests::OPERATOR_POLICY;
-    fuzz("config (random text)", ".{0,300}", |t: String| fuzz::config(&t));
+    fuzz("config (random text)", 2, ".{0,300}", |t: String| fuzz::config(&t));
     let bytes: &'static str = Box::leak(valid.to_owned().into_boxed_str());
-    fuzz("config (mutated policy)", mutated(bytes), |b| fuzz::config(&String::from_utf8_lossy(&b)));
+    fuzz("config (mutated policy)", 2, mutated(bytes), |b| fuzz::config(&String::from_utf8_lossy(&b)));
 }
 
 #[test]
@@ -74,6 +75,7 @@ fn version_and_path_planner() {
     let version = || (2u64..5, 0u64..6, 0u64..4);
     fuzz(
         "planner",
+        1,
         (prop::collection::vec((2u64..5, 0u64..6, 0u64..4, 0u8..4), 0..24), version(), prop::option::of(version())),
         |(versions, installed, target)| fuzz::planner(&versions, installed, target),
     );
@@ -82,5 +84,5 @@ fn version_and_path_planner() {
 #[test]
 fn argument_pattern_matcher() {
     let word = prop_oneof!["[a-z*?/.=-]{0,6}", Just("**".to_owned()), Just("[*]".to_owned()), Just("{a,b}".to_owned()), "[\\[\\]{}!*?\\\\a-c]{0,4}"];
-    fuzz("patterns", (prop::collection::vec(word.clone(), 0..5), prop::collection::vec(word, 0..6)), |(patterns, args)| fuzz::patterns(&patterns, &args));
+    fuzz("patterns", 1, (prop::collection::vec(word.clone(), 0..5), prop::collection::vec(word, 0..6)), |(patterns, args)| fuzz::patterns(&patterns, &args));
 }
