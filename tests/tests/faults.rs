@@ -237,3 +237,37 @@ async fn plans_and_an_apply_while_the_vendor_refreshes_the_timestamp_see_a_consi
     assert!(refreshes >= 8, "the timestamp was refreshed {refreshes} times during the runs");
     assert_eq!(h.sim.read("/opt/canopsis/VERSION.txt").unwrap(), "Canopsis version 3.40.0\n");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_trapped_halfway_by_its_time_limit_is_named_and_the_rerun_resumes_it() {
+    let _one = ONE.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = serve_repo(repository().clone(), Control::default()).await;
+    let h = host(dir.path(), "3.38.0", &url, canup_tests::rabbitmq::MANAGEMENT, &dir.path().join("state")).await;
+    let mut config = std::fs::read_to_string(&h.config).unwrap();
+    config.push_str("\n[limits]\nwall_seconds = 3\n");
+    std::fs::write(&h.config, config).unwrap();
+
+    // 3.39.0's fifo-queue step has written initialisation.toml and waits on `init`, which hangs:
+    // the engine traps the step at its wall-time limit and the command's process group is killed.
+    let block = h.sim.path("/var/lib/canup-sim/block-init");
+    std::fs::write(&block, "").unwrap();
+    let out = h.apply().output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("step 3.39.0/fifo-queue failed: the step ran past its wall-time limit of 3s"), "{}", text(&out));
+    let pid: i32 = h.sim.read("/var/lib/canup-sim/blocked-init").unwrap().trim().parse().unwrap();
+    assert!(!canup_tests::process_alive(pid), "the hanging init was killed");
+    assert!(h.sim.path("/opt/canopsis/etc/initialisation.toml").exists(), "the step was stopped halfway");
+    assert!(!h.sim.path("/var/lib/canup-sim/init-applied").exists());
+
+    // The cause is gone: the re-run resumes at that step and finishes; nothing is done twice.
+    std::fs::remove_file(&block).unwrap();
+    let out = h.apply().output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("resuming an interrupted run"), "{}", text(&out));
+    assert!(h.sim.path("/var/lib/canup-sim/init-applied").exists());
+    assert_eq!(h.webserver_lines(), 1);
+    let ran = |program: &str| h.sim.calls().unwrap().iter().filter(|c| c.program == program).count();
+    assert_eq!((ran("yum"), ran("canopsinit")), (1, 1), "the steps before the trapped one did not run again");
+    assert_eq!(h.sim.read("/opt/canopsis/VERSION.txt").unwrap(), "Canopsis version 3.40.0\n");
+}
