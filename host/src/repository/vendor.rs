@@ -77,6 +77,33 @@ fn targets_dir(repo: &Path) -> PathBuf {
     repo.join("targets")
 }
 
+/// Where new metadata is written before it goes live: beside `metadata/`, on the same file
+/// system, so that going live is a rename.
+fn staging_dir(repo: &Path) -> Result<tempfile::TempDir, VendorError> {
+    tempfile::Builder::new().prefix(".staging-").tempdir_in(repo).map_err(io(format!("creating a staging directory in {}", repo.display())))
+}
+
+/// Moves freshly signed metadata into `metadata/` so that a client reading the repository
+/// meanwhile never sees a torn file or a timestamp naming a snapshot not there yet: each file
+/// is renamed into place (atomic), versioned files first, `timestamp.json` last — the order
+/// TUF clients read backwards from.
+fn move_into_place(staging: &Path, metadata: &Path) -> Result<(), VendorError> {
+    let mut files: Vec<PathBuf> = fs::read_dir(staging).map_err(io(format!("reading {}", staging.display())))?.filter_map(Result::ok).map(|e| e.path()).collect();
+    let rank = |p: &PathBuf| match p.file_name().and_then(|n| n.to_str()) {
+        Some(n) if n.ends_with("root.json") => 0,
+        Some(n) if n.ends_with("targets.json") => 1,
+        Some(n) if n.ends_with("snapshot.json") => 2,
+        _ => 3,
+    };
+    files.sort_by_key(rank);
+    for file in files {
+        let name = file.file_name().map(PathBuf::from).unwrap_or_default();
+        let dest = metadata.join(&name);
+        fs::rename(&file, &dest).map_err(io(format!("moving {} into {}", name.display(), metadata.display())))?;
+    }
+    fs::File::open(metadata).and_then(|d| d.sync_all()).map_err(io(format!("syncing {}", metadata.display())))
+}
+
 fn sources(paths: &[PathBuf]) -> Vec<Box<dyn KeySource>> {
     paths.iter().map(|p| Box::new(LocalKeySource { path: p.clone() }) as Box<dyn KeySource>).collect()
 }
@@ -250,7 +277,9 @@ async fn publish(repo: &Path, keys: &[PathBuf], expiry: &Expiry, index: &Index, 
     }
     let signed = editor.sign(&sources(keys)).await.map_err(|e| VendorError::Tuf { what: "signing".into(), why: error_chain(&e) })?;
     signed.copy_targets(stage.path(), targets_dir(repo), PathExists::Skip).await.map_err(|e| tuf("copying targets")(&e))?;
-    signed.write(metadata_dir(repo)).await.map_err(|e| tuf("writing metadata")(&e))?;
+    let staging = staging_dir(repo)?;
+    signed.write(staging.path()).await.map_err(|e| tuf("writing metadata")(&e))?;
+    move_into_place(staging.path(), &metadata_dir(repo))?;
     Ok(())
 }
 
@@ -368,7 +397,9 @@ pub async fn refresh_timestamp(repo: &Path, timestamp_keys: &[PathBuf], days: i6
     let signed = SignedRole::new(ts, &KeyHolder::Root(root.clone()), &sources(timestamp_keys), &SystemRandom::new())
         .await
         .map_err(|e| VendorError::Tuf { what: "signing the timestamp".into(), why: error_chain(&e) })?;
-    signed.write(metadata_dir(repo), root.consistent_snapshot).await.map_err(|e| tuf("writing timestamp.json")(&e))?;
+    let staging = staging_dir(repo)?;
+    signed.write(staging.path(), root.consistent_snapshot).await.map_err(|e| tuf("writing timestamp.json")(&e))?;
+    move_into_place(staging.path(), &metadata_dir(repo))?;
     Ok(version.get())
 }
 
@@ -410,6 +441,7 @@ pub async fn rotate_root(repo: &Path, old_keys: &[PathBuf], new_keys: &[PathBuf]
         .map_err(|e| VendorError::Tuf { what: "signing with the old root keys".into(), why: error_chain(&e) })?;
     let both = by_new.add_old_signatures(by_old.signed().signatures.clone()).map_err(|e| tuf("combining signatures")(&e))?;
     let out = metadata_dir(repo).join(format!("{}.root.json", n + 1));
-    fs::write(&out, both.buffer()).map_err(io(format!("writing {}", out.display())))?;
+    // A client may be looking for this very file: it appears whole or not at all.
+    crate::capabilities::fs::atomic_replace(&out, both.buffer()).map_err(io(format!("writing {}", out.display())))?;
     Ok(n + 1)
 }
