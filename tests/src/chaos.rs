@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 
 use crate::canopsis_api::CanopsisApi;
-use crate::rabbitmq::{Admin, endpoint_toml};
+use crate::rabbitmq::Admin;
 use crate::simhost::{Edition, Method, SimHost, Spec};
 
 /// What the campaign needs: the binaries and a published repository served on loopback.
@@ -72,18 +72,7 @@ async fn host(setup: &Setup, name: &str) -> Result<Host> {
     let sim = SimHost::create(&dir.join("root"), &Spec { version: "3.38.0".into(), edition: Edition::Cat, method: Method::Packages }, &setup.stub)?;
     let api = CanopsisApi::serve(sim.root().to_path_buf()).await;
     let config = dir.join("canup.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "repository = \"{}\"\ntrusted_root = \"{}\"\nstate_dir = \"{}\"\n\n{}\n{}{}",
-            setup.repo_url,
-            setup.repo.join("metadata/1.root.json").display(),
-            dir.join("state").display(),
-            crate::OPERATOR_POLICY,
-            endpoint_toml(&dir.join("rabbitmq.pw"))?,
-            api.endpoint_toml(&dir.join("api.pw"))?,
-        ),
-    )?;
+    crate::write_site_config(&config, &setup.repo_url, &setup.repo, &dir.join("state"), crate::OPERATOR_POLICY, &api)?;
     // 3.39.0 unbinds Engine_che from the shared broker: every run starts with it bound.
     Admin::new().bind_che().await?;
     Ok(Host { sim, config, _api: api })

@@ -59,6 +59,25 @@ pub fn process_alive(pid: i32) -> bool {
 /// commented out): the tests and the demo run under exactly what operators get.
 pub const OPERATOR_POLICY: &str = include_str!("../../host/dist/canup.toml");
 
+/// Writes the `canup.toml` of a simulated site at `config`: the repository served at
+/// `repo_url` (its first root from the published `repo`), state in `state`, `policy`, and the
+/// `rabbitmq` and `canopsis-api` endpoints, their password files beside `config`.
+pub fn write_site_config(config: &Path, repo_url: &str, repo: &Path, state: &Path, policy: &str, api: &canopsis_api::CanopsisApi) -> anyhow::Result<()> {
+    let dir = config.parent().ok_or_else(|| anyhow::anyhow!("{} has no directory", config.display()))?;
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(
+        config,
+        format!(
+            "repository = \"{repo_url}\"\ntrusted_root = \"{}\"\nstate_dir = \"{}\"\n\n{policy}\n{}{}",
+            repo.join("metadata/1.root.json").display(),
+            state.display(),
+            rabbitmq::endpoint_toml(&dir.join("rabbitmq.pw"))?,
+            api.endpoint_toml(&dir.join("api.pw"))?,
+        ),
+    )?;
+    Ok(())
+}
+
 /// The workspace root.
 pub fn workspace_dir() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");

@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use canup_tests::canopsis_api::CanopsisApi;
-use canup_tests::rabbitmq::{Admin, endpoint_toml};
+use canup_tests::rabbitmq::Admin;
 use canup_tests::repo_server::{Control, serve_repo};
 use canup_tests::simhost::{Edition, Method, SimHost, Spec};
 use canup_tests::{OPERATOR_POLICY, canup_bin, publish_steps, target_dir};
@@ -47,17 +47,7 @@ async fn host_with_policy(spec: Spec, policy: &str) -> Host {
     let sim = SimHost::create(&dir.path().join("root"), &spec, Path::new(STUB)).unwrap();
     let api = CanopsisApi::serve(sim.root().to_path_buf()).await;
     let config = dir.path().join("canup.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "repository = \"{url}\"\ntrusted_root = \"{}\"\nstate_dir = \"{}\"\n\n{policy}\n{}{}",
-            repo.join("metadata/1.root.json").display(),
-            dir.path().join("state").display(),
-            endpoint_toml(&dir.path().join("rabbitmq.pw")).unwrap(),
-            api.endpoint_toml(&dir.path().join("api.pw")).unwrap(),
-        ),
-    )
-    .unwrap();
+    canup_tests::write_site_config(&config, &url, repo, &dir.path().join("state"), policy, &api).unwrap();
     Host { dir, sim, config, api }
 }
 

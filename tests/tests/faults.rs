@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use canup_tests::canopsis_api::CanopsisApi;
-use canup_tests::rabbitmq::{Admin, endpoint_toml};
+use canup_tests::rabbitmq::Admin;
 use canup_tests::repo_server::{Control, Fault, serve_repo};
 use canup_tests::simhost::{Edition, Method, SimHost, Spec};
 use canup_tests::{OPERATOR_POLICY, canup_bin, publish_steps, target_dir};
@@ -43,18 +43,10 @@ async fn host(dir: &Path, version: &str, repo_url: &str, rabbitmq: &str, state: 
     let sim = SimHost::create(&dir.join("root"), &Spec { version: version.into(), edition: Edition::Cat, method: Method::Packages }, Path::new(STUB)).unwrap();
     let api = CanopsisApi::serve(sim.root().to_path_buf()).await;
     let config = dir.join("canup.toml");
-    let endpoints = endpoint_toml(&dir.join("rabbitmq.pw")).unwrap().replace(canup_tests::rabbitmq::MANAGEMENT, rabbitmq);
-    std::fs::write(
-        &config,
-        format!(
-            "repository = \"{repo_url}\"\ntrusted_root = \"{}\"\nstate_dir = \"{}\"\n\n{OPERATOR_POLICY}\n{endpoints}{}",
-            repository().join("metadata/1.root.json").display(),
-            state.display(),
-            api.endpoint_toml(&dir.join("api.pw")).unwrap(),
-        ),
-    )
-    .unwrap();
-    Host { dir: dir.to_path_buf(), sim, config, _api: api }
+    canup_tests::write_site_config(&config, repo_url, repository(), state, OPERATOR_POLICY, &api).unwrap();
+    let h = Host { dir: dir.to_path_buf(), sim, config, _api: api };
+    h.set_rabbitmq(rabbitmq);
+    h
 }
 
 impl Host {

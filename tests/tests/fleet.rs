@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use canup_tests::canopsis_api::CanopsisApi;
-use canup_tests::rabbitmq::{Admin, endpoint_toml};
+use canup_tests::rabbitmq::Admin;
 use canup_tests::repo_server::{Control, serve_repo};
 use canup_tests::simhost::{Edition, Method, SimHost, Spec};
 use canup_tests::{OPERATOR_POLICY, canup_bin, publish_steps, target_dir, workspace_dir};
@@ -31,17 +31,7 @@ async fn site(dir: &Path, name: &'static str, spec: Spec, repo_url: &str, repo: 
     let sim = SimHost::create(&dir.join(name).join("root"), &spec, Path::new(STUB)).unwrap();
     let api = CanopsisApi::serve(sim.root().to_path_buf()).await;
     let config = dir.join(name).join("canup.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "repository = \"{repo_url}\"\ntrusted_root = \"{}\"\nstate_dir = \"{}\"\n\n{OPERATOR_POLICY}\n{}{}",
-            repo.join("metadata/1.root.json").display(),
-            dir.join(name).join("state").display(),
-            endpoint_toml(&dir.join(name).join("rabbitmq.pw")).unwrap(),
-            api.endpoint_toml(&dir.join(name).join("api.pw")).unwrap(),
-        ),
-    )
-    .unwrap();
+    canup_tests::write_site_config(&config, repo_url, repo, &dir.join(name).join("state"), OPERATOR_POLICY, &api).unwrap();
     Site { name, sim, config, _api: api }
 }
 

@@ -460,16 +460,7 @@ fn demo() -> Result<()> {
     let url = runtime.block_on(canup_tests::repo_server::serve_repo(repo.clone(), Default::default()));
     let api = runtime.block_on(canup_tests::canopsis_api::CanopsisApi::serve(sim.root().to_path_buf()));
     let config = demo.join("canup.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "repository = \"{url}\"\ntrusted_root = \"{}\"\nstate_dir = \"{}\"\n\n{DEMO_POLICY}\n{}{}",
-            repo.join("metadata/1.root.json").display(),
-            demo.join("state").display(),
-            canup_tests::rabbitmq::endpoint_toml(&demo.join("rabbitmq.password"))?,
-            api.endpoint_toml(&demo.join("api.password"))?,
-        ),
-    )?;
+    canup_tests::write_site_config(&config, &url, &repo, &demo.join("state"), DEMO_POLICY, &api)?;
     println!("== rabbitmq-server on 127.0.0.1:15672 with the canopsis vhost, Engine_che bound to canopsis.events");
     println!("== the simulated host's Canopsis API at {}", api.url);
     println!("== signed repository of {} served at {url}", repo.display());

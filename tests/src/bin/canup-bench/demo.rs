@@ -47,17 +47,7 @@ async fn fresh(work: &Path, name: &str, stub: &Path, repo_url: &str, repo: &Path
     let sim = SimHost::create(&dir.join("root"), &Spec { version: "3.38.0".into(), edition: Edition::Cat, method: Method::Packages }, stub)?;
     let api = CanopsisApi::serve(sim.root().to_path_buf()).await;
     let config = dir.join("canup.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "repository = \"{repo_url}\"\ntrusted_root = \"{}\"\nstate_dir = \"{}\"\n\n{}\n{}{}",
-            repo.join("metadata/1.root.json").display(),
-            state.display(),
-            canup_tests::OPERATOR_POLICY,
-            rabbitmq::endpoint_toml(&dir.join("rabbitmq.pw"))?,
-            api.endpoint_toml(&dir.join("api.pw"))?,
-        ),
-    )?;
+    canup_tests::write_site_config(&config, repo_url, repo, state, canup_tests::OPERATOR_POLICY, &api)?;
     // 3.39.0 unbinds Engine_che: every run starts from the binding in place.
     Admin::new().bind_che().await?;
     Ok(Fresh { sim, api, config })
