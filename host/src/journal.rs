@@ -132,6 +132,17 @@ impl Journal {
         state_dir.join("journal.jsonl")
     }
 
+    /// Where changing commands leave their receipts until the journal holds their outcome.
+    pub fn receipts_dir(state_dir: &Path) -> PathBuf {
+        state_dir.join("receipts")
+    }
+
+    /// Drops the receipts a finished run may have left (a crash between a journal record and
+    /// its receipt's removal); they only serve to resume that run.
+    pub fn clear_receipts(state_dir: &Path) {
+        let _ = fs::remove_dir_all(Self::receipts_dir(state_dir));
+    }
+
     pub fn open(state_dir: &Path) -> Result<Self, JournalError> {
         let path = Self::path(state_dir);
         let err = |source| JournalError::Io { path: path.display().to_string(), source };
@@ -282,6 +293,7 @@ pub fn unfinished(events: &[Event]) -> Option<RunRecord> {
 /// twice; only successful results are replayed, a failed action runs again.
 pub struct StepActions {
     journal: std::sync::Arc<std::sync::Mutex<Journal>>,
+    receipts: PathBuf,
     run: String,
     step: String,
     past: std::collections::HashMap<(String, u32), PastAction>,
@@ -290,7 +302,15 @@ pub struct StepActions {
 
 impl StepActions {
     pub fn new(journal: std::sync::Arc<std::sync::Mutex<Journal>>, run: &str, step: &str, past: std::collections::HashMap<(String, u32), PastAction>) -> Self {
-        Self { journal, run: run.to_owned(), step: step.to_owned(), past, seen: Default::default() }
+        let receipts = journal.lock().map(|j| j.path.parent().map(Journal::receipts_dir).unwrap_or_default()).unwrap_or_default();
+        Self { journal, receipts, run: run.to_owned(), step: step.to_owned(), past, seen: Default::default() }
+    }
+
+    /// The receipt of a changing command: named by the run, the step, the action and its
+    /// occurrence, so that a resumed canup finds what the interrupted one started.
+    pub fn receipt(&self, action: &str, occurrence: u32) -> crate::capabilities::exec::Receipt {
+        let identity = format!("{}\n{}\n{action}\n{occurrence}", self.run, self.step);
+        crate::capabilities::exec::Receipt::new(&self.receipts, &crate::sha256_hex(identity.as_bytes())[..32])
     }
 
     /// The occurrence of `action` this call is, and what an earlier attempt made of it.

@@ -376,6 +376,32 @@ impl StepState {
         (Some((key, occurrence)), replay)
     }
 
+    /// What an interrupted canup's attempt at this changing command left in its receipt: the
+    /// outcome of a command that finished (journaled, and given to the step as its own), or
+    /// nothing when the command must run (it never started, or its outcome is lost). A command
+    /// still running is waited for.
+    async fn earlier_attempt(&mut self, receipt: &cap_exec::Receipt, req: &ExecRequest) -> Result<Option<cap_exec::ExecOutput>, cap_exec::ExecError> {
+        let words = shell_words(&req.program, &req.args);
+        let (ui, step) = (self.env.ui.clone(), self.env.context.step_id.clone());
+        let earlier = receipt
+            .earlier(&self.env.limits.exec, |pid| {
+                let pid = pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
+                ui.log(&step, Level::Info, &format!("waiting for {words}{pid}, which the interrupted run started and is still running"));
+            })
+            .await?;
+        match earlier {
+            cap_exec::Earlier::NeverRan => Ok(None),
+            cap_exec::Earlier::Interrupted => {
+                self.env.ui.log(&step, Level::Warn, &format!("{words} was interrupted with the run before it (its shell died without an exit status): whether it took effect is unknown; running it again"));
+                Ok(None)
+            }
+            cap_exec::Earlier::Finished(o) => {
+                self.env.ui.log(&step, Level::Info, &format!("not run again (it finished after the interruption, exit {:?}): {words}", o.status));
+                Ok(Some(o))
+            }
+        }
+    }
+
     /// Journals the result of a changing action (before the step sees it).
     fn memo_done(&self, slot: &Option<(String, u32)>, result: ActionResult) -> Result<(), WitError> {
         if let (Some((key, occurrence)), Some(actions)) = (slot, self.env.actions.as_ref()) {
@@ -464,15 +490,37 @@ impl wit::exec::Host for StepState {
                 // A changing command an earlier attempt of this step already ran is not run again.
                 let (slot, replay) = self.memo((!dry && !self.env.grant.exec_is_readonly(&req)).then(|| exec_action(&req)), |r| r.status == Some(0));
                 if let Some(done) = replay {
+                    if let (Some((key, n)), Some(actions)) = (&slot, &self.env.actions) {
+                        // Left when a crash came between the journal record and its removal.
+                        actions.receipt(key, *n).remove();
+                    }
                     let output = wit::exec::Output { status: done.status, stdout: done.stdout.into_bytes(), stderr: done.stderr.into_bytes(), stdout_truncated: false, stderr_truncated: false, simulated: false };
                     self.env.ui.log(&self.env.context.step_id, Level::Info, &format!("not run again (it ran before the interruption): {}", shell_words(&req.program, &req.args)));
                     let result = Ok(output);
                     self.account(start, "exec", args, &result, |_| "replayed: ran before the interruption".into());
                     return result;
                 }
-                let outcome = cap_exec::run(&req, &self.env.sysroot, &self.env.limits.exec).await;
-                if let Ok(o) = &outcome {
-                    self.memo_done(&slot, ActionResult { status: o.status, stdout: journal_text(&o.stdout), stderr: journal_text(&o.stderr) })?;
+                let receipt = slot.as_ref().and_then(|(key, n)| self.env.actions.as_ref().map(|a| a.receipt(key, *n)));
+                let earlier = match &receipt {
+                    Some(r) => self.earlier_attempt(r, &req).await,
+                    None => Ok(None),
+                };
+                let outcome = match earlier {
+                    Ok(Some(finished)) => Ok(finished),
+                    Ok(None) => cap_exec::run(&req, &self.env.sysroot, &self.env.limits.exec, receipt.as_ref()).await,
+                    Err(e) => Err(e),
+                };
+                let journaled = match &outcome {
+                    Ok(o) => Some(ActionResult { status: o.status, stdout: journal_text(&o.stdout), stderr: journal_text(&o.stderr) }),
+                    // Recorded so that a resumed attempt runs it again without wondering.
+                    Err(e @ cap_exec::ExecError::Timeout { .. }) => Some(ActionResult { status: None, stdout: String::new(), stderr: e.to_string() }),
+                    Err(_) => None,
+                };
+                if let Some(result) = journaled {
+                    self.memo_done(&slot, result)?;
+                    if let Some(r) = &receipt {
+                        r.remove();
+                    }
                 }
                 outcome
                 .map(|o| wit::exec::Output {

@@ -324,6 +324,9 @@ pub async fn apply(session: &Session, options: &ApplyOptions, progress: Arc<dyn 
         reports.push(report);
     }
     append(Event::RunFinished { run: run.clone(), time: journal::now(), outcome: Outcome::Succeeded })?;
+    if !options.dry_run {
+        Journal::clear_receipts(&session.state_dir);
+    }
     let recorded = recorded.lock().map(|r| r.clone()).unwrap_or_default();
     Ok(ApplySummary { run, plan, reports, skipped: done, recorded })
 }

@@ -2,6 +2,8 @@
 //! executes an allowed command with no inherited environment, bounded output, a time limit
 //! and its whole process group killed when the limit passes.
 
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -251,8 +253,9 @@ async fn read_bounded(mut stream: impl AsyncRead + Unpin, max: usize) -> std::io
     }
 }
 
-/// Runs an already-checked command.
-pub async fn run(req: &ExecRequest, sysroot: &Sysroot, limits: &ExecLimits) -> Result<ExecOutput, ExecError> {
+/// Runs an already-checked command. With a receipt (a changing command under apply), its
+/// outcome is left in files that outlive canup; see [`Receipt`].
+pub async fn run(req: &ExecRequest, sysroot: &Sysroot, limits: &ExecLimits, receipt: Option<&Receipt>) -> Result<ExecOutput, ExecError> {
     let real = sysroot.map(Path::new(&req.program));
     let resolved = real.canonicalize().map_err(|_| ExecError::NotFound { program: req.program.clone(), real: real.clone() })?;
     if !sysroot.is_host() && sysroot.unmap(&resolved).is_none() {
@@ -268,16 +271,15 @@ pub async fn run(req: &ExecRequest, sysroot: &Sysroot, limits: &ExecLimits) -> R
         }
         None => sysroot.root().to_path_buf(),
     };
-    let mut cmd = tokio::process::Command::new(&real);
-    cmd.args(&req.args)
-        .env_clear()
-        .envs(req.env.iter().map(|(k, v)| (k, v)))
-        .current_dir(&cwd)
-        .process_group(0)
-        .stdin(if req.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+    let mut cmd = match receipt {
+        None => tokio::process::Command::new(&real),
+        Some(_) => {
+            let mut sh = tokio::process::Command::new(RECEIPT_SHELL);
+            sh.args(["-c", RECEIPT_WRAPPER, "canup-exec"]).arg(&real);
+            sh
+        }
+    };
+    cmd.args(&req.args).env_clear().envs(req.env.iter().map(|(k, v)| (k, v))).current_dir(&cwd).process_group(0).kill_on_drop(true);
     if let Some(user) = &req.user {
         if sysroot.is_host() {
             let u = User::from_name(user).ok().flatten().ok_or_else(|| ExecError::NoUser(user.clone()))?;
@@ -286,10 +288,19 @@ pub async fn run(req: &ExecRequest, sysroot: &Sysroot, limits: &ExecLimits) -> R
             cmd.env(SIMULATED_USER_ENV, user);
         }
     }
+    let timeout = req.timeout.unwrap_or(limits.default_timeout).min(limits.max_timeout);
+    match receipt {
+        None => run_piped(cmd, req, limits, timeout).await,
+        Some(r) => r.run(cmd, req, limits, timeout).await,
+    }
+}
+
+/// The plain way: output through pipes, nothing left behind.
+async fn run_piped(mut cmd: tokio::process::Command, req: &ExecRequest, limits: &ExecLimits, timeout: Duration) -> Result<ExecOutput, ExecError> {
+    cmd.stdin(if req.stdin.is_some() { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn().map_err(|source| ExecError::Spawn { program: req.program.clone(), source })?;
     let _group = GroupGuard(child.id().map(|id| Pid::from_raw(id as i32)));
     let io = |source| ExecError::Io { program: req.program.clone(), source };
-
     let stdin = child.stdin.take();
     let input = req.stdin.clone();
     let feed = async move {
@@ -300,7 +311,6 @@ pub async fn run(req: &ExecRequest, sysroot: &Sysroot, limits: &ExecLimits) -> R
     };
     let stdout = child.stdout.take().ok_or_else(|| io(std::io::Error::other("no stdout pipe")))?;
     let stderr = child.stderr.take().ok_or_else(|| io(std::io::Error::other("no stderr pipe")))?;
-    let timeout = req.timeout.unwrap_or(limits.default_timeout).min(limits.max_timeout);
     let all = async {
         let ((), out, err, status) =
             tokio::join!(feed, read_bounded(stdout, limits.max_output), read_bounded(stderr, limits.max_output), child.wait());
@@ -313,6 +323,178 @@ pub async fn run(req: &ExecRequest, sysroot: &Sysroot, limits: &ExecLimits) -> R
         Ok(Err(e)) => Err(io(e)),
         Err(_) => Err(ExecError::Timeout { program: req.program.clone(), after: timeout }),
     }
+}
+
+/// Runs a command with a receipt. POSIX sh is on every host canup supports, and it is the
+/// smallest parent that outlives canup and still learns the command's exit status.
+const RECEIPT_SHELL: &str = "/bin/sh";
+
+/// Writes "started PID" then "exit N" on descriptor 3 (the receipt's status file, whose lock
+/// it holds until it exits); the command itself does not get descriptor 3. A command killed
+/// by signal N reports 128 + N, as in any shell.
+const RECEIPT_WRAPPER: &str = r#"echo "started $$" >&3; "$@" 3>&-; s=$?; echo "exit $s" >&3; exit $s"#;
+
+/// Where a changing command's outcome is kept until the journal has it, so that killing canup
+/// while the command runs neither loses the outcome nor makes a resumed run start the command
+/// a second time.
+///
+/// The command runs under a small shell that outlives canup. Its output goes to files, not
+/// pipes (a pipe would die with canup, and the command with it on its next write), and the
+/// shell writes the exit status to `ID.status`, which canup locks before starting the shell;
+/// the shell inherits the lock and holds it until the command is over. A resumed canup finds
+/// the receipt by the action's identity: an unlocked status file with an exit status is the
+/// command's finished outcome; a locked one is a command still running, waited for.
+#[derive(Debug, Clone)]
+pub struct Receipt {
+    base: PathBuf,
+}
+
+/// What a receipt says of an earlier canup's attempt at the command.
+#[derive(Debug)]
+pub enum Earlier {
+    /// No attempt started the command.
+    NeverRan,
+    /// The command finished; here is what it printed and returned.
+    Finished(ExecOutput),
+    /// The command started, but its shell died before it could record an exit status (the
+    /// machine went down, or something killed the shell): whether it took effect is unknown.
+    Interrupted,
+}
+
+impl Receipt {
+    /// `id` names the action (no dots); the receipt's files are `DIR/ID.{status,in,out,err}`.
+    pub fn new(dir: &Path, id: &str) -> Self {
+        Self { base: dir.join(id) }
+    }
+
+    fn file(&self, ext: &str) -> PathBuf {
+        self.base.with_extension(ext)
+    }
+
+    fn status_path(&self) -> PathBuf {
+        self.file("status")
+    }
+
+    fn io_error(&self, path: &Path, source: std::io::Error) -> ExecError {
+        ExecError::Io { program: format!("receipt {}", path.display()), source }
+    }
+
+    /// What an earlier attempt left; a command still running from an interrupted canup is
+    /// waited for (`waiting` is told its pid) until it ends, or killed after `limits.max_timeout`.
+    pub async fn earlier(&self, limits: &ExecLimits, waiting: impl FnOnce(Option<i32>)) -> Result<Earlier, ExecError> {
+        let path = self.status_path();
+        let file = match std::fs::OpenOptions::new().read(true).write(true).open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Earlier::NeverRan),
+            Err(e) => return Err(self.io_error(&path, e)),
+        };
+        let shell_pid = || {
+            std::fs::read_to_string(&path).ok().and_then(|t| t.lines().find_map(|l| l.strip_prefix("started ").and_then(|p| p.trim().parse::<i32>().ok())))
+        };
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let pid = shell_pid();
+                waiting(pid);
+                let deadline = std::time::Instant::now() + limits.max_timeout;
+                let mut killed = false;
+                loop {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    match file.try_lock() {
+                        Ok(()) => break,
+                        Err(std::fs::TryLockError::WouldBlock) => {}
+                        Err(std::fs::TryLockError::Error(e)) => return Err(self.io_error(&path, e)),
+                    }
+                    if !killed && std::time::Instant::now() > deadline {
+                        // Its own canup, which would have enforced its time limit, is gone.
+                        if let Some(pid) = pid {
+                            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+                        }
+                        killed = true;
+                    }
+                }
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(self.io_error(&path, e)),
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| self.io_error(&path, e))?;
+        let exit = text.lines().find_map(|l| l.strip_prefix("exit ").and_then(|c| c.trim().parse::<i32>().ok()));
+        Ok(match exit {
+            Some(code) => Earlier::Finished(self.output(Some(code), limits)?),
+            None if text.contains("started ") => Earlier::Interrupted,
+            None => Earlier::NeverRan,
+        })
+    }
+
+    /// The receipt's output files as the step sees a command's output.
+    fn output(&self, status: Option<i32>, limits: &ExecLimits) -> Result<ExecOutput, ExecError> {
+        let read = |ext: &str| {
+            let path = self.file(ext);
+            read_file_bounded(&path, limits.max_output).map_err(|e| self.io_error(&path, e))
+        };
+        let ((stdout, stdout_truncated), (stderr, stderr_truncated)) = (read("out")?, read("err")?);
+        Ok(ExecOutput { status, stdout, stderr, stdout_truncated, stderr_truncated })
+    }
+
+    /// Forgets the receipt once the journal holds the outcome.
+    pub fn remove(&self) {
+        for ext in ["status", "in", "out", "err"] {
+            let _ = std::fs::remove_file(self.file(ext));
+        }
+    }
+
+    async fn run(&self, mut cmd: tokio::process::Command, req: &ExecRequest, limits: &ExecLimits, timeout: Duration) -> Result<ExecOutput, ExecError> {
+        let create = |ext: &str| {
+            let path = self.file(ext);
+            std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).mode(0o600).open(&path).map_err(|e| self.io_error(&path, e))
+        };
+        if let Some(dir) = self.base.parent() {
+            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| self.io_error(dir, e))?;
+        }
+        let status = create("status")?;
+        // Taken before the shell exists, so that no moment leaves a started command unlocked.
+        status.try_lock().map_err(|e| self.io_error(&self.status_path(), std::io::Error::other(format!("held by a command still running ({e})"))))?;
+        let stdin = match &req.stdin {
+            Some(data) => {
+                let mut input = create("in")?;
+                std::io::Write::write_all(&mut input, data).map_err(|e| self.io_error(&self.file("in"), e))?;
+                std::io::Seek::rewind(&mut input).map_err(|e| self.io_error(&self.file("in"), e))?;
+                Stdio::from(input)
+            }
+            None => Stdio::null(),
+        };
+        cmd.stdin(stdin).stdout(create("out")?).stderr(create("err")?);
+        let fd = status.as_raw_fd();
+        // SAFETY: between fork and exec only async-signal-safe calls (dup2, fcntl) are made.
+        unsafe {
+            cmd.pre_exec(move || {
+                let ok = if fd == 3 {
+                    nix::libc::fcntl(3, nix::libc::F_SETFD, 0) >= 0
+                } else {
+                    nix::libc::dup2(fd, 3) >= 0
+                };
+                if ok { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+            });
+        }
+        let mut child = cmd.spawn().map_err(|source| ExecError::Spawn { program: req.program.clone(), source })?;
+        let _group = GroupGuard(child.id().map(|id| Pid::from_raw(id as i32)));
+        let exit = match tokio::time::timeout(timeout, child.wait()).await {
+            Ok(Ok(exit)) => exit,
+            Ok(Err(e)) => return Err(ExecError::Io { program: req.program.clone(), source: e }),
+            Err(_) => return Err(ExecError::Timeout { program: req.program.clone(), after: timeout }),
+        };
+        drop(status);
+        self.output(exit.code(), limits)
+    }
+}
+
+/// The first `max` bytes of a file, and whether it held more.
+fn read_file_bounded(path: &Path, max: usize) -> std::io::Result<(Vec<u8>, bool)> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    let mut kept = Vec::new();
+    file.take(max as u64).read_to_end(&mut kept)?;
+    Ok((kept, len > max as u64))
 }
 
 #[cfg(test)]
@@ -332,10 +514,10 @@ mod tests {
         }
         let mut r = req("/usr/bin/id", &["-un"]);
         r.user = Some("nobody".into());
-        let out = run(&r, &Sysroot::host(), &ExecLimits::default()).await.unwrap();
+        let out = run(&r, &Sysroot::host(), &ExecLimits::default(), None).await.unwrap();
         assert_eq!(String::from_utf8_lossy(&out.stdout), "nobody\n");
         r.user = Some("no-such-user-canup".into());
-        assert!(matches!(run(&r, &Sysroot::host(), &ExecLimits::default()).await, Err(ExecError::NoUser(_))));
+        assert!(matches!(run(&r, &Sysroot::host(), &ExecLimits::default(), None).await, Err(ExecError::NoUser(_))));
     }
 
     #[tokio::test]
@@ -344,16 +526,94 @@ mod tests {
         unsafe { std::env::set_var("CANUP_EXEC_TEST_INHERITED", "1") };
         let mut r = req("/usr/bin/env", &[]);
         r.env = vec![("ONLY".into(), "this".into())];
-        let out = run(&r, &Sysroot::host(), &ExecLimits::default()).await.unwrap();
+        let out = run(&r, &Sysroot::host(), &ExecLimits::default(), None).await.unwrap();
         assert_eq!(String::from_utf8_lossy(&out.stdout), "ONLY=this\n");
         let mut cat = req("/bin/cat", &[]);
         cat.stdin = Some(b"fed".to_vec());
-        assert_eq!(run(&cat, &Sysroot::host(), &ExecLimits::default()).await.unwrap().stdout, b"fed");
+        assert_eq!(run(&cat, &Sysroot::host(), &ExecLimits::default(), None).await.unwrap().stdout, b"fed");
+    }
+
+    #[tokio::test]
+    async fn a_receipt_keeps_a_finished_commands_outcome_for_a_resumed_canup() {
+        let dir = tempfile::tempdir().unwrap();
+        let receipt = Receipt::new(&dir.path().join("receipts"), "r1");
+        assert!(matches!(receipt.earlier(&ExecLimits::default(), |_| panic!("nothing runs")).await.unwrap(), Earlier::NeverRan));
+        let mut r = req("/bin/sh", &["-c", "cat; echo err >&2; test -e /proc/self/fd/3 && echo leaked; exit 3"]);
+        r.stdin = Some(b"fed\n".to_vec());
+        let out = run(&r, &Sysroot::host(), &ExecLimits::default(), Some(&receipt)).await.unwrap();
+        assert_eq!((out.status, out.stdout.as_slice(), out.stderr.as_slice()), (Some(3), &b"fed\n"[..], &b"err\n"[..]), "the command does not get the receipt's descriptor");
+        // What a canup that was killed before journaling this outcome finds when it resumes.
+        let Earlier::Finished(again) = receipt.earlier(&ExecLimits::default(), |_| panic!("nothing runs")).await.unwrap() else { panic!("no outcome") };
+        assert_eq!((again.status, again.stdout, again.stderr), (Some(3), b"fed\n".to_vec(), b"err\n".to_vec()));
+        receipt.remove();
+        assert!(matches!(receipt.earlier(&ExecLimits::default(), |_| panic!("nothing runs")).await.unwrap(), Earlier::NeverRan));
+    }
+
+    #[tokio::test]
+    async fn a_receipt_bounds_the_output_it_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let receipt = Receipt::new(dir.path(), "big");
+        let limits = ExecLimits { max_output: 10, ..Default::default() };
+        let out = run(&req("/bin/sh", &["-c", "seq 1 1000"]), &Sysroot::host(), &limits, Some(&receipt)).await.unwrap();
+        assert_eq!((out.stdout.len(), out.stdout_truncated, out.stderr_truncated), (10, true, false));
+    }
+
+    #[tokio::test]
+    async fn a_command_whose_shell_was_killed_is_reported_interrupted() {
+        let dir = tempfile::tempdir().unwrap();
+        let receipt = Receipt::new(dir.path(), "killed");
+        let mut r = req("/bin/sleep", &["30"]);
+        r.timeout = Some(Duration::from_millis(300));
+        let e = run(&r, &Sysroot::host(), &ExecLimits::default(), Some(&receipt)).await.unwrap_err();
+        assert!(matches!(e, ExecError::Timeout { .. }), "{e}");
+        assert!(matches!(receipt.earlier(&ExecLimits::default(), |_| {}).await.unwrap(), Earlier::Interrupted));
+    }
+
+    #[tokio::test]
+    async fn a_command_still_running_from_a_dead_canup_is_waited_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let receipt = Receipt::new(dir.path(), "orphan");
+        // The receipt as an interrupted canup leaves it: the shell (here a thread) holds the
+        // status file's lock while its command runs, then records the exit status.
+        let status = dir.path().join("orphan.status");
+        let file = std::fs::File::create(&status).unwrap();
+        file.lock().unwrap();
+        std::fs::write(&status, "started 4242\n").unwrap();
+        std::fs::write(dir.path().join("orphan.out"), "").unwrap();
+        std::fs::write(dir.path().join("orphan.err"), "").unwrap();
+        let shell = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            std::fs::write(dir.path().join("orphan.out"), "migrated\n").unwrap();
+            std::fs::write(&status, "started 4242\nexit 0\n").unwrap();
+            drop(file);
+            dir
+        });
+        let mut told = None;
+        let earlier = receipt.earlier(&ExecLimits::default(), |pid| told = Some(pid)).await.unwrap();
+        let _dir = shell.join().unwrap();
+        assert_eq!(told, Some(Some(4242)), "the wait names the shell");
+        let Earlier::Finished(out) = earlier else { panic!("{earlier:?}") };
+        assert_eq!((out.status, out.stdout), (Some(0), b"migrated\n".to_vec()));
+    }
+
+    #[tokio::test]
+    async fn a_receipt_command_runs_as_another_user_and_still_records_its_status() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: not root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let receipt = Receipt::new(&dir.path().join("receipts"), "user");
+        let mut r = req("/usr/bin/id", &["-un"]);
+        r.user = Some("nobody".into());
+        let out = run(&r, &Sysroot::host(), &ExecLimits::default(), Some(&receipt)).await.unwrap();
+        assert_eq!((out.status, String::from_utf8_lossy(&out.stdout).as_ref()), (Some(0), "nobody\n"));
+        assert!(matches!(receipt.earlier(&ExecLimits::default(), |_| {}).await.unwrap(), Earlier::Finished(_)));
     }
 
     #[tokio::test]
     async fn a_missing_program_is_not_found() {
-        let e = run(&req("/usr/bin/canup-no-such-program", &[]), &Sysroot::host(), &ExecLimits::default()).await.unwrap_err();
+        let e = run(&req("/usr/bin/canup-no-such-program", &[]), &Sysroot::host(), &ExecLimits::default(), None).await.unwrap_err();
         assert!(matches!(e, ExecError::NotFound { .. }), "{e}");
     }
 
@@ -362,7 +622,7 @@ mod tests {
         let limits = ExecLimits { default_timeout: Duration::from_secs(60), max_timeout: Duration::from_millis(200), max_output: 1024 };
         let mut r = req("/bin/sleep", &["30"]);
         r.timeout = Some(Duration::from_secs(3600));
-        let e = run(&r, &Sysroot::host(), &limits).await.unwrap_err();
+        let e = run(&r, &Sysroot::host(), &limits, None).await.unwrap_err();
         assert!(matches!(e, ExecError::Timeout { after, .. } if after == Duration::from_millis(200)), "{e}");
     }
 }
