@@ -396,7 +396,7 @@ impl StepState {
                 Ok(None)
             }
             cap_exec::Earlier::Finished(o) => {
-                self.env.ui.log(&step, Level::Info, &format!("not run again (it finished after the interruption, exit {:?}): {words}", o.status));
+                self.env.ui.log(&step, Level::Info, &format!("not run again (it finished after the interruption, {}): {words}", exit_text(o.status)));
                 Ok(Some(o))
             }
         }
@@ -542,10 +542,7 @@ impl wit::exec::Host for StepState {
                 })
             }
         };
-        self.account(start, "exec", args, &result, |o| match o.status {
-            Some(code) => format!("exit {code}"),
-            None => "killed by a signal".into(),
-        });
+        self.account(start, "exec", args, &result, |o| exit_text(o.status));
         result
     }
 }
@@ -949,6 +946,13 @@ impl Sandbox {
 fn exec_action(req: &ExecRequest) -> String {
     let identity = json!({ "program": req.program, "args": req.args, "env": req.env, "cwd": req.cwd, "user": req.user, "stdin": req.stdin.as_deref().map(sha256_hex) });
     format!("exec {} #{}", shell_words(&req.program, &req.args), &sha256_hex(identity.to_string().as_bytes())[..16])
+}
+
+fn exit_text(status: Option<i32>) -> String {
+    match status {
+        Some(code) => format!("exit {code}"),
+        None => "killed by a signal".into(),
+    }
 }
 
 /// Output kept in the journal for a replay: the start of it, as text.

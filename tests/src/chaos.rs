@@ -120,6 +120,10 @@ pub struct Trial {
     /// Changing commands that ran more often than in the reference (none may: a command in
     /// flight at the kill is waited for, or its receipt used, by the resumed run).
     pub repeated: Vec<String>,
+    /// Commands in flight at the kill whose outcome the resumed run took from their receipt.
+    pub in_flight: Vec<String>,
+    /// Whether the resumed run found such a command still running and waited for it.
+    pub waited: bool,
     pub state: EndState,
 }
 
@@ -144,9 +148,13 @@ pub async fn trial(setup: &Setup, index: usize, delay: Duration, warm: bool) -> 
     }
     child.wait()?;
     let mut resumes = 0;
+    let (mut in_flight, mut waited) = (Vec::new(), false);
     loop {
         resumes += 1;
-        let out = apply(setup, &h).output()?;
+        let out = apply(setup, &h).stdout(Stdio::piped()).output()?;
+        let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        in_flight.extend(said.lines().filter_map(|l| l.split_once("(it finished after the interruption").map(|(_, rest)| rest.split_once("): ").map_or(rest, |(_, cmd)| cmd).trim().to_owned())));
+        waited |= said.contains("which the interrupted run started and is still running");
         if out.status.success() {
             break;
         }
@@ -155,7 +163,7 @@ pub async fn trial(setup: &Setup, index: usize, delay: Duration, warm: bool) -> 
         }
     }
     let state = end_state(&h.sim)?;
-    Ok(Trial { delay, killed, resumes, repeated: Vec::new(), state })
+    Ok(Trial { delay, killed, resumes, repeated: Vec::new(), in_flight, waited, state })
 }
 
 /// Whether `trial` ended where the uninterrupted run did: the same tree, and every changing
@@ -229,13 +237,14 @@ pub async fn campaign(setup: &Setup, kills: usize, seed: u64) -> Result<Vec<Tria
         let mut t = trial(setup, i, delay, warm_trial).await?;
         let verdict = compare(&reference, &mut t);
         println!(
-            "chaos: trial {i:>2} ({}): kill after {:>7.1} ms{} → {} resume(s), {}{}",
+            "chaos: trial {i:>2} ({}): kill after {:>7.1} ms{} → {} resume(s), {}{}{}",
             if warm_trial { "compiled" } else { "cold" },
             delay.as_secs_f64() * 1000.0,
             if t.killed { "" } else { " (already finished)" },
             t.resumes,
             if verdict.is_ok() { "same end state" } else { "DIFFERENT" },
-            if t.repeated.is_empty() { String::new() } else { format!(", ran again: {}", t.repeated.join(", ")) }
+            if t.repeated.is_empty() { String::new() } else { format!(", ran again: {}", t.repeated.join(", ")) },
+            if t.in_flight.is_empty() { String::new() } else { format!(", in flight at the kill (receipt used{}): {}", if t.waited { " after waiting" } else { "" }, t.in_flight.join(", ")) }
         );
         if let Err(e) = verdict {
             failures.push(format!("trial {i} (kill after {delay:?}): {e}"));
@@ -243,7 +252,8 @@ pub async fn campaign(setup: &Setup, kills: usize, seed: u64) -> Result<Vec<Tria
         trials.push(t);
     }
     let same = kills - failures.len();
-    println!("chaos: {same}/{kills} identical end states (seed {seed})");
+    let in_flight = trials.iter().filter(|t| !t.in_flight.is_empty()).count();
+    println!("chaos: {same}/{kills} identical end states (seed {seed}); {in_flight} kills hit a changing command, each finished once from its receipt");
     if !failures.is_empty() {
         bail!("{} trials ended elsewhere than the uninterrupted run:\n  {}", failures.len(), failures.join("\n  "));
     }
