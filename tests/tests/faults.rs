@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use canup_tests::canopsis_api::CanopsisApi;
-use canup_tests::rabbitmq::Admin;
+use canup_tests::rabbitmq::{Admin, Broker};
 use canup_tests::repo_server::{Control, Fault, serve_repo};
 use canup_tests::simhost::{Edition, Method, SimHost, Spec};
 use canup_tests::{OPERATOR_POLICY, canup_bin, publish_steps, target_dir};
@@ -106,22 +106,46 @@ async fn a_slow_repository_is_waited_for_and_a_broken_one_stops_before_anything_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rabbitmq_unreachable_during_verify_stops_there_and_a_rerun_finishes_without_redoing_the_upgrade() {
+async fn rabbitmq_stopped_during_verify_stops_there_and_a_rerun_finishes_without_redoing_the_upgrade() {
     let _one = ONE.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let url = serve_repo(repository().clone(), Control::default()).await;
-    // Nothing listens on port 9 of 127.0.0.1: the broker is down as the verify phase starts.
-    // (3.39.0 → 3.40.0 has no RabbitMQ step before the verify phase.)
-    let h = host(dir.path(), "3.39.0", &url, "http://127.0.0.1:9", &dir.path().join("state")).await;
-    let out = h.apply().output().unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("step drain/queues failed") && text(&out).contains("endpoint rabbitmq"), "{}", text(&out));
-    assert!(text(&out).contains("run `canup apply` again to resume"), "{}", text(&out));
+    // A broker of this test's own beside the shared one, which the other tests keep using.
+    let broker = tokio::task::spawn_blocking(|| Broker::start("canup-fault", 5673, 15673)).await.unwrap().unwrap();
+    let admin = Admin::at(&broker.management_url());
+    admin.setup_canopsis().await.unwrap();
+    // A backlog nobody consumes: the drain step of the verify phase waits on it.
+    admin.publish("Engine_axe", 5).await.unwrap();
+    admin.wait_for_messages("Engine_axe", 5).await.unwrap();
+    let h = host(dir.path(), "3.39.0", &url, &broker.management_url(), &dir.path().join("state")).await;
+    let log = dir.path().join("apply.log");
+    let mut child = h.apply().stdout(std::fs::File::create(&log).unwrap()).stderr(std::fs::File::options().append(true).open(&log).unwrap()).spawn().unwrap();
+    let journal = dir.path().join("state/journal.jsonl");
+    let start = Instant::now();
+    let drain_started = || std::fs::read_to_string(&journal).unwrap_or_default().lines().any(|l| l.contains(r#""event":"step-started""#) && l.contains(r#""step":"drain/queues""#));
+    while !drain_started() {
+        assert!(child.try_wait().unwrap().is_none(), "apply ended before the drain: {}", std::fs::read_to_string(&log).unwrap());
+        assert!(start.elapsed() < Duration::from_secs(120), "the drain never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The step has polled (it polls at once, then every second) and waits: the broker stops.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(child.try_wait().unwrap().is_none(), "the drain waits for the backlog: {}", std::fs::read_to_string(&log).unwrap());
+    broker.stop_app().unwrap();
+    let status = child.wait().unwrap();
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(1), "{said}");
+    assert!(said.contains("step drain/queues failed") && said.contains("endpoint rabbitmq") && said.contains("Connection refused"), "{said}");
+    assert!(said.contains("check that RabbitMQ is running"), "{said}");
+    assert!(said.contains("run `canup apply` again to resume"), "{said}");
     assert_eq!(h.sim.read("/opt/canopsis/VERSION.txt").unwrap(), "Canopsis version 3.40.0\n", "the upgrade itself was done");
     let calls = h.sim.calls().unwrap().len();
 
-    // The broker is back: the re-run resumes at the drain; nothing before it runs again.
-    h.set_rabbitmq(canup_tests::rabbitmq::MANAGEMENT);
+    // The broker is back and the engines have consumed the backlog: the re-run resumes at the
+    // drain; nothing before it runs again.
+    broker.start_app().unwrap();
+    admin.purge().await.unwrap();
+    admin.wait_for_messages("Engine_axe", 0).await.unwrap();
     let out = h.apply().output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("resuming an interrupted run"), "{}", text(&out));

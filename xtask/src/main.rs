@@ -319,17 +319,11 @@ fn check_rpm(package: &Path, dist: &Path) -> Result<()> {
     Ok(())
 }
 
-/// A `rabbitmq-server` (Debian's) for the tests and the demo, on 127.0.0.1 with the
-/// management plugin on 15672, its files under `target/rabbitmq`. Stopped when dropped.
+/// The shared `rabbitmq-server` of the tests and the demo (`canup@localhost`, management on
+/// 127.0.0.1:15672), installed with apt-get if missing. Stopped when dropped; one already
+/// answering on 15672 is used as it is.
 struct RabbitMq {
-    env: Vec<(&'static str, PathBuf)>,
-    child: Option<std::process::Child>,
-}
-
-const RABBITMQ_NODE: &str = "canup@localhost";
-
-fn management_listening() -> bool {
-    std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], 15672).into(), std::time::Duration::from_millis(200)).is_ok()
+    _broker: Option<canup_tests::rabbitmq::Broker>,
 }
 
 impl RabbitMq {
@@ -343,65 +337,11 @@ impl RabbitMq {
             install.args(["install", "-y", "rabbitmq-server"]).env("DEBIAN_FRONTEND", "noninteractive");
             run(install)?;
         }
-        let dir = canup_tests::target_dir().join("rabbitmq");
-        let env = vec![
-            ("RABBITMQ_NODENAME", PathBuf::from(RABBITMQ_NODE)),
-            ("RABBITMQ_MNESIA_BASE", dir.join("mnesia")),
-            ("RABBITMQ_LOG_BASE", dir.join("log")),
-            ("RABBITMQ_ENABLED_PLUGINS_FILE", dir.join("enabled_plugins")),
-            ("RABBITMQ_CONFIG_FILE", dir.join("rabbitmq")),
-            ("RABBITMQ_FEATURE_FLAGS_FILE", dir.join("feature_flags")),
-            ("RABBITMQ_PID_FILE", dir.join("pid")),
-            ("HOME", dir.clone()),
-        ];
-        if management_listening() {
+        if std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], 15672).into(), std::time::Duration::from_millis(200)).is_ok() {
             eprintln!("xtask: a RabbitMQ already answers on 127.0.0.1:15672; using it");
-            return Ok(Self { env, child: None });
+            return Ok(Self { _broker: None });
         }
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir)?;
-        }
-        for sub in ["mnesia", "log"] {
-            std::fs::create_dir_all(dir.join(sub))?;
-        }
-        std::fs::write(dir.join("enabled_plugins"), "[rabbitmq_management].\n")?;
-        std::fs::write(dir.join("rabbitmq.conf"), "listeners.tcp.default = 127.0.0.1:5672\nmanagement.tcp.ip = 127.0.0.1\nmanagement.tcp.port = 15672\n")?;
-        // Debian's wrapper drops to the rabbitmq user when started as root.
-        let mut chown = Command::new("chown");
-        chown.args(["-R", "rabbitmq:rabbitmq"]).arg(&dir);
-        let _ = chown.status();
-        let log = std::fs::File::create(dir.join("server.out"))?;
-        let mut child = Command::new("rabbitmq-server").envs(env.iter().map(|(k, v)| (k, v))).stdout(log.try_clone()?).stderr(log).spawn().context("starting rabbitmq-server")?;
-        let started = std::time::Instant::now();
-        while !management_listening() {
-            if let Some(status) = child.try_wait()? {
-                let out = std::fs::read_to_string(dir.join("server.out")).unwrap_or_default();
-                let tail: Vec<&str> = out.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect();
-                bail!("rabbitmq-server exited ({status}) before opening 127.0.0.1:15672:\n{}", tail.join("\n"));
-            }
-            if started.elapsed() > std::time::Duration::from_secs(90) {
-                bail!("rabbitmq-server did not open 127.0.0.1:15672 within 90 s; see {}", dir.join("server.out").display());
-            }
-            std::thread::sleep(std::time::Duration::from_millis(200));
-        }
-        eprintln!("xtask: rabbitmq-server up in {:.1} s", started.elapsed().as_secs_f64());
-        Ok(Self { env, child: Some(child) })
-    }
-}
-
-impl Drop for RabbitMq {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let stopped = Command::new("rabbitmqctl")
-                .args(["-n", RABBITMQ_NODE, "stop"])
-                .envs(self.env.iter().map(|(k, v)| (k, v)))
-                .output()
-                .is_ok_and(|o| o.status.success());
-            if !stopped {
-                let _ = child.kill();
-            }
-            let _ = child.wait();
-        }
+        Ok(Self { _broker: Some(canup_tests::rabbitmq::Broker::start("canup", 5672, 15672)?) })
     }
 }
 

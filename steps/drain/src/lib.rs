@@ -25,7 +25,7 @@ fn loaded() -> Result<Option<Vec<(String, u64)>>> {
     let resp = match http::Request::get("rabbitmq", "/api/queues/canopsis?columns=name,messages,messages_ready,messages_unacknowledged").send() {
         Ok(r) => r,
         Err(e) if e.is_not_found() && e.message.contains("is not configured") => return Ok(None),
-        Err(e) => return Err(e),
+        Err(e) => bail!("{}; check that RabbitMQ is running (systemctl status rabbitmq-server)", e.message),
     };
     if !resp.is_success() {
         bail!("RabbitMQ answered HTTP {} for the queues of vhost canopsis: {}", resp.status(), resp.text());
