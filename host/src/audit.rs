@@ -57,7 +57,9 @@ impl AuditLog {
         Self { run: run.to_owned(), file: None, records: Mutex::default() }
     }
 
-    pub fn record(&self, step: &str, capability: &str, args: serde_json::Value, decision: Decision, result: String, duration: Duration) {
+    pub fn record(&self, step: &str, capability: &str, mut args: serde_json::Value, decision: Decision, result: String, duration: Duration) {
+        redact_json(&mut args);
+        let result = redact(&result).into_owned();
         let rec = AuditRecord {
             time: humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
             run: self.run.clone(),
@@ -86,5 +88,77 @@ impl AuditLog {
     /// The records of this process, in order.
     pub fn records(&self) -> Vec<AuditRecord> {
         self.records.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+}
+
+/// Masks the password of every URL with credentials in `text`
+/// (`mongodb://cpsmongo:secret@localhost/canopsis` → `mongodb://cpsmongo:***@localhost/canopsis`).
+///
+/// Steps pass such URLs as arguments (the 4.5 releases' `mongo CPS_MONGO_URL`), and canup
+/// writes commands into files that outlive the run and get copied into tickets: the audit log,
+/// the journal's action names, dry-run listings. The password adds nothing there; the user
+/// and host still say which database was meant.
+pub fn redact(text: &str) -> std::borrow::Cow<'_, str> {
+    let mut out = String::new();
+    let mut rest = text;
+    let mut changed = false;
+    while let Some(i) = rest.find("://") {
+        let (head, tail) = rest.split_at(i + 3);
+        out.push_str(head);
+        let end = tail.find(|c: char| matches!(c, '/' | '?' | '#' | '\'' | '"') || c.is_whitespace()).unwrap_or(tail.len());
+        let authority = &tail[..end];
+        match authority.rfind('@').and_then(|at| authority[..at].find(':').map(|colon| (colon, at))) {
+            Some((colon, at)) => {
+                out.push_str(&authority[..=colon]);
+                out.push_str("***");
+                out.push_str(&authority[at..]);
+                changed = true;
+            }
+            None => out.push_str(authority),
+        }
+        rest = &tail[end..];
+    }
+    if !changed {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    out.push_str(rest);
+    std::borrow::Cow::Owned(out)
+}
+
+fn redact_json(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::String(s) => {
+            if let std::borrow::Cow::Owned(r) = redact(s) {
+                *s = r;
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(redact_json),
+        serde_json::Value::Object(map) => map.values_mut().for_each(redact_json),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_in_urls_are_masked_and_the_rest_is_kept() {
+        assert_eq!(redact("mongo mongodb://cpsmongo:canopsis@localhost/canopsis"), "mongo mongodb://cpsmongo:***@localhost/canopsis");
+        assert_eq!(redact("amqp://cpsrabbit:p%40ss@rabbitmq:5672/canopsis and 'http://u:p@h'"), "amqp://cpsrabbit:***@rabbitmq:5672/canopsis and 'http://u:***@h'");
+        for kept in ["http://localhost:8082/api", "mongodb://cpsmongo@localhost", "no url at all", "://", "a://b:c", "x://@", ""] {
+            assert!(matches!(redact(kept), std::borrow::Cow::Borrowed(_)), "{kept}");
+        }
+    }
+
+    #[test]
+    fn the_audit_log_never_holds_a_password() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open(&dir.path().join("audit.jsonl"), "r1").unwrap();
+        let args = serde_json::json!({ "program": "/usr/bin/mongo", "args": ["mongodb://cpsmongo:canopsis@localhost/canopsis"] });
+        log.record("4.5.5/mongodb-migrations", "exec", args, Decision::Allowed, "error: cannot reach mongodb://cpsmongo:canopsis@localhost".into(), Duration::ZERO);
+        let text = fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
+        assert!(!text.contains("canopsis@"), "{text}");
+        assert!(text.contains("mongodb://cpsmongo:***@localhost/canopsis"), "{text}");
     }
 }

@@ -965,8 +965,15 @@ fn indent(text: &str) -> String {
     text.lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
 }
 
-/// A command as a shell would need it typed, for dry-run output an operator can replay.
+/// A command as a shell would need it typed, for dry-run output an operator can replay, with
+/// URL passwords masked (see [`crate::audit::redact`]): every listing, log line and journal
+/// action name of a command goes through here.
 pub fn shell_words(program: &str, args: &[String]) -> String {
+    let words = shell_words_raw(program, args);
+    crate::audit::redact(&words).into_owned()
+}
+
+fn shell_words_raw(program: &str, args: &[String]) -> String {
     std::iter::once(program)
         .chain(args.iter().map(String::as_str))
         .map(|a| {

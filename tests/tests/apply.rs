@@ -183,6 +183,11 @@ async fn packages_4_5_4_to_4_5_7_runs_the_4x_procedure_and_each_release_migratio
         ]
     );
     assert_eq!(h.sim.read("/opt/canopsis/VERSION.txt").unwrap(), "Canopsis version 4.5.7\n");
+    // The scripts got the URL with its password; canup's records did not keep it.
+    for record in ["audit.jsonl", "journal.jsonl"] {
+        let text = std::fs::read_to_string(h.dir.path().join("state").join(record)).unwrap();
+        assert!(text.contains("mongodb://cpsmongo:***@localhost/canopsis") && !text.contains("cpsmongo:canopsis@"), "{record}: {text}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -253,8 +253,8 @@ async fn read_bounded(mut stream: impl AsyncRead + Unpin, max: usize) -> std::io
     }
 }
 
-/// Runs a command with a receipt. POSIX sh is on every host canup supports, and it is the
-/// smallest parent that outlives canup and still learns the command's exit status.
+/// What a command with a receipt runs under: POSIX sh is on every host canup supports, and it
+/// is the smallest parent that outlives canup and still learns the command's exit status.
 const RECEIPT_SHELL: &str = "/bin/sh";
 
 /// The shell's script once the receipt's status file (locked) is its descriptor 3: it writes
@@ -484,9 +484,9 @@ impl Receipt {
                 let mut file = create("in")?;
                 std::io::Write::write_all(&mut file, data).map_err(|e| self.io_error(&path, e))?;
                 std::io::Seek::rewind(&mut file).map_err(|e| self.io_error(&path, e))?;
-                Stdio::from(file)
+                Some(file)
             }
-            None => Stdio::null(),
+            None => None,
         };
         let status_fd = status.try_clone().map_err(|e| self.io_error(&self.status_path(), e))?;
         if switched {
@@ -498,7 +498,7 @@ impl Receipt {
                     if ok { Ok(()) } else { Err(std::io::Error::last_os_error()) }
                 });
             }
-            cmd.stdin(input);
+            cmd.stdin(input.map_or_else(Stdio::null, Stdio::from));
         } else {
             cmd.stdin(Stdio::from(status_fd));
         }
