@@ -47,7 +47,7 @@ fn end_state(sim: &SimHost) -> Result<EndState> {
     let tree = sim
         .snapshot()?
         .into_iter()
-        .filter(|(path, _)| !COUNTERS.iter().any(|c| path.ends_with(c)))
+        .filter(|(path, _)| !COUNTERS.iter().any(|c| path.ends_with(c)) && !path.contains("canup-sim/block"))
         .map(|(path, content)| (path, content.replace(&root, "ROOT")))
         .collect();
     // Commands canup ran: a nested call (the canopsinit that `su - canopsis -c` starts, as
@@ -112,6 +112,8 @@ fn warm_up(setup: &Setup, name: &str) -> Result<()> {
 /// One trial's story.
 #[derive(Debug)]
 pub struct Trial {
+    pub moment: Moment,
+    /// When the kill came, after canup started.
     pub delay: Duration,
     /// False when canup had already finished at the kill's moment.
     pub killed: bool,
@@ -127,25 +129,68 @@ pub struct Trial {
     pub state: EndState,
 }
 
-pub async fn trial(setup: &Setup, index: usize, delay: Duration, warm: bool) -> Result<Trial> {
+/// When a trial kills canup.
+#[derive(Debug, Clone, Copy)]
+pub enum Moment {
+    /// This long after canup started.
+    After(Duration),
+    /// While the first call of `program` (a changing command) runs: the simulated program is
+    /// held until canup is dead, then let go; with `resume_first`, only once the resumed run
+    /// had time to find it still running.
+    InCommand { program: &'static str, resume_first: bool },
+}
+
+/// Changing commands of the demo whose first call changes something (so a kill in one is a
+/// kill in a changing command): the campaign's targeted kills cycle through them.
+const KILL_IN: &[&str] = &["yum", "su", "canoctl", "init"];
+
+pub async fn trial(setup: &Setup, index: usize, moment: Moment, warm: bool) -> Result<Trial> {
     let name = format!("trial-{index}");
     let h = host(setup, &name).await?;
     if warm {
         warm_up(setup, &name)?;
     }
+    let block = |program: &str| h.sim.path(&format!("/var/lib/canup-sim/block-{program}"));
+    if let Moment::InCommand { program, .. } = moment {
+        h.sim.write(&format!("/var/lib/canup-sim/block-{program}"), "")?;
+    }
     let mut child = apply(setup, &h).spawn()?;
     let start = Instant::now();
     let mut killed = false;
-    while start.elapsed() < delay {
+    loop {
         if child.try_wait()?.is_some() {
             break;
         }
+        let now = match moment {
+            Moment::After(delay) => start.elapsed() >= delay,
+            Moment::InCommand { program, .. } => h.sim.path(&format!("/var/lib/canup-sim/blocked-{program}")).exists(),
+        };
+        if now {
+            break;
+        }
+        ensure!(start.elapsed() < Duration::from_secs(120), "trial {index}: the kill's moment never came ({moment:?})");
         std::thread::sleep(Duration::from_micros(200));
     }
+    let delay = start.elapsed();
     if child.try_wait()?.is_none() {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGKILL)?;
         killed = true;
     }
+    // The held program goes on as a real one would: at once, or while the resumed run waits.
+    let release = match moment {
+        Moment::After(_) => None,
+        Moment::InCommand { program, resume_first: false } => {
+            std::fs::remove_file(block(program))?;
+            None
+        }
+        Moment::InCommand { program, resume_first: true } => {
+            let file = block(program);
+            Some(std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(1500));
+                std::fs::remove_file(file)
+            }))
+        }
+    };
     child.wait()?;
     let mut resumes = 0;
     let (mut in_flight, mut waited) = (Vec::new(), false);
@@ -162,8 +207,11 @@ pub async fn trial(setup: &Setup, index: usize, delay: Duration, warm: bool) -> 
             bail!("trial {index} (kill after {delay:?}): canup apply still fails after {resumes} runs: {}", String::from_utf8_lossy(&out.stderr));
         }
     }
+    if let Some(release) = release {
+        release.join().map_err(|_| anyhow::anyhow!("releasing the held program panicked"))??;
+    }
     let state = end_state(&h.sim)?;
-    Ok(Trial { delay, killed, resumes, repeated: Vec::new(), in_flight, waited, state })
+    Ok(Trial { moment, delay, killed, resumes, repeated: Vec::new(), in_flight, waited, state })
 }
 
 /// Whether `trial` ended where the uninterrupted run did: the same tree, and every changing
@@ -231,14 +279,25 @@ pub async fn campaign(setup: &Setup, kills: usize, seed: u64) -> Result<Vec<Tria
         // Even trials start cold (kills land in verification and compilation too), odd ones
         // from compiled modules (kills land among the steps' commands and file changes). Each
         // spans its whole run and a little beyond, so some kills come after the end.
+        // Every fifth trial kills canup inside a changing command on purpose (random moments
+        // seldom fall in one: the simulated commands take milliseconds).
         let warm_trial = i % 2 == 1;
         let span = if warm_trial { warm + warm / 10 } else { cold + cold / 10 };
-        let delay = moments.next(span);
-        let mut t = trial(setup, i, delay, warm_trial).await?;
+        let moment = if i % 5 == 4 {
+            Moment::InCommand { program: KILL_IN[(i / 5) % KILL_IN.len()], resume_first: (i / 5) % 2 == 1 }
+        } else {
+            Moment::After(moments.next(span))
+        };
+        let mut t = trial(setup, i, moment, warm_trial).await?;
+        let delay = t.delay;
         let verdict = compare(&reference, &mut t);
         println!(
-            "chaos: trial {i:>2} ({}): kill after {:>7.1} ms{} → {} resume(s), {}{}{}",
+            "chaos: trial {i:>2} ({}): kill {} {:>7.1} ms{} → {} resume(s), {}{}{}",
             if warm_trial { "compiled" } else { "cold" },
+            match moment {
+                Moment::After(_) => "after".to_owned(),
+                Moment::InCommand { program, .. } => format!("in {program}, after"),
+            },
             delay.as_secs_f64() * 1000.0,
             if t.killed { "" } else { " (already finished)" },
             t.resumes,
@@ -253,7 +312,8 @@ pub async fn campaign(setup: &Setup, kills: usize, seed: u64) -> Result<Vec<Tria
     }
     let same = kills - failures.len();
     let in_flight = trials.iter().filter(|t| !t.in_flight.is_empty()).count();
-    println!("chaos: {same}/{kills} identical end states (seed {seed}); {in_flight} kills hit a changing command, each finished once from its receipt");
+    let waited = trials.iter().filter(|t| t.waited).count();
+    println!("chaos: {same}/{kills} identical end states (seed {seed}); {in_flight} kills hit a changing command, each run once: its outcome taken from the receipt ({waited} of them still running when the re-run came, and waited for)");
     if !failures.is_empty() {
         bail!("{} trials ended elsewhere than the uninterrupted run:\n  {}", failures.len(), failures.join("\n  "));
     }
