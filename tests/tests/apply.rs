@@ -339,6 +339,35 @@ async fn a_kill_mid_step_resumes_and_each_step_completes_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_whose_receipt_shell_died_with_canup_runs_again_with_a_warning() {
+    let h = host(Spec { version: "3.38.0".into(), edition: Edition::Cat, method: Method::Packages }).await;
+    h.sim.write("/var/lib/canup-sim/block-canoctl", "").unwrap();
+    let mut child = h.canup(&["apply", "--to", "3.40.0", "--yes", "--accept-manual"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    wait_blocked(&h, "canoctl");
+    // What a power cut does: canup, the receipt's shell and the command all die at once.
+    let pid: i32 = h.sim.read("/var/lib/canup-sim/blocked-canoctl").unwrap().trim().parse().unwrap();
+    let group = nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid))).unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL).unwrap();
+    while canup_tests::process_alive(pid) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::remove_file(h.sim.path("/var/lib/canup-sim/block-canoctl")).unwrap();
+    let resumed = h.run(&["apply", "--yes", "--accept-manual"]);
+    assert!(resumed.status.success(), "{}", text(&resumed));
+    assert!(
+        text(&resumed).contains("/usr/bin/canoctl restart was interrupted with the run before it (its shell died without an exit status): whether it took effect is unknown; running it again"),
+        "{}",
+        text(&resumed)
+    );
+    let restarts = |h: &Host| h.changes().iter().filter(|c| *c == "canoctl restart").count();
+    let reference = host(Spec { version: "3.38.0".into(), edition: Edition::Cat, method: Method::Packages }).await;
+    assert!(reference.run(&["apply", "--to", "3.40.0", "--yes", "--accept-manual"]).status.success());
+    assert_eq!(restarts(&h), restarts(&reference) + 1, "the killed restart was started once more");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restore_files_puts_back_what_a_run_changed() {
     let h = host(Spec { version: "3.38.0".into(), edition: Edition::Cat, method: Method::Packages }).await;
     let webserver = h.sim.read("/opt/canopsis/etc/webserver.conf").unwrap();
