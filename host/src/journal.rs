@@ -302,7 +302,10 @@ pub struct StepActions {
 
 impl StepActions {
     pub fn new(journal: std::sync::Arc<std::sync::Mutex<Journal>>, run: &str, step: &str, past: std::collections::HashMap<(String, u32), PastAction>) -> Self {
-        let receipts = journal.lock().map(|j| j.path.parent().map(Journal::receipts_dir).unwrap_or_default()).unwrap_or_default();
+        let receipts = {
+            let j = journal.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            Journal::receipts_dir(j.path.parent().unwrap_or(Path::new("/")))
+        };
         Self { journal, receipts, run: run.to_owned(), step: step.to_owned(), past, seen: Default::default() }
     }
 
