@@ -512,7 +512,8 @@ impl wit::exec::Host for StepState {
                 };
                 let journaled = match &outcome {
                     Ok(o) => Some(ActionResult { status: o.status, stdout: journal_text(&o.stdout), stderr: journal_text(&o.stderr) }),
-                    // Recorded so that a resumed attempt runs it again without wondering.
+                    // Journaled as a failure: the next attempt runs the command again and does not
+                    // take the receipt of the killed command for the trace of a crash.
                     Err(e @ cap_exec::ExecError::Timeout { .. }) => Some(ActionResult { status: None, stdout: String::new(), stderr: e.to_string() }),
                     Err(_) => None,
                 };
