@@ -146,6 +146,11 @@ impl Default for Admin {
     }
 }
 
+/// Whether something accepts connections on 127.0.0.1:`port` (a broker's management API).
+pub fn management_answers(port: u16) -> bool {
+    std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200)).is_ok()
+}
+
 /// A `rabbitmq-server` node (Debian's) on 127.0.0.1 with the management plugin, its files
 /// under `target/rabbitmq-NAME` (`target/rabbitmq` for the shared one). Stopped when dropped.
 ///
@@ -212,7 +217,7 @@ impl Broker {
 
     /// Whether the management API accepts connections.
     pub fn listening(&self) -> bool {
-        std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], self.management).into(), Duration::from_millis(200)).is_ok()
+        management_answers(self.management)
     }
 
     pub fn management_url(&self) -> String {

@@ -19,7 +19,6 @@
 //!   them into a signed repository at DIR with a development key (`target/dev-keys/`).
 
 use std::path::{Path, PathBuf};
-use std::ops::Not;
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
@@ -143,7 +142,7 @@ fn bench() -> Result<()> {
 /// Installs a Debian package when `program` is missing (the machine has apt-get and no sudo
 /// needed: the build runs as root, as CI does).
 fn ensure_debian_package(program: &str, package: &str) -> Result<()> {
-    if Command::new("sh").arg("-c").arg(format!("command -v {program}")).output()?.status.success() {
+    if installed(program)? {
         return Ok(());
     }
     eprintln!("xtask: installing {package} (apt-get)");
@@ -153,6 +152,12 @@ fn ensure_debian_package(program: &str, package: &str) -> Result<()> {
     let mut install = Command::new("apt-get");
     install.args(["install", "-y", package]).env("DEBIAN_FRONTEND", "noninteractive");
     run(install)
+}
+
+/// Whether `program` is on PATH, or in /usr/sbin (Debian installs daemons there, and PATH may
+/// lack it).
+fn installed(program: &str) -> Result<bool> {
+    Ok(Command::new("sh").arg("-c").arg(format!("command -v {program} || test -x /usr/sbin/{program}")).output()?.status.success())
 }
 
 fn output_of(mut cmd: Command) -> Result<String> {
@@ -295,7 +300,7 @@ fn dist() -> Result<()> {
         std::fs::write(dist.join("completions").join(file), canup(&["completions", shell])?)?;
     }
 
-    if !Command::new("sh").args(["-c", "command -v cargo-generate-rpm"]).output()?.status.success() {
+    if !installed("cargo-generate-rpm")? {
         eprintln!("xtask: installing cargo-generate-rpm (cargo install)");
         let mut install = cargo();
         install.args(["install", "--locked", "cargo-generate-rpm@0.21.1"]);
@@ -401,16 +406,8 @@ struct RabbitMq {
 
 impl RabbitMq {
     fn start() -> Result<Self> {
-        if Command::new("sh").args(["-c", "command -v rabbitmq-server || test -x /usr/sbin/rabbitmq-server"]).output()?.status.success().not() {
-            eprintln!("xtask: installing rabbitmq-server (apt-get)");
-            let mut update = Command::new("apt-get");
-            update.arg("update").env("DEBIAN_FRONTEND", "noninteractive");
-            run(update)?;
-            let mut install = Command::new("apt-get");
-            install.args(["install", "-y", "rabbitmq-server"]).env("DEBIAN_FRONTEND", "noninteractive");
-            run(install)?;
-        }
-        if std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], 15672).into(), std::time::Duration::from_millis(200)).is_ok() {
+        ensure_debian_package("rabbitmq-server", "rabbitmq-server")?;
+        if canup_tests::rabbitmq::management_answers(15672) {
             eprintln!("xtask: a RabbitMQ already answers on 127.0.0.1:15672; using it");
             return Ok(Self { _broker: None });
         }
