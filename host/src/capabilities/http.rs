@@ -176,6 +176,17 @@ pub(crate) fn shared_client() -> Result<&'static reqwest::Client, String> {
         .map_err(Clone::clone)
 }
 
+/// Where a redirect points, resolved against the URL it answered; none when `resp` is not a
+/// redirect or names no readable location. The shared client follows none itself (see
+/// [`shared_client`]): the callers do, each with its own checks.
+pub(crate) fn redirect_target(resp: &reqwest::Response) -> Option<Result<Url, String>> {
+    if !resp.status().is_redirection() {
+        return None;
+    }
+    let location = resp.headers().get(reqwest::header::LOCATION)?.to_str().ok()?;
+    Some(resp.url().join(location).map_err(|e| format!("redirect to {location:?}: {e}")))
+}
+
 /// Sends an already-checked request. Redirects go through `grant` again.
 pub async fn send(grant: &Grant, endpoints: &Endpoints, req: &HttpRequest, limits: &HttpLimits) -> Result<HttpResponse, HttpError> {
     let name = req.endpoint.as_str();
@@ -198,30 +209,34 @@ pub async fn send(grant: &Grant, endpoints: &Endpoints, req: &HttpRequest, limit
     let mut url = url;
     let mut body = req.body.clone();
     let map_err = |e: reqwest::Error| if e.is_timeout() { HttpError::Timeout { endpoint: name.to_owned(), after: limits.timeout } } else { failed(crate::error_chain(&e)) };
+    let token = read_secret(name, &ep.token_file, &ep.token_env)?;
+    let password = match (&token, &ep.username) {
+        (None, Some(_)) => read_secret(name, &ep.password_file, &ep.password_env)?,
+        _ => None,
+    };
     let mut hops = 0;
     let resp = loop {
         let mut builder = client.request(method.clone(), url.clone()).timeout(limits.timeout);
         for (k, v) in &req.headers {
             builder = builder.header(k, v);
         }
-        if let Some(token) = read_secret(name, &ep.token_file, &ep.token_env)? {
+        if let Some(token) = &token {
             builder = builder.bearer_auth(token);
         } else if let Some(user) = &ep.username {
-            builder = builder.basic_auth(user, read_secret(name, &ep.password_file, &ep.password_env)?);
+            builder = builder.basic_auth(user, password.as_ref());
         }
         if let Some(body) = &body {
             builder = builder.body(body.clone());
         }
         let resp = builder.send().await.map_err(map_err)?;
-        let location = resp.headers().get(reqwest::header::LOCATION).and_then(|l| l.to_str().ok()).map(str::to_owned);
-        let Some(location) = location.filter(|_| resp.status().is_redirection()) else { break resp };
+        let Some(target) = redirect_target(&resp) else { break resp };
         // Redirects are followed here rather than inside reqwest so that each hop goes through
         // the same checks as the step's own request, and the client can be shared.
         hops += 1;
         if hops > limits.max_redirects {
             return Err(failed(format!("more than {} redirects", limits.max_redirects)));
         }
-        let target = url.join(&location).map_err(|e| failed(format!("redirect to {location:?}: {e}")))?;
+        let target = target.map_err(failed)?;
         if !same_origin(&target, &base) || !target.path().starts_with(&base_path) {
             return Err(Denial::Invalid { what: format!("redirect of endpoint {name} to {target}"), why: "it leads to another origin than the endpoint's".into() }.into());
         }

@@ -48,8 +48,7 @@ impl ResumingTransport {
                 // The shared client follows no redirect itself; a repository may sit behind
                 // one (a mirror, a CDN). What it serves is verified by TUF wherever it comes from.
                 Ok(resp) if resp.status().is_redirection() && redirects < MAX_REDIRECTS => {
-                    let location = resp.headers().get(reqwest::header::LOCATION).and_then(|l| l.to_str().ok()).and_then(|l| url.join(l).ok());
-                    let Some(next) = location else {
+                    let Some(Ok(next)) = crate::capabilities::http::redirect_target(&resp) else {
                         return Err(TransportError::new_with_cause(TransportErrorKind::Other, url.as_str(), format!("HTTP {} without a usable Location", resp.status())));
                     };
                     redirects += 1;
