@@ -381,22 +381,23 @@ impl StepState {
     /// nothing when the command must run (it never started, or its outcome is lost). A command
     /// still running is waited for.
     async fn earlier_attempt(&mut self, receipt: &cap_exec::Receipt, req: &ExecRequest) -> Result<Option<cap_exec::ExecOutput>, cap_exec::ExecError> {
-        let words = shell_words(&req.program, &req.args);
+        // Only for the messages: the usual case (the command never ran) prints none.
+        let words = || shell_words(&req.program, &req.args);
         let (ui, step) = (self.env.ui.clone(), self.env.context.step_id.clone());
         let earlier = receipt
             .earlier(&self.env.limits.exec, |pid| {
                 let pid = pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
-                ui.log(&step, Level::Info, &format!("waiting for {words}{pid}, which the interrupted run started and is still running"));
+                ui.log(&step, Level::Info, &format!("waiting for {}{pid}, which the interrupted run started and is still running", words()));
             })
             .await?;
         match earlier {
             cap_exec::Earlier::NeverRan => Ok(None),
             cap_exec::Earlier::Interrupted => {
-                self.env.ui.log(&step, Level::Warn, &format!("{words} was interrupted with the run before it (its shell died without an exit status): whether it took effect is unknown; running it again"));
+                self.env.ui.log(&step, Level::Warn, &format!("{} was interrupted with the run before it (its shell died without an exit status): whether it took effect is unknown; running it again", words()));
                 Ok(None)
             }
             cap_exec::Earlier::Finished(o) => {
-                self.env.ui.log(&step, Level::Info, &format!("not run again (it finished after the interruption, {}): {words}", exit_text(o.status)));
+                self.env.ui.log(&step, Level::Info, &format!("not run again (it finished after the interruption, {}): {}", exit_text(o.status), words()));
                 Ok(Some(o))
             }
         }

@@ -310,12 +310,12 @@ pub async fn apply(session: &Session, options: &ApplyOptions, progress: Arc<dyn 
         let report = session.run_step(&run, module, &p.step, &p.release, release_data, actions, p.phase, &plan.installed, &plan.target, Some(&detected), ui.clone(), options.dry_run, &recorded).await?;
         progress.step_finished(&report);
         append(Event::StepFinished {
-                run: run.clone(),
-                step: id.clone(),
-                time: journal::now(),
-                outcome: if report.result.is_ok() { Outcome::Succeeded } else { Outcome::Failed },
-                message: report.result.as_ref().err().map(|e| e.to_string()),
-                duration_ms: report.duration.as_millis() as u64,
+            run: run.clone(),
+            step: id.clone(),
+            time: journal::now(),
+            outcome: if report.result.is_ok() { Outcome::Succeeded } else { Outcome::Failed },
+            message: report.result.as_ref().err().map(|e| e.to_string()),
+            duration_ms: report.duration.as_millis() as u64,
             module_sha256: report.module_sha256.clone(),
         })?;
         if let Err(e) = &report.result {
@@ -374,7 +374,6 @@ impl Prefetch {
         }
     }
 
-
     /// Waits for what `steps` need (the first failure, in plan order, is the answer); the
     /// rest is dropped with the prefetch.
     async fn finish(mut self, index: &Index, steps: &[&PlannedStep]) -> Result<(HashMap<String, LoadedStep>, HashMap<Version, Arc<ReleaseData>>), UpgradeError> {
@@ -390,20 +389,10 @@ impl Prefetch {
         let mut data = HashMap::new();
         for p in steps {
             if let Some(task) = self.modules.remove(&p.step.sha256) {
-                match join(task).await {
-                    Ok(l) => {
-                        loaded.insert(p.step.sha256.clone(), l);
-                    }
-                    Err(e) => return Err(e),
-                }
+                loaded.insert(p.step.sha256.clone(), join(task).await?);
             }
             if let Some(task) = self.data.remove(&p.release) {
-                match join(task).await {
-                    Ok(d) => {
-                        data.insert(p.release.clone(), d);
-                    }
-                    Err(e) => return Err(e),
-                }
+                data.insert(p.release.clone(), join(task).await?);
             }
         }
         Ok((loaded, data))

@@ -308,14 +308,10 @@ pub async fn run(req: &ExecRequest, sysroot: &Sysroot, limits: &ExecLimits, rece
         }
     };
     cmd.args(&req.args).env_clear().envs(req.env.iter().map(|(k, v)| (k, v))).current_dir(&cwd).process_group(0).kill_on_drop(true);
-    match (&switched, &req.user) {
-        (Some(u), _) => {
-            cmd.uid(u.uid.as_raw()).gid(u.gid.as_raw());
-        }
-        (None, Some(user)) => {
-            cmd.env(SIMULATED_USER_ENV, user);
-        }
-        (None, None) => {}
+    if let Some(u) = &switched {
+        cmd.uid(u.uid.as_raw()).gid(u.gid.as_raw());
+    } else if let Some(user) = &req.user {
+        cmd.env(SIMULATED_USER_ENV, user);
     }
     let timeout = req.timeout.unwrap_or(limits.default_timeout).min(limits.max_timeout);
     match receipt {
