@@ -149,7 +149,8 @@ impl ExpiryArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum RepoCommand {
-    /// Create an ed25519 signing key (PKCS#8 DER, mode 0600). Keep it out of the repository.
+    /// Create an ed25519 signing key (PKCS#8 PEM, mode 0600, readable by OpenSSL). Keep it
+    /// out of the repository.
     Keygen {
         #[arg(long)]
         out: PathBuf,
@@ -166,9 +167,17 @@ pub enum RepoCommand {
         snapshot_keys: Vec<PathBuf>,
         #[arg(long = "timestamp-key")]
         timestamp_keys: Vec<PathBuf>,
-        /// Signatures needed for each role.
+        /// Signatures needed for each role (each role's own flag overrides it).
         #[arg(long, default_value_t = 1)]
         threshold: u64,
+        #[arg(long)]
+        root_threshold: Option<u64>,
+        #[arg(long)]
+        targets_threshold: Option<u64>,
+        #[arg(long)]
+        snapshot_threshold: Option<u64>,
+        #[arg(long)]
+        timestamp_threshold: Option<u64>,
         #[command(flatten)]
         expiry: ExpiryArgs,
     },
@@ -236,6 +245,53 @@ pub enum RepoCommand {
         #[command(flatten)]
         expiry: ExpiryArgs,
     },
+    /// Give a role (root, targets, snapshot, timestamp) new keys and optionally a new
+    /// threshold: writes the next N.root.json. With enough --root-key to sign it, it is
+    /// published at once, together with the roles re-signed by their new keys (--key);
+    /// with --out, the unsigned candidate is written there for `sign-root`.
+    RotateKeys {
+        dir: PathBuf,
+        #[arg(long, value_enum)]
+        role: RoleArg,
+        /// The role's new key(s), all of them (keys not given are removed from the role).
+        #[arg(long = "new-key", required = true)]
+        new_keys: Vec<PathBuf>,
+        /// Signatures the role needs from now on; unchanged by default.
+        #[arg(long)]
+        threshold: Option<u64>,
+        /// Current root keys signing the new root (a threshold of them).
+        #[arg(long = "root-key")]
+        root_keys: Vec<PathBuf>,
+        /// Keys re-signing the roles whose keys changed (targets, snapshot, timestamp).
+        #[arg(long = "key")]
+        keys: Vec<PathBuf>,
+        /// Write the candidate root here instead of publishing (offline root ceremony).
+        #[arg(long, conflicts_with_all = ["root_keys", "keys"])]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        expiry: ExpiryArgs,
+    },
+    /// Add signatures to a candidate root (offline root ceremony: each holder runs it with
+    /// their key), then say what is still missing.
+    SignRoot {
+        dir: PathBuf,
+        /// The candidate root file written by `rotate-keys --out`.
+        #[arg(long)]
+        candidate: PathBuf,
+        #[arg(long = "key", required = true)]
+        keys: Vec<PathBuf>,
+    },
+    /// Publish a candidate root once it carries enough signatures, re-signing the roles whose
+    /// keys it changed.
+    PublishRoot {
+        dir: PathBuf,
+        #[arg(long)]
+        candidate: PathBuf,
+        #[arg(long = "key")]
+        keys: Vec<PathBuf>,
+        #[command(flatten)]
+        expiry: ExpiryArgs,
+    },
     /// Check a repository (--repo or the config's; signatures, expiry, every module's
     /// digest) and the local cache.
     Verify {
@@ -283,6 +339,25 @@ pub struct StepRunArgs {
     /// Print the report and audit as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum RoleArg {
+    Root,
+    Targets,
+    Snapshot,
+    Timestamp,
+}
+
+impl From<RoleArg> for tough::schema::RoleType {
+    fn from(r: RoleArg) -> Self {
+        match r {
+            RoleArg::Root => Self::Root,
+            RoleArg::Targets => Self::Targets,
+            RoleArg::Snapshot => Self::Snapshot,
+            RoleArg::Timestamp => Self::Timestamp,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -339,7 +414,7 @@ async fn dispatch(cli: Cli) -> Result<u8, Exit> {
     }
     match cli.command {
         Command::Step(StepCommand::Run(args)) => step_run(&cli.config, cli.sysroot.as_deref(), cli.state_dir.as_deref(), args).await,
-        Command::Repo(cmd) => repo(&cli.config, cli.repo, cli.trusted_root, cmd).await,
+        Command::Repo(cmd) => repo(&cli.config, cli.repo, cli.trusted_root, cli.state_dir, cmd).await,
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "canup", &mut std::io::stdout());
             Ok(0)
@@ -577,7 +652,7 @@ fn config_or_default(path: &std::path::Path) -> Result<Config, Exit> {
     if path.exists() { Config::load(path).map_err(usage) } else { Ok(Config::default()) }
 }
 
-async fn repo(config_path: &std::path::Path, repo_arg: Option<String>, trusted_arg: Option<PathBuf>, cmd: RepoCommand) -> Result<u8, Exit> {
+async fn repo(config_path: &std::path::Path, repo_arg: Option<String>, trusted_arg: Option<PathBuf>, state_arg: Option<PathBuf>, cmd: RepoCommand) -> Result<u8, Exit> {
     let vendor_err = |e: VendorError| match e {
         VendorError::Usage(_) => usage(e),
         other => Exit(1, other.into()),
@@ -587,9 +662,15 @@ async fn repo(config_path: &std::path::Path, repo_arg: Option<String>, trusted_a
             let id = vendor::keygen(&out).await.map_err(vendor_err)?;
             println!("created {} (key id {id})", out.display());
         }
-        RepoCommand::Init { dir, root_keys, targets_keys, snapshot_keys, timestamp_keys, threshold, expiry } => {
+        RepoCommand::Init { dir, root_keys, targets_keys, snapshot_keys, timestamp_keys, threshold, root_threshold, targets_threshold, snapshot_threshold, timestamp_threshold, expiry } => {
             let keys = RoleKeyFiles { root: root_keys, targets: targets_keys, snapshot: snapshot_keys, timestamp: timestamp_keys };
-            vendor::init(&dir, &keys, threshold, &expiry.expiry()).await.map_err(vendor_err)?;
+            let thresholds = vendor::Thresholds {
+                root: root_threshold.unwrap_or(threshold),
+                targets: targets_threshold.unwrap_or(threshold),
+                snapshot: snapshot_threshold.unwrap_or(threshold),
+                timestamp: timestamp_threshold.unwrap_or(threshold),
+            };
+            vendor::init(&dir, &keys, &thresholds, &expiry.expiry()).await.map_err(vendor_err)?;
             println!("initialised {} (root: {}/metadata/1.root.json)", dir.display(), dir.display());
         }
         RepoCommand::AddRelease { dir, steps, module, includes, published, data, keys, expiry } => {
@@ -640,17 +721,51 @@ async fn repo(config_path: &std::path::Path, repo_arg: Option<String>, trusted_a
             let v = vendor::rotate_root(&dir, &old_keys, &new_keys, &expiry.expiry()).await.map_err(vendor_err)?;
             println!("wrote {}/metadata/{v}.root.json; re-sign the other roles if their keys changed", dir.display());
         }
-        RepoCommand::Verify { cache_dir } => return verify(config_path, repo_arg, trusted_arg, cache_dir).await,
+        RepoCommand::RotateKeys { dir, role, new_keys, threshold, root_keys, keys, out, expiry } => {
+            let change = vendor::RoleChange { role: role.into(), keys: new_keys, threshold };
+            match out {
+                Some(out) => {
+                    let candidate = vendor::root::propose(&dir, &[change], &expiry.expiry()).await.map_err(vendor_err)?;
+                    vendor::root::write_candidate(&out, &candidate).map_err(vendor_err)?;
+                    println!("wrote the candidate root version {} to {}; each root key holder signs it with `canup repo sign-root {} --candidate {} --key KEY`", candidate.signed.version, out.display(), dir.display(), out.display());
+                }
+                None => {
+                    let v = vendor::root::rotate(&dir, &[change], &root_keys, &keys, &expiry.expiry()).await.map_err(vendor_err)?;
+                    println!("published {}/metadata/{v}.root.json: role {} has its new keys", dir.display(), tough::schema::RoleType::from(role));
+                }
+            }
+        }
+        RepoCommand::SignRoot { dir, candidate, keys } => {
+            let mut root = vendor::root::read_candidate(&candidate).map_err(vendor_err)?;
+            vendor::root::add_signatures(&dir, &mut root, &keys).await.map_err(vendor_err)?;
+            vendor::root::write_candidate(&candidate, &root).map_err(vendor_err)?;
+            let missing = vendor::root::missing_signatures(&dir, &root).map_err(vendor_err)?;
+            if missing.is_empty() {
+                println!("{} carries enough signatures: publish it with `canup repo publish-root {} --candidate {}`", candidate.display(), dir.display(), candidate.display());
+            } else {
+                println!("{} now has {} signature(s); still missing:", candidate.display(), root.signatures.len());
+                for m in missing {
+                    println!("  {m}");
+                }
+            }
+        }
+        RepoCommand::PublishRoot { dir, candidate, keys, expiry } => {
+            let root = vendor::root::read_candidate(&candidate).map_err(vendor_err)?;
+            let v = vendor::root::publish_root(&dir, &root, &keys, &expiry.expiry()).await.map_err(vendor_err)?;
+            println!("published {}/metadata/{v}.root.json", dir.display());
+        }
+        RepoCommand::Verify { cache_dir } => return verify(config_path, repo_arg, trusted_arg, state_arg, cache_dir).await,
     }
     Ok(0)
 }
 
-async fn verify(config_path: &std::path::Path, repo: Option<String>, trusted: Option<PathBuf>, cache_dir: Option<PathBuf>) -> Result<u8, Exit> {
+async fn verify(config_path: &std::path::Path, repo: Option<String>, trusted: Option<PathBuf>, state_dir: Option<PathBuf>, cache_dir: Option<PathBuf>) -> Result<u8, Exit> {
     let config = config_or_default(config_path)?;
+    let state_dir = state_dir.unwrap_or_else(|| config.state_dir());
     let location = repo.or(config.repository.clone()).ok_or_else(|| usage(anyhow::anyhow!("no repository: pass --repo or set `repository` in {}", config_path.display())))?;
     let root = repository::trusted_root(trusted.as_deref().or(config.trusted_root.as_deref())).map_err(usage)?;
-    let cache = cache_dir.unwrap_or_else(|| config.state_dir().join("cache/repository"));
-    let repo = Repository::open(&location, &root, &cache, &LoadOptions::default()).await.map_err(|e| Exit(4, e.into()))?;
+    let cache = cache_dir.unwrap_or_else(|| state_dir.join("cache/repository"));
+    let repo = Repository::open(&location, &root, &cache, &state_dir.join("trust"), &LoadOptions::default()).await.map_err(|e| Exit(4, e.into()))?;
     println!("repository {location}: metadata verified");
     let now = jiff::Timestamp::now();
     for (role, expires) in repo.expirations() {

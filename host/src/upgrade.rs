@@ -32,7 +32,7 @@ pub enum UpgradeError {
     Repo(#[from] RepoError),
     #[error(transparent)]
     Plan(#[from] PlanError),
-    #[error("the plan needs more than the operator's policy allows; nothing was run:\n  {}", .0.join("\n  "))]
+    #[error("the plan needs more than the operator's policy allows; no step ran after detection (whose queries only read the host):\n  {}", .0.join("\n  "))]
     Admission(Vec<String>),
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
@@ -46,7 +46,7 @@ pub enum UpgradeError {
     Pending { run: String, target: Version },
     #[error("the repository changed step {step} since run {run} started (module {was} is now {now}); canup will not mix versions: run `canup apply --restart` to plan again")]
     Changed { run: String, step: String, was: String, now: String },
-    #[error("the operator declined the plan; nothing was run")]
+    #[error("the operator declined the plan; no step ran after detection (whose queries only read the host)")]
     Declined,
     #[error("{0}")]
     Other(String),
@@ -95,7 +95,7 @@ fn run_id() -> String {
 impl Session {
     pub async fn open(config: Config, sysroot: Sysroot, repository: &str, trusted_root: &[u8]) -> Result<Self, UpgradeError> {
         let state_dir = config.state_dir();
-        let repo = Repository::open(repository, trusted_root, &state_dir.join("cache/repository"), &LoadOptions::default()).await?;
+        let repo = Repository::open(repository, trusted_root, &state_dir.join("cache/repository"), &state_dir.join("trust"), &LoadOptions::default()).await?;
         tracing::debug!("repository metadata verified");
         let index = repo.index().await?;
         tracing::debug!(releases = index.releases.len(), "release index read");

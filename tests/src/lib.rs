@@ -7,6 +7,7 @@ pub mod rabbitmq;
 pub mod repo_server;
 pub mod simhost;
 pub mod steprun;
+pub mod tuf;
 
 use std::path::{Path, PathBuf};
 
@@ -175,4 +176,36 @@ pub fn publish_steps(canup: &Path, out: &Path, keys_dir: &Path) -> anyhow::Resul
         run(args)?;
     }
     Ok(key)
+}
+
+/// The project's release crates, published once per test binary with the real `canup repo`
+/// commands into a directory that lives as long as the binary: (repository, development key).
+/// Tests work on their own copy ([`copy_dir`]).
+pub fn pristine_repo() -> &'static (PathBuf, PathBuf) {
+    static PRISTINE: std::sync::OnceLock<(PathBuf, PathBuf, tempfile::TempDir)> = std::sync::OnceLock::new();
+    static REF: std::sync::OnceLock<(PathBuf, PathBuf)> = std::sync::OnceLock::new();
+    REF.get_or_init(|| {
+        let (repo, key, _) = PRISTINE.get_or_init(|| {
+            let dir = tempfile::tempdir().expect("a temporary directory");
+            let repo = dir.path().join("repo");
+            let key = publish_steps(&canup_bin(), &repo, &target_dir().join("dev-keys")).expect("publishing the project's releases");
+            (repo, key, dir)
+        });
+        (repo.clone(), key.clone())
+    })
+}
+
+/// Copies a directory tree (files and directories only).
+pub fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        let dest = to.join(e.file_name());
+        if e.file_type()?.is_dir() {
+            copy_dir(&e.path(), &dest)?;
+        } else {
+            std::fs::copy(e.path(), dest)?;
+        }
+    }
+    Ok(())
 }

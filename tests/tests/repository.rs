@@ -5,7 +5,6 @@
 //! attack brought.
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use canup::manifest::{Edition, Method};
@@ -15,37 +14,17 @@ use canup::sandbox::Sandbox;
 use canup_tests::simhost::{SimHost, Spec};
 use canup_tests::repo_server::{Control, Fault, serve_repo};
 use canup_tests::steprun::{self, Setting};
-use canup_tests::{canup_bin, publish_steps, target_dir};
+
 use semver::Version;
 
 const STUB: &str = env!("CARGO_BIN_EXE_canup-simstub");
 
-/// The project's release crates, published once per test binary with the real `canup repo`
-/// commands; each test works on its own copy.
 fn pristine() -> &'static (PathBuf, PathBuf) {
-    static PRISTINE: OnceLock<(PathBuf, PathBuf, tempfile::TempDir)> = OnceLock::new();
-    let (repo, key, _) = PRISTINE.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let repo = dir.path().join("repo");
-        let key = publish_steps(&canup_bin(), &repo, &target_dir().join("dev-keys")).unwrap();
-        (repo, key, dir)
-    });
-    // Leak-free: the TempDir lives in the static for the whole test binary.
-    static REF: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
-    REF.get_or_init(|| (repo.clone(), key.clone()))
+    canup_tests::pristine_repo()
 }
 
 fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let dest = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &dest);
-        } else {
-            std::fs::copy(e.path(), dest).unwrap();
-        }
-    }
+    canup_tests::copy_dir(from, to).unwrap();
 }
 
 struct Case {
@@ -104,7 +83,7 @@ impl Case {
     /// What an operator's upgrade does with a repository: verify, read the index, fetch each
     /// packages step's module, run it on the simulated host.
     async fn upgrade(&self, location: &str) -> Result<usize, String> {
-        let repo = Repository::open(location, &self.root(), &self.cache, &options()).await.map_err(|e| e.to_string())?;
+        let repo = Repository::open(location, &self.root(), &self.cache, &self.cache.join("trust"), &options()).await.map_err(|e| e.to_string())?;
         let index = repo.index().await.map_err(|e| e.to_string())?;
         let sandbox = Sandbox::new(None).map_err(|e| e.to_string())?;
         let mut ran = 0;
@@ -144,7 +123,8 @@ impl Case {
         for part in expected {
             assert!(err.contains(part), "expected {part:?} in: {err}");
         }
-        assert!(err.contains("Nothing was run"), "{err}");
+        // Metadata is verified before any step; a module or the index after detection.
+        assert!(err.contains("No step ran") || err.contains("target "), "{err}");
         assert_eq!(self.sim.snapshot().unwrap(), self.pristine_tree, "a step changed the host");
         assert!(self.sim.calls().unwrap().is_empty(), "a step ran a command");
         assert!(self.cached_modules().is_empty(), "the cache kept {:?}", self.cached_modules());
@@ -178,7 +158,7 @@ fn flip_byte(path: &Path) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_published_repository_verifies_over_http_and_its_steps_run() {
     let c = case().await;
-    let repo = Repository::open(&c.url, &c.root(), &c.cache, &options()).await.unwrap();
+    let repo = Repository::open(&c.url, &c.root(), &c.cache, &c.cache.join("trust"), &options()).await.unwrap();
     let index: Index = repo.index().await.unwrap();
     let release = index.release(&Version::new(3, 40, 0)).expect("3.40.0 is published");
     assert_eq!(release.published, "2020-05-04");
@@ -239,7 +219,7 @@ async fn attacker_repo(c: &Case) -> PathBuf {
     let attacker = c.repo.parent().unwrap().join("attacker");
     let key = c.repo.parent().unwrap().join("attacker.key");
     vendor::keygen(&key).await.unwrap();
-    vendor::init(&attacker, &RoleKeyFiles { root: vec![key.clone()], ..Default::default() }, 1, &c.expiry()).await.unwrap();
+    vendor::init(&attacker, &RoleKeyFiles { root: vec![key.clone()], ..Default::default() }, &vendor::Thresholds::all(1), &c.expiry()).await.unwrap();
     let index = vendor::read_index(&c.repo).await.unwrap();
     for _ in 0..3 {
         // Push the attacker's versions above the real ones.
@@ -265,19 +245,19 @@ async fn a_signature_threshold_not_met_is_refused() {
     for k in &keys {
         vendor::keygen(k).await.unwrap();
     }
-    vendor::init(&dir, &RoleKeyFiles { root: keys.to_vec(), ..Default::default() }, 2, &c.expiry()).await.unwrap();
+    vendor::init(&dir, &RoleKeyFiles { root: keys.to_vec(), ..Default::default() }, &vendor::Thresholds::all(2), &c.expiry()).await.unwrap();
     let mut ts: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("metadata/timestamp.json")).unwrap()).unwrap();
     ts["signatures"].as_array_mut().unwrap().pop();
     let served = Control::default();
     served.fault("metadata/timestamp.json", Fault::Replace(serde_json::to_vec(&ts).unwrap()));
     let url = serve_repo(dir.clone(), served).await;
     let root = std::fs::read(dir.join("metadata/1.root.json")).unwrap();
-    let err = Repository::open(&url, &root, &c.cache, &options()).await.unwrap_err().to_string();
+    let err = Repository::open(&url, &root, &c.cache, &c.cache.join("trust"), &options()).await.unwrap_err().to_string();
     assert!(err.contains("Signature threshold of 2 not met for role timestamp (1 valid signatures)"), "{err}");
     assert!(c.cached_timestamp_version().is_none(), "the rejected timestamp was cached");
     // With both signatures it loads: the threshold, not the key, was the problem.
     let ok = serve_repo(dir.clone(), Control::default()).await;
-    Repository::open(&ok, &root, &c.cache, &options()).await.unwrap();
+    Repository::open(&ok, &root, &c.cache, &c.cache.join("trust"), &options()).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -315,7 +295,7 @@ async fn a_rollback_to_an_older_timestamp_is_refused() {
     let old = std::fs::read(c.repo.join("metadata/timestamp.json")).unwrap();
     vendor::refresh_timestamp(&c.repo, &[c.key.clone()], 1).await.unwrap();
     // The operator sees the new version once …
-    Repository::open(&c.url, &c.root(), &c.cache, &options()).await.unwrap();
+    Repository::open(&c.url, &c.root(), &c.cache, &c.cache.join("trust"), &options()).await.unwrap();
     let seen = c.cached_timestamp_version().unwrap();
     // … then a mirror serves the old, still validly signed, one.
     c.control.fault("metadata/timestamp.json", Fault::Replace(old));
@@ -329,7 +309,7 @@ async fn a_fresh_timestamp_pointing_to_an_older_snapshot_is_refused() {
     let old_ts = std::fs::read(c.repo.join("metadata/timestamp.json")).unwrap();
     let n = c.newest("snapshot");
     vendor::sign(&c.repo, &[c.key.clone()], &c.expiry()).await.unwrap();
-    Repository::open(&c.url, &c.root(), &c.cache, &options()).await.unwrap();
+    Repository::open(&c.url, &c.root(), &c.cache, &c.cache.join("trust"), &options()).await.unwrap();
     // Someone holding the timestamp key signs newer timestamps that name the old snapshot.
     std::fs::write(c.repo.join("metadata/timestamp.json"), old_ts).unwrap();
     vendor::refresh_timestamp(&c.repo, &[c.key.clone()], 1).await.unwrap();
@@ -395,24 +375,29 @@ async fn root_rotation_is_followed_and_a_retired_key_is_refused() {
     vendor::keygen(&new_key).await.unwrap();
     vendor::rotate_root(&c.repo, &[c.key.clone()], &[new_key.clone()], &c.expiry()).await.unwrap();
     // A client that trusts root 1 follows the chain to root 2.
-    let repo = Repository::open(&c.url, &c.root(), &c.cache, &options()).await.unwrap();
+    let repo = Repository::open(&c.url, &c.root(), &c.cache, &c.cache.join("trust"), &options()).await.unwrap();
     assert_eq!(repo.tuf().root().signed.version.get(), 2);
     assert_eq!(c.upgrade(&c.url).await, Ok(1));
 
     // Whoever still holds the retired key signs a root 3 on their own: refused.
     let scratch = c.repo.parent().unwrap().join("forge");
     copy_dir(&c.repo, &scratch);
-    vendor::rotate_root(&scratch, &[c.key.clone()], &[c.key.clone()], &c.expiry()).await.unwrap();
+    // (canup's own vendor commands refuse to sign with a key the current root does not list.)
+    let refused = vendor::rotate_root(&scratch, &[c.key.clone()], &[c.key.clone()], &c.expiry()).await.unwrap_err().to_string();
+    assert!(refused.contains("not signed by enough keys"), "{refused}");
+    let attacker = scratch.join("attacker.pem");
+    canup_tests::tuf::tufctl(["forge-root", scratch.to_str().unwrap(), "--key", c.key.to_str().unwrap(), "--version", "3", "--attacker-key-out", attacker.to_str().unwrap()]).unwrap();
     std::fs::copy(scratch.join("metadata/3.root.json"), c.repo.join("metadata/3.root.json")).unwrap();
-    let err = Repository::open(&c.url, &c.root(), &c.cache, &options()).await.unwrap_err().to_string();
-    assert!(err.contains("Failed to verify root metadata: Signature threshold of 1 not met for role root (0 valid signatures)"), "{err}");
+    let err = Repository::open(&c.url, &c.root(), &c.cache, &c.cache.join("trust"), &options()).await.unwrap_err().to_string();
+    assert!(err.contains("3.root.json is not signed by a threshold of the root keys of version 2 that canup trusts"), "{err}");
+    assert!(err.contains("Signature threshold of 1 not met for role root (0 valid signatures)"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_withdrawn_release_is_marked_in_the_index() {
     let c = case().await;
     vendor::withdraw(&c.repo, &[c.key.clone()], &c.expiry(), &Version::new(3, 40, 0), "breaks engine-axe; use 3.40.1").await.unwrap();
-    let repo = Repository::open(&c.url, &c.root(), &c.cache, &options()).await.unwrap();
+    let repo = Repository::open(&c.url, &c.root(), &c.cache, &c.cache.join("trust"), &options()).await.unwrap();
     let index = repo.index().await.unwrap();
     assert_eq!(index.release(&Version::new(3, 40, 0)).unwrap().withdrawn.as_deref(), Some("breaks engine-axe; use 3.40.1"));
 }

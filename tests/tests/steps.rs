@@ -37,7 +37,7 @@ async fn every_step_changes_nothing_when_run_a_second_time() {
     let repo_dir = dir.path().join("repo");
     publish_steps(&canup_bin(), &repo_dir, &target_dir().join("dev-keys")).unwrap();
     let root = std::fs::read(repo_dir.join("metadata/1.root.json")).unwrap();
-    let repo = Repository::open(repo_dir.to_str().unwrap(), &root, &dir.path().join("cache"), &LoadOptions::default()).await.unwrap();
+    let repo = Repository::open(repo_dir.to_str().unwrap(), &root, &dir.path().join("cache"), &dir.path().join("trust"), &LoadOptions::default()).await.unwrap();
     let index = repo.index().await.unwrap();
     let sandbox = Sandbox::new(None).unwrap();
     canup_tests::rabbitmq::Admin::new().setup_canopsis_once().await.unwrap();

@@ -15,11 +15,16 @@
 //!   needed), or with `--libfuzzer` under libFuzzer from `fuzz/` (nightly and cargo-fuzz
 //!   installed if missing).
 //! - `cargo xtask build-guests`: builds `steps/*` and `tests/guests/*` for `wasm32-wasip2`.
+//! - `cargo xtask tuf-conformance DIR`: the public TUF conformance suite (a checkout of
+//!   theupdateframework/tuf-conformance at DIR) against `canup-tuf-client`, canup's client
+//!   code behind the suite's CLI; its Python dependencies go into `target/tuf-conformance-venv`.
 //! - `cargo xtask publish --out DIR`: builds the release crates under `steps/` and publishes
 //!   them into a signed repository at DIR with a development key (`target/dev-keys/`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+mod tuf_conformance;
 
 use anyhow::{Context, Result, bail};
 use canup_tests::simhost::{Edition, Method, SimHost, Spec};
@@ -38,12 +43,16 @@ fn main() -> Result<()> {
         "dist" => dist(),
         "chaos" => chaos(&rest),
         "fuzz" => fuzz(&rest),
+        "tuf-conformance" => match rest.as_slice() {
+            [suite] => tuf_conformance(Path::new(suite)),
+            _ => bail!("usage: cargo xtask tuf-conformance DIR (a checkout of theupdateframework/tuf-conformance)"),
+        },
         "publish" => match rest.as_slice() {
             [flag, out] if flag == "--out" => publish(Path::new(out)),
             _ => bail!("usage: cargo xtask publish --out DIR"),
         },
         _ => {
-            eprintln!("usage: cargo xtask <test [CARGO TEST ARGS] | demo | bench | dist | chaos [KILLS [SEED]] | fuzz [--libfuzzer] [SECONDS] | build-guests | publish --out DIR>");
+            eprintln!("usage: cargo xtask <test [CARGO TEST ARGS] | demo | bench | dist | chaos [KILLS [SEED]] | fuzz [--libfuzzer] [SECONDS] | build-guests | publish --out DIR | tuf-conformance DIR>");
             std::process::exit(2)
         }
     }
@@ -107,6 +116,26 @@ fn build_canup() -> Result<PathBuf> {
     c.args(["build", "--quiet", "-p", "canup", "-p", "canup-tests", "--bins"]);
     run(c)?;
     Ok(canup_tests::target_dir().join("debug/canup"))
+}
+
+/// Builds the conformance client, puts its expected failures beside it (where the suite looks
+/// for them) and runs the suite; fails when a test fails outside the expected ones.
+fn tuf_conformance(suite: &Path) -> Result<()> {
+    let mut c = cargo();
+    c.args(["build", "--quiet", "-p", "canup-tests", "--bin", "canup-tuf-client"]);
+    run(c)?;
+    let client = canup_tests::target_dir().join("debug/canup-tuf-client");
+    let xfails = root().join("tests/tuf/canup-tuf-client.xfails");
+    std::fs::copy(&xfails, client.with_extension("xfails")).with_context(|| format!("copying {}", xfails.display()))?;
+    let counts = tuf_conformance::run(suite, &client, &canup_tests::target_dir().join("tuf-conformance-venv"))?;
+    println!(
+        "tuf-conformance: {} passed, {} failed, {} expected failures (tests/tuf/canup-tuf-client.xfails), {} skipped",
+        counts.passed, counts.failed, counts.xfailed, counts.skipped
+    );
+    if counts.failed > 0 {
+        bail!("{} conformance tests failed outside the expected failures", counts.failed);
+    }
+    Ok(())
 }
 
 fn publish(out: &Path) -> Result<()> {

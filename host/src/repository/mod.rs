@@ -11,6 +11,7 @@
 
 pub mod index;
 mod transport;
+pub mod trust;
 pub mod vendor;
 
 use std::fs;
@@ -39,14 +40,20 @@ const MAX_TARGET_BYTES: u64 = 64 << 20;
 pub enum RepoError {
     #[error("repository location {0:?} is neither an http(s):// or file:// URL nor an existing directory")]
     Location(String),
-    #[error("the release repository at {location} failed verification: {why}. Nothing was run; check the repository URL and its freshness, or contact the vendor")]
+    #[error("the release repository at {location} failed verification: {why}. No step ran; check the repository URL and its freshness, or contact the vendor")]
     Verify { location: String, why: String },
-    #[error("{what} in the repository at {location} failed verification: {why}. Nothing was run")]
+    #[error("{what} in the repository at {location} failed verification: {why}")]
     Target { location: String, what: String, why: String },
     #[error("{what} is not listed in the signed targets of {location}")]
     NotListed { location: String, what: String },
     #[error("the trusted root {path}: {why}")]
     TrustedRoot { path: String, why: String },
+    #[error("the root of trust canup keeps in {path}: {why}. No step ran; {hint}")]
+    TrustStore { path: String, why: String, hint: String },
+    #[error(
+        "the configured trusted root (version {seed}) is not on the chain of roots canup verified before (newest: version {persisted}, kept in {dir}). No step ran; check `trusted_root` in canup.toml, or {hint}"
+    )]
+    OffChain { seed: u64, persisted: u64, dir: String, hint: String },
     #[error("local cache {path}: {source}")]
     Cache { path: String, source: std::io::Error },
     #[error(transparent)]
@@ -105,10 +112,12 @@ fn cache_err(path: &Path) -> impl Fn(std::io::Error) -> RepoError + '_ {
 }
 
 impl Repository {
-    /// Loads and verifies the repository's metadata, starting from `trusted_root`. The TUF
-    /// cache under `cache_dir/tuf` keeps the newest verified metadata so that a rollback to
-    /// older versions is refused on later runs too.
-    pub async fn open(location: &str, trusted_root: &[u8], cache_dir: &Path, options: &LoadOptions) -> Result<Self, RepoError> {
+    /// Loads and verifies the repository's metadata. Trust starts from the newest root an
+    /// earlier run verified (kept in `trust_dir`, see [`trust`]); `seed_root` (the configured
+    /// or built-in root) only starts an empty trust directory. The TUF cache under
+    /// `cache_dir/tuf` keeps the newest verified timestamp, snapshot and targets so that a
+    /// rollback to older versions is refused on later runs too.
+    pub async fn open(location: &str, seed_root: &[u8], cache_dir: &Path, trust_dir: &Path, options: &LoadOptions) -> Result<Self, RepoError> {
         let location = Location::parse(location)?;
         let tuf = cache_dir.join("tuf");
         let modules = cache_dir.join("modules");
@@ -117,7 +126,24 @@ impl Repository {
         }
         let transport = ResumingTransport::new(options.timeout, options.tries)
             .map_err(|e| RepoError::Verify { location: location.shown.clone(), why: format!("cannot set up HTTP: {e}") })?;
-        let inner = RepositoryLoader::new(&trusted_root, location.metadata.clone(), location.targets.clone())
+        let store = trust::TrustStore::new(trust_dir);
+        let updated = store.update(seed_root, &transport, &location.metadata).await.map_err(|e| match e {
+            RepoError::Verify { why, .. } => RepoError::Verify { location: location.shown.clone(), why },
+            other => other,
+        })?;
+        if updated.fast_forward_recovery {
+            // The vendor rotated the timestamp or snapshot keys: what the old keys signed may
+            // carry versions an attacker pushed up, so it no longer bounds the new ones.
+            tracing::info!("the timestamp or snapshot keys were rotated: forgetting the cached timestamp and snapshot");
+            for name in ["timestamp.json", "snapshot.json"] {
+                let path = tuf.join(name);
+                match fs::remove_file(&path) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(cache_err(&path)(e)),
+                    _ => {}
+                }
+            }
+        }
+        let inner = RepositoryLoader::new(&updated.root.bytes, location.metadata.clone(), location.targets.clone())
             .transport(transport)
             .datastore(tuf)
             .limits(Limits { max_targets_size: 16 << 20, ..Limits::default() })
@@ -125,6 +151,13 @@ impl Repository {
             .load()
             .await
             .map_err(|e| RepoError::Verify { location: location.shown.clone(), why: error_chain(&e) })?;
+        // tough walks the roots again from ours; a root published in between is verified by
+        // it and becomes the start of the next run too.
+        if inner.root().signed.version.get() > updated.root.version() {
+            let bytes = serde_json::to_vec_pretty(inner.root()).map_err(|e| RepoError::Verify { location: location.shown.clone(), why: e.to_string() })?;
+            let newer = trust::TrustedRoot::from_verified(inner.root().clone(), bytes);
+            store.persist(&newer)?;
+        }
         Ok(Self { inner, location, modules })
     }
 

@@ -85,7 +85,7 @@ fn path(index: &Index, from: &Version, to: &Version) -> Vec<Version> {
 }
 
 async fn plan_once(url: &str, root: &[u8], cache: &Path) -> Result<usize> {
-    let repo = Repository::open(url, root, cache, &LoadOptions::default()).await?;
+    let repo = Repository::open(url, root, cache, &cache.join("trust"), &LoadOptions::default()).await?;
     let index = repo.index().await?;
     Ok(path(&index, &Version::new(3, 20, 0), &Version::new(3, 140, 0)).len())
 }
@@ -111,7 +111,7 @@ async fn main() -> Result<()> {
     let repo = work.join("repo");
     let key = work.join("bench.key");
     vendor::keygen(&key).await?;
-    vendor::init(&repo, &RoleKeyFiles { root: vec![key.clone()], ..Default::default() }, 1, &Expiry::default()).await?;
+    vendor::init(&repo, &RoleKeyFiles { root: vec![key.clone()], ..Default::default() }, &vendor::Thresholds::all(1), &Expiry::default()).await?;
     for minor in 0..RELEASES {
         let version = Version::new(3, minor, 0);
         let mut release = template.clone();

@@ -1,34 +1,38 @@
 //! The vendor's side of the repository: keys, initialisation, publishing releases, signing,
-//! timestamp refresh and root rotation. Built on tough's editor, so the files are exactly
-//! what tough's client verifies.
+//! timestamp refresh and key rotation. Metadata is built from tough's schema types and signed
+//! with tough's `SignedRole`, so the files are exactly what tough's client verifies; the
+//! editor is not used because it refuses metadata whose `spec_version` is not "1.0.0", and
+//! the vendor commands must keep working on a repository another conforming implementation
+//! wrote (python-tuf writes "1.0.31").
 //!
 //! Layout of a repository directory: `metadata/` (`N.root.json`, `N.targets.json`,
 //! `N.snapshot.json`, `timestamp.json`; consistent snapshots) and `targets/` (files named
-//! `SHA256.NAME`). Keys are ed25519, PKCS#8 DER files of mode 0600; they never belong in the
-//! repository directory.
+//! `SHA256.NAME`). Keys live outside it (see [`keys`]); key rotation and the offline root
+//! ceremony are in [`root`].
+
+pub mod keys;
+pub mod root;
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::Write;
 use std::num::NonZeroU64;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::Ed25519KeyPair;
 use jiff::{SignedDuration, Timestamp, Unit};
 use semver::Version;
 use thiserror::Error;
-use tough::editor::RepositoryEditor;
-use tough::editor::signed::{PathExists, SignedRole};
-use tough::key_source::{KeySource, LocalKeySource};
-use tough::schema::{KeyHolder, RoleKeys, RoleType, Root, Signed};
+use tough::editor::signed::SignedRole;
+use tough::schema::decoded::Decoded;
+use tough::schema::{Hashes, KeyHolder, Metafile, RoleType, Root, Signed, Snapshot, Target, Targets, Timestamp as TimestampRole};
 use tough::{ExpirationEnforcement, IntoVec, RepositoryLoader, TargetName};
 use url::Url;
 
 use super::index::{INDEX_FORMAT, INDEX_TARGET, Index, IndexData, IndexStep, Release};
-use crate::{error_chain, sha256_hex};
 use crate::manifest::ReleaseSteps;
+use crate::{error_chain, sha256_hex};
+pub use keys::{key_id, keygen};
+pub use root::{RoleChange, Thresholds, init, rotate_root};
 
 #[derive(Debug, Error)]
 pub enum VendorError {
@@ -104,33 +108,6 @@ fn move_into_place(staging: &Path, metadata: &Path) -> Result<(), VendorError> {
     fs::File::open(metadata).and_then(|d| d.sync_all()).map_err(io(format!("syncing {}", metadata.display())))
 }
 
-fn sources(paths: &[PathBuf]) -> Vec<Box<dyn KeySource>> {
-    paths.iter().map(|p| Box::new(LocalKeySource { path: p.clone() }) as Box<dyn KeySource>).collect()
-}
-
-/// Generates an ed25519 signing key (PKCS#8 DER, mode 0600) and returns its TUF key id.
-pub async fn keygen(out: &Path) -> Result<String, VendorError> {
-    let shown = out.display().to_string();
-    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).map_err(|e| tuf("generating a key")(&e))?;
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(out)
-        .map_err(io(format!("creating key file {shown} (an existing key is never overwritten)")))?;
-    f.write_all(pkcs8.as_ref()).map_err(io(format!("writing {shown}")))?;
-    f.sync_all().map_err(io(format!("writing {shown}")))?;
-    key_id(out).await
-}
-
-/// The TUF key id of a key file.
-pub async fn key_id(path: &Path) -> Result<String, VendorError> {
-    let what = format!("key {}", path.display());
-    let sign = LocalKeySource { path: path.to_owned() }.as_sign().await.map_err(|e| tuf(&what)(&e))?;
-    let id = sign.tuf_key().key_id().map_err(|e| tuf(&what)(&e))?;
-    Ok(hex::encode(id))
-}
-
 /// The signing keys of each role.
 #[derive(Debug, Clone, Default)]
 pub struct RoleKeyFiles {
@@ -153,56 +130,6 @@ fn latest_root(repo: &Path) -> Result<(PathBuf, u64), VendorError> {
         })
         .max_by_key(|(_, n)| *n)
         .ok_or_else(|| VendorError::Usage(format!("{} holds no N.root.json: run `canup repo init` first", dir.display())))
-}
-
-/// Creates a repository: root metadata signed by the root keys, and an empty release index
-/// signed by the other roles' keys.
-pub async fn init(repo: &Path, keys: &RoleKeyFiles, threshold: u64, expiry: &Expiry) -> Result<(), VendorError> {
-    let meta = metadata_dir(repo);
-    if meta.join("1.root.json").exists() {
-        return Err(VendorError::Usage(format!("{} already holds a repository", repo.display())));
-    }
-    if keys.root.is_empty() {
-        return Err(VendorError::Usage("at least one root key is needed (--root-key)".into()));
-    }
-    let threshold = NonZeroU64::new(threshold).ok_or_else(|| VendorError::Usage("the threshold must be at least 1".into()))?;
-    fs::create_dir_all(&meta).map_err(io(format!("creating {}", meta.display())))?;
-    fs::create_dir_all(targets_dir(repo)).map_err(io("creating the targets directory"))?;
-    let mut root = Root {
-        spec_version: "1.0.0".into(),
-        consistent_snapshot: true,
-        version: NonZeroU64::MIN,
-        expires: in_days(expiry.root_days)?,
-        keys: HashMap::new(),
-        roles: HashMap::new(),
-        _extra: HashMap::new(),
-    };
-    let or_root = |v: &Vec<PathBuf>| if v.is_empty() { keys.root.clone() } else { v.clone() };
-    for (role, files) in [
-        (RoleType::Root, keys.root.clone()),
-        (RoleType::Targets, or_root(&keys.targets)),
-        (RoleType::Snapshot, or_root(&keys.snapshot)),
-        (RoleType::Timestamp, or_root(&keys.timestamp)),
-    ] {
-        if (files.len() as u64) < threshold.get() {
-            return Err(VendorError::Usage(format!("role {role} has {} keys, fewer than the threshold {threshold}", files.len())));
-        }
-        let mut keyids = Vec::new();
-        for s in sources(&files) {
-            let what = format!("{role} key");
-            let key = s.as_sign().await.map_err(|e| tuf(&what)(&e))?.tuf_key();
-            let id = key.key_id().map_err(|e| tuf(&what)(&e))?;
-            root.keys.insert(id.clone(), key);
-            keyids.push(id);
-        }
-        root.roles.insert(role, RoleKeys { keyids, threshold, _extra: HashMap::new() });
-    }
-    let signed = SignedRole::new(root.clone(), &KeyHolder::Root(root), &sources(&keys.root), &SystemRandom::new())
-        .await
-        .map_err(|e| tuf("signing root.json")(&e))?;
-    fs::write(meta.join("1.root.json"), signed.buffer()).map_err(io("writing 1.root.json"))?;
-    let all: Vec<PathBuf> = [&keys.targets, &keys.snapshot, &keys.timestamp, &keys.root].into_iter().flatten().cloned().collect();
-    publish(repo, &all, expiry, &Index { format: INDEX_FORMAT, releases: Vec::new() }, &[]).await
 }
 
 /// The repository as its own vendor sees it: trusted from its first root, expired metadata
@@ -244,43 +171,155 @@ pub async fn publish_index(repo: &Path, keys: &[PathBuf], expiry: &Expiry, index
 /// Writes `index` and `files` as targets and signs targets, snapshot and timestamp with new
 /// versions and expiries.
 async fn publish(repo: &Path, keys: &[PathBuf], expiry: &Expiry, index: &Index, files: &[(String, Vec<u8>)]) -> Result<(), VendorError> {
-    let (root_path, _) = latest_root(repo)?;
-    let has_targets = fs::read_dir(metadata_dir(repo))
-        .map_err(io("reading the metadata directory"))?
-        .filter_map(Result::ok)
-        .any(|e| e.file_name().to_string_lossy().ends_with(".targets.json"));
-    let mut editor;
-    let next = if has_targets {
-        let loaded = load_own(repo).await?;
-        let versions = [loaded.targets().signed.version, loaded.snapshot().signed.version, loaded.timestamp().signed.version];
-        editor = RepositoryEditor::from_repo(&root_path, loaded).await.map_err(|e| tuf("editing the repository")(&e))?;
-        versions.map(|v| v.saturating_add(1))
-    } else {
-        editor = RepositoryEditor::new(&root_path).await.map_err(|e| tuf("editing the repository")(&e))?;
-        [NonZeroU64::MIN; 3]
-    };
-    editor
-        .targets_version(next[0])
-        .and_then(|e| e.targets_expires(in_days(expiry.targets_days).unwrap_or(Timestamp::now())))
-        .map_err(|e| tuf("targets")(&e))?
-        .snapshot_version(next[1])
-        .snapshot_expires(in_days(expiry.snapshot_days)?)
-        .timestamp_version(next[2])
-        .timestamp_expires(in_days(expiry.timestamp_days)?);
-    let stage = tempfile::tempdir().map_err(io("creating a staging directory"))?;
-    let mut staged = vec![(INDEX_TARGET.to_owned(), serde_json::to_vec_pretty(index).map_err(|e| tuf("the index")(&e))?)];
-    staged.extend(files.iter().cloned());
-    for (name, bytes) in &staged {
-        let path = stage.path().join(name);
-        fs::write(&path, bytes).map_err(io(format!("staging {name}")))?;
-        editor.add_target_path(&path).await.map_err(|e| tuf(name)(&e))?;
-    }
-    let signed = editor.sign(&sources(keys)).await.map_err(|e| VendorError::Tuf { what: "signing".into(), why: error_chain(&e) })?;
-    signed.copy_targets(stage.path(), targets_dir(repo), PathExists::Skip).await.map_err(|e| tuf("copying targets")(&e))?;
+    republish(repo, None, keys, expiry, RoleType::Targets, Some((index, files))).await.map(|_| ())
+}
+
+/// Stages a new root (when given) and new versions of the top-level roles from `from` down
+/// (targets → snapshot → timestamp; `Root` re-signs none of them), then moves them all into
+/// place in one go, so that a client sees the new root together with what its keys signed.
+/// `edit` replaces the index and adds files to the targets. Returns the new timestamp version.
+async fn republish(
+    repo: &Path,
+    new_root: Option<&Signed<Root>>,
+    keys: &[PathBuf],
+    expiry: &Expiry,
+    from: RoleType,
+    edit: Option<(&Index, &[(String, Vec<u8>)])>,
+) -> Result<Option<u64>, VendorError> {
+    let current = Current::read(repo).await?;
+    let root = new_root.unwrap_or(&current.root);
+    let consistent = root.signed.consistent_snapshot;
     let staging = staging_dir(repo)?;
-    signed.write(staging.path()).await.map_err(|e| tuf("writing metadata")(&e))?;
+    if let Some(r) = new_root {
+        let name = format!("{}.root.json", r.signed.version);
+        let bytes = serde_json::to_vec_pretty(r).map_err(|e| tuf("the root")(&e))?;
+        fs::write(staging.path().join(&name), bytes).map_err(io(format!("staging {name}")))?;
+    }
+    let signer = Signer { root: &root.signed, keys, consistent, staging: staging.path() };
+    let mut targets_meta = None;
+    if from == RoleType::Targets {
+        let mut targets = current.next_targets(expiry)?;
+        if let Some((index, files)) = edit {
+            let mut staged = vec![(INDEX_TARGET.to_owned(), serde_json::to_vec_pretty(index).map_err(|e| tuf("the index")(&e))?)];
+            staged.extend(files.iter().cloned());
+            for (name, bytes) in &staged {
+                let target_name = TargetName::new(name.as_str()).map_err(|e| tuf(name)(&e))?;
+                let sha256 = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes).as_ref().to_vec();
+                let file = target_file(repo, consistent, name, &hex::encode(&sha256));
+                if !file.exists() {
+                    crate::capabilities::fs::atomic_replace(&file, bytes).map_err(io(format!("writing target {}", file.display())))?;
+                }
+                let hashes = Hashes { sha256: Decoded::from(sha256), _extra: HashMap::new() };
+                targets.targets.insert(target_name, Target { length: bytes.len() as u64, hashes, custom: HashMap::new(), _extra: HashMap::new() });
+            }
+        }
+        let targets = signer.sign(targets, "targets").await?;
+        targets_meta = Some(metafile(targets.buffer(), targets.signed().signed.version));
+    }
+    let mut snapshot_meta = None;
+    if matches!(from, RoleType::Targets | RoleType::Snapshot) {
+        let snapshot = signer.sign(current.next_snapshot(targets_meta, expiry)?, "snapshot").await?;
+        snapshot_meta = Some(metafile(snapshot.buffer(), snapshot.signed().signed.version));
+    }
+    let mut version = None;
+    if from != RoleType::Root {
+        let timestamp = signer.sign(current.next_timestamp(snapshot_meta, expiry.timestamp_days)?, "timestamp").await?;
+        version = Some(timestamp.signed().signed.version.get());
+    }
     move_into_place(staging.path(), &metadata_dir(repo))?;
-    Ok(())
+    Ok(version)
+}
+
+/// Where a target's file lives: `SHA256.NAME` with consistent snapshots, `NAME` without.
+fn target_file(repo: &Path, consistent: bool, name: &str, sha256: &str) -> PathBuf {
+    if consistent { targets_dir(repo).join(format!("{sha256}.{name}")) } else { targets_dir(repo).join(name) }
+}
+
+/// The repository's newest metadata, as the vendor commands build on it.
+struct Current {
+    root: Signed<Root>,
+    targets: Option<Signed<Targets>>,
+    snapshot: Option<Signed<Snapshot>>,
+    timestamp: Option<Signed<TimestampRole>>,
+}
+
+impl Current {
+    /// The newest root file, and the rest as tough's client verifies it (expired accepted,
+    /// so that it can be refreshed); a repository with no targets yet has only a root.
+    async fn read(repo: &Path) -> Result<Self, VendorError> {
+        let (root_path, _) = latest_root(repo)?;
+        let root: Signed<Root> = serde_json::from_slice(&fs::read(&root_path).map_err(io(format!("reading {}", root_path.display())))?)
+            .map_err(|e| tuf(&format!("parsing {}", root_path.display()))(&e))?;
+        if !metadata_dir(repo).join("timestamp.json").exists() {
+            return Ok(Self { root, targets: None, snapshot: None, timestamp: None });
+        }
+        let loaded = load_own(repo).await?;
+        if loaded.targets().signed.delegations.as_ref().is_some_and(|d| !d.roles.is_empty()) {
+            return Err(VendorError::Usage(format!("{} delegates targets to other roles; canup's vendor commands edit only top-level targets", repo.display())));
+        }
+        Ok(Self { root, targets: Some(loaded.targets().clone()), snapshot: Some(loaded.snapshot().clone()), timestamp: Some(loaded.timestamp().clone()) })
+    }
+
+    fn next_targets(&self, expiry: &Expiry) -> Result<Targets, VendorError> {
+        let expires = in_days(expiry.targets_days)?;
+        Ok(match &self.targets {
+            Some(t) => Targets { version: t.signed.version.saturating_add(1), expires, ..t.signed.clone() },
+            None => Targets::new(self.root.signed.spec_version.clone(), NonZeroU64::MIN, expires),
+        })
+    }
+
+    /// The next snapshot: naming `targets` when targets were re-signed, the same targets
+    /// otherwise.
+    fn next_snapshot(&self, targets: Option<Metafile>, expiry: &Expiry) -> Result<Snapshot, VendorError> {
+        let expires = in_days(expiry.snapshot_days)?;
+        let mut snapshot = match &self.snapshot {
+            Some(s) => Snapshot { version: s.signed.version.saturating_add(1), expires, ..s.signed.clone() },
+            None => Snapshot::new(self.root.signed.spec_version.clone(), NonZeroU64::MIN, expires),
+        };
+        if let Some(meta) = targets {
+            snapshot.meta.insert("targets.json".into(), meta);
+        }
+        Ok(snapshot)
+    }
+
+    fn next_timestamp(&self, snapshot: Option<Metafile>, days: i64) -> Result<TimestampRole, VendorError> {
+        let expires = in_days(days)?;
+        let mut timestamp = match &self.timestamp {
+            Some(t) => TimestampRole { version: t.signed.version.saturating_add(1), expires, ..t.signed.clone() },
+            None => TimestampRole::new(self.root.signed.spec_version.clone(), NonZeroU64::MIN, expires),
+        };
+        if let Some(meta) = snapshot {
+            timestamp.meta.insert("snapshot.json".into(), meta);
+        }
+        Ok(timestamp)
+    }
+}
+
+/// What snapshot says of targets and timestamp of snapshot: version, length and sha256.
+fn metafile(buffer: &[u8], version: NonZeroU64) -> Metafile {
+    let sha256 = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, buffer).as_ref().to_vec();
+    Metafile { length: Some(buffer.len() as u64), hashes: Some(Hashes { sha256: Decoded::from(sha256), _extra: HashMap::new() }), version, _extra: HashMap::new() }
+}
+
+/// Signs top-level roles with the root's keys for them and writes each into the staging
+/// directory under its published name.
+struct Signer<'a> {
+    root: &'a Root,
+    keys: &'a [PathBuf],
+    consistent: bool,
+    staging: &'a Path,
+}
+
+impl Signer<'_> {
+    async fn sign<T: tough::schema::Role + serde::Serialize>(&self, role: T, name: &str) -> Result<SignedRole<T>, VendorError> {
+        let version = role.version();
+        let signed = SignedRole::new(role, &KeyHolder::Root(self.root.clone()), &keys::sources(self.keys), &SystemRandom::new())
+            .await
+            .map_err(|e| VendorError::Tuf { what: format!("signing {name} (are its keys among --key, as many as its threshold?)"), why: error_chain(&e) })?;
+        let file = if self.consistent && name != "timestamp" { format!("{version}.{name}.json") } else { format!("{name}.json") };
+        fs::write(self.staging.join(&file), signed.buffer()).map_err(io(format!("staging {file}")))?;
+        Ok(signed)
+    }
 }
 
 /// Index entries for the steps of one `step.toml` implemented by `module`, published as the
@@ -387,61 +426,7 @@ pub async fn sign(repo: &Path, keys: &[PathBuf], expiry: &Expiry) -> Result<(), 
 /// Signs a new timestamp for the current snapshot: what a cron job runs so that clients can
 /// tell a live repository from a frozen one. Needs only the timestamp key.
 pub async fn refresh_timestamp(repo: &Path, timestamp_keys: &[PathBuf], days: i64) -> Result<u64, VendorError> {
-    let loaded = load_own(repo).await?;
-    let old = &loaded.timestamp().signed;
-    let version = old.version.saturating_add(1);
-    let mut ts = tough::schema::Timestamp::new("1.0.0".into(), version, in_days(days)?);
-    ts.meta = old.meta.clone();
-    ts._extra = old._extra.clone();
-    let root = loaded.root().signed.clone();
-    let signed = SignedRole::new(ts, &KeyHolder::Root(root.clone()), &sources(timestamp_keys), &SystemRandom::new())
-        .await
-        .map_err(|e| VendorError::Tuf { what: "signing the timestamp".into(), why: error_chain(&e) })?;
-    let staging = staging_dir(repo)?;
-    signed.write(staging.path(), root.consistent_snapshot).await.map_err(|e| tuf("writing timestamp.json")(&e))?;
-    move_into_place(staging.path(), &metadata_dir(repo))?;
-    Ok(version.get())
-}
-
-/// Replaces the root keys: writes `N+1.root.json` listing the new keys for the root role,
-/// signed by the old keys (so clients trusting N accept it) and by the new ones (so it
-/// satisfies its own threshold). The old keys can sign nothing after it.
-pub async fn rotate_root(repo: &Path, old_keys: &[PathBuf], new_keys: &[PathBuf], expiry: &Expiry) -> Result<u64, VendorError> {
-    let (path, n) = latest_root(repo)?;
-    let old: Signed<Root> = serde_json::from_slice(&fs::read(&path).map_err(io(format!("reading {}", path.display())))?)
-        .map_err(|e| tuf("parsing the current root")(&e))?;
-    let mut new = old.signed.clone();
-    new.version = old.signed.version.saturating_add(1);
-    new.expires = in_days(expiry.root_days)?;
-    let role = new.roles.get(&RoleType::Root).cloned().ok_or_else(|| VendorError::Usage("the root has no root role".into()))?;
-    let mut keyids = Vec::new();
-    for s in sources(new_keys) {
-        let key = s.as_sign().await.map_err(|e| tuf("new root key")(&e))?.tuf_key();
-        let id = key.key_id().map_err(|e| tuf("new root key")(&e))?;
-        new.keys.insert(id.clone(), key);
-        keyids.push(id);
-    }
-    if (keyids.len() as u64) < role.threshold.get() {
-        return Err(VendorError::Usage(format!("{} new root keys are fewer than the threshold {}", keyids.len(), role.threshold)));
-    }
-    // Retire the old root keys unless another role still uses them.
-    let still_used: Vec<_> = new.roles.iter().filter(|(r, _)| **r != RoleType::Root).flat_map(|(_, k)| k.keyids.clone()).collect();
-    for id in &role.keyids {
-        if !keyids.contains(id) && !still_used.contains(id) {
-            new.keys.remove(id);
-        }
-    }
-    new.roles.insert(RoleType::Root, RoleKeys { keyids, threshold: role.threshold, _extra: role._extra.clone() });
-    let rng = SystemRandom::new();
-    let by_new = SignedRole::new(new.clone(), &KeyHolder::Root(new.clone()), &sources(new_keys), &rng)
-        .await
-        .map_err(|e| VendorError::Tuf { what: "signing with the new root keys".into(), why: error_chain(&e) })?;
-    let by_old = SignedRole::new(new.clone(), &KeyHolder::Root(old.signed.clone()), &sources(old_keys), &rng)
-        .await
-        .map_err(|e| VendorError::Tuf { what: "signing with the old root keys".into(), why: error_chain(&e) })?;
-    let both = by_new.add_old_signatures(by_old.signed().signatures.clone()).map_err(|e| tuf("combining signatures")(&e))?;
-    let out = metadata_dir(repo).join(format!("{}.root.json", n + 1));
-    // A client may be looking for this very file: it appears whole or not at all.
-    crate::capabilities::fs::atomic_replace(&out, both.buffer()).map_err(io(format!("writing {}", out.display())))?;
-    Ok(n + 1)
+    let expiry = Expiry { timestamp_days: days, ..Expiry::default() };
+    let version = republish(repo, None, timestamp_keys, &expiry, RoleType::Timestamp, None).await?;
+    version.ok_or_else(|| VendorError::Usage(format!("{} has no timestamp yet: run `canup repo init` first", repo.display())))
 }

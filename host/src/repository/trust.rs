@@ -1,0 +1,242 @@
+//! The root of trust that canup keeps between runs (TUF client workflow, spec §5.2–5.3).
+//!
+//! Why this exists beside tough: tough 0.24 starts every load from the root it is handed and
+//! writes the roots it verified into its datastore, but never reads them back. Handed the
+//! configured (or built-in) root each run, it would re-walk the chain from there every time.
+//! That undoes a key rotation: a mirror can serve a different `2.root.json` signed by the retired
+//! root key, or hide `2.root.json` and serve metadata signed by keys root 2 revoked; and every
+//! routine rotation of the timestamp or snapshot key looks like a fast-forward recovery, which
+//! throws away the cached timestamp and snapshot that rollback protection compares against.
+//!
+//! So canup does the root update itself, with tough's own types and checks (`verify_role`
+//! for the threshold of the trusted root and of the new root, version exactly N+1), starting
+//! from the newest root it verified before, and hands tough the result as its trusted root.
+//! Each verified root is persisted before the next is fetched (atomic replace, fsync), so a
+//! crash or an attack halfway never loses a rotation already followed. Nothing is weakened:
+//! tough still re-checks the root it is given, walks further if the repository grew meanwhile,
+//! and checks expiry. This is a thin loader rather than a `[patch]` of tough so that the
+//! dependency stays the published crate and the policy stays readable in one file.
+//!
+//! Layout of the trust directory (`STATE/trust`): `root.json` (the newest verified root, the
+//! start of the next run) and `N.root.json` for every version verified, so that a configured
+//! root can be checked against the chain.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use futures_util::StreamExt;
+use tough::schema::{RoleType, Root, Signed};
+use tough::{Transport, TransportErrorKind};
+use url::Url;
+
+use super::RepoError;
+use crate::error_chain;
+
+const CURRENT: &str = "root.json";
+
+/// How many root versions one run follows at most (tough's own default): a mirror cannot keep
+/// a client walking forever.
+const MAX_ROOT_UPDATES: u64 = 1024;
+
+/// The largest root metadata file canup reads (tough's default `max_root_size`).
+const MAX_ROOT_BYTES: usize = 1 << 20;
+
+/// A verified root and the bytes it was read from (kept as served, so that the persisted file
+/// is the vendor's, byte for byte).
+#[derive(Debug, Clone)]
+pub struct TrustedRoot {
+    pub signed: Signed<Root>,
+    pub bytes: Vec<u8>,
+}
+
+impl TrustedRoot {
+    /// Parses a root and checks it against its own keys and threshold: a root that does not
+    /// satisfy itself can be no one's start of trust.
+    fn parse(bytes: Vec<u8>) -> Result<Self, String> {
+        let signed: Signed<Root> = serde_json::from_slice(&bytes).map_err(|e| format!("not TUF root metadata: {e}"))?;
+        signed.signed.verify_role(&signed).map_err(|e| format!("not signed by a threshold of its own root keys: {}", error_chain(&e)))?;
+        Ok(Self { signed, bytes })
+    }
+
+    /// A root tough verified (it chains from ours), with the bytes to persist it as.
+    pub(super) fn from_verified(signed: Signed<Root>, bytes: Vec<u8>) -> Self {
+        Self { signed, bytes }
+    }
+
+    pub fn version(&self) -> u64 {
+        self.signed.signed.version.get()
+    }
+
+    /// Whether two roots say the same thing (signatures aside): what "on the chain" compares.
+    fn same_as(&self, other: &Self) -> bool {
+        serde_json::to_value(&self.signed.signed).ok() == serde_json::to_value(&other.signed.signed).ok()
+    }
+
+    /// The key ids of a role, sorted: what decides whether that role's keys were rotated.
+    fn keyids(&self, role: RoleType) -> Vec<String> {
+        let mut ids: Vec<String> = self.signed.signed.roles.get(&role).map(|r| r.keyids.iter().map(|k| hex::encode(k)).collect()).unwrap_or_default();
+        ids.sort();
+        ids
+    }
+}
+
+/// The outcome of a root update.
+#[derive(Debug)]
+pub struct Updated {
+    /// The newest root the repository chains to from the trusted one.
+    pub root: TrustedRoot,
+    /// The timestamp or snapshot keys differ from those of the root the run started from:
+    /// the cached timestamp and snapshot must go (spec §5.3.11, fast-forward recovery).
+    pub fast_forward_recovery: bool,
+}
+
+/// The persisted root of trust under the state directory.
+#[derive(Debug, Clone)]
+pub struct TrustStore {
+    dir: PathBuf,
+}
+
+impl TrustStore {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn reset_hint(&self) -> String {
+        format!(
+            "only if the vendor confirms that the repository was re-keyed from scratch, remove {} and run again to start from the configured trusted root",
+            self.dir.display()
+        )
+    }
+
+    fn store_err(&self, file: &Path, why: String) -> RepoError {
+        RepoError::TrustStore { path: file.display().to_string(), why, hint: self.reset_hint() }
+    }
+
+    /// The newest root verified by an earlier run, if any.
+    pub fn current(&self) -> Result<Option<TrustedRoot>, RepoError> {
+        self.read(&self.dir.join(CURRENT))
+    }
+
+    fn read(&self, path: &Path) -> Result<Option<TrustedRoot>, RepoError> {
+        match fs::read(path) {
+            Ok(bytes) => TrustedRoot::parse(bytes).map(Some).map_err(|why| self.store_err(path, why)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(self.store_err(path, e.to_string())),
+        }
+    }
+
+    /// Records a verified root: `N.root.json` first, then `root.json`, each atomically and
+    /// synced, so that after a crash `root.json` is always a whole root that was verified.
+    pub fn persist(&self, root: &TrustedRoot) -> Result<(), RepoError> {
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |e: std::io::Error| self.store_err(&path, e.to_string())
+        };
+        fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
+        let versioned = self.dir.join(format!("{}.root.json", root.version()));
+        crate::capabilities::fs::atomic_replace(&versioned, &root.bytes).map_err(io(&versioned))?;
+        let current = self.dir.join(CURRENT);
+        crate::capabilities::fs::atomic_replace(&current, &root.bytes).map_err(io(&current))
+    }
+
+    /// The root this run starts from: the persisted one, or the seed (the configured or
+    /// built-in root) when nothing is persisted yet. A seed is checked against the chain:
+    /// older and on the chain (or from before the chain we kept) is ignored with a log line;
+    /// the same version with other content is an error; newer must be met on the way up.
+    fn start(&self, seed: &[u8]) -> Result<(TrustedRoot, Option<TrustedRoot>), RepoError> {
+        let seed = TrustedRoot::parse(seed.to_vec()).map_err(|why| RepoError::TrustedRoot { path: "configured trusted root".into(), why })?;
+        let Some(current) = self.current()? else {
+            self.persist(&seed)?;
+            return Ok((seed, None));
+        };
+        let off_chain = |persisted: u64| RepoError::OffChain { seed: seed.version(), persisted, dir: self.dir.display().to_string(), hint: self.reset_hint() };
+        if seed.version() > current.version() {
+            return Ok((current, Some(seed)));
+        }
+        let kept = if seed.version() == current.version() { Some(current.clone()) } else { self.read(&self.dir.join(format!("{}.root.json", seed.version())))? };
+        match kept {
+            Some(kept) if !kept.same_as(&seed) => Err(off_chain(current.version())),
+            _ => {
+                if seed.version() < current.version() {
+                    tracing::info!(
+                        "the configured trusted root (version {}) is older than the root canup verified before (version {}, in {}); starting from version {}",
+                        seed.version(),
+                        current.version(),
+                        self.dir.display(),
+                        current.version()
+                    );
+                }
+                Ok((current, None))
+            }
+        }
+    }
+
+    /// Follows the repository's root rotations from the trusted root (spec §5.3): fetches
+    /// N+1.root.json until there is none, accepting each only when a threshold of version N's
+    /// root keys and a threshold of its own signed it and its version is exactly N+1, and
+    /// persisting it before going on.
+    pub async fn update(&self, seed: &[u8], transport: &dyn Transport, metadata: &Url) -> Result<Updated, RepoError> {
+        let (start, mut ahead) = self.start(seed)?;
+        let mut root = start.clone();
+        let verify = |why: String| RepoError::Verify { location: metadata.to_string(), why };
+        while root.version() < start.version() + MAX_ROOT_UPDATES {
+            let name = format!("{}.root.json", root.version() + 1);
+            let url = metadata.join(&name).map_err(|e| verify(format!("{name}: {e}")))?;
+            let Some(bytes) = fetch_bounded(transport, url).await.map_err(|e| verify(format!("fetching {name}: {e}")))? else { break };
+            let signed: Signed<Root> = serde_json::from_slice(&bytes).map_err(|e| verify(format!("{name} is not TUF root metadata: {e}")))?;
+            root.signed
+                .signed
+                .verify_role(&signed)
+                .map_err(|e| verify(format!("{name} is not signed by a threshold of the root keys of version {} that canup trusts: {}", root.version(), error_chain(&e))))?;
+            let next = TrustedRoot::parse(bytes).map_err(|why| verify(format!("{name}: {why}")))?;
+            if next.version() != root.version() + 1 {
+                return Err(verify(format!("{name} says it is version {}, not {} (rollback or a misnamed file)", next.version(), root.version() + 1)));
+            }
+            if let Some(seed) = ahead.as_ref().filter(|s| s.version() == next.version()) {
+                if !seed.same_as(&next) {
+                    return Err(RepoError::OffChain { seed: seed.version(), persisted: start.version(), dir: self.dir.display().to_string(), hint: self.reset_hint() });
+                }
+                ahead = None;
+            }
+            self.persist(&next)?;
+            root = next;
+        }
+        if let Some(seed) = ahead {
+            return Err(RepoError::Verify {
+                location: metadata.to_string(),
+                why: format!(
+                    "the configured trusted root is version {}, but the repository's roots end at version {}: the mirror is behind, or the configured root is not the vendor's",
+                    seed.version(),
+                    root.version()
+                ),
+            });
+        }
+        let fast_forward_recovery = [RoleType::Timestamp, RoleType::Snapshot].iter().any(|r| start.keyids(*r) != root.keyids(*r));
+        Ok(Updated { root, fast_forward_recovery })
+    }
+}
+
+/// A root metadata file, at most `MAX_ROOT_BYTES`; `None` when the repository has no such file.
+async fn fetch_bounded(transport: &dyn Transport, url: Url) -> Result<Option<Vec<u8>>, String> {
+    let mut stream = match transport.fetch(url).await {
+        Ok(s) => s,
+        Err(e) if e.kind() == TransportErrorKind::FileNotFound => return Ok(None),
+        Err(e) => return Err(error_chain(&e)),
+    };
+    let mut bytes = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(chunk) => bytes.extend_from_slice(&chunk),
+            Err(e) if e.kind() == TransportErrorKind::FileNotFound => return Ok(None),
+            Err(e) => return Err(error_chain(&e)),
+        }
+        if bytes.len() > MAX_ROOT_BYTES {
+            return Err(format!("larger than {MAX_ROOT_BYTES} bytes (endless data)"));
+        }
+    }
+    Ok(Some(bytes))
+}
