@@ -74,7 +74,7 @@ impl TrustedRoot {
 
     /// The key ids of a role, sorted: what decides whether that role's keys were rotated.
     fn keyids(&self, role: RoleType) -> Vec<String> {
-        let mut ids: Vec<String> = self.signed.signed.roles.get(&role).map(|r| r.keyids.iter().map(|k| hex::encode(k)).collect()).unwrap_or_default();
+        let mut ids: Vec<String> = self.signed.signed.roles.get(&role).map(|r| r.keyids.iter().map(hex::encode).collect()).unwrap_or_default();
         ids.sort();
         ids
     }

@@ -174,6 +174,9 @@ async fn publish(repo: &Path, keys: &[PathBuf], expiry: &Expiry, index: &Index, 
     republish(repo, None, keys, expiry, RoleType::Targets, Some((index, files))).await.map(|_| ())
 }
 
+/// A new index and the files to add as targets.
+type TargetsEdit<'a> = (&'a Index, &'a [(String, Vec<u8>)]);
+
 /// Stages a new root (when given) and new versions of the top-level roles from `from` down
 /// (targets → snapshot → timestamp; `Root` re-signs none of them), then moves them all into
 /// place in one go, so that a client sees the new root together with what its keys signed.
@@ -184,7 +187,7 @@ async fn republish(
     keys: &[PathBuf],
     expiry: &Expiry,
     from: RoleType,
-    edit: Option<(&Index, &[(String, Vec<u8>)])>,
+    edit: Option<TargetsEdit<'_>>,
 ) -> Result<Option<u64>, VendorError> {
     let current = Current::read(repo).await?;
     let root = new_root.unwrap_or(&current.root);
