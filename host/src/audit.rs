@@ -145,7 +145,10 @@ mod tests {
     #[test]
     fn passwords_in_urls_are_masked_and_the_rest_is_kept() {
         assert_eq!(redact("mongo mongodb://cpsmongo:canopsis@localhost/canopsis"), "mongo mongodb://cpsmongo:***@localhost/canopsis");
-        assert_eq!(redact("amqp://cpsrabbit:p%40ss@rabbitmq:5672/canopsis and 'http://u:p@h'"), "amqp://cpsrabbit:***@rabbitmq:5672/canopsis and 'http://u:***@h'");
+        assert_eq!(
+            redact("amqp://cpsrabbit:p%40ss@rabbitmq:5672/canopsis and 'http://u:p@h'"),
+            "amqp://cpsrabbit:***@rabbitmq:5672/canopsis and 'http://u:***@h'"
+        );
         for kept in ["http://localhost:8082/api", "mongodb://cpsmongo@localhost", "no url at all", "://", "a://b:c", "x://@", ""] {
             assert!(matches!(redact(kept), std::borrow::Cow::Borrowed(_)), "{kept}");
         }
@@ -156,7 +159,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = AuditLog::open(&dir.path().join("audit.jsonl"), "r1").unwrap();
         let args = serde_json::json!({ "program": "/usr/bin/mongo", "args": ["mongodb://cpsmongo:canopsis@localhost/canopsis"] });
-        log.record("4.5.5/mongodb-migrations", "exec", args, Decision::Allowed, "error: cannot reach mongodb://cpsmongo:canopsis@localhost".into(), Duration::ZERO);
+        log.record(
+            "4.5.5/mongodb-migrations",
+            "exec",
+            args,
+            Decision::Allowed,
+            "error: cannot reach mongodb://cpsmongo:canopsis@localhost".into(),
+            Duration::ZERO,
+        );
         let text = fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
         assert!(!text.contains("canopsis@"), "{text}");
         assert!(text.contains("mongodb://cpsmongo:***@localhost/canopsis"), "{text}");

@@ -38,12 +38,7 @@ impl Backups {
         fs::create_dir_all(dir.join("files"))?;
         let index_path = dir.join("index.jsonl");
         let saved = match fs::File::open(&index_path) {
-            Ok(f) => io::BufReader::new(f)
-                .lines()
-                .map_while(Result::ok)
-                .filter_map(|l| serde_json::from_str::<BackupEntry>(&l).ok())
-                .map(|e| e.path)
-                .collect(),
+            Ok(f) => io::BufReader::new(f).lines().map_while(Result::ok).filter_map(|l| serde_json::from_str::<BackupEntry>(&l).ok()).map(|e| e.path).collect(),
             Err(e) if e.kind() == io::ErrorKind::NotFound => HashSet::new(),
             Err(e) => return Err(e),
         };
@@ -73,9 +68,7 @@ impl Backups {
                 f.sync_all()?;
                 BackupEntry { path: logical.to_owned(), existed: true, mode: Some(meta.mode() & 0o7777), copy: Some(copy) }
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                BackupEntry { path: logical.to_owned(), existed: false, mode: None, copy: None }
-            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => BackupEntry { path: logical.to_owned(), existed: false, mode: None, copy: None },
             Err(e) => return Err(e),
         };
         let mut line = serde_json::to_vec(&entry).map_err(io::Error::other)?;

@@ -26,13 +26,13 @@ use crate::audit::{AuditLog, AuditRecord, Decision};
 use crate::backup::Backups;
 use crate::capabilities::Grant;
 use crate::config::{Config, DEFAULT_CONFIG};
+use crate::journal;
 use crate::manifest::{Edition, Method, ReleaseSteps};
+use crate::plan::Plan;
 use crate::repository::vendor::{self, Expiry, RoleKeyFiles, VendorError};
 use crate::repository::{self, LoadOptions, Repository};
 use crate::sandbox::{Sandbox, SandboxError, StepContext, StepEnv, StepReport};
 use crate::sysroot::Sysroot;
-use crate::journal;
-use crate::plan::Plan;
 use crate::ui::{ConsoleUi, ProgressUi};
 use crate::upgrade::{self, ApplyOptions, Session, UpgradeError};
 
@@ -114,9 +114,7 @@ pub enum Command {
         run: String,
     },
     /// Print shell completions.
-    Completions {
-        shell: clap_complete::Shell,
-    },
+    Completions { shell: clap_complete::Shell },
     /// Print the man page (roff).
     Man,
     /// Tools for step authors.
@@ -462,7 +460,11 @@ async fn operate(cli: Cli) -> Result<u8, Exit> {
         .or(config.repository.clone())
         .ok_or_else(|| usage(anyhow::anyhow!("no repository: set `repository` in {} or pass --repo", cli.config.display())))?;
     let root = repository::trusted_root(cli.trusted_root.as_deref().or(config.trusted_root.as_deref())).map_err(usage)?;
-    let console = ConsoleUi { assume_yes: matches!(cli.command, Command::Apply { yes: true, .. }), accept_manual: matches!(cli.command, Command::Apply { accept_manual: true, .. }), min_level: None };
+    let console = ConsoleUi {
+        assume_yes: matches!(cli.command, Command::Apply { yes: true, .. }),
+        accept_manual: matches!(cli.command, Command::Apply { accept_manual: true, .. }),
+        min_level: None,
+    };
     let progress = Arc::new(ProgressUi::new(console));
     tracing::debug!("configuration read; opening the repository {location}");
     let session = Session::open(config, sysroot, &location, &root).await.map_err(upgrade_err)?;
@@ -604,7 +606,12 @@ fn print_plan(plan: &Plan, done: &[String]) {
         println!("  {}{mark} — {}", m.id, m.description);
         let c = &m.capabilities;
         for e in &c.exec {
-            println!("      exec {} {}{}", e.program, e.args.join(" "), if e.users.is_empty() { String::new() } else { format!(" (as {})", e.users.join("/")) });
+            println!(
+                "      exec {} {}{}",
+                e.program,
+                e.args.join(" "),
+                if e.users.is_empty() { String::new() } else { format!(" (as {})", e.users.join("/")) }
+            );
         }
         for r in &c.fs.read {
             println!("      read {r}");
@@ -652,7 +659,13 @@ fn config_or_default(path: &std::path::Path) -> Result<Config, Exit> {
     if path.exists() { Config::load(path).map_err(usage) } else { Ok(Config::default()) }
 }
 
-async fn repo(config_path: &std::path::Path, repo_arg: Option<String>, trusted_arg: Option<PathBuf>, state_arg: Option<PathBuf>, cmd: RepoCommand) -> Result<u8, Exit> {
+async fn repo(
+    config_path: &std::path::Path,
+    repo_arg: Option<String>,
+    trusted_arg: Option<PathBuf>,
+    state_arg: Option<PathBuf>,
+    cmd: RepoCommand,
+) -> Result<u8, Exit> {
     let vendor_err = |e: VendorError| match e {
         VendorError::Usage(_) => usage(e),
         other => Exit(1, other.into()),
@@ -662,7 +675,19 @@ async fn repo(config_path: &std::path::Path, repo_arg: Option<String>, trusted_a
             let id = vendor::keygen(&out).await.map_err(vendor_err)?;
             println!("created {} (key id {id})", out.display());
         }
-        RepoCommand::Init { dir, root_keys, targets_keys, snapshot_keys, timestamp_keys, threshold, root_threshold, targets_threshold, snapshot_threshold, timestamp_threshold, expiry } => {
+        RepoCommand::Init {
+            dir,
+            root_keys,
+            targets_keys,
+            snapshot_keys,
+            timestamp_keys,
+            threshold,
+            root_threshold,
+            targets_threshold,
+            snapshot_threshold,
+            timestamp_threshold,
+            expiry,
+        } => {
             let keys = RoleKeyFiles { root: root_keys, targets: targets_keys, snapshot: snapshot_keys, timestamp: timestamp_keys };
             let thresholds = vendor::Thresholds {
                 root: root_threshold.unwrap_or(threshold),
@@ -727,7 +752,13 @@ async fn repo(config_path: &std::path::Path, repo_arg: Option<String>, trusted_a
                 Some(out) => {
                     let candidate = vendor::root::propose(&dir, &[change], &expiry.expiry()).await.map_err(vendor_err)?;
                     vendor::root::write_candidate(&out, &candidate).map_err(vendor_err)?;
-                    println!("wrote the candidate root version {} to {}; each root key holder signs it with `canup repo sign-root {} --candidate {} --key KEY`", candidate.signed.version, out.display(), dir.display(), out.display());
+                    println!(
+                        "wrote the candidate root version {} to {}; each root key holder signs it with `canup repo sign-root {} --candidate {} --key KEY`",
+                        candidate.signed.version,
+                        out.display(),
+                        dir.display(),
+                        out.display()
+                    );
                 }
                 None => {
                     let v = vendor::root::rotate(&dir, &[change], &root_keys, &keys, &expiry.expiry()).await.map_err(vendor_err)?;
@@ -741,7 +772,12 @@ async fn repo(config_path: &std::path::Path, repo_arg: Option<String>, trusted_a
             vendor::root::write_candidate(&candidate, &root).map_err(vendor_err)?;
             let missing = vendor::root::missing_signatures(&dir, &root).map_err(vendor_err)?;
             if missing.is_empty() {
-                println!("{} carries enough signatures: publish it with `canup repo publish-root {} --candidate {}`", candidate.display(), dir.display(), candidate.display());
+                println!(
+                    "{} carries enough signatures: publish it with `canup repo publish-root {} --candidate {}`",
+                    candidate.display(),
+                    dir.display(),
+                    candidate.display()
+                );
             } else {
                 println!("{} now has {} signature(s); still missing:", candidate.display(), root.signatures.len());
                 for m in missing {
@@ -759,10 +795,18 @@ async fn repo(config_path: &std::path::Path, repo_arg: Option<String>, trusted_a
     Ok(0)
 }
 
-async fn verify(config_path: &std::path::Path, repo: Option<String>, trusted: Option<PathBuf>, state_dir: Option<PathBuf>, cache_dir: Option<PathBuf>) -> Result<u8, Exit> {
+async fn verify(
+    config_path: &std::path::Path,
+    repo: Option<String>,
+    trusted: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+    cache_dir: Option<PathBuf>,
+) -> Result<u8, Exit> {
     let config = config_or_default(config_path)?;
     let state_dir = state_dir.unwrap_or_else(|| config.state_dir());
-    let location = repo.or(config.repository.clone()).ok_or_else(|| usage(anyhow::anyhow!("no repository: pass --repo or set `repository` in {}", config_path.display())))?;
+    let location = repo
+        .or(config.repository.clone())
+        .ok_or_else(|| usage(anyhow::anyhow!("no repository: pass --repo or set `repository` in {}", config_path.display())))?;
     let root = repository::trusted_root(trusted.as_deref().or(config.trusted_root.as_deref())).map_err(usage)?;
     let cache = cache_dir.unwrap_or_else(|| state_dir.join("cache/repository"));
     let repo = Repository::open(&location, &root, &cache, &state_dir.join("trust"), &LoadOptions::default()).await.map_err(|e| Exit(4, e.into()))?;
@@ -801,7 +845,12 @@ fn run_id(prefix: &str) -> String {
     format!("{prefix}-{secs}-{}", std::process::id())
 }
 
-async fn step_run(config_path: &std::path::Path, sysroot: Option<&std::path::Path>, state_dir: Option<&std::path::Path>, args: StepRunArgs) -> Result<u8, Exit> {
+async fn step_run(
+    config_path: &std::path::Path,
+    sysroot: Option<&std::path::Path>,
+    state_dir: Option<&std::path::Path>,
+    args: StepRunArgs,
+) -> Result<u8, Exit> {
     let config = match &args.policy {
         Some(p) => Config::load(p).map_err(usage)?,
         None => config_or_default(config_path)?,
@@ -825,24 +874,25 @@ async fn step_run(config_path: &std::path::Path, sysroot: Option<&std::path::Pat
     let load_time = load_start.elapsed();
 
     let run = run_id("step-run");
-    let audit = Arc::new(AuditLog::open(&state_dir.join("audit.jsonl"), &run).map_err(|e| usage(anyhow::anyhow!("audit log in {}: {e}", state_dir.display())))?);
+    let audit =
+        Arc::new(AuditLog::open(&state_dir.join("audit.jsonl"), &run).map_err(|e| usage(anyhow::anyhow!("audit log in {}: {e}", state_dir.display())))?);
     let backups = Backups::open(&state_dir, &run).map_err(|e| usage(anyhow::anyhow!("backups in {}: {e}", state_dir.display())))?;
     let ui = Arc::new(ConsoleUi { assume_yes: args.yes, accept_manual: args.accept_manual, min_level: None });
     let context = StepContext {
-            step_id: manifest.id.clone(),
-            phase: manifest.phase,
-            installed: args.installed.clone(),
-            target: args.target.clone().or_else(|| release.release.clone()).unwrap_or(Version::new(0, 0, 0)),
-            release: release.release.clone().unwrap_or(Version::new(0, 0, 0)),
-            edition: Some(match args.edition {
-                EditionArg::Core => Edition::Core,
-                EditionArg::Cat => Edition::Cat,
-            }),
-            method: Some(match args.method {
-                MethodArg::Packages => Method::Packages,
-                MethodArg::Compose => Method::Compose,
-            }),
-            dry_run: false,
+        step_id: manifest.id.clone(),
+        phase: manifest.phase,
+        installed: args.installed.clone(),
+        target: args.target.clone().or_else(|| release.release.clone()).unwrap_or(Version::new(0, 0, 0)),
+        release: release.release.clone().unwrap_or(Version::new(0, 0, 0)),
+        edition: Some(match args.edition {
+            EditionArg::Core => Edition::Core,
+            EditionArg::Cat => Edition::Cat,
+        }),
+        method: Some(match args.method {
+            MethodArg::Packages => Method::Packages,
+            MethodArg::Compose => Method::Compose,
+        }),
+        dry_run: false,
     };
     // The release's data files sit in `data/` beside its step.toml, as `canup repo add-release` publishes them.
     let data_dir = args.manifest.parent().map(|d| d.join("data")).filter(|d| d.is_dir());

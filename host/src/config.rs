@@ -163,7 +163,8 @@ mod tests {
         assert!(c.repository.is_none(), "the operator names the repository");
         assert!(c.policy.exec.iter().any(|r| r.program == "/usr/bin/yum"));
         // Every commented example line is valid once the operator uncomments it.
-        let uncommented: String = shipped.lines().map(|l| l.strip_prefix("# ").filter(|r| r.starts_with('[') || r.contains(" = ")).unwrap_or(l)).map(|l| format!("{l}\n")).collect();
+        let uncommented: String =
+            shipped.lines().map(|l| l.strip_prefix("# ").filter(|r| r.starts_with('[') || r.contains(" = ")).unwrap_or(l)).map(|l| format!("{l}\n")).collect();
         let c = Config::parse(&uncommented, "uncommented").unwrap();
         assert_eq!(c.state_dir(), PathBuf::from("/var/lib/canup"));
         assert!(c.endpoints.contains_key("rabbitmq") && c.endpoints.contains_key("canopsis-api"));

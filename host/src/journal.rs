@@ -388,7 +388,10 @@ mod tests {
             target: Version::new(3, 40, 0),
             edition: Edition::Cat,
             method: Method::Packages,
-            steps: ["a", "b"].iter().map(|id| PlannedRef { id: id.to_string(), release: Version::new(3, 40, 0), phase: Phase::PostUpdate, module_sha256: "ff".into() }).collect(),
+            steps: ["a", "b"]
+                .iter()
+                .map(|id| PlannedRef { id: id.to_string(), release: Version::new(3, 40, 0), phase: Phase::PostUpdate, module_sha256: "ff".into() })
+                .collect(),
         }
     }
 

@@ -129,10 +129,7 @@ impl ReleaseSteps {
             (_, []) => Err(ManifestError::Empty { path: shown }),
             (None, [only]) => Ok(only),
             (None, _) => Err(ManifestError::Ambiguous { path: shown, available }),
-            (Some(id), steps) => steps
-                .iter()
-                .find(|s| s.id == id)
-                .ok_or_else(|| ManifestError::NoSuchStep { path: shown, id: id.to_owned(), available }),
+            (Some(id), steps) => steps.iter().find(|s| s.id == id).ok_or_else(|| ManifestError::NoSuchStep { path: shown, id: id.to_owned(), available }),
         }
     }
 }

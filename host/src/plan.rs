@@ -31,7 +31,9 @@ fn show_major(v: &Version) -> String {
 
 #[derive(Debug, Error, PartialEq)]
 pub enum PlanError {
-    #[error("the installed version {0} is not in the repository, so canup cannot tell which release notes apply; check the detected version (canup status) or the repository")]
+    #[error(
+        "the installed version {0} is not in the repository, so canup cannot tell which release notes apply; check the detected version (canup status) or the repository"
+    )]
     UnknownInstalled(Version),
     #[error("{installed} → {target} is a major upgrade: follow the migration guide for Canopsis {major}; canup only runs regular upgrades")]
     Major { installed: Version, target: Version, major: String },
@@ -136,7 +138,9 @@ pub fn admit(plan: &Plan, policy: &CapabilitySet) -> Result<(), Vec<String>> {
     let refusals: Vec<String> = plan
         .steps
         .iter()
-        .filter_map(|p| p.step.manifest.capabilities.uncovered_by(policy).map(|what| format!("step {} needs {what}, which the policy does not allow", p.step.manifest.id)))
+        .filter_map(|p| {
+            p.step.manifest.capabilities.uncovered_by(policy).map(|what| format!("step {} needs {what}, which the policy does not allow", p.step.manifest.id))
+        })
         .collect();
     if refusals.is_empty() { Ok(()) } else { Err(refusals) }
 }
@@ -304,9 +308,15 @@ mod tests {
             http: vec![],
         };
         let p = plan(&i, &v("3.39.0"), Some(&v("3.40.0")), Edition::Core, Method::Packages).unwrap();
-        let broad: CapabilitySet = toml::from_str("[[exec]]\nprogram = \"/usr/bin/canoctl\"\nargs = [\"**\"]\n[fs]\nread = [\"/opt/canopsis/**\"]\nwrite = [\"/opt/canopsis/etc/*.conf\"]\n").unwrap();
+        let broad: CapabilitySet = toml::from_str(
+            "[[exec]]\nprogram = \"/usr/bin/canoctl\"\nargs = [\"**\"]\n[fs]\nread = [\"/opt/canopsis/**\"]\nwrite = [\"/opt/canopsis/etc/*.conf\"]\n",
+        )
+        .unwrap();
         assert_eq!(admit(&p, &broad), Ok(()));
-        let narrow: CapabilitySet = toml::from_str("[[exec]]\nprogram = \"/usr/bin/canoctl\"\nargs = [\"status\"]\n[fs]\nread = [\"/opt/canopsis/**\"]\nwrite = [\"/opt/canopsis/etc/*.conf\"]\n").unwrap();
+        let narrow: CapabilitySet = toml::from_str(
+            "[[exec]]\nprogram = \"/usr/bin/canoctl\"\nargs = [\"status\"]\n[fs]\nread = [\"/opt/canopsis/**\"]\nwrite = [\"/opt/canopsis/etc/*.conf\"]\n",
+        )
+        .unwrap();
         let refusals = admit(&p, &narrow).unwrap_err();
         assert_eq!(refusals, ["step 3.40.0/webserver needs exec of /usr/bin/canoctl with arguments [\"restart\"], which the policy does not allow"]);
     }

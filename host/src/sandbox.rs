@@ -26,15 +26,15 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use crate::audit::{AuditLog, Decision};
 use crate::backup::Backups;
 use crate::cache::CompiledCache;
-use crate::sha256_hex;
 use crate::capabilities::exec::ExecRequest;
 use crate::capabilities::fs::Access;
 use crate::capabilities::http::{Endpoints, HttpRequest};
 use crate::capabilities::{Denial, Grant, exec as cap_exec, fs as cap_fs, http as cap_http};
 use crate::config::StepLimits;
-use crate::manifest::{Edition, Method, Phase, STEP_API};
 use crate::journal::{ActionResult, PastAction, StepActions};
+use crate::manifest::{Edition, Method, Phase, STEP_API};
 use crate::repository::ReleaseData;
+use crate::sha256_hex;
 use crate::sysroot::Sysroot;
 use crate::ui::{Level, Ui};
 
@@ -406,7 +406,9 @@ impl StepState {
     /// Journals the result of a changing action (before the step sees it).
     fn memo_done(&self, slot: &Option<(String, u32)>, result: ActionResult) -> Result<(), WitError> {
         if let (Some((key, occurrence)), Some(actions)) = (slot, self.env.actions.as_ref()) {
-            actions.done(key, *occurrence, result).map_err(|e| wit_error(ErrorKind::Failed, format!("{key} was done but the journal could not record it: {e}; check the disk before resuming")))?;
+            actions.done(key, *occurrence, result).map_err(|e| {
+                wit_error(ErrorKind::Failed, format!("{key} was done but the journal could not record it: {e}; check the disk before resuming"))
+            })?;
         }
         Ok(())
     }
@@ -478,7 +480,11 @@ impl wit::exec::Host for StepState {
             Err(d) => Err(d.into()),
             Ok(()) if dry && !self.env.grant.exec_is_readonly(&req) => {
                 let user = req.user.as_ref().map(|u| format!(" (as {u})")).unwrap_or_default();
-                let env = if req.env.is_empty() { String::new() } else { format!("{} ", req.env.iter().map(|(k, _)| format!("{k}=…")).collect::<Vec<_>>().join(" ")) };
+                let env = if req.env.is_empty() {
+                    String::new()
+                } else {
+                    format!("{} ", req.env.iter().map(|(k, _)| format!("{k}=…")).collect::<Vec<_>>().join(" "))
+                };
                 self.record(format!("run: {env}{}{user}", shell_words(&req.program, &req.args)));
                 Ok(wit::exec::Output { status: Some(0), stdout: vec![], stderr: vec![], stdout_truncated: false, stderr_truncated: false, simulated: true })
             }
@@ -495,8 +501,19 @@ impl wit::exec::Host for StepState {
                         // Left when a crash came between the journal record and its removal.
                         actions.receipt(key, *n).remove();
                     }
-                    let output = wit::exec::Output { status: done.status, stdout: done.stdout.into_bytes(), stderr: done.stderr.into_bytes(), stdout_truncated: false, stderr_truncated: false, simulated: false };
-                    self.env.ui.log(&self.env.context.step_id, Level::Info, &format!("not run again (it ran before the interruption): {}", shell_words(&req.program, &req.args)));
+                    let output = wit::exec::Output {
+                        status: done.status,
+                        stdout: done.stdout.into_bytes(),
+                        stderr: done.stderr.into_bytes(),
+                        stdout_truncated: false,
+                        stderr_truncated: false,
+                        simulated: false,
+                    };
+                    self.env.ui.log(
+                        &self.env.context.step_id,
+                        Level::Info,
+                        &format!("not run again (it ran before the interruption): {}", shell_words(&req.program, &req.args)),
+                    );
                     let result = Ok(output);
                     self.account(start, "exec", args, &result, |_| "replayed: ran before the interruption".into());
                     return result;
@@ -525,23 +542,23 @@ impl wit::exec::Host for StepState {
                     }
                 }
                 outcome
-                .map(|o| wit::exec::Output {
-                    status: o.status,
-                    stdout: o.stdout,
-                    stderr: o.stderr,
-                    stdout_truncated: o.stdout_truncated,
-                    stderr_truncated: o.stderr_truncated,
-                    simulated: false,
-                })
-                .map_err(|e| {
-                    let kind = match &e {
-                        cap_exec::ExecError::NotFound { .. } | cap_exec::ExecError::NoCwd(_) | cap_exec::ExecError::NoUser(_) => ErrorKind::NotFound,
-                        cap_exec::ExecError::OutsideSysroot { .. } => ErrorKind::Denied,
-                        cap_exec::ExecError::Timeout { .. } => ErrorKind::Timeout,
-                        _ => ErrorKind::Failed,
-                    };
-                    wit_error(kind, e.to_string())
-                })
+                    .map(|o| wit::exec::Output {
+                        status: o.status,
+                        stdout: o.stdout,
+                        stderr: o.stderr,
+                        stdout_truncated: o.stdout_truncated,
+                        stderr_truncated: o.stderr_truncated,
+                        simulated: false,
+                    })
+                    .map_err(|e| {
+                        let kind = match &e {
+                            cap_exec::ExecError::NotFound { .. } | cap_exec::ExecError::NoCwd(_) | cap_exec::ExecError::NoUser(_) => ErrorKind::NotFound,
+                            cap_exec::ExecError::OutsideSysroot { .. } => ErrorKind::Denied,
+                            cap_exec::ExecError::Timeout { .. } => ErrorKind::Timeout,
+                            _ => ErrorKind::Failed,
+                        };
+                        wit_error(kind, e.to_string())
+                    })
             }
         };
         self.account(start, "exec", args, &result, |o| exit_text(o.status));
@@ -557,7 +574,13 @@ impl wit::fs::Host for StepState {
     async fn write(&mut self, path: String, data: Vec<u8>) -> Result<(), WitError> {
         let text = String::from_utf8_lossy(&data).into_owned();
         let done = format!("{} bytes written", data.len());
-        self.fs_change("fs.write", &path, |p| format!("write {} ({} bytes):\n{}", p.display(), data.len(), indent(&text)), |p, b| cap_fs::write(p, &data, b), done)
+        self.fs_change(
+            "fs.write",
+            &path,
+            |p| format!("write {} ({} bytes):\n{}", p.display(), data.len(), indent(&text)),
+            |p, b| cap_fs::write(p, &data, b),
+            done,
+        )
     }
 
     async fn append(&mut self, path: String, data: Vec<u8>) -> Result<(), WitError> {
@@ -612,8 +635,8 @@ impl wit::fs::Host for StepState {
     }
 
     async fn metadata(&mut self, path: String) -> Result<wit::fs::FileInfo, WitError> {
-        use wit::fs::{FileInfo, FileKind};
         use std::os::unix::fs::MetadataExt;
+        use wit::fs::{FileInfo, FileKind};
         self.fs_call(
             "fs.metadata",
             &path,
@@ -673,18 +696,16 @@ impl wit::http::Host for StepState {
                 if let Ok(r) = &outcome {
                     self.memo_done(&slot, ActionResult { status: Some(r.status.into()), stdout: journal_text(&r.body), stderr: String::new() })?;
                 }
-                outcome
-                    .map(|r| wit::http::Response { status: r.status, headers: r.headers, body: r.body })
-                    .map_err(|e| {
-                        let kind = match &e {
-                            cap_http::HttpError::Denied(_) => ErrorKind::Denied,
-                            cap_http::HttpError::UnknownEndpoint(_) => ErrorKind::NotFound,
-                            cap_http::HttpError::TooLarge { .. } => ErrorKind::TooLarge,
-                            cap_http::HttpError::Timeout { .. } => ErrorKind::Timeout,
-                            _ => ErrorKind::Failed,
-                        };
-                        wit_error(kind, e.to_string())
-                    })
+                outcome.map(|r| wit::http::Response { status: r.status, headers: r.headers, body: r.body }).map_err(|e| {
+                    let kind = match &e {
+                        cap_http::HttpError::Denied(_) => ErrorKind::Denied,
+                        cap_http::HttpError::UnknownEndpoint(_) => ErrorKind::NotFound,
+                        cap_http::HttpError::TooLarge { .. } => ErrorKind::TooLarge,
+                        cap_http::HttpError::Timeout { .. } => ErrorKind::Timeout,
+                        _ => ErrorKind::Failed,
+                    };
+                    wit_error(kind, e.to_string())
+                })
             }
         };
         self.account(start, "http", args, &result, |r| format!("status {}", r.status));
@@ -726,9 +747,15 @@ impl wit::ui::Host for StepState {
         let step = self.env.context.step_id.clone();
         let text = instruction.clone();
         let done = tokio::task::spawn_blocking(move || ui.manual(&step, &text)).await.unwrap_or(false);
-        self.account(start, "ui.manual", json!({ "instruction": instruction }), &Ok::<_, WitError>(done), |d| {
-            if *d { "done".into() } else { "not done".into() }
-        });
+        self.account(
+            start,
+            "ui.manual",
+            json!({ "instruction": instruction }),
+            &Ok::<_, WitError>(done),
+            |d| {
+                if *d { "done".into() } else { "not done".into() }
+            },
+        );
         done
     }
 }
@@ -759,7 +786,10 @@ impl wit::context::Host for StepState {
     async fn data(&mut self, name: String) -> Result<Vec<u8>, WitError> {
         self.env.data.get(&name).cloned().ok_or_else(|| {
             let have = self.env.data.keys().cloned().collect::<Vec<_>>().join(", ");
-            wit_error(ErrorKind::NotFound, format!("release {} ships no data file {name:?} (it has: {})", self.env.context.release, if have.is_empty() { "none" } else { &have }))
+            wit_error(
+                ErrorKind::NotFound,
+                format!("release {} ships no data file {name:?} (it has: {})", self.env.context.release, if have.is_empty() { "none" } else { &have }),
+            )
         })
     }
 }
@@ -769,7 +799,10 @@ impl wit::detect::Host for StepState {
         let start = Instant::now();
         let result = (|| {
             if self.env.context.phase != Phase::Detect {
-                return Err(wit_error(ErrorKind::Denied, format!("step {} runs in phase {}; only detect steps report the installation", self.env.context.step_id, self.env.context.phase)));
+                return Err(wit_error(
+                    ErrorKind::Denied,
+                    format!("step {} runs in phase {}; only detect steps report the installation", self.env.context.step_id, self.env.context.phase),
+                ));
             }
             let installed = parse_canopsis_version(&installed).ok_or_else(|| wit_error(ErrorKind::Invalid, format!("{installed:?} is not a version")))?;
             let edition: Edition = serde_json::from_value(serde_json::Value::String(edition.clone()))
@@ -792,7 +825,9 @@ impl wit::detect::Host for StepState {
 pub enum Allocation {
     OnDemand,
     /// Slots reserved up front, each with room for `max_memory` bytes of linear memory.
-    Pooling { max_memory: usize },
+    Pooling {
+        max_memory: usize,
+    },
 }
 
 /// A verified, compiled module ready to instantiate.
@@ -897,13 +932,7 @@ impl Sandbox {
         let step_id = env.context.step_id.clone();
         let stdout = BoundedPipe::new(limits.guest_output);
         let stderr = BoundedPipe::new(limits.guest_output);
-        let wasi = WasiCtxBuilder::new()
-            .stdout(stdout.clone())
-            .stderr(stderr.clone())
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .build();
+        let wasi = WasiCtxBuilder::new().stdout(stdout.clone()).stderr(stderr.clone()).allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false).build();
         let started = Instant::now();
         let state = StepState {
             wasi,
@@ -939,14 +968,23 @@ impl Sandbox {
             Ok(Err(e)) => Err(classify_trap(&e, store.data().limiter.refused, &limits, &stderr_text)),
         };
         let detected = store.data_mut().detected.take();
-        StepReport { step: step_id, detected, module_sha256: step.module_sha256.clone(), result, stdout: stdout.take(), stderr: stderr_text, duration: started.elapsed() }
+        StepReport {
+            step: step_id,
+            detected,
+            module_sha256: step.module_sha256.clone(),
+            result,
+            stdout: stdout.take(),
+            stderr: stderr_text,
+            duration: started.elapsed(),
+        }
     }
 }
 
 /// How the journal names a changing command: readable, and exact through the digest of
 /// everything that makes it this command (environment values, input, user, directory).
 fn exec_action(req: &ExecRequest) -> String {
-    let identity = json!({ "program": req.program, "args": req.args, "env": req.env, "cwd": req.cwd, "user": req.user, "stdin": req.stdin.as_deref().map(sha256_hex) });
+    let identity =
+        json!({ "program": req.program, "args": req.args, "env": req.env, "cwd": req.cwd, "user": req.user, "stdin": req.stdin.as_deref().map(sha256_hex) });
     format!("exec {} #{}", shell_words(&req.program, &req.args), &sha256_hex(identity.to_string().as_bytes())[..16])
 }
 

@@ -42,9 +42,13 @@ pub enum UpgradeError {
     Detect(String),
     #[error("step {step} failed: {why}\nThe upgrade stopped; fix the cause and run `canup apply` again to resume from this step (run {run}).")]
     StepFailed { run: String, step: String, why: String },
-    #[error("an interrupted upgrade to {target} (run {run}) is pending; run `canup apply` to finish it, or `canup apply --restart` to abandon it and plan again")]
+    #[error(
+        "an interrupted upgrade to {target} (run {run}) is pending; run `canup apply` to finish it, or `canup apply --restart` to abandon it and plan again"
+    )]
     Pending { run: String, target: Version },
-    #[error("the repository changed step {step} since run {run} started (module {was} is now {now}); canup will not mix versions: run `canup apply --restart` to plan again")]
+    #[error(
+        "the repository changed step {step} since run {run} started (module {was} is now {now}); canup will not mix versions: run `canup apply --restart` to plan again"
+    )]
     Changed { run: String, step: String, was: String, now: String },
     #[error("the operator declined the plan; no step ran after detection (whose queries only read the host)")]
     Declined,
@@ -101,7 +105,9 @@ impl Session {
         tracing::debug!(releases = index.releases.len(), "release index read");
         let sandbox = Sandbox::new(Some(&state_dir.join("cache/compiled")))?;
         tracing::debug!("sandbox ready");
-        let audit = Arc::new(AuditLog::open(&state_dir.join("audit.jsonl"), "canup").map_err(|e| UpgradeError::Other(format!("audit log in {}: {e}", state_dir.display())))?);
+        let audit = Arc::new(
+            AuditLog::open(&state_dir.join("audit.jsonl"), "canup").map_err(|e| UpgradeError::Other(format!("audit log in {}: {e}", state_dir.display())))?,
+        );
         let policy = Policy::compile(&config.policy).map_err(|e| UpgradeError::Other(e.to_string()))?;
         Ok(Self { config, sysroot, state_dir, repo: Arc::new(repo), index, sandbox: Arc::new(sandbox), audit, policy })
     }
@@ -111,7 +117,22 @@ impl Session {
     }
 
     #[allow(clippy::too_many_arguments)]
-    async fn run_step(&self, run: &str, loaded: &LoadedStep, step: &IndexStep, release: &Version, data: Arc<ReleaseData>, actions: Option<StepActions>, phase: Phase, installed: &Version, target: &Version, detected: Option<&Detected>, ui: Arc<dyn Ui>, dry_run: bool, recorded: &Arc<Mutex<Vec<String>>>) -> Result<StepReport, UpgradeError> {
+    async fn run_step(
+        &self,
+        run: &str,
+        loaded: &LoadedStep,
+        step: &IndexStep,
+        release: &Version,
+        data: Arc<ReleaseData>,
+        actions: Option<StepActions>,
+        phase: Phase,
+        installed: &Version,
+        target: &Version,
+        detected: Option<&Detected>,
+        ui: Arc<dyn Ui>,
+        dry_run: bool,
+        recorded: &Arc<Mutex<Vec<String>>>,
+    ) -> Result<StepReport, UpgradeError> {
         let grant = Grant::with_policy(&step.manifest.id, &step.manifest.capabilities, &self.policy).map_err(|e| UpgradeError::Other(e.to_string()))?;
         let backups = Backups::open(&self.state_dir, run).map_err(|e| UpgradeError::Other(format!("backups in {}: {e}", self.state_dir.display())))?;
         let context = StepContext {
@@ -162,7 +183,23 @@ impl Session {
         for step in steps {
             let loaded = self.load(step).await?;
             tracing::debug!(step = %step.manifest.id, "detect step loaded");
-            let report = self.run_step("detect", &loaded, step, &release.version, Arc::default(), None, Phase::Detect, &unknown, &unknown, None, ui.clone(), recorded.is_some(), recorded.unwrap_or(&Arc::default())).await?;
+            let report = self
+                .run_step(
+                    "detect",
+                    &loaded,
+                    step,
+                    &release.version,
+                    Arc::default(),
+                    None,
+                    Phase::Detect,
+                    &unknown,
+                    &unknown,
+                    None,
+                    ui.clone(),
+                    recorded.is_some(),
+                    recorded.unwrap_or(&Arc::default()),
+                )
+                .await?;
             tracing::debug!(step = %step.manifest.id, "detect step finished");
             if let Err(e) = &report.result {
                 return Err(UpgradeError::Detect(format!("step {}: {e}", step.manifest.id)));
@@ -290,7 +327,11 @@ pub async fn apply(session: &Session, options: &ApplyOptions, progress: Arc<dyn 
             target: plan.target.clone(),
             edition: plan.edition,
             method: plan.method,
-            steps: plan.steps.iter().map(|p| PlannedRef { id: p.step.manifest.id.clone(), release: p.release.clone(), phase: p.phase, module_sha256: p.step.sha256.clone() }).collect(),
+            steps: plan
+                .steps
+                .iter()
+                .map(|p| PlannedRef { id: p.step.manifest.id.clone(), release: p.release.clone(), phase: p.phase, module_sha256: p.step.sha256.clone() })
+                .collect(),
         })?;
     }
     let detected = Detected { installed: plan.installed.clone(), edition: plan.edition, method: plan.method };
@@ -307,7 +348,23 @@ pub async fn apply(session: &Session, options: &ApplyOptions, progress: Arc<dyn 
         let actions = journal.as_ref().map(|j| StepActions::new(j.clone(), &run, id, resumed.as_ref().map(|r| r.actions_of(id)).unwrap_or_default()));
         let module = loaded.get(&p.step.sha256).ok_or_else(|| UpgradeError::Other(format!("module of step {id} was not loaded")))?;
         let release_data = data.get(&p.release).cloned().unwrap_or_default();
-        let report = session.run_step(&run, module, &p.step, &p.release, release_data, actions, p.phase, &plan.installed, &plan.target, Some(&detected), ui.clone(), options.dry_run, &recorded).await?;
+        let report = session
+            .run_step(
+                &run,
+                module,
+                &p.step,
+                &p.release,
+                release_data,
+                actions,
+                p.phase,
+                &plan.installed,
+                &plan.target,
+                Some(&detected),
+                ui.clone(),
+                options.dry_run,
+                &recorded,
+            )
+            .await?;
         progress.step_finished(&report);
         append(Event::StepFinished {
             run: run.clone(),
@@ -376,7 +433,11 @@ impl Prefetch {
 
     /// Waits for what `steps` need (the first failure, in plan order, is the answer); the
     /// rest is dropped with the prefetch.
-    async fn finish(mut self, index: &Index, steps: &[&PlannedStep]) -> Result<(HashMap<String, LoadedStep>, HashMap<Version, Arc<ReleaseData>>), UpgradeError> {
+    async fn finish(
+        mut self,
+        index: &Index,
+        steps: &[&PlannedStep],
+    ) -> Result<(HashMap<String, LoadedStep>, HashMap<Version, Arc<ReleaseData>>), UpgradeError> {
         async fn join<T>(task: Task<T>) -> Result<T, UpgradeError> {
             task.await.map_err(|e| UpgradeError::Other(format!("fetching the plan's modules: {e}")))?
         }
@@ -408,7 +469,12 @@ impl Drop for Prefetch {
     }
 }
 
-async fn fresh_plan(session: &Session, options: &ApplyOptions, ui: Arc<dyn Ui>, recorded: &Arc<Mutex<Vec<String>>>) -> Result<(String, Plan, Vec<String>), UpgradeError> {
+async fn fresh_plan(
+    session: &Session,
+    options: &ApplyOptions,
+    ui: Arc<dyn Ui>,
+    recorded: &Arc<Mutex<Vec<String>>>,
+) -> Result<(String, Plan, Vec<String>), UpgradeError> {
     let detected = session.detect_recording(ui, options.dry_run.then_some(recorded)).await?;
     let plan = session.plan(&detected, options.to.as_ref())?;
     Ok((run_id(), plan, Vec::new()))
@@ -419,11 +485,12 @@ async fn fresh_plan(session: &Session, options: &ApplyOptions, ui: Arc<dyn Ui>, 
 fn replay(session: &Session, run: &journal::RunRecord) -> Result<Plan, UpgradeError> {
     let mut steps = Vec::new();
     for r in &run.planned {
-        let step = session
-            .index
-            .release(&r.release)
-            .and_then(|rel| rel.steps.iter().find(|s| s.manifest.id == r.id))
-            .ok_or_else(|| UpgradeError::Changed { run: run.run.clone(), step: r.id.clone(), was: r.module_sha256.clone(), now: "missing".into() })?;
+        let step = session.index.release(&r.release).and_then(|rel| rel.steps.iter().find(|s| s.manifest.id == r.id)).ok_or_else(|| UpgradeError::Changed {
+            run: run.run.clone(),
+            step: r.id.clone(),
+            was: r.module_sha256.clone(),
+            now: "missing".into(),
+        })?;
         if step.sha256 != r.module_sha256 {
             return Err(UpgradeError::Changed { run: run.run.clone(), step: r.id.clone(), was: r.module_sha256.clone(), now: step.sha256.clone() });
         }
@@ -435,7 +502,8 @@ fn replay(session: &Session, run: &journal::RunRecord) -> Result<Plan, UpgradeEr
         v.dedup();
         v
     };
-    let plan = Plan { installed: run.installed.clone(), target: run.target.clone(), edition: run.edition, method: run.method, releases, skipped: Vec::new(), steps };
+    let plan =
+        Plan { installed: run.installed.clone(), target: run.target.clone(), edition: run.edition, method: run.method, releases, skipped: Vec::new(), steps };
     plan::admit(&plan, &session.config.policy).map_err(UpgradeError::Admission)?;
     Ok(plan)
 }
@@ -443,7 +511,8 @@ fn replay(session: &Session, run: &journal::RunRecord) -> Result<Plan, UpgradeEr
 /// `canup restore-files RUN`: puts back every file a run changed, from its backups.
 pub fn restore_files(state_dir: &std::path::Path, sysroot: &Sysroot, run: &str) -> Result<Vec<String>, UpgradeError> {
     let dir = state_dir.join("backups").join(run);
-    let index = std::fs::read_to_string(dir.join("index.jsonl")).map_err(|e| UpgradeError::Other(format!("run {run} has no backups in {}: {e}", dir.display())))?;
+    let index =
+        std::fs::read_to_string(dir.join("index.jsonl")).map_err(|e| UpgradeError::Other(format!("run {run} has no backups in {}: {e}", dir.display())))?;
     let mut done = Vec::new();
     for line in index.lines() {
         let entry: crate::backup::BackupEntry = serde_json::from_str(line).map_err(|e| UpgradeError::Other(format!("backup index of run {run}: {e}")))?;
@@ -455,7 +524,8 @@ pub fn restore_files(state_dir: &std::path::Path, sysroot: &Sysroot, run: &str) 
                 crate::capabilities::fs::atomic_replace(&real, &data).map_err(|e| UpgradeError::Other(format!("restoring {shown}: {e}")))?;
                 if let Some(mode) = entry.mode {
                     use std::os::unix::fs::PermissionsExt;
-                    std::fs::set_permissions(&real, std::fs::Permissions::from_mode(mode)).map_err(|e| UpgradeError::Other(format!("restoring {shown}: {e}")))?;
+                    std::fs::set_permissions(&real, std::fs::Permissions::from_mode(mode))
+                        .map_err(|e| UpgradeError::Other(format!("restoring {shown}: {e}")))?;
                 }
                 done.push(format!("restored {shown}"));
             }

@@ -13,17 +13,7 @@ pub struct Command {
 
 impl Command {
     pub fn new(program: &str) -> Self {
-        Self {
-            cmd: wit::Command {
-                program: program.to_owned(),
-                args: Vec::new(),
-                env: Vec::new(),
-                cwd: None,
-                user: None,
-                stdin: None,
-                timeout_ms: None,
-            },
-        }
+        Self { cmd: wit::Command { program: program.to_owned(), args: Vec::new(), env: Vec::new(), cwd: None, user: None, stdin: None, timeout_ms: None } }
     }
 
     pub fn arg(mut self, arg: impl Into<String>) -> Self {

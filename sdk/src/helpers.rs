@@ -113,9 +113,7 @@ pub fn set_toml_key_text(text: &str, keys: &[&str], value: impl Into<toml_edit::
     let mut table = doc.as_table_mut();
     for (i, name) in tables.iter().enumerate() {
         let entry = table.entry(name).or_insert_with(|| toml_edit::Item::Table(toml_edit::Table::new()));
-        table = entry
-            .as_table_mut()
-            .ok_or_else(|| Error::msg(format!("{} is not a table", keys[..=i].join("."))))?;
+        table = entry.as_table_mut().ok_or_else(|| Error::msg(format!("{} is not a table", keys[..=i].join("."))))?;
     }
     let value = value.into();
     let bare = |v: &toml_edit::Value| {
@@ -171,10 +169,8 @@ pub fn remove_unit_option_text(text: &str, option: &str) -> Option<String> {
             if !key.trim().starts_with("ExecStart") {
                 return line.to_owned();
             }
-            let kept: Vec<&str> = command
-                .split_whitespace()
-                .filter(|t| !(*t == option || t.strip_prefix(option).is_some_and(|r| r.starts_with('='))))
-                .collect();
+            let kept: Vec<&str> =
+                command.split_whitespace().filter(|t| !(*t == option || t.strip_prefix(option).is_some_and(|r| r.starts_with('=')))).collect();
             if kept.len() == command.split_whitespace().count() {
                 return line.to_owned();
             }
@@ -259,11 +255,7 @@ pub const MONGO_MIGRATIONS: &str = "/opt/canopsis/share/migrations/mongodb";
 /// `scripts` are relative to [`MONGO_MIGRATIONS`].
 pub fn run_mongo_scripts(scripts: &[&str]) -> Result<()> {
     let vars = read_env_file("/opt/canopsis/etc/go-engines-vars.conf")?;
-    let url = vars
-        .iter()
-        .find(|(k, _)| k == "CPS_MONGO_URL")
-        .map(|(_, v)| v.clone())
-        .ok_or_else(|| Error::msg("go-engines-vars.conf has no CPS_MONGO_URL"))?;
+    let url = vars.iter().find(|(k, _)| k == "CPS_MONGO_URL").map(|(_, v)| v.clone()).ok_or_else(|| Error::msg("go-engines-vars.conf has no CPS_MONGO_URL"))?;
     for script in scripts {
         let path = format!("{MONGO_MIGRATIONS}/{script}");
         let body = fs::read(&path)?;

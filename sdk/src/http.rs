@@ -33,9 +33,7 @@ impl Request {
         self.header("content-type", "application/json").body(body)
     }
     pub fn send(&self) -> Result<Response> {
-        wit::send(&self.0)
-            .map(Response)
-            .map_err(|e| Error::from(e).context(format!("{} {} on endpoint {}", self.0.method, self.0.path, self.0.endpoint)))
+        wit::send(&self.0).map(Response).map_err(|e| Error::from(e).context(format!("{} {} on endpoint {}", self.0.method, self.0.path, self.0.endpoint)))
     }
 }
 

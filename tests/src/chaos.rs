@@ -198,7 +198,9 @@ pub async fn trial(setup: &Setup, index: usize, moment: Moment, warm: bool) -> R
         resumes += 1;
         let out = apply(setup, &h).stdout(Stdio::piped()).output()?;
         let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        in_flight.extend(said.lines().filter_map(|l| l.split_once("(it finished after the interruption").map(|(_, rest)| rest.split_once("): ").map_or(rest, |(_, cmd)| cmd).trim().to_owned())));
+        in_flight.extend(said.lines().filter_map(|l| {
+            l.split_once("(it finished after the interruption").map(|(_, rest)| rest.split_once("): ").map_or(rest, |(_, cmd)| cmd).trim().to_owned())
+        }));
         waited |= said.contains("which the interrupted run started and is still running");
         if out.status.success() {
             break;
@@ -218,7 +220,8 @@ pub async fn trial(setup: &Setup, index: usize, moment: Moment, warm: bool) -> R
 /// command exactly as often as in the reference run (none lost, none repeated).
 pub fn compare(reference: &EndState, trial: &mut Trial) -> Result<(), String> {
     if trial.state.tree != reference.tree {
-        let differ: Vec<&String> = reference.tree.keys().chain(trial.state.tree.keys()).filter(|k| reference.tree.get(*k) != trial.state.tree.get(*k)).collect();
+        let differ: Vec<&String> =
+            reference.tree.keys().chain(trial.state.tree.keys()).filter(|k| reference.tree.get(*k) != trial.state.tree.get(*k)).collect();
         return Err(format!("the end state differs in {differ:?}"));
     }
     fn count(list: &[String]) -> BTreeMap<&str, usize> {
@@ -270,7 +273,10 @@ pub async fn campaign(setup: &Setup, kills: usize, seed: u64) -> Result<Vec<Tria
     let (reference_state, cold) = reference(setup, "cold-reference", false).await.context("the uninterrupted reference run")?;
     let (warm_state, warm) = reference(setup, "warm-reference", true).await.context("the uninterrupted reference run with compiled modules")?;
     ensure!(warm_state == reference_state, "the run from compiled modules ended elsewhere than the cold one");
-    println!("chaos: reference runs {cold:?} (compiling every module) and {warm:?} (compiled), {} changing commands; {kills} kills, seed {seed}", reference_state.changes.len());
+    println!(
+        "chaos: reference runs {cold:?} (compiling every module) and {warm:?} (compiled), {} changing commands; {kills} kills, seed {seed}",
+        reference_state.changes.len()
+    );
     let reference = reference_state;
     let mut moments = Moments::new(seed);
     let mut trials = Vec::new();
@@ -303,7 +309,11 @@ pub async fn campaign(setup: &Setup, kills: usize, seed: u64) -> Result<Vec<Tria
             t.resumes,
             if verdict.is_ok() { "same end state" } else { "DIFFERENT" },
             if t.repeated.is_empty() { String::new() } else { format!(", ran again: {}", t.repeated.join(", ")) },
-            if t.in_flight.is_empty() { String::new() } else { format!(", in flight at the kill (receipt used{}): {}", if t.waited { " after waiting" } else { "" }, t.in_flight.join(", ")) }
+            if t.in_flight.is_empty() {
+                String::new()
+            } else {
+                format!(", in flight at the kill (receipt used{}): {}", if t.waited { " after waiting" } else { "" }, t.in_flight.join(", "))
+            }
         );
         if let Err(e) = verdict {
             failures.push(format!("trial {i} (kill after {delay:?}): {e}"));
@@ -313,7 +323,9 @@ pub async fn campaign(setup: &Setup, kills: usize, seed: u64) -> Result<Vec<Tria
     let same = kills - failures.len();
     let in_flight = trials.iter().filter(|t| !t.in_flight.is_empty()).count();
     let waited = trials.iter().filter(|t| t.waited).count();
-    println!("chaos: {same}/{kills} identical end states (seed {seed}); {in_flight} kills hit a changing command, each run once: its outcome taken from the receipt ({waited} of them still running when the re-run came, and waited for)");
+    println!(
+        "chaos: {same}/{kills} identical end states (seed {seed}); {in_flight} kills hit a changing command, each run once: its outcome taken from the receipt ({waited} of them still running when the re-run came, and waited for)"
+    );
     if !failures.is_empty() {
         bail!("{} trials ended elsewhere than the uninterrupted run:\n  {}", failures.len(), failures.join("\n  "));
     }

@@ -13,9 +13,7 @@ use std::path::{Path, PathBuf};
 
 /// The workspace's target directory (honours `CARGO_TARGET_DIR`).
 pub fn target_dir() -> PathBuf {
-    let dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let dir = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
     dir.canonicalize().unwrap_or(dir)
 }
 
@@ -162,7 +160,8 @@ pub fn publish_steps(canup: &Path, out: &Path, keys_dir: &Path) -> anyhow::Resul
     releases.sort_by_key(|s| s.steps.release.clone());
     for release in releases {
         let version = release.steps.release.clone().unwrap_or(semver::Version::new(0, 0, 0));
-        let mut args: Vec<OsString> = vec!["repo".into(), "add-release".into(), out.into(), "--steps".into(), release.dir.join("step.toml").into(), "--key".into(), key.clone().into()];
+        let mut args: Vec<OsString> =
+            vec!["repo".into(), "add-release".into(), out.into(), "--steps".into(), release.dir.join("step.toml").into(), "--key".into(), key.clone().into()];
         if let Some(module) = &release.module {
             args.extend(["--module".into(), module.clone().into()]);
         }

@@ -39,7 +39,9 @@ impl Admin {
         if let Some(b) = body {
             req = req.json(&b);
         }
-        let resp = req.send().await.with_context(|| format!("RabbitMQ management API at {base} is not reachable: run the tests with `cargo xtask test`, which starts rabbitmq-server"))?;
+        let resp = req.send().await.with_context(|| {
+            format!("RabbitMQ management API at {base} is not reachable: run the tests with `cargo xtask test`, which starts rabbitmq-server")
+        })?;
         if !resp.status().is_success() && resp.status() != reqwest::StatusCode::NOT_FOUND {
             bail!("{method} {path}: HTTP {}", resp.status());
         }
@@ -109,7 +111,11 @@ impl Admin {
     /// Takes up to `count` messages off a queue (acknowledged): a consumer catching up.
     pub async fn consume(&self, queue: &str, count: usize) -> Result<usize> {
         let v: serde_json::Value = self
-            .call(reqwest::Method::POST, &format!("/api/queues/canopsis/{queue}/get"), Some(json!({ "count": count, "ackmode": "ack_requeue_false", "encoding": "auto" })))
+            .call(
+                reqwest::Method::POST,
+                &format!("/api/queues/canopsis/{queue}/get"),
+                Some(json!({ "count": count, "ackmode": "ack_requeue_false", "encoding": "auto" })),
+            )
             .await?
             .json()
             .await?;
@@ -192,11 +198,19 @@ impl Broker {
             std::fs::create_dir_all(dir.join(sub))?;
         }
         std::fs::write(dir.join("enabled_plugins"), "[rabbitmq_management].\n")?;
-        std::fs::write(dir.join("rabbitmq.conf"), format!("listeners.tcp.default = 127.0.0.1:{amqp}\nmanagement.tcp.ip = 127.0.0.1\nmanagement.tcp.port = {management}\n"))?;
+        std::fs::write(
+            dir.join("rabbitmq.conf"),
+            format!("listeners.tcp.default = 127.0.0.1:{amqp}\nmanagement.tcp.ip = 127.0.0.1\nmanagement.tcp.port = {management}\n"),
+        )?;
         // Debian's wrapper drops to the rabbitmq user when started as root.
         let _ = Command::new("chown").args(["-R", "rabbitmq:rabbitmq"]).arg(&dir).status();
         let log = std::fs::File::create(dir.join("server.out"))?;
-        let child = Command::new("rabbitmq-server").envs(broker.env.iter().map(|(k, v)| (k, v))).stdout(log.try_clone()?).stderr(log).spawn().context("starting rabbitmq-server")?;
+        let child = Command::new("rabbitmq-server")
+            .envs(broker.env.iter().map(|(k, v)| (k, v)))
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting rabbitmq-server")?;
         broker.child = Some(child);
         let started = Instant::now();
         while !broker.listening() {
@@ -225,7 +239,12 @@ impl Broker {
     }
 
     fn ctl(&self, args: &[&str]) -> Result<()> {
-        let out = Command::new("rabbitmqctl").args(["-n", &self.node]).args(args).envs(self.env.iter().map(|(k, v)| (k, v))).output().context("running rabbitmqctl")?;
+        let out = Command::new("rabbitmqctl")
+            .args(["-n", &self.node])
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .context("running rabbitmqctl")?;
         if !out.status.success() {
             bail!("rabbitmqctl -n {} {}: {}{}", self.node, args.join(" "), String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         }

@@ -85,4 +85,3 @@ pub async fn serve_repo(dir: PathBuf, control: Control) -> String {
     };
     format!("http://{}", crate::serve(Router::new().fallback(handler)).await)
 }
-

@@ -206,11 +206,7 @@ impl SimHost {
         let stub = stub.canonicalize().with_context(|| format!("stub binary {}", stub.display()))?;
         for program in PROGRAMS {
             let name = Path::new(program).file_name().and_then(|n| n.to_str()).unwrap_or_default();
-            let script = format!(
-                "#!/bin/sh\nexec '{}' --sysroot '{}' {name} \"$@\"\n",
-                stub.display(),
-                host.root.display()
-            );
+            let script = format!("#!/bin/sh\nexec '{}' --sysroot '{}' {name} \"$@\"\n", stub.display(), host.root.display());
             host.write(program, &script)?;
             fs::set_permissions(host.path(program), fs::Permissions::from_mode(0o755))?;
         }

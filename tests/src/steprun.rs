@@ -45,14 +45,14 @@ pub async fn run(sandbox: &Sandbox, loaded: &LoadedStep, step: &StepManifest, ro
     let audit = Arc::new(AuditLog::in_memory("steprun"));
     let caps = &step.capabilities;
     let context = StepContext {
-            step_id: step.id.clone(),
-            phase: step.phase,
-            installed: s.installed.clone(),
-            target: s.target.clone(),
-            release: s.release.clone(),
-            edition: (step.phase != Phase::Detect).then_some(s.edition),
-            method: (step.phase != Phase::Detect).then_some(s.method),
-            dry_run: false,
+        step_id: step.id.clone(),
+        phase: step.phase,
+        installed: s.installed.clone(),
+        target: s.target.clone(),
+        release: s.release.clone(),
+        edition: (step.phase != Phase::Detect).then_some(s.edition),
+        method: (step.phase != Phase::Detect).then_some(s.method),
+        dry_run: false,
     };
     let grant = Grant::new(&step.id, caps, caps).expect("valid capabilities");
     let ui = Arc::new(ConsoleUi { assume_yes: true, accept_manual: true, min_level: Some(Level::Warn) });

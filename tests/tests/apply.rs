@@ -141,7 +141,10 @@ async fn core_from_3_37_runs_the_3_38_pre_update_before_yum() {
     let calls = h.changes();
     assert!(position(&calls, "mongo canopsis --quiet --eval") < position(&calls, "yum update -y canopsis-core-3.40.0"));
     assert!(!calls.iter().any(|c| c.contains("canopsis-cat")), "{calls:#?}");
-    assert!(position(&calls, "canoctl restart") < position(&calls, "systemctl enable canopsis-engine-go@engine-fifo"), "3.39.0 post-update runs after the standard restart");
+    assert!(
+        position(&calls, "canoctl restart") < position(&calls, "systemctl enable canopsis-engine-go@engine-fifo"),
+        "3.39.0 post-update runs after the standard restart"
+    );
     // 3.37.0's own note is not part of an upgrade from 3.37.0.
     assert!(!h.sim.read("/opt/canopsis/etc/default_configuration.toml").unwrap().contains("CancelAutosolveDelay"));
     assert_eq!(h.sim.read("/opt/canopsis/etc/amqp2engines.conf").unwrap(), h.sim.read("/opt/canopsis/etc/amqp2engines-go-core.conf.example").unwrap());
@@ -171,7 +174,8 @@ async fn packages_4_5_4_to_4_5_7_runs_the_4x_procedure_and_each_release_migratio
     let reconfigure = h.sim.calls().unwrap().into_iter().find(|c| c.program == "canopsis-reconfigure").unwrap();
     assert_eq!(reconfigure.env.get("CPS_MONGO_URL").map(String::as_str), Some("mongodb://cpsmongo:canopsis@localhost/canopsis"));
     // The notes' scripts, release by release, in the notes' order.
-    let applied: Vec<String> = h.sim.read("/var/lib/canup-sim/mongo-applied.js").unwrap().lines().filter(|l| l.starts_with("// ")).map(|l| l[3..].to_owned()).collect();
+    let applied: Vec<String> =
+        h.sim.read("/var/lib/canup-sim/mongo-applied.js").unwrap().lines().filter(|l| l.starts_with("// ")).map(|l| l[3..].to_owned()).collect();
     assert_eq!(
         applied,
         [
@@ -194,7 +198,8 @@ async fn packages_4_5_4_to_4_5_7_runs_the_4x_procedure_and_each_release_migratio
 async fn a_compose_install_is_resynced_with_the_signed_reference_files_keeping_the_operators_values() {
     let h = host(Spec { version: "3.38.0".into(), edition: Edition::Cat, method: Method::Compose }).await;
     // The operator's own choices: a project name and a key of their own.
-    let operator_env = h.sim.read("/opt/canopsis/docker/.env").unwrap().replace("COMPOSE_PROJECT_NAME=canopsis", "COMPOSE_PROJECT_NAME=prod") + "MY_PROXY=http://proxy:3128\n";
+    let operator_env =
+        h.sim.read("/opt/canopsis/docker/.env").unwrap().replace("COMPOSE_PROJECT_NAME=canopsis", "COMPOSE_PROJECT_NAME=prod") + "MY_PROXY=http://proxy:3128\n";
     std::fs::write(h.sim.path("/opt/canopsis/docker/.env"), &operator_env).unwrap();
     let operator_yml = h.sim.read("/opt/canopsis/docker/docker-compose.yml").unwrap();
     let out = h.run(&["apply", "--to", "3.40.0", "--yes", "--accept-manual"]);
@@ -260,7 +265,12 @@ async fn dry_run_changes_nothing_and_lists_what_the_real_run_does() {
     let listed: Vec<String> = String::from_utf8_lossy(&dry.stdout)
         .lines()
         .filter_map(|l| l.trim().strip_prefix("run: "))
-        .map(|l| l.replace("/usr/bin/", "").replace("/opt/canopsis/bin/", "").replace("CPS_AMQP_URL=… CPS_MONGO_URL=… CPS_REDIS_URL=… CPS_INFLUX_URL=… CPS_DEFAULT_CFG=… CPS_API_URL=… CPS_OLD_API_URL=… ", "").replace('\'', ""))
+        .map(|l| {
+            l.replace("/usr/bin/", "")
+                .replace("/opt/canopsis/bin/", "")
+                .replace("CPS_AMQP_URL=… CPS_MONGO_URL=… CPS_REDIS_URL=… CPS_INFLUX_URL=… CPS_DEFAULT_CFG=… CPS_API_URL=… CPS_OLD_API_URL=… ", "")
+                .replace('\'', "")
+        })
         .collect();
     assert!(text(&dry).contains("append to /opt/canopsis/etc/webserver.conf:"), "{}", text(&dry));
     let real = h.run(&["apply", "--to", "3.40.0", "--yes", "--accept-manual"]);

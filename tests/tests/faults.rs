@@ -122,7 +122,9 @@ async fn rabbitmq_stopped_during_verify_stops_there_and_a_rerun_finishes_without
     let mut child = h.apply().stdout(std::fs::File::create(&log).unwrap()).stderr(std::fs::File::options().append(true).open(&log).unwrap()).spawn().unwrap();
     let journal = dir.path().join("state/journal.jsonl");
     let start = Instant::now();
-    let drain_started = || std::fs::read_to_string(&journal).unwrap_or_default().lines().any(|l| l.contains(r#""event":"step-started""#) && l.contains(r#""step":"drain/queues""#));
+    let drain_started = || {
+        std::fs::read_to_string(&journal).unwrap_or_default().lines().any(|l| l.contains(r#""event":"step-started""#) && l.contains(r#""step":"drain/queues""#))
+    };
     while !drain_started() {
         assert!(child.try_wait().unwrap().is_none(), "apply ended before the drain: {}", std::fs::read_to_string(&log).unwrap());
         assert!(start.elapsed() < Duration::from_secs(120), "the drain never started");

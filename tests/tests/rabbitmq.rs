@@ -147,12 +147,14 @@ async fn the_broadcast_uses_the_api_of_the_installed_version_and_is_withdrawn_af
     let (withdraw, withdraw_module, _) = steprun::load(&sandbox, "broadcast", "broadcast/withdraw").unwrap();
 
     // 3.39.0 has no broadcast messages: nothing is sent.
-    let (r, _) = steprun::run(&sandbox, &announce_module, &announce, dir.path(), &dir.path().join("s"), &api_setting(dir.path(), &url, "3.39.0", "3.40.0")).await;
+    let (r, _) =
+        steprun::run(&sandbox, &announce_module, &announce, dir.path(), &dir.path().join("s"), &api_setting(dir.path(), &url, "3.39.0", "3.40.0")).await;
     assert_eq!(r.result, Ok(()));
     assert!(seen.lock().unwrap().is_empty());
 
     // 3.40.0: API v2.
-    let (r, _) = steprun::run(&sandbox, &announce_module, &announce, dir.path(), &dir.path().join("s"), &api_setting(dir.path(), &url, "3.40.0", "3.40.0")).await;
+    let (r, _) =
+        steprun::run(&sandbox, &announce_module, &announce, dir.path(), &dir.path().join("s"), &api_setting(dir.path(), &url, "3.40.0", "3.40.0")).await;
     assert_eq!(r.result, Ok(()), "{}", r.stderr.text());
     // 4.5.4: API v4, then withdrawn after the upgrade to 4.5.7.
     let (r, _) = steprun::run(&sandbox, &announce_module, &announce, dir.path(), &dir.path().join("s"), &api_setting(dir.path(), &url, "4.5.4", "4.5.7")).await;

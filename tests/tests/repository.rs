@@ -11,8 +11,8 @@ use canup::manifest::{Edition, Method};
 use canup::repository::vendor::{self, Expiry, RoleKeyFiles};
 use canup::repository::{Index, LoadOptions, Repository};
 use canup::sandbox::Sandbox;
-use canup_tests::simhost::{SimHost, Spec};
 use canup_tests::repo_server::{Control, Fault, serve_repo};
+use canup_tests::simhost::{SimHost, Spec};
 use canup_tests::steprun::{self, Setting};
 
 use semver::Version;
@@ -386,7 +386,17 @@ async fn root_rotation_is_followed_and_a_retired_key_is_refused() {
     let refused = vendor::rotate_root(&scratch, &[c.key.clone()], &[c.key.clone()], &c.expiry()).await.unwrap_err().to_string();
     assert!(refused.contains("not signed by enough keys"), "{refused}");
     let attacker = scratch.join("attacker.pem");
-    canup_tests::tuf::tufctl(["forge-root", scratch.to_str().unwrap(), "--key", c.key.to_str().unwrap(), "--version", "3", "--attacker-key-out", attacker.to_str().unwrap()]).unwrap();
+    canup_tests::tuf::tufctl([
+        "forge-root",
+        scratch.to_str().unwrap(),
+        "--key",
+        c.key.to_str().unwrap(),
+        "--version",
+        "3",
+        "--attacker-key-out",
+        attacker.to_str().unwrap(),
+    ])
+    .unwrap();
     std::fs::copy(scratch.join("metadata/3.root.json"), c.repo.join("metadata/3.root.json")).unwrap();
     let err = Repository::open(&c.url, &c.root(), &c.cache, &c.cache.join("trust"), &options()).await.unwrap_err().to_string();
     assert!(err.contains("3.root.json is not signed by a threshold of the root keys of version 2 that canup trusts"), "{err}");

@@ -40,7 +40,13 @@ fn probe() -> &'static (Sandbox, LoadedStep) {
 }
 
 fn exec_rule(program: &str, args: &[&str], env: &[&str]) -> ExecRule {
-    ExecRule { program: program.into(), args: args.iter().map(|s| s.to_string()).collect(), env: env.iter().map(|s| s.to_string()).collect(), users: vec![], readonly: false }
+    ExecRule {
+        program: program.into(),
+        args: args.iter().map(|s| s.to_string()).collect(),
+        env: env.iter().map(|s| s.to_string()).collect(),
+        users: vec![],
+        readonly: false,
+    }
 }
 
 /// What the probe declares: broad enough that each hostile case is refused for the reason it
@@ -203,19 +209,26 @@ impl World {
         let audit = Arc::new(AuditLog::open(&self.state.join("audit.jsonl"), "test-run").unwrap());
         let ui = Arc::new(RecordingUi::default());
         let context = StepContext {
-                step_id: step.into(),
-                phase: canup::manifest::Phase::PostUpdate,
-                installed: Version::new(3, 38, 0),
-                target: Version::new(3, 40, 0),
-                release: Version::new(3, 40, 0),
-                edition: Some(Edition::Cat),
-                method: Some(Method::Packages),
-                dry_run: false,
+            step_id: step.into(),
+            phase: canup::manifest::Phase::PostUpdate,
+            installed: Version::new(3, 38, 0),
+            target: Version::new(3, 40, 0),
+            release: Version::new(3, 40, 0),
+            edition: Some(Edition::Cat),
+            method: Some(Method::Packages),
+            dry_run: false,
         };
         let env = StepEnv {
             endpoints: Arc::new(self.endpoints()),
             limits,
-            ..StepEnv::new(Grant::new(step, declared, policy).unwrap(), Sysroot::new(self.sim.root()).unwrap(), Backups::open(&self.state, "test-run").unwrap(), audit.clone(), ui.clone(), context)
+            ..StepEnv::new(
+                Grant::new(step, declared, policy).unwrap(),
+                Sysroot::new(self.sim.root()).unwrap(),
+                Backups::open(&self.state, "test-run").unwrap(),
+                audit.clone(),
+                ui.clone(),
+                context,
+            )
         };
         let report = sandbox.run(loaded, env).await;
         Run { report, audit: audit.records(), ui }
@@ -300,8 +313,7 @@ async fn fs_reads_writes_atomically_and_keeps_backups() {
     assert!(!w.sim.path("/opt/canopsis/etc/old.conf").exists());
     // Backups: the pre-run content of every changed file, and which files did not exist.
     let dir = w.state.join("backups/test-run");
-    let entries: Vec<BackupEntry> =
-        std::fs::read_to_string(dir.join("index.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let entries: Vec<BackupEntry> = std::fs::read_to_string(dir.join("index.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let by_path = |p: &str| entries.iter().find(|e| e.path == Path::new(p)).unwrap_or_else(|| panic!("no backup of {p}"));
     assert!(!by_path("/opt/canopsis/etc/new.conf").existed);
     assert_eq!(std::fs::read_to_string(dir.join(by_path("/opt/canopsis/etc/webserver.conf").copy.as_ref().unwrap())).unwrap(), original);
@@ -348,10 +360,7 @@ async fn context_tells_versions_edition_and_method() {
     let w = world().await;
     let run = w.run("allowed-context").await;
     assert_eq!(run.report.result, Ok(()));
-    assert_eq!(
-        run.report.stdout.text().trim(),
-        "installed=3.38.0 target=3.40.0 release=3.40.0 edition=cat method=packages dry_run=false step=allowed-context"
-    );
+    assert_eq!(run.report.stdout.text().trim(), "installed=3.38.0 target=3.40.0 release=3.40.0 edition=cat method=packages dry_run=false step=allowed-context");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -374,7 +383,13 @@ async fn path_traversal_out_of_the_sysroot_is_denied() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn path_traversal_to_an_undeclared_path_is_judged_after_resolution() {
     let w = world().await;
-    let run = w.hostile("traversal-inside", StepLimits::default(), "read of /opt/canopsis/etc/../../../root/secret (resolves to /root/secret) is not in the capabilities declared by step traversal-inside").await;
+    let run = w
+        .hostile(
+            "traversal-inside",
+            StepLimits::default(),
+            "read of /opt/canopsis/etc/../../../root/secret (resolves to /root/secret) is not in the capabilities declared by step traversal-inside",
+        )
+        .await;
     denied(&run, "fs.read");
 }
 
@@ -405,7 +420,8 @@ async fn a_read_only_path_cannot_be_written() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_undeclared_program_is_denied() {
     let w = world().await;
-    let run = w.hostile("undeclared-program", StepLimits::default(), "exec of program /bin/sh is not in the capabilities declared by step undeclared-program").await;
+    let run =
+        w.hostile("undeclared-program", StepLimits::default(), "exec of program /bin/sh is not in the capabilities declared by step undeclared-program").await;
     denied(&run, "exec");
 }
 
@@ -413,7 +429,11 @@ async fn an_undeclared_program_is_denied() {
 async fn a_declared_program_with_undeclared_arguments_is_denied() {
     let w = world().await;
     let run = w
-        .hostile("undeclared-args", StepLimits::default(), r#"exec of /usr/bin/systemctl with arguments ["stop", "canopsis-engine-go@engine-che"] is not in the capabilities declared"#)
+        .hostile(
+            "undeclared-args",
+            StepLimits::default(),
+            r#"exec of /usr/bin/systemctl with arguments ["stop", "canopsis-engine-go@engine-che"] is not in the capabilities declared"#,
+        )
         .await;
     denied(&run, "exec");
 }

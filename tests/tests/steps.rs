@@ -37,7 +37,8 @@ async fn every_step_changes_nothing_when_run_a_second_time() {
     let repo_dir = dir.path().join("repo");
     publish_steps(&canup_bin(), &repo_dir, &target_dir().join("dev-keys")).unwrap();
     let root = std::fs::read(repo_dir.join("metadata/1.root.json")).unwrap();
-    let repo = Repository::open(repo_dir.to_str().unwrap(), &root, &dir.path().join("cache"), &dir.path().join("trust"), &LoadOptions::default()).await.unwrap();
+    let repo =
+        Repository::open(repo_dir.to_str().unwrap(), &root, &dir.path().join("cache"), &dir.path().join("trust"), &LoadOptions::default()).await.unwrap();
     let index = repo.index().await.unwrap();
     let sandbox = Sandbox::new(None).unwrap();
     canup_tests::rabbitmq::Admin::new().setup_canopsis_once().await.unwrap();
@@ -84,7 +85,11 @@ async fn every_step_changes_nothing_when_run_a_second_time() {
                     let (report, _) = steprun::run(&sandbox, &loaded, &step.manifest, sim.root(), &dir.path().join(format!("state-{checked}")), &setting).await;
                     assert_eq!(report.result, Ok(()), "step {} ({method}), run {}: {}", step.manifest.id, attempt + 1, report.stderr.text());
                     if attempt == 0 {
-                        effects.push_str(&describe(&format!("{} of release {} ({method}, from {installed})", step.manifest.id, release.version), &sim, &before));
+                        effects.push_str(&describe(
+                            &format!("{} of release {} ({method}, from {installed})", step.manifest.id, release.version),
+                            &sim,
+                            &before,
+                        ));
                     }
                     after.push(state(&sim));
                 }
@@ -129,7 +134,11 @@ fn compare_with_expected(actual: &str) {
     let expected = std::fs::read_to_string(&path).unwrap_or_default();
     if expected != actual {
         let diff: Vec<String> = diff_lines(&expected, actual);
-        panic!("the steps' effects differ from {} (- expected, + actual):\n{}\nIf the change is intended, rerun with CANUP_BLESS=1 and review the file's diff.", path.display(), diff.join("\n"));
+        panic!(
+            "the steps' effects differ from {} (- expected, + actual):\n{}\nIf the change is intended, rerun with CANUP_BLESS=1 and review the file's diff.",
+            path.display(),
+            diff.join("\n")
+        );
     }
 }
 
@@ -187,7 +196,8 @@ async fn the_api_check_waits_for_the_restart_and_checks_the_version_of_the_era()
         tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
         std::fs::remove_file(down).unwrap();
     });
-    let (report, _) = steprun::run(&sandbox, &loaded, &step, sim.root(), &dir.path().join("s1"), &api_setting(&api, dir.path(), "3.39.0", "3.40.0", &fast)).await;
+    let (report, _) =
+        steprun::run(&sandbox, &loaded, &step, sim.root(), &dir.path().join("s1"), &api_setting(&api, dir.path(), "3.39.0", "3.40.0", &fast)).await;
     restart.await.unwrap();
     assert_eq!(report.result, Ok(()), "{}", report.stderr.text());
     let requests = api.requests();
@@ -197,13 +207,22 @@ async fn the_api_check_waits_for_the_restart_and_checks_the_version_of_the_era()
     // 4.x: the v4 path; an API still on the old version is an error naming both versions.
     let sim4 = SimHost::create(&dir.path().join("sim4"), &Spec { version: "4.5.6".into(), ..Spec::default() }, Path::new(STUB)).unwrap();
     let api4 = CanopsisApi::serve(sim4.root().to_path_buf()).await;
-    let (report, _) = steprun::run(&sandbox, &loaded, &step, sim4.root(), &dir.path().join("s2"), &api_setting(&api4, dir.path(), "4.5.6", "4.5.7", &fast)).await;
+    let (report, _) =
+        steprun::run(&sandbox, &loaded, &step, sim4.root(), &dir.path().join("s2"), &api_setting(&api4, dir.path(), "4.5.6", "4.5.7", &fast)).await;
     let err = report.result.unwrap_err().to_string();
     assert!(err.contains("answers version 4.5.6 on /api/v4/app-info, expected 4.5.7"), "{err}");
 
     // An API that never comes back: the step gives up after its timeout, naming what it saw.
     std::fs::write(sim4.path("/var/lib/canup-sim/api-down"), "").unwrap();
-    let (report, _) = steprun::run(&sandbox, &loaded, &step, sim4.root(), &dir.path().join("s3"), &api_setting(&api4, dir.path(), "4.5.6", "4.5.6", &[("api_poll_ms", "200"), ("api_timeout_seconds", "1")])).await;
+    let (report, _) = steprun::run(
+        &sandbox,
+        &loaded,
+        &step,
+        sim4.root(),
+        &dir.path().join("s3"),
+        &api_setting(&api4, dir.path(), "4.5.6", "4.5.6", &[("api_poll_ms", "200"), ("api_timeout_seconds", "1")]),
+    )
+    .await;
     let err = report.result.unwrap_err().to_string();
     assert!(err.contains("did not answer GET /api/v4/app-info within 1s (last: HTTP 503"), "{err}");
 }

@@ -297,7 +297,26 @@ async fn python_tuf_reads_what_canup_publishes_through_every_rotation_and_thresh
     let (r2, r3, ts3) = (s.keygen("root2.key"), s.keygen("root3.key"), s.keygen("timestamp3.key"));
     s.vendor(&["rotate-keys", s.repo_str(), "--role", "root", "--new-key", &r2, "--new-key", &r3, "--threshold", "2", "--root-key", s.dev()]);
     assert_eq!(read("root key rotation to threshold 2")["root"], 5);
-    s.vendor(&["rotate-keys", s.repo_str(), "--role", "timestamp", "--new-key", &ts2, "--new-key", &ts3, "--threshold", "2", "--root-key", &r2, "--root-key", &r3, "--key", &ts2, "--key", &ts3]);
+    s.vendor(&[
+        "rotate-keys",
+        s.repo_str(),
+        "--role",
+        "timestamp",
+        "--new-key",
+        &ts2,
+        "--new-key",
+        &ts3,
+        "--threshold",
+        "2",
+        "--root-key",
+        &r2,
+        "--root-key",
+        &r3,
+        "--key",
+        &ts2,
+        "--key",
+        &ts3,
+    ]);
     assert_eq!(read("timestamp threshold 2")["root"], 6);
     s.vendor(&["refresh-timestamp", s.repo_str(), "--key", &ts2, "--key", &ts3]);
     read("refresh-timestamp with threshold 2");
@@ -309,7 +328,10 @@ async fn python_tuf_reads_what_canup_publishes_through_every_rotation_and_thresh
     assert!(text(&out).contains("signing timestamp"), "{}", text(&out));
     assert_eq!(std::fs::read(index.join("timestamp.json")).unwrap(), before);
     // A root signed by one of two root keys is not published either.
-    let out = std::process::Command::new(canup_bin()).args(["repo", "rotate-keys", s.repo_str(), "--role", "timestamp", "--new-key", &ts3, "--threshold", "1", "--root-key", &r2, "--key", &ts3]).output().unwrap();
+    let out = std::process::Command::new(canup_bin())
+        .args(["repo", "rotate-keys", s.repo_str(), "--role", "timestamp", "--new-key", &ts3, "--threshold", "1", "--root-key", &r2, "--key", &ts3])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("not signed by enough keys"), "{}", text(&out));
     assert!(!index.join("7.root.json").exists());
@@ -327,7 +349,10 @@ async fn two_holders_sign_a_new_root_offline_then_it_is_published() {
     s.vendor(&["rotate-keys", s.repo_str(), "--role", "timestamp", "--new-key", &ts2, "--out", candidate.to_str().unwrap()]);
     let first = s.vendor(&["sign-root", s.repo_str(), "--candidate", candidate.to_str().unwrap(), "--key", &h1]);
     assert!(first.contains("still missing") && first.contains("Signature threshold of 2"), "{first}");
-    let early = std::process::Command::new(canup_bin()).args(["repo", "publish-root", s.repo_str(), "--candidate", candidate.to_str().unwrap(), "--key", &ts2]).output().unwrap();
+    let early = std::process::Command::new(canup_bin())
+        .args(["repo", "publish-root", s.repo_str(), "--candidate", candidate.to_str().unwrap(), "--key", &ts2])
+        .output()
+        .unwrap();
     assert_eq!(early.status.code(), Some(2), "{}", text(&early));
     assert!(!s.repo.join("metadata/3.root.json").exists());
 

@@ -52,7 +52,9 @@ fn main() -> Result<()> {
             _ => bail!("usage: cargo xtask publish --out DIR"),
         },
         _ => {
-            eprintln!("usage: cargo xtask <test [CARGO TEST ARGS] | demo | bench | dist | chaos [KILLS [SEED]] | fuzz [--libfuzzer] [SECONDS] | build-guests | publish --out DIR | tuf-conformance DIR>");
+            eprintln!(
+                "usage: cargo xtask <test [CARGO TEST ARGS] | demo | bench | dist | chaos [KILLS [SEED]] | fuzz [--libfuzzer] [SECONDS] | build-guests | publish --out DIR | tuf-conformance DIR>"
+            );
             std::process::exit(2)
         }
     }
@@ -209,7 +211,8 @@ fn fuzz(args: &[String]) -> Result<()> {
         return fuzz_libfuzzer(seconds);
     }
     let mut c = cargo();
-    c.args(["test", "--release", "-p", "canup-tests", "--test", "fuzz", "--", "--nocapture", "--test-threads", "1"]).env("CANUP_FUZZ_SECONDS", seconds.to_string());
+    c.args(["test", "--release", "-p", "canup-tests", "--test", "fuzz", "--", "--nocapture", "--test-threads", "1"])
+        .env("CANUP_FUZZ_SECONDS", seconds.to_string());
     run(c)
 }
 
@@ -266,7 +269,11 @@ fn fuzz_libfuzzer(seconds: u64) -> Result<()> {
         let out = c.output().with_context(|| format!("running cargo fuzz on {target}"))?;
         let log = String::from_utf8_lossy(&out.stderr);
         let stat = |name: &str| log.lines().find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_owned())).unwrap_or_else(|| "?".into());
-        let coverage = log.lines().rev().find_map(|l| l.split_once(" cov: ").and_then(|(_, r)| r.split_whitespace().next()).map(str::to_owned)).unwrap_or_else(|| "?".into());
+        let coverage = log
+            .lines()
+            .rev()
+            .find_map(|l| l.split_once(" cov: ").and_then(|(_, r)| r.split_whitespace().next()).map(str::to_owned))
+            .unwrap_or_else(|| "?".into());
         if !out.status.success() {
             let tail: Vec<&str> = log.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect();
             bail!("libFuzzer found a failure in {target} (input in fuzz/artifacts/{target}/; make it a regression test):\n{}", tail.join("\n"));
@@ -383,14 +390,18 @@ fn check_rpm(package: &Path, dist: &Path) -> Result<()> {
     }
     let config = rpm(&["-qp", "--qf", "[%{FILENAMES} %{FILEFLAGS:fflags}\n]", pkg])?;
     if !config.lines().any(|l| l == "/etc/canup/canup.toml cn") {
-        bail!("/etc/canup/canup.toml is not %config(noreplace) in {pkg}:
-{config}");
+        bail!(
+            "/etc/canup/canup.toml is not %config(noreplace) in {pkg}:
+{config}"
+        );
     }
     let modes = rpm(&["-qp", "--qf", "[%{FILENAMES} %{FILEMODES:perms}\n]", pkg])?;
     for line in ["/usr/bin/canup -rwxr-xr-x", "/etc/canup/canup.toml -rw-r-----"] {
         if !modes.lines().any(|l| l == line) {
-            bail!("{pkg}: expected {line:?} in
-{modes}");
+            bail!(
+                "{pkg}: expected {line:?} in
+{modes}"
+            );
         }
     }
 
@@ -414,9 +425,11 @@ fn check_rpm(package: &Path, dist: &Path) -> Result<()> {
     println!("installed into {root_s}: {}", version.trim());
     let conf = root.join("etc/canup/canup.toml");
     let mut edited = std::fs::read_to_string(&conf)?;
-    edited.push_str("
+    edited.push_str(
+        "
 # edited by the operator
-");
+",
+    );
     std::fs::write(&conf, &edited)?;
     rpm(&["--root", root_s, "-U", "--replacepkgs", "--nodeps", "--noscripts", pkg])?;
     if std::fs::read_to_string(&conf)? != edited {
@@ -532,19 +545,15 @@ fn demo() -> Result<()> {
 /// The SDK's example step (one call of each capability, an API on loopback) through
 /// `canup step run`, which prints its audit: what a step author sees.
 fn example_step(runtime: &tokio::runtime::Runtime, canup: &Path, sim: &SimHost, demo: &Path) -> Result<()> {
-    let api = runtime.block_on(canup_tests::serve(axum::Router::new().route(
-        "/api/v4/app-info",
-        axum::routing::get(|| async { r#"{"version":"3.40.0","edition":"cat"}"# }),
-    )));
+    let api = runtime.block_on(canup_tests::serve(
+        axum::Router::new().route("/api/v4/app-info", axum::routing::get(|| async { r#"{"version":"3.40.0","edition":"cat"}"# })),
+    ));
     let secret = demo.join("canopsis-api.password");
     std::fs::write(&secret, "demo-password\n")?;
     let policy = demo.join("step-policy.toml");
     std::fs::write(
         &policy,
-        format!(
-            "{DEMO_POLICY}\n[endpoints.canopsis-api]\nurl = \"http://{api}\"\nusername = \"root\"\npassword_file = \"{}\"\n",
-            secret.display()
-        ),
+        format!("{DEMO_POLICY}\n[endpoints.canopsis-api]\nurl = \"http://{api}\"\nusername = \"root\"\npassword_file = \"{}\"\n", secret.display()),
     )?;
     let module = canup_tests::target_dir().join(WASM_TARGET).join(canup_tests::GUEST_PROFILE).join("example_step.wasm");
     println!("\n== the SDK's example step with its audit: canup step run {} --yes", module.display());

@@ -28,23 +28,16 @@ pub struct Counts {
 ///
 /// Returns `Err` only when the suite could not run; failing tests are reported in `Counts`.
 pub fn run(suite: &Path, client: &Path, venv: &Path) -> Result<Counts> {
-    let suite = suite
-        .canonicalize()
-        .with_context(|| format!("tuf-conformance checkout {}", suite.display()))?;
-    let pyproject = std::fs::read_to_string(suite.join("pyproject.toml"))
-        .context("suite has no pyproject.toml: not a tuf-conformance checkout?")?;
+    let suite = suite.canonicalize().with_context(|| format!("tuf-conformance checkout {}", suite.display()))?;
+    let pyproject = std::fs::read_to_string(suite.join("pyproject.toml")).context("suite has no pyproject.toml: not a tuf-conformance checkout?")?;
     // The suite resolves a relative --entrypoint against pytest's cwd and looks for
     // "<entrypoint>.xfails"; an absolute path makes both independent of our cwd.
-    let client = client
-        .canonicalize()
-        .with_context(|| format!("client-under-test {}", client.display()))?;
+    let client = client.canonicalize().with_context(|| format!("client-under-test {}", client.display()))?;
     let client_str = client.to_str().context("client path is not UTF-8")?;
     // ClientRunner does `entrypoint.split(" ")` to allow "interpreter script" entrypoints,
     // so a path containing a space would be mangled into several argv words.
     if client_str.contains(' ') {
-        bail!(
-            "client path {client_str:?} contains a space; the suite splits --entrypoint on spaces"
-        );
+        bail!("client path {client_str:?} contains a space; the suite splits --entrypoint on spaces");
     }
 
     ensure_venv(&suite, &pyproject, venv)?;
@@ -53,15 +46,7 @@ pub fn run(suite: &Path, client: &Path, venv: &Path) -> Result<Counts> {
     // -p no:cacheprovider: don't litter the suite checkout with .pytest_cache.
     // Client stdout/stderr is captured by pytest and only shown for failing tests.
     let mut child = Command::new(venv.join("bin/python"))
-        .args([
-            "-m",
-            "pytest",
-            "tuf_conformance",
-            "-p",
-            "no:cacheprovider",
-            "-rfE",
-            "--entrypoint",
-        ])
+        .args(["-m", "pytest", "tuf_conformance", "-p", "no:cacheprovider", "-rfE", "--entrypoint"])
         .arg(&client)
         .current_dir(&suite)
         .stdout(Stdio::piped())
@@ -84,8 +69,7 @@ pub fn run(suite: &Path, client: &Path, venv: &Path) -> Result<Counts> {
     if !matches!(status.code(), Some(0 | 1)) {
         bail!("pytest did not complete ({status}); last output: {last}");
     }
-    let counts = parse_summary(&last)
-        .with_context(|| format!("unrecognised pytest summary line: {last:?}"))?;
+    let counts = parse_summary(&last).with_context(|| format!("unrecognised pytest summary line: {last:?}"))?;
     println!(
         "tuf-conformance: {} passed, {} failed, {} xfailed, {} skipped, {} xpassed",
         counts.passed, counts.failed, counts.xfailed, counts.skipped, counts.xpassed
@@ -103,11 +87,8 @@ fn ensure_venv(suite: &Path, pyproject: &str, venv: &Path) -> Result<()> {
     }
     // The suite imports `datetime.UTC` (Python >= 3.11) although pyproject says >= 3.10:
     // fail here with a clear message instead of 100+ collection errors.
-    run_ok(Command::new(&python).args([
-        "-c",
-        "import sys; assert sys.version_info >= (3, 11), sys.version",
-    ]))
-    .context("tuf-conformance needs Python >= 3.11 in the venv")?;
+    run_ok(Command::new(&python).args(["-c", "import sys; assert sys.version_info >= (3, 11), sys.version"]))
+        .context("tuf-conformance needs Python >= 3.11 in the venv")?;
 
     let marker = venv.join(".tuf-conformance-installed");
     let stamp = format!("{}\n{pyproject}", suite.display());
@@ -116,18 +97,7 @@ fn ensure_venv(suite: &Path, pyproject: &str, venv: &Path) -> Result<()> {
     }
     // Editable install, as upstream's Makefile/action do: pytest runs the tests from the
     // checkout anyway, we only need tuf, securesystemslib[crypto] and pytest pinned.
-    run_ok(
-        Command::new(&python)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "-e",
-            ])
-            .arg(suite),
-    )?;
+    run_ok(Command::new(&python).args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-e"]).arg(suite))?;
     std::fs::write(&marker, stamp).context("writing venv marker")?;
     Ok(())
 }
@@ -135,19 +105,14 @@ fn ensure_venv(suite: &Path, pyproject: &str, venv: &Path) -> Result<()> {
 /// Expiry tests run the client as `faketime "<datetime>" <client> ...`; without the
 /// binary those tests die with `FileNotFoundError`, so install it (Debian/Ubuntu, as root).
 fn ensure_faketime() -> Result<()> {
-    let on_path = std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("faketime").is_file()));
+    let on_path = std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("faketime").is_file()));
     if on_path {
         return Ok(());
     }
     // `update` first: minimal images ship without package lists.
     run_ok(Command::new("apt-get").args(["update", "-qq"]))?;
-    run_ok(
-        Command::new("apt-get")
-            .args(["install", "-y", "-qq", "faketime"])
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
-    .context("faketime is required by the suite; install it (apt-get install faketime)")
+    run_ok(Command::new("apt-get").args(["install", "-y", "-qq", "faketime"]).env("DEBIAN_FRONTEND", "noninteractive"))
+        .context("faketime is required by the suite; install it (apt-get install faketime)")
 }
 
 fn run_ok(cmd: &mut Command) -> Result<()> {

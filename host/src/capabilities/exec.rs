@@ -21,9 +21,25 @@ use crate::sysroot::Sysroot;
 /// (glibc's "unsecure" list plus the shells' startup hooks). No policy can allow them: a
 /// step that could set them could run anything as root.
 const FORBIDDEN_ENV: &[&str] = &[
-    "LD_*", "GCONV_PATH", "GETCONF_DIR", "HOSTALIASES", "LOCALDOMAIN", "LOCPATH", "MALLOC_TRACE", "NIS_PATH",
-    "NLSPATH", "RESOLV_HOST_CONF", "RES_OPTIONS", "TMPDIR", "TZDIR", "BASH_ENV", "ENV", "SHELLOPTS", "BASHOPTS",
-    "PS4", "IFS",
+    "LD_*",
+    "GCONV_PATH",
+    "GETCONF_DIR",
+    "HOSTALIASES",
+    "LOCALDOMAIN",
+    "LOCPATH",
+    "MALLOC_TRACE",
+    "NIS_PATH",
+    "NLSPATH",
+    "RESOLV_HOST_CONF",
+    "RES_OPTIONS",
+    "TMPDIR",
+    "TZDIR",
+    "BASH_ENV",
+    "ENV",
+    "SHELLOPTS",
+    "BASHOPTS",
+    "PS4",
+    "IFS",
 ];
 
 /// Set for a program run "as user U" under `--sysroot`: the sysroot's users do not exist on
@@ -147,10 +163,7 @@ impl Grant {
             });
         }
         if has_dot_components(&req.program) || req.program.contains('\0') {
-            return Err(Denial::Invalid {
-                what: format!("exec of program {:?}", req.program),
-                why: "the path must not contain '.' or '..' components".into(),
-            });
+            return Err(Denial::Invalid { what: format!("exec of program {:?}", req.program), why: "the path must not contain '.' or '..' components".into() });
         }
         if let Some(cwd) = &req.cwd
             && (!cwd.starts_with('/') || cwd.contains('\0'))
@@ -337,8 +350,7 @@ async fn run_piped(mut cmd: tokio::process::Command, req: &ExecRequest, limits: 
     let stdout = child.stdout.take().ok_or_else(|| io(std::io::Error::other("no stdout pipe")))?;
     let stderr = child.stderr.take().ok_or_else(|| io(std::io::Error::other("no stderr pipe")))?;
     let all = async {
-        let ((), out, err, status) =
-            tokio::join!(feed, read_bounded(stdout, limits.max_output), read_bounded(stderr, limits.max_output), child.wait());
+        let ((), out, err, status) = tokio::join!(feed, read_bounded(stdout, limits.max_output), read_bounded(stderr, limits.max_output), child.wait());
         Ok::<_, std::io::Error>((out?, err?, status?))
     };
     match tokio::time::timeout(timeout, all).await {
@@ -409,9 +421,8 @@ impl Receipt {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Earlier::NeverRan),
             Err(e) => return Err(self.io_error(&path, e)),
         };
-        let shell_pid = || {
-            std::fs::read_to_string(&path).ok().and_then(|t| t.lines().find_map(|l| l.strip_prefix("started ").and_then(|p| p.trim().parse::<i32>().ok())))
-        };
+        let shell_pid =
+            || std::fs::read_to_string(&path).ok().and_then(|t| t.lines().find_map(|l| l.strip_prefix("started ").and_then(|p| p.trim().parse::<i32>().ok())));
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
@@ -463,7 +474,14 @@ impl Receipt {
         }
     }
 
-    async fn run(&self, mut cmd: tokio::process::Command, req: &ExecRequest, switched: bool, limits: &ExecLimits, timeout: Duration) -> Result<ExecOutput, ExecError> {
+    async fn run(
+        &self,
+        mut cmd: tokio::process::Command,
+        req: &ExecRequest,
+        switched: bool,
+        limits: &ExecLimits,
+        timeout: Duration,
+    ) -> Result<ExecOutput, ExecError> {
         let create = |ext: &str| {
             let path = self.file(ext);
             std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).mode(0o600).open(&path).map_err(|e| self.io_error(&path, e))
@@ -565,7 +583,11 @@ mod tests {
         let mut r = req("/bin/sh", &["-c", "cat; echo err >&2; test -e /proc/self/fd/3 && echo leaked; exit 3"]);
         r.stdin = Some(b"fed\n".to_vec());
         let out = run(&r, &Sysroot::host(), &ExecLimits::default(), Some(&receipt)).await.unwrap();
-        assert_eq!((out.status, out.stdout.as_slice(), out.stderr.as_slice()), (Some(3), &b"fed\n"[..], &b"err\n"[..]), "the command does not get the receipt's descriptor");
+        assert_eq!(
+            (out.status, out.stdout.as_slice(), out.stderr.as_slice()),
+            (Some(3), &b"fed\n"[..], &b"err\n"[..]),
+            "the command does not get the receipt's descriptor"
+        );
         // What a canup that was killed before journaling this outcome finds when it resumes.
         let Earlier::Finished(again) = receipt.earlier(&ExecLimits::default(), |_| panic!("nothing runs")).await.unwrap() else { panic!("no outcome") };
         assert_eq!((again.status, again.stdout, again.stderr), (Some(3), b"fed\n".to_vec(), b"err\n".to_vec()));

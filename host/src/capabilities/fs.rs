@@ -80,10 +80,9 @@ fn resolve(sysroot: &Sysroot, logical: &str) -> Result<Resolved, Denial> {
         }
         real.push(name);
     }
-    let step_view = sysroot.unmap(&real).ok_or_else(|| Denial::Invalid {
-        what: format!("path {logical}"),
-        why: format!("it resolves to {}, outside the sysroot", real.display()),
-    })?;
+    let step_view = sysroot
+        .unmap(&real)
+        .ok_or_else(|| Denial::Invalid { what: format!("path {logical}"), why: format!("it resolves to {}, outside the sysroot", real.display()) })?;
     Ok(Resolved { logical: step_view, real })
 }
 
@@ -91,11 +90,7 @@ impl Grant {
     /// The single checkpoint for `fs`.
     pub fn check_fs(&self, sysroot: &Sysroot, path: &str, access: Access) -> Result<Resolved, Denial> {
         let resolved = resolve(sysroot, path)?;
-        let shown = if resolved.logical == Path::new(path) {
-            path.to_owned()
-        } else {
-            format!("{path} (resolves to {})", resolved.logical.display())
-        };
+        let shown = if resolved.logical == Path::new(path) { path.to_owned() } else { format!("{path} (resolves to {})", resolved.logical.display()) };
         self.both(
             || format!("{} of {shown}", access.label()),
             |side| {
@@ -119,9 +114,7 @@ pub fn exists(path: &Resolved) -> bool {
 }
 
 pub fn list(path: &Resolved) -> io::Result<Vec<String>> {
-    let mut names = fs::read_dir(&path.real)?
-        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
-        .collect::<io::Result<Vec<_>>>()?;
+    let mut names = fs::read_dir(&path.real)?.map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned())).collect::<io::Result<Vec<_>>>()?;
     names.sort();
     Ok(names)
 }

@@ -64,7 +64,10 @@ impl Grant {
             return Err(Denial::Invalid { what: what(), why: "the method must be an upper-case HTTP method".into() });
         }
         if let Some((name, _)) = headers.iter().find(|(n, _)| RESERVED_HEADERS.contains(&n.to_ascii_lowercase().as_str())) {
-            return Err(Denial::Forbidden { what: format!("header {name} on endpoint {endpoint}"), why: "credentials and routing headers are set by canup only".into() });
+            return Err(Denial::Forbidden {
+                what: format!("header {name} on endpoint {endpoint}"),
+                why: "credentials and routing headers are set by canup only".into(),
+            });
         }
         self.both(what, |side| side.http.iter().any(|r| r.allows(endpoint, method, path_only)))
     }
@@ -208,7 +211,9 @@ pub async fn send(grant: &Grant, endpoints: &Endpoints, req: &HttpRequest, limit
     let mut method = reqwest::Method::from_bytes(req.method.as_bytes()).map_err(|e| failed(e.to_string()))?;
     let mut url = url;
     let mut body = req.body.clone();
-    let map_err = |e: reqwest::Error| if e.is_timeout() { HttpError::Timeout { endpoint: name.to_owned(), after: limits.timeout } } else { failed(crate::error_chain(&e)) };
+    let map_err = |e: reqwest::Error| {
+        if e.is_timeout() { HttpError::Timeout { endpoint: name.to_owned(), after: limits.timeout } } else { failed(crate::error_chain(&e)) }
+    };
     let token = read_secret(name, &ep.token_file, &ep.token_env)?;
     let password = match (&token, &ep.username) {
         (None, Some(_)) => read_secret(name, &ep.password_file, &ep.password_env)?,
@@ -238,7 +243,11 @@ pub async fn send(grant: &Grant, endpoints: &Endpoints, req: &HttpRequest, limit
         }
         let target = target.map_err(failed)?;
         if !same_origin(&target, &base) || !target.path().starts_with(&base_path) {
-            return Err(Denial::Invalid { what: format!("redirect of endpoint {name} to {target}"), why: "it leads to another origin than the endpoint's".into() }.into());
+            return Err(Denial::Invalid {
+                what: format!("redirect of endpoint {name} to {target}"),
+                why: "it leads to another origin than the endpoint's".into(),
+            }
+            .into());
         }
         // As browsers do: 303, and 301/302 after a POST, continue as a GET without the body.
         let status = resp.status().as_u16();
@@ -270,4 +279,3 @@ pub async fn send(grant: &Grant, endpoints: &Endpoints, req: &HttpRequest, limit
     }
     Ok(HttpResponse { status, headers, body })
 }
-

@@ -125,12 +125,11 @@ pub struct PatternError {
 /// Compiles a glob. `literal_separator` makes `*` stop at `/` (for paths) or not (for
 /// arguments, where `/` is an ordinary character).
 pub(crate) fn glob(pattern: &str, literal_separator: bool, origin: &str) -> Result<GlobMatcher, PatternError> {
-    GlobBuilder::new(pattern)
-        .literal_separator(literal_separator)
-        .backslash_escape(true)
-        .build()
-        .map(|g| g.compile_matcher())
-        .map_err(|source| PatternError { pattern: pattern.to_owned(), origin: origin.to_owned(), source })
+    GlobBuilder::new(pattern).literal_separator(literal_separator).backslash_escape(true).build().map(|g| g.compile_matcher()).map_err(|source| PatternError {
+        pattern: pattern.to_owned(),
+        origin: origin.to_owned(),
+        source,
+    })
 }
 
 /// Whether the policy pattern `policy` allows everything the declared pattern `declared`
@@ -143,9 +142,7 @@ fn pattern_covers(policy: &str, declared: &str, literal_separator: bool) -> bool
         return true;
     }
     if declared.contains("**") {
-        return policy.strip_suffix("**").is_some_and(|prefix| {
-            !prefix.contains(['*', '?', '[', '{', '\\']) && declared.starts_with(prefix)
-        });
+        return policy.strip_suffix("**").is_some_and(|prefix| !prefix.contains(['*', '?', '[', '{', '\\']) && declared.starts_with(prefix));
     }
     glob(policy, literal_separator, "the policy").is_ok_and(|g| g.is_match(declared))
 }
@@ -378,7 +375,9 @@ users = ["canopsis"]
 
     #[test]
     fn http_paths_methods_and_reserved_headers() {
-        let caps = set("[[http]]\nendpoint = \"rabbitmq\"\npaths = [\"/api/queues/canopsis\", \"/api/bindings/canopsis/**\"]\n[[http]]\nendpoint = \"canopsis-api\"\nmethods = [\"POST\", \"DELETE\"]\npaths = [\"/api/v4/broadcast-message/**\", \"/api/v4/broadcast-message\"]\n");
+        let caps = set(
+            "[[http]]\nendpoint = \"rabbitmq\"\npaths = [\"/api/queues/canopsis\", \"/api/bindings/canopsis/**\"]\n[[http]]\nendpoint = \"canopsis-api\"\nmethods = [\"POST\", \"DELETE\"]\npaths = [\"/api/v4/broadcast-message/**\", \"/api/v4/broadcast-message\"]\n",
+        );
         let g = Grant::new("s", &caps, &caps).unwrap();
         assert!(g.check_http("rabbitmq", "GET", "/api/queues/canopsis?columns=name,messages", &[]).is_ok());
         assert!(g.check_http("rabbitmq", "DELETE", "/api/queues/canopsis", &[]).is_err(), "GET only by default");
@@ -394,8 +393,12 @@ users = ["canopsis"]
 
     #[test]
     fn admission_coverage_of_patterns() {
-        let policy = set("[[exec]]\nprogram = \"/usr/bin/yum\"\nargs = [\"--disablerepo=[*]\", \"--enablerepo=canopsis[*]\", \"update\", \"-y\", \"**\"]\n[fs]\nread = [\"/opt/canopsis/**\"]\nwrite = [\"/opt/canopsis/etc/*\"]\n[[http]]\nendpoint = \"rabbitmq\"\nmethods = [\"GET\", \"DELETE\"]\npaths = [\"/api/**\"]\n");
-        let ok = set("[[exec]]\nprogram = \"/usr/bin/yum\"\nargs = [\"--disablerepo=[*]\", \"--enablerepo=canopsis[*]\", \"update\", \"-y\", \"canopsis-core-*\"]\n[fs]\nread = [\"/opt/canopsis/etc/**\"]\nwrite = [\"/opt/canopsis/etc/*.conf\"]\n[[http]]\nendpoint = \"rabbitmq\"\npaths = [\"/api/queues/canopsis\"]\n");
+        let policy = set(
+            "[[exec]]\nprogram = \"/usr/bin/yum\"\nargs = [\"--disablerepo=[*]\", \"--enablerepo=canopsis[*]\", \"update\", \"-y\", \"**\"]\n[fs]\nread = [\"/opt/canopsis/**\"]\nwrite = [\"/opt/canopsis/etc/*\"]\n[[http]]\nendpoint = \"rabbitmq\"\nmethods = [\"GET\", \"DELETE\"]\npaths = [\"/api/**\"]\n",
+        );
+        let ok = set(
+            "[[exec]]\nprogram = \"/usr/bin/yum\"\nargs = [\"--disablerepo=[*]\", \"--enablerepo=canopsis[*]\", \"update\", \"-y\", \"canopsis-core-*\"]\n[fs]\nread = [\"/opt/canopsis/etc/**\"]\nwrite = [\"/opt/canopsis/etc/*.conf\"]\n[[http]]\nendpoint = \"rabbitmq\"\npaths = [\"/api/queues/canopsis\"]\n",
+        );
         assert_eq!(ok.uncovered_by(&policy), None);
         let wider_write = set("[fs]\nwrite = [\"/opt/canopsis/etc/**\"]\n");
         assert_eq!(wider_write.uncovered_by(&policy).as_deref(), Some("write of /opt/canopsis/etc/**"));

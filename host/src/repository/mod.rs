@@ -176,7 +176,9 @@ impl Repository {
         let listed = self.inner.targets().signed.targets.get(&target_name).map(|t| t.length);
         match listed {
             None => return Err(RepoError::NotListed { location: self.location.shown.clone(), what: format!("target {name}") }),
-            Some(len) if len > MAX_TARGET_BYTES => return Err(target_err(format!("its signed length {len} exceeds canup's limit of {MAX_TARGET_BYTES} bytes"))),
+            Some(len) if len > MAX_TARGET_BYTES => {
+                return Err(target_err(format!("its signed length {len} exceeds canup's limit of {MAX_TARGET_BYTES} bytes")));
+            }
             Some(_) => {}
         }
         let stream = self.inner.read_target(&target_name).await.map_err(|e| target_err(error_chain(&e)))?;

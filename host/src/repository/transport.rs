@@ -49,7 +49,11 @@ impl ResumingTransport {
                 // one (a mirror, a CDN). What it serves is verified by TUF wherever it comes from.
                 Ok(resp) if resp.status().is_redirection() && redirects < MAX_REDIRECTS => {
                     let Some(Ok(next)) = crate::capabilities::http::redirect_target(&resp) else {
-                        return Err(TransportError::new_with_cause(TransportErrorKind::Other, url.as_str(), format!("HTTP {} without a usable Location", resp.status())));
+                        return Err(TransportError::new_with_cause(
+                            TransportErrorKind::Other,
+                            url.as_str(),
+                            format!("HTTP {} without a usable Location", resp.status()),
+                        ));
                     };
                     redirects += 1;
                     attempt -= 1;

@@ -157,7 +157,8 @@ impl TrustStore {
         if seed.version() > current.version() {
             return Ok((current, Some(seed)));
         }
-        let kept = if seed.version() == current.version() { Some(current.clone()) } else { self.read(&self.dir.join(format!("{}.root.json", seed.version())))? };
+        let kept =
+            if seed.version() == current.version() { Some(current.clone()) } else { self.read(&self.dir.join(format!("{}.root.json", seed.version())))? };
         match kept {
             Some(kept) if !kept.same_as(&seed) => Err(off_chain(current.version())),
             _ => {
@@ -188,17 +189,21 @@ impl TrustStore {
             let url = metadata.join(&name).map_err(|e| verify(format!("{name}: {e}")))?;
             let Some(bytes) = fetch_bounded(transport, url).await.map_err(|e| verify(format!("fetching {name}: {e}")))? else { break };
             let signed: Signed<Root> = serde_json::from_slice(&bytes).map_err(|e| verify(format!("{name} is not TUF root metadata: {e}")))?;
-            root.signed
-                .signed
-                .verify_role(&signed)
-                .map_err(|e| verify(format!("{name} is not signed by a threshold of the root keys of version {} that canup trusts: {}", root.version(), error_chain(&e))))?;
+            root.signed.signed.verify_role(&signed).map_err(|e| {
+                verify(format!("{name} is not signed by a threshold of the root keys of version {} that canup trusts: {}", root.version(), error_chain(&e)))
+            })?;
             let next = TrustedRoot::parse(bytes).map_err(|why| verify(format!("{name}: {why}")))?;
             if next.version() != root.version() + 1 {
                 return Err(verify(format!("{name} says it is version {}, not {} (rollback or a misnamed file)", next.version(), root.version() + 1)));
             }
             if let Some(seed) = ahead.as_ref().filter(|s| s.version() == next.version()) {
                 if !seed.same_as(&next) {
-                    return Err(RepoError::OffChain { seed: seed.version(), persisted: start.version(), dir: self.dir.display().to_string(), hint: self.reset_hint() });
+                    return Err(RepoError::OffChain {
+                        seed: seed.version(),
+                        persisted: start.version(),
+                        dir: self.dir.display().to_string(),
+                        hint: self.reset_hint(),
+                    });
                 }
                 ahead = None;
             }

@@ -28,11 +28,7 @@ fn info_path(target: &semver::Version) -> &'static str {
 /// merges several sections).
 fn reported_version(body: &serde_json::Value) -> Option<String> {
     match body {
-        serde_json::Value::Object(map) => map
-            .get("version")
-            .and_then(|v| v.as_str())
-            .map(str::to_owned)
-            .or_else(|| map.values().find_map(reported_version)),
+        serde_json::Value::Object(map) => map.get("version").and_then(|v| v.as_str()).map(str::to_owned).or_else(|| map.values().find_map(reported_version)),
         _ => None,
     }
 }
@@ -58,7 +54,9 @@ fn api_check(ctx: &Context) -> Result<()> {
                         ui::info(&format!("the Canopsis API answers on {path} with version {v}"));
                         Ok(())
                     }
-                    Some(v) => bail!("the Canopsis API answers version {v} on {path}, expected {want}: the services may still run the old version; check `canoctl status` (packages) or `docker-compose ps` (Compose)"),
+                    Some(v) => bail!(
+                        "the Canopsis API answers version {v} on {path}, expected {want}: the services may still run the old version; check `canoctl status` (packages) or `docker-compose ps` (Compose)"
+                    ),
                     None => {
                         ui::warn(&format!("the Canopsis API answers on {path} but reports no version; it is up, its version is not checked"));
                         Ok(())
@@ -73,7 +71,10 @@ fn api_check(ctx: &Context) -> Result<()> {
             Err(e) => e.message,
         };
         if start.elapsed() >= timeout {
-            bail!("the Canopsis API did not answer GET {path} within {}s (last: {last}); check the services with `canoctl status` or `docker-compose ps`", timeout.as_secs());
+            bail!(
+                "the Canopsis API did not answer GET {path} within {}s (last: {last}); check the services with `canoctl status` or `docker-compose ps`",
+                timeout.as_secs()
+            );
         }
         ui::progress(start.elapsed().as_secs(), Some(timeout.as_secs()), &format!("waiting for the Canopsis API ({last})"));
         std::thread::sleep(poll);

@@ -30,7 +30,8 @@ fn api_base(version: &Version) -> Option<&'static str> {
 }
 
 fn message(ctx: &Context) -> String {
-    context::setting("broadcast_message").unwrap_or_else(|| format!("Canopsis is being upgraded to {}: the service will be interrupted for a few minutes.", ctx.target))
+    context::setting("broadcast_message")
+        .unwrap_or_else(|| format!("Canopsis is being upgraded to {}: the service will be interrupted for a few minutes.", ctx.target))
 }
 
 /// The endpoint may be absent from the operator's config: say so and go on.

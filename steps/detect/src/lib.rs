@@ -39,7 +39,8 @@ fn detect_installation(_: &Context) -> Result<()> {
         let edition = env_value(&env, "CPS_EDITION").unwrap_or_else(|| "core".into());
         ("compose", edition, tag, format!("CANOPSIS_IMAGE_TAG in {COMPOSE_ENV}"))
     } else {
-        let core = rpm_version("canopsis-core")?.ok_or_else(|| canup_sdk::Error::msg("neither a Compose .env nor the canopsis-core package: is Canopsis installed?"))?;
+        let core = rpm_version("canopsis-core")?
+            .ok_or_else(|| canup_sdk::Error::msg("neither a Compose .env nor the canopsis-core package: is Canopsis installed?"))?;
         let edition = if rpm_version("canopsis-cat")?.is_some() { "cat" } else { "core" };
         ("packages", edition.to_owned(), core, "rpm -q canopsis-core".to_owned())
     };
@@ -49,4 +50,3 @@ fn detect_installation(_: &Context) -> Result<()> {
     ui::info(&format!("Canopsis {from_file}, {edition} edition, {method} install"));
     detect::report(&from_file, &edition, method)
 }
-

@@ -66,7 +66,11 @@ fn drain(_: &Context) -> Result<()> {
         ui::progress(initial.saturating_sub(backlog), Some(initial), &format!("{backlog} messages waiting in RabbitMQ"));
         if start.elapsed() >= timeout {
             let list: Vec<String> = queues.iter().map(|(q, n)| format!("{q} ({n} messages)")).collect();
-            bail!("the RabbitMQ queues did not drain within {} s: {}; check the engines (canoctl status) and run canup apply again", timeout.as_secs(), list.join(", "));
+            bail!(
+                "the RabbitMQ queues did not drain within {} s: {}; check the engines (canoctl status) and run canup apply again",
+                timeout.as_secs(),
+                list.join(", ")
+            );
         }
         std::thread::sleep(poll);
     }

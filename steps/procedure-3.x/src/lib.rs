@@ -28,4 +28,3 @@ fn canopsinit(ctx: &Context) -> Result<()> {
     Command::new("/usr/bin/canoctl").arg("restart").run()?;
     Ok(())
 }
-

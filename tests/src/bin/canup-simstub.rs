@@ -37,10 +37,7 @@ impl Sim {
         self.write(logical, &content);
     }
     fn rpm_db(&self) -> Vec<(String, String)> {
-        self.read(RPM_DB)
-            .lines()
-            .filter_map(|l| l.split_once(' ').map(|(n, v)| (n.to_owned(), v.to_owned())))
-            .collect()
+        self.read(RPM_DB).lines().filter_map(|l| l.split_once(' ').map(|(n, v)| (n.to_owned(), v.to_owned()))).collect()
     }
     fn installed_version(&self) -> String {
         self.read("/opt/canopsis/VERSION.txt").trim().trim_start_matches("Canopsis version ").to_owned()

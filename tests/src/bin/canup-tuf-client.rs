@@ -207,11 +207,8 @@ async fn refresh(dir: &Path, metadata: &Url, targets: &Url, work: &Path) -> Resu
     let seed = fs::read(dir.join("root.json")).with_context(|| format!("reading {}", dir.join("root.json").display()))?;
     let (trust, tuf) = (work.join("trust"), work.join("tuf"));
     fs::create_dir_all(&tuf).context("creating tough's datastore")?;
-    let transport = Recording {
-        inner: ResumingTransport::new(Duration::from_secs(30), 1).map_err(|e| anyhow!(e))?,
-        served: Arc::default(),
-        missing: Arc::default(),
-    };
+    let transport =
+        Recording { inner: ResumingTransport::new(Duration::from_secs(30), 1).map_err(|e| anyhow!(e))?, served: Arc::default(), missing: Arc::default() };
 
     let updated = TrustStore::new(&trust).update(&seed, &transport, metadata).await;
     adopt_root(dir, &trust)?; // roots accepted before a failing one stay trusted
@@ -234,11 +231,7 @@ async fn refresh(dir: &Path, metadata: &Url, targets: &Url, work: &Path) -> Resu
         }
     }
 
-    let loaded = RepositoryLoader::new(&root.bytes, metadata.clone(), targets.clone())
-        .transport(transport.clone())
-        .datastore(tuf.clone())
-        .load()
-        .await;
+    let loaded = RepositoryLoader::new(&root.bytes, metadata.clone(), targets.clone()).transport(transport.clone()).datastore(tuf.clone()).load().await;
     adopt_roles(dir, &tuf, &seeded, &transport, root.signed.signed.consistent_snapshot)?;
     loaded.map_err(|e| chain(&e)).context("loading timestamp, snapshot and targets")
 }
@@ -319,7 +312,9 @@ async fn run(args: Args) -> Result<()> {
             let repo = refresh(&dir, &metadata, &targets, work.path()).await?;
             download(&repo, &args.target_names, target_dir).await
         }
-        _ => bail!("usage: canup-tuf-client --metadata-dir DIR [--metadata-url URL] [--target-name NAME]... [--target-dir DIR] [--target-base-url URL] <init ROOT | refresh | download>"),
+        _ => bail!(
+            "usage: canup-tuf-client --metadata-dir DIR [--metadata-url URL] [--target-name NAME]... [--target-dir DIR] [--target-base-url URL] <init ROOT | refresh | download>"
+        ),
     }
 }
 

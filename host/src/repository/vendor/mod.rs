@@ -92,7 +92,8 @@ fn staging_dir(repo: &Path) -> Result<tempfile::TempDir, VendorError> {
 /// is renamed into place (atomic), versioned files first, `timestamp.json` last — the order
 /// TUF clients read backwards from.
 fn move_into_place(staging: &Path, metadata: &Path) -> Result<(), VendorError> {
-    let mut files: Vec<PathBuf> = fs::read_dir(staging).map_err(io(format!("reading {}", staging.display())))?.filter_map(Result::ok).map(|e| e.path()).collect();
+    let mut files: Vec<PathBuf> =
+        fs::read_dir(staging).map_err(io(format!("reading {}", staging.display())))?.filter_map(Result::ok).map(|e| e.path()).collect();
     let rank = |p: &PathBuf| match p.file_name().and_then(|n| n.to_str()) {
         Some(n) if n.ends_with("root.json") => 0,
         Some(n) if n.ends_with("targets.json") => 1,
@@ -258,7 +259,10 @@ impl Current {
         }
         let loaded = load_own(repo).await?;
         if loaded.targets().signed.delegations.as_ref().is_some_and(|d| !d.roles.is_empty()) {
-            return Err(VendorError::Usage(format!("{} delegates targets to other roles; canup's vendor commands edit only top-level targets", repo.display())));
+            return Err(VendorError::Usage(format!(
+                "{} delegates targets to other roles; canup's vendor commands edit only top-level targets",
+                repo.display()
+            )));
         }
         Ok(Self { root, targets: Some(loaded.targets().clone()), snapshot: Some(loaded.snapshot().clone()), timestamp: Some(loaded.timestamp().clone()) })
     }
@@ -301,7 +305,12 @@ impl Current {
 /// What snapshot says of targets and timestamp of snapshot: version, length and sha256.
 fn metafile(buffer: &[u8], version: NonZeroU64) -> Metafile {
     let sha256 = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, buffer).as_ref().to_vec();
-    Metafile { length: Some(buffer.len() as u64), hashes: Some(Hashes { sha256: Decoded::from(sha256), _extra: HashMap::new() }), version, _extra: HashMap::new() }
+    Metafile {
+        length: Some(buffer.len() as u64),
+        hashes: Some(Hashes { sha256: Decoded::from(sha256), _extra: HashMap::new() }),
+        version,
+        _extra: HashMap::new(),
+    }
 }
 
 /// Signs top-level roles with the root's keys for them and writes each into the staging
@@ -415,7 +424,8 @@ pub fn read_data_dir(dir: &Path) -> Result<Vec<(String, Vec<u8>)>, VendorError> 
 /// Marks a release withdrawn: operators are told why and it is never planned.
 pub async fn withdraw(repo: &Path, keys: &[PathBuf], expiry: &Expiry, version: &Version, reason: &str) -> Result<(), VendorError> {
     let mut index = read_index(repo).await?;
-    let release = index.releases.iter_mut().find(|r| &r.version == version).ok_or_else(|| VendorError::Usage(format!("the repository has no release {version}")))?;
+    let release =
+        index.releases.iter_mut().find(|r| &r.version == version).ok_or_else(|| VendorError::Usage(format!("the repository has no release {version}")))?;
     release.withdrawn = Some(reason.to_owned());
     publish(repo, keys, expiry, &index, &[]).await
 }

@@ -102,10 +102,13 @@ pub async fn init(repo: &Path, keys: &RoleKeyFiles, thresholds: &Thresholds, exp
     ] {
         assign(&mut root, role, &files, thresholds.of(role)).await?;
     }
-    let signed = SignedRole::new(root.clone(), &KeyHolder::Root(root), &sources(&keys.root), &SystemRandom::new())
-        .await
-        .map_err(|e| tuf("signing root.json")(&e))?;
-    signed.signed().signed.verify_role(signed.signed()).map_err(|e| VendorError::Tuf { what: "signing root.json (pass as many --root-key as its threshold)".into(), why: error_chain(&e) })?;
+    let signed =
+        SignedRole::new(root.clone(), &KeyHolder::Root(root), &sources(&keys.root), &SystemRandom::new()).await.map_err(|e| tuf("signing root.json")(&e))?;
+    signed
+        .signed()
+        .signed
+        .verify_role(signed.signed())
+        .map_err(|e| VendorError::Tuf { what: "signing root.json (pass as many --root-key as its threshold)".into(), why: error_chain(&e) })?;
     fs::create_dir_all(&meta).map_err(io(format!("creating {}", meta.display())))?;
     fs::create_dir_all(targets_dir(repo)).map_err(io("creating the targets directory"))?;
     fs::write(meta.join("1.root.json"), signed.buffer()).map_err(io("writing 1.root.json"))?;
@@ -154,7 +157,11 @@ pub async fn add_signatures(repo: &Path, candidate: &mut Signed<Root>, keys: &[P
         let sign = signer(file).await?;
         let is_root_key = |root: &Root| root.key_id(sign.as_ref()).filter(|id| root.roles.get(&RoleType::Root).is_some_and(|r| r.keyids.contains(id)));
         let Some(keyid) = is_root_key(&candidate.signed).or_else(|| is_root_key(&current.signed)) else {
-            return Err(VendorError::Usage(format!("key {} is a root key of neither the current root (version {}) nor the new one", file.display(), current.signed.version)));
+            return Err(VendorError::Usage(format!(
+                "key {} is a root key of neither the current root (version {}) nor the new one",
+                file.display(),
+                current.signed.version
+            )));
         };
         if candidate.signatures.iter().any(|s| s.keyid == keyid) {
             continue;

@@ -68,9 +68,7 @@ fn allowed_fs(_: &Context) -> Result<()> {
 }
 
 fn allowed_http(_: &Context) -> Result<()> {
-    let resp = http::Request::post("api", "/api/v4/broadcast-message")
-        .json(r##"{"message":"Canopsis upgrade in progress","color":"#e75e40"}"##)
-        .send()?;
+    let resp = http::Request::post("api", "/api/v4/broadcast-message").json(r##"{"message":"Canopsis upgrade in progress","color":"#e75e40"}"##).send()?;
     println!("post status={} body={}", resp.status(), resp.text());
     let moved = http::Request::get("api", "/old-path").send()?;
     println!("redirected status={} body={}", moved.status(), moved.text());
@@ -88,7 +86,10 @@ fn allowed_ui(_: &Context) -> Result<()> {
 }
 
 fn allowed_context(ctx: &Context) -> Result<()> {
-    println!("installed={} target={} release={} edition={} method={} dry_run={} step={}", ctx.installed, ctx.target, ctx.release, ctx.edition, ctx.method, ctx.dry_run, ctx.step_id);
+    println!(
+        "installed={} target={} release={} edition={} method={} dry_run={} step={}",
+        ctx.installed, ctx.target, ctx.release, ctx.edition, ctx.method, ctx.dry_run, ctx.step_id
+    );
     Ok(())
 }
 

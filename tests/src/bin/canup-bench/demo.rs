@@ -75,7 +75,9 @@ fn timed(mut cmd: Command) -> Result<Duration> {
 
 /// The bash script an operator would type from `canup apply --dry-run`'s list of changes.
 fn script_from_dry_run(dry_run_stdout: &str) -> Result<(String, usize)> {
-    let (_, changes) = dry_run_stdout.split_once("The real run would make these changes, in order (queries ran for real):\n").context("no list of changes in the dry-run output")?;
+    let (_, changes) = dry_run_stdout
+        .split_once("The real run would make these changes, in order (queries ran for real):\n")
+        .context("no list of changes in the dry-run output")?;
     let mut script = String::from(
         "#!/bin/bash\n# Generated from `canup apply --dry-run`: the same changes, run by bash.\nset -euo pipefail\nROOT=\"$1\"\n\
          # The release notes' way of exporting the engines' variables.\nset -o allexport; source \"$ROOT/opt/canopsis/etc/go-engines-vars.conf\"; set +o allexport\n",
@@ -210,7 +212,12 @@ pub async fn measure(work: &Path, inputs: &Inputs) -> Result<Figures> {
             .env("API_URL", &f.api.url)
             .env("API_AUTH", format!("root:{}", canup_tests::canopsis_api::PASSWORD));
         bash.push(timed(c)?);
-        ensure!(calls(&f.sim)? == reference, "the script ({}) made other changes than canup:\n{:#?}\nvs\n{reference:#?}", script_path.display(), calls(&f.sim)?);
+        ensure!(
+            calls(&f.sim)? == reference,
+            "the script ({}) made other changes than canup:\n{:#?}\nvs\n{reference:#?}",
+            script_path.display(),
+            calls(&f.sim)?
+        );
     }
     Admin::new().bind_che().await?;
     Ok(Figures { apply_cold, apply_warm: crate::median(warm), bash: crate::median(bash), peak_rss_bytes, commands })

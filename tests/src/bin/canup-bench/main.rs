@@ -135,7 +135,11 @@ async fn main() -> Result<()> {
         cold.push(t.elapsed());
         assert_eq!(n, 120, "the path 3.20.0 → 3.140.0 has 120 releases");
     }
-    rows.push(Row::time(format!("1. plan: fetch + verify + list path, {RELEASES} releases, cold (loopback HTTP)"), median(cold), Some(Duration::from_millis(200))));
+    rows.push(Row::time(
+        format!("1. plan: fetch + verify + list path, {RELEASES} releases, cold (loopback HTTP)"),
+        median(cold),
+        Some(Duration::from_millis(200)),
+    ));
     // Warm: the TUF metadata cache is filled (rollback state, unchanged metadata).
     let cache = work.join("warm");
     plan_once(&url, &root, &cache).await?;
