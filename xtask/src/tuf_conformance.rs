@@ -1,5 +1,6 @@
-//! Runs the public TUF conformance suite (github.com/theupdateframework/tuf-conformance)
-//! against a client-under-test executable implementing its CLIENT-CLI.md protocol.
+//! `cargo xtask tuf-conformance DIR`: runs the public TUF conformance suite
+//! (github.com/theupdateframework/tuf-conformance, a checkout at DIR) against a
+//! client-under-test executable implementing its CLIENT-CLI.md protocol: `canup-tuf-client`.
 //!
 //! Extra pytest options (`-k test_name`, `-rA`, `--repository-dump-dir DIR`, ...) can be
 //! passed through the `PYTEST_ADDOPTS` environment variable, which pytest reads itself.
@@ -8,6 +9,28 @@ use anyhow::{Context, Result, bail};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
+
+use crate::util::{self, cargo, root};
+
+/// Builds the conformance client, puts its expected failures beside it (where the suite looks
+/// for them) and runs the suite; fails when a test fails outside the expected ones.
+pub fn run(suite: &Path) -> Result<()> {
+    let mut c = cargo();
+    c.args(["build", "--quiet", "-p", "canup-tests", "--bin", "canup-tuf-client"]);
+    util::run(c)?;
+    let client = canup_tests::target_dir().join("debug/canup-tuf-client");
+    let xfails = root().join("tests/tuf/canup-tuf-client.xfails");
+    std::fs::copy(&xfails, client.with_extension("xfails")).with_context(|| format!("copying {}", xfails.display()))?;
+    let counts = run_suite(suite, &client, &canup_tests::target_dir().join("tuf-conformance-venv"))?;
+    println!(
+        "tuf-conformance: {} passed, {} failed, {} expected failures (tests/tuf/canup-tuf-client.xfails), {} skipped",
+        counts.passed, counts.failed, counts.xfailed, counts.skipped
+    );
+    if counts.failed > 0 {
+        bail!("{} conformance tests failed outside the expected failures", counts.failed);
+    }
+    Ok(())
+}
 
 /// Test outcome counts taken from pytest's final summary line.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -27,7 +50,7 @@ pub struct Counts {
 /// by the suite itself. `venv`: Python virtualenv to create/reuse for the suite's deps.
 ///
 /// Returns `Err` only when the suite could not run; failing tests are reported in `Counts`.
-pub fn run(suite: &Path, client: &Path, venv: &Path) -> Result<Counts> {
+fn run_suite(suite: &Path, client: &Path, venv: &Path) -> Result<Counts> {
     let suite = suite.canonicalize().with_context(|| format!("tuf-conformance checkout {}", suite.display()))?;
     let pyproject = std::fs::read_to_string(suite.join("pyproject.toml")).context("suite has no pyproject.toml: not a tuf-conformance checkout?")?;
     // The suite resolves a relative --entrypoint against pytest's cwd and looks for

@@ -1,0 +1,151 @@
+//! `canup:step/exec`: a command, checked against the step's exec rules, then run (or, in a
+//! dry run, listed), journaled under apply so that a resumed step never runs it twice.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use super::super::bindings::{WitError, wit};
+use super::super::call::{Effect, StepState, exit_text, journal_text, shell_words};
+use crate::capabilities::exec::{self as cap_exec, ExecRequest};
+use crate::journal::ActionResult;
+use crate::sha256_hex;
+use crate::ui::Level;
+
+impl wit::exec::Host for StepState {
+    async fn run(&mut self, cmd: wit::exec::Command) -> Result<wit::exec::Output, WitError> {
+        let start = Instant::now();
+        let req = ExecRequest {
+            program: cmd.program,
+            args: cmd.args,
+            env: cmd.env,
+            cwd: cmd.cwd,
+            user: cmd.user,
+            stdin: cmd.stdin,
+            timeout: cmd.timeout_ms.map(|ms| Duration::from_millis(ms.into())),
+        };
+        // Values are left out of the audit: they can hold credentials (CPS_AMQP_URL...).
+        let env_names: Vec<&str> = req.env.iter().map(|(k, _)| k.as_str()).collect();
+        let args = json!({ "program": req.program, "args": req.args, "env": env_names, "cwd": req.cwd, "user": req.user });
+        let result = match self.env.grant.check_exec(&req) {
+            Err(d) => Err(d.into()),
+            Ok(()) => self.run_allowed(&req).await,
+        };
+        if let Ok(Ran::Replayed(output)) = result {
+            return self.replayed(start, "exec", args, output, "ran before the interruption");
+        }
+        let result = result.map(Ran::output);
+        self.account(start, "exec", args, &result, |o| exit_text(o.status));
+        result
+    }
+}
+
+/// How an allowed command ended for the step.
+enum Ran {
+    Output(wit::exec::Output),
+    /// An earlier attempt of the step ran it to success: its journaled result.
+    Replayed(wit::exec::Output),
+}
+
+impl Ran {
+    fn output(self) -> wit::exec::Output {
+        match self {
+            Ran::Output(o) | Ran::Replayed(o) => o,
+        }
+    }
+}
+
+fn output(status: Option<i32>, stdout: Vec<u8>, stderr: Vec<u8>, truncated: (bool, bool), simulated: bool) -> wit::exec::Output {
+    wit::exec::Output { status, stdout, stderr, stdout_truncated: truncated.0, stderr_truncated: truncated.1, simulated }
+}
+
+impl StepState {
+    /// An allowed command: listed in a dry run (a read-only query also runs), otherwise run,
+    /// and under apply journaled, so that a resumed step neither runs it twice nor loses it.
+    async fn run_allowed(&mut self, req: &ExecRequest) -> Result<Ran, WitError> {
+        let dry = self.env.context.dry_run;
+        let changing = !self.env.grant.exec_is_readonly(req);
+        if dry && changing {
+            let user = req.user.as_ref().map(|u| format!(" (as {u})")).unwrap_or_default();
+            let env =
+                if req.env.is_empty() { String::new() } else { format!("{} ", req.env.iter().map(|(k, _)| format!("{k}=…")).collect::<Vec<_>>().join(" ")) };
+            self.record(format!("run: {env}{}{user}", shell_words(&req.program, &req.args)));
+            return Ok(Ran::Output(output(Some(0), vec![], vec![], (false, false), true)));
+        }
+        if dry {
+            // A read-only query runs for real in a dry run; listing it makes the list the
+            // whole set of commands the real run would run.
+            self.record(format!("query: {}", shell_words(&req.program, &req.args)));
+        }
+        // A changing command an earlier attempt of this step already ran is not run again.
+        let (slot, replay) = self.journaled(Effect::Command, (!dry && changing).then(|| exec_action(req)));
+        let receipt = slot.as_ref().and_then(|(key, n)| self.env.actions.as_ref().map(|a| a.receipt(key, *n)));
+        if let Some(done) = replay {
+            if let Some(r) = &receipt {
+                // Left when a crash came between the journal record and its removal.
+                r.remove();
+            }
+            let words = shell_words(&req.program, &req.args);
+            self.env.ui.log(&self.env.context.step_id, Level::Info, &format!("not run again (it ran before the interruption): {words}"));
+            return Ok(Ran::Replayed(output(done.status, done.stdout.into_bytes(), done.stderr.into_bytes(), (false, false), false)));
+        }
+        let earlier = match &receipt {
+            Some(r) => self.earlier_attempt(r, req).await,
+            None => Ok(None),
+        };
+        let outcome = match earlier {
+            Ok(Some(finished)) => Ok(finished),
+            Ok(None) => cap_exec::run(req, &self.env.sysroot, &self.env.limits.exec, receipt.as_ref()).await,
+            Err(e) => Err(e),
+        };
+        let journaled = match &outcome {
+            Ok(o) => Some(ActionResult { status: o.status, stdout: journal_text(&o.stdout), stderr: journal_text(&o.stderr) }),
+            // Journaled as a failure: the next attempt runs the command again and does not
+            // take the receipt of the killed command for the trace of a crash.
+            Err(e @ cap_exec::ExecError::Timeout { .. }) => Some(ActionResult { status: None, stdout: String::new(), stderr: e.to_string() }),
+            Err(_) => None,
+        };
+        if let Some(result) = journaled {
+            self.journal_done(&slot, result)?;
+            if let Some(r) = &receipt {
+                r.remove();
+            }
+        }
+        let o = outcome?;
+        Ok(Ran::Output(output(o.status, o.stdout, o.stderr, (o.stdout_truncated, o.stderr_truncated), false)))
+    }
+    /// What an interrupted canup's attempt at this changing command left in its receipt: the
+    /// outcome of a command that finished (journaled, and given to the step as its own), or
+    /// nothing when the command must run (it never started, or its outcome is lost). A command
+    /// still running is waited for.
+    async fn earlier_attempt(&mut self, receipt: &cap_exec::Receipt, req: &ExecRequest) -> Result<Option<cap_exec::ExecOutput>, cap_exec::ExecError> {
+        // Only for the messages: the usual case (the command never ran) prints none.
+        let words = || shell_words(&req.program, &req.args);
+        let (ui, step) = (self.env.ui.clone(), self.env.context.step_id.clone());
+        let earlier = receipt
+            .earlier(&self.env.limits.exec, |pid| {
+                let pid = pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
+                ui.log(&step, Level::Info, &format!("waiting for {}{pid}, which the interrupted run started and is still running", words()));
+            })
+            .await?;
+        match earlier {
+            cap_exec::Earlier::NeverRan => Ok(None),
+            cap_exec::Earlier::Interrupted => {
+                self.env.ui.log(&step, Level::Warn, &format!("{} was interrupted with the run before it (its shell died without an exit status): whether it took effect is unknown; running it again", words()));
+                Ok(None)
+            }
+            cap_exec::Earlier::Finished(o) => {
+                self.env.ui.log(&step, Level::Info, &format!("not run again (it finished after the interruption, {}): {}", exit_text(o.status), words()));
+                Ok(Some(o))
+            }
+        }
+    }
+}
+
+/// How the journal names a changing command: readable, and exact through the digest of
+/// everything that makes it this command (environment values, input, user, directory).
+fn exec_action(req: &ExecRequest) -> String {
+    let identity =
+        json!({ "program": req.program, "args": req.args, "env": req.env, "cwd": req.cwd, "user": req.user, "stdin": req.stdin.as_deref().map(sha256_hex) });
+    format!("exec {} #{}", shell_words(&req.program, &req.args), &sha256_hex(identity.to_string().as_bytes())[..16])
+}

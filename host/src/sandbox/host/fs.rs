@@ -1,0 +1,154 @@
+//! `canup:step/fs`: reads and changes under the step's fs rules; in a dry run a change is
+//! checked and listed, not made; an append is journaled so that a resumed step neither loses
+//! nor doubles it.
+
+use std::time::Instant;
+
+use serde_json::json;
+
+use super::super::bindings::{WitError, io_error, wit};
+use super::super::call::StepState;
+use crate::backup::Backups;
+use crate::capabilities::fs::{self as cap_fs, Access};
+use crate::journal::{ActionResult, PastAction};
+use crate::sha256_hex;
+
+impl wit::fs::Host for StepState {
+    async fn read(&mut self, path: String) -> Result<Vec<u8>, WitError> {
+        self.fs_call("fs.read", &path, Access::Read, |p, _| cap_fs::read(p), |d| format!("{} bytes", d.len()))
+    }
+
+    async fn write(&mut self, path: String, data: Vec<u8>) -> Result<(), WitError> {
+        let text = String::from_utf8_lossy(&data).into_owned();
+        let done = format!("{} bytes written", data.len());
+        self.fs_change(
+            "fs.write",
+            &path,
+            |p| format!("write {} ({} bytes):\n{}", p.display(), data.len(), indent(&text)),
+            |p, b| cap_fs::write(p, &data, b),
+            done,
+        )
+    }
+
+    async fn append(&mut self, path: String, data: Vec<u8>) -> Result<(), WitError> {
+        let text = String::from_utf8_lossy(&data).into_owned();
+        let done = format!("{} bytes appended", data.len());
+        // An append is not idempotent: under apply it is journaled with the file it leaves, so
+        // that a crash at any point neither loses nor doubles it when the step runs again.
+        let mut actions = if self.env.context.dry_run { None } else { self.env.actions.take() };
+        let key = format!("append {path} #{}", &sha256_hex(&data)[..16]);
+        let slot = actions.as_mut().map(|a| a.next(&key));
+        let outcome = self.fs_change(
+            "fs.append",
+            &path,
+            |p| format!("append to {}:\n{}", p.display(), indent(&text)),
+            |p, b| {
+                let (Some(actions), Some((occurrence, past))) = (actions.as_ref(), slot.clone()) else { return cap_fs::append(p, &data, b) };
+                let current = match std::fs::read(&p.real) {
+                    Ok(c) => c,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+                    Err(e) => return Err(e),
+                };
+                match past {
+                    Some(PastAction::Done(_)) => return Ok(()),
+                    Some(PastAction::Started { expect }) if sha256_hex(&current) == expect => {
+                        return actions.done(&key, occurrence, ActionResult::default()).map_err(std::io::Error::other);
+                    }
+                    _ => {}
+                }
+                let expect = sha256_hex(&[current.as_slice(), data.as_slice()].concat());
+                actions.started(&key, occurrence, expect).map_err(std::io::Error::other)?;
+                cap_fs::append(p, &data, b)?;
+                actions.done(&key, occurrence, ActionResult::default()).map_err(std::io::Error::other)
+            },
+            done,
+        );
+        if actions.is_some() {
+            self.env.actions = actions;
+        }
+        outcome
+    }
+
+    async fn exists(&mut self, path: String) -> Result<bool, WitError> {
+        self.fs_call("fs.exists", &path, Access::Read, |p, _| Ok(cap_fs::exists(p)), |e| e.to_string())
+    }
+
+    async fn list_dir(&mut self, path: String) -> Result<Vec<String>, WitError> {
+        self.fs_call("fs.list-dir", &path, Access::Read, |p, _| cap_fs::list(p), |l| format!("{} entries", l.len()))
+    }
+
+    async fn remove(&mut self, path: String) -> Result<(), WitError> {
+        self.fs_change("fs.remove", &path, |p| format!("remove {}", p.display()), cap_fs::remove, "removed".into())
+    }
+
+    async fn metadata(&mut self, path: String) -> Result<wit::fs::FileInfo, WitError> {
+        use std::os::unix::fs::MetadataExt;
+        use wit::fs::{FileInfo, FileKind};
+        self.fs_call(
+            "fs.metadata",
+            &path,
+            Access::Read,
+            |p, _| {
+                cap_fs::metadata(p).map(|m| FileInfo {
+                    kind: if m.is_symlink() {
+                        FileKind::Symlink
+                    } else if m.is_dir() {
+                        FileKind::Directory
+                    } else if m.is_file() {
+                        FileKind::File
+                    } else {
+                        FileKind::Other
+                    },
+                    size: m.len(),
+                    mode: m.mode() & 0o7777,
+                    modified: m.mtime().max(0) as u64,
+                })
+            },
+            |m| format!("{} bytes", m.size),
+        )
+    }
+}
+
+impl StepState {
+    /// A changing `fs` call: performed, or in a dry run checked and recorded as `describe`
+    /// says (the step sees success, nothing is written).
+    fn fs_change(
+        &mut self,
+        capability: &str,
+        path: &str,
+        describe: impl FnOnce(&std::path::Path) -> String,
+        op: impl FnOnce(&cap_fs::Resolved, &mut Backups) -> std::io::Result<()>,
+        done: String,
+    ) -> Result<(), WitError> {
+        if self.env.context.dry_run {
+            let line = self.fs_call(capability, path, Access::Write, |p, _| Ok(describe(&p.logical)), |_| "recorded (dry run)".into())?;
+            self.record(line);
+            return Ok(());
+        }
+        self.fs_call(capability, path, Access::Write, op, |_| done)
+    }
+
+    /// One `fs` call: check, then run `op` on the resolved path, then account.
+    fn fs_call<T>(
+        &mut self,
+        capability: &str,
+        path: &str,
+        access: Access,
+        op: impl FnOnce(&cap_fs::Resolved, &mut Backups) -> std::io::Result<T>,
+        summary: impl FnOnce(&T) -> String,
+    ) -> Result<T, WitError> {
+        let start = Instant::now();
+        let result = self
+            .env
+            .grant
+            .check_fs(&self.env.sysroot, path, access)
+            .map_err(WitError::from)
+            .and_then(|resolved| op(&resolved, &mut self.env.backups).map_err(|e| io_error(e, path)));
+        self.account(start, capability, json!({ "path": path }), &result, summary);
+        result
+    }
+}
+
+fn indent(text: &str) -> String {
+    text.lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
+}
