@@ -202,7 +202,7 @@ async fn a_module_not_listed_in_the_signed_targets_is_refused() {
     let mut index = vendor::read_index(&c.repo).await.unwrap();
     let release = index.releases.iter_mut().find(|r| r.version == Version::new(3, 40, 0)).unwrap();
     release.steps[0].module = "ghost.wasm".into();
-    vendor::publish_index(&c.repo, &[c.key.clone()], &c.expiry(), &index).await.unwrap();
+    vendor::publish_index(&c.repo, std::slice::from_ref(&c.key), &c.expiry(), &index).await.unwrap();
     std::fs::write(c.repo.join("targets/ghost.wasm"), b"\0asm").unwrap();
     let err = match c.upgrade(&c.url).await {
         Ok(_) => panic!("ran an unlisted module"),
@@ -223,7 +223,7 @@ async fn attacker_repo(c: &Case) -> PathBuf {
     let index = vendor::read_index(&c.repo).await.unwrap();
     for _ in 0..3 {
         // Push the attacker's versions above the real ones.
-        vendor::publish_index(&attacker, &[key.clone()], &c.expiry(), &index).await.unwrap();
+        vendor::publish_index(&attacker, std::slice::from_ref(&key), &c.expiry(), &index).await.unwrap();
     }
     attacker
 }
@@ -263,21 +263,21 @@ async fn a_signature_threshold_not_met_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_timestamp_is_refused() {
     let c = case().await;
-    vendor::refresh_timestamp(&c.repo, &[c.key.clone()], -1).await.unwrap();
+    vendor::refresh_timestamp(&c.repo, std::slice::from_ref(&c.key), -1).await.unwrap();
     c.refused(&["timestamp metadata is expired"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_snapshot_is_refused() {
     let c = case().await;
-    vendor::sign(&c.repo, &[c.key.clone()], &Expiry { snapshot_days: -1, ..c.expiry() }).await.unwrap();
+    vendor::sign(&c.repo, std::slice::from_ref(&c.key), &Expiry { snapshot_days: -1, ..c.expiry() }).await.unwrap();
     c.refused(&["snapshot metadata is expired"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_targets_are_refused() {
     let c = case().await;
-    vendor::sign(&c.repo, &[c.key.clone()], &Expiry { targets_days: -1, ..c.expiry() }).await.unwrap();
+    vendor::sign(&c.repo, std::slice::from_ref(&c.key), &Expiry { targets_days: -1, ..c.expiry() }).await.unwrap();
     c.refused(&["targets metadata is expired"]).await;
 }
 
@@ -285,7 +285,7 @@ async fn expired_targets_are_refused() {
 async fn an_expired_root_is_refused() {
     let c = case().await;
     // A frozen root: rotated long ago and never renewed.
-    vendor::rotate_root(&c.repo, &[c.key.clone()], &[c.key.clone()], &Expiry { root_days: -1, ..c.expiry() }).await.unwrap();
+    vendor::rotate_root(&c.repo, std::slice::from_ref(&c.key), std::slice::from_ref(&c.key), &Expiry { root_days: -1, ..c.expiry() }).await.unwrap();
     c.refused(&["root metadata is expired"]).await;
 }
 
@@ -293,7 +293,7 @@ async fn an_expired_root_is_refused() {
 async fn a_rollback_to_an_older_timestamp_is_refused() {
     let c = case().await;
     let old = std::fs::read(c.repo.join("metadata/timestamp.json")).unwrap();
-    vendor::refresh_timestamp(&c.repo, &[c.key.clone()], 1).await.unwrap();
+    vendor::refresh_timestamp(&c.repo, std::slice::from_ref(&c.key), 1).await.unwrap();
     // The operator sees the new version once …
     Repository::open(&c.url, &c.root(), &c.cache, &c.cache.join("trust"), &options()).await.unwrap();
     let seen = c.cached_timestamp_version().unwrap();
@@ -308,12 +308,12 @@ async fn a_fresh_timestamp_pointing_to_an_older_snapshot_is_refused() {
     let c = case().await;
     let old_ts = std::fs::read(c.repo.join("metadata/timestamp.json")).unwrap();
     let n = c.newest("snapshot");
-    vendor::sign(&c.repo, &[c.key.clone()], &c.expiry()).await.unwrap();
+    vendor::sign(&c.repo, std::slice::from_ref(&c.key), &c.expiry()).await.unwrap();
     Repository::open(&c.url, &c.root(), &c.cache, &c.cache.join("trust"), &options()).await.unwrap();
     // Someone holding the timestamp key signs newer timestamps that name the old snapshot.
     std::fs::write(c.repo.join("metadata/timestamp.json"), old_ts).unwrap();
-    vendor::refresh_timestamp(&c.repo, &[c.key.clone()], 1).await.unwrap();
-    vendor::refresh_timestamp(&c.repo, &[c.key.clone()], 1).await.unwrap();
+    vendor::refresh_timestamp(&c.repo, std::slice::from_ref(&c.key), 1).await.unwrap();
+    vendor::refresh_timestamp(&c.repo, std::slice::from_ref(&c.key), 1).await.unwrap();
     c.refused(&[&format!("Snapshot version {n} in timestamp {} is less than {} in timestamp {}", n + 2, n + 1, n + 1)]).await;
 }
 
@@ -322,7 +322,7 @@ async fn a_rollback_to_older_targets_is_refused() {
     let c = case().await;
     let n = c.newest("targets");
     let old_targets = std::fs::read(c.repo.join(format!("metadata/{n}.targets.json"))).unwrap();
-    vendor::sign(&c.repo, &[c.key.clone()], &c.expiry()).await.unwrap();
+    vendor::sign(&c.repo, std::slice::from_ref(&c.key), &c.expiry()).await.unwrap();
     // The new snapshot names N+1.targets.json; the mirror answers with version N's content.
     let path = format!("metadata/{}.targets.json", n + 1);
     c.control.fault(&path, Fault::Replace(old_targets));
@@ -334,7 +334,7 @@ async fn mix_and_match_of_snapshot_and_targets_is_refused() {
     let c = case().await;
     let n = c.newest("snapshot");
     let old_snapshot = std::fs::read(c.repo.join(format!("metadata/{n}.snapshot.json"))).unwrap();
-    vendor::sign(&c.repo, &[c.key.clone()], &c.expiry()).await.unwrap();
+    vendor::sign(&c.repo, std::slice::from_ref(&c.key), &c.expiry()).await.unwrap();
     // Timestamp N+1 names snapshot N+1; the mirror serves snapshot N (which names targets N) in its place.
     let path = format!("metadata/{}.snapshot.json", n + 1);
     c.control.fault(&path, Fault::Replace(old_snapshot));
@@ -373,7 +373,7 @@ async fn root_rotation_is_followed_and_a_retired_key_is_refused() {
     let c = case().await;
     let new_key = c.repo.parent().unwrap().join("new-root.key");
     vendor::keygen(&new_key).await.unwrap();
-    vendor::rotate_root(&c.repo, &[c.key.clone()], &[new_key.clone()], &c.expiry()).await.unwrap();
+    vendor::rotate_root(&c.repo, std::slice::from_ref(&c.key), std::slice::from_ref(&new_key), &c.expiry()).await.unwrap();
     // A client that trusts root 1 follows the chain to root 2.
     let repo = Repository::open(&c.url, &c.root(), &c.cache, &c.cache.join("trust"), &options()).await.unwrap();
     assert_eq!(repo.tuf().root().signed.version.get(), 2);
@@ -383,7 +383,7 @@ async fn root_rotation_is_followed_and_a_retired_key_is_refused() {
     let scratch = c.repo.parent().unwrap().join("forge");
     copy_dir(&c.repo, &scratch);
     // (canup's own vendor commands refuse to sign with a key the current root does not list.)
-    let refused = vendor::rotate_root(&scratch, &[c.key.clone()], &[c.key.clone()], &c.expiry()).await.unwrap_err().to_string();
+    let refused = vendor::rotate_root(&scratch, std::slice::from_ref(&c.key), std::slice::from_ref(&c.key), &c.expiry()).await.unwrap_err().to_string();
     assert!(refused.contains("not signed by enough keys"), "{refused}");
     let attacker = scratch.join("attacker.pem");
     canup_tests::tuf::tufctl([
@@ -406,7 +406,7 @@ async fn root_rotation_is_followed_and_a_retired_key_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_withdrawn_release_is_marked_in_the_index() {
     let c = case().await;
-    vendor::withdraw(&c.repo, &[c.key.clone()], &c.expiry(), &Version::new(3, 40, 0), "breaks engine-axe; use 3.40.1").await.unwrap();
+    vendor::withdraw(&c.repo, std::slice::from_ref(&c.key), &c.expiry(), &Version::new(3, 40, 0), "breaks engine-axe; use 3.40.1").await.unwrap();
     let repo = Repository::open(&c.url, &c.root(), &c.cache, &c.cache.join("trust"), &options()).await.unwrap();
     let index = repo.index().await.unwrap();
     assert_eq!(index.release(&Version::new(3, 40, 0)).unwrap().withdrawn.as_deref(), Some("breaks engine-axe; use 3.40.1"));

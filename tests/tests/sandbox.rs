@@ -100,8 +100,11 @@ struct Servers {
     elsewhere_hits: Arc<AtomicUsize>,
     socket_hits: Arc<AtomicUsize>,
     socket_addr: String,
-    posts: Arc<Mutex<Vec<(Option<String>, String)>>>,
+    posts: Posts,
 }
+
+/// What the fake API received: (authorization header, body) of each POST.
+type Posts = Arc<Mutex<Vec<(Option<String>, String)>>>;
 
 async fn servers() -> Servers {
     let elsewhere_hits = Arc::new(AtomicUsize::new(0));
@@ -111,7 +114,7 @@ async fn servers() -> Servers {
         async { "stolen" }
     }))
     .await;
-    let posts: Arc<Mutex<Vec<(Option<String>, String)>>> = Arc::default();
+    let posts: Posts = Arc::default();
     let seen = posts.clone();
     let api = serve(
         Router::new()

@@ -140,7 +140,7 @@ fn compose_yml(text: &str) -> Result<Option<String>> {
         let trimmed = line.trim_start();
         if trimmed.starts_with("command:") && line.contains("-alwaysFlushEntities") {
             let indent = &line[..line.len() - trimmed.len()];
-            let words: Vec<&str> = trimmed.trim_end().split_whitespace().filter(|w| *w != "-alwaysFlushEntities").collect();
+            let words: Vec<&str> = trimmed.split_whitespace().filter(|w| *w != "-alwaysFlushEntities").collect();
             out.push_str(&format!("{indent}{}\n", words.join(" ")));
             changed = true;
             continue;

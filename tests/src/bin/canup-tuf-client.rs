@@ -104,10 +104,13 @@ fn signed_version(bytes: &[u8]) -> Option<u64> {
 /// canup's transport, keeping the body of every file it served completely (tough's datastore
 /// holds re-serialized JSON; the suite wants the server's bytes) and the files it answered
 /// "not found" in this run.
+/// A URL and the body the server sent for it.
+type Served = (Url, Vec<u8>);
+
 #[derive(Debug, Clone)]
 struct Recording {
     inner: ResumingTransport,
-    served: Arc<Mutex<Vec<(Url, Vec<u8>)>>>,
+    served: Arc<Mutex<Vec<Served>>>,
     missing: Arc<Mutex<HashSet<Url>>>,
 }
 
@@ -116,7 +119,7 @@ impl Recording {
     fn served(&self, file: &str, version: u64) -> Option<Vec<u8>> {
         let served = lock(&self.served);
         let named = |url: &Url| {
-            let seg = url.path_segments().and_then(|s| s.last()).unwrap_or_default();
+            let seg = url.path_segments().and_then(|mut s| s.next_back()).unwrap_or_default();
             seg == file || seg.split_once('.').is_some_and(|(n, rest)| rest == file && n.parse::<u64>().is_ok())
         };
         served.iter().rev().find(|(url, body)| named(url) && signed_version(body) == Some(version)).map(|(_, body)| body.clone())
