@@ -13,8 +13,8 @@ pub mod audit;
 pub mod backup;
 pub mod cache;
 pub mod capabilities;
-pub mod cli;
 pub mod config;
+pub mod exit;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod journal;

@@ -1,3 +1,7 @@
+//! The `canup` binary: the command line over the `canup` library.
+
+mod cli;
+
 fn main() -> std::process::ExitCode {
-    canup::cli::main()
+    cli::main()
 }

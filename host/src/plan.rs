@@ -49,13 +49,14 @@ pub enum PlanError {
 
 impl PlanError {
     /// Distinct exit codes, one per refusal (documented in `--help`).
-    pub fn exit_code(&self) -> u8 {
+    pub fn exit_code(&self) -> crate::exit::ExitCode {
+        use crate::exit::ExitCode;
         match self {
-            PlanError::Major { .. } => 10,
-            PlanError::Downgrade { .. } => 11,
-            PlanError::NotInRepository(_) | PlanError::NoTarget(_) => 12,
-            PlanError::Withdrawn { .. } => 13,
-            PlanError::UnknownInstalled(_) => 14,
+            PlanError::Major { .. } => ExitCode::MajorTarget,
+            PlanError::Downgrade { .. } => ExitCode::Downgrade,
+            PlanError::NotInRepository(_) | PlanError::NoTarget(_) => ExitCode::NotInRepository,
+            PlanError::Withdrawn { .. } => ExitCode::Withdrawn,
+            PlanError::UnknownInstalled(_) => ExitCode::UnknownInstalled,
         }
     }
 }
@@ -273,7 +274,7 @@ mod tests {
         withdrawn.releases[4].withdrawn = Some("breaks axe".into());
         let w = plan(&withdrawn, &v("3.38.0"), Some(&v("3.40.0")), Edition::Core, Method::Packages).unwrap_err();
         assert_eq!(w.to_string(), "release 3.40.0 was withdrawn by the vendor: breaks axe");
-        let codes: std::collections::HashSet<u8> = [e, d, n, u, w].iter().map(PlanError::exit_code).collect();
+        let codes: std::collections::HashSet<u8> = [e, d, n, u, w].iter().map(|e| e.exit_code().code()).collect();
         assert_eq!(codes.len(), 5);
     }
 

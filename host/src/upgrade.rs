@@ -18,6 +18,7 @@ use crate::audit::AuditLog;
 use crate::backup::Backups;
 use crate::capabilities::{Grant, Policy};
 use crate::config::Config;
+use crate::exit::ExitCode;
 use crate::journal::{self, ApplyLock, Event, Journal, JournalError, Outcome, PlannedRef, StepActions};
 use crate::manifest::{Edition, Method, Phase};
 use crate::plan::{self, Plan, PlanError, PlannedStep};
@@ -52,23 +53,42 @@ pub enum UpgradeError {
     Changed { run: String, step: String, was: String, now: String },
     #[error("the operator declined the plan; no step ran after detection (whose queries only read the host)")]
     Declined,
-    #[error("{0}")]
-    Other(String),
+    #[error("{what} in {path}: {source}")]
+    Store { what: &'static str, path: String, source: std::io::Error },
+    #[error("the operator's policy: {0}")]
+    Policy(#[from] crate::capabilities::PatternError),
+    #[error("{what}: the task stopped before finishing: {source}")]
+    Task { what: String, source: tokio::task::JoinError },
+    #[error("the journal lock is poisoned: a thread of this run panicked; run `canup apply` again to resume")]
+    JournalPoisoned,
+    #[error("module of step {0} was not loaded")]
+    NotLoaded(String),
+    #[error("run {run}: {what}: {source}")]
+    Restore { run: String, what: String, source: std::io::Error },
+    #[error("run {run}: the backup index line {line} is not readable: {source}")]
+    BackupIndex { run: String, line: usize, source: serde_json::Error },
 }
 
 impl UpgradeError {
-    /// Exit codes (documented in `--help`).
-    pub fn exit_code(&self) -> u8 {
+    /// The exit code this failure gives (see [`ExitCode`]).
+    pub fn exit_code(&self) -> ExitCode {
         match self {
             UpgradeError::Plan(e) => e.exit_code(),
-            UpgradeError::Repo(_) => 4,
-            UpgradeError::Admission(_) => 5,
-            UpgradeError::Journal(JournalError::Locked { .. }) => 6,
-            UpgradeError::Pending { .. } | UpgradeError::Changed { .. } => 7,
-            UpgradeError::Sandbox(_) => 3,
-            UpgradeError::Declined => 8,
-            UpgradeError::StepFailed { .. } | UpgradeError::Detect(_) => 1,
-            UpgradeError::Journal(_) | UpgradeError::Other(_) => 2,
+            UpgradeError::Repo(_) => ExitCode::Repository,
+            UpgradeError::Admission(_) => ExitCode::Admission,
+            UpgradeError::Journal(JournalError::Locked { .. }) => ExitCode::Locked,
+            UpgradeError::Pending { .. } | UpgradeError::Changed { .. } => ExitCode::Pending,
+            UpgradeError::Sandbox(e) => e.exit_code(),
+            UpgradeError::Declined => ExitCode::Declined,
+            UpgradeError::StepFailed { .. } | UpgradeError::Detect(_) => ExitCode::StepFailed,
+            UpgradeError::Journal(_)
+            | UpgradeError::Store { .. }
+            | UpgradeError::Policy(_)
+            | UpgradeError::Task { .. }
+            | UpgradeError::JournalPoisoned
+            | UpgradeError::NotLoaded(_)
+            | UpgradeError::Restore { .. }
+            | UpgradeError::BackupIndex { .. } => ExitCode::Usage,
         }
     }
 }
@@ -105,10 +125,12 @@ impl Session {
         tracing::debug!(releases = index.releases.len(), "release index read");
         let sandbox = Sandbox::new(Some(&state_dir.join("cache/compiled")))?;
         tracing::debug!("sandbox ready");
-        let audit = Arc::new(
-            AuditLog::open(&state_dir.join("audit.jsonl"), "canup").map_err(|e| UpgradeError::Other(format!("audit log in {}: {e}", state_dir.display())))?,
-        );
-        let policy = Policy::compile(&config.policy).map_err(|e| UpgradeError::Other(e.to_string()))?;
+        let audit = Arc::new(AuditLog::open(&state_dir.join("audit.jsonl"), "canup").map_err(|source| UpgradeError::Store {
+            what: "audit log",
+            path: state_dir.display().to_string(),
+            source,
+        })?);
+        let policy = Policy::compile(&config.policy)?;
         Ok(Self { config, sysroot, state_dir, repo: Arc::new(repo), index, sandbox: Arc::new(sandbox), audit, policy })
     }
 
@@ -133,8 +155,12 @@ impl Session {
         dry_run: bool,
         recorded: &Arc<Mutex<Vec<String>>>,
     ) -> Result<StepReport, UpgradeError> {
-        let grant = Grant::with_policy(&step.manifest.id, &step.manifest.capabilities, &self.policy).map_err(|e| UpgradeError::Other(e.to_string()))?;
-        let backups = Backups::open(&self.state_dir, run).map_err(|e| UpgradeError::Other(format!("backups in {}: {e}", self.state_dir.display())))?;
+        let grant = Grant::with_policy(&step.manifest.id, &step.manifest.capabilities, &self.policy)?;
+        let backups = Backups::open(&self.state_dir, run).map_err(|source| UpgradeError::Store {
+            what: "backups",
+            path: self.state_dir.display().to_string(),
+            source,
+        })?;
         let context = StepContext {
             step_id: step.manifest.id.clone(),
             phase,
@@ -263,7 +289,7 @@ pub async fn apply(session: &Session, options: &ApplyOptions, progress: Arc<dyn 
     let journal = if options.dry_run { None } else { Some(Arc::new(Mutex::new(Journal::open(&session.state_dir)?))) };
     let append = |event: Event| -> Result<(), UpgradeError> {
         match &journal {
-            Some(j) => Ok(j.lock().map_err(|_| UpgradeError::Other("the journal lock is poisoned".into()))?.append(&event)?),
+            Some(j) => Ok(j.lock().map_err(|_| UpgradeError::JournalPoisoned)?.append(&event)?),
             None => Ok(()),
         }
     };
@@ -346,7 +372,7 @@ pub async fn apply(session: &Session, options: &ApplyOptions, progress: Arc<dyn 
         progress.step_started(i + 1, total, p);
         append(Event::StepStarted { run: run.clone(), step: id.clone(), time: journal::now() })?;
         let actions = journal.as_ref().map(|j| StepActions::new(j.clone(), &run, id, resumed.as_ref().map(|r| r.actions_of(id)).unwrap_or_default()));
-        let module = loaded.get(&p.step.sha256).ok_or_else(|| UpgradeError::Other(format!("module of step {id} was not loaded")))?;
+        let module = loaded.get(&p.step.sha256).ok_or_else(|| UpgradeError::NotLoaded(id.to_string()))?;
         let release_data = data.get(&p.release).cloned().unwrap_or_default();
         let report = session
             .run_step(
@@ -395,7 +421,7 @@ async fn load_step(repo: &Repository, sandbox: &Arc<Sandbox>, step: &IndexStep) 
     // Compiling is CPU work; it must not hold up the runtime's other tasks (downloads, the UI).
     tokio::task::spawn_blocking(move || sandbox.load(&id, &wasm, &api))
         .await
-        .map_err(|e| UpgradeError::Other(format!("compiling step {}: {e}", step.manifest.id)))?
+        .map_err(|source| UpgradeError::Task { what: format!("compiling step {}", step.manifest.id), source })?
         .map_err(UpgradeError::from)
 }
 
@@ -439,7 +465,7 @@ impl Prefetch {
         steps: &[&PlannedStep],
     ) -> Result<(HashMap<String, LoadedStep>, HashMap<Version, Arc<ReleaseData>>), UpgradeError> {
         async fn join<T>(task: Task<T>) -> Result<T, UpgradeError> {
-            task.await.map_err(|e| UpgradeError::Other(format!("fetching the plan's modules: {e}")))?
+            task.await.map_err(|source| UpgradeError::Task { what: "fetching the plan's modules".into(), source })?
         }
         for p in steps {
             if let Some(release) = index.release(&p.release) {
@@ -510,33 +536,10 @@ fn replay(session: &Session, run: &journal::RunRecord) -> Result<Plan, UpgradeEr
 
 /// `canup restore-files RUN`: puts back every file a run changed, from its backups.
 pub fn restore_files(state_dir: &std::path::Path, sysroot: &Sysroot, run: &str) -> Result<Vec<String>, UpgradeError> {
-    let dir = state_dir.join("backups").join(run);
-    let index =
-        std::fs::read_to_string(dir.join("index.jsonl")).map_err(|e| UpgradeError::Other(format!("run {run} has no backups in {}: {e}", dir.display())))?;
-    let mut done = Vec::new();
-    for line in index.lines() {
-        let entry: crate::backup::BackupEntry = serde_json::from_str(line).map_err(|e| UpgradeError::Other(format!("backup index of run {run}: {e}")))?;
-        let real = sysroot.map(&entry.path);
-        let shown = entry.path.display().to_string();
-        match (&entry.copy, entry.existed) {
-            (Some(copy), true) => {
-                let data = std::fs::read(dir.join(copy)).map_err(|e| UpgradeError::Other(format!("backup of {shown}: {e}")))?;
-                crate::capabilities::fs::atomic_replace(&real, &data).map_err(|e| UpgradeError::Other(format!("restoring {shown}: {e}")))?;
-                if let Some(mode) = entry.mode {
-                    use std::os::unix::fs::PermissionsExt;
-                    std::fs::set_permissions(&real, std::fs::Permissions::from_mode(mode))
-                        .map_err(|e| UpgradeError::Other(format!("restoring {shown}: {e}")))?;
-                }
-                done.push(format!("restored {shown}"));
-            }
-            _ => match std::fs::remove_file(&real) {
-                Ok(()) => done.push(format!("removed {shown} (created by the run)")),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(UpgradeError::Other(format!("removing {shown}: {e}"))),
-            },
-        }
-    }
-    Ok(done)
+    crate::backup::restore(state_dir, sysroot, run).map_err(|e| match e {
+        crate::backup::RestoreError::Io { what, source } => UpgradeError::Restore { run: run.to_owned(), what, source },
+        crate::backup::RestoreError::Index { line, source } => UpgradeError::BackupIndex { run: run.to_owned(), line, source },
+    })
 }
 
 /// For `canup status`: the installation, the repository's freshness, the newest target.

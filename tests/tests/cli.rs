@@ -107,11 +107,72 @@ async fn a_bad_policy_names_the_key_and_line_with_exit_2() {
     assert!(s.sim.calls().unwrap().is_empty());
 }
 
+/// The exit codes are listed once (`canup::exit::ExitCode`); help, man page and README say
+/// exactly that.
 #[test]
-fn help_documents_exit_codes() {
+fn help_man_page_and_readme_list_the_exit_codes_of_exit_rs() {
+    use canup::exit::ExitCode;
     let out = Command::new(canup_bin()).arg("--help").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("Exit codes: 0 success; 1 a step failed"), "{text}");
+    assert!(text.contains(&ExitCode::help()), "{text}");
+    let man = Command::new(canup_bin()).arg("man").output().unwrap();
+    let page = String::from_utf8_lossy(&man.stdout).replace("\\-", "-").replace("\\*(Aq", "'");
+    for c in ExitCode::ALL {
+        assert!(page.contains(&format!("{:>2}  {}", c.code(), c.meaning())), "the man page lacks exit code {}: {page}", c.code());
+    }
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md")).unwrap();
+    assert!(readme.contains(&ExitCode::markdown_table()), "README's exit code table differs from host/src/exit.rs:\n{}", ExitCode::markdown_table());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_is_printed_once_with_each_cause_once() {
+    let s = setup().await;
+    let out = Command::new(canup_bin())
+        .args(["step", "run"])
+        .arg(guest_wasm("example-step"))
+        .arg("--manifest")
+        .arg(manifest())
+        .args(["--policy", "/nonexistent/canup.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.matches("error:").count(), 1, "{stderr}");
+    assert_eq!(stderr.matches("No such file or directory").count(), 1, "{stderr}");
+    assert!(stderr.contains("/nonexistent/canup.toml"), "{stderr}");
+    assert!(s.sim.calls().unwrap().is_empty());
+}
+
+/// A compiled-module cache that cannot be created is the host's problem, with the same code
+/// under `step run` and under the operator's commands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unusable_cache_exits_2_under_step_run_and_plan() {
+    let s = setup().await;
+    let state = s.dir.path().join("state");
+    std::fs::create_dir_all(state.join("cache")).unwrap();
+    std::fs::write(state.join("cache/compiled"), "a file where the cache directory goes").unwrap();
+    let out = s.step_run(&guest_wasm("example-step"), &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cache"), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let (repo, _) = canup_tests::pristine_repo();
+    let out = Command::new(canup_bin())
+        .arg("--config")
+        .arg(s.dir.path().join("none.toml"))
+        .arg("--repo")
+        .arg(repo)
+        .arg("--trusted-root")
+        .arg(repo.join("metadata/1.root.json"))
+        .arg("--state-dir")
+        .arg(&state)
+        .arg("--sysroot")
+        .arg(s.sim.root())
+        .arg("plan")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cache"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(s.sim.calls().unwrap().is_empty(), "a step ran");
 }
 
 #[test]

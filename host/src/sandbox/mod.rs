@@ -58,6 +58,17 @@ pub enum SandboxError {
     Cache(#[from] crate::cache::CacheError),
 }
 
+impl SandboxError {
+    /// An engine or cache that cannot be set up is the host's problem (its state directory),
+    /// not the module's: the same code under `step run` and `apply`.
+    pub fn exit_code(&self) -> crate::exit::ExitCode {
+        match self {
+            SandboxError::Engine(_) | SandboxError::Cache(_) => crate::exit::ExitCode::Usage,
+            SandboxError::ApiMismatch { .. } | SandboxError::Invalid { .. } | SandboxError::Link { .. } => crate::exit::ExitCode::ModuleRefused,
+        }
+    }
+}
+
 /// What a step's run looks like to it: the versions and the install.
 #[derive(Debug, Clone)]
 pub struct StepContext {

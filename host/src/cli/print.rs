@@ -1,0 +1,201 @@
+//! What the commands print: results on stdout (text, or JSON with `--json`), progress and
+//! questions on stderr.
+
+use std::path::Path;
+
+use canup::audit::{AuditRecord, Decision};
+use canup::journal::{self, RunRecord};
+use canup::plan::Plan;
+use canup::sandbox::StepReport;
+use canup::upgrade::{ApplySummary, Status, UpgradeError};
+
+/// A result as JSON on stdout.
+pub fn json(value: &impl serde::Serialize) {
+    println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+}
+
+/// `canup status`.
+pub fn status(s: &Status) {
+    println!("installed: Canopsis {} ({} edition, {} method)", s.installed, s.edition, s.method);
+    println!("repository: {}", s.repository);
+    for (role, t) in &s.expires {
+        println!("  {role:<9} valid until {t}");
+    }
+    match &s.newest_target {
+        Some(t) => println!("newest regular target: {t} (canup plan --to {t})"),
+        None => println!("up to date: no newer regular release of this major"),
+    }
+    if let Some(r) = &s.pending_run {
+        println!("interrupted run pending: {r}; `canup apply` resumes it");
+    }
+}
+
+/// What `canup apply` says once the run is over: only what was checked (the steps that ran
+/// and those already done), never what was planned.
+pub fn apply_summary(summary: &ApplySummary, dry_run: bool) {
+    let ran = summary.reports.len();
+    if ran == 0 && summary.skipped.is_empty() {
+        println!("Canopsis is already at {}: nothing to do", summary.plan.target);
+        return;
+    }
+    println!("\nsummary: run {}: {} steps ran, {} already done", summary.run, ran, summary.skipped.len());
+    if dry_run {
+        println!("dry run: nothing was changed. The real run would make these changes, in order (queries ran for real):");
+        for line in &summary.recorded {
+            println!("  {line}");
+        }
+    } else {
+        println!("Canopsis is now at {} (backups of changed files: canup restore-files {})", summary.plan.target, summary.run);
+    }
+}
+
+/// `apply --json`: what Ansible's role reads. `changed` is true when a step ran for real.
+pub fn apply_json(result: &Result<ApplySummary, UpgradeError>, dry_run: bool) {
+    let value = match result {
+        Ok(s) => {
+            let ran: Vec<&str> = s.reports.iter().map(|r| r.step.as_str()).collect();
+            let outcome = if dry_run {
+                "dry-run"
+            } else if ran.is_empty() && s.skipped.is_empty() {
+                "up-to-date"
+            } else {
+                "succeeded"
+            };
+            serde_json::json!({
+                "outcome": outcome,
+                "changed": !dry_run && !ran.is_empty(),
+                "run": s.run,
+                "installed": s.plan.installed.to_string(),
+                "target": s.plan.target.to_string(),
+                "steps_ran": ran,
+                "already_done": s.skipped,
+                "recorded": s.recorded,
+            })
+        }
+        Err(e) => serde_json::json!({
+            "outcome": "failed",
+            "changed": matches!(e, UpgradeError::StepFailed { .. }),
+            "exit_code": e.exit_code().code(),
+            "error": e.to_string(),
+        }),
+    };
+    println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
+}
+
+pub fn ask_yes_no(prompt: &str) -> bool {
+    use std::io::{BufRead, IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        eprintln!("no terminal to confirm the plan: pass --yes to apply it unattended");
+        return false;
+    }
+    print!("{prompt}");
+    let _ = std::io::stdout().flush();
+    let mut line = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut line);
+    matches!(line.trim(), "y" | "Y" | "yes")
+}
+
+pub fn plan(plan: &Plan, done: &[String]) {
+    println!("plan: Canopsis {} → {} ({} edition, {} method)", plan.installed, plan.target, plan.edition, plan.method);
+    println!("releases: {}", plan.releases.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "));
+    for (v, why) in &plan.skipped {
+        println!("skipped: {v} (withdrawn: {why})");
+    }
+    let mut phase = None;
+    for p in &plan.steps {
+        if phase != Some(p.phase) {
+            println!("{}:", p.phase);
+            phase = Some(p.phase);
+        }
+        let m = &p.step.manifest;
+        let mark = if done.contains(&m.id) { " (done)" } else { "" };
+        println!("  {}{mark} — {}", m.id, m.description);
+        let c = &m.capabilities;
+        for e in &c.exec {
+            println!(
+                "      exec {} {}{}",
+                e.program,
+                e.args.join(" "),
+                if e.users.is_empty() { String::new() } else { format!(" (as {})", e.users.join("/")) }
+            );
+        }
+        for r in &c.fs.read {
+            println!("      read {r}");
+        }
+        for w in &c.fs.write {
+            println!("      write {w}");
+        }
+        for h in &c.http {
+            println!("      http {} {} on {}", h.methods.join("/"), h.paths.join(" "), h.endpoint);
+        }
+    }
+}
+
+/// `canup history`: each run and its steps.
+pub fn history(runs: &[RunRecord], state_dir: &Path) {
+    if runs.is_empty() {
+        println!("no runs recorded in {}", state_dir.display());
+    }
+    for r in runs {
+        let outcome = match r.outcome {
+            Some(journal::Outcome::Succeeded) => "succeeded",
+            Some(journal::Outcome::Failed) => "abandoned",
+            None => "interrupted (resumable)",
+        };
+        println!("run {} ({}): {} → {} {}", r.run, r.started, r.installed, r.target, outcome);
+        for s in &r.steps {
+            let o = match s.outcome {
+                Some(journal::Outcome::Succeeded) => "ok".to_owned(),
+                Some(journal::Outcome::Failed) => format!("FAILED: {}", s.message.clone().unwrap_or_default()),
+                None => "interrupted".to_owned(),
+            };
+            println!("  {:<40} {o:<10} {:>6} ms  module {}", s.step, s.duration_ms, &s.module_sha256[..s.module_sha256.len().min(12)]);
+        }
+    }
+}
+
+pub fn step_json(report: &StepReport, audit: &[AuditRecord], from_cache: bool, load_time: std::time::Duration) {
+    let value = serde_json::json!({
+        "step": report.step,
+        "module_sha256": report.module_sha256,
+        "compiled_from_cache": from_cache,
+        "load_ms": load_time.as_secs_f64() * 1000.0,
+        "outcome": match &report.result { Ok(()) => "succeeded".to_owned(), Err(e) => e.to_string() },
+        "succeeded": report.result.is_ok(),
+        "duration_ms": report.duration.as_secs_f64() * 1000.0,
+        "stdout": report.stdout.text(),
+        "stdout_dropped": report.stdout.dropped,
+        "stderr": report.stderr.text(),
+        "stderr_dropped": report.stderr.dropped,
+        "audit": audit,
+    });
+    println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
+}
+
+pub fn step_human(report: &StepReport, audit: &[AuditRecord], from_cache: bool, load_time: std::time::Duration) {
+    for (name, c) in [("stdout", &report.stdout), ("stderr", &report.stderr)] {
+        if !c.bytes.is_empty() {
+            println!("--- step {name} ---");
+            print!("{}", c.text());
+            if !c.text().ends_with('\n') {
+                println!();
+            }
+        }
+        if c.dropped > 0 {
+            println!("--- {} more bytes of {name} dropped (limit) ---", c.dropped);
+        }
+    }
+    println!("--- audit ({} decisions) ---", audit.len());
+    for r in audit {
+        let mark = match r.decision {
+            Decision::Allowed => "allowed",
+            Decision::Denied => "DENIED ",
+        };
+        println!("{mark} {:<11} {} -> {} ({} us)", r.capability, r.args, r.result, r.duration_us);
+    }
+    let cache = format!("module {} in {:.1} ms", if from_cache { "loaded from the compiled cache" } else { "compiled" }, load_time.as_secs_f64() * 1000.0);
+    match &report.result {
+        Ok(()) => println!("step {} succeeded in {:.1} ms ({cache})", report.step, report.duration.as_secs_f64() * 1000.0),
+        Err(e) => println!("step {} FAILED: {e}", report.step),
+    }
+}
