@@ -1,6 +1,6 @@
 //! Operator configuration (`/etc/canup/canup.toml`): the policy (upper bound of what any step
-//! may get), the endpoints steps may call, and the sandbox limits. Issue #4 adds the
-//! repository, edition and method here.
+//! may get), the endpoints steps may call, the sandbox limits, the repository and its trusted
+//! root, and the edition and method when detection should not decide.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

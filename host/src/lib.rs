@@ -1,13 +1,24 @@
 //! canup: upgrades a single-node Canopsis by running the vendor's release steps as signed,
 //! sandboxed WebAssembly components. This crate knows nothing about Canopsis; the steps do.
 //!
-//! Where things live:
+//! Where things live, in the order an upgrade uses them:
+//! - [`upgrade`]: detect, plan, prefetch, apply and resume, status, restore-files: the driver;
+//! - [`repository`]: the signed release repository (TUF via tough, the persisted root of
+//!   trust, the release index, the vendor's tools);
+//! - [`plan`]: releases and steps from installed to target, and admission against the policy;
+//! - [`sandbox`]: the engine, the host side of the step contract (one file per interface),
+//!   limits and trap mapping;
 //! - [`capabilities`]: the rules and the one checkpoint per host call (exec, fs, http);
-//! - [`sandbox`]: the engine, the step contract's host side, limits and trap mapping;
-//! - [`sysroot`]: `--sysroot` path mapping;
+//! - [`journal`]: runs, steps and changing actions, fsync'd, and the apply lock;
 //! - [`audit`], [`backup`]: the records a run leaves behind;
+//! - [`cache`]: compiled components;
 //! - [`manifest`], [`config`]: what the vendor declares and what the operator allows;
-//! - [`cli`]: the `canup` command.
+//! - [`sysroot`]: `--sysroot` path mapping;
+//! - [`ui`]: the port through which steps reach the operator;
+//! - [`exit`]: the exit codes, the operator's contract;
+//! - `fuzz`: fuzz targets over the parsers and the planner (hidden from the docs).
+//!
+//! The `canup` command line itself belongs to the binary (`src/cli/`).
 
 pub mod audit;
 pub mod backup;

@@ -2,7 +2,7 @@
 //!
 //! A release's crate ships one component and a `step.toml` listing its steps; several steps
 //! may share one module, which learns which one to run from `context.step-id`. In the
-//! repository (issue #3) the same records are signed metadata.
+//! repository's index the same records are signed metadata.
 
 use std::path::Path;
 
