@@ -76,15 +76,7 @@ fn step(version: &Version, phase: Phase) -> IndexStep {
         module: format!("release-{version}.wasm"),
         sha256: String::new(),
         length: 0,
-        manifest: StepManifest {
-            id: format!("{version}/{phase}"),
-            phase,
-            order: 0,
-            methods: vec![Method::Packages],
-            editions: vec![Edition::Core],
-            description: String::new(),
-            capabilities: CapabilitySet::default(),
-        },
+        manifest: StepManifest::bare(format!("{version}/{phase}"), phase),
     }
 }
 

@@ -75,6 +75,22 @@ pub struct StepManifest {
     pub capabilities: CapabilitySet,
 }
 
+impl StepManifest {
+    /// A step of the packages method and the core edition that may touch nothing: where the
+    /// planner's tests, the fuzzer and the bench start, setting only the fields they vary.
+    pub fn bare(id: impl Into<String>, phase: Phase) -> Self {
+        Self {
+            id: id.into(),
+            phase,
+            order: 0,
+            methods: vec![Method::Packages],
+            editions: vec![Edition::Core],
+            description: String::new(),
+            capabilities: CapabilitySet::default(),
+        }
+    }
+}
+
 /// A crate's `step.toml`: either one release's own steps (`release = "3.40.0"`), or steps
 /// the vendor ships with every release of a range (`applies = ">=3.0.0, <4.0.0"`: the
 /// standard procedure, detection), which publishing adds to each matching release.

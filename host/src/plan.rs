@@ -159,15 +159,7 @@ mod tests {
             module: "m.wasm".into(),
             sha256: String::new(),
             length: 0,
-            manifest: StepManifest {
-                id: id.into(),
-                phase,
-                order,
-                methods: methods.to_vec(),
-                editions: editions.to_vec(),
-                description: String::new(),
-                capabilities: CapabilitySet::default(),
-            },
+            manifest: StepManifest { order, methods: methods.to_vec(), editions: editions.to_vec(), ..StepManifest::bare(id, phase) },
         }
     }
 

@@ -94,8 +94,9 @@ fn quote(s: &str) -> String {
     }
 }
 
+/// A command's outcome (the generated type stays inside the SDK).
 #[derive(Debug, Clone)]
-pub struct Output(pub wit::Output);
+pub struct Output(wit::Output);
 
 impl Output {
     pub fn success(&self) -> bool {

@@ -37,8 +37,9 @@ impl Request {
     }
 }
 
+/// An endpoint's answer (the generated type stays inside the SDK).
 #[derive(Debug, Clone)]
-pub struct Response(pub wit::Response);
+pub struct Response(wit::Response);
 
 impl Response {
     pub fn status(&self) -> u16 {

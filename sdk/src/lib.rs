@@ -6,6 +6,10 @@
 //! operator's policy. [`helpers`] holds the edits release notes ask for again and again.
 //! See `sdk/README.md` for the step author's guide.
 
+/// The generated bindings. Public only because [`export_step!`] expands in the step's crate
+/// and names them; steps use the modules below, which keep the generated types out of their
+/// API.
+#[doc(hidden)]
 pub mod bindings {
     wit_bindgen::generate!({
         path: "wit",

@@ -215,17 +215,12 @@ async fn host_call_rows(rows: &mut Vec<Row>, work: &Path) -> Result<()> {
     let sandbox = Sandbox::new(Some(&work.join("compiled-probe")))?;
     let wasm = std::fs::read(guest_wasm("probe"))?;
     let manifest = |id: &str| StepManifest {
-        id: id.into(),
-        phase: Phase::PostUpdate,
-        order: 0,
-        methods: vec![Method::Packages],
-        editions: vec![Edition::Core],
-        description: String::new(),
         capabilities: CapabilitySet {
             exec: vec![ExecRule { program: "/bin/true".into(), args: vec![], env: vec![], users: vec![], readonly: false }],
             fs: FsRules { read: vec!["/opt/canopsis/etc/bench-4k".into()], write: vec![] },
             http: vec![],
         },
+        ..StepManifest::bare(id, Phase::PostUpdate)
     };
     let setting = Setting {
         installed: Version::new(3, 39, 0),
