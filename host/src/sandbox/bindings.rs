@@ -12,7 +12,7 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-pub(super) use canup::step as wit;
+pub(super) use self::canup::step as wit;
 pub(super) use wit::types::{Error as WitError, ErrorKind};
 
 pub(super) fn wit_error(kind: ErrorKind, message: impl Into<String>) -> WitError {

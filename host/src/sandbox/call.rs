@@ -45,6 +45,14 @@ impl Effect {
     }
 }
 
+/// How an allowed command or request ended for the step.
+pub(super) enum Done<T> {
+    /// It ran now (or was listed, in a dry run).
+    Now(T),
+    /// An earlier attempt of the step got it done: its journaled result.
+    Replayed(T),
+}
+
 /// Where a changing action sits in the step's journal: its name and its occurrence (the N-th
 /// identical action of the step).
 pub(super) type Slot = Option<(String, u32)>;
@@ -87,11 +95,31 @@ impl StepState {
         (Some((key, occurrence)), replay)
     }
 
-    /// Gives the step an earlier attempt's result instead of acting again, audited as such.
-    pub(super) fn replayed<T>(&mut self, start: Instant, capability: &str, args: serde_json::Value, output: T, why: &str) -> Result<T, WitError> {
-        let result = Ok(output);
-        self.account(start, capability, args, &result, |_| format!("replayed: {why}"));
-        result
+    /// Ends a changing-capable call: audited as a replay when an earlier attempt's result is
+    /// given back (`why` says when it happened), as itself otherwise.
+    pub(super) fn conclude<T>(
+        &mut self,
+        start: Instant,
+        capability: &str,
+        args: serde_json::Value,
+        result: Result<Done<T>, WitError>,
+        why: &str,
+        summary: impl FnOnce(&T) -> String,
+    ) -> Result<T, WitError> {
+        match result {
+            Ok(Done::Replayed(value)) => {
+                let result = Ok(value);
+                self.account(start, capability, args, &result, |_| format!("replayed: {why}"));
+                result
+            }
+            other => {
+                let result = other.map(|d| match d {
+                    Done::Now(v) | Done::Replayed(v) => v,
+                });
+                self.account(start, capability, args, &result, summary);
+                result
+            }
+        }
     }
 
     /// Journals the result of a changing action (before the step sees it).

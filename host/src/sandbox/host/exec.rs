@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use super::super::bindings::{WitError, wit};
-use super::super::call::{Effect, StepState, exit_text, journal_text, shell_words};
+use super::super::call::{Done, Effect, StepState, exit_text, journal_text, shell_words};
 use crate::capabilities::exec::{self as cap_exec, ExecRequest};
 use crate::journal::ActionResult;
 use crate::sha256_hex;
@@ -31,27 +31,7 @@ impl wit::exec::Host for StepState {
             Err(d) => Err(d.into()),
             Ok(()) => self.run_allowed(&req).await,
         };
-        if let Ok(Ran::Replayed(output)) = result {
-            return self.replayed(start, "exec", args, output, "ran before the interruption");
-        }
-        let result = result.map(Ran::output);
-        self.account(start, "exec", args, &result, |o| exit_text(o.status));
-        result
-    }
-}
-
-/// How an allowed command ended for the step.
-enum Ran {
-    Output(wit::exec::Output),
-    /// An earlier attempt of the step ran it to success: its journaled result.
-    Replayed(wit::exec::Output),
-}
-
-impl Ran {
-    fn output(self) -> wit::exec::Output {
-        match self {
-            Ran::Output(o) | Ran::Replayed(o) => o,
-        }
+        self.conclude(start, "exec", args, result, "ran before the interruption", |o| exit_text(o.status))
     }
 }
 
@@ -62,7 +42,7 @@ fn output(status: Option<i32>, stdout: Vec<u8>, stderr: Vec<u8>, truncated: (boo
 impl StepState {
     /// An allowed command: listed in a dry run (a read-only query also runs), otherwise run,
     /// and under apply journaled, so that a resumed step neither runs it twice nor loses it.
-    async fn run_allowed(&mut self, req: &ExecRequest) -> Result<Ran, WitError> {
+    async fn run_allowed(&mut self, req: &ExecRequest) -> Result<Done<wit::exec::Output>, WitError> {
         let dry = self.env.context.dry_run;
         let changing = !self.env.grant.exec_is_readonly(req);
         if dry && changing {
@@ -70,7 +50,7 @@ impl StepState {
             let env =
                 if req.env.is_empty() { String::new() } else { format!("{} ", req.env.iter().map(|(k, _)| format!("{k}=…")).collect::<Vec<_>>().join(" ")) };
             self.record(format!("run: {env}{}{user}", shell_words(&req.program, &req.args)));
-            return Ok(Ran::Output(output(Some(0), vec![], vec![], (false, false), true)));
+            return Ok(Done::Now(output(Some(0), vec![], vec![], (false, false), true)));
         }
         if dry {
             // A read-only query runs for real in a dry run; listing it makes the list the
@@ -87,7 +67,7 @@ impl StepState {
             }
             let words = shell_words(&req.program, &req.args);
             self.env.ui.log(&self.env.context.step_id, Level::Info, &format!("not run again (it ran before the interruption): {words}"));
-            return Ok(Ran::Replayed(output(done.status, done.stdout.into_bytes(), done.stderr.into_bytes(), (false, false), false)));
+            return Ok(Done::Replayed(output(done.status, done.stdout.into_bytes(), done.stderr.into_bytes(), (false, false), false)));
         }
         let earlier = match &receipt {
             Some(r) => self.earlier_attempt(r, req).await,
@@ -112,7 +92,7 @@ impl StepState {
             }
         }
         let o = outcome?;
-        Ok(Ran::Output(output(o.status, o.stdout, o.stderr, (o.stdout_truncated, o.stderr_truncated), false)))
+        Ok(Done::Now(output(o.status, o.stdout, o.stderr, (o.stdout_truncated, o.stderr_truncated), false)))
     }
     /// What an interrupted canup's attempt at this changing command left in its receipt: the
     /// outcome of a command that finished (journaled, and given to the step as its own), or

@@ -7,7 +7,7 @@ use std::time::Instant;
 use serde_json::json;
 
 use super::super::bindings::{WitError, wit};
-use super::super::call::{Effect, StepState, journal_text};
+use super::super::call::{Done, Effect, StepState, journal_text};
 use crate::capabilities::http::{self as cap_http, HttpRequest};
 use crate::journal::ActionResult;
 use crate::sha256_hex;
@@ -23,40 +23,20 @@ impl wit::http::Host for StepState {
             Err(d) => Err(d.into()),
             Ok(()) => self.send_allowed(&request).await,
         };
-        if let Ok(Sent::Replayed(response)) = result {
-            return self.replayed(start, "http", args, response, "sent before the interruption");
-        }
-        let result = result.map(Sent::response);
-        self.account(start, "http", args, &result, |r| format!("status {}", r.status));
-        result
-    }
-}
-
-/// How an allowed request ended for the step.
-enum Sent {
-    Response(wit::http::Response),
-    /// An earlier attempt of the step sent it with success: its journaled answer.
-    Replayed(wit::http::Response),
-}
-
-impl Sent {
-    fn response(self) -> wit::http::Response {
-        match self {
-            Sent::Response(r) | Sent::Replayed(r) => r,
-        }
+        self.conclude(start, "http", args, result, "sent before the interruption", |r| format!("status {}", r.status))
     }
 }
 
 impl StepState {
     /// An allowed request: a changing one is listed, not sent, in a dry run (a GET or HEAD is
     /// sent and listed); under apply a changing one is journaled so that it is sent once.
-    async fn send_allowed(&mut self, request: &HttpRequest) -> Result<Sent, WitError> {
+    async fn send_allowed(&mut self, request: &HttpRequest) -> Result<Done<wit::http::Response>, WitError> {
         let dry = self.env.context.dry_run;
         let changing = !matches!(request.method.as_str(), "GET" | "HEAD");
         if dry && changing {
             let body = request.body.as_ref().map(|b| format!(" with body {}", String::from_utf8_lossy(b))).unwrap_or_default();
             self.record(format!("send: {} {} to endpoint {}{body}", request.method, request.path, request.endpoint));
-            return Ok(Sent::Response(wit::http::Response { status: 200, headers: vec![("x-canup-dry-run".into(), "1".into())], body: vec![] }));
+            return Ok(Done::Now(wit::http::Response { status: 200, headers: vec![("x-canup-dry-run".into(), "1".into())], body: vec![] }));
         }
         if dry {
             // Like a read-only command, a GET runs for real in a dry run and is listed.
@@ -68,10 +48,10 @@ impl StepState {
         });
         let (slot, replay) = self.journaled(Effect::Request, key);
         if let Some(done) = replay {
-            return Ok(Sent::Replayed(wit::http::Response { status: done.status.unwrap_or(200) as u16, headers: vec![], body: done.stdout.into_bytes() }));
+            return Ok(Done::Replayed(wit::http::Response { status: done.status.unwrap_or(200) as u16, headers: vec![], body: done.stdout.into_bytes() }));
         }
         let r = cap_http::send(&self.env.grant, &self.env.endpoints, request, &self.env.limits.http).await?;
         self.journal_done(&slot, ActionResult { status: Some(r.status.into()), stdout: journal_text(&r.body), stderr: String::new() })?;
-        Ok(Sent::Response(wit::http::Response { status: r.status, headers: r.headers, body: r.body }))
+        Ok(Done::Now(wit::http::Response { status: r.status, headers: r.headers, body: r.body }))
     }
 }
