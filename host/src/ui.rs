@@ -12,6 +12,26 @@ pub enum Level {
     Error,
 }
 
+/// Text that comes from a step, made safe to show on a terminal: every control character but
+/// newline and tab is written as a visible escape (`\x1b`, `\u{9b}`), so that a step cannot
+/// move the cursor, clear the screen, redraw a question or paint a fake "ok". What the step
+/// said is kept as is in the audit log.
+pub fn visible(text: &str) -> std::borrow::Cow<'_, str> {
+    let hidden = |c: char| c.is_control() && c != '\n' && c != '\t';
+    if !text.chars().any(hidden) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            c if !hidden(c) => out.push(c),
+            c if (c as u32) < 0x80 => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 pub trait Ui: Send + Sync {
     fn log(&self, step: &str, level: Level, message: &str);
     fn progress(&self, step: &str, done: u64, total: Option<u64>, message: &str);

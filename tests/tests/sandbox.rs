@@ -474,6 +474,40 @@ async fn ld_preload_is_refused_even_when_declared() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bash_function_exports_are_refused_even_when_declared() {
+    let w = world().await;
+    let run =
+        w.hostile("bash-func", StepLimits::default(), "environment variable BASH_FUNC_systemctl%% for /usr/bin/systemctl is refused for every step").await;
+    denied(&run, "exec");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encoded_separator_in_an_http_path_is_refused() {
+    let w = world().await;
+    let run = w.hostile("http-encoded-slash", StepLimits::default(), "encoded '/'").await;
+    denied(&run, "http");
+}
+
+/// What the operator sees is what the step said, shown and not obeyed: every text from the
+/// step reaches the UI with its control characters escaped; the audit keeps the original.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_characters_from_a_step_are_shown_escaped() {
+    let w = world().await;
+    let run = w.hostile("terminal-spoof", StepLimits::default(), "\\x1b[31mfailed\\x1b[0m").await;
+    let events = run.ui.events.lock().unwrap().join("\n");
+    for shown in [r"before\x1b[2K\x0d      ok (1 ms)", r"\x1b[1Ahalf", r"\x1b[2J\x1b[HApply this plan?", r"\u{9b}2Jdone"] {
+        assert!(events.contains(shown), "expected {shown:?} in {events:?}");
+    }
+    assert!(!events.contains('\x1b') && !events.contains('\u{9b}'), "a control character reached the UI: {events:?}");
+    assert!(run.report.stdout.text().contains('\x1b'), "the captured output keeps the step's bytes");
+    assert!(run.report.stdout.display().contains(r"\x1b[1A\x1b[2Kout") && !run.report.stdout.display().contains('\x1b'));
+    let Err(e) = &run.report.result else { panic!("the step failed") };
+    assert!(!e.to_string().contains('\x1b'), "{e}");
+    let confirm = run.audit.iter().find(|r| r.capability == "ui.confirm").expect("the question is audited");
+    assert!(confirm.args["question"].as_str().unwrap().starts_with("\x1b[2J"), "the audit keeps the original: {:?}", confirm.args);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_infinite_loop_hits_the_cpu_limit() {
     let w = world().await;
     let limits = StepLimits { cpu: Duration::from_millis(300), wall: Duration::from_secs(60), ..StepLimits::default() };

@@ -46,20 +46,21 @@ impl Grant {
     /// path part.
     pub fn check_http(&self, endpoint: &str, method: &str, path: &str, headers: &[(String, String)]) -> Result<(), Denial> {
         let what = || format!("{method} {path} on endpoint {endpoint}");
-        let path_only = path.split('?').next().unwrap_or_default();
+        // The rules are matched against the path as the server will read it: decoded, so that
+        // `%2e%2e` or `x%2F..%2F..` cannot slip past a glob that the literal text satisfies.
+        let decoded = path.split('?').next().and_then(percent_decode);
         let bad_path = !path.starts_with('/')
             || path.starts_with("//")
             || path.contains('#')
             || path.contains('\\')
             || path.chars().any(|c| c.is_control() || c == ' ')
-            || path_only.split('/').any(|seg| {
-                // Percent-encoded dots are dots to most servers.
-                let seg = seg.to_ascii_lowercase().replace("%2e", ".");
-                seg == ".." || seg == "."
+            || decoded.as_deref().is_none_or(|p| p.split('/').any(|seg| seg == ".." || seg == "."));
+        let Some(path_only) = decoded.filter(|_| !bad_path) else {
+            return Err(Denial::Invalid {
+                what: what(),
+                why: "the path must start with '/' and contain no '..', '#', spaces, control characters, encoded '/' or '\\', or bad percent-encoding".into(),
             });
-        if bad_path {
-            return Err(Denial::Invalid { what: what(), why: "the path must start with '/' and contain no '..', '#', spaces or control characters".into() });
-        }
+        };
         if !method.bytes().all(|b| b.is_ascii_uppercase()) || method.is_empty() {
             return Err(Denial::Invalid { what: what(), why: "the method must be an upper-case HTTP method".into() });
         }
@@ -69,8 +70,32 @@ impl Grant {
                 why: "credentials and routing headers are set by canup only".into(),
             });
         }
-        self.both(what, |side| side.http.iter().any(|r| r.allows(endpoint, method, path_only)))
+        self.both(what, |side| side.http.iter().any(|r| r.allows(endpoint, method, &path_only)))
     }
+}
+
+/// A path with its percent-escapes decoded; `None` when an escape is malformed, decodes to a
+/// separator (`/`, `\\`) or a control character, or the result is not UTF-8: what a server
+/// could read as another path is refused rather than guessed.
+fn percent_decode(path: &str) -> Option<String> {
+    let bytes = path.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            let b = u8::from_str_radix(hex, 16).ok()?;
+            if b == b'/' || b == b'\\' || b.is_ascii_control() {
+                return None;
+            }
+            out.push(b);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// An endpoint as the operator configures it. Secrets come from a file or an environment

@@ -321,18 +321,27 @@ users = ["canopsis"]
     fn forbidden_variables_and_malformed_requests() {
         let any_env = set("[[exec]]\nprogram = \"/bin/x\"\nenv = [\"*\"]\n");
         let g = Grant::new("s", &any_env, &any_env).unwrap();
-        for name in ["LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT", "BASH_ENV", "GCONV_PATH"] {
+        let listed = super::exec::FORBIDDEN_ENV.iter().map(|p| p.replace('*', "X"));
+        let examples = ["LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT", "BASH_ENV", "GCONV_PATH", "BASH_FUNC_ls%%", "BASH_FUNC_yum()", "GLIBC_TUNABLES"];
+        for name in listed.chain(examples.map(String::from)) {
             let mut r = req("/bin/x", &[]);
-            r.env = vec![(name.into(), "x".into())];
+            r.env = vec![(name.clone(), "x".into())];
             assert!(matches!(g.check_exec(&r), Err(Denial::Forbidden { .. })), "{name}");
         }
+        for name in ["A=B", "A-B", "1X", "", "A B", "CPS\u{e9}"] {
+            let mut r = req("/bin/x", &[]);
+            r.env = vec![(name.into(), "x".into())];
+            assert!(matches!(g.check_exec(&r), Err(Denial::Invalid { .. })), "{name:?}");
+        }
         let mut r = req("/bin/x", &[]);
-        r.env = vec![("A=B".into(), "x".into())];
-        assert!(matches!(g.check_exec(&r), Err(Denial::Invalid { .. })));
+        r.env = vec![("CPS_MONGO_URL".into(), "mongodb://x".into()), ("_X1".into(), String::new())];
+        assert!(g.check_exec(&r).is_ok());
         assert!(matches!(g.check_exec(&req("/bin/../bin/x", &[])), Err(Denial::Invalid { .. })));
-        let mut r = req("/bin/x", &[]);
-        r.cwd = Some("relative".into());
-        assert!(matches!(g.check_exec(&r), Err(Denial::Invalid { .. })));
+        for cwd in ["relative", "/opt/../..", "/opt/./x"] {
+            let mut r = req("/bin/x", &[]);
+            r.cwd = Some(cwd.into());
+            assert!(matches!(g.check_exec(&r), Err(Denial::Invalid { .. })), "{cwd}");
+        }
     }
 
     #[test]
@@ -383,6 +392,20 @@ users = ["canopsis"]
         assert!(g.check_http("rabbitmq", "DELETE", "/api/queues/canopsis", &[]).is_err(), "GET only by default");
         assert!(g.check_http("rabbitmq", "GET", "/api/queues/canopsis/../../users", &[]).is_err());
         assert!(g.check_http("rabbitmq", "GET", "/api/queues/canopsis/.%2E/x", &[]).is_err());
+        // Matched as the server decodes it: an encoded separator or a malformed escape is
+        // refused, an encoded ordinary character is matched decoded.
+        for path in [
+            "/api/bindings/canopsis/x%2F..%2F..%2Fusers",
+            "/api/bindings/canopsis/x%5C..",
+            "/api/bindings/canopsis/%zz",
+            "/api/bindings/canopsis/%2",
+            "/api/bindings/canopsis/%00",
+        ] {
+            assert!(matches!(g.check_http("rabbitmq", "GET", path, &[]), Err(Denial::Invalid { .. })), "{path}");
+        }
+        assert!(g.check_http("rabbitmq", "GET", "/api/bindings/canopsis/e/Engine%5Fche", &[]).is_ok());
+        assert!(g.check_http("rabbitmq", "GET", "/api/queues/canopsi%73", &[]).is_ok(), "decoded before matching");
+        assert!(g.check_http("rabbitmq", "GET", "/api/queues/%63anopsis/../x", &[]).is_err());
         assert!(g.check_http("rabbitmq", "GET", "//evil.example/x", &[]).is_err());
         assert!(g.check_http("rabbitmq", "GET", "/api/users", &[]).is_err());
         assert!(g.check_http("canopsis-api", "POST", "/api/v4/broadcast-message", &[("content-type".into(), "application/json".into())]).is_ok());

@@ -176,8 +176,8 @@ pub fn step_human(report: &StepReport, audit: &[AuditRecord], from_cache: bool, 
     for (name, c) in [("stdout", &report.stdout), ("stderr", &report.stderr)] {
         if !c.bytes.is_empty() {
             println!("--- step {name} ---");
-            print!("{}", c.text());
-            if !c.text().ends_with('\n') {
+            print!("{}", c.display());
+            if !c.display().ends_with('\n') {
                 println!();
             }
         }

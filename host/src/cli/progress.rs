@@ -82,7 +82,7 @@ impl Progress for ProgressUi {
             bar.finish_and_clear();
         }
         for (name, c) in [("output", &report.stdout), ("errors", &report.stderr)] {
-            let text = c.text();
+            let text = c.display();
             if !text.trim().is_empty() {
                 self.line(&format!("      step {name}:"));
                 for l in text.lines() {

@@ -160,7 +160,7 @@ pub(super) fn classify_trap(e: &wasmtime::Error, refused: Option<usize>, limits:
         let after = &text[pos + "panicked at ".len()..];
         let (location, message) = after.split_once(":\n").unwrap_or((after, ""));
         let message = message.lines().take_while(|l| !l.starts_with("note:")).collect::<Vec<_>>().join("\n");
-        return Stop::Panic(format!("{} (at {})", message.trim(), location.trim()));
+        return Stop::Panic(crate::ui::visible(&format!("{} (at {})", message.trim(), location.trim())).into_owned());
     }
     Stop::Trap(format!("{e:#}"))
 }

@@ -158,8 +158,14 @@ pub struct Captured {
 }
 
 impl Captured {
+    /// The bytes as the step wrote them (JSON output, files).
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.bytes).into_owned()
+    }
+
+    /// The text as a terminal may show it (see [`crate::ui::visible`]).
+    pub fn display(&self) -> String {
+        crate::ui::visible(&self.text()).into_owned()
     }
 }
 
@@ -321,7 +327,8 @@ impl Sandbox {
         let result = match outcome {
             Err(_) => Err(Stop::WallTime(limits.wall)),
             Ok(Ok(Ok(()))) => Ok(()),
-            Ok(Ok(Err(message))) => Err(Stop::Failed(message)),
+            // A step's own words reach the operator's terminal: shown, never obeyed.
+            Ok(Ok(Err(message))) => Err(Stop::Failed(crate::ui::visible(&message).into_owned())),
             Ok(Err(e)) => Err(classify_trap(&e, store.data().limiter.refused, &limits, &stderr_text)),
         };
         let detected = store.data_mut().detected.take();

@@ -6,7 +6,7 @@ mod receipt;
 
 pub use receipt::{Earlier, Receipt};
 
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -19,11 +19,31 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use super::{Denial, ExecRule, Grant, PatternError, glob};
 use crate::sysroot::Sysroot;
 
-/// Variables that make the dynamic loader or a shell run code of the caller's choosing
-/// (glibc's "unsecure" list plus the shells' startup hooks). No policy can allow them: a
-/// step that could set them could run anything as root.
-const FORBIDDEN_ENV: &[&str] = &[
+/// Variables that make the dynamic loader, a shell or an interpreter run code of the
+/// caller's choosing: glibc's "unsecure" list and its tunables, the shells' startup hooks and
+/// exported functions (`BASH_FUNC_name%%`, which bash imports as code), and the code-loading
+/// variables of the interpreters a Canopsis host runs (Python for yum/dnf, Perl, Node.js,
+/// Ruby, Java). No policy can allow them: a step that could set them could run anything as
+/// root through any allowed program written in those languages.
+pub const FORBIDDEN_ENV: &[&str] = &[
     "LD_*",
+    "GLIBC_TUNABLES",
+    "BASH_FUNC_*",
+    "PYTHONPATH",
+    "PYTHONHOME",
+    "PYTHONSTARTUP",
+    "PYTHONUSERBASE",
+    "PERL5OPT",
+    "PERL5LIB",
+    "PERLLIB",
+    "PERL5DB",
+    "NODE_OPTIONS",
+    "NODE_PATH",
+    "RUBYOPT",
+    "RUBYLIB",
+    "JAVA_TOOL_OPTIONS",
+    "_JAVA_OPTIONS",
+    "JDK_JAVA_OPTIONS",
     "GCONV_PATH",
     "GETCONF_DIR",
     "HOSTALIASES",
@@ -146,8 +166,9 @@ fn uncovered(rules: &[CompiledExecRule], req: &ExecRequest) -> Option<String> {
     None
 }
 
+/// By the text, not `Path::components`, which drops a `.` in the middle of a path.
 fn has_dot_components(path: &str) -> bool {
-    Path::new(path).components().any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+    path.split('/').any(|c| c == "." || c == "..")
 }
 
 impl Grant {
@@ -168,13 +189,23 @@ impl Grant {
             return Err(Denial::Invalid { what: format!("exec of program {:?}", req.program), why: "the path must not contain '.' or '..' components".into() });
         }
         if let Some(cwd) = &req.cwd
-            && (!cwd.starts_with('/') || cwd.contains('\0'))
+            && (!cwd.starts_with('/') || cwd.contains('\0') || has_dot_components(cwd))
         {
-            return Err(Denial::Invalid { what: format!("working directory {cwd:?}"), why: "it must be an absolute path".into() });
+            return Err(Denial::Invalid {
+                what: format!("working directory {cwd:?}"),
+                why: "it must be an absolute path without '.' or '..' components".into(),
+            });
         }
         for (name, value) in &req.env {
-            if name.is_empty() || name.contains('=') || name.contains('\0') || value.contains('\0') {
-                return Err(Denial::Invalid { what: format!("environment variable {name:?}"), why: "malformed name or value".into() });
+            // A portable name only: the receipt shell exports each variable by name, and odd
+            // names (`BASH_FUNC_x%%`) are how shells smuggle code.
+            let portable =
+                name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_') && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if FORBIDDEN_ENV.iter().all(|p| p.strip_suffix('*').is_none_or(|prefix| !name.starts_with(prefix))) && (!portable || value.contains('\0')) {
+                return Err(Denial::Invalid {
+                    what: format!("environment variable {name:?}"),
+                    why: "a name is letters, digits and '_', not starting with a digit, and a value has no NUL byte".into(),
+                });
             }
             if let Some(pattern) = FORBIDDEN_ENV.iter().find(|p| match p.strip_suffix('*') {
                 Some(prefix) => name.starts_with(prefix),
@@ -226,7 +257,7 @@ pub enum ExecError {
     NotFound { program: String, real: PathBuf },
     #[error("program {program} resolves outside the sysroot ({real})")]
     OutsideSysroot { program: String, real: PathBuf },
-    #[error("working directory {0} does not exist")]
+    #[error("working directory {0} does not exist, is not a directory, or leads outside the sysroot")]
     NoCwd(String),
     #[error("user {0} does not exist on this machine")]
     NoUser(String),
@@ -282,9 +313,13 @@ const RECEIPT_SHELL: &str = "/bin/sh";
 /// input, moved to 3 by the shell, and its input file by path. A command run as another user
 /// is forked anyway (for the user switch) and could not open a file in the state directory:
 /// the hook puts the status file on 3 and the input on standard input.
+///
+/// The shell itself starts with an empty environment (no startup hook or exported function of
+/// the step's reaches it); it receives the step's variables as arguments, a count then
+/// `NAME=value` words, and exports them just before running the command.
 macro_rules! receipt_wrapper {
     () => {
-        r#"echo "started $$" >&3; "$@" 3>&-; s=$?; echo "exit $s" >&3; exit $s"#
+        r#"echo "started $$" >&3; n=$1; shift; while [ "$n" -gt 0 ]; do export "$1"; shift; n=$((n - 1)); done; "$@" 3>&-; s=$?; echo "exit $s" >&3; exit $s"#
     };
 }
 
@@ -298,8 +333,9 @@ pub async fn run(req: &ExecRequest, sysroot: &Sysroot, limits: &ExecLimits, rece
     }
     let cwd = match &req.cwd {
         Some(c) => {
-            let dir = sysroot.map(Path::new(c));
-            if !dir.is_dir() {
+            let dir = sysroot.map(Path::new(c)).canonicalize().map_err(|_| ExecError::NoCwd(c.clone()))?;
+            // A symbolic link under the sysroot must not take the command outside it.
+            if !dir.is_dir() || (!sysroot.is_host() && sysroot.unmap(&dir).is_none()) {
                 return Err(ExecError::NoCwd(c.clone()));
             }
             dir
@@ -310,23 +346,32 @@ pub async fn run(req: &ExecRequest, sysroot: &Sysroot, limits: &ExecLimits, rece
         Some(user) if sysroot.is_host() => Some(User::from_name(user).ok().flatten().ok_or_else(|| ExecError::NoUser(user.clone()))?),
         _ => None,
     };
+    // Exactly the step's variables: nothing of canup's own environment is inherited.
+    let mut env: Vec<(String, String)> = req.env.clone();
+    if switched.is_none()
+        && let Some(user) = &req.user
+    {
+        env.push((SIMULATED_USER_ENV.to_owned(), user.clone()));
+    }
     let mut cmd = match receipt {
-        None => tokio::process::Command::new(&real),
+        None => {
+            let mut cmd = tokio::process::Command::new(&real);
+            cmd.env_clear().envs(env.iter().map(|(k, v)| (k, v)));
+            cmd
+        }
         Some(r) => {
             let mut sh = tokio::process::Command::new(RECEIPT_SHELL);
             match switched {
                 None => sh.args(["-c", concat!(r#"exec 3<&0 <"$1" || exit 125; shift; "#, receipt_wrapper!()), "canup-exec"]).arg(r.input(req)),
                 Some(_) => sh.args(["-c", receipt_wrapper!(), "canup-exec"]),
             };
-            sh.arg(&real);
+            sh.env_clear().arg(env.len().to_string()).args(env.iter().map(|(k, v)| format!("{k}={v}"))).arg(&real);
             sh
         }
     };
-    cmd.args(&req.args).env_clear().envs(req.env.iter().map(|(k, v)| (k, v))).current_dir(&cwd).process_group(0).kill_on_drop(true);
+    cmd.args(&req.args).current_dir(&cwd).process_group(0).kill_on_drop(true);
     if let Some(u) = &switched {
         cmd.uid(u.uid.as_raw()).gid(u.gid.as_raw());
-    } else if let Some(user) = &req.user {
-        cmd.env(SIMULATED_USER_ENV, user);
     }
     let timeout = req.timeout.unwrap_or(limits.default_timeout).min(limits.max_timeout);
     match receipt {
@@ -418,6 +463,39 @@ mod tests {
         assert_eq!((again.status, again.stdout, again.stderr), (Some(3), b"fed\n".to_vec(), b"err\n".to_vec()));
         receipt.remove();
         assert!(matches!(receipt.earlier(&ExecLimits::default(), |_| panic!("nothing runs")).await.unwrap(), Earlier::NeverRan));
+    }
+
+    /// A working directory is resolved like the program: a link under the sysroot that leads
+    /// outside it is refused before anything runs.
+    #[tokio::test]
+    async fn a_working_directory_leading_outside_the_sysroot_is_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("usr/bin")).unwrap();
+        std::fs::copy("/bin/pwd", root.path().join("usr/bin/pwd")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), root.path().join("escape")).unwrap();
+        let sysroot = Sysroot::new(root.path()).unwrap();
+        let mut r = req("/usr/bin/pwd", &[]);
+        r.cwd = Some("/escape".into());
+        let e = run(&r, &sysroot, &ExecLimits::default(), None).await.unwrap_err().to_string();
+        assert!(e.contains("working directory /escape") && e.contains("outside the sysroot"), "{e}");
+        r.cwd = Some("/usr".into());
+        assert_eq!(run(&r, &sysroot, &ExecLimits::default(), None).await.unwrap().status, Some(0));
+    }
+
+    /// The receipt shell starts with an empty environment (no variable of the step's can hook
+    /// into it); only the command gets the step's variables.
+    #[tokio::test]
+    async fn the_receipt_shell_starts_without_the_steps_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let receipt = Receipt::new(dir.path(), "env");
+        let mut r = req("/bin/sh", &["-c", r#"echo "own=$FOO"; tr '\0' '\n' < /proc/$PPID/environ"#]);
+        r.env = vec![("FOO".into(), "bar baz".into()), ("CPS_X".into(), "a=b".into())];
+        let out = run(&r, &Sysroot::host(), &ExecLimits::default(), Some(&receipt)).await.unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.starts_with("own=bar baz\n"), "the command lost its variable: {text}");
+        assert!(!text.contains("FOO=") && !text.contains("CPS_X="), "the shell started with the step's variables: {text}");
+        assert_eq!(out.status, Some(0));
     }
 
     #[tokio::test]

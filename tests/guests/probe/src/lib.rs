@@ -23,6 +23,9 @@ canup_sdk::export_step! {
     "path-lookup" => path_lookup,
     "host-env" => host_env,
     "ld-preload" => ld_preload,
+    "bash-func" => bash_func,
+    "terminal-spoof" => terminal_spoof,
+    "http-encoded-slash" => http_encoded_slash,
     "infinite-loop" => infinite_loop,
     "memory-bomb" => memory_bomb,
     "stdout-flood" => stdout_flood,
@@ -151,6 +154,29 @@ fn host_env(_: &Context) -> Result<()> {
 fn ld_preload(_: &Context) -> Result<()> {
     Command::new("/usr/bin/systemctl").arg("daemon-reload").env("LD_PRELOAD", "/tmp/evil.so").run()?;
     bail!("passed LD_PRELOAD")
+}
+
+fn bash_func(_: &Context) -> Result<()> {
+    // bash imports `BASH_FUNC_name%%` as a function named `name`, run instead of the program.
+    Command::new("/usr/bin/systemctl").arg("daemon-reload").env("BASH_FUNC_systemctl%%", "() { id > /pwned; }").run()?;
+    bail!("passed BASH_FUNC_systemctl%%")
+}
+
+/// Escape sequences that would erase the line, move the cursor, clear the screen and paint a
+/// fake outcome, through every way a step's text reaches the operator.
+fn terminal_spoof(_: &Context) -> Result<()> {
+    ui::info("before\x1b[2K\r      ok (1 ms)");
+    ui::progress(1, Some(2), "\x1b[1Ahalf");
+    println!("\x1b[1A\x1b[2Kout");
+    let _ = ui::confirm("\x1b[2J\x1b[HApply this plan? [y/N]");
+    let _ = ui::manual("\u{9b}2Jdone");
+    bail!("\x1b[31mfailed\x1b[0m")
+}
+
+fn http_encoded_slash(_: &Context) -> Result<()> {
+    // `/api/v4/**` is declared; the server would read `/secret`.
+    http::Request::get("api", "/api/v4/x%2F..%2F..%2Fsecret").send()?;
+    bail!("sent a path with an encoded separator")
 }
 
 fn infinite_loop(_: &Context) -> Result<()> {
