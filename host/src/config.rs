@@ -60,6 +60,8 @@ pub struct LimitsConfig {
     pub exec_output_kib: Option<u64>,
     pub http_timeout_seconds: Option<u64>,
     pub http_body_kib: Option<u64>,
+    pub fs_read_kib: Option<u64>,
+    pub ui_text_kib: Option<u64>,
 }
 
 /// The bounds the sandbox applies to one step.
@@ -74,6 +76,10 @@ pub struct StepLimits {
     pub guest_output: usize,
     pub exec: ExecLimits,
     pub http: HttpLimits,
+    /// The largest file a step may read or append to.
+    pub fs_read: usize,
+    /// Text a step may show the operator (logs, progress, questions), in all.
+    pub ui_text: usize,
 }
 
 impl Default for StepLimits {
@@ -85,6 +91,8 @@ impl Default for StepLimits {
             guest_output: 64 << 10,
             exec: ExecLimits::default(),
             http: HttpLimits::default(),
+            fs_read: 16 << 20,
+            ui_text: 256 << 10,
         }
     }
 }
@@ -109,6 +117,8 @@ impl LimitsConfig {
                 max_response_body: kib(self.http_body_kib, d.http.max_response_body),
                 ..d.http
             },
+            fs_read: kib(self.fs_read_kib, d.fs_read),
+            ui_text: kib(self.ui_text_kib, d.ui_text),
         }
     }
 }

@@ -82,9 +82,9 @@ fn step(version: &Version, phase: Phase) -> IndexStep {
 
 /// An argument pattern and the arguments of a request. An argument list equal to the
 /// patterns' text is always allowed; a request with more arguments than patterns and no `**`
-/// is never allowed.
+/// is never allowed; an option never passes a pattern that does not start with '-'.
 pub fn patterns(patterns: &[String], args: &[String]) {
-    let rule = ExecRule { program: "/usr/bin/x".into(), args: patterns.to_vec(), env: vec![], users: vec![], readonly: false };
+    let rule = ExecRule { program: "/usr/bin/x".into(), args: patterns.to_vec(), env: vec![], users: vec![], readonly: false, shell: false };
     let set = CapabilitySet { exec: vec![rule], ..CapabilitySet::default() };
     let Ok(grant) = Grant::new("fuzz", &set, &set) else { return };
     let request = |args: &[String]| ExecRequest { program: "/usr/bin/x".into(), args: args.to_vec(), ..Default::default() };
@@ -93,4 +93,12 @@ pub fn patterns(patterns: &[String], args: &[String]) {
         assert!(verdict.is_err(), "{args:?} has more arguments than {patterns:?} and was allowed");
     }
     assert!(grant.check_exec(&request(patterns)).is_ok(), "the patterns' own text {patterns:?} was refused");
+    // An option passes only a pattern (or an alternative) that itself starts with '-', or the
+    // pattern's own text.
+    for (i, a) in args.iter().enumerate() {
+        let pattern = patterns.get(i).or(patterns.last().filter(|p| *p == "**"));
+        if a.starts_with('-') && pattern.is_some_and(|p| p != a && !p.split('|').any(|alt| alt.starts_with('-'))) {
+            assert!(verdict.is_err(), "option {a:?} passed pattern {pattern:?} in {patterns:?}");
+        }
+    }
 }

@@ -296,7 +296,14 @@ mod tests {
     fn admission_refuses_a_step_wanting_more_than_the_policy() {
         let mut i = index();
         i.releases[4].steps[5].manifest.capabilities = CapabilitySet {
-            exec: vec![ExecRule { program: "/usr/bin/canoctl".into(), args: vec!["restart".into()], env: vec![], users: vec![], readonly: false }],
+            exec: vec![ExecRule {
+                program: "/usr/bin/canoctl".into(),
+                args: vec!["restart".into()],
+                env: vec![],
+                users: vec![],
+                readonly: false,
+                shell: false,
+            }],
             fs: FsRules { read: vec!["/opt/canopsis/etc/webserver.conf".into()], write: vec!["/opt/canopsis/etc/webserver.conf".into()] },
             http: vec![],
         };

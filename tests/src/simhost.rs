@@ -261,6 +261,9 @@ impl SimHost {
                 } else if logical != CALL_LOG {
                     let content = if meta.is_symlink() {
                         format!("-> {}", fs::read_link(&path)?.display())
+                    } else if !meta.is_file() {
+                        // A FIFO or a device (hostile-case fixtures): reading it would block.
+                        format!("special file, mode {:o}", std::os::unix::fs::MetadataExt::mode(&meta))
                     } else {
                         String::from_utf8_lossy(&fs::read(&path)?).into_owned()
                     };

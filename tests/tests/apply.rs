@@ -243,7 +243,10 @@ async fn refusals_change_nothing_and_have_distinct_codes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_policy_lacking_a_capability_stops_the_plan_before_anything_runs() {
-    let narrow = OPERATOR_POLICY.replace("[[policy.exec]]\nprogram = \"/opt/canopsis/bin/init\"\nargs = [\"**\"]\nenv = [\"CPS_*\"]\n", "");
+    let narrow = OPERATOR_POLICY.replace(
+        "[[policy.exec]]\nprogram = \"/opt/canopsis/bin/init\"\nargs = [\"-conf\", \"/opt/canopsis/etc/initialisation.toml\"]\nenv = [\"CPS_*\"]\n",
+        "",
+    );
     assert_ne!(narrow, OPERATOR_POLICY);
     let h = host_with_policy(Spec { version: "3.38.0".into(), ..Spec::default() }, &narrow).await;
     let before = h.sim.snapshot().unwrap();

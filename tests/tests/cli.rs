@@ -27,7 +27,7 @@ async fn setup() -> Setup {
         &config,
         format!(
             "[policy.fs]\nread = [\"/opt/canopsis/**\"]\nwrite = [\"/opt/canopsis/etc/webserver.conf\"]\n\
-             [[policy.exec]]\nprogram = \"/usr/bin/rpm\"\nargs = [\"**\"]\n\
+             [[policy.exec]]\nprogram = \"/usr/bin/rpm\"\nargs = [\"-q\", \"*\"]\n\
              [[policy.exec]]\nprogram = \"/opt/canopsis/bin/canopsis-reconfigure\"\nenv = [\"CPS_*\"]\n\
              [[policy.exec]]\nprogram = \"/usr/bin/canoctl\"\nargs = [\"restart\"]\n\
              [[policy.http]]\nendpoint = \"canopsis-api\"\n\

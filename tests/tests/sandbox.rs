@@ -46,6 +46,7 @@ fn exec_rule(program: &str, args: &[&str], env: &[&str]) -> ExecRule {
         env: env.iter().map(|s| s.to_string()).collect(),
         users: vec![],
         readonly: false,
+        shell: false,
     }
 }
 
@@ -190,6 +191,8 @@ struct Run {
     report: StepReport,
     audit: Vec<AuditRecord>,
     ui: Arc<RecordingUi>,
+    /// What a dry run listed.
+    recorded: Vec<String>,
 }
 
 impl World {
@@ -208,6 +211,10 @@ impl World {
     }
 
     async fn run_with(&self, step: &str, declared: &CapabilitySet, policy: &CapabilitySet, limits: StepLimits) -> Run {
+        self.run_mode(step, declared, policy, limits, false).await
+    }
+
+    async fn run_mode(&self, step: &str, declared: &CapabilitySet, policy: &CapabilitySet, limits: StepLimits, dry_run: bool) -> Run {
         let (sandbox, loaded) = probe();
         let audit = Arc::new(AuditLog::open(&self.state.join("audit.jsonl"), "test-run").unwrap());
         let ui = Arc::new(RecordingUi::default());
@@ -219,7 +226,7 @@ impl World {
             release: Version::new(3, 40, 0),
             edition: Some(Edition::Cat),
             method: Some(Method::Packages),
-            dry_run: false,
+            dry_run,
         };
         let env = StepEnv {
             endpoints: Arc::new(self.endpoints()),
@@ -233,8 +240,10 @@ impl World {
                 context,
             )
         };
+        let recorded = env.recorded.clone();
         let report = sandbox.run(loaded, env).await;
-        Run { report, audit: audit.records(), ui }
+        let recorded = recorded.lock().unwrap().clone();
+        Run { report, audit: audit.records(), ui, recorded }
     }
 
     async fn run(&self, step: &str) -> Run {
@@ -471,6 +480,73 @@ async fn ld_preload_is_refused_even_when_declared() {
     let w = world().await;
     let run = w.hostile("ld-preload", StepLimits::default(), "environment variable LD_PRELOAD for /usr/bin/systemctl is refused for every step").await;
     denied(&run, "exec");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifo_is_refused_without_blocking_the_run() {
+    let w = world().await;
+    nix::unistd::mkfifo(&w.sim.path("/opt/canopsis/etc/fifo"), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let run = tokio::time::timeout(Duration::from_secs(30), w.hostile("read-fifo", StepLimits::default(), "not a regular file"))
+        .await
+        .expect("reading a FIFO blocked the run");
+    assert_eq!(run.report.result.as_ref().err().map(|_| ()), Some(()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hard_link_to_an_outside_file_is_not_read() {
+    let w = world().await;
+    std::fs::hard_link(w.outside.join("secret"), w.sim.path("/opt/canopsis/etc/linked-secret")).unwrap();
+    let run = w.hostile("read-hardlink", StepLimits::default(), "hard links").await;
+    assert!(!run.report.stdout.text().contains("outside secret"));
+    assert!(run.audit.iter().any(|r| r.capability == "fs.read" && r.result.contains("hard links")), "{:#?}", run.audit);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_steps_text_is_bounded_per_message_and_per_step() {
+    let w = world().await;
+    let limits = StepLimits { ui_text: 32 << 10, ..StepLimits::default() };
+    let run = w.run_with("ui-flood", &probe_caps(), &probe_caps(), limits).await;
+    assert_eq!(run.report.result, Ok(()));
+    let events = run.ui.events.lock().unwrap().clone();
+    let shown: usize = events.iter().map(String::len).sum();
+    assert!(shown < 48 << 10, "{shown} bytes reached the UI for a budget of 32 KiB");
+    assert!(events.iter().any(|e| e.contains("more bytes not shown")), "a long message is cut with a note");
+    assert!(events.iter().any(|e| e.contains("its further messages are not shown")), "the operator is told the rest was dropped");
+}
+
+#[test]
+fn a_module_over_the_size_limit_is_refused_before_compiling() {
+    let sandbox = Sandbox::new(None).unwrap();
+    let huge = vec![0u8; canup::sandbox::MAX_MODULE_BYTES + 1];
+    let started = std::time::Instant::now();
+    let Err(e) = sandbox.load("huge", &huge, &canup::manifest::STEP_API) else { panic!("a {} byte module loaded", huge.len()) };
+    assert!(e.to_string().contains("refused before compiling"), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_option_cannot_slip_through_a_star_pattern() {
+    let w = world().await;
+    // `rpm -q *` is declared and allowed; `--eval=%(…)` runs a shell as root in rpm 4.
+    let run = w.hostile("rpm-eval", StepLimits::default(), "exec of /usr/bin/rpm with arguments").await;
+    denied(&run, "exec");
+}
+
+/// A step that says a changing command only reads does not get it run in a dry run: read-only
+/// is the operator's word.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_cannot_make_a_changing_command_a_query() {
+    let w = world().await;
+    let mut claims = probe_caps();
+    for rule in claims.exec.iter_mut() {
+        rule.readonly = true;
+    }
+    let before = w.sim.snapshot().unwrap();
+    let run = w.run_mode("readonly-claim", &claims, &probe_caps(), StepLimits::default(), true).await;
+    assert_eq!(run.report.result, Ok(()), "{:?}", run.report.stdout.text());
+    assert!(w.sim.calls().unwrap().is_empty(), "the dry run ran a command: {:?}", w.sim.calls().unwrap());
+    assert_eq!(w.sim.snapshot().unwrap(), before);
+    assert_eq!(run.recorded, vec!["run: /usr/bin/systemctl daemon-reload".to_owned()], "listed as a change, not run as a query");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -105,8 +105,38 @@ impl Grant {
     }
 }
 
-pub fn read(path: &Resolved) -> io::Result<Vec<u8>> {
-    fs::read(&path.real)
+/// A file's content for a step, at most `max` bytes (`fs_read_kib`).
+pub fn read(path: &Resolved, max: usize) -> io::Result<Vec<u8>> {
+    read_regular(&path.real, max)
+}
+
+/// A regular file's content, checked on the open descriptor rather than by name: opened
+/// without following a final symlink and without blocking (a FIFO would hold the run past
+/// every limit), then refused unless it is a regular file with one name (another hard link to
+/// it may sit outside every glob) and at most `max` bytes.
+fn read_regular(real: &Path, max: usize) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let file = fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOFOLLOW).open(real)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file (steps read regular files only, never FIFOs or devices)"));
+    }
+    if meta.nlink() > 1 {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("the file has {} hard links, and another name for it may be outside what the step may read", meta.nlink()),
+        ));
+    }
+    let too_large = |len: u64| io::Error::new(io::ErrorKind::FileTooLarge, format!("{len} bytes, over the limit of {max} bytes (fs_read_kib in canup.toml)"));
+    if meta.len() > max as u64 {
+        return Err(too_large(meta.len()));
+    }
+    let mut content = Vec::with_capacity(meta.len() as usize);
+    file.take(max as u64 + 1).read_to_end(&mut content)?;
+    if content.len() > max {
+        return Err(too_large(content.len() as u64));
+    }
+    Ok(content)
 }
 
 pub fn exists(path: &Resolved) -> bool {
@@ -131,8 +161,8 @@ pub fn write(path: &Resolved, data: &[u8], backups: &mut Backups) -> io::Result<
 
 /// Appends by rewriting the whole file atomically: a crash leaves either the old or the new
 /// content, never half a line.
-pub fn append(path: &Resolved, data: &[u8], backups: &mut Backups) -> io::Result<()> {
-    let mut content = match fs::read(&path.real) {
+pub fn append(path: &Resolved, data: &[u8], max: usize, backups: &mut Backups) -> io::Result<()> {
+    let mut content = match read_regular(&path.real, max) {
         Ok(c) => c,
         Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
         Err(e) => return Err(e),
@@ -157,12 +187,12 @@ pub fn atomic_replace(target: &Path, data: &[u8]) -> io::Result<()> {
     let dir = target.parent().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no parent directory"))?;
     let name = target.file_name().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
     let previous = fs::metadata(target).ok();
-    // Unique per call, not only per process: canup fetches several targets at once, and two
-    // writers of one file must not share (and steal) a temporary.
-    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = dir.join(format!(".{}.canup-{}-{seq}", name.to_string_lossy(), std::process::id()));
-    let mut file = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    // A name nobody can guess, created exclusively: `O_EXCL` never follows a symlink planted
+    // under that name, and never reuses a file another writer (or a step) prepared.
+    let mut random = [0u8; 12];
+    aws_lc_rs::rand::fill(&mut random).map_err(|_| io::Error::other("no randomness for a temporary file name"))?;
+    let tmp = dir.join(format!(".{}.canup-{}", name.to_string_lossy(), hex::encode(random)));
+    let mut file = fs::OpenOptions::new().write(true).create_new(true).custom_flags(nix::libc::O_NOFOLLOW).mode(0o600).open(&tmp)?;
     let written = (|| {
         file.write_all(data)?;
         match &previous {
@@ -189,5 +219,49 @@ fn sync_parent(path: &Path) -> io::Result<()> {
     match path.parent() {
         Some(dir) => fs::File::open(dir)?.sync_all(),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Symlinks planted under every name the temporary file used to take (`.NAME.canup-PID-N`)
+    /// and under a few random-looking ones: the write lands in the target only.
+    #[test]
+    fn a_planted_temporary_never_redirects_an_atomic_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = dir.path().join("outside");
+        std::fs::write(&outside, "root's file\n").unwrap();
+        let etc = dir.path().join("etc");
+        std::fs::create_dir(&etc).unwrap();
+        let target = etc.join("webserver.conf");
+        std::fs::write(&target, "old\n").unwrap();
+        for n in 0..200 {
+            std::os::unix::fs::symlink(&outside, etc.join(format!(".webserver.conf.canup-{}-{n}", std::process::id()))).unwrap();
+        }
+        for _ in 0..20 {
+            atomic_replace(&target, b"new\n").unwrap();
+        }
+        assert_eq!(std::fs::read_to_string(&outside).unwrap(), "root's file\n", "the write went through a planted symlink");
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "new\n");
+        assert!(std::fs::symlink_metadata(&target).unwrap().file_type().is_file());
+    }
+
+    #[test]
+    fn reads_take_regular_files_with_one_name_within_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, vec![b'x'; 100]).unwrap();
+        assert_eq!(read_regular(&file, 100).unwrap().len(), 100);
+        assert_eq!(read_regular(&file, 99).unwrap_err().kind(), io::ErrorKind::FileTooLarge);
+        std::fs::hard_link(&file, dir.path().join("g")).unwrap();
+        let e = read_regular(&file, 100).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::PermissionDenied, "{e}");
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        assert_eq!(read_regular(&fifo, 100).unwrap_err().kind(), io::ErrorKind::InvalidInput, "a FIFO is refused, without blocking");
+        std::os::unix::fs::symlink(dir.path().join("f"), dir.path().join("link")).unwrap();
+        assert!(read_regular(&dir.path().join("link"), 100).is_err(), "a final symlink is not followed");
     }
 }

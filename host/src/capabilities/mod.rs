@@ -53,9 +53,15 @@ pub struct ExecRule {
     #[serde(default)]
     pub users: Vec<String>,
     /// The program only reads (`rpm -q`, `systemctl is-enabled`): a dry run executes it for
-    /// real, while every other command is only recorded.
+    /// real, while every other command is only recorded. Counts only in the operator's policy
+    /// (see `Grant::exec_is_readonly`); in a step's declaration it is what the vendor claims,
+    /// shown in the plan.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub readonly: bool,
+    /// The last argument is a command line a shell reads (`su - canopsis -c "…"`): it must
+    /// hold no shell syntax and is matched word by word (see `exec/args.rs`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shell: bool,
 }
 
 /// Path globs (`*` stays within one directory, `**` crosses directories), read and write kept
@@ -152,6 +158,13 @@ fn all_covered<'a>(declared: &'a [String], policy: &[String], literal_separator:
 }
 
 impl CapabilitySet {
+    /// Whether this policy makes the commands of a declared exec rule read-only queries
+    /// (every policy rule that admits them says `readonly`): what the plan shows.
+    pub fn query(&self, declared: &ExecRule) -> bool {
+        let mut admitting = self.exec.iter().filter(|p| p.program == declared.program && exec::args_cover(&p.args, p.shell, &declared.args)).peekable();
+        admitting.peek().is_some() && admitting.all(|p| p.readonly)
+    }
+
     /// Admission at plan time: names the first capability this declaration asks for that
     /// `policy` does not grant, or `None` when the policy covers all of it. The per-call
     /// checkpoint stays authoritative; this stops a plan before anything runs.
@@ -159,7 +172,7 @@ impl CapabilitySet {
         for d in &self.exec {
             let covered = policy.exec.iter().any(|p| {
                 p.program == d.program
-                    && exec_args_cover(&p.args, &d.args)
+                    && exec::args_cover(&p.args, p.shell, &d.args)
                     && all_covered(&d.env, &p.env, false).is_none()
                     && d.users.iter().all(|u| p.users.contains(u))
             });
@@ -185,19 +198,6 @@ impl CapabilitySet {
         }
         None
     }
-}
-
-fn exec_args_cover(policy: &[String], declared: &[String]) -> bool {
-    for (i, p) in policy.iter().enumerate() {
-        if p == "**" && i == policy.len() - 1 {
-            return true;
-        }
-        match declared.get(i) {
-            Some(d) if d != "**" && pattern_covers(p, d, false) => {}
-            _ => return false,
-        }
-    }
-    policy.len() == declared.len()
 }
 
 /// One side's rules, compiled.
@@ -342,6 +342,29 @@ users = ["canopsis"]
             r.cwd = Some(cwd.into());
             assert!(matches!(g.check_exec(&r), Err(Denial::Invalid { .. })), "{cwd}");
         }
+    }
+
+    /// A command is a query (runs in a dry run, is not journaled) on the operator's word only.
+    #[test]
+    fn read_only_is_the_policys_word_not_the_steps() {
+        let claims = set("[[exec]]\nprogram = \"/usr/bin/yum\"\nargs = [\"update\", \"-y\", \"canopsis-core-*\"]\nreadonly = true\n");
+        let policy = set("[[exec]]\nprogram = \"/usr/bin/yum\"\nargs = [\"update\", \"-y\", \"canopsis-core-*\"]\n");
+        let yum = req("/usr/bin/yum", &["update", "-y", "canopsis-core-3.40.0"]);
+        let g = Grant::new("s", &claims, &policy).unwrap();
+        assert!(g.check_exec(&yum).is_ok());
+        assert!(!g.exec_is_readonly(&yum), "the step alone made yum a query");
+        assert!(!policy.query(&claims.exec[0]));
+        let rpm_policy = set("[[exec]]\nprogram = \"/usr/bin/rpm\"\nargs = [\"-q\", \"canopsis-core|canopsis-cat\"]\nreadonly = true\n");
+        let rpm_step = set("[[exec]]\nprogram = \"/usr/bin/rpm\"\nargs = [\"-q\", \"canopsis-core\"]\n");
+        let g = Grant::new("s", &rpm_step, &rpm_policy).unwrap();
+        assert!(g.exec_is_readonly(&req("/usr/bin/rpm", &["-q", "canopsis-core"])));
+        assert!(rpm_policy.query(&rpm_step.exec[0]));
+        // Two policy rules admit it and one does not say read-only: not a query.
+        let mixed = set(
+            "[[exec]]\nprogram = \"/usr/bin/rpm\"\nargs = [\"-q\", \"*\"]\nreadonly = true\n[[exec]]\nprogram = \"/usr/bin/rpm\"\nargs = [\"-q\", \"canopsis-*\"]\n",
+        );
+        let g = Grant::new("s", &rpm_step, &mixed).unwrap();
+        assert!(!g.exec_is_readonly(&req("/usr/bin/rpm", &["-q", "canopsis-core"])));
     }
 
     #[test]

@@ -53,7 +53,7 @@ pub async fn plan(settings: &Settings, to: Option<&Version>, output: Output) -> 
     if output.json {
         print::json(&plan);
     } else {
-        print::plan(&plan, &[]);
+        print::plan(&plan, &[], &settings.config.policy);
     }
     Ok(())
 }
@@ -66,7 +66,7 @@ pub async fn apply(settings: &Settings, a: Apply) -> Result<(), Failure> {
         if a.json {
             return a.yes || a.dry_run;
         }
-        print::plan(plan, done);
+        print::plan(plan, done, &settings.config.policy);
         if !done.is_empty() {
             println!("resuming an interrupted run: {} steps already done are not run again", done.len());
         }

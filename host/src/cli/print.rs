@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use canup::audit::{AuditRecord, Decision};
+use canup::capabilities::CapabilitySet;
 use canup::journal::{self, RunRecord};
 use canup::plan::Plan;
 use canup::sandbox::StepReport;
@@ -95,7 +96,9 @@ pub fn ask_yes_no(prompt: &str) -> bool {
     matches!(line.trim(), "y" | "Y" | "yes")
 }
 
-pub fn plan(plan: &Plan, done: &[String]) {
+/// The plan: releases, then each phase's steps with what each may touch; `(query)` marks the
+/// commands the operator's policy says only read (they also run in a dry run).
+pub fn plan(plan: &Plan, done: &[String], policy: &CapabilitySet) {
     println!("plan: Canopsis {} → {} ({} edition, {} method)", plan.installed, plan.target, plan.edition, plan.method);
     println!("releases: {}", plan.releases.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "));
     for (v, why) in &plan.skipped {
@@ -113,10 +116,11 @@ pub fn plan(plan: &Plan, done: &[String]) {
         let c = &m.capabilities;
         for e in &c.exec {
             println!(
-                "      exec {} {}{}",
+                "      exec {} {}{}{}",
                 e.program,
                 e.args.join(" "),
-                if e.users.is_empty() { String::new() } else { format!(" (as {})", e.users.join("/")) }
+                if e.users.is_empty() { String::new() } else { format!(" (as {})", e.users.join("/")) },
+                if policy.query(e) { " (query)" } else { "" }
             );
         }
         for r in &c.fs.read {

@@ -28,6 +28,7 @@ impl From<Denial> for WitError {
 pub(super) fn io_error(e: std::io::Error, what: &str) -> WitError {
     let kind = match e.kind() {
         std::io::ErrorKind::NotFound => ErrorKind::NotFound,
+        std::io::ErrorKind::FileTooLarge => ErrorKind::TooLarge,
         std::io::ErrorKind::InvalidInput | std::io::ErrorKind::IsADirectory | std::io::ErrorKind::NotADirectory => ErrorKind::Invalid,
         _ => ErrorKind::Failed,
     };

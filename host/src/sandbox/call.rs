@@ -22,6 +22,8 @@ pub struct StepState {
     pub(super) env: StepEnv,
     pub(super) cpu: CpuMeter,
     pub(super) detected: Option<Detected>,
+    /// Bytes of text the step has shown the operator so far (see `StepLimits::ui_text`).
+    pub(super) ui_used: usize,
 }
 
 /// A changing call's kind: the one place that says when an earlier attempt's result counts

@@ -193,6 +193,9 @@ pub enum Allocation {
     },
 }
 
+/// The largest module canup compiles: published step modules are a few hundred kilobytes.
+pub const MAX_MODULE_BYTES: usize = 16 << 20;
+
 /// A verified, compiled module ready to instantiate.
 #[derive(Clone)]
 pub struct LoadedStep {
@@ -252,6 +255,14 @@ impl Sandbox {
     /// major step API is refused here, before anything of it runs.
     pub fn load(&self, step: &str, wasm: &[u8], declared_api: &Version) -> Result<LoadedStep, SandboxError> {
         let mismatch = |built: &Version| SandboxError::ApiMismatch { step: step.to_owned(), built: built.clone(), supported: STEP_API };
+        // Compiling is the costliest thing a module makes the host do (tens of seconds and
+        // gigabytes for tens of megabytes): bounded before it starts.
+        if wasm.len() > MAX_MODULE_BYTES {
+            return Err(SandboxError::Invalid {
+                step: step.to_owned(),
+                why: format!("it is {} bytes, over canup's limit of {MAX_MODULE_BYTES} bytes for a step module; refused before compiling", wasm.len()),
+            });
+        }
         if declared_api.major != STEP_API.major {
             return Err(mismatch(declared_api));
         }
@@ -304,6 +315,7 @@ impl Sandbox {
             env,
             cpu: CpuMeter::default(),
             detected: None,
+            ui_used: 0,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);

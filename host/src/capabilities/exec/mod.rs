@@ -2,8 +2,11 @@
 //! executes an allowed command with no inherited environment, bounded output, a time limit
 //! and its whole process group killed when the limit passes.
 
+mod args;
 mod receipt;
 
+use args::ArgPatterns;
+pub(crate) use args::covers as args_cover;
 pub use receipt::{Earlier, Receipt};
 
 use std::path::{Path, PathBuf};
@@ -81,15 +84,9 @@ pub struct ExecRequest {
 }
 
 #[derive(Debug, Clone)]
-enum ArgPattern {
-    One(GlobMatcher),
-    Rest,
-}
-
-#[derive(Debug, Clone)]
 pub(crate) struct CompiledExecRule {
     program: String,
-    args: Vec<ArgPattern>,
+    args: ArgPatterns,
     env: Vec<GlobMatcher>,
     users: Vec<String>,
     readonly: bool,
@@ -97,19 +94,9 @@ pub(crate) struct CompiledExecRule {
 
 impl CompiledExecRule {
     pub(crate) fn new(rule: &ExecRule, origin: &str) -> Result<Self, PatternError> {
-        let last = rule.args.len().saturating_sub(1);
-        let args = rule
-            .args
-            .iter()
-            .enumerate()
-            .map(|(i, a)| match a.as_str() {
-                "**" if i == last => Ok(ArgPattern::Rest),
-                _ => glob(a, false, origin).map(ArgPattern::One),
-            })
-            .collect::<Result<_, _>>()?;
         Ok(Self {
             program: rule.program.clone(),
-            args,
+            args: ArgPatterns::compile(&rule.args, rule.shell, origin)?,
             env: rule.env.iter().map(|e| glob(e, false, origin)).collect::<Result<_, _>>()?,
             users: rule.users.clone(),
             readonly: rule.readonly,
@@ -121,18 +108,7 @@ impl CompiledExecRule {
     }
 
     fn args_match(&self, args: &[String]) -> bool {
-        for (i, pattern) in self.args.iter().enumerate() {
-            match pattern {
-                ArgPattern::Rest => return true,
-                // An argument equal to the pattern's own text always matches: a literal script
-                // (`mongo --eval "db.x.update({...})"`) needs no escaping of glob characters.
-                ArgPattern::One(g) => match args.get(i) {
-                    Some(a) if a == g.glob().glob() || g.is_match(a) => {}
-                    _ => return false,
-                },
-            }
-        }
-        args.len() == self.args.len()
+        self.args.matches(args)
     }
 
     fn env_match(&self, env: &[(String, String)]) -> bool {
@@ -172,9 +148,13 @@ fn has_dot_components(path: &str) -> bool {
 }
 
 impl Grant {
-    /// Whether the step declared this (already checked) command read-only.
+    /// Whether this (already checked) command is a read-only query: the operator's word,
+    /// never the step's alone. Every policy rule that admits it must say `readonly`; a query
+    /// runs for real in a dry run and is not journaled, so a step that could make a changing
+    /// command a query could change the host in a dry run and repeat it on resume.
     pub fn exec_is_readonly(&self, req: &ExecRequest) -> bool {
-        self.declared.exec.iter().any(|r| r.readonly && r.covers(req))
+        let mut admitting = self.policy.exec.iter().filter(|r| r.covers(req)).peekable();
+        admitting.peek().is_some() && admitting.all(|r| r.readonly)
     }
 
     /// The single checkpoint for `exec`.
@@ -458,11 +438,94 @@ mod tests {
             (Some(3), &b"fed\n"[..], &b"err\n"[..]),
             "the command does not get the receipt's descriptor"
         );
-        // What a canup that was killed before journaling this outcome finds when it resumes.
-        let Earlier::Finished(again) = receipt.earlier(&ExecLimits::default(), |_| panic!("nothing runs")).await.unwrap() else { panic!("no outcome") };
+        // What a canup that was killed before journaling this outcome finds when it resumes. (A
+        // process another test thread forks at that moment may hold the status file's lock
+        // for an instant, which `earlier` waits out: that wait is not the command running.)
+        let Earlier::Finished(again) = receipt.earlier(&ExecLimits::default(), |_| {}).await.unwrap() else { panic!("no outcome") };
         assert_eq!((again.status, again.stdout, again.stderr), (Some(3), b"fed\n".to_vec(), b"err\n".to_vec()));
         receipt.remove();
         assert!(matches!(receipt.earlier(&ExecLimits::default(), |_| panic!("nothing runs")).await.unwrap(), Earlier::NeverRan));
+    }
+
+    /// The shipped policy (`host/dist/canup.toml`): every published step's commands pass, and
+    /// the known ways to turn each allowed program into a shell or a write anywhere do not.
+    #[test]
+    fn the_shipped_policy_refuses_the_known_abuses_of_each_program() {
+        let config = crate::config::Config::parse(include_str!("../../../dist/canup.toml"), "host/dist/canup.toml").unwrap();
+        let policy: Vec<CompiledExecRule> = config.policy.exec.iter().map(|r| CompiledExecRule::new(r, "shipped").unwrap()).collect();
+        let allowed = |program: &str, args: &[&str]| uncovered(&policy, &req(program, args)).is_none();
+        let su = |line: &str| allowed("/usr/bin/su", &["-", "canopsis", "-c", line]);
+        // What the published steps run.
+        assert!(allowed("/usr/bin/rpm", &["-q", "canopsis-core"]) && allowed("/usr/bin/rpm", &["-q", "canopsis-cat"]));
+        assert!(allowed("/usr/bin/yum", &["update", "-y", "canopsis-core-3.40.0", "canopsis-cat-3.40.0"]));
+        assert!(allowed("/usr/bin/yum", &["--disablerepo=*", "--enablerepo=canopsis*", "update", "-y", "canopsis-core-4.5.7"]));
+        assert!(su("canopsinit --canopsis-edition cat --canopsis-stack go") && su("canopsinit --canopsis-edition core"));
+        assert!(allowed("/usr/bin/systemctl", &["enable", "canopsis-engine-go@engine-fifo"]) && allowed("/usr/bin/systemctl", &["daemon-reload"]));
+        assert!(allowed("/usr/bin/mongo", &["mongodb://cpsmongo:canopsis@localhost:27017/canopsis"]));
+        // rpm: macros and configuration files run code.
+        for args in [
+            &["-q", "--eval=%(id)"][..],
+            &["-q", "--rcfile=/tmp/x", "canopsis-core"],
+            &["-q", "--macros=/tmp/m"],
+            &["-q", "-E", "%(id)"],
+            &["-q", "canopsis-webui"],
+            &["-qa"],
+        ] {
+            assert!(!allowed("/usr/bin/rpm", args), "rpm {args:?}");
+        }
+        // yum: options that load configuration, plugins or another root.
+        for args in [
+            &["--setopt=pluginpath=/tmp", "update", "-y", "canopsis-core-1"][..],
+            &["update", "-y", "canopsis-core-1", "--setopt=x=y"],
+            &["-c", "/tmp/yum.conf", "update", "-y", "canopsis-core-1"],
+            &["update", "-y", "--installroot=/tmp/r", "canopsis-core-1"],
+            &["update", "-y", "canopsis-core-1", "--enableplugin=*"],
+            &["install", "-y", "canopsis-core-1"],
+            &["update", "-y", "bash"],
+        ] {
+            assert!(!allowed("/usr/bin/yum", args), "yum {args:?}");
+        }
+        // su -c: the argument is a shell command line.
+        for line in [
+            "canopsinit --canopsis-edition cat; id",
+            "canopsinit --canopsis-edition cat | sh",
+            "canopsinit --canopsis-edition $(curl x|sh)",
+            "canopsinit --canopsis-edition `id`",
+            "canopsinit --canopsis-edition cat && id",
+            "canopsinit --canopsis-edition cat >/etc/passwd",
+            "canopsinit --canopsis-edition cat\nid",
+            "id",
+            "canopsinit --canopsis-edition cat --other",
+        ] {
+            assert!(!su(line), "su -c {line:?}");
+        }
+        assert!(!allowed("/usr/bin/su", &["-", "root", "-c", "canopsinit --canopsis-edition cat"]));
+        assert!(!allowed("/usr/bin/su", &["-s", "/bin/sh", "canopsis", "-c", "canopsinit --canopsis-edition cat"]));
+        // mongo: JavaScript that runs programs, an interactive shell.
+        for args in [
+            &["--eval", "runProgram('sh','-c','id')"][..],
+            &["mongodb://x", "--eval", "runProgram('id')"],
+            &["--shell", "mongodb://x"],
+            &["mongodb://x", "--shell"],
+            &["--nodb"],
+        ] {
+            assert!(!allowed("/usr/bin/mongo", args), "mongo {args:?}");
+        }
+        // systemctl: other units and verbs, another root.
+        for args in [
+            &["start", "evil.service"][..],
+            &["enable", "evil.service"],
+            &["enable", "--now", "canopsis-engine-go@x"],
+            &["--root=/tmp", "enable", "canopsis-engine-go@x"],
+            &["link", "/tmp/evil.service"],
+            &["edit", "canopsis-engine-go@x"],
+            &["set-environment", "LD_PRELOAD=/tmp/x.so"],
+        ] {
+            assert!(!allowed("/usr/bin/systemctl", args), "systemctl {args:?}");
+        }
+        // The others take no argument of the step's choosing.
+        assert!(!allowed("/usr/bin/canoctl", &["restart", "--all"]) && !allowed("/usr/bin/docker-compose", &["-f", "/tmp/x.yml", "up", "-d"]));
+        assert!(!allowed("/opt/canopsis/bin/init", &["-conf", "/tmp/x.toml"]) && !allowed("/opt/canopsis/bin/canopsis-reconfigure", &["-edition", "x"]));
     }
 
     /// A working directory is resolved like the program: a link under the sysroot that leads
@@ -472,15 +535,18 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let outside = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(root.path().join("usr/bin")).unwrap();
-        std::fs::copy("/bin/pwd", root.path().join("usr/bin/pwd")).unwrap();
+        // Refused before anything starts, so the program need not be runnable (an executable
+        // written here could meet ETXTBSY from another test thread's fork).
+        std::fs::write(root.path().join("usr/bin/pwd"), "").unwrap();
         std::os::unix::fs::symlink(outside.path(), root.path().join("escape")).unwrap();
         let sysroot = Sysroot::new(root.path()).unwrap();
         let mut r = req("/usr/bin/pwd", &[]);
         r.cwd = Some("/escape".into());
         let e = run(&r, &sysroot, &ExecLimits::default(), None).await.unwrap_err().to_string();
         assert!(e.contains("working directory /escape") && e.contains("outside the sysroot"), "{e}");
+        let mut r = req("/bin/pwd", &[]);
         r.cwd = Some("/usr".into());
-        assert_eq!(run(&r, &sysroot, &ExecLimits::default(), None).await.unwrap().status, Some(0));
+        assert_eq!(run(&r, &Sysroot::host(), &ExecLimits::default(), None).await.unwrap().stdout, b"/usr\n");
     }
 
     /// The receipt shell starts with an empty environment (no variable of the step's can hook

@@ -15,7 +15,8 @@ use crate::sha256_hex;
 
 impl wit::fs::Host for StepState {
     async fn read(&mut self, path: String) -> Result<Vec<u8>, WitError> {
-        self.fs_call("fs.read", &path, Access::Read, |p, _| cap_fs::read(p), |d| format!("{} bytes", d.len()))
+        let max = self.env.limits.fs_read;
+        self.fs_call("fs.read", &path, Access::Read, |p, _| cap_fs::read(p, max), |d| format!("{} bytes", d.len()))
     }
 
     async fn write(&mut self, path: String, data: Vec<u8>) -> Result<(), WitError> {
@@ -38,13 +39,14 @@ impl wit::fs::Host for StepState {
         let mut actions = if self.env.context.dry_run { None } else { self.env.actions.take() };
         let key = format!("append {path} #{}", &sha256_hex(&data)[..16]);
         let slot = actions.as_mut().map(|a| a.next(&key));
+        let max = self.env.limits.fs_read;
         let outcome = self.fs_change(
             "fs.append",
             &path,
             |p| format!("append to {}:\n{}", p.display(), indent(&text)),
             |p, b| {
-                let (Some(actions), Some((occurrence, past))) = (actions.as_ref(), slot.clone()) else { return cap_fs::append(p, &data, b) };
-                let current = match std::fs::read(&p.real) {
+                let (Some(actions), Some((occurrence, past))) = (actions.as_ref(), slot.clone()) else { return cap_fs::append(p, &data, max, b) };
+                let current = match cap_fs::read(p, max) {
                     Ok(c) => c,
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
                     Err(e) => return Err(e),
@@ -58,7 +60,7 @@ impl wit::fs::Host for StepState {
                 }
                 let expect = sha256_hex(&[current.as_slice(), data.as_slice()].concat());
                 actions.started(&key, occurrence, expect).map_err(std::io::Error::other)?;
-                cap_fs::append(p, &data, b)?;
+                cap_fs::append(p, &data, max, b)?;
                 actions.done(&key, occurrence, ActionResult::default()).map_err(std::io::Error::other)
             },
             done,

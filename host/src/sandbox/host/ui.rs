@@ -9,6 +9,36 @@ use super::super::bindings::{WitError, wit};
 use super::super::call::StepState;
 use crate::ui::{Level, visible};
 
+/// The most of one message shown (a screen's worth); the rest is cut with a note.
+const MESSAGE_BYTES: usize = 4096;
+
+impl StepState {
+    /// A step's text as the operator is shown it: control characters escaped, cut at
+    /// [`MESSAGE_BYTES`], and counted against the step's `ui_text` budget. `None` once the
+    /// budget is spent (after one line saying so): a step cannot flood the terminal or the
+    /// logs of an unattended run.
+    fn shown(&mut self, text: &str) -> Option<String> {
+        let limit = self.env.limits.ui_text;
+        if self.ui_used >= limit {
+            return None;
+        }
+        let mut cut = text.len().min(MESSAGE_BYTES);
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let mut shown = visible(&text[..cut]).into_owned();
+        if cut < text.len() {
+            shown.push_str(&format!(" … ({} more bytes not shown)", text.len() - cut));
+        }
+        self.ui_used += cut;
+        if self.ui_used >= limit {
+            let step = self.env.context.step_id.clone();
+            self.env.ui.log(&step, Level::Warn, &format!("step {step} has shown {limit} bytes of text (ui_text_kib): its further messages are not shown"));
+        }
+        Some(shown)
+    }
+}
+
 impl wit::ui::Host for StepState {
     async fn log(&mut self, level: wit::ui::Level, message: String) {
         use wit::ui::Level as L;
@@ -19,18 +49,23 @@ impl wit::ui::Host for StepState {
             L::Warn => Level::Warn,
             L::Error => Level::Error,
         };
-        self.env.ui.log(&self.env.context.step_id, level, &visible(&message));
+        if let Some(text) = self.shown(&message) {
+            self.env.ui.log(&self.env.context.step_id, level, &text);
+        }
     }
 
     async fn progress(&mut self, done: u64, total: Option<u64>, message: String) {
-        self.env.ui.progress(&self.env.context.step_id, done, total, &visible(&message));
+        if let Some(text) = self.shown(&message) {
+            self.env.ui.progress(&self.env.context.step_id, done, total, &text);
+        }
     }
 
     async fn confirm(&mut self, question: String) -> bool {
         let start = Instant::now();
         let ui = self.env.ui.clone();
         let step = self.env.context.step_id.clone();
-        let q = visible(&question).into_owned();
+        // A question the step may no longer show is answered no: nobody saw it.
+        let Some(q) = self.shown(&question) else { return false };
         // The operator may take minutes to answer; keep the runtime free meanwhile.
         let answer = tokio::task::spawn_blocking(move || ui.confirm(&step, &q)).await.unwrap_or(false);
         self.account(start, "ui.confirm", json!({ "question": question }), &Ok::<_, WitError>(answer), |a| a.to_string());
@@ -41,7 +76,7 @@ impl wit::ui::Host for StepState {
         let start = Instant::now();
         let ui = self.env.ui.clone();
         let step = self.env.context.step_id.clone();
-        let text = visible(&instruction).into_owned();
+        let Some(text) = self.shown(&instruction) else { return false };
         let done = tokio::task::spawn_blocking(move || ui.manual(&step, &text)).await.unwrap_or(false);
         self.account(
             start,

@@ -24,6 +24,11 @@ canup_sdk::export_step! {
     "host-env" => host_env,
     "ld-preload" => ld_preload,
     "bash-func" => bash_func,
+    "rpm-eval" => rpm_eval,
+    "read-fifo" => read_fifo,
+    "read-hardlink" => read_hardlink,
+    "ui-flood" => ui_flood,
+    "readonly-claim" => readonly_claim,
     "terminal-spoof" => terminal_spoof,
     "http-encoded-slash" => http_encoded_slash,
     "infinite-loop" => infinite_loop,
@@ -154,6 +159,42 @@ fn host_env(_: &Context) -> Result<()> {
 fn ld_preload(_: &Context) -> Result<()> {
     Command::new("/usr/bin/systemctl").arg("daemon-reload").env("LD_PRELOAD", "/tmp/evil.so").run()?;
     bail!("passed LD_PRELOAD")
+}
+
+/// A FIFO under an allowed path: opening it for reading would wait for a writer forever.
+fn read_fifo(_: &Context) -> Result<()> {
+    let data = fs::read("/opt/canopsis/etc/fifo")?;
+    bail!("read {} bytes from a FIFO", data.len())
+}
+
+/// A hard link under an allowed path to a file outside every glob.
+fn read_hardlink(_: &Context) -> Result<()> {
+    let data = fs::read("/opt/canopsis/etc/linked-secret")?;
+    bail!("read {:?} through a hard link", String::from_utf8_lossy(&data))
+}
+
+/// More text than a terminal or a log should take from one step.
+fn ui_flood(_: &Context) -> Result<()> {
+    let big = "x".repeat(100_000);
+    for _ in 0..20 {
+        ui::info(&big);
+    }
+    ui::progress(1, None, &big);
+    Ok(())
+}
+
+fn rpm_eval(_: &Context) -> Result<()> {
+    Command::new("/usr/bin/rpm").args(["-q", "--eval=%(id > /pwned)"]).run()?;
+    bail!("rpm ran with --eval")
+}
+
+/// Declared read-only by the step (see the test); the policy says nothing of the kind.
+fn readonly_claim(ctx: &Context) -> Result<()> {
+    let out = Command::new("/usr/bin/systemctl").arg("daemon-reload").run()?;
+    if ctx.dry_run && !out.simulated() {
+        bail!("a changing command ran for real in a dry run");
+    }
+    Ok(())
 }
 
 fn bash_func(_: &Context) -> Result<()> {
