@@ -96,23 +96,53 @@ impl StdoutStream for BoundedPipe {
 }
 
 /// Memory bound with a record of the refused size, so the trap can be reported as "out of
-/// memory" rather than as the allocator's `unreachable`.
+/// memory" rather than as the allocator's `unreachable`. The bound is on the sum of every
+/// linear memory of the step (a component may hold many: each under the limit, all together
+/// far over it), and the numbers of memories, tables and instances are bounded too.
 pub(super) struct MemoryLimiter {
     pub(super) limit: usize,
     pub(super) refused: Option<usize>,
+    /// Bytes of linear memory the step's instances hold now.
+    pub(super) total: usize,
 }
 
+impl MemoryLimiter {
+    pub(super) fn new(limit: usize) -> Self {
+        Self { limit, refused: None, total: 0 }
+    }
+}
+
+/// A step's component is one or two core modules with a memory each, plus WASI's adapter:
+/// these leave room for that and nothing like a swarm.
+const MAX_MEMORIES: usize = 8;
+const MAX_TABLES: usize = 32;
+const MAX_INSTANCES: usize = 32;
+
 impl ResourceLimiter for MemoryLimiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        if desired > self.limit {
-            self.refused = Some(desired);
+    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let total = self.total - current.min(self.total) + desired;
+        if total > self.limit {
+            self.refused = Some(total);
             return Err(wasmtime::Error::msg(format!("memory limit of {} bytes reached", self.limit)));
         }
+        self.total = total;
         Ok(true)
     }
 
     fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         Ok(desired <= 1 << 20)
+    }
+
+    fn memories(&self) -> usize {
+        MAX_MEMORIES
+    }
+
+    fn tables(&self) -> usize {
+        MAX_TABLES
+    }
+
+    fn instances(&self) -> usize {
+        MAX_INSTANCES
     }
 }
 
@@ -163,4 +193,52 @@ pub(super) fn classify_trap(e: &wasmtime::Error, refused: Option<usize>, limits:
         return Stop::Panic(crate::ui::visible(&format!("{} (at {})", message.trim(), location.trim())).into_owned());
     }
     Stop::Trap(format!("{e:#}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasmtime::{Engine, Module, Store};
+
+    /// A core module with `count` memories of `pages` 64 KiB pages each.
+    fn memories(count: u32, pages: u64) -> Vec<u8> {
+        let mut section = wasm_encoder::MemorySection::new();
+        for _ in 0..count {
+            section.memory(wasm_encoder::MemoryType { minimum: pages, maximum: None, memory64: false, shared: false, page_size_log2: None });
+        }
+        let mut module = wasm_encoder::Module::new();
+        module.section(&section);
+        module.finish()
+    }
+
+    fn instantiate(bytes: &[u8], limit: usize) -> (Result<(), String>, MemoryLimiter) {
+        let engine = Engine::default();
+        let module = Module::new(&engine, bytes).unwrap();
+        let mut store = Store::new(&engine, MemoryLimiter::new(limit));
+        store.limiter(|l| l);
+        let result = wasmtime::Instance::new(&mut store, &module, &[]).map(|_| ()).map_err(|e| format!("{e:#}"));
+        (result, store.into_data())
+    }
+
+    #[test]
+    fn the_memory_limit_bounds_the_sum_of_every_memory() {
+        // 8 memories of 250 MiB against 256 MiB: each alone would fit.
+        let (result, limiter) = instantiate(&memories(8, 4000), 256 << 20);
+        assert!(result.is_err(), "8 x 250 MiB instantiated under a 256 MiB limit");
+        assert!(limiter.total <= 256 << 20, "{} bytes held", limiter.total);
+        assert!(limiter.refused.is_some_and(|r| r > 256 << 20));
+        // Four of 60 MiB fit in 256 MiB; five do not.
+        assert!(instantiate(&memories(4, 960), 256 << 20).0.is_ok());
+        assert!(instantiate(&memories(5, 960), 256 << 20).0.is_err());
+        // The 304-byte component of the report: 16 memories of 250 MiB.
+        let (result, limiter) = instantiate(&memories(16, 4000), 256 << 20);
+        assert!(result.is_err() && limiter.total <= 256 << 20);
+    }
+
+    #[test]
+    fn the_number_of_memories_is_bounded() {
+        assert!(instantiate(&memories(MAX_MEMORIES as u32, 1), 256 << 20).0.is_ok());
+        let (result, _) = instantiate(&memories(MAX_MEMORIES as u32 + 1, 1), 256 << 20);
+        assert!(result.is_err_and(|e| e.contains("memor")));
+    }
 }

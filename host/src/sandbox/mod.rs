@@ -141,7 +141,7 @@ pub enum Stop {
     CpuTime(Duration),
     #[error("the step ran past its wall-time limit of {0:?}")]
     WallTime(Duration),
-    #[error("the step tried to grow its memory to {wanted} bytes, over its limit of {limit} bytes")]
+    #[error("the step tried to grow its memory to {wanted} bytes in all, over its limit of {limit} bytes")]
     OutOfMemory { wanted: usize, limit: usize },
     #[error("the step panicked: {0}")]
     Panic(String),
@@ -311,7 +311,7 @@ impl Sandbox {
         let state = StepState {
             wasi,
             table: ResourceTable::new(),
-            limiter: MemoryLimiter { limit: limits.memory, refused: None },
+            limiter: MemoryLimiter::new(limits.memory),
             env,
             cpu: CpuMeter::default(),
             detected: None,
