@@ -105,7 +105,7 @@ pub fn restore(state_dir: &Path, sysroot: &Sysroot, run: &str) -> Result<Vec<Str
         match (&entry.copy, entry.existed) {
             (Some(copy), true) => {
                 let data = std::fs::read(dir.join(copy)).map_err(io_err(format!("reading the backup of {shown}")))?;
-                crate::capabilities::fs::atomic_replace(&real, &data).map_err(io_err(format!("restoring {shown}")))?;
+                crate::durable::atomic_replace(&real, &data).map_err(io_err(format!("restoring {shown}")))?;
                 if let Some(mode) = entry.mode {
                     use std::os::unix::fs::PermissionsExt;
                     std::fs::set_permissions(&real, std::fs::Permissions::from_mode(mode)).map_err(io_err(format!("restoring the mode of {shown}")))?;

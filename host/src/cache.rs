@@ -101,6 +101,6 @@ impl CompiledCache {
         let path = self.path(module_sha256);
         let io = |source| CacheError::Io { path: path.display().to_string(), source };
         let bytes = component.serialize().map_err(|e| io(std::io::Error::other(e.to_string())))?;
-        crate::capabilities::fs::atomic_replace(&path, &bytes).map_err(io)
+        crate::durable::atomic_replace(&path, &bytes).map_err(io)
     }
 }

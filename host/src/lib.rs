@@ -12,6 +12,7 @@
 //! - [`journal`]: runs, steps and changing actions, fsync'd, and the apply lock;
 //! - [`audit`], [`backup`]: the records a run leaves behind;
 //! - [`cache`]: compiled components;
+//! - [`durable`]: atomic, synced file writes (everything canup writes goes through it);
 //! - [`manifest`], [`config`]: what the vendor declares and what the operator allows;
 //! - [`sysroot`]: `--sysroot` path mapping;
 //! - [`ui`]: the port through which steps reach the operator;
@@ -25,6 +26,7 @@ pub mod backup;
 pub mod cache;
 pub mod capabilities;
 pub mod config;
+pub mod durable;
 pub mod exit;
 #[doc(hidden)]
 pub mod fuzz;

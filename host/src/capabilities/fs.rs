@@ -7,14 +7,16 @@
 //! can be inspected and undone.
 
 use std::fs;
-use std::io::{self, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::io;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use globset::GlobMatcher;
 
 use super::{Denial, FsRules, Grant, PatternError, glob};
 use crate::backup::Backups;
+use crate::durable::atomic_replace;
+
 use crate::sysroot::Sysroot;
 
 #[derive(Debug, Clone)]
@@ -178,75 +180,12 @@ pub fn remove(path: &Resolved, backups: &mut Backups) -> io::Result<()> {
     }
     backups.save(&path.logical, &path.real)?;
     fs::remove_file(&path.real)?;
-    sync_parent(&path.real)
-}
-
-/// Writes `data` to a temporary file beside `target`, fsyncs it and renames it over
-/// `target`, then fsyncs the directory so the rename itself survives a crash.
-pub fn atomic_replace(target: &Path, data: &[u8]) -> io::Result<()> {
-    let dir = target.parent().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no parent directory"))?;
-    let name = target.file_name().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
-    let previous = fs::metadata(target).ok();
-    // A name nobody can guess, created exclusively: `O_EXCL` never follows a symlink planted
-    // under that name, and never reuses a file another writer (or a step) prepared.
-    let mut random = [0u8; 12];
-    aws_lc_rs::rand::fill(&mut random).map_err(|_| io::Error::other("no randomness for a temporary file name"))?;
-    let tmp = dir.join(format!(".{}.canup-{}", name.to_string_lossy(), hex::encode(random)));
-    let mut file = fs::OpenOptions::new().write(true).create_new(true).custom_flags(nix::libc::O_NOFOLLOW).mode(0o600).open(&tmp)?;
-    let written = (|| {
-        file.write_all(data)?;
-        match &previous {
-            Some(meta) => {
-                file.set_permissions(fs::Permissions::from_mode(meta.mode() & 0o7777))?;
-                // Only root can give a file away; otherwise the owner is already ours.
-                if nix::unistd::geteuid().is_root() {
-                    std::os::unix::fs::fchown(&file, Some(meta.uid()), Some(meta.gid()))?;
-                }
-            }
-            None => file.set_permissions(fs::Permissions::from_mode(0o644))?,
-        }
-        file.sync_all()?;
-        fs::rename(&tmp, target)
-    })();
-    if written.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    written?;
-    sync_parent(target)
-}
-
-fn sync_parent(path: &Path) -> io::Result<()> {
-    match path.parent() {
-        Some(dir) => fs::File::open(dir)?.sync_all(),
-        None => Ok(()),
-    }
+    crate::durable::sync_parent(&path.real)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Symlinks planted under every name the temporary file used to take (`.NAME.canup-PID-N`)
-    /// and under a few random-looking ones: the write lands in the target only.
-    #[test]
-    fn a_planted_temporary_never_redirects_an_atomic_write() {
-        let dir = tempfile::tempdir().unwrap();
-        let outside = dir.path().join("outside");
-        std::fs::write(&outside, "root's file\n").unwrap();
-        let etc = dir.path().join("etc");
-        std::fs::create_dir(&etc).unwrap();
-        let target = etc.join("webserver.conf");
-        std::fs::write(&target, "old\n").unwrap();
-        for n in 0..200 {
-            std::os::unix::fs::symlink(&outside, etc.join(format!(".webserver.conf.canup-{}-{n}", std::process::id()))).unwrap();
-        }
-        for _ in 0..20 {
-            atomic_replace(&target, b"new\n").unwrap();
-        }
-        assert_eq!(std::fs::read_to_string(&outside).unwrap(), "root's file\n", "the write went through a planted symlink");
-        assert_eq!(std::fs::read_to_string(&target).unwrap(), "new\n");
-        assert!(std::fs::symlink_metadata(&target).unwrap().file_type().is_file());
-    }
 
     #[test]
     fn reads_take_regular_files_with_one_name_within_the_limit() {

@@ -234,7 +234,7 @@ impl Repository {
         if sha256_hex(&bytes) != index_sha {
             return Err(mismatch("its sha256 does not match the index".into()));
         }
-        crate::capabilities::fs::atomic_replace(&cached, &bytes).map_err(cache_err(&cached))?;
+        crate::durable::atomic_replace(&cached, &bytes).map_err(cache_err(&cached))?;
         Ok(bytes)
     }
 

@@ -138,9 +138,9 @@ impl TrustStore {
         };
         fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
         let versioned = self.dir.join(format!("{}.root.json", root.version()));
-        crate::capabilities::fs::atomic_replace(&versioned, &root.bytes).map_err(io(&versioned))?;
+        crate::durable::atomic_replace(&versioned, &root.bytes).map_err(io(&versioned))?;
         let current = self.dir.join(CURRENT);
-        crate::capabilities::fs::atomic_replace(&current, &root.bytes).map_err(io(&current))
+        crate::durable::atomic_replace(&current, &root.bytes).map_err(io(&current))
     }
 
     /// The root this run starts from: the persisted one, or the seed (the configured or

@@ -40,7 +40,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
-use canup::capabilities::fs::atomic_replace;
+use canup::durable::atomic_replace;
 use canup::repository::ResumingTransport;
 use canup::repository::trust::TrustStore;
 use futures_util::StreamExt;

@@ -211,7 +211,7 @@ async fn republish(
                 let sha256 = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes).as_ref().to_vec();
                 let file = target_file(repo, consistent, name, &hex::encode(&sha256));
                 if !file.exists() {
-                    crate::capabilities::fs::atomic_replace(&file, bytes).map_err(io(format!("writing target {}", file.display())))?;
+                    crate::durable::atomic_replace(&file, bytes).map_err(io(format!("writing target {}", file.display())))?;
                 }
                 let hashes = Hashes { sha256: Decoded::from(sha256), _extra: HashMap::new() };
                 targets.targets.insert(target_name, Target { length: bytes.len() as u64, hashes, custom: HashMap::new(), _extra: HashMap::new() });

@@ -213,7 +213,7 @@ pub async fn publish_root(repo: &Path, candidate: &Signed<Root>, keys: &[PathBuf
 /// Writes a candidate root to a file, for the holders of the root keys to sign one by one.
 pub fn write_candidate(path: &Path, candidate: &Signed<Root>) -> Result<(), VendorError> {
     let bytes = serde_json::to_vec_pretty(candidate).map_err(|e| tuf("the candidate root")(&e))?;
-    crate::capabilities::fs::atomic_replace(path, &bytes).map_err(io(format!("writing {}", path.display())))
+    crate::durable::atomic_replace(path, &bytes).map_err(io(format!("writing {}", path.display())))
 }
 
 pub fn read_candidate(path: &Path) -> Result<Signed<Root>, VendorError> {
