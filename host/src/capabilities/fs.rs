@@ -118,7 +118,7 @@ pub fn read(path: &Resolved, max: usize) -> io::Result<Vec<u8>> {
 /// it may sit outside every glob) and at most `max` bytes.
 fn read_regular(real: &Path, max: usize) -> io::Result<Vec<u8>> {
     use std::io::Read;
-    let file = fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOFOLLOW).open(real)?;
+    let mut file = fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOFOLLOW).open(real)?;
     let meta = file.metadata()?;
     if !meta.is_file() {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file (steps read regular files only, never FIFOs or devices)"));
@@ -129,15 +129,14 @@ fn read_regular(real: &Path, max: usize) -> io::Result<Vec<u8>> {
             format!("the file has {} hard links, and another name for it may be outside what the step may read", meta.nlink()),
         ));
     }
-    let too_large = |len: u64| io::Error::new(io::ErrorKind::FileTooLarge, format!("{len} bytes, over the limit of {max} bytes (fs_read_kib in canup.toml)"));
     if meta.len() > max as u64 {
-        return Err(too_large(meta.len()));
+        return Err(io::Error::new(io::ErrorKind::FileTooLarge, format!("{} bytes, over the limit of {max} bytes (fs_read_kib in canup.toml)", meta.len())));
     }
-    let mut content = Vec::with_capacity(meta.len() as usize);
-    file.take(max as u64 + 1).read_to_end(&mut content)?;
-    if content.len() > max {
-        return Err(too_large(content.len() as u64));
-    }
+    // Exactly the size the descriptor reported: a file growing meanwhile is read as it was,
+    // within the bound; one shrinking meanwhile is an error (one read call, the hot path of
+    // every step's file access).
+    let mut content = vec![0; meta.len() as usize];
+    file.read_exact(&mut content)?;
     Ok(content)
 }
 
