@@ -53,8 +53,8 @@ pub fn sync_parent(path: &Path) -> io::Result<()> {
 mod tests {
     use super::*;
 
-    /// Symlinks planted under every name the temporary file used to take (`.NAME.canup-PID-N`)
-    /// and under a few random-looking ones: the write lands in the target only.
+    /// Symlinks planted under the names the temporary file used to take (`.NAME.canup-PID-N`,
+    /// N up to 200): the writes land in the target only.
     #[test]
     fn a_planted_temporary_never_redirects_an_atomic_write() {
         let dir = tempfile::tempdir().unwrap();

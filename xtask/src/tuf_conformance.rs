@@ -64,7 +64,8 @@ fn run_suite(suite: &Path, client: &Path, venv: &Path) -> Result<Counts> {
     }
 
     ensure_venv(&suite, &pyproject, venv)?;
-    ensure_faketime()?;
+    // Expiry tests run the client as `faketime "<datetime>" <client> …`.
+    util::ensure_debian_package("faketime", "faketime")?;
 
     // -p no:cacheprovider: don't litter the suite checkout with .pytest_cache.
     // Client stdout/stderr is captured by pytest and only shown for failing tests.
@@ -92,12 +93,7 @@ fn run_suite(suite: &Path, client: &Path, venv: &Path) -> Result<Counts> {
     if !matches!(status.code(), Some(0 | 1)) {
         bail!("pytest did not complete ({status}); last output: {last}");
     }
-    let counts = parse_summary(&last).with_context(|| format!("unrecognised pytest summary line: {last:?}"))?;
-    println!(
-        "tuf-conformance: {} passed, {} failed, {} xfailed, {} skipped, {} xpassed",
-        counts.passed, counts.failed, counts.xfailed, counts.skipped, counts.xpassed
-    );
-    Ok(counts)
+    parse_summary(&last).with_context(|| format!("unrecognised pytest summary line: {last:?}"))
 }
 
 /// Creates the venv and installs the suite (and so its pinned deps) into it. A marker
@@ -106,12 +102,15 @@ fn run_suite(suite: &Path, client: &Path, venv: &Path) -> Result<Counts> {
 fn ensure_venv(suite: &Path, pyproject: &str, venv: &Path) -> Result<()> {
     let python = venv.join("bin/python");
     if !python.exists() {
-        run_ok(Command::new("python3").args(["-m", "venv"]).arg(venv))?;
+        let mut c = Command::new("python3");
+        c.args(["-m", "venv"]).arg(venv);
+        util::run(c)?;
     }
     // The suite imports `datetime.UTC` (Python >= 3.11) although pyproject says >= 3.10:
     // fail here with a clear message instead of 100+ collection errors.
-    run_ok(Command::new(&python).args(["-c", "import sys; assert sys.version_info >= (3, 11), sys.version"]))
-        .context("tuf-conformance needs Python >= 3.11 in the venv")?;
+    let mut c = Command::new(&python);
+    c.args(["-c", "import sys; assert sys.version_info >= (3, 11), sys.version"]);
+    util::run(c).context("tuf-conformance needs Python >= 3.11 in the venv")?;
 
     let marker = venv.join(".tuf-conformance-installed");
     let stamp = format!("{}\n{pyproject}", suite.display());
@@ -120,29 +119,10 @@ fn ensure_venv(suite: &Path, pyproject: &str, venv: &Path) -> Result<()> {
     }
     // Editable install, as upstream's Makefile/action do: pytest runs the tests from the
     // checkout anyway, we only need tuf, securesystemslib[crypto] and pytest pinned.
-    run_ok(Command::new(&python).args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-e"]).arg(suite))?;
+    let mut c = Command::new(&python);
+    c.args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-e"]).arg(suite);
+    util::run(c)?;
     std::fs::write(&marker, stamp).context("writing venv marker")?;
-    Ok(())
-}
-
-/// Expiry tests run the client as `faketime "<datetime>" <client> ...`; without the
-/// binary those tests die with `FileNotFoundError`, so install it (Debian/Ubuntu, as root).
-fn ensure_faketime() -> Result<()> {
-    let on_path = std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("faketime").is_file()));
-    if on_path {
-        return Ok(());
-    }
-    // `update` first: minimal images ship without package lists.
-    run_ok(Command::new("apt-get").args(["update", "-qq"]))?;
-    run_ok(Command::new("apt-get").args(["install", "-y", "-qq", "faketime"]).env("DEBIAN_FRONTEND", "noninteractive"))
-        .context("faketime is required by the suite; install it (apt-get install faketime)")
-}
-
-fn run_ok(cmd: &mut Command) -> Result<()> {
-    let status = cmd.status().with_context(|| format!("spawning {cmd:?}"))?;
-    if !status.success() {
-        bail!("{cmd:?} failed: {status}");
-    }
     Ok(())
 }
 
