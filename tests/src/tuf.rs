@@ -64,17 +64,19 @@ where
 /// python-tuf's client (ngclient) reading the repository at `url` as a long-lived client whose
 /// state is in `dir` (seeded from `root` on first use), downloading the release index.
 pub fn ngclient_read(url: &str, root: &Path, dir: &Path) -> Result<serde_json::Value, String> {
-    tufctl([
+    let (metadata, targets) = (format!("{url}/metadata/"), format!("{url}/targets/"));
+    let args: [&std::ffi::OsStr; 11] = [
         "read".as_ref(),
         "--metadata-url".as_ref(),
-        format!("{url}/metadata/").as_ref(),
+        metadata.as_ref(),
         "--targets-url".as_ref(),
-        format!("{url}/targets/").as_ref(),
+        targets.as_ref(),
         "--trusted-root".as_ref(),
         root.as_os_str(),
         "--dir".as_ref(),
         dir.as_os_str(),
         "--target".as_ref(),
         "index.json".as_ref(),
-    ] as [&std::ffi::OsStr; 11])
+    ];
+    tufctl(args)
 }

@@ -174,7 +174,10 @@ pub async fn add_signatures(repo: &Path, candidate: &mut Signed<Root>, keys: &[P
 
 /// Where a candidate root stands: what is still missing before it can be published.
 pub fn missing_signatures(repo: &Path, candidate: &Signed<Root>) -> Result<Vec<String>, VendorError> {
-    let current = current_root(repo)?;
+    missing_against(&current_root(repo)?, candidate)
+}
+
+fn missing_against(current: &Signed<Root>, candidate: &Signed<Root>) -> Result<Vec<String>, VendorError> {
     let mut missing = Vec::new();
     if candidate.signed.version.get() != current.signed.version.get() + 1 {
         return Err(VendorError::Usage(format!(
@@ -194,11 +197,11 @@ pub fn missing_signatures(repo: &Path, candidate: &Signed<Root>) -> Result<Vec<S
 /// Publishes a fully signed candidate root, re-signing (with `keys`) the roles whose keys
 /// it changed.
 pub async fn publish_root(repo: &Path, candidate: &Signed<Root>, keys: &[PathBuf], expiry: &Expiry) -> Result<u64, VendorError> {
-    let missing = missing_signatures(repo, candidate)?;
+    let current = current_root(repo)?;
+    let missing = missing_against(&current, candidate)?;
     if !missing.is_empty() {
         return Err(VendorError::Usage(format!("the new root is not signed by enough keys yet: {}; add them with `canup repo sign-root`", missing.join("; "))));
     }
-    let current = current_root(repo)?;
     let changed = |role: RoleType| current.signed.roles.get(&role) != candidate.signed.roles.get(&role);
     let from = [RoleType::Targets, RoleType::Snapshot, RoleType::Timestamp].into_iter().find(|r| changed(*r)).unwrap_or(RoleType::Root);
     if from != RoleType::Root && keys.is_empty() {
