@@ -39,8 +39,19 @@ pub struct AuditRecord {
 pub struct AuditLog {
     run: String,
     file: Option<Mutex<fs::File>>,
+    /// The first [`KEPT`] records, for the summary of `canup step run` and the tests: the log
+    /// itself is the file, and a step making millions of calls must not make canup hold them.
     records: Mutex<Vec<AuditRecord>>,
 }
+
+/// Records kept in memory per process.
+pub const KEPT: usize = 1000;
+
+/// The longest string of a record's arguments kept whole, and the most items of a list: a
+/// step chooses its arguments, and one record must not cost the disk or the reader what the
+/// step's memory limit allows (the rest is replaced by a count).
+const ARG_TEXT: usize = 4096;
+const ARG_ITEMS: usize = 64;
 
 impl AuditLog {
     /// An audit log appended to `path` (created 0600: arguments can be sensitive).
@@ -59,7 +70,9 @@ impl AuditLog {
 
     pub fn record(&self, step: &str, capability: &str, mut args: serde_json::Value, decision: Decision, result: String, duration: Duration) {
         redact_json(&mut args);
-        let result = redact(&result).into_owned();
+        bound_json(&mut args);
+        let mut result = redact(&result).into_owned();
+        bound_text(&mut result);
         let rec = AuditRecord {
             time: humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
             run: self.run.clone(),
@@ -80,12 +93,14 @@ impl AuditLog {
                 tracing::error!("cannot append to the audit log: {e}");
             }
         }
-        if let Ok(mut records) = self.records.lock() {
+        if let Ok(mut records) = self.records.lock()
+            && records.len() < KEPT
+        {
             records.push(rec);
         }
     }
 
-    /// The records of this process, in order.
+    /// The first [`KEPT`] records of this process, in order.
     pub fn records(&self) -> Vec<AuditRecord> {
         self.records.lock().map(|r| r.clone()).unwrap_or_default()
     }
@@ -125,6 +140,33 @@ pub fn redact(text: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
+/// Cuts a string longer than [`ARG_TEXT`] bytes (at a character boundary) and says how much
+/// was left out.
+fn bound_text(text: &mut String) {
+    if text.len() > ARG_TEXT {
+        let cut = (0..=ARG_TEXT).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+        let more = text.len() - cut;
+        text.truncate(cut);
+        text.push_str(&format!("… ({more} more bytes)"));
+    }
+}
+
+fn bound_json(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::String(s) => bound_text(s),
+        serde_json::Value::Array(items) => {
+            if items.len() > ARG_ITEMS {
+                let more = items.len() - ARG_ITEMS;
+                items.truncate(ARG_ITEMS);
+                items.push(serde_json::Value::String(format!("… ({more} more items)")));
+            }
+            items.iter_mut().for_each(bound_json);
+        }
+        serde_json::Value::Object(map) => map.values_mut().for_each(bound_json),
+        _ => {}
+    }
+}
+
 fn redact_json(value: &mut serde_json::Value) {
     match value {
         serde_json::Value::String(s) => {
@@ -152,6 +194,30 @@ mod tests {
         for kept in ["http://localhost:8082/api", "mongodb://cpsmongo@localhost", "no url at all", "://", "a://b:c", "x://@", ""] {
             assert!(matches!(redact(kept), std::borrow::Cow::Borrowed(_)), "{kept}");
         }
+    }
+
+    /// A step picks its arguments: 200 arguments of 1 MB make a record of at most
+    /// 64 strings of 4 KiB, and the memory keeps [`KEPT`] records however many calls come.
+    #[test]
+    fn records_are_bounded_and_so_is_what_memory_keeps() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open(&dir.path().join("audit.jsonl"), "r1").unwrap();
+        let huge = "é".repeat(500_000);
+        let args = serde_json::json!({ "program": "/usr/bin/rpm", "args": vec![huge.clone(); 200] });
+        log.record("s", "exec", args, Decision::Denied, huge.clone(), Duration::ZERO);
+        let text = fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
+        assert!(text.len() < 64 * 4200 + 8000, "{} bytes for one record", text.len());
+        let rec: AuditRecord = serde_json::from_str(text.trim()).unwrap();
+        let kept = rec.args["args"].as_array().unwrap();
+        assert_eq!(kept.len(), ARG_ITEMS + 1);
+        assert_eq!(kept[ARG_ITEMS], "… (136 more items)");
+        assert!(kept[0].as_str().unwrap().ends_with("… (995904 more bytes)"), "{}", &kept[0].as_str().unwrap()[4000..]);
+        assert!(rec.result.len() < ARG_TEXT + 100);
+        for _ in 0..KEPT + 10 {
+            log.record("s", "fs.read", serde_json::json!({ "path": "/x" }), Decision::Allowed, "ok".into(), Duration::ZERO);
+        }
+        assert_eq!(log.records().len(), KEPT);
+        assert_eq!(fs::read_to_string(dir.path().join("audit.jsonl")).unwrap().lines().count(), KEPT + 11, "the file has them all");
     }
 
     #[test]

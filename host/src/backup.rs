@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 use std::fs;
 use std::io::{self, BufRead, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -52,26 +52,26 @@ impl Backups {
         &self.dir
     }
 
-    /// Saves `real` (known to the step as `logical`) unless this run already did.
-    pub fn save(&mut self, logical: &Path, real: &Path) -> io::Result<()> {
+    /// Saves what `logical` held before this run first changed it (`None`: it did not
+    /// exist), unless this run already did. The caller reads it through the descriptor the
+    /// change will use (see `capabilities/fs/beneath.rs`), never by name here.
+    pub fn save(&mut self, logical: &Path, original: Option<&Original>) -> io::Result<()> {
         if self.saved.contains(logical) {
             return Ok(());
         }
-        let entry = match fs::metadata(real) {
-            Ok(meta) => {
+        let entry = match original {
+            Some(original) => {
                 let copy = Path::new("files").join(logical.strip_prefix("/").unwrap_or(logical));
                 let dest = self.dir.join(&copy);
                 if let Some(parent) = dest.parent() {
                     fs::create_dir_all(parent)?;
                 }
-                let data = fs::read(real)?;
                 let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&dest)?;
-                f.write_all(&data)?;
+                f.write_all(&original.content)?;
                 f.sync_all()?;
-                BackupEntry { path: logical.to_owned(), existed: true, mode: Some(meta.mode() & 0o7777), copy: Some(copy) }
+                BackupEntry { path: logical.to_owned(), existed: true, mode: Some(original.mode), copy: Some(copy) }
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => BackupEntry { path: logical.to_owned(), existed: false, mode: None, copy: None },
-            Err(e) => return Err(e),
+            None => BackupEntry { path: logical.to_owned(), existed: false, mode: None, copy: None },
         };
         let mut line = serde_json::to_vec(&entry).map_err(io::Error::other)?;
         line.push(b'\n');
@@ -80,6 +80,13 @@ impl Backups {
         self.saved.insert(logical.to_owned());
         Ok(())
     }
+}
+
+/// A file's content and permission bits before a change.
+#[derive(Debug, Clone)]
+pub struct Original {
+    pub content: Vec<u8>,
+    pub mode: u32,
 }
 
 /// Why a run's files could not all be put back.
@@ -129,17 +136,14 @@ mod tests {
     #[test]
     fn keeps_the_first_version_only_even_across_reopen() {
         let state = tempfile::tempdir().unwrap();
-        let work = tempfile::tempdir().unwrap();
-        let file = work.path().join("webserver.conf");
-        fs::write(&file, "original\n").unwrap();
+        let original = |text: &str| Original { content: text.as_bytes().to_vec(), mode: 0o644 };
         let logical = Path::new("/opt/canopsis/etc/webserver.conf");
         let mut b = Backups::open(state.path(), "run-1").unwrap();
-        b.save(logical, &file).unwrap();
-        fs::write(&file, "changed\n").unwrap();
-        b.save(logical, &file).unwrap();
+        b.save(logical, Some(&original("original\n"))).unwrap();
+        b.save(logical, Some(&original("changed\n"))).unwrap();
         drop(b);
         let mut b = Backups::open(state.path(), "run-1").unwrap();
-        b.save(logical, &file).unwrap();
+        b.save(logical, Some(&original("changed again\n"))).unwrap();
         let copy = b.dir().join("files/opt/canopsis/etc/webserver.conf");
         assert_eq!(fs::read_to_string(copy).unwrap(), "original\n");
         let index = fs::read_to_string(b.dir().join("index.jsonl")).unwrap();
@@ -150,7 +154,7 @@ mod tests {
     fn records_files_that_did_not_exist() {
         let state = tempfile::tempdir().unwrap();
         let mut b = Backups::open(state.path(), "r").unwrap();
-        b.save(Path::new("/new.conf"), &state.path().join("absent")).unwrap();
+        b.save(Path::new("/new.conf"), None).unwrap();
         let index = fs::read_to_string(b.dir().join("index.jsonl")).unwrap();
         let e: BackupEntry = serde_json::from_str(index.trim()).unwrap();
         assert!(!e.existed && e.copy.is_none());

@@ -292,12 +292,19 @@ pub fn unfinished(events: &[Event]) -> Option<RunRecord> {
 /// second attempt gets the first one's results for what was already done instead of doing it
 /// twice; only successful results are replayed, a failed action runs again.
 pub struct StepActions {
-    journal: std::sync::Arc<std::sync::Mutex<Journal>>,
+    recorder: ActionRecorder,
     receipts: PathBuf,
-    run: String,
-    step: String,
     past: std::collections::HashMap<(String, u32), PastAction>,
     seen: std::collections::HashMap<String, u32>,
+}
+
+/// Where a step's action results go: a handle that can be moved to the thread doing the work
+/// (a file append runs off the async runtime, see `sandbox/host/fs.rs`).
+#[derive(Clone)]
+pub struct ActionRecorder {
+    journal: std::sync::Arc<std::sync::Mutex<Journal>>,
+    run: String,
+    step: String,
 }
 
 impl StepActions {
@@ -306,13 +313,13 @@ impl StepActions {
             let j = journal.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             Journal::receipts_dir(j.path.parent().unwrap_or(Path::new("/")))
         };
-        Self { journal, receipts, run: run.to_owned(), step: step.to_owned(), past, seen: Default::default() }
+        Self { recorder: ActionRecorder { journal, run: run.to_owned(), step: step.to_owned() }, receipts, past, seen: Default::default() }
     }
 
     /// The receipt of a changing command: named by the run, the step, the action and its
     /// occurrence, so that a resumed canup finds what the interrupted one started.
     pub fn receipt(&self, action: &str, occurrence: u32) -> crate::capabilities::exec::Receipt {
-        let identity = format!("{}\n{}\n{action}\n{occurrence}", self.run, self.step);
+        let identity = format!("{}\n{}\n{action}\n{occurrence}", self.recorder.run, self.recorder.step);
         crate::capabilities::exec::Receipt::new(&self.receipts, &crate::sha256_hex(identity.as_bytes())[..32])
     }
 
@@ -324,6 +331,20 @@ impl StepActions {
         (occurrence, self.past.get(&(action.to_owned(), occurrence)).cloned())
     }
 
+    pub fn recorder(&self) -> ActionRecorder {
+        self.recorder.clone()
+    }
+
+    pub fn started(&self, action: &str, occurrence: u32, expect: String) -> Result<(), JournalError> {
+        self.recorder.started(action, occurrence, expect)
+    }
+
+    pub fn done(&self, action: &str, occurrence: u32, result: ActionResult) -> Result<(), JournalError> {
+        self.recorder.done(action, occurrence, result)
+    }
+}
+
+impl ActionRecorder {
     fn append(&self, event: &Event) -> Result<(), JournalError> {
         let mut j = self.journal.lock().map_err(|_| JournalError::Io { path: "journal".into(), source: io::Error::other("journal lock poisoned") })?;
         j.append(event)

@@ -63,7 +63,7 @@ fn probe_caps() -> CapabilitySet {
             exec_rule("/usr/bin/flood", &[], &[]),
             exec_rule("/usr/bin/hang", &[], &[]),
         ],
-        fs: FsRules { read: vec!["/opt/canopsis/**".into()], write: vec!["/opt/canopsis/etc/**".into()] },
+        fs: FsRules { read: vec!["/opt/canopsis/**".into()], write: vec!["/opt/canopsis/etc/**".into()], create: vec!["/opt/canopsis/etc/**".into()] },
         http: vec![HttpRule {
             endpoint: "api".into(),
             methods: vec!["GET".into(), "POST".into()],
@@ -344,6 +344,10 @@ async fn http_injects_credentials_and_follows_same_origin_redirects() {
     let out = run.report.stdout.text();
     assert!(out.contains(r#"post status=201 body={"_id":"b1"}"#), "{out}");
     assert!(out.contains("redirected status=200 body=moved here"), "{out}");
+    // The redirect the server sent is a request the step did not name: it has its own record.
+    let hop = run.audit.iter().find(|r| r.capability == "http.redirect").unwrap_or_else(|| panic!("no redirect record: {:#?}", run.audit));
+    assert_eq!((hop.args["path"].as_str(), hop.args["method"].as_str()), (Some("/new-path"), Some("GET")));
+    assert!(hop.result.contains("303") || hop.result.contains("302") || hop.result.contains("307"), "{}", hop.result);
     let posts = w.servers.posts.lock().unwrap().clone();
     assert_eq!(posts.len(), 1);
     assert_eq!(posts[0].0.as_deref(), Some("Basic Y2FudXA6czNjcmV0"));
@@ -782,4 +786,118 @@ fn compiled_components_are_cached_and_a_tampered_cache_is_not_loaded() {
     let again = Sandbox::new(Some(&cache)).unwrap().load("example", &wasm, &STEP_API).unwrap();
     assert!(!again.from_cache);
     assert!(Sandbox::new(Some(&cache)).unwrap().load("example", &wasm, &STEP_API).unwrap().from_cache);
+}
+
+// ---- file races, planted names, host time, audit size, new files ----
+
+/// A thread swaps `/opt/canopsis/etc/race` (a directory) with a symlink to a directory outside
+/// the sysroot, atomically and as fast as it can, while the step reads and writes a file in it
+/// 10,000 times: no read sees the outside file, no write reaches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_swapped_for_a_symlink_never_lets_a_read_or_write_out() {
+    use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
+    use std::sync::atomic::AtomicBool;
+    let w = world().await;
+    let race = w.sim.path("/opt/canopsis/etc/race");
+    std::fs::create_dir_all(&race).unwrap();
+    std::fs::write(race.join("race.conf"), "inside\n").unwrap();
+    let far = w.outside.join("race");
+    std::fs::create_dir_all(&far).unwrap();
+    std::fs::write(far.join("race.conf"), "OUTSIDE secret\n").unwrap();
+    let swap = w.sim.path("/opt/canopsis/etc/race.swap");
+    std::os::unix::fs::symlink(&far, &swap).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let swapper = std::thread::spawn({
+        let stop = stop.clone();
+        move || {
+            let mut swaps = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                renameat2(AT_FDCWD, &race, AT_FDCWD, &swap, RenameFlags::RENAME_EXCHANGE).unwrap();
+                swaps += 1;
+            }
+            swaps
+        }
+    });
+    let run = w.run("race").await;
+    stop.store(true, Ordering::Relaxed);
+    let swaps = swapper.join().unwrap();
+    assert_eq!(run.report.result, Ok(()), "stderr: {}", run.report.stderr.text());
+    let out = run.report.stdout.text();
+    assert!(out.contains(" outside=0 "), "a read returned the outside file: {out}");
+    assert_eq!(std::fs::read_to_string(far.join("race.conf")).unwrap(), "OUTSIDE secret\n", "a write landed outside");
+    assert_eq!(std::fs::read_dir(&far).unwrap().count(), 1, "a temporary file was left outside");
+    // The race was real: the directory moved thousands of times during the calls, and calls
+    // both succeeded and were refused.
+    let count =
+        |key: &str| -> u64 { out.split_whitespace().find_map(|kv| kv.strip_prefix(&format!("{key}="))).and_then(|v| v.trim().parse().ok()).unwrap_or(0) };
+    assert!(swaps > 1000, "only {swaps} swaps");
+    assert!(count("inside") > 0 && count("written") > 0, "{out}");
+    assert!(count("read-errors") + count("write-errors") > 0, "no call met the swap: {out}");
+}
+
+/// Symlinks planted under the names the temporary file of a write used to take
+/// (`.NAME.canup-PID-N`): the step's writes land in the file it named, the outside file is
+/// untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_planted_temporary_name_never_redirects_a_write() {
+    let w = world().await;
+    let etc = w.sim.path("/opt/canopsis/etc");
+    for n in 0..200 {
+        std::os::unix::fs::symlink(w.outside.join("secret"), etc.join(format!(".old.conf.canup-{}-{n}", std::process::id()))).unwrap();
+    }
+    let run = w.run("rewrite").await;
+    assert_eq!(run.report.result, Ok(()), "stderr: {}", run.report.stderr.text());
+    assert_eq!(std::fs::read_to_string(w.outside.join("secret")).unwrap(), "outside secret\n");
+    assert_eq!(std::fs::read_to_string(etc.join("old.conf")).unwrap(), "old=19\n");
+    assert!(std::fs::symlink_metadata(etc.join("old.conf")).unwrap().file_type().is_file());
+}
+
+/// A host call that takes the host long (reading 512 MiB, a sparse file) counts against the
+/// step's CPU budget: the loop is stopped by the CPU limit of 1 s, not by the wall-time limit
+/// of 10 s. Charged as one tick per call, as host calls used to be, it ran until the latter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn time_the_host_spends_on_a_steps_calls_counts_against_its_cpu_budget() {
+    let w = world().await;
+    std::fs::File::create(w.sim.path("/opt/canopsis/etc/huge")).unwrap().set_len(512 << 20).unwrap();
+    let limits = StepLimits { cpu: Duration::from_secs(1), wall: Duration::from_secs(10), fs_read: 600 << 20, memory: 2 << 30, ..StepLimits::default() };
+    let run = w.run_with("read-forever", &probe_caps(), &probe_caps(), limits).await;
+    assert_eq!(run.report.result, Err(Stop::CpuTime(Duration::from_secs(1))), "{} reads", run.audit.len());
+}
+
+/// 200 arguments of 100 KB: refused, and its audit record is a few hundred KB, not 20 MB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_command_leaves_a_bounded_audit_record() {
+    let w = world().await;
+    let run = w.hostile("long-args", StepLimits::default(), "not in the capabilities declared").await;
+    denied(&run, "exec");
+    let log = std::fs::read_to_string(w.state.join("audit.jsonl")).unwrap();
+    let line = log.lines().find(|l| l.contains(r#""capability":"exec""#)).unwrap();
+    assert!(line.len() < 400 << 10, "a record of {} bytes", line.len());
+    assert!(line.contains("more items") && line.contains("more bytes"), "the record says what it left out");
+}
+
+/// With the shipped policy, a step may change the existing drop-ins but not add one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_systemd_drop_in_is_refused_by_the_shipped_policy() {
+    let w = world().await;
+    let units = w.sim.path("/etc/systemd/system/canopsis-engine-go@.service.d");
+    std::fs::create_dir_all(&units).unwrap();
+    std::fs::write(units.join("che.conf"), "[Service]\n").unwrap();
+    let mut declared = probe_caps();
+    declared.fs.write.push("/etc/systemd/system/canopsis*/*.conf".into());
+    declared.fs.create.push("/etc/systemd/system/canopsis*/*.conf".into());
+    #[derive(serde::Deserialize)]
+    struct Shipped {
+        policy: CapabilitySet,
+    }
+    let policy = toml::from_str::<Shipped>(canup_tests::OPERATOR_POLICY).unwrap().policy;
+    let before = w.sim.snapshot().unwrap();
+    let run = w.run_with("new-drop-in", &declared, &policy, StepLimits::default()).await;
+    let e = run.report.result.unwrap_err().to_string();
+    assert!(
+        e.contains("creation of /etc/systemd/system/canopsis-engine-go@.service.d/zz-canup.conf (a new file) is not allowed by the operator's policy"),
+        "{e}"
+    );
+    assert_eq!(w.sim.snapshot().unwrap(), before);
+    assert!(!units.join("zz-canup.conf").exists());
 }

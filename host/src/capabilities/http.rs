@@ -151,6 +151,15 @@ pub struct HttpResponse {
     pub body: Vec<u8>,
 }
 
+/// One redirect followed: the status that sent it and the request made next.
+#[derive(Debug, Clone)]
+pub struct Hop {
+    pub status: u16,
+    pub method: String,
+    /// The path (and query) on the endpoint, as the check saw it.
+    pub path: String,
+}
+
 #[derive(Debug, Error)]
 pub enum HttpError {
     #[error("endpoint {0} is not configured; add [endpoints.{0}] to canup.toml")]
@@ -215,8 +224,9 @@ pub(crate) fn redirect_target(resp: &reqwest::Response) -> Option<Result<Url, St
     Some(resp.url().join(location).map_err(|e| format!("redirect to {location:?}: {e}")))
 }
 
-/// Sends an already-checked request. Redirects go through `grant` again.
-pub async fn send(grant: &Grant, endpoints: &Endpoints, req: &HttpRequest, limits: &HttpLimits) -> Result<HttpResponse, HttpError> {
+/// Sends an already-checked request. Redirects go through `grant` again; those followed are
+/// pushed to `redirects` as they are, so the caller can audit them whatever the outcome.
+pub async fn send(grant: &Grant, endpoints: &Endpoints, req: &HttpRequest, limits: &HttpLimits, redirects: &mut Vec<Hop>) -> Result<HttpResponse, HttpError> {
     let name = req.endpoint.as_str();
     let ep = endpoints.get(name).ok_or_else(|| HttpError::UnknownEndpoint(name.to_owned()))?;
     let failed = |why: String| HttpError::Failed { endpoint: name.to_owned(), why };
@@ -244,7 +254,7 @@ pub async fn send(grant: &Grant, endpoints: &Endpoints, req: &HttpRequest, limit
         (None, Some(_)) => read_secret(name, &ep.password_file, &ep.password_env)?,
         _ => None,
     };
-    let mut hops = 0;
+    let first = redirects.len();
     let resp = loop {
         let mut builder = client.request(method.clone(), url.clone()).timeout(limits.timeout);
         for (k, v) in &req.headers {
@@ -262,8 +272,7 @@ pub async fn send(grant: &Grant, endpoints: &Endpoints, req: &HttpRequest, limit
         let Some(target) = redirect_target(&resp) else { break resp };
         // Redirects are followed here rather than inside reqwest so that each hop goes through
         // the same checks as the step's own request, and the client can be shared.
-        hops += 1;
-        if hops > limits.max_redirects {
+        if redirects.len() - first == limits.max_redirects {
             return Err(failed(format!("more than {} redirects", limits.max_redirects)));
         }
         let target = target.map_err(failed)?;
@@ -286,6 +295,7 @@ pub async fn send(grant: &Grant, endpoints: &Endpoints, req: &HttpRequest, limit
             None => rest.to_owned(),
         };
         grant.check_http(name, method.as_str(), &rest, &req.headers)?;
+        redirects.push(Hop { status, method: method.to_string(), path: rest });
         url = target;
     };
     let status = resp.status().as_u16();

@@ -64,8 +64,9 @@ pub struct ExecRule {
     pub shell: bool,
 }
 
-/// Path globs (`*` stays within one directory, `**` crosses directories), read and write kept
-/// separate: a step that edits a file declares it in both.
+/// Path globs (`*` stays within one directory, `**` crosses directories), read, write and
+/// create kept separate: a step that edits a file declares it in read and write, one that may
+/// make it in create too.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct FsRules {
@@ -73,6 +74,9 @@ pub struct FsRules {
     pub read: Vec<String>,
     #[serde(default)]
     pub write: Vec<String>,
+    /// Where a new file may be made; `write` alone changes existing files only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub create: Vec<String>,
 }
 
 /// One endpoint, with the methods and paths the step may use on it.
@@ -274,6 +278,43 @@ mod tests {
         toml::from_str(toml_text).unwrap()
     }
 
+    /// The `[policy]` table of the shipped `canup.toml` (the configuration module depends on
+    /// this one, not back).
+    pub(crate) fn shipped_policy() -> CapabilitySet {
+        #[derive(serde::Deserialize)]
+        struct Shipped {
+            policy: CapabilitySet,
+        }
+        toml::from_str::<Shipped>(include_str!("../../dist/canup.toml")).unwrap().policy
+    }
+
+    /// The shipped `[policy.fs]`: the published steps' files, and no new drop-in.
+    #[test]
+    fn the_shipped_policy_refuses_a_new_drop_in_and_files_outside_canopsis() {
+        let dir = tempfile::tempdir().unwrap();
+        let units = dir.path().join("etc/systemd/system/canopsis-engine-go@.service.d");
+        std::fs::create_dir_all(&units).unwrap();
+        std::fs::write(units.join("che.conf"), "").unwrap();
+        std::fs::create_dir_all(dir.path().join("opt/canopsis/etc")).unwrap();
+        let root = Sysroot::new(dir.path()).unwrap();
+        let anything = set("[fs]\nread = [\"/**\"]\nwrite = [\"/**\"]\ncreate = [\"/**\"]\n");
+        let g = Grant::new("s", &anything, &shipped_policy()).unwrap();
+        let allowed = |path: &str, access| g.check_fs(&root, path, access).is_ok();
+        assert!(allowed("/etc/systemd/system/canopsis-engine-go@.service.d/che.conf", Access::Write));
+        assert!(allowed("/opt/canopsis/etc/initialisation.toml", Access::Write), "3.39.0 creates it");
+        for refused in [
+            "/etc/systemd/system/canopsis-engine-go@.service.d/zz-evil.conf",
+            "/etc/systemd/system/canopsis-engine-go@.service",
+            "/opt/canopsis/etc/new.toml",
+            "/etc/cron.d/canopsis",
+            "/root/.ssh/authorized_keys",
+        ] {
+            let e = g.check_fs(&root, refused, Access::Write).unwrap_err();
+            assert!(matches!(e, Denial::NotInPolicy { .. }), "{refused}: {e}");
+        }
+        assert!(!allowed("/etc/shadow", Access::Read));
+    }
+
     fn req(program: &str, args: &[&str]) -> ExecRequest {
         ExecRequest { program: program.into(), args: args.iter().map(|s| s.to_string()).collect(), ..Default::default() }
     }
@@ -395,6 +436,8 @@ users = ["canopsis"]
         let g = Grant::new("s", &caps, &caps).unwrap();
         assert!(g.check_fs(&root, "/opt/canopsis/etc/webserver.conf", Access::Read).is_ok());
         assert!(g.check_fs(&root, "/opt/canopsis/etc/sub/x.conf", Access::Read).is_err(), "* does not cross /");
+        assert!(g.check_fs(&root, "/opt/canopsis/etc/sub/x.conf", Access::Write).is_err(), "write alone does not create");
+        std::fs::write(dir.path().join("opt/canopsis/etc/sub/x.conf"), "").unwrap();
         assert!(g.check_fs(&root, "/opt/canopsis/etc/sub/x.conf", Access::Write).is_ok());
         assert!(g.check_fs(&root, "/opt/canopsis/VERSION.txt", Access::Write).is_err());
         // `..` through a directory that does not exist cannot be resolved: refused.
@@ -403,6 +446,30 @@ users = ["canopsis"]
         // Resolved through existing directories, `..` is judged by where it leads.
         let r = g.check_fs(&root, "/opt/canopsis/etc/sub/../webserver.conf", Access::Read).unwrap();
         assert_eq!(r.logical, std::path::Path::new("/opt/canopsis/etc/webserver.conf"));
+    }
+
+    /// A new file is a grant of its own, from both sides: with write alone a step may change
+    /// the drop-ins that exist, never add one.
+    #[test]
+    fn creating_a_file_needs_create_from_both_sides() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("etc/systemd/system/canopsis-engine-go@.service.d")).unwrap();
+        std::fs::write(dir.path().join("etc/systemd/system/canopsis-engine-go@.service.d/che.conf"), "").unwrap();
+        let root = Sysroot::new(dir.path()).unwrap();
+        let write = set("[fs]\nwrite = [\"/etc/systemd/system/canopsis*/*.conf\"]\n");
+        let create = set("[fs]\nwrite = [\"/etc/systemd/system/canopsis*/*.conf\"]\ncreate = [\"/etc/systemd/system/canopsis*/*.conf\"]\n");
+        let existing = "/etc/systemd/system/canopsis-engine-go@.service.d/che.conf";
+        let new = "/etc/systemd/system/canopsis-engine-go@.service.d/evil.conf";
+        let g = Grant::new("s", &write, &write).unwrap();
+        assert!(g.check_fs(&root, existing, Access::Write).is_ok_and(|r| !r.creatable));
+        let e = g.check_fs(&root, new, Access::Write).unwrap_err();
+        assert!(
+            matches!(e, Denial::NotDeclared { .. }) && e.to_string().contains("creation of /etc/systemd/system/canopsis-engine-go@.service.d/evil.conf"),
+            "{e}"
+        );
+        let e = Grant::new("s", &create, &write).unwrap().check_fs(&root, new, Access::Write).unwrap_err();
+        assert!(matches!(e, Denial::NotInPolicy { .. }), "{e}");
+        assert!(Grant::new("s", &create, &create).unwrap().check_fs(&root, new, Access::Write).is_ok_and(|r| r.creatable));
     }
 
     #[test]

@@ -96,7 +96,8 @@ pub struct StepEnv {
     pub grant: Grant,
     pub sysroot: Sysroot,
     pub endpoints: Arc<Endpoints>,
-    pub backups: Backups,
+    /// Shared with the blocking pool, where file operations run (see `host/fs.rs`).
+    pub backups: Arc<Mutex<Backups>>,
     pub audit: Arc<AuditLog>,
     pub ui: Arc<dyn Ui>,
     pub context: StepContext,
@@ -119,7 +120,7 @@ impl StepEnv {
             grant,
             sysroot,
             endpoints: Arc::default(),
-            backups,
+            backups: Arc::new(Mutex::new(backups)),
             audit,
             ui,
             context,

@@ -451,13 +451,8 @@ mod tests {
     /// the known ways to turn each allowed program into a shell or a write anywhere do not.
     #[test]
     fn the_shipped_policy_refuses_the_known_abuses_of_each_program() {
-        // Only its `[policy]` table (the configuration module depends on this one, not back).
-        #[derive(serde::Deserialize)]
-        struct Shipped {
-            policy: crate::capabilities::CapabilitySet,
-        }
-        let shipped: Shipped = toml::from_str(include_str!("../../../dist/canup.toml")).unwrap();
-        let policy: Vec<CompiledExecRule> = shipped.policy.exec.iter().map(|r| CompiledExecRule::new(r, "shipped").unwrap()).collect();
+        let policy: Vec<CompiledExecRule> =
+            crate::capabilities::tests::shipped_policy().exec.iter().map(|r| CompiledExecRule::new(r, "shipped").unwrap()).collect();
         let allowed = |program: &str, args: &[&str]| uncovered(&policy, &req(program, args)).is_none();
         let su = |line: &str| allowed("/usr/bin/su", &["-", "canopsis", "-c", line]);
         // What the published steps run.

@@ -1,12 +1,20 @@
 //! `canup:step/fs`: reads and changes under the step's fs rules; in a dry run a change is
 //! checked and listed, not made; an append is journaled so that a resumed step neither loses
 //! nor doubles it.
+//!
+//! Every call, check included, runs on tokio's blocking pool: a file operation can block (a
+//! hung NFS mount under `/opt/canopsis`), and the wall-time limit is a timer on the async
+//! runtime, which must stay free to fire. The call's time counts against the step's CPU
+//! budget: it is work canup does for the step.
 
+use std::io;
+use std::path::Path;
+use std::sync::Mutex;
 use std::time::Instant;
 
 use serde_json::json;
 
-use super::super::bindings::{WitError, io_error, wit};
+use super::super::bindings::{ErrorKind, WitError, io_error, wit, wit_error};
 use super::super::call::StepState;
 use crate::backup::Backups;
 use crate::capabilities::fs::{self as cap_fs, Access};
@@ -16,19 +24,22 @@ use crate::sha256_hex;
 impl wit::fs::Host for StepState {
     async fn read(&mut self, path: String) -> Result<Vec<u8>, WitError> {
         let max = self.env.limits.fs_read;
-        self.fs_call("fs.read", &path, Access::Read, |p, _| cap_fs::read(p, max), |d| format!("{} bytes", d.len()))
+        self.fs_call("fs.read", &path, Access::Read, move |p, _| cap_fs::read(p, max), |d| format!("{} bytes", d.len())).await
     }
 
     async fn write(&mut self, path: String, data: Vec<u8>) -> Result<(), WitError> {
         let text = String::from_utf8_lossy(&data).into_owned();
         let done = format!("{} bytes written", data.len());
+        let max = self.env.limits.fs_read;
+        let size = data.len();
         self.fs_change(
             "fs.write",
             &path,
-            |p| format!("write {} ({} bytes):\n{}", p.display(), data.len(), indent(&text)),
-            |p, b| cap_fs::write(p, &data, b),
+            move |p| format!("write {} ({size} bytes):\n{}", p.display(), indent(&text)),
+            move |p, b| cap_fs::write(p, &data, max, b),
             done,
         )
+        .await
     }
 
     async fn append(&mut self, path: String, data: Vec<u8>) -> Result<(), WitError> {
@@ -36,119 +47,125 @@ impl wit::fs::Host for StepState {
         let done = format!("{} bytes appended", data.len());
         // An append is not idempotent: under apply it is journaled with the file it leaves, so
         // that a crash at any point neither loses nor doubles it when the step runs again.
-        let mut actions = if self.env.context.dry_run { None } else { self.env.actions.take() };
         let key = format!("append {path} #{}", &sha256_hex(&data)[..16]);
-        let slot = actions.as_mut().map(|a| a.next(&key));
+        let journal = match self.env.actions.as_mut() {
+            Some(actions) if !self.env.context.dry_run => Some((actions.recorder(), actions.next(&key))),
+            _ => None,
+        };
         let max = self.env.limits.fs_read;
-        let outcome = self.fs_change(
+        self.fs_change(
             "fs.append",
             &path,
-            |p| format!("append to {}:\n{}", p.display(), indent(&text)),
-            |p, b| {
-                let (Some(actions), Some((occurrence, past))) = (actions.as_ref(), slot.clone()) else { return cap_fs::append(p, &data, max, b) };
+            move |p| format!("append to {}:\n{}", p.display(), indent(&text)),
+            move |p, b| {
+                let Some((recorder, (occurrence, past))) = journal else { return cap_fs::append(p, &data, max, b) };
                 let current = match cap_fs::read(p, max) {
                     Ok(c) => c,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
                     Err(e) => return Err(e),
                 };
                 match past {
                     Some(PastAction::Done(_)) => return Ok(()),
                     Some(PastAction::Started { expect }) if sha256_hex(&current) == expect => {
-                        return actions.done(&key, occurrence, ActionResult::default()).map_err(std::io::Error::other);
+                        return recorder.done(&key, occurrence, ActionResult::default()).map_err(io::Error::other);
                     }
                     _ => {}
                 }
                 let expect = sha256_hex(&[current.as_slice(), data.as_slice()].concat());
-                actions.started(&key, occurrence, expect).map_err(std::io::Error::other)?;
+                recorder.started(&key, occurrence, expect).map_err(io::Error::other)?;
                 cap_fs::append(p, &data, max, b)?;
-                actions.done(&key, occurrence, ActionResult::default()).map_err(std::io::Error::other)
+                recorder.done(&key, occurrence, ActionResult::default()).map_err(io::Error::other)
             },
             done,
-        );
-        if actions.is_some() {
-            self.env.actions = actions;
-        }
-        outcome
+        )
+        .await
     }
 
     async fn exists(&mut self, path: String) -> Result<bool, WitError> {
-        self.fs_call("fs.exists", &path, Access::Read, |p, _| Ok(cap_fs::exists(p)), |e| e.to_string())
+        self.fs_call("fs.exists", &path, Access::Read, |p, _| cap_fs::exists(p), |e| e.to_string()).await
     }
 
     async fn list_dir(&mut self, path: String) -> Result<Vec<String>, WitError> {
-        self.fs_call("fs.list-dir", &path, Access::Read, |p, _| cap_fs::list(p), |l| format!("{} entries", l.len()))
+        self.fs_call("fs.list-dir", &path, Access::Read, |p, _| cap_fs::list(p), |l| format!("{} entries", l.len())).await
     }
 
     async fn remove(&mut self, path: String) -> Result<(), WitError> {
-        self.fs_change("fs.remove", &path, |p| format!("remove {}", p.display()), cap_fs::remove, "removed".into())
+        let max = self.env.limits.fs_read;
+        self.fs_change("fs.remove", &path, |p| format!("remove {}", p.display()), move |p, b| cap_fs::remove(p, max, b), "removed".into()).await
     }
 
     async fn metadata(&mut self, path: String) -> Result<wit::fs::FileInfo, WitError> {
-        use std::os::unix::fs::MetadataExt;
+        use nix::sys::stat::SFlag;
         use wit::fs::{FileInfo, FileKind};
         self.fs_call(
             "fs.metadata",
             &path,
             Access::Read,
             |p, _| {
-                cap_fs::metadata(p).map(|m| FileInfo {
-                    kind: if m.is_symlink() {
-                        FileKind::Symlink
-                    } else if m.is_dir() {
-                        FileKind::Directory
-                    } else if m.is_file() {
-                        FileKind::File
-                    } else {
-                        FileKind::Other
+                cap_fs::metadata(p).map(|st| FileInfo {
+                    kind: match cap_fs::kind(&st) {
+                        SFlag::S_IFLNK => FileKind::Symlink,
+                        SFlag::S_IFDIR => FileKind::Directory,
+                        SFlag::S_IFREG => FileKind::File,
+                        _ => FileKind::Other,
                     },
-                    size: m.len(),
-                    mode: m.mode() & 0o7777,
-                    modified: m.mtime().max(0) as u64,
+                    size: st.st_size.max(0) as u64,
+                    mode: st.st_mode & 0o7777,
+                    modified: st.st_mtime.max(0) as u64,
                 })
             },
             |m| format!("{} bytes", m.size),
         )
+        .await
     }
 }
 
 impl StepState {
     /// A changing `fs` call: performed, or in a dry run checked and recorded as `describe`
     /// says (the step sees success, nothing is written).
-    fn fs_change(
+    async fn fs_change(
         &mut self,
         capability: &str,
         path: &str,
-        describe: impl FnOnce(&std::path::Path) -> String,
-        op: impl FnOnce(&cap_fs::Resolved, &mut Backups) -> std::io::Result<()>,
+        describe: impl FnOnce(&Path) -> String + Send + 'static,
+        op: impl FnOnce(&cap_fs::Resolved, &mut Backups) -> io::Result<()> + Send + 'static,
         done: String,
     ) -> Result<(), WitError> {
         if self.env.context.dry_run {
-            let line = self.fs_call(capability, path, Access::Write, |p, _| Ok(describe(&p.logical)), |_| "recorded (dry run)".into())?;
+            let line = self.fs_call(capability, path, Access::Write, move |p, _| Ok(describe(&p.logical)), |_| "recorded (dry run)".into()).await?;
             self.record(line);
             return Ok(());
         }
-        self.fs_call(capability, path, Access::Write, op, |_| done)
+        self.fs_call(capability, path, Access::Write, op, |_| done).await
     }
 
-    /// One `fs` call: check, then run `op` on the resolved path, then account.
-    fn fs_call<T>(
+    /// One `fs` call: check, then run `op` on the resolved path, on the blocking pool; then
+    /// account.
+    async fn fs_call<T: Send + 'static>(
         &mut self,
         capability: &str,
         path: &str,
         access: Access,
-        op: impl FnOnce(&cap_fs::Resolved, &mut Backups) -> std::io::Result<T>,
+        op: impl FnOnce(&cap_fs::Resolved, &mut Backups) -> io::Result<T> + Send + 'static,
         summary: impl FnOnce(&T) -> String,
     ) -> Result<T, WitError> {
         let start = Instant::now();
-        let result = self
-            .env
-            .grant
-            .check_fs(&self.env.sysroot, path, access)
-            .map_err(WitError::from)
-            .and_then(|resolved| op(&resolved, &mut self.env.backups).map_err(|e| io_error(e, path)));
+        let (grant, sysroot, backups, named) = (self.env.grant.clone(), self.env.sysroot.clone(), self.env.backups.clone(), path.to_owned());
+        let result = tokio::task::spawn_blocking(move || {
+            let resolved = grant.check_fs(&sysroot, &named, access)?;
+            let mut backups = lock(&backups)?;
+            op(&resolved, &mut backups).map_err(|e| io_error(e, &named))
+        })
+        .await
+        .unwrap_or_else(|e| Err(wit_error(ErrorKind::Failed, format!("{capability} of {path} did not finish: {e}"))));
+        self.cpu.charge(start.elapsed());
         self.account(start, capability, json!({ "path": path }), &result, summary);
         result
     }
+}
+
+fn lock(backups: &Mutex<Backups>) -> Result<std::sync::MutexGuard<'_, Backups>, WitError> {
+    backups.lock().map_err(|_| wit_error(ErrorKind::Failed, "the backups of this run are unusable after an earlier failure; run the step again"))
 }
 
 fn indent(text: &str) -> String {

@@ -2,12 +2,13 @@
 //! the host adds the credentials. In a dry run a changing request is listed, not sent; under
 //! apply it is journaled so that a resumed step never sends it twice.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 
 use super::super::bindings::{WitError, wit};
 use super::super::call::{Done, Effect, StepState, journal_text};
+use crate::audit::Decision;
 use crate::capabilities::http::{self as cap_http, HttpRequest};
 use crate::journal::ActionResult;
 use crate::sha256_hex;
@@ -50,7 +51,22 @@ impl StepState {
         if let Some(done) = replay {
             return Ok(Done::Replayed(wit::http::Response { status: done.status.unwrap_or(200) as u16, headers: vec![], body: done.stdout.into_bytes() }));
         }
-        let r = cap_http::send(&self.env.grant, &self.env.endpoints, request, &self.env.limits.http).await?;
+        let mut redirects = Vec::new();
+        let sent = cap_http::send(&self.env.grant, &self.env.endpoints, request, &self.env.limits.http, &mut redirects).await;
+        // Each redirect followed is a request the step did not name: the audit says where it
+        // went, also when a later hop was refused (that refusal is the call's own record).
+        for hop in &redirects {
+            let args = json!({ "endpoint": request.endpoint, "method": hop.method, "path": hop.path });
+            self.env.audit.record(
+                self.env.grant.step(),
+                "http.redirect",
+                args,
+                Decision::Allowed,
+                format!("followed a {} redirect", hop.status),
+                Duration::ZERO,
+            );
+        }
+        let r = sent?;
         self.journal_done(&slot, ActionResult { status: Some(r.status.into()), stdout: journal_text(&r.body), stderr: String::new() })?;
         Ok(Done::Now(wit::http::Response { status: r.status, headers: r.headers, body: r.body }))
     }

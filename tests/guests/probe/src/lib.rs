@@ -48,6 +48,11 @@ canup_sdk::export_step! {
     "empty" => empty,
     "exec-true-100" => exec_true_100,
     "read-4k-1000" => read_4k_1000,
+    "race" => race,
+    "rewrite" => rewrite,
+    "read-forever" => read_forever,
+    "long-args" => long_args,
+    "new-drop-in" => new_drop_in,
 }
 
 fn allowed_exec(_: &Context) -> Result<()> {
@@ -337,4 +342,52 @@ fn read_4k_1000(_: &Context) -> Result<()> {
         std::hint::black_box(data);
     }
     Ok(())
+}
+
+/// Reads and writes one allowed file 10,000 times while the test swaps its directory with a
+/// symlink to an outside one; prints what the reads saw (the test asserts no outside content).
+fn race(_: &Context) -> Result<()> {
+    let (mut inside, mut outside, mut read_errors, mut written, mut write_errors) = (0, 0, 0, 0, 0);
+    for i in 0..5000 {
+        match fs::read("/opt/canopsis/etc/race/race.conf") {
+            Ok(data) if data.starts_with(b"OUTSIDE") => outside += 1,
+            Ok(_) => inside += 1,
+            Err(_) => read_errors += 1,
+        }
+        match fs::write("/opt/canopsis/etc/race/race.conf", format!("inside {i}\n")) {
+            Ok(()) => written += 1,
+            Err(_) => write_errors += 1,
+        }
+    }
+    println!("inside={inside} outside={outside} read-errors={read_errors} written={written} write-errors={write_errors}");
+    Ok(())
+}
+
+/// An ordinary edit, repeated: the test planted symlinks where temporary files used to go.
+fn rewrite(_: &Context) -> Result<()> {
+    for i in 0..20 {
+        fs::write("/opt/canopsis/etc/old.conf", format!("old={i}\n"))?;
+    }
+    Ok(())
+}
+
+/// Host calls that each take the host a while (reading a big file), forever: only the CPU
+/// budget, charged with the host's time, stops it early.
+fn read_forever(_: &Context) -> Result<()> {
+    loop {
+        std::hint::black_box(fs::read("/opt/canopsis/etc/huge")?);
+    }
+}
+
+/// A refused command with 200 arguments of 100 KB: its audit record must stay small.
+fn long_args(_: &Context) -> Result<()> {
+    let big = "canopsis-".repeat(11_000);
+    Command::new("/usr/bin/rpm").arg("-q").args(vec![big; 200]).run()?;
+    bail!("ran rpm with 20 MB of arguments")
+}
+
+/// A new systemd drop-in: a command that systemd would run as root.
+fn new_drop_in(_: &Context) -> Result<()> {
+    fs::write("/etc/systemd/system/canopsis-engine-go@.service.d/zz-canup.conf", "[Service]\nExecStartPre=/bin/sh -c 'id > /pwned'\n")?;
+    bail!("created a drop-in")
 }

@@ -217,7 +217,7 @@ async fn host_call_rows(rows: &mut Vec<Row>, work: &Path) -> Result<()> {
     let manifest = |id: &str| StepManifest {
         capabilities: CapabilitySet {
             exec: vec![ExecRule { program: "/bin/true".into(), args: vec![], env: vec![], users: vec![], readonly: false, shell: false }],
-            fs: FsRules { read: vec!["/opt/canopsis/etc/bench-4k".into()], write: vec![] },
+            fs: FsRules { read: vec!["/opt/canopsis/etc/bench-4k".into()], ..FsRules::default() },
             http: vec![],
         },
         ..StepManifest::bare(id, Phase::PostUpdate)

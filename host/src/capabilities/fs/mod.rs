@@ -1,0 +1,196 @@
+//! The `fs` capability: path resolution and checking, and the file operations.
+//!
+//! A path is checked *after* resolving symlinks and `..`, against the step's view of the
+//! resolved path: a symlink inside an allowed directory that leads elsewhere is judged by
+//! where it leads. Writes replace files atomically (temporary file, fsync, rename) and the
+//! first change of each file in a run is preceded by a durable backup, so a failed upgrade
+//! can be inspected and undone.
+
+mod beneath;
+
+use std::io;
+use std::path::{Component, Path, PathBuf};
+
+use globset::GlobMatcher;
+use nix::sys::stat::{FileStat, SFlag};
+
+use self::beneath::Entry;
+pub use self::beneath::kind;
+use super::{Denial, FsRules, Grant, PatternError, glob};
+use crate::backup::{Backups, Original};
+
+use crate::sysroot::Sysroot;
+
+#[derive(Debug, Clone)]
+pub(crate) struct CompiledFsRules {
+    read: Vec<GlobMatcher>,
+    write: Vec<GlobMatcher>,
+    create: Vec<GlobMatcher>,
+}
+
+impl CompiledFsRules {
+    pub(crate) fn new(rules: &FsRules, origin: &str) -> Result<Self, PatternError> {
+        let compile = |list: &[String]| list.iter().map(|p| glob(p, true, origin)).collect::<Result<Vec<_>, _>>();
+        Ok(Self { read: compile(&rules.read)?, write: compile(&rules.write)?, create: compile(&rules.create)? })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    Write,
+}
+
+impl Access {
+    fn label(self) -> &'static str {
+        match self {
+            Access::Read => "read",
+            Access::Write => "write",
+        }
+    }
+}
+
+/// A checked path: what the step sees and where it really is.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// The step's view of the resolved path (symlinks and `..` followed).
+    pub logical: PathBuf,
+    pub real: PathBuf,
+    /// The sysroot's canonical directory, where the operation's walk starts (`beneath.rs`).
+    root: PathBuf,
+    /// A write may create the file (it did not exist when checked, and `create` allows it).
+    pub(crate) creatable: bool,
+}
+
+/// Resolves `logical` under the sysroot: the longest existing prefix is canonicalised
+/// (following symlinks and `..`), and the rest, which does not exist yet, is appended.
+fn resolve(sysroot: &Sysroot, logical: &str) -> Result<Resolved, Denial> {
+    let invalid = |why: &str| Denial::Invalid { what: format!("path {logical:?}"), why: why.into() };
+    if !logical.starts_with('/') || logical.contains('\0') {
+        return Err(invalid("paths must be absolute"));
+    }
+    let mapped = sysroot.map(Path::new(logical));
+    let mut existing = mapped.as_path();
+    let mut rest = Vec::new();
+    let base = loop {
+        match existing.canonicalize() {
+            Ok(p) => break p,
+            Err(_) => {
+                let name = existing.file_name().ok_or_else(|| invalid("no existing ancestor"))?;
+                rest.push(name.to_owned());
+                existing = existing.parent().ok_or_else(|| invalid("no existing ancestor"))?;
+            }
+        }
+    };
+    let mut real = base;
+    for name in rest.iter().rev() {
+        if matches!(Path::new(name).components().next(), Some(Component::ParentDir | Component::CurDir)) {
+            return Err(invalid("'..' through a directory that does not exist"));
+        }
+        real.push(name);
+    }
+    let step_view = sysroot
+        .unmap(&real)
+        .ok_or_else(|| Denial::Invalid { what: format!("path {logical}"), why: format!("it resolves to {}, outside the sysroot", real.display()) })?;
+    Ok(Resolved { logical: step_view, real, root: sysroot.root().to_owned(), creatable: false })
+}
+
+impl Grant {
+    /// The single checkpoint for `fs`.
+    pub fn check_fs(&self, sysroot: &Sysroot, path: &str, access: Access) -> Result<Resolved, Denial> {
+        let mut resolved = resolve(sysroot, path)?;
+        let shown = if resolved.logical == Path::new(path) { path.to_owned() } else { format!("{path} (resolves to {})", resolved.logical.display()) };
+        let matches = |list: &[GlobMatcher]| list.iter().any(|g| g.is_match(&resolved.logical));
+        self.both(
+            || format!("{} of {shown}", access.label()),
+            |side| match access {
+                Access::Read => matches(&side.fs.read),
+                Access::Write => matches(&side.fs.write),
+            },
+        )?;
+        // Creating is granted apart from changing: a new file in a directory of fragments (a
+        // systemd drop-in, a conf.d) adds behaviour that no existing file had.
+        if access == Access::Write && resolved.real.symlink_metadata().is_err_and(|e| e.kind() == io::ErrorKind::NotFound) {
+            self.both(|| format!("creation of {shown} (a new file)"), |side| matches(&side.fs.create))?;
+            resolved.creatable = true;
+        }
+        Ok(resolved)
+    }
+}
+
+impl Resolved {
+    fn entry(&self) -> io::Result<Entry> {
+        Entry::locate(&self.root, &self.real)
+    }
+}
+
+/// A file's content for a step, at most `max` bytes (`fs_read_kib`).
+pub fn read(path: &Resolved, max: usize) -> io::Result<Vec<u8>> {
+    path.entry()?.read(max)
+}
+
+pub fn exists(path: &Resolved) -> io::Result<bool> {
+    match path.entry() {
+        Ok(entry) => Ok(entry.stat()?.is_some()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+pub fn list(path: &Resolved) -> io::Result<Vec<String>> {
+    path.entry()?.list()
+}
+
+/// What the path is, without following a final symlink.
+pub fn metadata(path: &Resolved) -> io::Result<FileStat> {
+    path.entry()?.stat()?.ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))
+}
+
+/// Replaces the file's content atomically, keeping its mode and owner.
+pub fn write(path: &Resolved, data: &[u8], max: usize, backups: &mut Backups) -> io::Result<()> {
+    let entry = path.entry()?;
+    let original = original(&entry, path, max)?;
+    backups.save(&path.logical, original.as_ref())?;
+    entry.replace(data)
+}
+
+/// Appends by rewriting the whole file atomically: a crash leaves either the old or the new
+/// content, never half a line. The result is bounded like a read (`fs_read_kib`).
+pub fn append(path: &Resolved, data: &[u8], max: usize, backups: &mut Backups) -> io::Result<()> {
+    let entry = path.entry()?;
+    let original = original(&entry, path, max)?;
+    let mut content = original.as_ref().map(|o| o.content.clone()).unwrap_or_default();
+    if content.len() + data.len() > max {
+        return Err(io::Error::new(
+            io::ErrorKind::FileTooLarge,
+            format!("{} bytes after the append, over the limit of {max} bytes (fs_read_kib in canup.toml)", content.len() + data.len()),
+        ));
+    }
+    content.extend_from_slice(data);
+    backups.save(&path.logical, original.as_ref())?;
+    entry.replace(&content)
+}
+
+pub fn remove(path: &Resolved, max: usize, backups: &mut Backups) -> io::Result<()> {
+    let entry = path.entry()?;
+    if entry.stat()?.is_some_and(|st| beneath::kind(&st) == SFlag::S_IFDIR) {
+        return Err(io::Error::new(io::ErrorKind::IsADirectory, "steps remove files, not directories"));
+    }
+    let original = original(&entry, path, max)?.ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+    backups.save(&path.logical, Some(&original))?;
+    entry.remove()
+}
+
+/// What a file held before a change, for its backup: read like a step's read (regular, one
+/// name, bounded), through the descriptor the change will use. `None` when there is no file,
+/// which only a path the checkpoint found creatable may be.
+fn original(entry: &Entry, path: &Resolved, max: usize) -> io::Result<Option<Original>> {
+    match entry.stat()? {
+        None if path.creatable => Ok(None),
+        None => Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("{} was removed since it was checked, and creating it is not granted", path.logical.display()),
+        )),
+        Some(st) => Ok(Some(Original { content: entry.read(max)?, mode: st.st_mode & 0o7777 })),
+    }
+}
