@@ -6,6 +6,10 @@
 //! `systemctl --root`). So a pattern lets an option (an argument starting with `-`) through
 //! only when the pattern itself starts with `-`: `*` and `**` never match one.
 //!
+//! Why paths are special too: a package manager takes an argument with a `/` as a local file
+//! (`yum update canopsis-core-1/../../tmp/evil.rpm` installs that file), so a pattern matches
+//! an argument holding a `/` only when the pattern itself holds one (`mongodb://*` does).
+//!
 //! - A pattern is a glob (`*` any text, `?`, `[…]`; `[*]` a literal star) or alternatives
 //!   `canopsis-core|canopsis-cat`; an argument equal to the pattern's text always matches, so
 //!   a literal script needs no escaping.
@@ -43,7 +47,11 @@ impl Word {
         match self {
             Word::Rest => !arg.starts_with('-'),
             Word::One { text, alternatives } => {
-                arg == text || alternatives.iter().any(|g| (g.glob().glob().starts_with('-') || !arg.starts_with('-')) && g.is_match(arg))
+                arg == text
+                    || alternatives.iter().any(|g| {
+                        let pattern = g.glob().glob();
+                        (pattern.starts_with('-') || !arg.starts_with('-')) && (pattern.contains('/') || !arg.contains('/')) && g.is_match(arg)
+                    })
             }
         }
     }
@@ -193,6 +201,15 @@ mod tests {
         assert!(!m(&rest, &["update", "a", "--setopt=x=y"]));
         let option = pats(&["--disablerepo=[*]", "-*"], false);
         assert!(m(&option, &["--disablerepo=*", "-y"]), "a pattern starting with '-' matches options");
+    }
+
+    #[test]
+    fn a_star_never_lets_a_path_through_unless_the_pattern_is_one() {
+        let yum = pats(&["update", "-y", "canopsis-core-*"], false);
+        assert!(m(&yum, &["update", "-y", "canopsis-core-3.40.0"]));
+        assert!(!m(&yum, &["update", "-y", "canopsis-core-1/../../tmp/evil.rpm"]));
+        let mongo = pats(&["mongodb://*"], false);
+        assert!(m(&mongo, &["mongodb://cpsmongo:canopsis@localhost:27017/canopsis"]));
     }
 
     #[test]

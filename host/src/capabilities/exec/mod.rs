@@ -482,6 +482,8 @@ mod tests {
             &["update", "-y", "canopsis-core-1", "--enableplugin=*"],
             &["install", "-y", "canopsis-core-1"],
             &["update", "-y", "bash"],
+            &["update", "-y", "canopsis-core-1/../../tmp/evil.rpm"],
+            &["--disablerepo=*", "--enablerepo=canopsis*", "update", "-y", "canopsis-core-/tmp/x.rpm"],
         ] {
             assert!(!allowed("/usr/bin/yum", args), "yum {args:?}");
         }
