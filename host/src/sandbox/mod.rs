@@ -96,7 +96,8 @@ pub struct StepEnv {
     pub grant: Grant,
     pub sysroot: Sysroot,
     pub endpoints: Arc<Endpoints>,
-    /// Shared with the blocking pool, where file operations run (see `host/fs.rs`).
+    /// Behind a lock so that a file operation owns what it needs and can move to another
+    /// thread (not done yet: see `host/fs.rs` on the cost of the blocking pool).
     pub backups: Arc<Mutex<Backups>>,
     pub audit: Arc<AuditLog>,
     pub ui: Arc<dyn Ui>,
