@@ -73,8 +73,13 @@ pub fn stat_in(dir: impl AsFd, name: &OsStr) -> io::Result<Option<FileStat>> {
     }
 }
 
+/// The file type bits of `st` (`S_IFREG`, `S_IFDIR`, `S_IFLNK`, …).
+pub fn kind(st: &FileStat) -> SFlag {
+    SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT
+}
+
 pub fn is_regular(st: &FileStat) -> bool {
-    SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG
+    kind(st) == SFlag::S_IFREG
 }
 
 #[cfg(test)]

@@ -298,8 +298,8 @@ pub struct StepActions {
     seen: std::collections::HashMap<String, u32>,
 }
 
-/// Where a step's action results go: a handle that can be moved to the thread doing the work
-/// (a file append runs off the async runtime, see `sandbox/host/fs.rs`).
+/// Where a step's action results go: a handle an operation can hold while the step's state is
+/// borrowed for the call (a file append journals from inside its `fs` operation).
 #[derive(Clone)]
 pub struct ActionRecorder {
     journal: std::sync::Arc<std::sync::Mutex<Journal>>,

@@ -96,9 +96,7 @@ pub struct StepEnv {
     pub grant: Grant,
     pub sysroot: Sysroot,
     pub endpoints: Arc<Endpoints>,
-    /// Behind a lock so that a file operation owns what it needs and can move to another
-    /// thread (not done yet: see `host/fs.rs` on the cost of the blocking pool).
-    pub backups: Arc<Mutex<Backups>>,
+    pub backups: Backups,
     pub audit: Arc<AuditLog>,
     pub ui: Arc<dyn Ui>,
     pub context: StepContext,
@@ -121,7 +119,7 @@ impl StepEnv {
             grant,
             sysroot,
             endpoints: Arc::default(),
-            backups: Arc::new(Mutex::new(backups)),
+            backups,
             audit,
             ui,
             context,

@@ -24,7 +24,7 @@ use std::path::{Component, Path};
 
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, open, openat};
-use nix::sys::stat::{FileStat, Mode, SFlag};
+use nix::sys::stat::{FileStat, Mode};
 use nix::unistd::{UnlinkatFlags, fsync, unlinkat};
 
 use crate::durable::{replace_in, stat_in};
@@ -121,10 +121,6 @@ impl Entry {
         unlinkat(&self.parent, self.name(), UnlinkatFlags::NoRemoveDir)?;
         Ok(fsync(&self.parent)?)
     }
-}
-
-pub fn kind(st: &FileStat) -> SFlag {
-    SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT
 }
 
 /// A step reads and changes regular files with one name only.

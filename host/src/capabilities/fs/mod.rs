@@ -15,9 +15,9 @@ use globset::GlobMatcher;
 use nix::sys::stat::{FileStat, SFlag};
 
 use self::beneath::Entry;
-pub use self::beneath::kind;
 use super::{Denial, FsRules, Grant, PatternError, glob};
 use crate::backup::{Backups, Original};
+pub use crate::durable::kind;
 
 use crate::sysroot::Sysroot;
 
@@ -173,7 +173,7 @@ pub fn append(path: &Resolved, data: &[u8], max: usize, backups: &mut Backups) -
 
 pub fn remove(path: &Resolved, max: usize, backups: &mut Backups) -> io::Result<()> {
     let entry = path.entry()?;
-    if entry.stat()?.is_some_and(|st| beneath::kind(&st) == SFlag::S_IFDIR) {
+    if entry.stat()?.is_some_and(|st| kind(&st) == SFlag::S_IFDIR) {
         return Err(io::Error::new(io::ErrorKind::IsADirectory, "steps remove files, not directories"));
     }
     let original = original(&entry, path, max)?.ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;

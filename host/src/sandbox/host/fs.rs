@@ -5,18 +5,17 @@
 //! A call runs on the runtime's thread: nothing it opens can block (files are opened
 //! `O_NONBLOCK` and checked regular before any read, directories `O_DIRECTORY`), and moving
 //! each call to tokio's blocking pool made the 4 KB read 53 µs instead of the 20 µs goal
-//! (`cargo xtask bench`). A hung network filesystem under `/opt/canopsis` would still hold the
+//! (`cargo xtask bench`, tried and taken back out). A hung network filesystem under `/opt/canopsis` would still hold the
 //! run past `wall_seconds` (a known gap in the README). The call's time counts against the
 //! step's CPU budget: it is work canup does for the step.
 
 use std::io;
 use std::path::Path;
-use std::sync::Mutex;
 use std::time::Instant;
 
 use serde_json::json;
 
-use super::super::bindings::{ErrorKind, WitError, io_error, wit, wit_error};
+use super::super::bindings::{WitError, io_error, wit};
 use super::super::call::StepState;
 use crate::backup::Backups;
 use crate::capabilities::fs::{self as cap_fs, Access};
@@ -26,7 +25,7 @@ use crate::sha256_hex;
 impl wit::fs::Host for StepState {
     async fn read(&mut self, path: String) -> Result<Vec<u8>, WitError> {
         let max = self.env.limits.fs_read;
-        self.fs_call("fs.read", &path, Access::Read, move |p, _| cap_fs::read(p, max), |d| format!("{} bytes", d.len())).await
+        self.fs_call("fs.read", &path, Access::Read, move |p, _| cap_fs::read(p, max), |d| format!("{} bytes", d.len()))
     }
 
     async fn write(&mut self, path: String, data: Vec<u8>) -> Result<(), WitError> {
@@ -41,7 +40,6 @@ impl wit::fs::Host for StepState {
             move |p, b| cap_fs::write(p, &data, max, b),
             done,
         )
-        .await
     }
 
     async fn append(&mut self, path: String, data: Vec<u8>) -> Result<(), WitError> {
@@ -80,20 +78,19 @@ impl wit::fs::Host for StepState {
             },
             done,
         )
-        .await
     }
 
     async fn exists(&mut self, path: String) -> Result<bool, WitError> {
-        self.fs_call("fs.exists", &path, Access::Read, |p, _| cap_fs::exists(p), |e| e.to_string()).await
+        self.fs_call("fs.exists", &path, Access::Read, |p, _| cap_fs::exists(p), |e| e.to_string())
     }
 
     async fn list_dir(&mut self, path: String) -> Result<Vec<String>, WitError> {
-        self.fs_call("fs.list-dir", &path, Access::Read, |p, _| cap_fs::list(p), |l| format!("{} entries", l.len())).await
+        self.fs_call("fs.list-dir", &path, Access::Read, |p, _| cap_fs::list(p), |l| format!("{} entries", l.len()))
     }
 
     async fn remove(&mut self, path: String) -> Result<(), WitError> {
         let max = self.env.limits.fs_read;
-        self.fs_change("fs.remove", &path, |p| format!("remove {}", p.display()), move |p, b| cap_fs::remove(p, max, b), "removed".into()).await
+        self.fs_change("fs.remove", &path, |p| format!("remove {}", p.display()), move |p, b| cap_fs::remove(p, max, b), "removed".into())
     }
 
     async fn metadata(&mut self, path: String) -> Result<wit::fs::FileInfo, WitError> {
@@ -118,53 +115,48 @@ impl wit::fs::Host for StepState {
             },
             |m| format!("{} bytes", m.size),
         )
-        .await
     }
 }
 
 impl StepState {
     /// A changing `fs` call: performed, or in a dry run checked and recorded as `describe`
     /// says (the step sees success, nothing is written).
-    async fn fs_change(
+    fn fs_change(
         &mut self,
         capability: &str,
         path: &str,
-        describe: impl FnOnce(&Path) -> String + Send + 'static,
-        op: impl FnOnce(&cap_fs::Resolved, &mut Backups) -> io::Result<()> + Send + 'static,
+        describe: impl FnOnce(&Path) -> String,
+        op: impl FnOnce(&cap_fs::Resolved, &mut Backups) -> io::Result<()>,
         done: String,
     ) -> Result<(), WitError> {
         if self.env.context.dry_run {
-            let line = self.fs_call(capability, path, Access::Write, move |p, _| Ok(describe(&p.logical)), |_| "recorded (dry run)".into()).await?;
+            let line = self.fs_call(capability, path, Access::Write, move |p, _| Ok(describe(&p.logical)), |_| "recorded (dry run)".into())?;
             self.record(line);
             return Ok(());
         }
-        self.fs_call(capability, path, Access::Write, op, |_| done).await
+        self.fs_call(capability, path, Access::Write, op, |_| done)
     }
 
     /// One `fs` call: check, then run `op` on the resolved path; then account.
-    async fn fs_call<T: Send + 'static>(
+    fn fs_call<T>(
         &mut self,
         capability: &str,
         path: &str,
         access: Access,
-        op: impl FnOnce(&cap_fs::Resolved, &mut Backups) -> io::Result<T> + Send + 'static,
+        op: impl FnOnce(&cap_fs::Resolved, &mut Backups) -> io::Result<T>,
         summary: impl FnOnce(&T) -> String,
     ) -> Result<T, WitError> {
         let start = Instant::now();
-        let (grant, sysroot, backups, named) = (self.env.grant.clone(), self.env.sysroot.clone(), self.env.backups.clone(), path.to_owned());
-        let result = (move || {
-            let resolved = grant.check_fs(&sysroot, &named, access)?;
-            let mut backups = lock(&backups)?;
-            op(&resolved, &mut backups).map_err(|e| io_error(e, &named))
-        })();
+        let result = self
+            .env
+            .grant
+            .check_fs(&self.env.sysroot, path, access)
+            .map_err(WitError::from)
+            .and_then(|resolved| op(&resolved, &mut self.env.backups).map_err(|e| io_error(e, path)));
         self.cpu.charge(start.elapsed());
         self.account(start, capability, json!({ "path": path }), &result, summary);
         result
     }
-}
-
-fn lock(backups: &Mutex<Backups>) -> Result<std::sync::MutexGuard<'_, Backups>, WitError> {
-    backups.lock().map_err(|_| wit_error(ErrorKind::Failed, "the backups of this run are unusable after an earlier failure; run the step again"))
 }
 
 fn indent(text: &str) -> String {
