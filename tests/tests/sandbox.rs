@@ -215,9 +215,25 @@ impl World {
     }
 
     async fn run_mode(&self, step: &str, declared: &CapabilitySet, policy: &CapabilitySet, limits: StepLimits, dry_run: bool) -> Run {
-        let (sandbox, loaded) = probe();
-        let audit = Arc::new(AuditLog::open(&self.state.join("audit.jsonl"), "test-run").unwrap());
         let ui = Arc::new(RecordingUi::default());
+        let (env, audit) = self.env(step, declared, policy, limits, dry_run, ui.clone());
+        let recorded = env.recorded.clone();
+        let report = probe().0.run(&probe().1, env).await;
+        let recorded = recorded.lock().unwrap().clone();
+        Run { report, audit: audit.records(), ui, recorded }
+    }
+
+    /// What a probe step runs with: its grant over the simulated host, the test's endpoints.
+    fn env(
+        &self,
+        step: &str,
+        declared: &CapabilitySet,
+        policy: &CapabilitySet,
+        limits: StepLimits,
+        dry_run: bool,
+        ui: Arc<dyn Ui>,
+    ) -> (StepEnv, Arc<AuditLog>) {
+        let audit = Arc::new(AuditLog::open(&self.state.join("audit.jsonl"), "test-run").unwrap());
         let context = StepContext {
             step_id: step.into(),
             phase: canup::manifest::Phase::PostUpdate,
@@ -236,14 +252,11 @@ impl World {
                 Sysroot::new(self.sim.root()).unwrap(),
                 Backups::open(&self.state, "test-run").unwrap(),
                 audit.clone(),
-                ui.clone(),
+                ui,
                 context,
             )
         };
-        let recorded = env.recorded.clone();
-        let report = sandbox.run(loaded, env).await;
-        let recorded = recorded.lock().unwrap().clone();
-        Run { report, audit: audit.records(), ui, recorded }
+        (env, audit)
     }
 
     async fn run(&self, step: &str) -> Run {
@@ -722,6 +735,39 @@ async fn the_wall_time_limit_stops_a_step_blocked_in_a_host_call() {
     let run = w.run_with("wall-time", &probe_caps(), &probe_caps(), limits).await;
     assert_eq!(run.report.result, Err(Stop::WallTime(Duration::from_secs(1))));
     assert_gone(&hang_pids(&w)).await;
+}
+
+/// A terminal that stopped reading (Ctrl-S, a pipe nobody drains) blocks the host's write
+/// for `ui.log` on the runtime's thread; a hung network filesystem would do the same to an `fs`
+/// call. The wall-time limit still ends the step, while the write is still blocked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wall_time_limit_fires_while_a_host_call_blocks_its_thread() {
+    struct StuckTerminal {
+        release: Mutex<std::sync::mpsc::Receiver<()>>,
+        returned: std::sync::atomic::AtomicBool,
+    }
+    impl Ui for StuckTerminal {
+        fn log(&self, _: &str, _: Level, _: &str) {
+            let _ = self.release.lock().unwrap().recv_timeout(Duration::from_secs(30));
+            self.returned.store(true, Ordering::SeqCst);
+        }
+        fn progress(&self, _: &str, _: u64, _: Option<u64>, _: &str) {}
+        fn confirm(&self, _: &str, _: &str) -> bool {
+            false
+        }
+        fn manual(&self, _: &str, _: &str) -> bool {
+            false
+        }
+    }
+    let w = world().await;
+    let (release, stuck) = std::sync::mpsc::channel();
+    let ui = Arc::new(StuckTerminal { release: Mutex::new(stuck), returned: Default::default() });
+    let limits = StepLimits { wall: Duration::from_secs(1), ..StepLimits::default() };
+    let (env, _) = w.env("allowed-ui", &probe_caps(), &probe_caps(), limits, false, ui.clone());
+    let report = probe().0.run(&probe().1, env).await;
+    assert!(!ui.returned.load(Ordering::SeqCst), "the report waited for the blocked host call to return");
+    assert_eq!(report.result, Err(Stop::WallTime(Duration::from_secs(1))));
+    release.send(()).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -39,6 +39,11 @@ impl BoundedPipe {
         self.inner.lock().map(|mut c| std::mem::take(&mut *c)).unwrap_or_default()
     }
 
+    /// The bytes kept so far, as text (for telling a panic from a trap).
+    pub(super) fn text(&self) -> String {
+        self.inner.lock().map(|c| c.text()).unwrap_or_default()
+    }
+
     fn push(&self, buf: &[u8]) {
         if let Ok(mut c) = self.inner.lock() {
             let room = self.limit.saturating_sub(c.bytes.len());
@@ -185,7 +190,7 @@ impl CpuMeter {
     }
 }
 
-pub(super) fn classify_trap(e: &wasmtime::Error, refused: Option<usize>, limits: &StepLimits, stderr: &Captured) -> Stop {
+pub(super) fn classify_trap(e: &wasmtime::Error, refused: Option<usize>, limits: &StepLimits, stderr: &BoundedPipe) -> Stop {
     if e.downcast_ref::<CpuExceeded>().is_some() {
         return Stop::CpuTime(limits.cpu);
     }

@@ -317,40 +317,56 @@ impl Sandbox {
             detected: None,
             ui_used: 0,
         };
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|s| &mut s.limiter);
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(|mut ctx| {
-            let s = ctx.data_mut();
-            if s.cpu.tick() > s.env.limits.cpu {
-                return Err(CpuExceeded.into());
+        let engine = self.engine.clone();
+        let pre = step.pre.clone();
+        let guest_stderr = stderr.clone();
+        // The step runs as a task of its own and the wall-time timer in this one: a host call
+        // that blocks its thread (a terminal that stopped reading, a hung network filesystem)
+        // cannot hold the timer too, since the runtime's other thread drives it. The task is
+        // aborted at its next await when the time is up; whatever it still holds is dropped
+        // then.
+        let task = tokio::spawn(async move {
+            let mut store = Store::new(&engine, state);
+            store.limiter(|s| &mut s.limiter);
+            store.set_epoch_deadline(1);
+            store.epoch_deadline_callback(|mut ctx| {
+                let s = ctx.data_mut();
+                if s.cpu.tick() > s.env.limits.cpu {
+                    return Err(CpuExceeded.into());
+                }
+                // Yielding lets the runtime run the wall-time timer even while the guest spins.
+                Ok(UpdateDeadline::Yield(1))
+            });
+            let outcome = async {
+                let instance = pre.instantiate_async(&mut store).await?;
+                tracing::trace!("instantiated");
+                instance.call_run(&mut store).await
             }
-            // Yielding lets the runtime run the wall-time timer even while the guest spins.
-            Ok(UpdateDeadline::Yield(1))
+            .await;
+            let result = match outcome {
+                Ok(Ok(())) => Ok(()),
+                // A step's own words reach the operator's terminal: shown, never obeyed.
+                Ok(Err(message)) => Err(Stop::Failed(crate::ui::visible(&message).into_owned())),
+                Err(e) => Err(classify_trap(&e, store.data().limiter.refused, &limits, &guest_stderr)),
+            };
+            (result, store.data_mut().detected.take())
         });
-
-        let outcome = tokio::time::timeout(limits.wall, async {
-            let instance = step.pre.instantiate_async(&mut store).await?;
-            tracing::trace!("instantiated");
-            instance.call_run(&mut store).await
-        })
-        .await;
-        let stderr_text = stderr.take();
-        let result = match outcome {
-            Err(_) => Err(Stop::WallTime(limits.wall)),
-            Ok(Ok(Ok(()))) => Ok(()),
-            // A step's own words reach the operator's terminal: shown, never obeyed.
-            Ok(Ok(Err(message))) => Err(Stop::Failed(crate::ui::visible(&message).into_owned())),
-            Ok(Err(e)) => Err(classify_trap(&e, store.data().limiter.refused, &limits, &stderr_text)),
+        let abort = task.abort_handle();
+        let (result, detected) = match tokio::time::timeout(limits.wall, task).await {
+            Ok(Ok(done)) => done,
+            Ok(Err(e)) => (Err(Stop::Trap(format!("the host failed while running the step: {e}; this is a canup bug, please report it"))), None),
+            Err(_) => {
+                abort.abort();
+                (Err(Stop::WallTime(limits.wall)), None)
+            }
         };
-        let detected = store.data_mut().detected.take();
         StepReport {
             step: step_id,
             detected,
             module_sha256: step.module_sha256.clone(),
             result,
             stdout: stdout.take(),
-            stderr: stderr_text,
+            stderr: stderr.take(),
             duration: started.elapsed(),
         }
     }

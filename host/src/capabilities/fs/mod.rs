@@ -9,12 +9,12 @@
 mod beneath;
 
 use std::io;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use globset::GlobMatcher;
 use nix::sys::stat::{FileStat, SFlag};
 
-use self::beneath::Entry;
+use self::beneath::{Entry, WalkError};
 use super::{Denial, FsRules, Grant, PatternError, glob};
 use crate::backup::{Backups, Original};
 pub use crate::durable::kind;
@@ -50,49 +50,38 @@ impl Access {
     }
 }
 
-/// A checked path: what the step sees and where it really is.
-#[derive(Debug, Clone)]
+/// A checked path: what the step sees, where it really is, and the walk that reached it (the
+/// operation uses the walk's descriptor, never the path again: `beneath.rs`).
 pub struct Resolved {
     /// The step's view of the resolved path (symlinks and `..` followed).
     pub logical: PathBuf,
     pub real: PathBuf,
-    /// The sysroot's canonical directory, where the operation's walk starts (`beneath.rs`).
-    root: PathBuf,
+    /// The object's directory and name; `None` when a directory on the way does not exist.
+    entry: Option<Entry>,
+    /// What the object was when checked; `None` when absent.
+    stat: Option<FileStat>,
     /// A write may create the file (it did not exist when checked, and `create` allows it).
     pub(crate) creatable: bool,
 }
 
-/// Resolves `logical` under the sysroot: the longest existing prefix is canonicalised
-/// (following symlinks and `..`), and the rest, which does not exist yet, is appended.
+impl std::fmt::Debug for Resolved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resolved").field("logical", &self.logical).field("real", &self.real).field("creatable", &self.creatable).finish()
+    }
+}
+
+/// Resolves `logical` under the sysroot in one walk on descriptors (`beneath::walk`).
 fn resolve(sysroot: &Sysroot, logical: &str) -> Result<Resolved, Denial> {
     let invalid = |why: &str| Denial::Invalid { what: format!("path {logical:?}"), why: why.into() };
     if !logical.starts_with('/') || logical.contains('\0') {
         return Err(invalid("paths must be absolute"));
     }
-    let mapped = sysroot.map(Path::new(logical));
-    let mut existing = mapped.as_path();
-    let mut rest = Vec::new();
-    let base = loop {
-        match existing.canonicalize() {
-            Ok(p) => break p,
-            Err(_) => {
-                let name = existing.file_name().ok_or_else(|| invalid("no existing ancestor"))?;
-                rest.push(name.to_owned());
-                existing = existing.parent().ok_or_else(|| invalid("no existing ancestor"))?;
-            }
-        }
-    };
-    let mut real = base;
-    for name in rest.iter().rev() {
-        if matches!(Path::new(name).components().next(), Some(Component::ParentDir | Component::CurDir)) {
-            return Err(invalid("'..' through a directory that does not exist"));
-        }
-        real.push(name);
+    match beneath::walk(sysroot.root(), Path::new(logical)) {
+        Ok(walk) => Ok(Resolved { real: sysroot.map(&walk.logical), logical: walk.logical, entry: walk.entry, stat: walk.stat, creatable: false }),
+        Err(WalkError::Outside { to }) => Err(Denial::Invalid { what: format!("path {logical}"), why: format!("it leads to {to}, outside the sysroot") }),
+        Err(WalkError::Invalid(why)) => Err(invalid(why)),
+        Err(WalkError::Io(e)) => Err(Denial::Invalid { what: format!("path {logical}"), why: format!("it cannot be resolved: {e}") }),
     }
-    let step_view = sysroot
-        .unmap(&real)
-        .ok_or_else(|| Denial::Invalid { what: format!("path {logical}"), why: format!("it resolves to {}, outside the sysroot", real.display()) })?;
-    Ok(Resolved { logical: step_view, real, root: sysroot.root().to_owned(), creatable: false })
 }
 
 impl Grant {
@@ -110,7 +99,7 @@ impl Grant {
         )?;
         // Creating is granted apart from changing: a new file in a directory of fragments (a
         // systemd drop-in, a conf.d) adds behaviour that no existing file had.
-        if access == Access::Write && resolved.real.symlink_metadata().is_err_and(|e| e.kind() == io::ErrorKind::NotFound) {
+        if access == Access::Write && resolved.stat.is_none() {
             self.both(|| format!("creation of {shown} (a new file)"), |side| matches(&side.fs.create))?;
             resolved.creatable = true;
         }
@@ -119,8 +108,8 @@ impl Grant {
 }
 
 impl Resolved {
-    fn entry(&self) -> io::Result<Entry> {
-        Entry::locate(&self.root, &self.real)
+    fn entry(&self) -> io::Result<&Entry> {
+        self.entry.as_ref().ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("a directory of {} does not exist", self.logical.display())))
     }
 }
 
@@ -129,21 +118,19 @@ pub fn read(path: &Resolved, max: usize) -> io::Result<Vec<u8>> {
     path.entry()?.read(max)
 }
 
+/// Whether the path led to something when it was checked (a walk that just happened).
 pub fn exists(path: &Resolved) -> io::Result<bool> {
-    match path.entry() {
-        Ok(entry) => Ok(entry.stat()?.is_some()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(e),
-    }
+    Ok(path.stat.is_some())
 }
 
 pub fn list(path: &Resolved) -> io::Result<Vec<String>> {
     path.entry()?.list()
 }
 
-/// What the path is, without following a final symlink.
+/// What the path leads to, as the walk that checked it found it (a final symlink followed,
+/// as for a read).
 pub fn metadata(path: &Resolved) -> io::Result<FileStat> {
-    path.entry()?.stat()?.ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))
+    path.stat.ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))
 }
 
 /// Replaces the file's content atomically, keeping its mode and owner.

@@ -2,12 +2,13 @@
 //! checked and listed, not made; an append is journaled so that a resumed step neither loses
 //! nor doubles it.
 //!
-//! A call runs on the runtime's thread: nothing it opens can block (files are opened
-//! `O_NONBLOCK` and checked regular before any read, directories `O_DIRECTORY`), and moving
-//! each call to tokio's blocking pool made the 4 KB read 53 µs instead of the 20 µs goal
-//! (`cargo xtask bench`, tried and taken back out). A hung network filesystem under `/opt/canopsis` would still hold the
-//! run past `wall_seconds` (a known gap in the README). The call's time counts against the
-//! step's CPU budget: it is work canup does for the step.
+//! A call runs on the runtime's thread, synchronously: moving each call to tokio's blocking
+//! pool made the 4 KB read 53 µs instead of the 20 µs goal (`cargo xtask bench`, tried and
+//! taken back out), and nothing a call opens can block for long (files are opened
+//! `O_NONBLOCK` and checked regular before any read, directories `O_DIRECTORY`). A call that
+//! blocks all the same (a hung network filesystem) holds only the step's own task: the
+//! wall-time timer runs in another (`Sandbox::run`). The call's time counts against the step's
+//! CPU budget: it is work canup does for the step.
 
 use std::io;
 use std::path::Path;
