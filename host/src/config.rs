@@ -127,9 +127,9 @@ impl LimitsConfig {
 pub enum ConfigError {
     #[error("cannot read config {path}: {source}")]
     Read { path: String, source: std::io::Error },
-    /// toml's message names the key and shows the line.
+    /// toml's message shows the line; an unknown key is named by its path.
     #[error("config {path}: {source}")]
-    Parse { path: String, source: Box<toml::de::Error> },
+    Parse { path: String, source: crate::formats::StrictError },
 }
 
 impl Config {
@@ -140,7 +140,7 @@ impl Config {
     }
 
     pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse { path: origin.to_owned(), source: Box::new(e) })
+        crate::formats::strict_toml(text).map_err(|source| ConfigError::Parse { path: origin.to_owned(), source })
     }
 
     pub fn state_dir(&self) -> PathBuf {

@@ -23,6 +23,8 @@ pub enum ExitCode {
     Pending,
     /// The operator declined the plan.
     Declined,
+    /// Every step ran, but detection after the run did not find the target installed.
+    Unverified,
     /// The target is in another major version.
     MajorTarget,
     /// The target is older than the installed version.
@@ -36,7 +38,7 @@ pub enum ExitCode {
 }
 
 impl ExitCode {
-    pub const ALL: [ExitCode; 14] = [
+    pub const ALL: [ExitCode; 15] = [
         ExitCode::Success,
         ExitCode::StepFailed,
         ExitCode::Usage,
@@ -46,6 +48,7 @@ impl ExitCode {
         ExitCode::Locked,
         ExitCode::Pending,
         ExitCode::Declined,
+        ExitCode::Unverified,
         ExitCode::MajorTarget,
         ExitCode::Downgrade,
         ExitCode::NotInRepository,
@@ -64,6 +67,7 @@ impl ExitCode {
             ExitCode::Locked => 6,
             ExitCode::Pending => 7,
             ExitCode::Declined => 8,
+            ExitCode::Unverified => 9,
             ExitCode::MajorTarget => 10,
             ExitCode::Downgrade => 11,
             ExitCode::NotInRepository => 12,
@@ -84,6 +88,9 @@ impl ExitCode {
             ExitCode::Locked => "another canup is applying an upgrade",
             ExitCode::Pending => "an interrupted run is pending (`--restart` to abandon it), or the repository changed under it",
             ExitCode::Declined => "the operator declined the plan",
+            ExitCode::Unverified => {
+                "every step ran, but detection after the run did not find the target installed (the run is over; see `canup status` and `canup history`)"
+            }
             ExitCode::MajorTarget => "major target: follow the migration guide",
             ExitCode::Downgrade => "downgrade",
             ExitCode::NotInRepository => "target not in the repository",

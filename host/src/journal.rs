@@ -35,8 +35,13 @@ pub struct PlannedRef {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum Outcome {
+    /// Every step succeeded and detection after the run found the target installed.
     Succeeded,
+    /// A step failed; on a run, the operator abandoned it (`apply --restart`).
     Failed,
+    /// Every step succeeded but detection after the run did not find the target installed:
+    /// the run is over (re-running plans again from what is installed), and not a success.
+    Unverified,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -70,6 +75,9 @@ pub enum Event {
         run: String,
         time: String,
         outcome: Outcome,
+        /// What the operator is told about the outcome (what detection found, for one).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message: Option<String>,
     },
     /// A changing file operation is about to happen; `expect` is the sha256 of the file it
     /// leaves. A crash before the matching `ActionDone` is resolved by looking at the file.
@@ -200,6 +208,9 @@ pub struct RunRecord {
     pub planned: Vec<PlannedRef>,
     pub steps: Vec<StepRecord>,
     pub outcome: Option<Outcome>,
+    /// Why the run ended as it did, when it says (see [`Event::RunFinished`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
     /// (step, action, occurrence) → what became of it, across every attempt of the run.
     #[serde(skip)]
     pub actions: std::collections::HashMap<(String, String, u32), PastAction>,
@@ -242,6 +253,7 @@ pub fn runs(events: &[Event]) -> Vec<RunRecord> {
                 planned: steps.clone(),
                 steps: Vec::new(),
                 outcome: None,
+                message: None,
                 actions: Default::default(),
             }),
             Event::StepStarted { run, step, .. } => {
@@ -260,9 +272,10 @@ pub fn runs(events: &[Event]) -> Vec<RunRecord> {
                     s.module_sha256 = module_sha256.clone();
                 }
             }
-            Event::RunFinished { run, outcome, .. } => {
+            Event::RunFinished { run, outcome, message, .. } => {
                 if let Some(r) = runs.iter_mut().rev().find(|r| &r.run == run) {
                     r.outcome = Some(*outcome);
+                    r.message = message.clone();
                 }
             }
             Event::ActionStarted { run, step, action, occurrence, expect } => {
@@ -280,9 +293,12 @@ pub fn runs(events: &[Event]) -> Vec<RunRecord> {
     runs
 }
 
-/// The run to resume: the newest one that did not finish successfully.
+/// The run to resume: the newest one, when it did not finish. A finished run is never
+/// resumed, whatever its outcome: an abandoned one was given up by the operator, and an
+/// unverified one has nothing left to run (planning again from what is installed is what
+/// makes sense after it).
 pub fn unfinished(events: &[Event]) -> Option<RunRecord> {
-    runs(events).into_iter().last().filter(|r| r.outcome != Some(Outcome::Succeeded))
+    runs(events).into_iter().last().filter(|r| r.outcome.is_none())
 }
 
 /// The changing actions of one attempt of one step, journaled as they finish, and those of
@@ -473,7 +489,7 @@ mod tests {
             finished("r1", "a", Outcome::Failed),
             Event::StepStarted { run: "r1".into(), step: "a".into(), time: now() },
             finished("r1", "a", Outcome::Succeeded),
-            Event::RunFinished { run: "r1".into(), time: now(), outcome: Outcome::Succeeded },
+            Event::RunFinished { run: "r1".into(), time: now(), outcome: Outcome::Succeeded, message: None },
         ] {
             j.append(&e).unwrap();
         }

@@ -28,6 +28,7 @@ pub mod capabilities;
 pub mod config;
 pub mod durable;
 pub mod exit;
+pub mod formats;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod journal;

@@ -56,9 +56,8 @@ macro_rules! display_as_serde {
 }
 display_as_serde!(Phase, Method, Edition);
 
-/// One step.
+/// One step. Lenient in the index, strict in a `step.toml` (see [`crate::formats`]).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct StepManifest {
     /// Unique in the repository, e.g. `3.40.0/webserver-services`.
     pub id: String,
@@ -73,6 +72,10 @@ pub struct StepManifest {
     pub description: String,
     #[serde(default)]
     pub capabilities: CapabilitySet,
+    /// Features of the manifest format this step needs its canup to implement (see
+    /// [`crate::formats`]); a canup without one of them refuses the index.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requires: Vec<String>,
 }
 
 impl StepManifest {
@@ -87,6 +90,7 @@ impl StepManifest {
             editions: vec![Edition::Core],
             description: String::new(),
             capabilities: CapabilitySet::default(),
+            requires: Vec::new(),
         }
     }
 }
@@ -95,7 +99,6 @@ impl StepManifest {
 /// the vendor ships with every release of a range (`applies = ">=3.0.0, <4.0.0"`: the
 /// standard procedure, detection), which publishing adds to each matching release.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct ReleaseSteps {
     #[serde(default)]
     pub release: Option<Version>,
@@ -115,7 +118,9 @@ pub enum ManifestError {
     #[error("cannot read manifest {path}: {source}")]
     Read { path: String, source: std::io::Error },
     #[error("manifest {path}: {source}")]
-    Parse { path: String, source: Box<toml::de::Error> },
+    Parse { path: String, source: crate::formats::StrictError },
+    #[error("manifest {path}: step {step} requires {features}, which this canup does not implement: publish it with a newer canup")]
+    Requires { path: String, step: String, features: String },
     #[error("manifest {path} has no step {id:?}; it has: {available}")]
     NoSuchStep { path: String, id: String, available: String },
     #[error("manifest {path} has several steps ({available}); choose one with --step")]
@@ -130,9 +135,15 @@ impl ReleaseSteps {
     pub fn load(path: &Path) -> Result<Self, ManifestError> {
         let shown = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read { path: shown.clone(), source })?;
-        let steps: Self = toml::from_str(&text).map_err(|e| ManifestError::Parse { path: shown.clone(), source: Box::new(e) })?;
+        let steps: Self = crate::formats::strict_toml(&text).map_err(|source| ManifestError::Parse { path: shown.clone(), source })?;
         if steps.release.is_some() == steps.applies.is_some() {
             return Err(ManifestError::ReleaseOrRange { path: shown });
+        }
+        for step in &steps.steps {
+            let unknown = crate::formats::unknown_features(&step.requires);
+            if !unknown.is_empty() {
+                return Err(ManifestError::Requires { path: shown, step: step.id.clone(), features: unknown.join(", ") });
+            }
         }
         Ok(steps)
     }
@@ -184,9 +195,17 @@ args = ["restart"]
     }
 
     #[test]
-    fn unknown_keys_are_errors_that_name_the_key() {
-        let e = toml::from_str::<ReleaseSteps>("release = \"1.0.0\"\napi = \"1.0.0\"\nsurprise = 1\n").unwrap_err();
-        assert!(e.to_string().contains("surprise"), "{e}");
-        assert!(e.to_string().contains("line 3"), "{e}");
+    fn unknown_keys_and_features_are_errors_that_name_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("step.toml");
+        let base = "release = \"1.0.0\"\napi = \"1.0.0\"\n[[step]]\nid = \"s\"\nphase = \"update\"\nmethods = [\"packages\"]\neditions = [\"core\"]\n";
+        std::fs::write(&path, format!("{base}[step.capabilities.fs]\nraed = [\"/x\"]\n")).unwrap();
+        let e = ReleaseSteps::load(&path).unwrap_err().to_string();
+        assert!(e.contains("unknown key `step.0.capabilities.fs.raed`"), "{e}");
+        std::fs::write(&path, format!("{base}requires = [\"time-travel\"]\n")).unwrap();
+        let e = ReleaseSteps::load(&path).unwrap_err().to_string();
+        assert!(e.contains("step s requires time-travel, which this canup does not implement"), "{e}");
+        std::fs::write(&path, base).unwrap();
+        assert!(ReleaseSteps::load(&path).is_ok());
     }
 }

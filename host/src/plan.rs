@@ -14,7 +14,7 @@ use thiserror::Error;
 
 use crate::capabilities::CapabilitySet;
 use crate::manifest::{Edition, Method, Phase};
-use crate::repository::{Index, IndexStep};
+use crate::repository::{Barrier, Index, IndexStep};
 
 /// The major version of a Canopsis release: the first number up to 4.x, YY.MM from 22.10 on
 /// (`numeros-version-canopsis.md`).
@@ -37,6 +37,11 @@ pub enum PlanError {
     UnknownInstalled(Version),
     #[error("{installed} → {target} is a major upgrade: follow the migration guide for Canopsis {major}; canup only runs regular upgrades")]
     Major { installed: Version, target: Version, major: String },
+    #[error(
+        "{} → {} crosses {}, which needs the migration guide \"{}\" ({}): {}. canup never plans across a migration guide: follow it by hand up to {}; canup plans from there",
+        .0.installed, .0.target, .0.at, .0.barrier.guide, .0.barrier.url, .0.barrier.reason, .0.at
+    )]
+    Barrier(Box<Crossing>),
     #[error("{target} is older than the installed {installed}: canup does not downgrade; restore a backup instead")]
     Downgrade { installed: Version, target: Version },
     #[error("release {0} is not in the repository; `canup status` lists the reachable targets")]
@@ -52,13 +57,23 @@ impl PlanError {
     pub fn exit_code(&self) -> crate::exit::ExitCode {
         use crate::exit::ExitCode;
         match self {
-            PlanError::Major { .. } => ExitCode::MajorTarget,
+            PlanError::Major { .. } | PlanError::Barrier(_) => ExitCode::MajorTarget,
             PlanError::Downgrade { .. } => ExitCode::Downgrade,
             PlanError::NotInRepository(_) | PlanError::NoTarget(_) => ExitCode::NotInRepository,
             PlanError::Withdrawn { .. } => ExitCode::Withdrawn,
             PlanError::UnknownInstalled(_) => ExitCode::UnknownInstalled,
         }
     }
+}
+
+/// A plan that would cross a migration barrier.
+#[derive(Debug, PartialEq)]
+pub struct Crossing {
+    pub installed: Version,
+    pub target: Version,
+    /// The release that carries the barrier.
+    pub at: Version,
+    pub barrier: Barrier,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -81,14 +96,23 @@ pub struct Plan {
     pub steps: Vec<PlannedStep>,
 }
 
-/// The newest regular (non-pre-release, not withdrawn) release of the installed major.
+/// The newest regular (non-pre-release, not withdrawn) release of the installed major
+/// before the next migration barrier.
 pub fn newest_target(index: &Index, installed: &Version) -> Option<Version> {
+    let barrier = next_barrier(index, installed).map(|(v, _)| v);
     index
         .releases
         .iter()
         .filter(|r| r.version.pre.is_empty() && r.withdrawn.is_none() && major_of(&r.version) == major_of(installed))
+        .filter(|r| barrier.is_none_or(|b| r.version < *b))
         .map(|r| r.version.clone())
         .max()
+}
+
+/// The first release after `installed` that carries a migration barrier, withdrawn or not:
+/// a withdrawn release's guide still stands between the versions around it.
+pub fn next_barrier<'a>(index: &'a Index, installed: &Version) -> Option<(&'a Version, &'a Barrier)> {
+    index.releases.iter().filter(|r| r.version > *installed).find_map(|r| r.barrier.as_ref().map(|b| (&r.version, b)))
 }
 
 pub fn plan(index: &Index, installed: &Version, target: Option<&Version>, edition: Edition, method: Method) -> Result<Plan, PlanError> {
@@ -104,6 +128,9 @@ pub fn plan(index: &Index, installed: &Version, target: Option<&Version>, editio
     }
     if major_of(&target) != major_of(installed) {
         return Err(PlanError::Major { major: show_major(&target), installed: installed.clone(), target });
+    }
+    if let Some((at, barrier)) = next_barrier(index, installed).filter(|(at, _)| **at <= target) {
+        return Err(PlanError::Barrier(Box::new(Crossing { installed: installed.clone(), target, at: at.clone(), barrier: barrier.clone() })));
     }
     let target_release = index.release(&target).ok_or_else(|| PlanError::NotInRepository(target.clone()))?;
     if let Some(reason) = &target_release.withdrawn {
@@ -175,7 +202,7 @@ mod tests {
             step(&format!("{v}/drain"), Phase::Verify, 0, &[Packages, Compose], &[Core, Cat]),
         ];
         steps.extend(extra);
-        Release { version: Version::parse(v).unwrap(), published: "2020-01-01".into(), withdrawn: None, steps, data: Vec::new() }
+        Release { version: Version::parse(v).unwrap(), published: "2020-01-01".into(), withdrawn: None, barrier: None, steps, data: Vec::new() }
     }
 
     fn index() -> Index {
@@ -183,6 +210,7 @@ mod tests {
         use Method::*;
         Index {
             format: INDEX_FORMAT,
+            requires: Vec::new(),
             releases: vec![
                 release("3.37.0", vec![]),
                 release("3.38.0", vec![step("3.38.0/mongo-rename", Phase::PreUpdate, 0, &[Packages, Compose], &[Core, Cat])]),
@@ -282,6 +310,42 @@ mod tests {
         assert!(plan(&i, &v("22.10.0"), Some(&v("22.10.1")), Edition::Core, Method::Packages).is_ok());
         let e = plan(&i, &v("22.10.1"), Some(&v("23.3.0")), Edition::Core, Method::Packages).unwrap_err();
         assert!(e.to_string().contains("migration guide for Canopsis 23.03"), "{e}");
+    }
+
+    /// Canopsis 4.6.0 needs its migration guide: canup upgrades up to 4.5.7 and from 4.6.0,
+    /// never across, even when 4.6.0 itself is withdrawn.
+    #[test]
+    fn a_migration_barrier_is_never_crossed() {
+        let mut i = index();
+        for r in ["4.5.7", "4.6.0", "4.6.1", "4.6.2"] {
+            i.releases.push(release(r, vec![]));
+        }
+        let guide = Barrier {
+            guide: "Guide de migration vers Canopsis 4.6.0".into(),
+            url: "https://doc.canopsis.net/migration/migration-4.6.0/".into(),
+            reason: "new MongoDB collections".into(),
+        };
+        i.releases.iter_mut().find(|r| r.version == v("4.6.0")).unwrap().barrier = Some(guide.clone());
+        let e = plan(&i, &v("4.5.7"), Some(&v("4.6.2")), Edition::Core, Method::Packages).unwrap_err();
+        assert_eq!(e.exit_code().code(), 10);
+        assert_eq!(
+            e.to_string(),
+            "4.5.7 → 4.6.2 crosses 4.6.0, which needs the migration guide \"Guide de migration vers Canopsis 4.6.0\" (https://doc.canopsis.net/migration/migration-4.6.0/): new MongoDB collections. canup never plans across a migration guide: follow it by hand up to 4.6.0; canup plans from there"
+        );
+        assert!(
+            matches!(plan(&i, &v("4.5.7"), Some(&v("4.6.0")), Edition::Core, Method::Packages), Err(PlanError::Barrier { .. })),
+            "the barrier release itself"
+        );
+        assert_eq!(newest_target(&i, &v("4.5.7")), Some(v("4.5.7")), "nothing newer before the barrier");
+        assert_eq!(next_barrier(&i, &v("4.5.7")).map(|(at, _)| at), Some(&v("4.6.0")));
+        let p = plan(&i, &v("4.6.0"), Some(&v("4.6.2")), Edition::Core, Method::Packages).unwrap();
+        assert_eq!(p.releases, [v("4.6.1"), v("4.6.2")], "at the barrier, planning is normal");
+        assert_eq!(newest_target(&i, &v("4.6.0")), Some(v("4.6.2")));
+        i.releases.iter_mut().find(|r| r.version == v("4.6.0")).unwrap().withdrawn = Some("superseded by 4.6.1".into());
+        let e = plan(&i, &v("4.5.7"), Some(&v("4.6.2")), Edition::Core, Method::Packages).unwrap_err();
+        assert!(matches!(&e, PlanError::Barrier(c) if c.at == v("4.6.0")), "a withdrawn barrier release still stands: {e}");
+        let p = plan(&i, &v("4.5.7"), None, Edition::Core, Method::Packages).unwrap();
+        assert!(p.target == v("4.5.7") && p.steps.is_empty(), "no default target across it either: {p:?}");
     }
 
     #[test]

@@ -39,8 +39,12 @@ async fn host(spec: Spec) -> Host {
 }
 
 async fn host_with_policy(spec: Spec, policy: &str) -> Host {
-    let repo = repository();
-    let url = serve_repo(repo.clone(), Control::default()).await;
+    host_on(repository(), spec, policy).await
+}
+
+/// A simulated host whose canup uses the repository at `repo`.
+async fn host_on(repo: &Path, spec: Spec, policy: &str) -> Host {
+    let url = serve_repo(repo.to_path_buf(), Control::default()).await;
     // 3.39.0 unbinds Engine_che and the verify phase watches the queues: a real RabbitMQ.
     Admin::new().setup_canopsis_once().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -314,12 +318,9 @@ async fn a_kill_mid_step_resumes_and_each_step_completes_once() {
     let pid: i32 = h.sim.read("/var/lib/canup-sim/blocked-init").unwrap().trim().parse().unwrap();
     assert!(canup_tests::process_alive(pid), "the interrupted init outlives canup");
     let log = h.dir.path().join("resume.log");
-    let mut resume = h
-        .canup(&["apply", "--yes", "--accept-manual"])
-        .stdout(std::fs::File::create(&log).unwrap())
-        .stderr(std::fs::File::options().append(true).open(&log).unwrap())
-        .spawn()
-        .unwrap();
+    // Both streams append: a stdout opened at offset 0 would write over what stderr added.
+    let append = || std::fs::File::options().create(true).append(true).open(&log).unwrap();
+    let mut resume = h.canup(&["apply", "--yes", "--accept-manual"]).stdout(append()).stderr(append()).spawn().unwrap();
     let start = Instant::now();
     while !std::fs::read_to_string(&log).unwrap_or_default().contains("which the interrupted run started and is still running") {
         assert!(start.elapsed() < Duration::from_secs(60), "the resumed run never waited: {}", std::fs::read_to_string(&log).unwrap_or_default());
@@ -411,4 +412,114 @@ async fn status_and_plan_report_in_json() {
     assert_eq!(ids[1], "procedure-3.x/yum-update");
     assert_eq!(ids.last(), Some(&"broadcast/withdraw"));
     assert!(ids.contains(&"3.39.0/unbind-che") && ids.contains(&"drain/queues"));
+}
+
+/// A vendor publishing 3.41.0 with its own note step only (no `--include` of the standard
+/// procedure, as the `add-release` example reads): every step succeeds and nothing installs
+/// 3.41.0. The run must end failed, naming what detection found, in the journal and in
+/// `--json`, and a second run must not succeed either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_published_without_its_procedure_ends_failed_with_the_version_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    canup_tests::copy_dir(repository(), &repo).unwrap();
+    publish_note_only(&repo, "3.41.0");
+    let h = host_on(&repo, Spec { version: "3.40.0".into(), ..Spec::default() }, OPERATOR_POLICY).await;
+
+    for attempt in 0..2 {
+        let out = h.run(&["apply", "--to", "3.41.0", "--yes", "--json"]);
+        assert_eq!(out.status.code(), Some(9), "attempt {attempt}: {}", text(&out));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["outcome"], "unverified", "{report:#}");
+        let error = report["error"].as_str().unwrap();
+        assert!(error.contains("Canopsis is not at 3.41.0: detection after the run found Canopsis 3.40.0 (core edition, packages method)"), "{error}");
+    }
+    assert_eq!(h.sim.read("/opt/canopsis/VERSION.txt").unwrap(), "Canopsis version 3.40.0\n");
+    let history: serde_json::Value = serde_json::from_slice(&h.run(&["history", "--json"]).stdout).unwrap();
+    let runs = history.as_array().unwrap();
+    assert_eq!(runs.len(), 2, "each attempt is a run of its own, planned from what is installed: {history:#}");
+    for run in runs {
+        assert_eq!(run["outcome"], "unverified", "{run:#}");
+        assert!(run["message"].as_str().unwrap().contains("expected Canopsis 3.41.0, detection after the run found Canopsis 3.40.0"), "{run:#}");
+    }
+    let shown = text(&h.run(&["history"]));
+    assert!(shown.contains("3.40.0 → 3.41.0 FAILED (not installed): expected Canopsis 3.41.0"), "{shown}");
+    let status = text(&h.run(&["status"]));
+    assert!(status.contains("installed: Canopsis 3.40.0") && !status.contains("interrupted run pending"), "{status}");
+}
+
+/// Runs a vendor command (`canup repo …`) on `repo` with the development key.
+fn vendor(repo: &Path, command: &str, args: &[&str]) {
+    let out = Command::new(canup_bin()).args(["repo", command]).arg(repo).args(args).arg("--key").arg(target_dir().join("dev-keys/dev.key")).output().unwrap();
+    assert!(out.status.success(), "canup repo {command}: {}", text(&out));
+}
+
+/// Publishes `version` with one step of its own that does nothing (the probe's `empty`), and
+/// none of the standard procedure, through the vendor command.
+fn publish_note_only(repo: &Path, version: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let steps = dir.path().join("step.toml");
+    std::fs::write(
+        &steps,
+        format!(
+            r#"release = "{version}"
+api = "1.0.0"
+published = "2026-01-05"
+
+[[step]]
+id = "empty"
+phase = "post-update"
+order = 10
+methods = ["packages", "compose"]
+editions = ["core", "cat"]
+description = "The release's own note (published without the standard procedure)"
+"#
+        ),
+    )
+    .unwrap();
+    let module = canup_tests::guest_wasm("probe");
+    vendor(repo, "add-release", &["--steps", steps.to_str().unwrap(), "--module", module.to_str().unwrap()]);
+}
+
+/// Canopsis 4.6.0 needs its migration guide. The vendor marks it a barrier with one command
+/// and the unchanged binary never plans across it, even once 4.6.0 is withdrawn; from 4.6.0
+/// on, planning is normal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_barrier_set_by_the_vendor_is_never_crossed() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    canup_tests::copy_dir(repository(), &repo).unwrap();
+    for version in ["4.6.0", "4.6.1", "4.6.2"] {
+        publish_note_only(&repo, version);
+    }
+    let guide = ["--release", "4.6.0", "--guide", "Guide de migration vers Canopsis 4.6.0", "--url", "https://doc.canopsis.net/migration/migration-4.6.0/"];
+    vendor(&repo, "barrier", &[&guide[..], &["--reason", "the engines' configuration moves to the database"]].concat());
+    let h = host_on(&repo, Spec { version: "4.5.7".into(), ..Spec::default() }, OPERATOR_POLICY).await;
+    let before = h.sim.snapshot().unwrap();
+    let refused = |h: &Host| {
+        let out = h.run(&["apply", "--to", "4.6.2", "--yes"]);
+        assert_eq!(out.status.code(), Some(10), "{}", text(&out));
+        assert!(
+            text(&out).contains("4.5.7 → 4.6.2 crosses 4.6.0, which needs the migration guide \"Guide de migration vers Canopsis 4.6.0\" (https://doc.canopsis.net/migration/migration-4.6.0/)"),
+            "{}",
+            text(&out)
+        );
+        assert!(h.changes().is_empty(), "only detection ran: {:?}", h.changes());
+        assert_eq!(h.sim.snapshot().unwrap(), before);
+    };
+    refused(&h);
+    let status = text(&h.run(&["status"]));
+    assert!(status.contains("migration barrier: 4.6.0 needs the guide \"Guide de migration vers Canopsis 4.6.0\""), "{status}");
+    assert!(status.contains("up to date: no newer regular release of this major before a migration guide"), "{status}");
+
+    // From the barrier release on, the same index plans normally.
+    let migrated = host_on(&repo, Spec { version: "4.6.0".into(), ..Spec::default() }, OPERATOR_POLICY).await;
+    let out = migrated.run(&["plan", "--to", "4.6.2", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(plan["releases"], serde_json::json!(["4.6.1", "4.6.2"]));
+
+    // Withdrawing the barrier release does not open the way across its guide.
+    vendor(&repo, "withdraw", &["--release", "4.6.0", "--reason", "superseded by 4.6.1"]);
+    refused(&h);
 }

@@ -411,3 +411,17 @@ async fn a_withdrawn_release_is_marked_in_the_index() {
     let index = repo.index().await.unwrap();
     assert_eq!(index.release(&Version::new(3, 40, 0)).unwrap().withdrawn.as_deref(), Some("breaks engine-axe; use 3.40.1"));
 }
+
+/// An index that needs a feature this canup does not implement (here on one step's manifest,
+/// as a newer vendor canup would write it) is refused as a whole, naming the feature, before
+/// any step runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repository_needing_a_newer_canup_is_refused_before_any_step() {
+    let c = case().await;
+    let mut index = vendor::read_index(&c.repo).await.unwrap();
+    let release = index.releases.iter_mut().find(|r| r.version == Version::new(3, 40, 0)).unwrap();
+    release.steps[0].manifest.requires = vec!["time-travel".into()];
+    vendor::publish_index(&c.repo, std::slice::from_ref(&c.key), &c.expiry(), &index).await.unwrap();
+    let err = c.refused(&["this repository needs a newer canup (feature time-travel, required by step 3.40.0/webserver-services)"]).await;
+    assert!(err.contains("nothing was planned"), "{err}");
+}

@@ -19,8 +19,8 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 /// The capability rules of one side (a step's declaration or the operator's policy).
+/// Unknown keys are refused where a person writes them (see [`crate::formats`]).
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct CapabilitySet {
     /// Programs the step may run, each with its argument patterns.
     #[serde(default)]
@@ -40,7 +40,6 @@ pub struct CapabilitySet {
 /// (for example `--disablerepo=[*]`). An argument equal to the pattern's text always matches,
 /// so a literal script needs no escaping.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct ExecRule {
     /// Absolute path of the program, as the step names it (before `--sysroot` mapping).
     pub program: String,
@@ -68,7 +67,6 @@ pub struct ExecRule {
 /// create kept separate: a step that edits a file declares it in read and write, one that may
 /// make it in create too.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct FsRules {
     #[serde(default)]
     pub read: Vec<String>,
@@ -81,7 +79,6 @@ pub struct FsRules {
 
 /// One endpoint, with the methods and paths the step may use on it.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct HttpRule {
     pub endpoint: String,
     /// HTTP methods; read-only `GET` unless stated.

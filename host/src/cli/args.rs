@@ -201,6 +201,23 @@ pub enum RepoCommand {
         #[command(flatten)]
         signing: SigningArgs,
     },
+    /// Put a migration barrier on a release: canup never plans across it, and names the guide
+    /// to follow by hand. Republishing the release keeps it.
+    Barrier {
+        dir: PathBuf,
+        #[arg(long)]
+        release: Version,
+        /// The migration guide's title.
+        #[arg(long)]
+        guide: String,
+        #[arg(long)]
+        url: String,
+        /// Why the guide is needed, in a sentence.
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        signing: SigningArgs,
+    },
     /// Re-sign targets, snapshot and timestamp with new versions and expiries.
     Sign {
         dir: PathBuf,

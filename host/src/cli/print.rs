@@ -24,7 +24,13 @@ pub fn status(s: &Status) {
     }
     match &s.newest_target {
         Some(t) => println!("newest regular target: {t} (canup plan --to {t})"),
-        None => println!("up to date: no newer regular release of this major"),
+        None => println!("up to date: no newer regular release of this major before a migration guide"),
+    }
+    if let Some(b) = &s.barrier {
+        println!(
+            "migration barrier: {} needs the guide \"{}\" ({}): {}; canup plans up to the release before it, and from {} once migrated",
+            b.release, b.barrier.guide, b.barrier.url, b.barrier.reason, b.release
+        );
     }
     if let Some(r) = &s.pending_run {
         println!("interrupted run pending: {r}; `canup apply` resumes it");
@@ -46,7 +52,14 @@ pub fn apply_summary(summary: &ApplySummary, dry_run: bool) {
             println!("  {line}");
         }
     } else {
-        println!("Canopsis is now at {} (backups of changed files: canup restore-files {})", summary.plan.target, summary.run);
+        match &summary.verified {
+            Some(found) => println!(
+                "Canopsis is now at {}: detection after the run found it installed ({} edition, {} method). Backups of changed files: canup restore-files {}",
+                found.installed, found.edition, found.method, summary.run
+            ),
+            // `apply` verifies every real run; a summary without it is a bug, not a success.
+            None => println!("the run {} ended without verifying what is installed: run `canup status`", summary.run),
+        }
     }
 }
 
@@ -71,11 +84,12 @@ pub fn apply_json(result: &Result<ApplySummary, UpgradeError>, dry_run: bool) {
                 "steps_ran": ran,
                 "already_done": s.skipped,
                 "recorded": s.recorded,
+                "verified": s.verified,
             })
         }
         Err(e) => serde_json::json!({
-            "outcome": "failed",
-            "changed": matches!(e, UpgradeError::StepFailed { .. }),
+            "outcome": if matches!(e, UpgradeError::Unverified { .. }) { "unverified" } else { "failed" },
+            "changed": matches!(e, UpgradeError::StepFailed { .. } | UpgradeError::Unverified { .. }),
             "exit_code": e.exit_code().code(),
             "error": e.to_string(),
         }),
@@ -144,13 +158,15 @@ pub fn history(runs: &[RunRecord], state_dir: &Path) {
         let outcome = match r.outcome {
             Some(journal::Outcome::Succeeded) => "succeeded",
             Some(journal::Outcome::Failed) => "abandoned",
+            Some(journal::Outcome::Unverified) => "FAILED (not installed)",
             None => "interrupted (resumable)",
         };
-        println!("run {} ({}): {} → {} {}", r.run, r.started, r.installed, r.target, outcome);
+        let why = r.message.as_ref().map(|m| format!(": {m}")).unwrap_or_default();
+        println!("run {} ({}): {} → {} {outcome}{why}", r.run, r.started, r.installed, r.target);
         for s in &r.steps {
             let o = match s.outcome {
                 Some(journal::Outcome::Succeeded) => "ok".to_owned(),
-                Some(journal::Outcome::Failed) => format!("FAILED: {}", s.message.clone().unwrap_or_default()),
+                Some(journal::Outcome::Failed | journal::Outcome::Unverified) => format!("FAILED: {}", s.message.clone().unwrap_or_default()),
                 None => "interrupted".to_owned(),
             };
             println!("  {:<40} {o:<10} {:>6} ms  module {}", s.step, s.duration_ms, &s.module_sha256[..s.module_sha256.len().min(12)]);

@@ -83,6 +83,11 @@ pub async fn run(global: &GlobalArgs, cmd: RepoCommand) -> Result<(), Failure> {
             vendor::withdraw(&dir, &keys, &expiry.expiry(), &release, &reason).await.map_err(vendor_err)?;
             println!("withdrew release {release}");
         }
+        RepoCommand::Barrier { dir, release, guide, url, reason, signing: SigningArgs { keys, expiry } } => {
+            let barrier = canup::repository::Barrier { guide, url, reason };
+            vendor::set_barrier(&dir, &keys, &expiry.expiry(), &release, barrier).await.map_err(vendor_err)?;
+            println!("release {release} is a migration barrier: canup plans up to the release before it and from it, never across");
+        }
         RepoCommand::Sign { dir, signing: SigningArgs { keys, expiry } } => {
             vendor::sign(&dir, &keys, &expiry.expiry()).await.map_err(vendor_err)?;
             println!("signed {}", dir.display());
@@ -159,7 +164,10 @@ async fn verify(settings: &Settings, cache_dir: Option<PathBuf>) -> Result<(), F
     let index = repo.index().await.map_err(unverified)?;
     let mut modules = std::collections::BTreeSet::new();
     for release in &index.releases {
-        let state = release.withdrawn.as_ref().map(|r| format!(" WITHDRAWN: {r}")).unwrap_or_default();
+        let mut state = release.withdrawn.as_ref().map(|r| format!(" WITHDRAWN: {r}")).unwrap_or_default();
+        if let Some(b) = &release.barrier {
+            state.push_str(&format!(" BARRIER: {} ({})", b.guide, b.url));
+        }
         println!("  release {} ({}) {} steps{state}", release.version, release.published, release.steps.len());
         for step in &release.steps {
             if modules.insert(step.module.clone()) {

@@ -13,16 +13,19 @@ pub const INDEX_TARGET: &str = "index.json";
 /// The index format this canup reads.
 pub const INDEX_FORMAT: u32 = 1;
 
+/// The index. Fields this canup does not know are ignored, and those it must not ignore are
+/// announced in `requires` (the compatibility rule: [`crate::formats`]).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
-#[serde(deny_unknown_fields)]
 pub struct Index {
     pub format: u32,
+    /// Features of the format a reader must implement to plan from this index.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requires: Vec<String>,
     /// Ascending by version.
     pub releases: Vec<Release>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct Release {
     pub version: Version,
     /// Publication date (YYYY-MM-DD), from the release note.
@@ -30,6 +33,10 @@ pub struct Release {
     /// Set when the vendor withdrew the release: the reason shown to operators.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub withdrawn: Option<String>,
+    /// Set when reaching this release needs its migration guide: canup never plans across it
+    /// (feature `barriers`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub barrier: Option<Barrier>,
     pub steps: Vec<IndexStep>,
     /// Files the vendor ships with the release for its steps to read (e.g. the reference
     /// Compose files), each a signed target like the modules.
@@ -37,9 +44,20 @@ pub struct Release {
     pub data: Vec<IndexData>,
 }
 
+/// A migration guide between a release and the ones before it: an operator follows it by
+/// hand (the guides change databases, configuration layouts and the OS), then canup plans
+/// from the release reached.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Barrier {
+    /// The guide's title, as the vendor's documentation names it.
+    pub guide: String,
+    pub url: String,
+    /// Why the guide is needed, in a sentence.
+    pub reason: String,
+}
+
 /// One data file of a release.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct IndexData {
     /// The name steps ask for, a relative path such as `compose/docker-compose.yml`.
     pub name: String,
@@ -52,7 +70,6 @@ pub struct IndexData {
 
 /// One step as published: its manifest plus the module that implements it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct IndexStep {
     /// The step API the module was built against.
     pub api: Version,
@@ -70,20 +87,49 @@ pub enum IndexError {
     Parse(#[from] serde_json::Error),
     #[error("the release index has format {found}; this canup reads format {INDEX_FORMAT}: update canup")]
     Format { found: u32 },
+    #[error("this repository needs a newer canup (feature {}{}); nothing was planned: update canup", .features.join(", "), .step.as_ref().map(|s| format!(", required by step {s}")).unwrap_or_default())]
+    NeedsNewer { features: Vec<String>, step: Option<String> },
 }
 
 impl Index {
     pub fn parse(bytes: &[u8]) -> Result<Self, IndexError> {
-        // The format is checked before the rest so that a newer index gets the clear message.
-        #[derive(Deserialize)]
-        struct Head {
-            format: u32,
+        // The format and the required features are checked on the untyped document first, so
+        // that an index using something new gets the clear message even where the new thing
+        // would not parse into this canup's types.
+        use serde_json::Value;
+        let document: Value = serde_json::from_slice(bytes)?;
+        let found = document.get("format").and_then(Value::as_u64).unwrap_or(0);
+        if found != u64::from(INDEX_FORMAT) {
+            return Err(IndexError::Format { found: u32::try_from(found).unwrap_or(u32::MAX) });
         }
-        let head: Head = serde_json::from_slice(bytes)?;
-        if head.format != INDEX_FORMAT {
-            return Err(IndexError::Format { found: head.format });
+        let requires = |v: &Value| -> Vec<String> {
+            let names = v.get("requires").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+            crate::formats::unknown_features(&names.iter().map(|n| n.as_str().map_or_else(|| n.to_string(), str::to_owned)).collect::<Vec<_>>())
+        };
+        let features = requires(&document);
+        if !features.is_empty() {
+            return Err(IndexError::NeedsNewer { features, step: None });
         }
-        Ok(serde_json::from_slice(bytes)?)
+        let list = |v: &Value, key: &str| v.get(key).and_then(Value::as_array).cloned().unwrap_or_default();
+        for step in list(&document, "releases").iter().flat_map(|r| list(r, "steps")) {
+            let manifest = step.get("manifest").cloned().unwrap_or_default();
+            let features = requires(&manifest);
+            if !features.is_empty() {
+                let id = manifest.get("id").and_then(Value::as_str).unwrap_or("(no id)").to_owned();
+                return Err(IndexError::NeedsNewer { features, step: Some(id) });
+            }
+        }
+        Ok(serde_json::from_value(document)?)
+    }
+
+    /// The features this index uses that a canup must implement to plan from it: what the
+    /// vendor commands write in `requires`.
+    pub fn features_used(&self) -> Vec<String> {
+        let mut used = Vec::new();
+        if self.releases.iter().any(|r| r.barrier.is_some()) {
+            used.push(crate::formats::BARRIERS.to_owned());
+        }
+        used
     }
 
     pub fn release(&self, version: &Version) -> Option<&Release> {
@@ -91,9 +137,45 @@ impl Index {
     }
 
     /// Adds or replaces a release, keeping releases sorted by version.
-    pub fn upsert(&mut self, release: Release) {
+    /// A migration barrier set earlier stays: republishing a release's steps does not lift it.
+    pub fn upsert(&mut self, mut release: Release) {
+        if release.barrier.is_none() {
+            release.barrier = self.release(&release.version).and_then(|r| r.barrier.clone());
+        }
         self.releases.retain(|r| r.version != release.version);
         self.releases.push(release);
         self.releases.sort_by(|a, b| a.version.cmp(&b.version));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn document(extra_index: &str, extra_manifest: &str) -> String {
+        format!(
+            r#"{{"format": 1, {extra_index} "future-index-field": {{"any": ["shape"]}},
+               "releases": [{{"version": "3.40.0", "published": "2020-05-04", "future-release-field": 1,
+                 "steps": [{{"api": "1.0.0", "module": "m.wasm", "sha256": "00", "length": 1, "future-step-field": true,
+                   "manifest": {{"id": "3.40.0/x", "phase": "update", "methods": ["packages"], "editions": ["core"], {extra_manifest}
+                     "future-manifest-field": "x", "capabilities": {{"fs": {{"read": ["/opt/canopsis/**"], "future-fs-field": []}}}}}}}}]}}]}}"#
+        )
+    }
+
+    /// The compatibility rule (`crate::formats`): unknown fields are ignored at every level;
+    /// an unknown required feature, on the index or on a manifest, refuses the whole index.
+    #[test]
+    fn unknown_fields_are_ignored_and_unknown_required_features_refused() {
+        let index = Index::parse(document("", "").as_bytes()).unwrap();
+        assert_eq!(index.releases[0].steps[0].manifest.capabilities.fs.read, ["/opt/canopsis/**"]);
+        assert!(Index::parse(document(r#""requires": ["barriers"],"#, "").as_bytes()).is_ok());
+        let e = Index::parse(document(r#""requires": ["barriers", "time-travel"],"#, "").as_bytes()).unwrap_err();
+        assert_eq!(e.to_string(), "this repository needs a newer canup (feature time-travel); nothing was planned: update canup");
+        let e = Index::parse(document("", r#""requires": ["time-travel"],"#).as_bytes()).unwrap_err();
+        assert_eq!(e.to_string(), "this repository needs a newer canup (feature time-travel, required by step 3.40.0/x); nothing was planned: update canup");
+        // A required feature that also changes a known field's shape gets the same message.
+        let changed = document(r#""requires": ["phases-v2"],"#, "").replace(r#""phase": "update""#, r#""phase": {"name": "update"}"#);
+        assert!(Index::parse(changed.as_bytes()).unwrap_err().to_string().contains("feature phases-v2"));
+        assert!(matches!(Index::parse(br#"{"format": 2, "releases": "elsewhere"}"#), Err(IndexError::Format { found: 2 })));
     }
 }

@@ -55,6 +55,10 @@ pub enum UpgradeError {
     Changed { run: String, step: String, was: String, now: String },
     #[error("the operator declined the plan; no step ran after detection (whose queries only read the host)")]
     Declined,
+    #[error(
+        "every step of run {run} ran, but Canopsis is not at {expected}: detection after the run {found}.\nThe upgrade is not done: the steps published for {expected} did not install it. Check `canup status` and the steps' output in `canup history`; `canup apply` plans again from what is installed."
+    )]
+    Unverified { run: String, expected: Version, found: String },
     #[error("{what} in {path}: {source}")]
     Store { what: &'static str, path: String, source: std::io::Error },
     #[error("the operator's policy: {0}")]
@@ -82,6 +86,7 @@ impl UpgradeError {
             UpgradeError::Pending { .. } | UpgradeError::Changed { .. } => ExitCode::Pending,
             UpgradeError::Sandbox(e) => e.exit_code(),
             UpgradeError::Declined => ExitCode::Declined,
+            UpgradeError::Unverified { .. } => ExitCode::Unverified,
             UpgradeError::StepFailed { .. } | UpgradeError::Detect(_) => ExitCode::StepFailed,
             UpgradeError::Journal(_)
             | UpgradeError::Store { .. }
@@ -277,6 +282,9 @@ pub struct ApplySummary {
     pub skipped: Vec<String>,
     /// In a dry run: the commands and file changes the real run would make.
     pub recorded: Vec<String>,
+    /// What detection found after the steps ran (the target, or the run failed); `None` when
+    /// nothing ran for real (a dry run, nothing to do).
+    pub verified: Option<Detected>,
 }
 
 /// Shows the plan (with the steps a resumed run already did) and asks the operator to
@@ -307,7 +315,12 @@ pub async fn apply(session: &Session, options: &ApplyOptions, progress: Arc<dyn 
     let mut resumed = None;
     let (run, plan, done) = match pending {
         Some(run) if options.restart => {
-            append(Event::RunFinished { run: run.run.clone(), time: journal::now(), outcome: Outcome::Failed })?;
+            append(Event::RunFinished {
+                run: run.run.clone(),
+                time: journal::now(),
+                outcome: Outcome::Failed,
+                message: Some("abandoned by the operator (apply --restart)".into()),
+            })?;
             fresh_plan(session, options, ui.clone(), &recorded).await?
         }
         Some(run) => {
@@ -324,9 +337,9 @@ pub async fn apply(session: &Session, options: &ApplyOptions, progress: Arc<dyn 
     };
     let fresh = done.is_empty() && !events.iter().any(|e| matches!(e, Event::RunStarted { run: r, .. } if r == &run));
     let remaining: Vec<&PlannedStep> = plan.steps.iter().filter(|p| !done.contains(&p.step.manifest.id)).collect();
-    if plan.steps.is_empty() {
+    if plan.steps.is_empty() && plan.installed == plan.target {
         // Already at the target: nothing to confirm, nothing to journal.
-        return Ok(ApplySummary { run, plan, reports: Vec::new(), skipped: done, recorded: Vec::new() });
+        return Ok(ApplySummary { run, plan, reports: Vec::new(), skipped: done, recorded: Vec::new(), verified: None });
     }
     // The rest of the fetching and compiling starts now, while the operator reads the plan.
     tracing::debug!(steps = remaining.len(), "plan ready; fetching and compiling its modules");
@@ -408,12 +421,34 @@ pub async fn apply(session: &Session, options: &ApplyOptions, progress: Arc<dyn 
         }
         reports.push(report);
     }
-    append(Event::RunFinished { run: run.clone(), time: journal::now(), outcome: Outcome::Succeeded })?;
-    if !options.dry_run {
-        Journal::clear_receipts(&session.state_dir);
-    }
     let recorded = recorded.lock().map(|r| r.clone()).unwrap_or_default();
-    Ok(ApplySummary { run, plan, reports, skipped: done, recorded })
+    if options.dry_run {
+        return Ok(ApplySummary { run, plan, reports, skipped: done, recorded, verified: None });
+    }
+    // The steps said they succeeded; what is installed says whether the upgrade happened.
+    let verdict = verify(session, &plan, ui).await;
+    let (outcome, message) = match &verdict {
+        Ok(found) => {
+            (Outcome::Succeeded, format!("detection after the run found Canopsis {} ({} edition, {} method)", found.installed, found.edition, found.method))
+        }
+        Err(found) => (Outcome::Unverified, format!("expected Canopsis {}, detection after the run {found}", plan.target)),
+    };
+    append(Event::RunFinished { run: run.clone(), time: journal::now(), outcome, message: Some(message) })?;
+    Journal::clear_receipts(&session.state_dir);
+    match verdict {
+        Ok(found) => Ok(ApplySummary { run, plan, reports, skipped: done, recorded, verified: Some(found) }),
+        Err(found) => Err(UpgradeError::Unverified { run, expected: plan.target.clone(), found }),
+    }
+}
+
+/// Detects the installation again after the last step: the target version, in the plan's
+/// edition and method, or what was found instead (as the end of a sentence).
+async fn verify(session: &Session, plan: &Plan, ui: Arc<dyn Ui>) -> Result<Detected, String> {
+    match session.detect(ui).await {
+        Ok(found) if found.installed == plan.target && found.edition == plan.edition && found.method == plan.method => Ok(found),
+        Ok(found) => Err(format!("found Canopsis {} ({} edition, {} method)", found.installed, found.edition, found.method)),
+        Err(e) => Err(format!("could not tell what is installed: {e}")),
+    }
 }
 
 async fn fresh_plan(
@@ -472,7 +507,16 @@ pub struct Status {
     pub repository: String,
     pub expires: Vec<(String, String)>,
     pub newest_target: Option<Version>,
+    /// The next release that needs its migration guide: canup plans up to the release before it.
+    pub barrier: Option<NextBarrier>,
     pub pending_run: Option<String>,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct NextBarrier {
+    pub release: Version,
+    #[serde(flatten)]
+    pub barrier: crate::repository::Barrier,
 }
 
 pub async fn status(session: &Session, ui: Arc<dyn Ui>) -> Result<Status, UpgradeError> {
@@ -480,6 +524,7 @@ pub async fn status(session: &Session, ui: Arc<dyn Ui>) -> Result<Status, Upgrad
     let events = Journal::read(&session.state_dir)?;
     Ok(Status {
         newest_target: plan::newest_target(&session.index, &d.installed).filter(|t| *t > d.installed),
+        barrier: plan::next_barrier(&session.index, &d.installed).map(|(release, barrier)| NextBarrier { release: release.clone(), barrier: barrier.clone() }),
         installed: d.installed,
         edition: d.edition,
         method: d.method,

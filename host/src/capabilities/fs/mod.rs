@@ -136,7 +136,7 @@ pub fn metadata(path: &Resolved) -> io::Result<FileStat> {
 /// Replaces the file's content atomically, keeping its mode and owner.
 pub fn write(path: &Resolved, data: &[u8], max: usize, backups: &mut Backups) -> io::Result<()> {
     let entry = path.entry()?;
-    let original = original(&entry, path, max)?;
+    let original = original(entry, path, max)?;
     backups.save(&path.logical, original.as_ref())?;
     entry.replace(data)
 }
@@ -145,7 +145,7 @@ pub fn write(path: &Resolved, data: &[u8], max: usize, backups: &mut Backups) ->
 /// content, never half a line. The result is bounded like a read (`fs_read_kib`).
 pub fn append(path: &Resolved, data: &[u8], max: usize, backups: &mut Backups) -> io::Result<()> {
     let entry = path.entry()?;
-    let original = original(&entry, path, max)?;
+    let original = original(entry, path, max)?;
     let mut content = original.as_ref().map(|o| o.content.clone()).unwrap_or_default();
     if content.len() + data.len() > max {
         return Err(io::Error::new(
@@ -163,7 +163,7 @@ pub fn remove(path: &Resolved, max: usize, backups: &mut Backups) -> io::Result<
     if entry.stat()?.is_some_and(|st| kind(&st) == SFlag::S_IFDIR) {
         return Err(io::Error::new(io::ErrorKind::IsADirectory, "steps remove files, not directories"));
     }
-    let original = original(&entry, path, max)?.ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+    let original = original(entry, path, max)?.ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
     backups.save(&path.logical, Some(&original))?;
     entry.remove()
 }

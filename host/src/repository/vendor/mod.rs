@@ -28,7 +28,7 @@ use tough::schema::{Hashes, KeyHolder, Metafile, RoleType, Root, Signed, Snapsho
 use tough::{ExpirationEnforcement, IntoVec, RepositoryLoader, TargetName};
 use url::Url;
 
-use super::index::{INDEX_FORMAT, INDEX_TARGET, Index, IndexData, IndexStep, Release};
+use super::index::{Barrier, INDEX_FORMAT, INDEX_TARGET, Index, IndexData, IndexStep, Release};
 use crate::manifest::ReleaseSteps;
 use crate::{error_chain, sha256_hex};
 pub use keys::{key_id, keygen};
@@ -159,7 +159,7 @@ async fn read_index_of(loaded: &tough::Repository) -> Result<Index, VendorError>
     let stream = loaded.read_target(&name).await.map_err(|e| tuf("reading the index")(&e))?;
     let bytes = match stream {
         Some(s) => s.into_vec().await.map_err(|e| tuf("reading the index")(&e))?,
-        None => return Ok(Index { format: INDEX_FORMAT, releases: Vec::new() }),
+        None => return Ok(Index { format: INDEX_FORMAT, ..Default::default() }),
     };
     Index::parse(&bytes).map_err(|e| tuf("the index")(&e))
 }
@@ -204,7 +204,10 @@ async fn republish(
     if from == RoleType::Targets {
         let mut targets = current.next_targets(expiry)?;
         if let Some((index, files)) = edit {
-            let mut staged = vec![(INDEX_TARGET.to_owned(), serde_json::to_vec_pretty(index).map_err(|e| tuf("the index")(&e))?)];
+            // What the index uses that a canup must understand is announced, so that an older
+            // canup refuses it rather than plan without it (`crate::formats`).
+            let index = Index { requires: index.features_used(), ..index.clone() };
+            let mut staged = vec![(INDEX_TARGET.to_owned(), serde_json::to_vec_pretty(&index).map_err(|e| tuf("the index")(&e))?)];
             staged.extend(files.iter().cloned());
             for (name, bytes) in &staged {
                 let target_name = TargetName::new(name.as_str()).map_err(|e| tuf(name)(&e))?;
@@ -388,7 +391,7 @@ pub async fn add_release(
             files.push((target, bytes.clone()));
         }
     }
-    index.upsert(Release { version: version.clone(), published: published.to_owned(), withdrawn: None, steps, data: data_entries });
+    index.upsert(Release { version: version.clone(), published: published.to_owned(), withdrawn: None, barrier: None, steps, data: data_entries });
     publish(repo, keys, expiry, &index, &files).await
 }
 
@@ -423,10 +426,23 @@ pub fn read_data_dir(dir: &Path) -> Result<Vec<(String, Vec<u8>)>, VendorError> 
 
 /// Marks a release withdrawn: operators are told why and it is never planned.
 pub async fn withdraw(repo: &Path, keys: &[PathBuf], expiry: &Expiry, version: &Version, reason: &str) -> Result<(), VendorError> {
+    edit_release(repo, keys, expiry, version, |r| r.withdrawn = Some(reason.to_owned())).await
+}
+
+/// Makes a release a migration barrier (the index then requires the `barriers` feature).
+pub async fn set_barrier(repo: &Path, keys: &[PathBuf], expiry: &Expiry, version: &Version, barrier: Barrier) -> Result<(), VendorError> {
+    if !barrier.url.starts_with("https://") {
+        return Err(VendorError::Usage(format!("the migration guide's URL {:?} must be an https:// address operators can open", barrier.url)));
+    }
+    edit_release(repo, keys, expiry, version, |r| r.barrier = Some(barrier)).await
+}
+
+/// Changes one published release's entry and re-signs.
+async fn edit_release(repo: &Path, keys: &[PathBuf], expiry: &Expiry, version: &Version, edit: impl FnOnce(&mut Release)) -> Result<(), VendorError> {
     let mut index = read_index(repo).await?;
     let release =
         index.releases.iter_mut().find(|r| &r.version == version).ok_or_else(|| VendorError::Usage(format!("the repository has no release {version}")))?;
-    release.withdrawn = Some(reason.to_owned());
+    edit(release);
     publish(repo, keys, expiry, &index, &[]).await
 }
 

@@ -113,7 +113,7 @@ pub async fn init(repo: &Path, keys: &RoleKeyFiles, thresholds: &Thresholds, exp
     fs::create_dir_all(targets_dir(repo)).map_err(io("creating the targets directory"))?;
     fs::write(meta.join("1.root.json"), signed.buffer()).map_err(io("writing 1.root.json"))?;
     let all: Vec<PathBuf> = [&keys.targets, &keys.snapshot, &keys.timestamp, &keys.root].into_iter().flatten().cloned().collect();
-    super::publish_index(repo, &all, expiry, &super::Index { format: super::INDEX_FORMAT, releases: Vec::new() }).await
+    super::publish_index(repo, &all, expiry, &super::Index { format: super::INDEX_FORMAT, ..Default::default() }).await
 }
 
 /// A change of one role's keys (and threshold; unchanged when `None`).
