@@ -22,6 +22,9 @@ pub struct BackupEntry {
     pub mode: Option<u32>,
     /// Where the saved copy lives, relative to the run's backup directory.
     pub copy: Option<PathBuf>,
+    /// A directory the run created (`fs.create-dir`): restoring removes it when empty.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub directory: bool,
 }
 
 #[derive(Debug)]
@@ -69,15 +72,27 @@ impl Backups {
                 let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&dest)?;
                 f.write_all(&original.content)?;
                 f.sync_all()?;
-                BackupEntry { path: logical.to_owned(), existed: true, mode: Some(original.mode), copy: Some(copy) }
+                BackupEntry { path: logical.to_owned(), existed: true, mode: Some(original.mode), copy: Some(copy), directory: false }
             }
-            None => BackupEntry { path: logical.to_owned(), existed: false, mode: None, copy: None },
+            None => BackupEntry { path: logical.to_owned(), existed: false, mode: None, copy: None, directory: false },
         };
+        self.record(entry)
+    }
+
+    /// Records, before it is made, a directory this run creates.
+    pub fn save_created_dir(&mut self, logical: &Path) -> io::Result<()> {
+        if self.saved.contains(logical) {
+            return Ok(());
+        }
+        self.record(BackupEntry { path: logical.to_owned(), existed: false, mode: None, copy: None, directory: true })
+    }
+
+    fn record(&mut self, entry: BackupEntry) -> io::Result<()> {
         let mut line = serde_json::to_vec(&entry).map_err(io::Error::other)?;
         line.push(b'\n');
         self.index.write_all(&line)?;
         self.index.sync_all()?;
-        self.saved.insert(logical.to_owned());
+        self.saved.insert(entry.path);
         Ok(())
     }
 }
@@ -105,8 +120,13 @@ pub fn restore(state_dir: &Path, sysroot: &Sysroot, run: &str) -> Result<Vec<Str
     let dir = state_dir.join("backups").join(run);
     let index = std::fs::read_to_string(dir.join("index.jsonl")).map_err(io_err(format!("no backups in {}", dir.display())))?;
     let mut done = Vec::new();
+    let mut created_dirs = Vec::new();
     for (n, line) in index.lines().enumerate() {
         let entry: BackupEntry = serde_json::from_str(line).map_err(|source| RestoreError::Index { line: n + 1, source })?;
+        if entry.directory {
+            created_dirs.push(entry.path);
+            continue;
+        }
         let real = sysroot.map(&entry.path);
         let shown = entry.path.display().to_string();
         match (&entry.copy, entry.existed) {
@@ -124,6 +144,17 @@ pub fn restore(state_dir: &Path, sysroot: &Sysroot, run: &str) -> Result<Vec<Str
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(RestoreError::Io { what: format!("removing {shown}"), source: e }),
             },
+        }
+    }
+    // Innermost first, once the files the run made in them are gone; a directory something
+    // else has filled since is left, and said so.
+    for path in created_dirs.iter().rev() {
+        let shown = path.display().to_string();
+        match std::fs::remove_dir(sysroot.map(path)) {
+            Ok(()) => done.push(format!("removed directory {shown} (created by the run)")),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) if e.kind() == io::ErrorKind::DirectoryNotEmpty => done.push(format!("kept directory {shown} (created by the run, not empty now)")),
+            Err(e) => return Err(RestoreError::Io { what: format!("removing directory {shown}"), source: e }),
         }
     }
     Ok(done)

@@ -46,7 +46,14 @@ pub struct Config {
     /// `broadcast_message = "…"`. Not secrets: steps and logs can show them.
     #[serde(default)]
     pub settings: std::collections::BTreeMap<String, String>,
+    /// The operator's answers to steps' optional questions (`ui.choose`), given in advance:
+    /// `[answers."23.10.3/options"] enable-x = "yes"`, by step id then question id.
+    #[serde(default)]
+    pub answers: Answers,
 }
+
+/// Step id → question id → the chosen option.
+pub type Answers = std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>;
 
 /// Per-step bounds, in operator units. Every field has a default.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]

@@ -31,7 +31,7 @@ pub fn unknown_features(requires: &[String]) -> Vec<String> {
 pub enum StrictError {
     #[error("{0}")]
     Parse(Box<toml::de::Error>),
-    #[error("unknown key{} {}: misspelt, or a key of a newer canup", if .0.len() > 1 { "s" } else { "" }, .0.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", "))]
+    #[error("unknown key{} {}: misspelt, or a key of a newer canup", if .0.len() > 1 { "s" } else { "" }, .0.join(", "))]
     Unknown(Vec<String>),
 }
 
@@ -41,7 +41,32 @@ pub fn strict_toml<T: DeserializeOwned>(text: &str) -> Result<T, StrictError> {
     let deserializer = toml::de::Deserializer::parse(text).map_err(|e| StrictError::Parse(Box::new(e)))?;
     let mut unknown = Vec::new();
     let value = serde_ignored::deserialize(deserializer, |path| unknown.push(path.to_string())).map_err(|e| StrictError::Parse(Box::new(e)))?;
-    if unknown.is_empty() { Ok(value) } else { Err(StrictError::Unknown(unknown)) }
+    if unknown.is_empty() {
+        return Ok(value);
+    }
+    Err(StrictError::Unknown(
+        unknown
+            .into_iter()
+            .map(|path| match line_of(text, &path) {
+                Some(line) => format!("`{path}` (line {line})"),
+                None => format!("`{path}`"),
+            })
+            .collect(),
+    ))
+}
+
+/// The line where the last name of `path` (`policy.exec.0.argz`) is set, when exactly one line
+/// sets a key of that name: a pointer for the reader, the path itself stays exact.
+fn line_of(text: &str, path: &str) -> Option<usize> {
+    let key = path.rsplit('.').next()?;
+    let mut lines = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.trim_start().strip_prefix(key).and_then(|rest| rest.trim_start().chars().next()).is_some_and(|c| c == '=' || c == '.'));
+    match (lines.next(), lines.next()) {
+        (Some((n, _)), None) => Some(n + 1),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -66,7 +91,7 @@ mod tests {
     fn strict_reading_names_every_unknown_key_and_lenient_reading_skips_them() {
         let text = "name = \"x\"\nsurprise = 1\n[[inner]]\nvalue = 1\nvalu = 2\n";
         let e = strict_toml::<Outer>(text).unwrap_err();
-        assert_eq!(e.to_string(), "unknown keys `inner.0.valu`, `surprise`: misspelt, or a key of a newer canup");
+        assert_eq!(e.to_string(), "unknown keys `inner.0.valu` (line 5), `surprise` (line 2): misspelt, or a key of a newer canup");
         assert_eq!(toml::from_str::<Outer>(text).unwrap().inner[0].value, 1);
         assert!(matches!(strict_toml::<Outer>("name = 1\n"), Err(StrictError::Parse(_))));
     }

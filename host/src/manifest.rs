@@ -13,7 +13,7 @@ use thiserror::Error;
 use crate::capabilities::CapabilitySet;
 
 /// The step API this canup implements (the `canup:step` WIT package version).
-pub const STEP_API: Version = Version::new(1, 0, 0);
+pub const STEP_API: Version = Version::new(1, 1, 0);
 
 /// Phases in the order canup runs them for one upgrade.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -201,7 +201,7 @@ args = ["restart"]
         let base = "release = \"1.0.0\"\napi = \"1.0.0\"\n[[step]]\nid = \"s\"\nphase = \"update\"\nmethods = [\"packages\"]\neditions = [\"core\"]\n";
         std::fs::write(&path, format!("{base}[step.capabilities.fs]\nraed = [\"/x\"]\n")).unwrap();
         let e = ReleaseSteps::load(&path).unwrap_err().to_string();
-        assert!(e.contains("unknown key `step.0.capabilities.fs.raed`"), "{e}");
+        assert!(e.contains("unknown key `step.0.capabilities.fs.raed` (line 9)"), "{e}");
         std::fs::write(&path, format!("{base}requires = [\"time-travel\"]\n")).unwrap();
         let e = ReleaseSteps::load(&path).unwrap_err().to_string();
         assert!(e.contains("step s requires time-travel, which this canup does not implement"), "{e}");

@@ -39,6 +39,11 @@ pub trait Ui: Send + Sync {
     fn confirm(&self, step: &str, question: &str) -> bool;
     /// An instruction to carry out by hand; `true` once the operator says it is done.
     fn manual(&self, step: &str, instruction: &str) -> bool;
+    /// The operator's choice among `options` for an optional action; `None` when nobody can
+    /// be asked (no terminal, or `--yes`): the step then gets its default, never a "yes".
+    fn choose(&self, _step: &str, _question: &str, _options: &[String], _default: usize) -> Option<usize> {
+        None
+    }
 }
 
 /// The terminal: messages on stderr, answers from stdin when it is a terminal.
@@ -95,5 +100,19 @@ impl Ui for ConsoleUi {
             return true;
         }
         matches!(self.ask(&format!("  [{step}] Type 'done' once carried out: ")).as_deref(), Some("done"))
+    }
+
+    fn choose(&self, step: &str, question: &str, options: &[String], default: usize) -> Option<usize> {
+        // `--yes` confirms the plan and the steps' own work, not what a release note calls
+        // optional: that needs an answer, here or in `[answers]`.
+        if self.assume_yes {
+            return None;
+        }
+        let listed: Vec<String> = options.iter().enumerate().map(|(i, o)| format!("{}) {o}{}", i + 1, if i == default { " (default)" } else { "" })).collect();
+        let answer = self.ask(&format!("  [{step}] {question}\n    {}\n  choice [{}]: ", listed.join("\n    "), default + 1))?;
+        if answer.is_empty() {
+            return Some(default);
+        }
+        answer.parse::<usize>().ok().and_then(|n| n.checked_sub(1)).or_else(|| options.iter().position(|o| o == &answer)).filter(|i| *i < options.len())
     }
 }

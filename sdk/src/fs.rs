@@ -40,3 +40,10 @@ pub fn remove(path: &str) -> Result<()> {
 pub fn metadata(path: &str) -> Result<FileInfo> {
     ctx(wit::metadata(path), "inspecting", path)
 }
+
+/// Creates a directory and its missing parents (`mkdir -p`) within the step's write rules;
+/// a new one gets `mode` (0755 when `None`) and its parent's owner. `canup restore-files`
+/// removes what a run created. Needs a 1.1 canup.
+pub fn create_dir(path: &str, mode: Option<u32>) -> Result<()> {
+    ctx(wit::create_dir(path, mode), "creating directory", path)
+}

@@ -22,7 +22,8 @@ pub fn error(message: &str) {
 pub fn progress(done: u64, total: Option<u64>, message: &str) {
     wit::progress(done, total, message);
 }
-/// A yes/no question to the operator.
+/// A yes/no question to the operator about the step's own work; an unattended run
+/// (`--yes`) answers yes. For an action the release note calls optional, use [`choose`].
 pub fn confirm(question: &str) -> bool {
     wit::confirm(question)
 }
@@ -30,4 +31,12 @@ pub fn confirm(question: &str) -> bool {
 /// fail when it returns `false`, so the upgrade stops in a resumable state.
 pub fn manual(instruction: &str) -> bool {
     wit::manual(instruction)
+}
+/// Asks the operator to choose among `options` (an optional action: "no" first, say) and
+/// returns the chosen index. `question_id` names the question for `[answers]` in canup.toml,
+/// where an operator answers it in advance; an unattended run without an answer gets
+/// `default`, never "yes" by itself. Needs a 1.1 canup.
+pub fn choose(question_id: &str, question: &str, options: &[&str], default: u32) -> crate::Result<u32> {
+    let options: Vec<String> = options.iter().map(|o| (*o).to_owned()).collect();
+    wit::choose(question_id, question, &options, default).map_err(|e| crate::Error::from(e).context(format!("asking {question_id}")))
 }

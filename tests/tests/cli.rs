@@ -40,11 +40,15 @@ async fn setup() -> Setup {
 
 impl Setup {
     fn step_run(&self, module: &Path, extra: &[&str]) -> std::process::Output {
+        self.step_run_with(module, &manifest(), extra)
+    }
+
+    fn step_run_with(&self, module: &Path, manifest: &Path, extra: &[&str]) -> std::process::Output {
         Command::new(canup_bin())
             .args(["step", "run"])
             .arg(module)
             .arg("--manifest")
-            .arg(manifest())
+            .arg(manifest)
             .arg("--policy")
             .arg(&self.config)
             .arg("--sysroot")
@@ -91,9 +95,54 @@ async fn step_run_refuses_a_newer_major_module_with_exit_3() {
     let out = s.step_run(&guest_wasm("newer-api"), &[]);
     assert_eq!(out.status.code(), Some(3));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("built for step API 2.0.0, this canup supports 1.0.0"), "{stderr}");
+    assert!(stderr.contains("built for step API 2.0.0, this canup supports 1.1.0"), "{stderr}");
     assert_eq!(s.sim.snapshot().unwrap(), before);
     assert!(s.sim.calls().unwrap().is_empty());
+}
+
+/// `step run` admits like `apply`: a manifest asking for more than the policy allows is
+/// refused whole with exit 5, before the step starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn step_run_refuses_a_manifest_wider_than_the_policy_with_exit_5() {
+    let s = setup().await;
+    let policy = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(&s.config, policy.replace("[[policy.exec]]\nprogram = \"/usr/bin/canoctl\"\nargs = [\"restart\"]\n", "")).unwrap();
+    let before = s.sim.snapshot().unwrap();
+    let out = s.step_run(&guest_wasm("example-step"), &[]);
+    assert_eq!(out.status.code(), Some(5), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("step example/hello needs exec of /usr/bin/canoctl") && stderr.contains("nothing ran"), "{stderr}");
+    assert_eq!(s.sim.snapshot().unwrap(), before);
+    assert!(s.sim.calls().unwrap().is_empty());
+    assert!(!s.dir.path().join("state/audit.jsonl").exists() || std::fs::read_to_string(s.dir.path().join("state/audit.jsonl")).unwrap().is_empty());
+}
+
+/// An optional action asked with `ui.choose` stays off under `--yes` (which the Ansible role
+/// always passes) and is switched on by the operator's `[answers]` in canup.toml.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_optional_action_stays_off_under_yes_and_answers_switch_it_on() {
+    let s = setup().await;
+    let manifest = s.dir.path().join("step.toml");
+    std::fs::write(
+        &manifest,
+        "release = \"3.40.0\"\napi = \"1.1.0\"\n[[step]]\nid = \"choose\"\nphase = \"post-update\"\nmethods = [\"packages\"]\neditions = [\"core\"]\ndescription = \"An optional action\"\n",
+    )
+    .unwrap();
+    let chosen = |s: &Setup| {
+        let out = s.step_run_with(&guest_wasm("probe"), &manifest, &["--json"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let choice = report["audit"].as_array().unwrap().iter().find(|r| r["capability"] == "ui.choose").unwrap()["result"].clone();
+        (report["stdout"].as_str().unwrap().to_owned(), choice.as_str().unwrap().to_owned())
+    };
+    let (stdout, audited) = chosen(&s);
+    assert_eq!(stdout, "chosen=0\n");
+    assert_eq!(audited, "no (the default: nobody answered (--yes or no terminal))");
+    let config = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(&s.config, format!("{config}\n[answers.choose]\nenable-x = \"yes\"\n")).unwrap();
+    let (stdout, audited) = chosen(&s);
+    assert_eq!(stdout, "chosen=1\n");
+    assert_eq!(audited, "yes (canup.toml [answers])");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -124,7 +124,7 @@ impl Case {
             assert!(err.contains(part), "expected {part:?} in: {err}");
         }
         // Metadata is verified before any step; a module or the index after detection.
-        assert!(err.contains("No step ran") || err.contains("target "), "{err}");
+        assert!(err.to_lowercase().contains("no step ran") || err.contains("target "), "{err}");
         assert_eq!(self.sim.snapshot().unwrap(), self.pristine_tree, "a step changed the host");
         assert!(self.sim.calls().unwrap().is_empty(), "a step ran a command");
         assert!(self.cached_modules().is_empty(), "the cache kept {:?}", self.cached_modules());

@@ -798,9 +798,89 @@ fn a_module_built_for_a_newer_major_api_is_refused_before_instantiation() {
     // Even when its manifest claims 1.0.0, the imports tell the truth.
     let Err(e) = sandbox.load("newer", &wasm, &STEP_API) else { panic!("loaded a 2.0 module") };
     assert!(matches!(e, SandboxError::ApiMismatch { .. }));
-    assert_eq!(e.to_string(), "step newer: built for step API 2.0.0, this canup supports 1.0.0; use a canup of the same major version");
+    assert_eq!(e.to_string(), "step newer: built for step API 2.0.0, this canup supports 1.1.0; use a canup of the same major version and at least that minor");
     let Err(e) = sandbox.load("newer", &wasm, &Version::new(2, 0, 0)) else { panic!("loaded a 2.0 module") };
     assert!(e.to_string().contains("built for step API 2.0.0"));
+}
+
+/// The component model would link a 1.2 module that calls nothing new (semver matching);
+/// canup refuses it, whether its manifest says 1.2.0 or claims 1.0.0.
+#[test]
+fn a_module_built_for_a_newer_minor_api_is_refused_before_instantiation() {
+    let (sandbox, _) = probe();
+    let wasm = std::fs::read(guest_wasm("newer-minor")).unwrap();
+    for declared in [Version::new(1, 2, 0), Version::new(1, 0, 0)] {
+        let Err(e) = sandbox.load("newer", &wasm, &declared) else { panic!("loaded a 1.2 module declared {declared}") };
+        assert_eq!(
+            e.to_string(),
+            "step newer: built for step API 1.2.0, this canup supports 1.1.0; use a canup of the same major version and at least that minor"
+        );
+    }
+}
+
+/// A module built against the frozen 1.0 contract, before `create-dir` and `choose` existed,
+/// runs unchanged on this 1.1 host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_module_built_for_api_1_0_runs_unchanged() {
+    let w = world().await;
+    let wasm = std::fs::read(guest_wasm("api-1-0")).unwrap();
+    let loaded = probe().0.load("old", &wasm, &Version::new(1, 0, 0)).unwrap();
+    assert_eq!(loaded.api, Version::new(1, 0, 0));
+    let (env, audit) = w.env("old", &probe_caps(), &probe_caps(), StepLimits::default(), false, Arc::new(RecordingUi::default()));
+    let report = probe().0.run(&loaded, env).await;
+    assert_eq!(report.result, Ok(()), "{}", report.stderr.text());
+    assert_eq!(report.stdout.text(), "api 1.0 step ran: Canopsis version 3.38.0\n");
+    assert!(audit.records().iter().any(|r| r.capability == "fs.read" && r.decision == Decision::Allowed));
+}
+
+/// Contract 1.1 `fs.create-dir`: `mkdir -p` under the write rules, each new directory
+/// audited with its mode and its parent's owner, listed (not made) by a dry run, taken away
+/// by `restore-files`; outside the write rules, refused with nothing made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_dir_makes_missing_directories_under_the_write_rules_only() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let w = world().await;
+    let dry = w.run_mode("create-dir", &probe_caps(), &probe_caps(), StepLimits::default(), true).await;
+    assert_eq!(dry.report.result, Ok(()), "{:?}", dry.report);
+    assert!(!w.sim.path("/opt/canopsis/etc/new.d").exists(), "a dry run made a directory");
+    assert_eq!(dry.recorded[..2], ["create directory /opt/canopsis/etc/new.d (mode 0750)", "create directory /opt/canopsis/etc/new.d/sub (mode 0750)"]);
+
+    let run = w.run("create-dir").await;
+    assert_eq!(run.report.result, Ok(()), "{:?}", run.report);
+    let sub = w.sim.path("/opt/canopsis/etc/new.d/sub");
+    let (meta, parent) = (std::fs::metadata(&sub).unwrap(), std::fs::metadata(w.sim.path("/opt/canopsis/etc")).unwrap());
+    assert!(meta.is_dir());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o750);
+    assert_eq!((meta.uid(), meta.gid()), (parent.uid(), parent.gid()));
+    let made: Vec<&str> = run.audit.iter().filter(|r| r.capability == "fs.create-dir").map(|r| r.result.as_str()).collect();
+    assert_eq!(made, ["created (mode 0750)", "created (mode 0750)", "exists"]);
+
+    let restored = canup::upgrade::restore_files(&w.state, &Sysroot::new(w.sim.root()).unwrap(), "test-run").unwrap();
+    assert!(restored.contains(&"removed directory /opt/canopsis/etc/new.d (created by the run)".to_owned()), "{restored:?}");
+    assert!(!w.sim.path("/opt/canopsis/etc/new.d").exists());
+
+    let run = w.hostile("create-dir-outside", StepLimits::default(), "creation of the directory /opt/canopsis/share is not in the capabilities declared").await;
+    assert_eq!(denied(&run, "fs.create-dir").args["path"], "/opt/canopsis/share");
+    assert!(!w.sim.path("/opt/canopsis/share").exists());
+}
+
+/// Contract 1.1 `ui.choose`: an optional action stays off when nobody answers (the default),
+/// and the operator's `[answers]` switch it on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn choose_gives_the_default_unless_the_operator_answered() {
+    let w = world().await;
+    let run = w.run("choose").await;
+    assert_eq!(run.report.stdout.text(), "chosen=0\n", "{:?}", run.report);
+    let (mut env, audit) = w.env("choose", &probe_caps(), &probe_caps(), StepLimits::default(), false, Arc::new(RecordingUi::default()));
+    env.answers = Arc::new([("choose".to_owned(), [("enable-x".to_owned(), "yes".to_owned())].into())].into());
+    let report = probe().0.run(&probe().1, env).await;
+    assert_eq!(report.stdout.text(), "chosen=1\n", "{report:?}");
+    assert!(audit.records().iter().any(|r| r.capability == "ui.choose" && r.result == "yes (canup.toml [answers])"));
+    let (mut env, _) = w.env("choose", &probe_caps(), &probe_caps(), StepLimits::default(), false, Arc::new(RecordingUi::default()));
+    env.answers = Arc::new([("choose".to_owned(), [("enable-x".to_owned(), "maybe".to_owned())].into())].into());
+    let report = probe().0.run(&probe().1, env).await;
+    let Err(Stop::Failed(message)) = &report.result else { panic!("{report:?}") };
+    assert!(message.contains("canup.toml [answers.\"choose\"] gives \"maybe\", which is not one of: no, yes"), "{message}");
 }
 
 #[test]

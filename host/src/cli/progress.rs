@@ -63,6 +63,10 @@ impl Ui for ProgressUi {
     fn manual(&self, step: &str, instruction: &str) -> bool {
         self.multi.suspend(|| self.console.manual(step, instruction))
     }
+
+    fn choose(&self, step: &str, question: &str, options: &[String], default: usize) -> Option<usize> {
+        self.multi.suspend(|| self.console.choose(step, question, options, default))
+    }
 }
 
 impl Progress for ProgressUi {

@@ -24,6 +24,14 @@ pub async fn run(settings: &Settings, args: StepRunArgs) -> Result<(), Failure> 
     let release = ReleaseSteps::load(&args.manifest).map_err(usage)?;
     let manifest = release.select(args.step.as_deref(), &args.manifest).map_err(usage)?.clone();
     let wasm = std::fs::read(&args.module).with_context(|| format!("cannot read module {}", args.module.display())).map_err(usage)?;
+    // Admitted as `apply` admits a plan: a declaration the policy does not cover is refused
+    // whole, before anything runs, rather than denied call by call halfway through.
+    if let Some(what) = manifest.capabilities.uncovered_by(&config.policy) {
+        return Err(Failure::new(
+            ExitCode::Admission,
+            anyhow::anyhow!("step {} needs {what}, which the policy does not allow; nothing ran (widen the policy or narrow the manifest)", manifest.id),
+        ));
+    }
     let grant = Grant::new(&manifest.id, &manifest.capabilities, &config.policy).map_err(usage)?;
 
     let refused = |e: SandboxError| Failure::new(e.exit_code(), e);
@@ -57,6 +65,7 @@ pub async fn run(settings: &Settings, args: StepRunArgs) -> Result<(), Failure> 
         endpoints: Arc::new(config.endpoints.clone()),
         limits: config.limits.resolve(),
         settings: Arc::new(config.settings.clone()),
+        answers: Arc::new(config.answers.clone()),
         data: Arc::new(data),
         ..StepEnv::new(grant, settings.sysroot.clone(), backups, audit.clone(), ui, context)
     };

@@ -87,39 +87,55 @@ pub enum IndexError {
     Parse(#[from] serde_json::Error),
     #[error("the release index has format {found}; this canup reads format {INDEX_FORMAT}: update canup")]
     Format { found: u32 },
-    #[error("this repository needs a newer canup (feature {}{}); nothing was planned: update canup", .features.join(", "), .step.as_ref().map(|s| format!(", required by step {s}")).unwrap_or_default())]
+    #[error("this repository needs a newer canup (feature {}{}); nothing was planned and no step ran: update canup", .features.join(", "), .step.as_ref().map(|s| format!(", required by step {s}")).unwrap_or_default())]
     NeedsNewer { features: Vec<String>, step: Option<String> },
 }
 
 impl Index {
     pub fn parse(bytes: &[u8]) -> Result<Self, IndexError> {
-        // The format and the required features are checked on the untyped document first, so
-        // that an index using something new gets the clear message even where the new thing
-        // would not parse into this canup's types.
-        use serde_json::Value;
-        let document: Value = serde_json::from_slice(bytes)?;
-        let found = document.get("format").and_then(Value::as_u64).unwrap_or(0);
-        if found != u64::from(INDEX_FORMAT) {
-            return Err(IndexError::Format { found: u32::try_from(found).unwrap_or(u32::MAX) });
-        }
-        let requires = |v: &Value| -> Vec<String> {
-            let names = v.get("requires").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
-            crate::formats::unknown_features(&names.iter().map(|n| n.as_str().map_or_else(|| n.to_string(), str::to_owned)).collect::<Vec<_>>())
-        };
-        let features = requires(&document);
-        if !features.is_empty() {
-            return Err(IndexError::NeedsNewer { features, step: None });
-        }
-        let list = |v: &Value, key: &str| v.get(key).and_then(Value::as_array).cloned().unwrap_or_default();
-        for step in list(&document, "releases").iter().flat_map(|r| list(r, "steps")) {
-            let manifest = step.get("manifest").cloned().unwrap_or_default();
-            let features = requires(&manifest);
-            if !features.is_empty() {
-                let id = manifest.get("id").and_then(Value::as_str).unwrap_or("(no id)").to_owned();
-                return Err(IndexError::NeedsNewer { features, step: Some(id) });
+        // The common case, one typed pass. When that fails, the untyped document says whether
+        // it is because of another format or of a required feature this canup lacks (whose
+        // new fields may not fit these types): those get their clear message first.
+        match serde_json::from_slice::<Index>(bytes) {
+            Ok(index) => {
+                let manifests = index.releases.iter().flat_map(|r| &r.steps).map(|s| (Some(s.manifest.id.as_str()), s.manifest.requires.as_slice()));
+                Self::admit(u64::from(index.format), std::iter::once((None, index.requires.as_slice())).chain(manifests))?;
+                Ok(index)
+            }
+            Err(e) => {
+                use serde_json::Value;
+                let document: Value = serde_json::from_slice(bytes)?;
+                let names = |v: &Value| -> Vec<String> {
+                    let list = v.get("requires").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+                    list.iter().map(|n| n.as_str().map_or_else(|| n.to_string(), str::to_owned)).collect()
+                };
+                let list = |v: &Value, key: &str| v.get(key).and_then(Value::as_array).cloned().unwrap_or_default();
+                let manifests: Vec<(Option<String>, Vec<String>)> = list(&document, "releases")
+                    .iter()
+                    .flat_map(|r| list(r, "steps"))
+                    .filter_map(|s| s.get("manifest").map(|m| (m.get("id").and_then(Value::as_str).map(str::to_owned), names(m))))
+                    .collect();
+                let top = names(&document);
+                let found = document.get("format").and_then(Value::as_u64).unwrap_or(0);
+                Self::admit(found, std::iter::once((None, top.as_slice())).chain(manifests.iter().map(|(id, r)| (id.as_deref(), r.as_slice()))))?;
+                Err(e.into())
             }
         }
-        Ok(serde_json::from_value(document)?)
+    }
+
+    /// The format and the `requires` lists (the index's, then each manifest's with its step
+    /// id) against what this canup implements.
+    fn admit<'a>(format: u64, requires: impl Iterator<Item = (Option<&'a str>, &'a [String])>) -> Result<(), IndexError> {
+        if format != u64::from(INDEX_FORMAT) {
+            return Err(IndexError::Format { found: u32::try_from(format).unwrap_or(u32::MAX) });
+        }
+        for (step, names) in requires {
+            let features = crate::formats::unknown_features(names);
+            if !features.is_empty() {
+                return Err(IndexError::NeedsNewer { features, step: step.map(str::to_owned) });
+            }
+        }
+        Ok(())
     }
 
     /// The features this index uses that a canup must implement to plan from it: what the
@@ -170,9 +186,9 @@ mod tests {
         assert_eq!(index.releases[0].steps[0].manifest.capabilities.fs.read, ["/opt/canopsis/**"]);
         assert!(Index::parse(document(r#""requires": ["barriers"],"#, "").as_bytes()).is_ok());
         let e = Index::parse(document(r#""requires": ["barriers", "time-travel"],"#, "").as_bytes()).unwrap_err();
-        assert_eq!(e.to_string(), "this repository needs a newer canup (feature time-travel); nothing was planned: update canup");
+        assert_eq!(e.to_string(), "this repository needs a newer canup (feature time-travel); nothing was planned and no step ran: update canup");
         let e = Index::parse(document("", r#""requires": ["time-travel"],"#).as_bytes()).unwrap_err();
-        assert_eq!(e.to_string(), "this repository needs a newer canup (feature time-travel, required by step 3.40.0/x); nothing was planned: update canup");
+        assert_eq!(e.to_string(), "this repository needs a newer canup (feature time-travel, required by step 3.40.0/x); nothing was planned and no step ran: update canup");
         // A required feature that also changes a known field's shape gets the same message.
         let changed = document(r#""requires": ["phases-v2"],"#, "").replace(r#""phase": "update""#, r#""phase": {"name": "update"}"#);
         assert!(Index::parse(changed.as_bytes()).unwrap_err().to_string().contains("feature phases-v2"));

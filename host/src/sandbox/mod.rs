@@ -48,7 +48,7 @@ use limits::{BoundedPipe, CpuExceeded, CpuMeter, EPOCH_TICK, MemoryLimiter, clas
 pub enum SandboxError {
     #[error("cannot set up the WebAssembly engine: {0}")]
     Engine(String),
-    #[error("step {step}: built for step API {built}, this canup supports {supported}; use a canup of the same major version")]
+    #[error("step {step}: built for step API {built}, this canup supports {supported}; use a canup of the same major version and at least that minor")]
     ApiMismatch { step: String, built: Version, supported: Version },
     #[error("step {step}: the module is not a valid step component: {why}")]
     Invalid { step: String, why: String },
@@ -105,6 +105,8 @@ pub struct StepEnv {
     pub recorded: Arc<Mutex<Vec<String>>>,
     /// The operator's `[settings]`.
     pub settings: Arc<std::collections::BTreeMap<String, String>>,
+    /// The operator's `[answers]` to optional questions (`ui.choose`).
+    pub answers: Arc<crate::config::Answers>,
     /// The data files of the step's release (`context.data`).
     pub data: Arc<ReleaseData>,
     /// Under `canup apply`: the journal of the step's changing actions (see [`StepActions`]).
@@ -126,6 +128,7 @@ impl StepEnv {
             limits: StepLimits::default(),
             recorded: Arc::default(),
             settings: Arc::default(),
+            answers: Arc::default(),
             data: Arc::default(),
             actions: None,
         }
@@ -263,7 +266,10 @@ impl Sandbox {
                 why: format!("it is {} bytes, over canup's limit of {MAX_MODULE_BYTES} bytes for a step module; refused before compiling", wasm.len()),
             });
         }
-        if declared_api.major != STEP_API.major {
+        // Same major, and no newer minor: the component model's semver matching would link
+        // a 1.2 module that uses only 1.1's functions, but its author relied on 1.2.
+        let runnable = |v: &Version| v.major == STEP_API.major && v.minor <= STEP_API.minor;
+        if !runnable(declared_api) {
             return Err(mismatch(declared_api));
         }
         let sha = sha256_hex(wasm);
@@ -288,7 +294,7 @@ impl Sandbox {
         for (name, _) in component.component_type().imports(&self.engine) {
             if let Some(version) = name.strip_prefix("canup:step/").and_then(|rest| rest.split_once('@')).map(|(_, v)| v) {
                 let v = Version::parse(version).map_err(|e| SandboxError::Invalid { step: step.to_owned(), why: format!("import {name}: {e}") })?;
-                if v.major != STEP_API.major {
+                if !runnable(&v) {
                     return Err(mismatch(&v));
                 }
                 api = v;

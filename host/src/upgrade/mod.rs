@@ -183,6 +183,7 @@ impl Session {
             limits: self.config.limits.resolve(),
             recorded: recorded.clone(),
             settings: Arc::new(self.config.settings.clone()),
+            answers: Arc::new(self.config.answers.clone()),
             data,
             actions,
             ..StepEnv::new(grant, self.sysroot.clone(), backups, self.audit.clone(), ui, context)
@@ -421,10 +422,16 @@ pub async fn apply(session: &Session, options: &ApplyOptions, progress: Arc<dyn 
         }
         reports.push(report);
     }
-    let recorded = recorded.lock().map(|r| r.clone()).unwrap_or_default();
     if options.dry_run {
+        // The real run ends with detection again (below): its queries are part of what it
+        // does, so the dry run runs and lists them too; their answer means nothing here.
+        if let Err(e) = session.detect_recording(ui, Some(&recorded)).await {
+            tracing::warn!("the dry run's closing detection failed: {e}");
+        }
+        let recorded = recorded.lock().map(|r| r.clone()).unwrap_or_default();
         return Ok(ApplySummary { run, plan, reports, skipped: done, recorded, verified: None });
     }
+    let recorded = Vec::new();
     // The steps said they succeeded; what is installed says whether the upgrade happened.
     let verdict = verify(session, &plan, ui).await;
     let (outcome, message) = match &verdict {

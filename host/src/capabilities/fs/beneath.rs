@@ -234,6 +234,21 @@ impl Entry {
         Ok(fsync(&dir)?)
     }
 
+    /// Makes the directory with `mode` exactly (not masked by the umask) and the owner of the
+    /// directory it is made in, set through its own descriptor; the parent is then synced.
+    pub fn make_dir(&self, mode: u32) -> io::Result<()> {
+        let dir = self.writable()?;
+        nix::sys::stat::mkdirat(&dir, self.name(), Mode::from_bits_truncate(0o700))?;
+        let made = openat(&dir, self.name(), OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty()).map_err(changed)?;
+        let parent = fstat(&dir)?;
+        if nix::unistd::geteuid().is_root() {
+            nix::unistd::fchown(&made, Some(nix::unistd::Uid::from_raw(parent.st_uid)), Some(nix::unistd::Gid::from_raw(parent.st_gid)))?;
+        }
+        nix::sys::stat::fchmod(&made, Mode::from_bits_truncate(mode & 0o777))?;
+        fsync(&made)?;
+        Ok(fsync(&dir)?)
+    }
+
     /// The directory opened again, readable: a rename or unlink is made durable by an fsync of
     /// the directory, which an `O_PATH` descriptor cannot do. Opening `.` through the
     /// descriptor reaches the same directory, whatever happened to its path since.

@@ -39,13 +39,18 @@ impl CompiledFsRules {
 pub enum Access {
     Read,
     Write,
+    /// Making a directory (`fs.create-dir`): under the write rules, like a change; an
+    /// existing directory needs no check, there is nothing to do.
+    CreateDir,
 }
 
 impl Access {
-    fn label(self) -> &'static str {
+    /// What is asked for `path`, as a denial names it.
+    fn of(self, path: &str) -> String {
         match self {
-            Access::Read => "read",
-            Access::Write => "write",
+            Access::Read => format!("read of {path}"),
+            Access::Write => format!("write of {path}"),
+            Access::CreateDir => format!("creation of the directory {path}"),
         }
     }
 }
@@ -88,13 +93,16 @@ impl Grant {
     /// The single checkpoint for `fs`.
     pub fn check_fs(&self, sysroot: &Sysroot, path: &str, access: Access) -> Result<Resolved, Denial> {
         let mut resolved = resolve(sysroot, path)?;
+        if access == Access::CreateDir && resolved.stat.as_ref().is_some_and(|st| kind(st) == SFlag::S_IFDIR) {
+            return Ok(resolved);
+        }
         let shown = if resolved.logical == Path::new(path) { path.to_owned() } else { format!("{path} (resolves to {})", resolved.logical.display()) };
         let matches = |list: &[GlobMatcher]| list.iter().any(|g| g.is_match(&resolved.logical));
         self.both(
-            || format!("{} of {shown}", access.label()),
+            || access.of(&shown),
             |side| match access {
                 Access::Read => matches(&side.fs.read),
-                Access::Write => matches(&side.fs.write),
+                Access::Write | Access::CreateDir => matches(&side.fs.write),
             },
         )?;
         // Creating is granted apart from changing: a new file in a directory of fragments (a
@@ -156,6 +164,41 @@ pub fn append(path: &Resolved, data: &[u8], max: usize, backups: &mut Backups) -
     content.extend_from_slice(data);
     backups.save(&path.logical, original.as_ref())?;
     entry.replace(&content)
+}
+
+/// Makes one directory whose parent exists (`mode`, the parent's owner), recorded first in the
+/// run's backups so that `restore-files` can take it away again; `false` when it already was
+/// a directory.
+pub fn create_dir(path: &Resolved, mode: u32, backups: &mut Backups) -> io::Result<bool> {
+    match &path.stat {
+        Some(st) if kind(st) == SFlag::S_IFDIR => Ok(false),
+        Some(_) => Err(io::Error::new(io::ErrorKind::AlreadyExists, "it exists and is not a directory")),
+        None => {
+            let entry = path.entry()?;
+            backups.save_created_dir(&path.logical)?;
+            entry.make_dir(mode)?;
+            Ok(true)
+        }
+    }
+}
+
+/// The directories of `path` (absolute, no `.` or `..`) that do not exist, outermost first:
+/// what `mkdir -p` would make. Judged by the same walk as every other path, not checked.
+pub fn missing_dirs(sysroot: &Sysroot, path: &str) -> Result<Vec<String>, Denial> {
+    let invalid = |why: &str| Denial::Invalid { what: format!("directory {path:?}"), why: why.into() };
+    if !path.starts_with('/') || path.split('/').any(|c| c == "." || c == "..") {
+        return Err(invalid("give an absolute path without '.' or '..'"));
+    }
+    let mut prefix = String::new();
+    let mut missing = Vec::new();
+    for name in path.split('/').filter(|c| !c.is_empty()) {
+        prefix.push('/');
+        prefix.push_str(name);
+        if !missing.is_empty() || resolve(sysroot, &prefix)?.stat.is_none() {
+            missing.push(prefix.clone());
+        }
+    }
+    Ok(missing)
 }
 
 pub fn remove(path: &Resolved, max: usize, backups: &mut Backups) -> io::Result<()> {

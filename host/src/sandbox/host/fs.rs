@@ -37,6 +37,7 @@ impl wit::fs::Host for StepState {
         self.fs_change(
             "fs.write",
             &path,
+            Access::Write,
             move |p| format!("write {} ({size} bytes):\n{}", p.display(), indent(&text)),
             move |p, b| cap_fs::write(p, &data, max, b),
             done,
@@ -57,6 +58,7 @@ impl wit::fs::Host for StepState {
         self.fs_change(
             "fs.append",
             &path,
+            Access::Write,
             move |p| format!("append to {}:\n{}", p.display(), indent(&text)),
             move |p, b| {
                 let Some((recorder, (occurrence, past))) = journal else { return cap_fs::append(p, &data, max, b) };
@@ -91,7 +93,35 @@ impl wit::fs::Host for StepState {
 
     async fn remove(&mut self, path: String) -> Result<(), WitError> {
         let max = self.env.limits.fs_read;
-        self.fs_change("fs.remove", &path, |p| format!("remove {}", p.display()), move |p, b| cap_fs::remove(p, max, b), "removed".into())
+        self.fs_change("fs.remove", &path, Access::Write, |p| format!("remove {}", p.display()), move |p, b| cap_fs::remove(p, max, b), "removed".into())
+    }
+
+    async fn create_dir(&mut self, path: String, mode: Option<u32>) -> Result<(), WitError> {
+        let mode = mode.unwrap_or(0o755) & 0o777;
+        let missing = cap_fs::missing_dirs(&self.env.sysroot, &path).map_err(WitError::from);
+        let missing = match missing {
+            Ok(m) => m,
+            Err(e) => {
+                self.account(Instant::now(), "fs.create-dir", json!({ "path": path }), &Err::<(), _>(e.clone()), |_| String::new());
+                return Err(e);
+            }
+        };
+        if missing.is_empty() {
+            // Already there: one checked, audited call that changes nothing.
+            return self.fs_call("fs.create-dir", &path, Access::CreateDir, |p, b| cap_fs::create_dir(p, mode, b), |_| "exists".into()).map(|_| ());
+        }
+        // `mkdir -p`: each directory made is a change of its own, checked, audited, listed.
+        for dir in missing {
+            self.fs_change(
+                "fs.create-dir",
+                &dir,
+                Access::CreateDir,
+                move |p| format!("create directory {} (mode {mode:04o})", p.display()),
+                move |p, b| cap_fs::create_dir(p, mode, b).map(|_| ()),
+                format!("created (mode {mode:04o})"),
+            )?;
+        }
+        Ok(())
     }
 
     async fn metadata(&mut self, path: String) -> Result<wit::fs::FileInfo, WitError> {
@@ -126,16 +156,17 @@ impl StepState {
         &mut self,
         capability: &str,
         path: &str,
+        access: Access,
         describe: impl FnOnce(&Path) -> String,
         op: impl FnOnce(&cap_fs::Resolved, &mut Backups) -> io::Result<()>,
         done: String,
     ) -> Result<(), WitError> {
         if self.env.context.dry_run {
-            let line = self.fs_call(capability, path, Access::Write, move |p, _| Ok(describe(&p.logical)), |_| "recorded (dry run)".into())?;
+            let line = self.fs_call(capability, path, access, move |p, _| Ok(describe(&p.logical)), |_| "recorded (dry run)".into())?;
             self.record(line);
             return Ok(());
         }
-        self.fs_call(capability, path, Access::Write, op, |_| done)
+        self.fs_call(capability, path, access, op, |_| done)
     }
 
     /// One `fs` call: check, then run `op` on the resolved path; then account.

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use serde_json::json;
 
-use super::super::bindings::{WitError, wit};
+use super::super::bindings::{ErrorKind, WitError, wit, wit_error};
 use super::super::call::StepState;
 use crate::ui::{Level, visible};
 
@@ -88,5 +88,41 @@ impl wit::ui::Host for StepState {
             },
         );
         done
+    }
+
+    async fn choose(&mut self, question_id: String, question: String, options: Vec<String>, default: u32) -> Result<u32, WitError> {
+        let start = Instant::now();
+        let answer = self.answer(&question_id, &question, &options, default).await;
+        let args = json!({ "question-id": question_id, "question": question, "options": options, "default": default });
+        self.account(start, "ui.choose", args, &answer, |(i, source)| format!("{} ({source})", options.get(*i as usize).map_or("?", String::as_str)));
+        answer.map(|(i, _)| i)
+    }
+}
+
+impl StepState {
+    /// Who answers an optional question, in this order: the operator's `[answers]` in
+    /// canup.toml, the operator at a terminal (not under `--yes`), the step's default.
+    /// Returns the index and where it came from, for the audit.
+    async fn answer(&mut self, question_id: &str, question: &str, options: &[String], default: u32) -> Result<(u32, &'static str), WitError> {
+        let step = self.env.context.step_id.clone();
+        let invalid = |why: String| wit_error(ErrorKind::Invalid, format!("question {question_id} of step {step}: {why}"));
+        if options.is_empty() || options.len() > 64 || default as usize >= options.len() {
+            return Err(invalid(format!("{} options with default {default}: give 1 to 64 options and a default among them", options.len())));
+        }
+        if let Some(given) = self.env.answers.get(&step).and_then(|a| a.get(question_id)) {
+            return match options.iter().position(|o| o == given) {
+                Some(i) => Ok((i as u32, "canup.toml [answers]")),
+                None => Err(invalid(format!("canup.toml [answers.\"{step}\"] gives {given:?}, which is not one of: {}", options.join(", ")))),
+            };
+        }
+        // A question the step may no longer show gets the default: nobody saw it.
+        let Some(shown) = self.shown(question) else { return Ok((default, "the default: the question was not shown")) };
+        let shown_options: Vec<String> = options.iter().map(|o| visible(o).into_owned()).collect();
+        let ui = self.env.ui.clone();
+        let asked = tokio::task::spawn_blocking(move || ui.choose(&step, &shown, &shown_options, default as usize)).await.ok().flatten();
+        Ok(match asked {
+            Some(i) if i < options.len() => (i as u32, "the operator"),
+            _ => (default, "the default: nobody answered (--yes or no terminal)"),
+        })
     }
 }

@@ -53,6 +53,9 @@ canup_sdk::export_step! {
     "read-forever" => read_forever,
     "long-args" => long_args,
     "new-drop-in" => new_drop_in,
+    "create-dir" => create_dir,
+    "create-dir-outside" => create_dir_outside,
+    "choose" => choose,
 }
 
 fn allowed_exec(_: &Context) -> Result<()> {
@@ -390,4 +393,26 @@ fn long_args(_: &Context) -> Result<()> {
 fn new_drop_in(_: &Context) -> Result<()> {
     fs::write("/etc/systemd/system/canopsis-engine-go@.service.d/zz-canup.conf", "[Service]\nExecStartPre=/bin/sh -c 'id > /pwned'\n")?;
     bail!("created a drop-in")
+}
+
+/// Contract 1.1: `mkdir -p` of two new levels, then a file in the new directory.
+fn create_dir(_: &Context) -> Result<()> {
+    fs::create_dir("/opt/canopsis/etc/new.d/sub", Some(0o750))?;
+    fs::create_dir("/opt/canopsis/etc/new.d/sub", None)?;
+    fs::write("/opt/canopsis/etc/new.d/sub/x.conf", "x=1\n")?;
+    println!("created");
+    Ok(())
+}
+
+/// A directory outside the write rules.
+fn create_dir_outside(_: &Context) -> Result<()> {
+    let e = fs::create_dir("/opt/canopsis/share/new/sub", None).err().ok_or_else(|| Error::msg("created a directory outside the write rules"))?;
+    Err(e)
+}
+
+/// Contract 1.1: an optional action, off unless answered.
+fn choose(_: &Context) -> Result<()> {
+    let i = ui::choose("enable-x", "Enable the optional X?", &["no", "yes"], 0)?;
+    println!("chosen={i}");
+    Ok(())
 }
