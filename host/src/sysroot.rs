@@ -9,6 +9,9 @@ use std::path::{Component, Path, PathBuf};
 pub struct Sysroot {
     /// Canonical root; `/` for the real host.
     root: PathBuf,
+    /// The root's directory, opened on first use and kept: every `fs` call walks from it, and
+    /// opening it by path each time was the costliest `openat` of the walk.
+    dir: std::sync::Arc<std::sync::OnceLock<std::os::fd::OwnedFd>>,
 }
 
 impl Default for Sysroot {
@@ -20,14 +23,23 @@ impl Default for Sysroot {
 impl Sysroot {
     /// The machine itself.
     pub fn host() -> Self {
-        Self { root: PathBuf::from("/") }
+        Self { root: PathBuf::from("/"), dir: Default::default() }
     }
 
     /// A directory standing in for `/`. It must exist; it is canonicalised so that later
     /// prefix checks compare resolved paths with a resolved root.
     pub fn new(dir: &Path) -> io::Result<Self> {
         let root = dir.canonicalize().map_err(|e| io::Error::new(e.kind(), format!("sysroot {}: {e}", dir.display())))?;
-        Ok(Self { root })
+        Ok(Self { root, dir: Default::default() })
+    }
+
+    /// The root's directory descriptor (see `capabilities/fs/beneath.rs`).
+    pub fn dir(&self) -> io::Result<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        if self.dir.get().is_none() {
+            let _ = self.dir.set(crate::capabilities::fs::open_root(&self.root)?);
+        }
+        self.dir.get().map(|fd| fd.as_fd()).ok_or_else(|| io::Error::other("the sysroot's directory could not be kept open"))
     }
 
     pub fn root(&self) -> &Path {

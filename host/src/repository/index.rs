@@ -188,7 +188,10 @@ mod tests {
         let e = Index::parse(document(r#""requires": ["barriers", "time-travel"],"#, "").as_bytes()).unwrap_err();
         assert_eq!(e.to_string(), "this repository needs a newer canup (feature time-travel); nothing was planned and no step ran: update canup");
         let e = Index::parse(document("", r#""requires": ["time-travel"],"#).as_bytes()).unwrap_err();
-        assert_eq!(e.to_string(), "this repository needs a newer canup (feature time-travel, required by step 3.40.0/x); nothing was planned and no step ran: update canup");
+        assert_eq!(
+            e.to_string(),
+            "this repository needs a newer canup (feature time-travel, required by step 3.40.0/x); nothing was planned and no step ran: update canup"
+        );
         // A required feature that also changes a known field's shape gets the same message.
         let changed = document(r#""requires": ["phases-v2"],"#, "").replace(r#""phase": "update""#, r#""phase": {"name": "update"}"#);
         assert!(Index::parse(changed.as_bytes()).unwrap_err().to_string().contains("feature phases-v2"));

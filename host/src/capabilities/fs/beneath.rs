@@ -23,7 +23,7 @@ use std::collections::VecDeque;
 use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io::{self, Read};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 
 use nix::errno::Errno;
@@ -72,9 +72,8 @@ pub struct Walk {
 
 /// Walks the step's absolute path `path` from `root` (the sysroot's canonical directory; `/`
 /// on the real host, where `..` at the top stays there as in the kernel).
-pub fn walk(root: &Path, path: &Path) -> Result<Walk, WalkError> {
+pub fn walk(root: &Path, root_fd: BorrowedFd<'_>, path: &Path) -> Result<Walk, WalkError> {
     let host = root == Path::new("/");
-    let root_fd = open(root, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())?;
     // The directories walked below the root, with their names: the logical path so far.
     let mut dirs: Vec<(OwnedFd, OsString)> = Vec::new();
     let mut pending: VecDeque<OsString> = names(path);
@@ -86,7 +85,7 @@ pub fn walk(root: &Path, path: &Path) -> Result<Walk, WalkError> {
             }
             continue;
         }
-        let dir = dirs.last().map_or(&root_fd, |(fd, _)| fd);
+        let dir = dirs.last().map_or(root_fd, |(fd, _)| fd.as_fd());
         let last = pending.is_empty();
         let found = if last {
             stat_in(dir, &name)?
@@ -123,9 +122,9 @@ pub fn walk(root: &Path, path: &Path) -> Result<Walk, WalkError> {
                 pending = next;
             }
             Some(st) if last => {
-                return Ok(Walk { logical: logical(&dirs, Some(&name)), entry: Some(Entry { parent: take(dirs, root_fd), name }), stat: Some(st) });
+                return Ok(Walk { logical: logical(&dirs, Some(&name)), entry: Some(Entry { parent: take(dirs, root_fd)?, name }), stat: Some(st) });
             }
-            None if last => return Ok(Walk { logical: logical(&dirs, Some(&name)), entry: Some(Entry { parent: take(dirs, root_fd), name }), stat: None }),
+            None if last => return Ok(Walk { logical: logical(&dirs, Some(&name)), entry: Some(Entry { parent: take(dirs, root_fd)?, name }), stat: None }),
             // A directory of the path is missing (or is a file): the rest is taken as named.
             _ => {
                 if pending.iter().any(|n| n == "..") {
@@ -139,7 +138,7 @@ pub fn walk(root: &Path, path: &Path) -> Result<Walk, WalkError> {
     }
     // The path ends on a directory already walked (`/`, or a final `..`).
     let logical = logical(&dirs, None);
-    let parent = take(dirs, root_fd);
+    let parent = take(dirs, root_fd)?;
     let stat = fstat(&parent)?;
     Ok(Walk { logical, entry: Some(Entry { parent, name: OsString::from(".") }), stat: Some(stat) })
 }
@@ -161,9 +160,17 @@ fn logical(dirs: &[(OwnedFd, OsString)], name: Option<&OsStr>) -> PathBuf {
     p
 }
 
-/// The last directory walked, as an owned descriptor.
-fn take(mut dirs: Vec<(OwnedFd, OsString)>, root: OwnedFd) -> OwnedFd {
-    dirs.pop().map_or(root, |(fd, _)| fd)
+/// The last directory walked, as an owned descriptor (the sysroot's own, duplicated).
+fn take(mut dirs: Vec<(OwnedFd, OsString)>, root: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    match dirs.pop() {
+        Some((fd, _)) => Ok(fd),
+        None => root.try_clone_to_owned(),
+    }
+}
+
+/// The sysroot's directory, opened once per sysroot (`O_PATH`): the start of every walk.
+pub fn open_root(root: &Path) -> io::Result<OwnedFd> {
+    Ok(open(root, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())?)
 }
 
 /// A walked path's last component and the directory that holds it, reached through real
@@ -285,6 +292,10 @@ fn changed(e: Errno) -> io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn walk(root: &Path, path: &Path) -> Result<Walk, WalkError> {
+        super::walk(root, open_root(root).unwrap().as_fd(), path)
+    }
 
     fn at(root: &Path, path: &str) -> Walk {
         walk(root, Path::new(path)).unwrap_or_else(|e| panic!("{path}: {e:?}"))

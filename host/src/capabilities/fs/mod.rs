@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use globset::GlobMatcher;
 use nix::sys::stat::{FileStat, SFlag};
 
+pub use self::beneath::open_root;
 use self::beneath::{Entry, WalkError};
 use super::{Denial, FsRules, Grant, PatternError, glob};
 use crate::backup::{Backups, Original};
@@ -81,7 +82,10 @@ fn resolve(sysroot: &Sysroot, logical: &str) -> Result<Resolved, Denial> {
     if !logical.starts_with('/') || logical.contains('\0') {
         return Err(invalid("paths must be absolute"));
     }
-    match beneath::walk(sysroot.root(), Path::new(logical)) {
+    let dir = sysroot
+        .dir()
+        .map_err(|e| Denial::Invalid { what: format!("path {logical}"), why: format!("the sysroot {} cannot be opened: {e}", sysroot.root().display()) })?;
+    match beneath::walk(sysroot.root(), dir, Path::new(logical)) {
         Ok(walk) => Ok(Resolved { real: sysroot.map(&walk.logical), logical: walk.logical, entry: walk.entry, stat: walk.stat, creatable: false }),
         Err(WalkError::Outside { to }) => Err(Denial::Invalid { what: format!("path {logical}"), why: format!("it leads to {to}, outside the sysroot") }),
         Err(WalkError::Invalid(why)) => Err(invalid(why)),
