@@ -87,6 +87,16 @@ impl Admin {
         self.call(reqwest::Method::POST, "/api/bindings/canopsis/e/canopsis.events/q/Engine_che", Some(json!({ "routing_key": "#" }))).await.map(|_| ())
     }
 
+    /// Removes every binding of `Engine_che` to `canopsis.events` (what 3.39.0 does).
+    pub async fn unbind_che(&self) -> Result<()> {
+        let v: serde_json::Value = self.call(reqwest::Method::GET, "/api/bindings/canopsis/e/canopsis.events/q/Engine_che", None).await?.json().await?;
+        for b in v.as_array().cloned().unwrap_or_default() {
+            let key = b["properties_key"].as_str().unwrap_or("~");
+            self.call(reqwest::Method::DELETE, &format!("/api/bindings/canopsis/e/canopsis.events/q/Engine_che/{key}"), None).await?;
+        }
+        Ok(())
+    }
+
     /// Destinations bound to `canopsis.events`.
     pub async fn bound_queues(&self) -> Result<Vec<String>> {
         let v: serde_json::Value = self.call(reqwest::Method::GET, "/api/exchanges/canopsis/canopsis.events/bindings/source", None).await?.json().await?;

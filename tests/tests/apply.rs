@@ -523,3 +523,95 @@ async fn a_migration_barrier_set_by_the_vendor_is_never_crossed() {
     vendor(&repo, "withdraw", &["--release", "4.6.0", "--reason", "superseded by 4.6.1"]);
     refused(&h);
 }
+
+/// The dry run's list as actions: commands (queries included), file changes, requests.
+fn listed_actions(stdout: &str) -> Vec<String> {
+    let (_, list) = stdout.split_once("The real run would make these changes, in order (queries ran for real):\n").expect("a dry-run list");
+    let actions = list.lines().filter_map(|l| l.strip_prefix("  ")).filter(|l| !l.starts_with(' ')).map(|l| {
+        if let Some(command) = l.strip_prefix("run: ") {
+            // Variables are shown masked (`K=…`) and another user as ` (as USER)`.
+            let words: Vec<&str> = command.split(' ').skip_while(|w| w.ends_with("=…")).collect();
+            format!("exec {}", words.join(" ").split(" (as ").next().unwrap())
+        } else if let Some(query) = l.strip_prefix("query: ") {
+            match query.split_once(" on endpoint ") {
+                Some((request, endpoint)) => format!("http {request} on {endpoint}"),
+                None => format!("exec {query}"),
+            }
+        } else if let Some(send) = l.strip_prefix("send: ") {
+            let (request, rest) = send.split_once(" to endpoint ").unwrap();
+            format!("http {request} on {}", rest.split(" with body ").next().unwrap())
+        } else if let Some(path) = l.strip_prefix("write ") {
+            format!("write {}", path.split(" (").next().unwrap())
+        } else if let Some(path) = l.strip_prefix("append to ") {
+            format!("append {}", path.trim_end_matches(':'))
+        } else if let Some(path) = l.strip_prefix("remove ") {
+            format!("remove {path}")
+        } else if let Some(path) = l.strip_prefix("create directory ") {
+            format!("create-dir {}", path.split(" (").next().unwrap())
+        } else {
+            panic!("unknown line in the dry-run list: {l:?}")
+        }
+    });
+    collapse(actions)
+}
+
+/// What a run did, from the audit records it added to `audit.jsonl` after byte `from`:
+/// allowed commands, file changes and requests.
+fn audited_actions(state: &Path, from: usize) -> Vec<String> {
+    let log = std::fs::read_to_string(state.join("audit.jsonl")).unwrap();
+    let actions = log[from..].lines().filter_map(|line| {
+        let r: canup::audit::AuditRecord = serde_json::from_str(line).unwrap();
+        if r.decision != canup::audit::Decision::Allowed || r.result.starts_with("error") {
+            return None;
+        }
+        let arg = |k: &str| r.args[k].as_str().unwrap_or_default().to_owned();
+        Some(match r.capability.as_str() {
+            "exec" => {
+                let args: Vec<String> = r.args["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_owned()).collect();
+                format!("exec {}", canup::sandbox::shell_words(&arg("program"), &args))
+            }
+            "fs.write" => format!("write {}", arg("path")),
+            "fs.append" => format!("append {}", arg("path")),
+            "fs.remove" => format!("remove {}", arg("path")),
+            "fs.create-dir" if r.result.starts_with("created") => format!("create-dir {}", arg("path")),
+            "http" => format!("http {} {} on {}", arg("method"), arg("path"), arg("endpoint")),
+            _ => return None,
+        })
+    });
+    collapse(actions)
+}
+
+/// Repeated identical queries in a row (a poll) count once: how often a poll runs depends
+/// on the server, not on the plan.
+fn collapse(actions: impl Iterator<Item = String>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for a in actions {
+        if out.last() != Some(&a) {
+            out.push(a);
+        }
+    }
+    out
+}
+
+/// Dry-run fidelity: on the same simulated host and configuration, the dry run lists exactly
+/// the commands, file changes and requests the real run then makes, in order, for the demo
+/// upgrade (packages) and a Compose upgrade.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_lists_exactly_what_the_real_run_does() {
+    for method in [Method::Packages, Method::Compose] {
+        let h = host(Spec { version: "3.38.0".into(), edition: Edition::Cat, method }).await;
+        // Other tests of this binary unbind Engine_che at times of their own; unbound from the
+        // start, the RabbitMQ state is the same for the dry run and the real run.
+        Admin::new().unbind_che().await.unwrap();
+        let state = h.dir.path().join("state");
+        let before = h.sim.snapshot().unwrap();
+        let dry = h.run(&["apply", "--to", "3.40.0", "--dry-run", "--accept-manual"]);
+        assert!(dry.status.success(), "{method:?}: {}", text(&dry));
+        assert_eq!(h.sim.snapshot().unwrap(), before, "{method:?}: the dry run changed the host");
+        let listed = listed_actions(&String::from_utf8_lossy(&dry.stdout));
+        let from = std::fs::metadata(state.join("audit.jsonl")).unwrap().len() as usize;
+        let real = h.run(&["apply", "--to", "3.40.0", "--yes", "--accept-manual"]);
+        assert!(real.status.success(), "{method:?}: {}", text(&real));
+        assert_eq!(listed, audited_actions(&state, from), "{method:?}: the dry run's list vs what the real run did");
+    }
+}

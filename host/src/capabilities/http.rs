@@ -224,15 +224,22 @@ pub(crate) fn redirect_target(resp: &reqwest::Response) -> Option<Result<Url, St
     Some(resp.url().join(location).map_err(|e| format!("redirect to {location:?}: {e}")))
 }
 
-/// Sends an already-checked request. Redirects go through `grant` again; those followed are
-/// pushed to `redirects` as they are, so the caller can audit them whatever the outcome.
-pub async fn send(grant: &Grant, endpoints: &Endpoints, req: &HttpRequest, limits: &HttpLimits, redirects: &mut Vec<Hop>) -> Result<HttpResponse, HttpError> {
+/// Where a checked request goes, from the operator's endpoint configuration.
+struct Target<'a> {
+    endpoint: &'a Endpoint,
+    base: Url,
+    url: Url,
+}
+
+/// Everything about a request that depends on the operator's configuration rather than on the
+/// server: the endpoint is configured, its URL is valid, the path stays on its origin, the body
+/// is within the limit, its secret is readable.
+fn target<'a>(endpoints: &'a Endpoints, req: &HttpRequest, limits: &HttpLimits) -> Result<Target<'a>, HttpError> {
     let name = req.endpoint.as_str();
     let ep = endpoints.get(name).ok_or_else(|| HttpError::UnknownEndpoint(name.to_owned()))?;
-    let failed = |why: String| HttpError::Failed { endpoint: name.to_owned(), why };
     let base = Url::parse(&ep.url).map_err(|e| HttpError::BadConfig { endpoint: name.to_owned(), why: format!("url {:?}: {e}", ep.url) })?;
-    let base_path = base.path().trim_end_matches('/').to_owned();
-    let url = Url::parse(&format!("{}{}", ep.url.trim_end_matches('/'), req.path)).map_err(|e| failed(format!("bad URL: {e}")))?;
+    let url = Url::parse(&format!("{}{}", ep.url.trim_end_matches('/'), req.path))
+        .map_err(|e| HttpError::Failed { endpoint: name.to_owned(), why: format!("bad URL: {e}") })?;
     if !same_origin(&url, &base) {
         return Err(Denial::Invalid { what: format!("path {} on endpoint {name}", req.path), why: "it leaves the endpoint's origin".into() }.into());
     }
@@ -241,7 +248,30 @@ pub async fn send(grant: &Grant, endpoints: &Endpoints, req: &HttpRequest, limit
     {
         return Err(HttpError::TooLarge { what: format!("request body for endpoint {name}"), limit: limits.max_request_body });
     }
+    Ok(Target { endpoint: ep, base, url })
+}
 
+/// What a dry run checks of a changing request it lists instead of sending: whatever would
+/// stop the real run before the server answers (an endpoint not configured, a bad URL, a
+/// secret that cannot be read) stops the dry run the same way, so that it never lists a
+/// request the real run cannot make.
+pub fn check_sendable(endpoints: &Endpoints, req: &HttpRequest, limits: &HttpLimits) -> Result<(), HttpError> {
+    let Target { endpoint: ep, .. } = target(endpoints, req, limits)?;
+    let name = req.endpoint.as_str();
+    let token = read_secret(name, &ep.token_file, &ep.token_env)?;
+    if token.is_none() && ep.username.is_some() {
+        read_secret(name, &ep.password_file, &ep.password_env)?;
+    }
+    Ok(())
+}
+
+/// Sends an already-checked request. Redirects go through `grant` again; those followed are
+/// pushed to `redirects` as they are, so the caller can audit them whatever the outcome.
+pub async fn send(grant: &Grant, endpoints: &Endpoints, req: &HttpRequest, limits: &HttpLimits, redirects: &mut Vec<Hop>) -> Result<HttpResponse, HttpError> {
+    let name = req.endpoint.as_str();
+    let Target { endpoint: ep, base, url } = target(endpoints, req, limits)?;
+    let failed = |why: String| HttpError::Failed { endpoint: name.to_owned(), why };
+    let base_path = base.path().trim_end_matches('/').to_owned();
     let client = shared_client().map_err(failed)?;
     let mut method = reqwest::Method::from_bytes(req.method.as_bytes()).map_err(|e| failed(e.to_string()))?;
     let mut url = url;
@@ -313,4 +343,31 @@ pub async fn send(grant: &Grant, endpoints: &Endpoints, req: &HttpRequest, limit
         body.extend_from_slice(&chunk);
     }
     Ok(HttpResponse { status, headers, body })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A dry run checks what would stop the real request before the server answers.
+    #[test]
+    fn a_request_a_dry_run_lists_must_be_sendable() {
+        let req = HttpRequest { endpoint: "canopsis-api".into(), method: "POST".into(), path: "/api/v4/broadcast-message".into(), headers: vec![], body: None };
+        let e = check_sendable(&Endpoints::new(), &req, &HttpLimits::default()).unwrap_err();
+        assert_eq!(e.to_string(), "endpoint canopsis-api is not configured; add [endpoints.canopsis-api] to canup.toml");
+        let dir = tempfile::tempdir().unwrap();
+        let endpoint = |password_file| Endpoint {
+            url: "http://127.0.0.1:1".into(),
+            username: Some("root".into()),
+            password_file: Some(password_file),
+            password_env: None,
+            token_file: None,
+            token_env: None,
+        };
+        let missing: Endpoints = [("canopsis-api".to_owned(), endpoint(dir.path().join("missing")))].into();
+        assert!(check_sendable(&missing, &req, &HttpLimits::default()).is_err(), "an unreadable password stops it too");
+        std::fs::write(dir.path().join("pw"), "secret\n").unwrap();
+        let ok: Endpoints = [("canopsis-api".to_owned(), endpoint(dir.path().join("pw")))].into();
+        check_sendable(&ok, &req, &HttpLimits::default()).unwrap();
+    }
 }

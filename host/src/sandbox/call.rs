@@ -136,9 +136,7 @@ impl StepState {
 
     /// Adds a line to the dry run's listing of what the real run would do.
     pub(super) fn record(&mut self, line: String) {
-        if let Ok(mut r) = self.env.recorded.lock() {
-            r.push(line);
-        }
+        self.env.recorded.record(line);
     }
 }
 

@@ -101,8 +101,8 @@ pub struct StepEnv {
     pub ui: Arc<dyn Ui>,
     pub context: StepContext,
     pub limits: StepLimits,
-    /// In a dry run, the commands and file changes the step would have made, in order.
-    pub recorded: Arc<Mutex<Vec<String>>>,
+    /// In a dry run: what the steps would have done, and the files as they would be.
+    pub recorded: DryRun,
     /// The operator's `[settings]`.
     pub settings: Arc<std::collections::BTreeMap<String, String>>,
     /// The operator's `[answers]` to optional questions (`ui.choose`).
@@ -126,12 +126,61 @@ impl StepEnv {
             ui,
             context,
             limits: StepLimits::default(),
-            recorded: Arc::default(),
+            recorded: DryRun::default(),
             settings: Arc::default(),
             answers: Arc::default(),
             data: Arc::default(),
             actions: None,
         }
+    }
+}
+
+/// A dry run's record, shared by all its steps: the commands, file changes and requests the
+/// real run would make, in order, and the files as the changes listed so far would leave them.
+/// Later steps of the dry run read those (`fs.read`, `exists`, `list-dir`, `metadata`, and the
+/// directories `create-dir` would make), so that a step whose work an earlier one already did
+/// lists nothing, as it will do nothing in the real run.
+#[derive(Debug, Clone, Default)]
+pub struct DryRun {
+    lines: Arc<Mutex<Vec<String>>>,
+    staged: Arc<Mutex<std::collections::BTreeMap<std::path::PathBuf, Staged>>>,
+}
+
+/// A path as a dry run would leave it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Staged {
+    File(Vec<u8>),
+    Removed,
+    Dir,
+}
+
+impl DryRun {
+    pub fn record(&self, line: String) {
+        if let Ok(mut l) = self.lines.lock() {
+            l.push(line);
+        }
+    }
+
+    /// What was listed so far, in order.
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// How the listed changes leave `logical` (the step's resolved path); `None`: untouched.
+    pub fn staged(&self, logical: &Path) -> Option<Staged> {
+        self.staged.lock().ok().and_then(|s| s.get(logical).cloned())
+    }
+
+    pub fn stage(&self, logical: &Path, state: Staged) {
+        if let Ok(mut s) = self.staged.lock() {
+            s.insert(logical.to_owned(), state);
+        }
+    }
+
+    /// The entries staged directly in the directory `dir`: (name, state).
+    pub fn staged_in(&self, dir: &Path) -> Vec<(String, Staged)> {
+        let Ok(s) = self.staged.lock() else { return Vec::new() };
+        s.iter().filter(|(p, _)| p.parent() == Some(dir)).filter_map(|(p, st)| Some((p.file_name()?.to_string_lossy().into_owned(), st.clone()))).collect()
     }
 }
 

@@ -24,7 +24,7 @@ use crate::journal::{self, ApplyLock, Event, Journal, JournalError, Outcome, Pla
 use crate::manifest::{Edition, Method, Phase};
 use crate::plan::{self, Plan, PlanError, PlannedStep};
 use crate::repository::{Index, IndexStep, LoadOptions, ReleaseData, RepoError, Repository};
-use crate::sandbox::{Detected, LoadedStep, Sandbox, SandboxError, StepContext, StepEnv, StepReport};
+use crate::sandbox::{Detected, DryRun, LoadedStep, Sandbox, SandboxError, StepContext, StepEnv, StepReport};
 use crate::sysroot::Sysroot;
 use crate::ui::Ui;
 use prefetch::{Prefetch, load_step};
@@ -160,7 +160,7 @@ impl Session {
         detected: Option<&Detected>,
         ui: Arc<dyn Ui>,
         dry_run: bool,
-        recorded: &Arc<Mutex<Vec<String>>>,
+        recorded: &DryRun,
     ) -> Result<StepReport, UpgradeError> {
         let grant = Grant::with_policy(&step.manifest.id, &step.manifest.capabilities, &self.policy)?;
         let backups = Backups::open(&self.state_dir, run).map_err(|source| UpgradeError::Store {
@@ -202,7 +202,7 @@ impl Session {
 
     /// [`Session::detect`]; in a dry run (`recorded` given) its queries join the run's list
     /// of commands.
-    async fn detect_recording(&self, ui: Arc<dyn Ui>, recorded: Option<&Arc<Mutex<Vec<String>>>>) -> Result<Detected, UpgradeError> {
+    async fn detect_recording(&self, ui: Arc<dyn Ui>, recorded: Option<&DryRun>) -> Result<Detected, UpgradeError> {
         let release = self
             .index
             .releases
@@ -231,7 +231,7 @@ impl Session {
                     None,
                     ui.clone(),
                     recorded.is_some(),
-                    recorded.unwrap_or(&Arc::default()),
+                    recorded.unwrap_or(&DryRun::default()),
                 )
                 .await?;
             tracing::debug!(step = %step.manifest.id, "detect step finished");
@@ -306,7 +306,7 @@ pub async fn apply(session: &Session, options: &ApplyOptions, progress: Arc<dyn 
     };
     let ui: Arc<dyn Ui> = progress.clone();
 
-    let recorded: Arc<Mutex<Vec<String>>> = Arc::default();
+    let recorded = DryRun::default();
     let mut prefetch = Prefetch::new(session);
     // A named target's own steps are in any plan that reaches it: their modules load while
     // detection runs.
@@ -428,7 +428,7 @@ pub async fn apply(session: &Session, options: &ApplyOptions, progress: Arc<dyn 
         if let Err(e) = session.detect_recording(ui, Some(&recorded)).await {
             tracing::warn!("the dry run's closing detection failed: {e}");
         }
-        let recorded = recorded.lock().map(|r| r.clone()).unwrap_or_default();
+        let recorded = recorded.lines();
         return Ok(ApplySummary { run, plan, reports, skipped: done, recorded, verified: None });
     }
     let recorded = Vec::new();
@@ -458,12 +458,7 @@ async fn verify(session: &Session, plan: &Plan, ui: Arc<dyn Ui>) -> Result<Detec
     }
 }
 
-async fn fresh_plan(
-    session: &Session,
-    options: &ApplyOptions,
-    ui: Arc<dyn Ui>,
-    recorded: &Arc<Mutex<Vec<String>>>,
-) -> Result<(String, Plan, Vec<String>), UpgradeError> {
+async fn fresh_plan(session: &Session, options: &ApplyOptions, ui: Arc<dyn Ui>, recorded: &DryRun) -> Result<(String, Plan, Vec<String>), UpgradeError> {
     let detected = session.detect_recording(ui, options.dry_run.then_some(recorded)).await?;
     let plan = session.plan(&detected, options.to.as_ref())?;
     Ok((run_id(), plan, Vec::new()))

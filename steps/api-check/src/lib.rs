@@ -35,16 +35,17 @@ fn reported_version(body: &serde_json::Value) -> Option<String> {
 
 fn api_check(ctx: &Context) -> Result<()> {
     let path = info_path(&ctx.target);
-    if ctx.dry_run {
-        // Nothing was upgraded in a dry run: the API still runs the installed version.
-        ui::info(&format!("would check that GET {path} answers with version {}", ctx.target));
-        return Ok(());
-    }
     let timeout = Duration::from_secs(setting("api_timeout_seconds", 300));
     let poll = Duration::from_millis(setting("api_poll_ms", 2000));
     let start = Instant::now();
     loop {
         let last = match http::Request::get("canopsis-api", path).send() {
+            // Nothing was upgraded in a dry run: the API still runs the installed version. The
+            // request is the real run's (a dry run lists what the real run asks), the verdict not.
+            Ok(r) if ctx.dry_run => {
+                ui::info(&format!("the Canopsis API answers HTTP {} on {path}; the real run waits for version {}", r.status(), ctx.target));
+                return Ok(());
+            }
             Ok(r) if r.is_success() => {
                 let body: serde_json::Value = serde_json::from_slice(r.body()).unwrap_or(serde_json::Value::Null);
                 let want = ctx.target.to_string();
@@ -66,6 +67,10 @@ fn api_check(ctx: &Context) -> Result<()> {
             Ok(r) => format!("HTTP {} {}", r.status(), r.text().chars().take(200).collect::<String>()),
             Err(e) if e.is_not_found() && e.message.contains("is not configured") => {
                 ui::warn("not checking the Canopsis API: the canopsis-api endpoint is not configured in canup.toml");
+                return Ok(());
+            }
+            Err(e) if ctx.dry_run => {
+                ui::warn(&format!("the Canopsis API does not answer on {path} now ({}); the real run waits for it", e.message));
                 return Ok(());
             }
             Err(e) => e.message,

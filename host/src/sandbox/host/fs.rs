@@ -21,12 +21,25 @@ use super::super::call::StepState;
 use crate::backup::Backups;
 use crate::capabilities::fs::{self as cap_fs, Access};
 use crate::journal::{ActionResult, PastAction};
+use crate::sandbox::Staged;
 use crate::sha256_hex;
 
 impl wit::fs::Host for StepState {
     async fn read(&mut self, path: String) -> Result<Vec<u8>, WitError> {
         let max = self.env.limits.fs_read;
-        self.fs_call("fs.read", &path, Access::Read, move |p, _| cap_fs::read(p, max), |d| format!("{} bytes", d.len()))
+        let staged = self.staged_view();
+        self.fs_call(
+            "fs.read",
+            &path,
+            Access::Read,
+            move |p, _| match staged(p) {
+                Some(Staged::File(data)) => Ok(data),
+                Some(Staged::Removed) => Err(io::ErrorKind::NotFound.into()),
+                Some(Staged::Dir) => Err(io::ErrorKind::IsADirectory.into()),
+                None => cap_fs::read(p, max),
+            },
+            |d| format!("{} bytes", d.len()),
+        )
     }
 
     async fn write(&mut self, path: String, data: Vec<u8>) -> Result<(), WitError> {
@@ -38,6 +51,7 @@ impl wit::fs::Host for StepState {
             "fs.write",
             &path,
             Access::Write,
+            Staging::Write(data.clone()),
             move |p| format!("write {} ({size} bytes):\n{}", p.display(), indent(&text)),
             move |p, b| cap_fs::write(p, &data, max, b),
             done,
@@ -59,6 +73,7 @@ impl wit::fs::Host for StepState {
             "fs.append",
             &path,
             Access::Write,
+            Staging::Append(data.clone()),
             move |p| format!("append to {}:\n{}", p.display(), indent(&text)),
             move |p, b| {
                 let Some((recorder, (occurrence, past))) = journal else { return cap_fs::append(p, &data, max, b) };
@@ -84,22 +99,64 @@ impl wit::fs::Host for StepState {
     }
 
     async fn exists(&mut self, path: String) -> Result<bool, WitError> {
-        self.fs_call("fs.exists", &path, Access::Read, |p, _| cap_fs::exists(p), |e| e.to_string())
+        let staged = self.staged_view();
+        self.fs_call(
+            "fs.exists",
+            &path,
+            Access::Read,
+            move |p, _| match staged(p) {
+                Some(state) => Ok(state != Staged::Removed),
+                None => cap_fs::exists(p),
+            },
+            |e| e.to_string(),
+        )
     }
 
     async fn list_dir(&mut self, path: String) -> Result<Vec<String>, WitError> {
-        self.fs_call("fs.list-dir", &path, Access::Read, |p, _| cap_fs::list(p), |l| format!("{} entries", l.len()))
+        let dry = self.env.context.dry_run.then(|| self.env.recorded.clone());
+        self.fs_call(
+            "fs.list-dir",
+            &path,
+            Access::Read,
+            move |p, _| {
+                let Some(dry) = dry else { return cap_fs::list(p) };
+                let mut names = match dry.staged(&p.logical) {
+                    Some(Staged::Dir) => Vec::new(),
+                    Some(_) => return Err(io::ErrorKind::NotADirectory.into()),
+                    None => cap_fs::list(p)?,
+                };
+                for (name, state) in dry.staged_in(&p.logical) {
+                    names.retain(|n| n != &name);
+                    if state != Staged::Removed {
+                        names.push(name);
+                    }
+                }
+                names.sort();
+                Ok(names)
+            },
+            |l| format!("{} entries", l.len()),
+        )
     }
 
     async fn remove(&mut self, path: String) -> Result<(), WitError> {
         let max = self.env.limits.fs_read;
-        self.fs_change("fs.remove", &path, Access::Write, |p| format!("remove {}", p.display()), move |p, b| cap_fs::remove(p, max, b), "removed".into())
+        self.fs_change(
+            "fs.remove",
+            &path,
+            Access::Write,
+            Staging::Remove,
+            |p| format!("remove {}", p.display()),
+            move |p, b| cap_fs::remove(p, max, b),
+            "removed".into(),
+        )
     }
 
     async fn create_dir(&mut self, path: String, mode: Option<u32>) -> Result<(), WitError> {
         let mode = mode.unwrap_or(0o755) & 0o777;
         let missing = cap_fs::missing_dirs(&self.env.sysroot, &path).map_err(WitError::from);
         let missing = match missing {
+            // A directory an earlier call of this dry run listed is there for what follows.
+            Ok(m) if self.env.context.dry_run => m.into_iter().filter(|d| self.env.recorded.staged(Path::new(d)) != Some(Staged::Dir)).collect(),
             Ok(m) => m,
             Err(e) => {
                 self.account(Instant::now(), "fs.create-dir", json!({ "path": path }), &Err::<(), _>(e.clone()), |_| String::new());
@@ -108,7 +165,9 @@ impl wit::fs::Host for StepState {
         };
         if missing.is_empty() {
             // Already there: one checked, audited call that changes nothing.
-            return self.fs_call("fs.create-dir", &path, Access::CreateDir, |p, b| cap_fs::create_dir(p, mode, b), |_| "exists".into()).map(|_| ());
+            let staged = self.staged_view();
+            let exists = move |p: &cap_fs::Resolved, b: &mut Backups| if staged(p) == Some(Staged::Dir) { Ok(false) } else { cap_fs::create_dir(p, mode, b) };
+            return self.fs_call("fs.create-dir", &path, Access::CreateDir, exists, |_| "exists".into()).map(|_| ());
         }
         // `mkdir -p`: each directory made is a change of its own, checked, audited, listed.
         for dir in missing {
@@ -116,6 +175,7 @@ impl wit::fs::Host for StepState {
                 "fs.create-dir",
                 &dir,
                 Access::CreateDir,
+                Staging::Dir,
                 move |p| format!("create directory {} (mode {mode:04o})", p.display()),
                 move |p, b| cap_fs::create_dir(p, mode, b).map(|_| ()),
                 format!("created (mode {mode:04o})"),
@@ -127,11 +187,24 @@ impl wit::fs::Host for StepState {
     async fn metadata(&mut self, path: String) -> Result<wit::fs::FileInfo, WitError> {
         use nix::sys::stat::SFlag;
         use wit::fs::{FileInfo, FileKind};
+        let staged = self.staged_view();
         self.fs_call(
             "fs.metadata",
             &path,
             Access::Read,
-            |p, _| {
+            move |p, _| {
+                let staged_info = |kind, size: usize, mode| FileInfo {
+                    kind,
+                    size: size as u64,
+                    mode,
+                    modified: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+                };
+                match staged(p) {
+                    Some(Staged::File(data)) => return Ok(staged_info(FileKind::File, data.len(), 0o644)),
+                    Some(Staged::Dir) => return Ok(staged_info(FileKind::Directory, 0, 0o755)),
+                    Some(Staged::Removed) => return Err(io::ErrorKind::NotFound.into()),
+                    None => {}
+                }
                 cap_fs::metadata(p).map(|st| FileInfo {
                     kind: match cap_fs::kind(&st) {
                         SFlag::S_IFLNK => FileKind::Symlink,
@@ -152,21 +225,58 @@ impl wit::fs::Host for StepState {
 impl StepState {
     /// A changing `fs` call: performed, or in a dry run checked and recorded as `describe`
     /// says (the step sees success, nothing is written).
+    #[allow(clippy::too_many_arguments)]
     fn fs_change(
         &mut self,
         capability: &str,
         path: &str,
         access: Access,
+        staging: Staging,
         describe: impl FnOnce(&Path) -> String,
         op: impl FnOnce(&cap_fs::Resolved, &mut Backups) -> io::Result<()>,
         done: String,
     ) -> Result<(), WitError> {
         if self.env.context.dry_run {
-            let line = self.fs_call(capability, path, access, move |p, _| Ok(describe(&p.logical)), |_| "recorded (dry run)".into())?;
+            let dry = self.env.recorded.clone();
+            let max = self.env.limits.fs_read;
+            let line = self.fs_call(
+                capability,
+                path,
+                access,
+                move |p, _| {
+                    let state = match staging {
+                        Staging::Write(data) => Staged::File(data),
+                        Staging::Append(data) => {
+                            let mut content = match dry.staged(&p.logical) {
+                                Some(Staged::File(content)) => content,
+                                Some(_) => Vec::new(),
+                                None => match cap_fs::read(p, max) {
+                                    Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+                                    other => other?,
+                                },
+                            };
+                            content.extend_from_slice(&data);
+                            Staged::File(content)
+                        }
+                        Staging::Remove => Staged::Removed,
+                        Staging::Dir => Staged::Dir,
+                    };
+                    dry.stage(&p.logical, state);
+                    Ok(describe(&p.logical))
+                },
+                |_| "recorded (dry run)".into(),
+            )?;
             self.record(line);
             return Ok(());
         }
         self.fs_call(capability, path, access, op, |_| done)
+    }
+
+    /// In a dry run, how the changes it listed so far leave a path (see [`crate::sandbox::DryRun`]); always
+    /// `None` in a real run.
+    fn staged_view(&self) -> impl FnOnce(&cap_fs::Resolved) -> Option<Staged> + use<> {
+        let dry = self.env.context.dry_run.then(|| self.env.recorded.clone());
+        move |p| dry.and_then(|d| d.staged(&p.logical))
     }
 
     /// One `fs` call: check, then run `op` on the resolved path; then account.
@@ -189,6 +299,14 @@ impl StepState {
         self.account(start, capability, json!({ "path": path }), &result, summary);
         result
     }
+}
+
+/// What a changing call does to the path, for the dry run's staged view.
+enum Staging {
+    Write(Vec<u8>),
+    Append(Vec<u8>),
+    Remove,
+    Dir,
 }
 
 fn indent(text: &str) -> String {

@@ -35,6 +35,7 @@ impl StepState {
         let dry = self.env.context.dry_run;
         let changing = !matches!(request.method.as_str(), "GET" | "HEAD");
         if dry && changing {
+            cap_http::check_sendable(&self.env.endpoints, request, &self.env.limits.http)?;
             let body = request.body.as_ref().map(|b| format!(" with body {}", String::from_utf8_lossy(b))).unwrap_or_default();
             self.record(format!("send: {} {} to endpoint {}{body}", request.method, request.path, request.endpoint));
             return Ok(Done::Now(wit::http::Response { status: 200, headers: vec![("x-canup-dry-run".into(), "1".into())], body: vec![] }));
