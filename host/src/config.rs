@@ -185,5 +185,6 @@ mod tests {
         let c = Config::parse(&uncommented, "uncommented").unwrap();
         assert_eq!(c.state_dir(), PathBuf::from("/var/lib/canup"));
         assert!(c.endpoints.contains_key("rabbitmq") && c.endpoints.contains_key("canopsis-api"));
+        assert_eq!(c.answers["23.10.3/options"]["enable-x"], "yes");
     }
 }

@@ -433,6 +433,7 @@ pub async fn apply(session: &Session, options: &ApplyOptions, progress: Arc<dyn 
     }
     let recorded = Vec::new();
     // The steps said they succeeded; what is installed says whether the upgrade happened.
+    ui.log("canup", crate::ui::Level::Info, "every step succeeded; detecting what is installed now:");
     let verdict = verify(session, &plan, ui).await;
     let (outcome, message) = match &verdict {
         Ok(found) => {
