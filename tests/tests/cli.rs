@@ -145,6 +145,55 @@ async fn an_optional_action_stays_off_under_yes_and_answers_switch_it_on() {
     assert_eq!(audited, "yes (canup.toml [answers])");
 }
 
+/// A terminal that stops reading (here a stderr pipe nobody drains) blocks canup's write of a
+/// step's message. On a one-CPU host too (`taskset -c 0`), the wall-time limit still ends the
+/// step, canup reports it on stdout and exits instead of hanging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wall_time_limit_ends_a_step_whose_terminal_stopped_reading_on_one_cpu() {
+    let s = setup().await;
+    let config = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(&s.config, format!("{config}\n[limits]\nwall_seconds = 2\n")).unwrap();
+    let manifest = s.dir.path().join("step.toml");
+    std::fs::write(
+        &manifest,
+        "release = \"3.40.0\"\napi = \"1.0.0\"\n[[step]]\nid = \"ui-flood\"\nphase = \"post-update\"\nmethods = [\"packages\"]\neditions = [\"core\"]\n",
+    )
+    .unwrap();
+    let mut child = Command::new("taskset")
+        .args(["-c", "0"])
+        .arg(canup_bin())
+        .args(["step", "run"])
+        .arg(guest_wasm("probe"))
+        .arg("--manifest")
+        .arg(&manifest)
+        .arg("--policy")
+        .arg(&s.config)
+        .arg("--sysroot")
+        .arg(s.sim.root())
+        .arg("--state-dir")
+        .arg(s.dir.path().join("state"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > std::time::Duration::from_secs(60) {
+            child.kill().unwrap();
+            panic!("canup hung with its stderr not read");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut stdout).unwrap();
+    assert_eq!(status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("step ui-flood FAILED: the step ran past its wall-time limit of 2s"), "{stdout}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_policy_names_the_key_and_line_with_exit_2() {
     let s = setup().await;

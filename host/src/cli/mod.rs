@@ -62,14 +62,22 @@ pub fn main() -> ProcessExit {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // At least two workers, also on a one-CPU host: a step runs as a task of its own and its
+    // wall-time timer in another, and a host call that blocks its worker's thread must leave
+    // a worker to fire that timer (`Sandbox::run`).
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
             return ExitCode::Usage.into();
         }
     };
-    match runtime.block_on(run(cli)) {
+    let result = runtime.block_on(run(cli));
+    // A step abandoned at its wall-time limit may still hold a worker in a system call (a
+    // write to a terminal that stopped reading): the process ends without waiting for it.
+    runtime.shutdown_background();
+    match result {
         Ok(()) => ExitCode::Success.into(),
         Err(Failure { code, error }) => {
             if let Some(error) = error {
