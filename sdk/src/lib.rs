@@ -30,6 +30,9 @@ pub mod ui;
 
 pub use bindings::canup::step::types::ErrorKind;
 pub use context::Context;
+/// `Context` speaks in `semver::Version`s: the crate is re-exported so that a step needs no
+/// dependency of its own to compare them.
+pub use semver;
 
 /// A step's failure: one message for the operator, naming what failed and what to do.
 #[derive(Debug, Clone, PartialEq)]
