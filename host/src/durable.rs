@@ -82,6 +82,10 @@ pub fn is_regular(st: &FileStat) -> bool {
     kind(st) == SFlag::S_IFREG
 }
 
+pub fn is_dir(st: &FileStat) -> bool {
+    kind(st) == SFlag::S_IFDIR
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

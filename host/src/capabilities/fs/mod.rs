@@ -12,12 +12,13 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use globset::GlobMatcher;
-use nix::sys::stat::{FileStat, SFlag};
+use nix::sys::stat::FileStat;
 
 pub use self::beneath::open_root;
 use self::beneath::{Entry, WalkError};
 use super::{Denial, FsRules, Grant, PatternError, glob};
 use crate::backup::{Backups, Original};
+use crate::durable::is_dir;
 pub use crate::durable::kind;
 
 use crate::sysroot::Sysroot;
@@ -61,7 +62,6 @@ impl Access {
 pub struct Resolved {
     /// The step's view of the resolved path (symlinks and `..` followed).
     pub logical: PathBuf,
-    pub real: PathBuf,
     /// The object's directory and name; `None` when a directory on the way does not exist.
     entry: Option<Entry>,
     /// What the object was when checked; `None` when absent.
@@ -72,7 +72,7 @@ pub struct Resolved {
 
 impl std::fmt::Debug for Resolved {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Resolved").field("logical", &self.logical).field("real", &self.real).field("creatable", &self.creatable).finish()
+        f.debug_struct("Resolved").field("logical", &self.logical).field("creatable", &self.creatable).finish()
     }
 }
 
@@ -86,7 +86,7 @@ fn resolve(sysroot: &Sysroot, logical: &str) -> Result<Resolved, Denial> {
         .dir()
         .map_err(|e| Denial::Invalid { what: format!("path {logical}"), why: format!("the sysroot {} cannot be opened: {e}", sysroot.root().display()) })?;
     match beneath::walk(sysroot.root(), dir, Path::new(logical)) {
-        Ok(walk) => Ok(Resolved { real: sysroot.map(&walk.logical), logical: walk.logical, entry: walk.entry, stat: walk.stat, creatable: false }),
+        Ok(walk) => Ok(Resolved { logical: walk.logical, entry: walk.entry, stat: walk.stat, creatable: false }),
         Err(WalkError::Outside { to }) => Err(Denial::Invalid { what: format!("path {logical}"), why: format!("it leads to {to}, outside the sysroot") }),
         Err(WalkError::Invalid(why)) => Err(invalid(why)),
         Err(WalkError::Io(e)) => Err(Denial::Invalid { what: format!("path {logical}"), why: format!("it cannot be resolved: {e}") }),
@@ -97,7 +97,7 @@ impl Grant {
     /// The single checkpoint for `fs`.
     pub fn check_fs(&self, sysroot: &Sysroot, path: &str, access: Access) -> Result<Resolved, Denial> {
         let mut resolved = resolve(sysroot, path)?;
-        if access == Access::CreateDir && resolved.stat.as_ref().is_some_and(|st| kind(st) == SFlag::S_IFDIR) {
+        if access == Access::CreateDir && resolved.stat.as_ref().is_some_and(is_dir) {
             return Ok(resolved);
         }
         let shown = if resolved.logical == Path::new(path) { path.to_owned() } else { format!("{path} (resolves to {})", resolved.logical.display()) };
@@ -175,7 +175,7 @@ pub fn append(path: &Resolved, data: &[u8], max: usize, backups: &mut Backups) -
 /// a directory.
 pub fn create_dir(path: &Resolved, mode: u32, backups: &mut Backups) -> io::Result<bool> {
     match &path.stat {
-        Some(st) if kind(st) == SFlag::S_IFDIR => Ok(false),
+        Some(st) if is_dir(st) => Ok(false),
         Some(_) => Err(io::Error::new(io::ErrorKind::AlreadyExists, "it exists and is not a directory")),
         None => {
             let entry = path.entry()?;
@@ -207,7 +207,7 @@ pub fn missing_dirs(sysroot: &Sysroot, path: &str) -> Result<Vec<String>, Denial
 
 pub fn remove(path: &Resolved, max: usize, backups: &mut Backups) -> io::Result<()> {
     let entry = path.entry()?;
-    if entry.stat()?.is_some_and(|st| kind(&st) == SFlag::S_IFDIR) {
+    if entry.stat()?.as_ref().is_some_and(is_dir) {
         return Err(io::Error::new(io::ErrorKind::IsADirectory, "steps remove files, not directories"));
     }
     let original = original(entry, path, max)?.ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
