@@ -109,6 +109,11 @@ pub struct ReleaseSteps {
     /// Publication date of the release note (YYYY-MM-DD), shown in the index.
     #[serde(default)]
     pub published: Option<String>,
+    /// Why this release ships no `update`-phase step for some install (none of its own and
+    /// no registered shared one covering it). Without it, publishing refuses such a release:
+    /// applying it would install nothing (see [`crate::repository::Release::missing_update`]).
+    #[serde(default, rename = "no-update", skip_serializing_if = "Option::is_none")]
+    pub no_update: Option<String>,
     #[serde(rename = "step", default)]
     pub steps: Vec<StepManifest>,
 }
@@ -129,6 +134,8 @@ pub enum ManifestError {
     Empty { path: String },
     #[error("manifest {path} must name either one `release` or a range it `applies` to")]
     ReleaseOrRange { path: String },
+    #[error("manifest {path}: `no-update` belongs to a release's step.toml, not to shared steps (`applies`)")]
+    NoUpdateOnShared { path: String },
 }
 
 impl ReleaseSteps {
@@ -138,6 +145,9 @@ impl ReleaseSteps {
         let steps: Self = crate::formats::strict_toml(&text).map_err(|source| ManifestError::Parse { path: shown.clone(), source })?;
         if steps.release.is_some() == steps.applies.is_some() {
             return Err(ManifestError::ReleaseOrRange { path: shown });
+        }
+        if steps.applies.is_some() && steps.no_update.is_some() {
+            return Err(ManifestError::NoUpdateOnShared { path: shown });
         }
         for step in &steps.steps {
             let unknown = crate::formats::unknown_features(&step.requires);

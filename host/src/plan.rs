@@ -202,7 +202,15 @@ mod tests {
             step(&format!("{v}/drain"), Phase::Verify, 0, &[Packages, Compose], &[Core, Cat]),
         ];
         steps.extend(extra);
-        Release { version: Version::parse(v).unwrap(), published: "2020-01-01".into(), withdrawn: None, barrier: None, steps, data: Vec::new() }
+        Release {
+            version: Version::parse(v).unwrap(),
+            published: "2020-01-01".into(),
+            withdrawn: None,
+            barrier: None,
+            steps,
+            no_update: None,
+            data: Vec::new(),
+        }
     }
 
     fn index() -> Index {
@@ -228,6 +236,7 @@ mod tests {
                 release("3.41.0-rc.1", vec![step("3.41.0-rc.1/x", Phase::PostUpdate, 0, &[Packages], &[Core, Cat])]),
                 release("4.0.0", vec![]),
             ],
+            shared: Vec::new(),
         }
     }
 

@@ -5,9 +5,11 @@ pub mod canopsis_api;
 pub mod chaos;
 pub mod rabbitmq;
 pub mod repo_server;
-pub mod simhost;
 pub mod steprun;
 pub mod tuf;
+
+/// The simulated host, made by the same library as `canup-sim create` (step authors' tool).
+pub use canup_sim as simhost;
 
 use std::path::{Path, PathBuf};
 
@@ -21,6 +23,14 @@ pub fn target_dir() -> PathBuf {
 /// another package's binary through `CARGO_BIN_EXE_*`).
 pub fn canup_bin() -> PathBuf {
     let path = target_dir().join("debug/canup");
+    assert!(path.is_file(), "{} is missing: run the tests with `cargo xtask test`", path.display());
+    path
+}
+
+/// The `canup-sim` program (the simulated host's stub and its authors' tool), built like
+/// [`canup_bin`].
+pub fn sim_bin() -> PathBuf {
+    let path = target_dir().join("debug/canup-sim");
     assert!(path.is_file(), "{} is missing: run the tests with `cargo xtask test`", path.display());
     path
 }
@@ -129,10 +139,11 @@ pub fn step_sources() -> anyhow::Result<Vec<StepSource>> {
     Ok(found)
 }
 
-/// Publishes every release under `steps/` (each with the shared steps whose range covers it)
-/// into a new repository at `out`, signed with a development key kept in `keys_dir` (created
-/// when missing), through the real vendor commands of `canup`. Returns the key path. The
-/// guests must be built.
+/// Publishes every release under `steps/` into a new repository at `out`, signed with a
+/// development key kept in `keys_dir` (created when missing), through the vendor commands of
+/// `canup` alone, as the vendor would: `repo keygen`, `repo init`, `repo add-shared` for each
+/// shared step.toml (`applies`), then `repo add-release` for each release, ascending. Returns
+/// the key path. The guests must be built.
 pub fn publish_steps(canup: &Path, out: &Path, keys_dir: &Path) -> anyhow::Result<PathBuf> {
     use anyhow::{Context, bail};
     use std::ffi::OsString;
@@ -156,21 +167,28 @@ pub fn publish_steps(canup: &Path, out: &Path, keys_dir: &Path) -> anyhow::Resul
     }
     run(vec!["repo".into(), "init".into(), out.into(), "--root-key".into(), key.clone().into()])?;
     let sources = step_sources()?;
+    for shared in sources.iter().filter(|s| s.steps.applies.is_some()) {
+        let module = shared.module.as_ref().with_context(|| format!("{} has steps but no crate", shared.dir.display()))?;
+        let toml = shared.dir.join("step.toml");
+        run(vec![
+            "repo".into(),
+            "add-shared".into(),
+            out.into(),
+            "--steps".into(),
+            toml.into(),
+            "--module".into(),
+            module.into(),
+            "--key".into(),
+            key.clone().into(),
+        ])?;
+    }
     let mut releases: Vec<&StepSource> = sources.iter().filter(|s| s.steps.release.is_some()).collect();
     releases.sort_by_key(|s| s.steps.release.clone());
     for release in releases {
-        let version = release.steps.release.clone().unwrap_or(semver::Version::new(0, 0, 0));
         let mut args: Vec<OsString> =
             vec!["repo".into(), "add-release".into(), out.into(), "--steps".into(), release.dir.join("step.toml").into(), "--key".into(), key.clone().into()];
         if let Some(module) = &release.module {
             args.extend(["--module".into(), module.clone().into()]);
-        }
-        for shared in sources.iter().filter(|s| s.steps.applies.as_ref().is_some_and(|r| r.matches(&version))) {
-            let module = shared.module.as_ref().with_context(|| format!("{} has steps but no crate", shared.dir.display()))?;
-            let mut include = OsString::from(shared.dir.join("step.toml"));
-            include.push("=");
-            include.push(module);
-            args.extend(["--include".into(), include]);
         }
         run(args)?;
     }
@@ -192,6 +210,25 @@ pub fn pristine_repo() -> &'static (PathBuf, PathBuf) {
         });
         (repo.clone(), key.clone())
     })
+}
+
+/// Every file under `dir` with its content, by relative path: for asserting that something
+/// left a tree untouched.
+pub fn tree(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap_or_else(|e| panic!("reading {}: {e}", d.display())) {
+            let path = e.expect("a directory entry").path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let content = std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+                out.insert(path.strip_prefix(dir).unwrap_or(&path).to_path_buf(), content);
+            }
+        }
+    }
+    out
 }
 
 /// Copies a directory tree (files and directories only).

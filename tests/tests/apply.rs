@@ -12,8 +12,6 @@ use canup_tests::repo_server::{Control, serve_repo};
 use canup_tests::simhost::{Edition, Method, SimHost, Spec};
 use canup_tests::{OPERATOR_POLICY, canup_bin, publish_steps, target_dir};
 
-const STUB: &str = env!("CARGO_BIN_EXE_canup-simstub");
-
 fn repository() -> &'static PathBuf {
     static REPO: OnceLock<(PathBuf, tempfile::TempDir)> = OnceLock::new();
     &REPO
@@ -48,7 +46,7 @@ async fn host_on(repo: &Path, spec: Spec, policy: &str) -> Host {
     // 3.39.0 unbinds Engine_che and the verify phase watches the queues: a real RabbitMQ.
     Admin::new().setup_canopsis_once().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let sim = SimHost::create(&dir.path().join("root"), &spec, Path::new(STUB)).unwrap();
+    let sim = SimHost::create(&dir.path().join("root"), &spec, &canup_tests::sim_bin()).unwrap();
     let api = CanopsisApi::serve(sim.root().to_path_buf()).await;
     let config = dir.path().join("canup.toml");
     canup_tests::write_site_config(&config, &url, repo, &dir.path().join("state"), policy, &api).unwrap();
@@ -414,16 +412,41 @@ async fn status_and_plan_report_in_json() {
     assert!(ids.contains(&"3.39.0/unbind-che") && ids.contains(&"drain/queues"));
 }
 
-/// A vendor publishing 3.41.0 with its own note step only (no `--include` of the standard
-/// procedure, as the `add-release` example reads): every step succeeds and nothing installs
-/// 3.41.0. The run must end failed, naming what detection found, in the journal and in
-/// `--json`, and a second run must not succeed either.
+/// The vendor narrows the 3.x standard procedure's range (and the API check's, which would
+/// catch the version as a failed verify step) to end before 3.41.0, then publishes 3.41.0
+/// with its own note step only. Publishing refuses it, naming the standard procedure and
+/// what it covers, and changes nothing; published anyway with `no-update` (the release says
+/// so explicitly), every step succeeds and nothing installs 3.41.0. The run must end failed,
+/// naming what detection found, in the journal and in `--json`, and a second run must not
+/// succeed either.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_published_without_its_procedure_ends_failed_with_the_version_found() {
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("repo");
     canup_tests::copy_dir(repository(), &repo).unwrap();
-    publish_note_only(&repo, "3.41.0");
+    for (source, package, range) in [("procedure-3.x", "canopsis-procedure-3x", ">=3.0.0, <4.0.0"), ("api-check", "canopsis-api-check", ">=3.0.0, <5.0.0")] {
+        let narrowed = dir.path().join(format!("{source}.toml"));
+        let original = std::fs::read_to_string(canup_tests::workspace_dir().join(format!("steps/{source}/step.toml"))).unwrap();
+        assert!(original.contains(&format!("applies = \"{range}\"")));
+        std::fs::write(&narrowed, original.replace(&format!("applies = \"{range}\""), "applies = \">=3.0.0, <3.41.0\"")).unwrap();
+        let module = canup_tests::guest_wasm(package);
+        vendor(&repo, "add-shared", &["--steps", narrowed.to_str().unwrap(), "--module", module.to_str().unwrap()]);
+    }
+
+    let before = canup_tests::tree(&repo);
+    let refused = publish_note_only(&repo, "3.41.0", None);
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
+    let error = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        error.contains("release 3.41.0 has no update-phase step for packages/core, packages/cat: the standard procedure")
+            && error.contains("(registered: procedure-4.x/yum-update, procedure-4.x/finalize (>=4.0.0, <5.0.0); procedure-3.x/yum-update, procedure-3.x/canopsinit (>=3.0.0, <3.41.0))")
+            && error.contains("no-update = "),
+        "{error}"
+    );
+    assert_eq!(canup_tests::tree(&repo), before, "a refused publication writes nothing");
+
+    let published = publish_note_only(&repo, "3.41.0", Some("a test release: its update is left out on purpose"));
+    assert!(published.status.success(), "{}", text(&published));
     let h = host_on(&repo, Spec { version: "3.40.0".into(), ..Spec::default() }, OPERATOR_POLICY).await;
 
     for attempt in 0..2 {
@@ -448,37 +471,103 @@ async fn a_release_published_without_its_procedure_ends_failed_with_the_version_
     assert!(status.contains("installed: Canopsis 3.40.0") && !status.contains("interrupted run pending"), "{status}");
 }
 
+/// Shared steps are registered once and follow their range: a release published later gets
+/// them (and `add-release` lists them); registering them again updates every release of the
+/// range; a registration that would leave a release without its update step is refused with
+/// nothing written; and `repo verify` refuses an index (signed by other tooling) whose
+/// release lacks the standard procedure, naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_steps_are_registered_once_follow_their_range_and_verify_checks_the_procedure() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    canup_tests::copy_dir(repository(), &repo).unwrap();
+    let published = publish_note_only(&repo, "3.41.0", None);
+    assert!(published.status.success(), "{}", text(&published));
+    let listed = String::from_utf8_lossy(&published.stdout);
+    assert!(listed.contains("own steps: empty") && listed.contains("procedure-3.x/yum-update, procedure-3.x/canopsinit"), "{listed}");
+
+    let source = std::fs::read_to_string(canup_tests::workspace_dir().join("steps/procedure-3.x/step.toml")).unwrap();
+    let module = canup_tests::guest_wasm("canopsis-procedure-3x");
+    let register = |text: &str| {
+        let toml = dir.path().join("procedure-3.x.toml");
+        std::fs::write(&toml, text).unwrap();
+        vendor_output(&repo, "add-shared", &["--steps", toml.to_str().unwrap(), "--module", module.to_str().unwrap()])
+    };
+    let updated = register(&source.replace("yum update of the Canopsis packages,", "yum update (revised) of the Canopsis packages,"));
+    assert!(updated.status.success(), "{}", text(&updated));
+    assert!(
+        String::from_utf8_lossy(&updated.stdout).contains("republished in 6 release(s): 3.37.0, 3.38.0, 3.39.0, 3.39.1, 3.40.0, 3.41.0"),
+        "{}",
+        text(&updated)
+    );
+
+    let before = canup_tests::tree(&repo);
+    let narrowed = register(&source.replace(r#"applies = ">=3.0.0, <4.0.0""#, r#"applies = ">=3.0.0, <3.41.0""#));
+    assert_eq!(narrowed.status.code(), Some(2), "{}", text(&narrowed));
+    let error = String::from_utf8_lossy(&narrowed.stderr);
+    assert!(error.contains("release 3.41.0 has no update-phase step for packages/core, packages/cat") && error.contains("nothing was registered"), "{error}");
+    assert_eq!(canup_tests::tree(&repo), before, "a refused registration writes nothing");
+
+    let h = host_on(&repo, Spec { version: "3.40.0".into(), ..Spec::default() }, OPERATOR_POLICY).await;
+    let plan: serde_json::Value = serde_json::from_slice(&h.run(&["plan", "--to", "3.41.0", "--json"]).stdout).unwrap();
+    let update = plan["steps"].as_array().unwrap().iter().find(|s| s["step"]["manifest"]["id"] == "procedure-3.x/yum-update").unwrap();
+    assert!(update["step"]["manifest"]["description"].as_str().unwrap().contains("(revised)"), "{update:#}");
+    let verified = h.run(&["repo", "verify"]);
+    assert!(verified.status.success(), "{}", text(&verified));
+    assert!(text(&verified).contains("shared steps procedure-3.x/yum-update, procedure-3.x/canopsinit for releases >=3.0.0, <4.0.0"), "{}", text(&verified));
+
+    let mut index = canup::repository::vendor::read_index(&repo).await.unwrap();
+    let release = index.releases.iter_mut().find(|r| r.version == semver::Version::new(3, 41, 0)).unwrap();
+    release.steps.retain(|s| s.manifest.id != "procedure-3.x/yum-update");
+    let key = target_dir().join("dev-keys/dev.key");
+    canup::repository::vendor::publish_index(&repo, &[key], &Default::default(), &index).await.unwrap();
+    let refused = h.run(&["repo", "verify"]);
+    assert_eq!(refused.status.code(), Some(4), "{}", text(&refused));
+    assert!(
+        text(&refused).contains("1 release(s) cannot be applied as published")
+            && text(&refused).contains("release 3.41.0 has no update-phase step for packages/core, packages/cat"),
+        "{}",
+        text(&refused)
+    );
+}
+
 /// Runs a vendor command (`canup repo …`) on `repo` with the development key.
 fn vendor(repo: &Path, command: &str, args: &[&str]) {
-    let out = Command::new(canup_bin()).args(["repo", command]).arg(repo).args(args).arg("--key").arg(target_dir().join("dev-keys/dev.key")).output().unwrap();
+    let out = vendor_output(repo, command, args);
     assert!(out.status.success(), "canup repo {command}: {}", text(&out));
 }
 
-/// Publishes `version` with one step of its own that does nothing (the probe's `empty`), and
-/// none of the standard procedure, through the vendor command.
-fn publish_note_only(repo: &Path, version: &str) {
+fn vendor_output(repo: &Path, command: &str, args: &[&str]) -> std::process::Output {
+    Command::new(canup_bin()).args(["repo", command]).arg(repo).args(args).arg("--key").arg(target_dir().join("dev-keys/dev.key")).output().unwrap()
+}
+
+/// Publishes `version` with one step of its own that does nothing (the probe's `empty`)
+/// through the vendor command; it gets the shared steps registered for it, and says why it
+/// has no update step when `no_update` is given.
+fn publish_note_only(repo: &Path, version: &str, no_update: Option<&str>) -> std::process::Output {
     let dir = tempfile::tempdir().unwrap();
     let steps = dir.path().join("step.toml");
+    let no_update = no_update.map(|why| format!("no-update = {why:?}\n")).unwrap_or_default();
     std::fs::write(
         &steps,
         format!(
             r#"release = "{version}"
 api = "1.0.0"
 published = "2026-01-05"
-
+{no_update}
 [[step]]
 id = "empty"
 phase = "post-update"
 order = 10
 methods = ["packages", "compose"]
 editions = ["core", "cat"]
-description = "The release's own note (published without the standard procedure)"
+description = "The release's own note"
 "#
         ),
     )
     .unwrap();
     let module = canup_tests::guest_wasm("probe");
-    vendor(repo, "add-release", &["--steps", steps.to_str().unwrap(), "--module", module.to_str().unwrap()]);
+    vendor_output(repo, "add-release", &["--steps", steps.to_str().unwrap(), "--module", module.to_str().unwrap()])
 }
 
 /// Canopsis 4.6.0 needs its migration guide. The vendor marks it a barrier with one command
@@ -490,7 +579,8 @@ async fn a_migration_barrier_set_by_the_vendor_is_never_crossed() {
     let repo = dir.path().join("repo");
     canup_tests::copy_dir(repository(), &repo).unwrap();
     for version in ["4.6.0", "4.6.1", "4.6.2"] {
-        publish_note_only(&repo, version);
+        let out = publish_note_only(&repo, version, None);
+        assert!(out.status.success(), "{}", text(&out));
     }
     let guide = ["--release", "4.6.0", "--guide", "Guide de migration vers Canopsis 4.6.0", "--url", "https://doc.canopsis.net/migration/migration-4.6.0/"];
     vendor(&repo, "barrier", &[&guide[..], &["--reason", "the engines' configuration moves to the database"]].concat());

@@ -12,7 +12,7 @@ async fn five_kills_four_at_random_moments_one_inside_yum_each_resume_to_the_uni
     published(&repo).unwrap();
     Admin::new().setup_canopsis_once().await.unwrap();
     let repo_url = serve_repo(repo.clone(), Control::default()).await;
-    let setup = Setup { canup: canup_bin(), stub: env!("CARGO_BIN_EXE_canup-simstub").into(), repo, repo_url, work };
+    let setup = Setup { canup: canup_bin(), stub: canup_tests::sim_bin(), repo, repo_url, work };
     // A fixed seed: the same four random moments on every run, spread over the whole upgrade;
     // the fifth kill comes while `yum update` runs.
     let trials = campaign(&setup, 5, 0x5eed_cafe).await.unwrap();

@@ -6,8 +6,6 @@ use std::process::Command;
 use canup_tests::simhost::{SimHost, Spec};
 use canup_tests::{canup_bin, guest_wasm, serve};
 
-const STUB: &str = env!("CARGO_BIN_EXE_canup-simstub");
-
 fn manifest() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("guests/example-step/step.toml")
 }
@@ -20,7 +18,7 @@ struct Setup {
 
 async fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
-    let sim = SimHost::create(&dir.path().join("root"), &Spec::default(), Path::new(STUB)).unwrap();
+    let sim = SimHost::create(&dir.path().join("root"), &Spec::default(), &canup_tests::sim_bin()).unwrap();
     let api = serve(axum::Router::new().route("/api/v4/app-info", axum::routing::get(|| async { r#"{"version":"3.38.0"}"# }))).await;
     let config = dir.path().join("canup.toml");
     std::fs::write(

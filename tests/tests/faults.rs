@@ -12,8 +12,6 @@ use canup_tests::repo_server::{Control, Fault, serve_repo};
 use canup_tests::simhost::{Edition, Method, SimHost, Spec};
 use canup_tests::{OPERATOR_POLICY, canup_bin, publish_steps, target_dir};
 
-const STUB: &str = env!("CARGO_BIN_EXE_canup-simstub");
-
 /// The published repository and its (development) signing key.
 fn published() -> &'static (PathBuf, PathBuf, tempfile::TempDir) {
     static REPO: OnceLock<(PathBuf, PathBuf, tempfile::TempDir)> = OnceLock::new();
@@ -40,7 +38,8 @@ struct Host {
 async fn host(dir: &Path, version: &str, repo_url: &str, rabbitmq: &str, state: &Path) -> Host {
     Admin::new().setup_canopsis_once().await.unwrap();
     Admin::new().bind_che().await.unwrap();
-    let sim = SimHost::create(&dir.join("root"), &Spec { version: version.into(), edition: Edition::Cat, method: Method::Packages }, Path::new(STUB)).unwrap();
+    let sim = SimHost::create(&dir.join("root"), &Spec { version: version.into(), edition: Edition::Cat, method: Method::Packages }, &canup_tests::sim_bin())
+        .unwrap();
     let api = CanopsisApi::serve(sim.root().to_path_buf()).await;
     let config = dir.join("canup.toml");
     canup_tests::write_site_config(&config, repo_url, repository(), state, OPERATOR_POLICY, &api).unwrap();

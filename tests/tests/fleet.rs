@@ -12,8 +12,6 @@ use canup_tests::repo_server::{Control, serve_repo};
 use canup_tests::simhost::{Edition, Method, SimHost, Spec};
 use canup_tests::{OPERATOR_POLICY, canup_bin, publish_steps, target_dir, workspace_dir};
 
-const STUB: &str = env!("CARGO_BIN_EXE_canup-simstub");
-
 fn ansible_playbook() -> PathBuf {
     let path = target_dir().join("ansible/bin/ansible-playbook");
     assert!(path.is_file(), "{} is missing: run the tests with `cargo xtask test`, which installs ansible-core", path.display());
@@ -28,7 +26,7 @@ struct Site {
 }
 
 async fn site(dir: &Path, name: &'static str, spec: Spec, repo_url: &str, repo: &Path) -> Site {
-    let sim = SimHost::create(&dir.join(name).join("root"), &spec, Path::new(STUB)).unwrap();
+    let sim = SimHost::create(&dir.join(name).join("root"), &spec, &canup_tests::sim_bin()).unwrap();
     let api = CanopsisApi::serve(sim.root().to_path_buf()).await;
     let config = dir.join(name).join("canup.toml");
     canup_tests::write_site_config(&config, repo_url, repo, &dir.join(name).join("state"), OPERATOR_POLICY, &api).unwrap();

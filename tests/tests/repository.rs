@@ -17,8 +17,6 @@ use canup_tests::steprun::{self, Setting};
 
 use semver::Version;
 
-const STUB: &str = env!("CARGO_BIN_EXE_canup-simstub");
-
 fn pristine() -> &'static (PathBuf, PathBuf) {
     canup_tests::pristine_repo()
 }
@@ -43,7 +41,7 @@ async fn case() -> Case {
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("repo");
     copy_dir(pristine_repo, &repo);
-    let sim = SimHost::create(&dir.path().join("root"), &Spec::default(), Path::new(STUB)).unwrap();
+    let sim = SimHost::create(&dir.path().join("root"), &Spec::default(), &canup_tests::sim_bin()).unwrap();
     let pristine_tree = sim.snapshot().unwrap();
     let control = Control::default();
     let url = serve_repo(repo.clone(), control.clone()).await;

@@ -26,8 +26,6 @@ use canup_tests::{guest_wasm, process_alive, serve};
 use semver::Version;
 use tempfile::TempDir;
 
-const STUB: &str = env!("CARGO_BIN_EXE_canup-simstub");
-
 /// One engine and one compile of the probe for the whole test binary.
 fn probe() -> &'static (Sandbox, LoadedStep) {
     static PROBE: OnceLock<(Sandbox, LoadedStep)> = OnceLock::new();
@@ -163,7 +161,7 @@ struct World {
 
 async fn world() -> World {
     let dir = tempfile::tempdir().unwrap();
-    let sim = SimHost::create(&dir.path().join("root"), &Spec::default(), Path::new(STUB)).unwrap();
+    let sim = SimHost::create(&dir.path().join("root"), &Spec::default(), &canup_tests::sim_bin()).unwrap();
     let outside = dir.path().join("outside");
     std::fs::create_dir_all(&outside).unwrap();
     std::fs::write(outside.join("secret"), "outside secret\n").unwrap();

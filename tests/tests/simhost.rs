@@ -1,15 +1,12 @@
 //! The simulated host's stubs behave like the tools they stand in for.
 
-use std::path::Path;
 use std::process::Command;
 
 use canup_tests::simhost::{Edition, Method, SimHost, Spec};
 
-const STUB: &str = env!("CARGO_BIN_EXE_canup-simstub");
-
 fn host(spec: Spec) -> (tempfile::TempDir, SimHost) {
     let dir = tempfile::tempdir().unwrap();
-    let sim = SimHost::create(&dir.path().join("root"), &spec, Path::new(STUB)).unwrap();
+    let sim = SimHost::create(&dir.path().join("root"), &spec, &canup_tests::sim_bin()).unwrap();
     (dir, sim)
 }
 
@@ -97,4 +94,31 @@ fn compose_host_has_env_and_up_records_the_tags() {
     assert_eq!(run(&sim, "/usr/bin/docker-compose", &["up", "-d"], &[]).0, 0);
     assert!(sim.read("/var/lib/canup-sim/compose-up").unwrap().contains("CANOPSIS_IMAGE_TAG=3.38.0"));
     assert_eq!(run(&sim, "/usr/bin/rpm", &["-q", "canopsis-core"], &[]).0, 1);
+}
+
+/// The authors' tool makes the host, and a copy or a move of the tree drives itself: the
+/// wrappers find their host from their own path and the stub program lives in the tree.
+#[test]
+fn a_host_made_by_canup_sim_create_can_be_copied_and_moved() {
+    let dir = tempfile::tempdir().unwrap();
+    let made = Command::new(canup_tests::sim_bin())
+        .args(["create", "made", "--version", "4.5.7", "--edition", "cat", "--method", "packages"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    assert!(String::from_utf8_lossy(&made.stdout).contains("created a simulated Canopsis 4.5.7 host (cat edition, packages method)"));
+    let again = Command::new(canup_tests::sim_bin()).args(["create", "made", "--version", "4.5.7"]).current_dir(dir.path()).output().unwrap();
+    assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("is not empty"), "never made over an existing tree");
+
+    canup_tests::copy_dir(&dir.path().join("made"), &dir.path().join("copy")).unwrap();
+    std::fs::rename(dir.path().join("made"), dir.path().join("moved")).unwrap();
+    let (copy, moved) = (SimHost::open(&dir.path().join("copy")).unwrap(), SimHost::open(&dir.path().join("moved")).unwrap());
+    let (code, out) = run(&copy, "/usr/bin/yum", &["update", "-y", "canopsis-core-4.5.8", "canopsis-cat-4.5.8"], &[]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(copy.read("/opt/canopsis/VERSION.txt").unwrap(), "Canopsis version 4.5.8\n");
+    assert_eq!(copy.calls().unwrap().len(), 1);
+    assert_eq!(moved.read("/opt/canopsis/VERSION.txt").unwrap(), "Canopsis version 4.5.7\n", "the original is untouched");
+    assert!(moved.calls().unwrap().is_empty());
+    assert_eq!(run(&moved, "/usr/bin/rpm", &["-q", "canopsis-cat"], &[]).1.trim(), "canopsis-cat-4.5.7-1.el7.x86_64");
 }

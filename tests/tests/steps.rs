@@ -20,8 +20,6 @@ use canup_tests::steprun::{self, Setting};
 use canup_tests::{canup_bin, publish_steps, target_dir};
 use semver::Version;
 
-const STUB: &str = env!("CARGO_BIN_EXE_canup-simstub");
-
 /// Simulator files that count repeated actions.
 const COUNTERS: &[&str] = &["canoctl-restarts", "daemon-reloads", "mongo-applied.js", "systemctl-actions"];
 
@@ -66,7 +64,7 @@ async fn every_step_changes_nothing_when_run_a_second_time() {
                     edition: simhost::Edition::Cat,
                     method: if method == Method::Packages { simhost::Method::Packages } else { simhost::Method::Compose },
                 };
-                let sim = SimHost::create(&dir.path().join(format!("sim-{checked}")), &spec, Path::new(STUB)).unwrap();
+                let sim = SimHost::create(&dir.path().join(format!("sim-{checked}")), &spec, &canup_tests::sim_bin()).unwrap();
                 let wasm = repo.module(step).await.unwrap();
                 let loaded = sandbox.load(&step.manifest.id, &wasm, &step.api).unwrap();
                 let setting = Setting {
@@ -187,7 +185,7 @@ async fn the_api_check_waits_for_the_restart_and_checks_the_version_of_the_era()
     let fast = [("api_poll_ms", "200"), ("api_timeout_seconds", "20")];
 
     // 3.x: the API is restarting at first, then answers with the target version.
-    let sim = SimHost::create(&dir.path().join("sim3"), &Spec { version: "3.40.0".into(), ..Spec::default() }, Path::new(STUB)).unwrap();
+    let sim = SimHost::create(&dir.path().join("sim3"), &Spec { version: "3.40.0".into(), ..Spec::default() }, &canup_tests::sim_bin()).unwrap();
     let api = CanopsisApi::serve(sim.root().to_path_buf()).await;
     let down = sim.path("/var/lib/canup-sim/api-down");
     std::fs::create_dir_all(down.parent().unwrap()).unwrap();
@@ -205,7 +203,7 @@ async fn the_api_check_waits_for_the_restart_and_checks_the_version_of_the_era()
     assert!(requests.iter().all(|r| r.method == "GET" && r.path == "/api/internal/app_info" && r.authorized), "{requests:?}");
 
     // 4.x: the v4 path; an API still on the old version is an error naming both versions.
-    let sim4 = SimHost::create(&dir.path().join("sim4"), &Spec { version: "4.5.6".into(), ..Spec::default() }, Path::new(STUB)).unwrap();
+    let sim4 = SimHost::create(&dir.path().join("sim4"), &Spec { version: "4.5.6".into(), ..Spec::default() }, &canup_tests::sim_bin()).unwrap();
     let api4 = CanopsisApi::serve(sim4.root().to_path_buf()).await;
     let (report, _) =
         steprun::run(&sandbox, &loaded, &step, sim4.root(), &dir.path().join("s2"), &api_setting(&api4, dir.path(), "4.5.6", "4.5.7", &fast)).await;

@@ -15,8 +15,6 @@ use canup_tests::simhost::{SimHost, Spec};
 use canup_tests::tuf::{ngclient_read, tufctl};
 use canup_tests::{canup_bin, copy_dir, pristine_repo};
 
-const STUB: &str = env!("CARGO_BIN_EXE_canup-simstub");
-
 struct Site {
     dir: tempfile::TempDir,
     repo: PathBuf,
@@ -34,7 +32,7 @@ async fn site() -> Site {
     // The root the operator configured: the repository's first, as shipped.
     std::fs::copy(repo.join("metadata/1.root.json"), dir.path().join("root1.json")).unwrap();
     let url = serve_repo(repo.clone(), Control::default()).await;
-    let sim = SimHost::create(&dir.path().join("sim"), &Spec::default(), Path::new(STUB)).unwrap();
+    let sim = SimHost::create(&dir.path().join("sim"), &Spec::default(), &canup_tests::sim_bin()).unwrap();
     let pristine_tree = sim.snapshot().unwrap();
     Site { repo, dev_key: dev_key.clone(), url, sim, pristine_tree, dir }
 }

@@ -10,7 +10,7 @@ pub fn run() -> Result<()> {
     build_guests()?;
     // Release builds of everything the figures time: canup, the simulator's stub, the bench.
     let mut c = cargo();
-    c.args(["build", "--release", "--quiet", "-p", "canup", "-p", "canup-tests", "--bins"]);
+    c.args(["build", "--release", "--quiet", "-p", "canup", "-p", "canup-sim", "-p", "canup-tests", "--bins"]);
     util::run(c)?;
     let release = canup_tests::target_dir().join("release");
     let bench_dir = canup_tests::target_dir().join("bench");
@@ -21,6 +21,6 @@ pub fn run() -> Result<()> {
     canup_tests::publish_steps(&release.join("canup"), &repo, &canup_tests::target_dir().join("dev-keys"))?;
     let _rabbitmq = RabbitMq::start()?;
     let mut bench = Command::new(release.join("canup-bench"));
-    bench.arg("--canup").arg(release.join("canup")).arg("--stub").arg(release.join("canup-simstub")).arg("--repo").arg(&repo);
+    bench.arg("--canup").arg(release.join("canup")).arg("--stub").arg(release.join("canup-sim")).arg("--repo").arg(&repo);
     util::run(bench)
 }

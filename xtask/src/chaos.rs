@@ -20,7 +20,7 @@ pub fn run(kills: usize, seed: Option<u64>) -> Result<()> {
     runtime.block_on(async {
         canup_tests::rabbitmq::Admin::new().setup_canopsis_once().await?;
         let repo_url = canup_tests::repo_server::serve_repo(repo.clone(), Default::default()).await;
-        let stub = canup_tests::target_dir().join("debug/canup-simstub");
+        let stub = canup_tests::target_dir().join("debug/canup-sim");
         let setup = canup_tests::chaos::Setup { canup, stub, repo, repo_url, work };
         canup_tests::chaos::campaign(&setup, kills, seed).await.map(|_| ())
     })

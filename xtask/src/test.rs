@@ -18,7 +18,7 @@ pub fn run(extra: &[String]) -> Result<()> {
     build_guests()?;
     ensure_ansible()?;
     let _rabbitmq = RabbitMq::start()?;
-    // The end-to-end tests run the `canup` and `canup-simstub` binaries, which `cargo test`
+    // The end-to-end tests run the `canup` and `canup-sim` binaries, which `cargo test`
     // alone does not build for another package's tests.
     let mut bins = cargo();
     bins.args(["build", "--bins"]);

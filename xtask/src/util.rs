@@ -93,7 +93,7 @@ pub fn build_guests() -> Result<Vec<String>> {
 
 pub fn build_canup() -> Result<PathBuf> {
     let mut c = cargo();
-    c.args(["build", "--quiet", "-p", "canup", "-p", "canup-tests", "--bins"]);
+    c.args(["build", "--quiet", "-p", "canup", "-p", "canup-sim", "-p", "canup-tests", "--bins"]);
     run(c)?;
     Ok(canup_tests::target_dir().join("debug/canup"))
 }

@@ -168,8 +168,22 @@ pub enum RepoCommand {
         #[command(flatten)]
         expiry: ExpiryArgs,
     },
-    /// Publish a release: its own steps (step.toml and built module) and the shared steps
-    /// (standard procedure, detection) it includes.
+    /// Register shared steps (the standard procedure, detection: a step.toml with `applies =
+    /// "RANGE"`) once: every release of the range gets them, those published already and
+    /// those published later. Registering them again (same step ids) updates them everywhere.
+    AddShared {
+        dir: PathBuf,
+        /// The shared steps' step.toml (`applies = "…"`).
+        #[arg(long)]
+        steps: PathBuf,
+        /// The built component implementing them (.wasm).
+        #[arg(long)]
+        module: PathBuf,
+        #[command(flatten)]
+        signing: SigningArgs,
+    },
+    /// Publish a release: its own steps (step.toml and built module) and every registered
+    /// shared step whose range covers it. Refused when an install would get no update step.
     AddRelease {
         dir: PathBuf,
         /// The release's step.toml (`release = "…"`).
@@ -178,9 +192,6 @@ pub enum RepoCommand {
         /// The built component implementing its steps (.wasm); not needed when it has none.
         #[arg(long)]
         module: Option<PathBuf>,
-        /// Shared steps to include, as STEP_TOML=MODULE (repeatable).
-        #[arg(long = "include", value_parser = parse_include)]
-        includes: Vec<(PathBuf, PathBuf)>,
         /// Publication date (YYYY-MM-DD); defaults to `published` in step.toml.
         #[arg(long)]
         published: Option<String>,
@@ -354,8 +365,4 @@ impl From<RoleArg> for tough::schema::RoleType {
             RoleArg::Timestamp => Self::Timestamp,
         }
     }
-}
-
-pub fn parse_include(s: &str) -> Result<(PathBuf, PathBuf), String> {
-    s.split_once('=').map(|(a, b)| (PathBuf::from(a), PathBuf::from(b))).ok_or_else(|| format!("expected STEP_TOML=MODULE, got {s:?}"))
 }

@@ -13,6 +13,10 @@ use super::args::{GlobalArgs, RepoCommand, SigningArgs};
 use super::settings::Settings;
 use super::{Failure, usage};
 
+fn read_module(path: &PathBuf) -> Result<Vec<u8>, Failure> {
+    std::fs::read(path).with_context(|| format!("cannot read module {}", path.display())).map_err(usage)
+}
+
 pub async fn run(global: &GlobalArgs, cmd: RepoCommand) -> Result<(), Failure> {
     // A vendor command that fails for another reason than its arguments failed like a step.
     let vendor_err = |e: VendorError| match e {
@@ -47,37 +51,46 @@ pub async fn run(global: &GlobalArgs, cmd: RepoCommand) -> Result<(), Failure> {
             vendor::init(&dir, &keys, &thresholds, &expiry.expiry()).await.map_err(vendor_err)?;
             println!("initialised {} (root: {}/metadata/1.root.json)", dir.display(), dir.display());
         }
-        RepoCommand::AddRelease { dir, steps, module, includes, published, data, signing: SigningArgs { keys, expiry } } => {
-            let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("cannot read module {}", p.display())).map_err(usage);
+        RepoCommand::AddShared { dir, steps, module, signing: SigningArgs { keys, expiry } } => {
+            let shared = ReleaseSteps::load(&steps).map_err(usage)?;
+            if shared.applies.is_none() {
+                return Err(usage(anyhow::anyhow!("{} names a `release`: publish it with `canup repo add-release`", steps.display())));
+            }
+            let module = read_module(&module)?;
+            let done = vendor::add_shared(&dir, &keys, &expiry.expiry(), &shared, &module).await.map_err(vendor_err)?;
+            println!("registered shared steps {} for releases {}", done.shared.join("; "), shared.applies.map(|r| r.to_string()).unwrap_or_default());
+            let releases = done.releases.iter().map(ToString::to_string).collect::<Vec<_>>();
+            match releases.is_empty() {
+                true => println!("no published release is in its range yet; each one published later gets them"),
+                false => println!("republished in {} release(s): {}", releases.len(), releases.join(", ")),
+            }
+        }
+        RepoCommand::AddRelease { dir, steps, module, published, data, signing: SigningArgs { keys, expiry } } => {
             let release = ReleaseSteps::load(&steps).map_err(usage)?;
-            let version = release.release.clone().ok_or_else(|| usage(anyhow::anyhow!("{} names no `release`", steps.display())))?;
+            let version = release
+                .release
+                .clone()
+                .ok_or_else(|| usage(anyhow::anyhow!("{} names no `release` (shared steps are registered with `canup repo add-shared`)", steps.display())))?;
             let published = published
                 .or_else(|| release.published.clone())
                 .ok_or_else(|| usage(anyhow::anyhow!("no publication date: pass --published or set `published` in {}", steps.display())))?;
-            let own_module = match (&module, release.steps.is_empty()) {
-                (Some(m), _) => Some(read(m)?),
-                (None, true) => None,
-                (None, false) => return Err(usage(anyhow::anyhow!("{} declares steps: pass the --module implementing them", steps.display()))),
-            };
-            let mut shared = Vec::new();
-            for (toml, wasm) in &includes {
-                let s = ReleaseSteps::load(toml).map_err(usage)?;
-                if let Some(range) = &s.applies
-                    && !range.matches(&version)
-                {
-                    return Err(usage(anyhow::anyhow!("{} applies to {range}, not to {version}", toml.display())));
-                }
-                shared.push((s, read(wasm)?));
+            let module = module.as_ref().map(read_module).transpose()?;
+            if module.is_none() && !release.steps.is_empty() {
+                return Err(usage(anyhow::anyhow!("{} declares steps: pass the --module implementing them", steps.display())));
             }
-            let shared_refs: Vec<(&ReleaseSteps, &[u8])> = shared.iter().map(|(s, m)| (s, m.as_slice())).collect();
-            let own = own_module.as_deref().map(|m| (&release, m));
             let data_dir = data.or_else(|| steps.parent().map(|d| d.join("data")).filter(|d| d.is_dir()));
             let files = match &data_dir {
                 Some(d) => vendor::read_data_dir(d).map_err(vendor_err)?,
                 None => Vec::new(),
             };
-            vendor::add_release(&dir, &keys, &expiry.expiry(), &version, &published, own, &shared_refs, &files).await.map_err(vendor_err)?;
+            let done = vendor::add_release(&dir, &keys, &expiry.expiry(), &release, &published, module.as_deref(), &files).await.map_err(vendor_err)?;
             println!("published release {version} in {}", dir.display());
+            let own = release.steps.iter().map(|s| s.id.as_str()).collect::<Vec<_>>();
+            println!("  own steps: {}", if own.is_empty() { "none".to_owned() } else { own.join(", ") });
+            println!("  shared steps: {}", if done.shared.is_empty() { "none".to_owned() } else { done.shared.join("; ") });
+            if let Some(why) = &release.no_update {
+                println!("  no update step for some installs, on purpose: {why}");
+            }
         }
         RepoCommand::Withdraw { dir, release, reason, signing: SigningArgs { keys, expiry } } => {
             vendor::withdraw(&dir, &keys, &expiry.expiry(), &release, &reason).await.map_err(vendor_err)?;
@@ -176,6 +189,12 @@ async fn verify(settings: &Settings, cache_dir: Option<PathBuf>) -> Result<(), F
         }
     }
     println!("  {} step modules verified (length and sha256)", modules.len());
+    for shared in &index.shared {
+        println!("  shared steps {} for releases {}", shared.ids(), shared.applies);
+    }
+    // A signed index can still be a vendor's mistake: a release applying which would install
+    // nothing. Said here, before an operator plans it.
+    let gaps: Vec<String> = index.releases.iter().filter(|r| r.withdrawn.is_none()).filter_map(|r| index.check_update(r).err()).collect();
     let stale = repo.stale_cache_entries();
     if stale.is_empty() {
         println!("cache {}: up to date", cache.display());
@@ -184,6 +203,12 @@ async fn verify(settings: &Settings, cache_dir: Option<PathBuf>) -> Result<(), F
         for p in stale {
             println!("  {}", p.display());
         }
+    }
+    if !gaps.is_empty() {
+        return Err(Failure::new(
+            ExitCode::Repository,
+            anyhow::anyhow!("{} release(s) cannot be applied as published; the vendor must republish them:\n  {}", gaps.len(), gaps.join("\n  ")),
+        ));
     }
     Ok(())
 }

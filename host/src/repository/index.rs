@@ -6,7 +6,7 @@
 use semver::Version;
 use serde::{Deserialize, Serialize};
 
-use crate::manifest::StepManifest;
+use crate::manifest::{Edition, Method, Phase, StepManifest};
 
 /// The target name of the index in the repository.
 pub const INDEX_TARGET: &str = "index.json";
@@ -23,6 +23,34 @@ pub struct Index {
     pub requires: Vec<String>,
     /// Ascending by version.
     pub releases: Vec<Release>,
+    /// Steps the vendor registered once for a range of releases (the standard procedure,
+    /// detection). Each release of the range carries them in its own `steps` too, so planning
+    /// never reads this list (an older canup ignores it): it is what publishing adds to a new
+    /// release and what updating a shared step republishes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shared: Vec<SharedSteps>,
+}
+
+/// One registration of shared steps: one module, the steps it implements, the releases it
+/// ships with.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SharedSteps {
+    pub applies: semver::VersionReq,
+    pub steps: Vec<IndexStep>,
+}
+
+impl SharedSteps {
+    /// Whether the registration ships with `version`. A pre-release is judged by the release it
+    /// precedes (semver ranges never match pre-releases of other versions): 4.0.0-rc.1 gets the
+    /// 4.x procedure as 4.0.0 will.
+    pub fn covers(&self, version: &Version) -> bool {
+        self.applies.matches(version) || self.applies.matches(&Version::new(version.major, version.minor, version.patch))
+    }
+
+    /// The step ids, for messages.
+    pub fn ids(&self) -> String {
+        self.steps.iter().map(|s| s.manifest.id.as_str()).collect::<Vec<_>>().join(", ")
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -38,10 +66,32 @@ pub struct Release {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub barrier: Option<Barrier>,
     pub steps: Vec<IndexStep>,
+    /// Set when the vendor published the release without an `update`-phase step for some
+    /// install on purpose: the reason.
+    #[serde(default, rename = "no-update", skip_serializing_if = "Option::is_none")]
+    pub no_update: Option<String>,
     /// Files the vendor ships with the release for its steps to read (e.g. the reference
     /// Compose files), each a signed target like the modules.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub data: Vec<IndexData>,
+}
+
+impl Release {
+    /// The installs (method × edition, every one a Canopsis release ships for) that no
+    /// `update`-phase step of this release serves.
+    pub fn missing_update(&self) -> Vec<(Method, Edition)> {
+        let mut missing = Vec::new();
+        for method in [Method::Packages, Method::Compose] {
+            for edition in [Edition::Core, Edition::Cat] {
+                let served =
+                    self.steps.iter().map(|s| &s.manifest).any(|m| m.phase == Phase::Update && m.methods.contains(&method) && m.editions.contains(&edition));
+                if !served {
+                    missing.push((method, edition));
+                }
+            }
+        }
+        missing
+    }
 }
 
 /// A migration guide between a release and the ones before it: an operator follows it by
@@ -146,6 +196,36 @@ impl Index {
             used.push(crate::formats::BARRIERS.to_owned());
         }
         used
+    }
+
+    /// Why `release` cannot be published as it stands: an install it claims (every method ×
+    /// edition) that would get no `update`-phase step, so that applying it would install
+    /// nothing, unless the release says why (`no-update`). The message names the standard
+    /// procedure the vendor registered and the ranges it covers.
+    pub fn check_update(&self, release: &Release) -> Result<(), String> {
+        let missing = release.missing_update();
+        if missing.is_empty() || release.no_update.is_some() {
+            return Ok(());
+        }
+        let installs = missing.iter().map(|(m, e)| format!("{m}/{e}")).collect::<Vec<_>>().join(", ");
+        let registered: Vec<String> = self
+            .shared
+            .iter()
+            .filter(|s| {
+                s.steps
+                    .iter()
+                    .map(|st| &st.manifest)
+                    .any(|m| m.phase == Phase::Update && missing.iter().any(|(me, ed)| m.methods.contains(me) && m.editions.contains(ed)))
+            })
+            .map(|s| format!("{} ({})", s.ids(), s.applies))
+            .collect();
+        let registered = if registered.is_empty() { "none is registered".to_owned() } else { format!("registered: {}", registered.join("; ")) };
+        Err(format!(
+            "release {v} has no update-phase step for {installs}: the standard procedure that updates the packages or the Compose files \
+             does not cover it ({registered}), so applying {v} would install nothing. Register a shared update step whose range covers {v} \
+             (`canup repo add-shared`), give the release its own, or, if it really ships no update, say why with `no-update = \"…\"` in its step.toml",
+            v = release.version
+        ))
     }
 
     pub fn release(&self, version: &Version) -> Option<&Release> {

@@ -24,7 +24,7 @@ use tough::{ExpirationEnforcement, IntoVec, Limits, RepositoryLoader, TargetName
 use url::Url;
 
 use crate::{error_chain, sha256_hex};
-pub use index::{Barrier, Index, IndexData, IndexStep, Release};
+pub use index::{Barrier, Index, IndexData, IndexStep, Release, SharedSteps};
 
 /// A release's data files by name, as its steps read them (`context.data`).
 pub type ReleaseData = std::collections::BTreeMap<String, Vec<u8>>;

@@ -28,7 +28,7 @@ use tough::schema::{Hashes, KeyHolder, Metafile, RoleType, Root, Signed, Snapsho
 use tough::{ExpirationEnforcement, IntoVec, RepositoryLoader, TargetName};
 use url::Url;
 
-use super::index::{Barrier, INDEX_FORMAT, INDEX_TARGET, Index, IndexData, IndexStep, Release};
+use super::index::{Barrier, INDEX_FORMAT, INDEX_TARGET, Index, IndexData, IndexStep, Release, SharedSteps};
 use crate::manifest::ReleaseSteps;
 use crate::{error_chain, sha256_hex};
 pub use keys::{key_id, keygen};
@@ -348,37 +348,60 @@ fn index_steps(steps: &ReleaseSteps, module: &[u8], target: &str) -> Vec<IndexSt
         .collect()
 }
 
-/// Adds (or replaces) a release: its own steps (`steps`, implemented by `module`, published
-/// as `release-VERSION.wasm`) and the shared steps of `includes` (the standard procedure,
-/// each published once as `shared-SHA.wasm`), and its `data` files (`data-SHA`).
-#[allow(clippy::too_many_arguments)]
+/// The target name of a shared module: content-addressed, so that a registration updated
+/// with the same module reuses the file.
+fn shared_target(module: &[u8]) -> String {
+    format!("shared-{}.wasm", &sha256_hex(module)[..16])
+}
+
+/// What publishing a release or registering shared steps did, for the vendor to read.
+#[derive(Debug, Default)]
+pub struct Published {
+    /// The shared registrations a release got (their step ids).
+    pub shared: Vec<String>,
+    /// The releases a registration was republished in.
+    pub releases: Vec<Version>,
+}
+
+/// Adds (or replaces) a release: its own steps (`release`, implemented by `module`, published
+/// as `release-VERSION.wasm`), every registered shared step whose range covers it, and its
+/// `data` files (`data-SHA`). Refused when an install would get no `update` step
+/// ([`Index::check_update`]) or when an own step reuses a shared step's id.
 pub async fn add_release(
     repo: &Path,
     keys: &[PathBuf],
     expiry: &Expiry,
-    version: &Version,
+    release: &ReleaseSteps,
     published: &str,
-    own: Option<(&ReleaseSteps, &[u8])>,
-    includes: &[(&ReleaseSteps, &[u8])],
+    module: Option<&[u8]>,
     data: &[(String, Vec<u8>)],
-) -> Result<(), VendorError> {
+) -> Result<Published, VendorError> {
+    let version = release.release.clone().ok_or_else(|| VendorError::Usage("a release's step.toml names its `release`".into()))?;
     let mut index = read_index(repo).await?;
     let mut steps = Vec::new();
     let mut files = Vec::new();
-    if let Some((own_steps, module)) = own {
-        let target = format!("release-{version}.wasm");
-        steps.extend(index_steps(own_steps, module, &target));
-        files.push((target, module.to_vec()));
-    }
-    for (shared, module) in includes {
-        let target = format!("shared-{}.wasm", &sha256_hex(module)[..16]);
-        steps.extend(index_steps(shared, module, &target));
-        if !files.iter().any(|(t, _)| t == &target) {
+    match (module, release.steps.is_empty()) {
+        (Some(module), _) => {
+            let target = format!("release-{version}.wasm");
+            steps.extend(index_steps(release, module, &target));
             files.push((target, module.to_vec()));
         }
+        (None, true) => {}
+        (None, false) => return Err(VendorError::Usage(format!("release {version} declares steps: pass the --module implementing them"))),
+    }
+    let mut report = Published::default();
+    for shared in index.shared.iter().filter(|s| s.covers(&version)) {
+        if let Some(clash) = shared.steps.iter().find(|s| steps.iter().any(|own: &IndexStep| own.manifest.id == s.manifest.id)) {
+            return Err(VendorError::Usage(format!(
+                "release {version} has its own step {}, which is also a registered shared step: rename the release's step",
+                clash.manifest.id
+            )));
+        }
+        steps.extend(shared.steps.iter().cloned());
+        report.shared.push(shared.ids());
     }
     if steps.is_empty() {
-        return Err(VendorError::Usage(format!("release {version} has no step, own or included")));
+        return Err(VendorError::Usage(format!("release {version} has no step, own or shared")));
     }
     let mut data_entries = Vec::new();
     for (name, bytes) in data {
@@ -391,8 +414,70 @@ pub async fn add_release(
             files.push((target, bytes.clone()));
         }
     }
-    index.upsert(Release { version: version.clone(), published: published.to_owned(), withdrawn: None, barrier: None, steps, data: data_entries });
-    publish(repo, keys, expiry, &index, &files).await
+    let entry = Release {
+        version: version.clone(),
+        published: published.to_owned(),
+        withdrawn: None,
+        barrier: None,
+        steps,
+        no_update: release.no_update.clone(),
+        data: data_entries,
+    };
+    index.check_update(&entry).map_err(VendorError::Usage)?;
+    index.upsert(entry);
+    publish(repo, keys, expiry, &index, &files).await?;
+    Ok(report)
+}
+
+/// Registers shared steps (`shared` declares the range it `applies` to; `module` implements
+/// them) and republishes them in every release of the repository: releases in the range get
+/// the new version, releases that had an earlier registration of these steps and are no
+/// longer in the range lose them. A registration sharing a step id with an earlier one
+/// replaces it. Refused, with nothing written, when a release would be left without an
+/// `update` step.
+pub async fn add_shared(repo: &Path, keys: &[PathBuf], expiry: &Expiry, shared: &ReleaseSteps, module: &[u8]) -> Result<Published, VendorError> {
+    let applies = shared.applies.clone().ok_or_else(|| VendorError::Usage("shared steps declare the releases they `applies` to".into()))?;
+    if shared.steps.is_empty() {
+        return Err(VendorError::Usage("the shared step.toml declares no step".into()));
+    }
+    let mut index = read_index(repo).await?;
+    let target = shared_target(module);
+    let registration = SharedSteps { applies, steps: index_steps(shared, module, &target) };
+    let new_ids: Vec<&str> = registration.steps.iter().map(|s| s.manifest.id.as_str()).collect();
+    let (replaced, kept): (Vec<SharedSteps>, Vec<SharedSteps>) =
+        std::mem::take(&mut index.shared).into_iter().partition(|r| r.steps.iter().any(|s| new_ids.contains(&s.manifest.id.as_str())));
+    index.shared = kept;
+    let mut ids: Vec<String> = new_ids.iter().map(|id| (*id).to_owned()).collect();
+    ids.extend(replaced.iter().flat_map(|r| r.steps.iter().map(|s| s.manifest.id.clone())));
+    let earlier: Vec<&str> = replaced.iter().flat_map(|r| r.steps.iter().map(|s| s.module.as_str())).collect();
+    let mut report = Published::default();
+    for release in &mut index.releases {
+        // Which of the release's steps came from a registration: the module says (shared
+        // targets) — an own step with a shared id is refused when the release is published.
+        let had = release.steps.iter().any(|s| ids.contains(&s.manifest.id) && earlier.contains(&s.module.as_str()));
+        let covered = registration.covers(&release.version);
+        if !had && !covered {
+            continue;
+        }
+        if let Some(own) = release.steps.iter().find(|s| new_ids.contains(&s.manifest.id.as_str()) && !earlier.contains(&s.module.as_str())) {
+            return Err(VendorError::Usage(format!(
+                "release {} has its own step {}, which these shared steps would duplicate: nothing was registered",
+                release.version, own.manifest.id
+            )));
+        }
+        release.steps.retain(|s| !(ids.contains(&s.manifest.id) && earlier.contains(&s.module.as_str())));
+        if covered {
+            release.steps.extend(registration.steps.iter().cloned());
+        }
+        report.releases.push(release.version.clone());
+    }
+    for release in index.releases.iter().filter(|r| r.withdrawn.is_none()) {
+        index.check_update(release).map_err(|e| VendorError::Usage(format!("{e}; nothing was registered")))?;
+    }
+    report.shared.push(registration.ids());
+    index.shared.push(registration);
+    publish(repo, keys, expiry, &index, &[(target, module.to_vec())]).await?;
+    Ok(report)
 }
 
 /// Data names are relative paths of plain components, so that a step asking for

@@ -1,5 +1,5 @@
-//! The stub behind every program of the simulated host (see `canup_tests::simhost`).
-//! Usage (from the wrapper scripts): `canup-simstub --sysroot DIR NAME ARGS...`.
+//! The stub behind every program of the simulated host (see the library's doc).
+//! Usage (from the wrapper scripts): `canup-sim stub --sysroot DIR NAME ARGS...`.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
-use canup_tests::simhost::{CALL_LOG, Call, RPM_DB};
+use canup_sim::{CALL_LOG, Call, RPM_DB};
 
 struct Sim {
     root: PathBuf,
@@ -27,7 +27,7 @@ impl Sim {
             let _ = fs::create_dir_all(d);
         }
         if let Err(e) = fs::write(&p, content) {
-            eprintln!("simstub: cannot write {}: {e}", p.display());
+            eprintln!("canup-sim: cannot write {}: {e}", p.display());
         }
     }
     fn append(&self, logical: &str, line: &str) {
@@ -49,10 +49,10 @@ fn fail(msg: &str) -> ExitCode {
     ExitCode::from(1)
 }
 
-fn main() -> ExitCode {
-    let mut argv: Vec<String> = std::env::args().skip(1).collect();
+/// `argv`: `--sysroot DIR NAME ARGS...`.
+pub fn run(mut argv: Vec<String>) -> ExitCode {
     if argv.len() < 3 || argv[0] != "--sysroot" {
-        return fail("usage: canup-simstub --sysroot DIR NAME ARGS...");
+        return fail("usage: canup-sim stub --sysroot DIR NAME ARGS...");
     }
     let root = PathBuf::from(argv.remove(1));
     argv.remove(0);
@@ -141,7 +141,7 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        other => fail(&format!("canup-simstub: unknown program {other}")),
+        other => fail(&format!("canup-sim: unknown program {other}")),
     }
 }
 

@@ -1,11 +1,16 @@
 //! The simulated host: a single-node Canopsis as a directory tree, for `--sysroot`.
 //!
 //! MongoDB, yum, canoctl and Canopsis itself cannot exist on a Debian build machine, so the
-//! programs a step runs are stubs: each is a two-line shell wrapper that hands over to the
-//! `canup-simstub` binary, which records the call (argv, env, user, cwd) as one JSON line in
-//! `/var/log/canup-sim/calls.jsonl` and changes the tree the way the real tool would (`yum
-//! update` to V rewrites `VERSION.txt`, `systemctl enable` creates the wants link, ...). The
-//! files' contents follow what `canopsis-docs/` quotes.
+//! programs a step runs are stubs: each is a short shell wrapper that hands over to the
+//! `canup-sim` binary copied into the tree, which records the call (argv, env, user, cwd) as
+//! one JSON line in `/var/log/canup-sim/calls.jsonl` and changes the tree the way the real tool
+//! would (`yum update` to V rewrites `VERSION.txt`, `systemctl enable` creates the wants link,
+//! ...). The files' contents follow what `canopsis-docs/` quotes.
+//!
+//! The wrappers find their host from their own path (`$0`), and the stub program lives inside
+//! the tree: a simulated host can be copied or moved and the copy drives itself, never the
+//! original. Step authors make one with `canup-sim create` (see `sdk/README.md`); the project's
+//! tests and demo make theirs with the same [`SimHost::create`].
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -36,21 +41,41 @@ pub const MIGRATIONS: &[&str] = &[
 ];
 
 pub const CALL_LOG: &str = "/var/log/canup-sim/calls.jsonl";
+/// Where the tree keeps its own copy of the `canup-sim` program the wrappers run.
+pub const STUB_PROGRAM: &str = "/usr/libexec/canup-sim/canup-sim";
 /// The simulated rpm database: one `name version` per line.
 pub const RPM_DB: &str = "/var/lib/canup-sim/rpm.txt";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Edition {
     Core,
     Cat,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Method {
     Packages,
     Compose,
+}
+
+impl std::fmt::Display for Edition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Edition::Core => "core",
+            Edition::Cat => "cat",
+        })
+    }
+}
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Method::Packages => "packages",
+            Method::Compose => "compose",
+        })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -156,17 +181,31 @@ services:
     command: /engine-che -alwaysFlushEntities
 ";
 
+/// The wrapper script of `program`: it locates its host by removing its own logical path
+/// from the path it was run by (canup runs it as `SYSROOT/usr/bin/yum`), so the tree works
+/// wherever it is copied or moved.
+fn wrapper(program: &str) -> String {
+    let name = Path::new(program).file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    format!(
+        "#!/bin/sh\n# {program} of a canup simulated host: records the call and acts like the real tool (canup-sim).\n\
+         case \"$0\" in\n  */{rel}) root=\"${{0%{program}}}\" ;;\n  *) echo \"run me as SYSROOT{program}, not $0\" >&2; exit 127 ;;\nesac\n\
+         exec \"$root{STUB_PROGRAM}\" stub --sysroot \"${{root:-/}}\" {name} \"$@\"\n",
+        rel = program.trim_start_matches('/'),
+    )
+}
+
 impl SimHost {
     /// Builds the tree under `root` (which must be empty or absent). `stub` is the
-    /// `canup-simstub` binary the wrappers hand over to.
+    /// `canup-sim` program, copied into the tree (hard-linked when it can be) for the
+    /// wrappers to hand over to.
     pub fn create(root: &Path, spec: &Spec, stub: &Path) -> Result<Self> {
-        fs::create_dir_all(root)?;
+        if fs::read_dir(root).is_ok_and(|mut entries| entries.next().is_some()) {
+            anyhow::bail!("{} is not empty: a simulated host is made in an empty or new directory", root.display());
+        }
+        fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
         let root = root.canonicalize()?;
         let host = Self { root };
-        let edition = match spec.edition {
-            Edition::Core => "core",
-            Edition::Cat => "cat",
-        };
+        let edition = spec.edition.to_string();
         host.write("/opt/canopsis/VERSION.txt", &format!("Canopsis version {}\n", spec.version))?;
         host.write("/opt/canopsis/etc/go-engines-vars.conf", GO_ENGINES_VARS)?;
         host.write("/opt/canopsis/etc/webserver.conf", WEBSERVER_CONF)?;
@@ -203,12 +242,25 @@ impl SimHost {
             )?;
             host.write("/opt/canopsis/docker/docker-compose.yml", COMPOSE_YML)?;
         }
-        let stub = stub.canonicalize().with_context(|| format!("stub binary {}", stub.display()))?;
+        let copy = host.path(STUB_PROGRAM);
+        fs::create_dir_all(copy.parent().unwrap_or(&host.root))?;
+        if fs::hard_link(stub, &copy).is_err() {
+            fs::copy(stub, &copy).with_context(|| format!("copying the stub program {} into {}", stub.display(), copy.display()))?;
+        }
         for program in PROGRAMS {
-            let name = Path::new(program).file_name().and_then(|n| n.to_str()).unwrap_or_default();
-            let script = format!("#!/bin/sh\nexec '{}' --sysroot '{}' {name} \"$@\"\n", stub.display(), host.root.display());
-            host.write(program, &script)?;
+            host.write(program, &wrapper(program))?;
             fs::set_permissions(host.path(program), fs::Permissions::from_mode(0o755))?;
+        }
+        Ok(host)
+    }
+
+    /// A simulated host made earlier (by [`SimHost::create`] or `canup-sim create`), wherever
+    /// it has been copied or moved since.
+    pub fn open(root: &Path) -> Result<Self> {
+        let root = root.canonicalize().with_context(|| format!("simulated host {}", root.display()))?;
+        let host = Self { root };
+        if !host.path(STUB_PROGRAM).is_file() {
+            anyhow::bail!("{} is not a simulated host (no {STUB_PROGRAM}): make one with `canup-sim create`", host.root.display());
         }
         Ok(host)
     }
@@ -258,7 +310,7 @@ impl SimHost {
                 let meta = fs::symlink_metadata(&path)?;
                 if meta.is_dir() {
                     stack.push(path);
-                } else if logical != CALL_LOG {
+                } else if logical != CALL_LOG && logical != STUB_PROGRAM {
                     let content = if meta.is_symlink() {
                         format!("-> {}", fs::read_link(&path)?.display())
                     } else if !meta.is_file() {
