@@ -313,6 +313,18 @@ pub enum RepoCommand {
 pub enum StepCommand {
     /// Run one step module, as canup would during an upgrade, and print its audit.
     Run(StepRunArgs),
+    /// Create a step crate for a release in DIR (empty or new): Cargo.toml with the build
+    /// profile, step.toml, an example step and a test that runs it on a simulated host.
+    New {
+        dir: PathBuf,
+        /// The Canopsis release the steps belong to, e.g. 23.10.9.
+        #[arg(long)]
+        release: Version,
+        /// A canup-sdk crate to depend on (e.g. a canup checkout's `sdk/`); by default the SDK
+        /// of this canup's step contract is written into the crate.
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -1,6 +1,6 @@
 //! The `canup` command line, owned by the binary (ripgrep's shape): `args.rs` is what clap
 //! parses, `settings.rs` merges the configuration with the global flags once, one module per
-//! command family (`operate.rs`, `repo.rs`, `step_run.rs`) does the work through the library,
+//! command family (`operate.rs`, `repo.rs`, `step_run.rs`, `step_new.rs`) does the work through the library,
 //! `print.rs` writes results and `progress.rs` is the apply screen. Every failure leaves
 //! through [`Failure`]: one exit code from `canup::exit::ExitCode`, one message printed once.
 
@@ -10,6 +10,7 @@ mod print;
 mod progress;
 mod repo;
 mod settings;
+mod step_new;
 mod step_run;
 
 use std::process::ExitCode as ProcessExit;
@@ -111,6 +112,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let settings = Settings::resolve(&global, args.policy.as_deref())?;
             step_run::run(&settings, args).await
         }
+        Command::Step(StepCommand::New { dir, release, sdk }) => step_new::run(&dir, &release, sdk.as_deref()),
         Command::Repo(cmd) => repo::run(&global, cmd).await,
     }
 }
