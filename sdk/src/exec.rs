@@ -69,19 +69,22 @@ impl Command {
     }
 
     /// Runs the program and fails unless it exits with status 0; the error carries the end
-    /// of its stderr.
+    /// of its stderr, and of its stdout when it wrote one: tools such as dnf say the cause
+    /// there ("No match for argument: …") and only a summary on stderr.
     pub fn run(&self) -> Result<Output> {
         let out = self.output()?;
         if out.success() {
             return Ok(out);
         }
-        let stderr = out.stderr_text();
-        let tail: Vec<&str> = stderr.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect();
+        let tail =
+            |text: &str| text.lines().filter(|l| !l.trim().is_empty()).rev().take(5).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join(" / ");
+        let (stderr, stdout) = (tail(&out.stderr_text()), tail(&out.stdout_text()));
         Err(Error::msg(format!(
-            "{} exited with {}{}",
+            "{} exited with {}{}{}",
             self.display(),
             out.0.status.map_or("a signal".to_owned(), |c| format!("status {c}")),
-            if tail.is_empty() { String::new() } else { format!(": {}", tail.join(" / ")) }
+            if stderr.is_empty() { String::new() } else { format!(": {stderr}") },
+            if stdout.is_empty() { String::new() } else { format!(" (its output ended: {stdout})") }
         )))
     }
 }

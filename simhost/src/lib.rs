@@ -19,9 +19,13 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-/// Where each stubbed program lives, as a step names it.
+pub mod packages;
+
+/// Where each program of the host lives, as a step names it. `yum`, `dnf` and `rpm` are the
+/// real tools run against the host's root; the others are simulated.
 pub const PROGRAMS: &[&str] = &[
     "/usr/bin/yum",
+    "/usr/bin/dnf",
     "/usr/bin/rpm",
     "/usr/bin/su",
     "/usr/bin/systemctl",
@@ -41,10 +45,13 @@ pub const MIGRATIONS: &[&str] = &[
 ];
 
 pub const CALL_LOG: &str = "/var/log/canup-sim/calls.jsonl";
+/// The package manager's own bookkeeping (rpm database, dnf cache, history and logs): not
+/// compared file by file in [`SimHost::snapshot`], which lists the installed packages instead.
+const PACKAGE_STATE: &[&str] = &["/var/lib/rpm", "/var/lib/dnf", "/var/cache/dnf", "/var/log/dnf", "/var/log/hawkey.log", "/etc/dnf", packages::RPM_HOME];
+/// The pseudo-file of [`SimHost::snapshot`] listing the installed packages (`rpm -qa`).
+pub const INSTALLED_PACKAGES: &str = "(rpm -qa)";
 /// Where the tree keeps its own copy of the `canup-sim` program the wrappers run.
 pub const STUB_PROGRAM: &str = "/usr/libexec/canup-sim/canup-sim";
-/// The simulated rpm database: one `name version` per line.
-pub const RPM_DB: &str = "/var/lib/canup-sim/rpm.txt";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -78,16 +85,70 @@ impl std::fmt::Display for Method {
     }
 }
 
+/// The operating system of the host: what Canopsis supports for its era (CentOS 7 up to
+/// 23.10, RHEL 8 from 23.04), and which package manager the host has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Os {
+    /// CentOS 7: yum (glibc 2.17).
+    Centos7,
+    /// RHEL 8: dnf, and yum as its alias (glibc 2.28).
+    Rhel8,
+}
+
+impl std::fmt::Display for Os {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Os::Centos7 => "CentOS 7",
+            Os::Rhel8 => "RHEL 8",
+        })
+    }
+}
+
+impl Os {
+    fn os_release(self) -> &'static str {
+        match self {
+            Os::Centos7 => {
+                "NAME=\"CentOS Linux\"\nVERSION=\"7 (Core)\"\nID=\"centos\"\nID_LIKE=\"rhel fedora\"\nVERSION_ID=\"7\"\nPRETTY_NAME=\"CentOS Linux 7 (Core)\"\n"
+            }
+            Os::Rhel8 => {
+                "NAME=\"Red Hat Enterprise Linux\"\nVERSION=\"8.8 (Ootpa)\"\nID=\"rhel\"\nID_LIKE=\"fedora\"\nVERSION_ID=\"8.8\"\nPRETTY_NAME=\"Red Hat Enterprise Linux 8.8 (Ootpa)\"\n"
+            }
+        }
+    }
+
+    fn redhat_release(self) -> &'static str {
+        match self {
+            Os::Centos7 => "CentOS Linux release 7.9.2009 (Core)\n",
+            Os::Rhel8 => "Red Hat Enterprise Linux release 8.8 (Ootpa)\n",
+        }
+    }
+
+    /// The `$releasever` of its repositories.
+    pub fn release_version(self) -> &'static str {
+        match self {
+            Os::Centos7 => "7",
+            Os::Rhel8 => "8",
+        }
+    }
+
+    /// Whether the host has `program` (CentOS 7 has no dnf).
+    fn has(self, program: &str) -> bool {
+        !(self == Os::Centos7 && program == "/usr/bin/dnf")
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Spec {
     pub version: String,
     pub edition: Edition,
     pub method: Method,
+    pub os: Os,
 }
 
 impl Default for Spec {
     fn default() -> Self {
-        Self { version: "3.38.0".into(), edition: Edition::Core, method: Method::Packages }
+        Self { version: "3.38.0".into(), edition: Edition::Core, method: Method::Packages, os: Os::Centos7 }
     }
 }
 
@@ -204,9 +265,26 @@ impl SimHost {
         }
         fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
         let root = root.canonicalize()?;
-        let host = Self { root };
+        let made = Self::make(&root, spec, stub);
+        if made.is_err() {
+            // Nothing half-made is left: the directory was empty or new.
+            if let Ok(entries) = fs::read_dir(&root) {
+                for entry in entries.flatten() {
+                    let _ = if entry.path().is_dir() { fs::remove_dir_all(entry.path()) } else { fs::remove_file(entry.path()) };
+                }
+            }
+        }
+        made
+    }
+
+    fn make(root: &Path, spec: &Spec, stub: &Path) -> Result<Self> {
+        let host = Self { root: root.to_path_buf() };
         let edition = spec.edition.to_string();
-        host.write("/opt/canopsis/VERSION.txt", &format!("Canopsis version {}\n", spec.version))?;
+        host.write("/etc/os-release", spec.os.os_release())?;
+        // The target the engines' unit is wanted by, as systemd ships it (`systemctl --root`
+        // enables units offline against it).
+        host.write("/usr/lib/systemd/system/multi-user.target", "[Unit]\nDescription=Multi-User System\n")?;
+        host.write("/etc/redhat-release", spec.os.redhat_release())?;
         host.write("/opt/canopsis/etc/go-engines-vars.conf", GO_ENGINES_VARS)?;
         host.write("/opt/canopsis/etc/webserver.conf", WEBSERVER_CONF)?;
         host.write("/opt/canopsis/etc/amqp2engines.conf", &amqp2engines("python", "core"))?;
@@ -219,23 +297,23 @@ impl SimHost {
             host.write(&format!("/opt/canopsis/etc/initialisation-{ed}.toml.example"), &initialisation(ed))?;
         }
         host.write("/opt/canopsis/etc/default_configuration.toml", "[Canopsis.global]\nPrefetchCount = 10000\n")?;
-        if spec.version.starts_with("4.") {
-            for script in MIGRATIONS {
-                host.write(&format!("/opt/canopsis/share/migrations/mongodb/{script}"), &format!("// {script}\nprint('migrated {script}');\n"))?;
-            }
-        }
         host.write("/etc/systemd/system/canopsis-engine-go@engine-che.service.d/che.conf", CHE_DROPIN)?;
         host.write("/etc/systemd/system/canopsis-engine-go@engine-axe.service.d/axe.conf", AXE_DROPIN)?;
         fs::create_dir_all(host.path("/etc/systemd/system/multi-user.target.wants"))?;
         fs::create_dir_all(host.path("/var/log/canup-sim"))?;
-        let mut rpm = format!("canopsis-core {}\n", spec.version);
-        if spec.edition == Edition::Cat {
-            rpm.push_str(&format!("canopsis-cat {}\n", spec.version));
-        }
         if spec.method == Method::Packages {
-            host.write(RPM_DB, &rpm)?;
+            // The real packages, installed by the real rpm: VERSION.txt, the engines' unit and
+            // the migration scripts come from them.
+            packages::install(&host.root, &spec.version, spec.edition == Edition::Cat)?;
         } else {
-            host.write(RPM_DB, "")?;
+            // The containers' version, and a host rpm database that holds no Canopsis.
+            packages::init(&host.root)?;
+            host.write("/opt/canopsis/VERSION.txt", &format!("Canopsis version {}\n", spec.version))?;
+            if spec.version.starts_with("4.") {
+                for script in MIGRATIONS {
+                    host.write(&format!("/opt/canopsis/share/migrations/mongodb/{script}"), &format!("// {script}\nprint('migrated {script}');\n"))?;
+                }
+            }
             host.write(
                 "/opt/canopsis/docker/.env",
                 &format!("COMPOSE_PROJECT_NAME=canopsis\nCANOPSIS_IMAGE_TAG={}\nREDIS_TAG=3.2.12\nCPS_EDITION={edition}\n", spec.version),
@@ -247,7 +325,8 @@ impl SimHost {
         if fs::hard_link(stub, &copy).is_err() {
             fs::copy(stub, &copy).with_context(|| format!("copying the stub program {} into {}", stub.display(), copy.display()))?;
         }
-        for program in PROGRAMS {
+        host.write("/var/lib/canup-sim/os", spec.os.release_version())?;
+        for program in PROGRAMS.iter().filter(|p| spec.os.has(p)) {
             host.write(program, &wrapper(program))?;
             fs::set_permissions(host.path(program), fs::Permissions::from_mode(0o755))?;
         }
@@ -307,6 +386,9 @@ impl SimHost {
                 let entry = entry?;
                 let path = entry.path();
                 let logical = format!("/{}", path.strip_prefix(&self.root)?.display());
+                if PACKAGE_STATE.iter().any(|p| logical.starts_with(p)) {
+                    continue;
+                }
                 let meta = fs::symlink_metadata(&path)?;
                 if meta.is_dir() {
                     stack.push(path);
@@ -323,6 +405,12 @@ impl SimHost {
                 }
             }
         }
+        out.insert(INSTALLED_PACKAGES.to_owned(), packages::installed(&self.root)?.join("\n"));
         Ok(out)
+    }
+
+    /// The installed packages (`name-version-release.arch`), from the real rpm database.
+    pub fn installed_packages(&self) -> Result<Vec<String>> {
+        packages::installed(&self.root)
     }
 }

@@ -6,7 +6,7 @@ mod stub;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use canup_sim::{Edition, Method, SimHost, Spec};
+use canup_sim::{Edition, Method, Os, SimHost, Spec};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -30,6 +30,9 @@ enum Command {
         edition: Edition,
         #[arg(long, value_enum, default_value = "packages")]
         method: Method,
+        /// The operating system: CentOS 7 (yum) or RHEL 8 (dnf).
+        #[arg(long, value_enum, default_value = "centos7")]
+        os: Os,
     },
     /// What the simulated host's wrappers run (not for people).
     #[command(hide = true)]
@@ -47,16 +50,17 @@ fn main() -> ExitCode {
         return stub::run(argv[2..].to_vec());
     }
     match Args::parse().command {
-        Command::Create { dir, version, edition, method } => {
-            let spec = Spec { version, edition, method };
+        Command::Create { dir, version, edition, method, os } => {
+            let spec = Spec { version, edition, method, os };
             let created = std::env::current_exe().map_err(anyhow::Error::from).and_then(|me| SimHost::create(&dir, &spec, &me));
             match created {
                 Ok(host) => {
                     println!(
-                        "created a simulated Canopsis {} host ({} edition, {} method) in {}",
+                        "created a simulated Canopsis {} host ({} edition, {} method, {}) in {}",
                         spec.version,
                         spec.edition,
                         spec.method,
+                        spec.os,
                         host.root().display()
                     );
                     println!("its programs record their calls in {}", host.path(canup_sim::CALL_LOG).display());

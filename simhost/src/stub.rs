@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
-use canup_sim::{CALL_LOG, Call, RPM_DB};
+use canup_sim::{CALL_LOG, Call, packages};
 
 struct Sim {
     root: PathBuf,
@@ -35,9 +35,6 @@ impl Sim {
         content.push_str(line);
         content.push('\n');
         self.write(logical, &content);
-    }
-    fn rpm_db(&self) -> Vec<(String, String)> {
-        self.read(RPM_DB).lines().filter_map(|l| l.split_once(' ').map(|(n, v)| (n.to_owned(), v.to_owned()))).collect()
     }
     fn installed_version(&self) -> String {
         self.read("/opt/canopsis/VERSION.txt").trim().trim_start_matches("Canopsis version ").to_owned()
@@ -84,8 +81,8 @@ pub fn run(mut argv: Vec<String>) -> ExitCode {
         }
     }
     match name.as_str() {
-        "yum" => yum(&sim, &args),
-        "rpm" => rpm(&sim, &args),
+        "yum" | "dnf" => dnf(&sim, &args),
+        "rpm" => hand_over(packages::rpm(&sim.root).args(&args)),
         "su" => su(&sim, &args),
         "systemctl" => systemctl(&sim, &args),
         "canoctl" => {
@@ -145,53 +142,29 @@ pub fn run(mut argv: Vec<String>) -> ExitCode {
     }
 }
 
-/// `yum [options] update|install PKG-VERSION...`: only pinned versions are simulated; an
-/// unpinned update fails, because the simulated repository does not know what "latest" is.
-fn yum(sim: &Sim, args: &[String]) -> ExitCode {
-    let words: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
-    let Some((command, packages)) = words.split_first() else { return fail("yum: no command") };
-    if !matches!(command.as_str(), "update" | "install" | "upgrade") {
-        return fail(&format!("yum (simulated): unsupported command {command}"));
-    }
-    if packages.is_empty() {
-        return fail("yum (simulated): refusing an unpinned update; name PACKAGE-VERSION");
-    }
-    let mut db = sim.rpm_db();
-    let mut new_version = None;
-    for pkg in packages {
-        let Some((name, version)) = pkg.rsplit_once('-') else { return fail(&format!("yum: bad package {pkg}")) };
-        match db.iter_mut().find(|(n, _)| n == name) {
-            Some(entry) => entry.1 = version.to_owned(),
-            None => return fail(&format!("yum: package {name} is not installed")),
-        }
-        if name == "canopsis-core" || name == "canopsis-cat" {
-            new_version = Some(version.to_owned());
-        }
-    }
-    sim.write(RPM_DB, &db.iter().map(|(n, v)| format!("{n} {v}\n")).collect::<String>());
-    if let Some(v) = new_version {
-        sim.write("/opt/canopsis/VERSION.txt", &format!("Canopsis version {v}\n"));
-    }
-    println!("Complete!");
-    ExitCode::SUCCESS
+/// `yum` (CentOS 7) and `dnf` (RHEL 8): the real dnf run against the host's root, its
+/// repositories those of the root's `/etc/yum.repos.d`. Debian has no yum; dnf takes yum's
+/// syntax for what the procedures run (`update`, `makecache`, `--disablerepo`/`--enablerepo`).
+fn dnf(sim: &Sim, args: &[String]) -> ExitCode {
+    let release = sim.read("/var/lib/canup-sim/os");
+    let mut dnf = Command::new("dnf");
+    dnf.arg(format!("--installroot={}", sim.root.display()))
+        .arg(format!("--releasever={}", release.trim()))
+        .arg("--setopt=install_weak_deps=False")
+        .args(args)
+        .env_clear()
+        .env("HOME", sim.path(packages::RPM_HOME))
+        .env("PATH", "/usr/bin:/bin")
+        .env("LC_ALL", "C.UTF-8");
+    hand_over(&mut dnf)
 }
 
-fn rpm(sim: &Sim, args: &[String]) -> ExitCode {
-    if args.first().map(String::as_str) != Some("-q") {
-        return fail("rpm (simulated): only -q is supported");
+/// Runs the real tool with the caller's stdin, stdout and stderr and exits with its status.
+fn hand_over(command: &mut Command) -> ExitCode {
+    match command.status() {
+        Ok(status) => ExitCode::from(status.code().map_or(1, |c| u8::try_from(c).unwrap_or(1))),
+        Err(e) => fail(&format!("cannot run {command:?}: {e} (apt-get install rpm dnf)")),
     }
-    let db = sim.rpm_db();
-    let mut code = ExitCode::SUCCESS;
-    for name in &args[1..] {
-        match db.iter().find(|(n, _)| n == name) {
-            Some((n, v)) => println!("{n}-{v}-1.el7.x86_64"),
-            None => {
-                println!("package {name} is not installed");
-                code = ExitCode::from(1);
-            }
-        }
-    }
-    code
 }
 
 /// `su [-] USER -c "COMMAND"`: runs COMMAND (split like a shell would) as USER, with a login
@@ -230,22 +203,14 @@ fn systemctl(sim: &Sim, args: &[String]) -> ExitCode {
             sim.append("/var/lib/canup-sim/daemon-reloads", "reload");
             ExitCode::SUCCESS
         }
-        ["enable", unit] => {
-            let link = sim.path(&format!("/etc/systemd/system/multi-user.target.wants/{}", unit_file(unit)));
-            let _ = fs::create_dir_all(link.parent().unwrap_or(Path::new("/")));
-            if fs::symlink_metadata(&link).is_err() {
-                let template = "/usr/lib/systemd/system/canopsis-engine-go@.service";
-                if let Err(e) = std::os::unix::fs::symlink(template, &link) {
-                    return fail(&format!("systemctl enable: {e}"));
-                }
-            }
-            ExitCode::SUCCESS
-        }
-        ["is-enabled", unit] => {
-            let enabled = fs::symlink_metadata(sim.path(&format!("/etc/systemd/system/multi-user.target.wants/{}", unit_file(unit)))).is_ok();
-            println!("{}", if enabled { "enabled" } else { "disabled" });
-            ExitCode::from(if enabled { 0 } else { 1 })
-        }
+        // Enabling is files only: the real systemctl does it offline in the root.
+        [verb @ ("enable" | "is-enabled" | "disable"), unit] => hand_over(
+            Command::new("systemctl")
+                .arg(format!("--root={}", sim.root.display()))
+                .args([verb.to_string(), unit_file(unit)])
+                .env_clear()
+                .env("LC_ALL", "C.UTF-8"),
+        ),
         [verb @ ("start" | "stop" | "restart"), _unit] => {
             sim.append("/var/lib/canup-sim/systemctl-actions", &args.join(" "));
             let _ = verb;

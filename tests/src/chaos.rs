@@ -69,7 +69,11 @@ struct Host {
 
 async fn host(setup: &Setup, name: &str) -> Result<Host> {
     let dir = setup.work.join(name);
-    let sim = SimHost::create(&dir.join("root"), &Spec { version: "3.38.0".into(), edition: Edition::Cat, method: Method::Packages }, &setup.stub)?;
+    let sim = SimHost::create(
+        &dir.join("root"),
+        &Spec { version: "3.38.0".into(), edition: Edition::Cat, method: Method::Packages, ..Spec::default() },
+        &setup.stub,
+    )?;
     let api = CanopsisApi::serve(sim.root().to_path_buf()).await;
     let config = dir.join("canup.toml");
     crate::write_site_config(&config, &setup.repo_url, &setup.repo, &dir.join("state"), crate::OPERATOR_POLICY, &api)?;

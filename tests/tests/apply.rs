@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use canup_tests::canopsis_api::CanopsisApi;
 use canup_tests::rabbitmq::Admin;
 use canup_tests::repo_server::{Control, serve_repo};
-use canup_tests::simhost::{Edition, Method, SimHost, Spec};
+use canup_tests::simhost::{Edition, Method, SimHost, Spec, packages};
 use canup_tests::{OPERATOR_POLICY, canup_bin, publish_steps, target_dir};
 
 fn repository() -> &'static PathBuf {
@@ -84,7 +84,7 @@ fn position(calls: &[String], needle: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn packages_cat_3_38_to_3_40_runs_the_steps_in_order() {
-    let h = host(Spec { version: "3.38.0".into(), edition: Edition::Cat, method: Method::Packages }).await;
+    let h = host(Spec { version: "3.38.0".into(), edition: Edition::Cat, method: Method::Packages, ..Spec::default() }).await;
     let out = h.run(&["apply", "--to", "3.40.0", "--yes", "--accept-manual"]);
     assert!(out.status.success(), "{}", text(&out));
     let calls = h.calls();
@@ -105,7 +105,7 @@ async fn packages_cat_3_38_to_3_40_runs_the_steps_in_order() {
     );
     assert!(calls.contains(&"canopsinit --canopsis-edition cat --canopsis-stack go as canopsis".to_owned()));
     assert_eq!(h.sim.read("/opt/canopsis/VERSION.txt").unwrap(), "Canopsis version 3.40.0\n");
-    assert_eq!(h.sim.read("/var/lib/canup-sim/rpm.txt").unwrap(), "canopsis-core 3.40.0\ncanopsis-cat 3.40.0\n");
+    assert_eq!(h.sim.installed_packages().unwrap(), ["canopsis-cat-3.40.0-1.el7.x86_64", "canopsis-core-3.40.0-1.el7.x86_64"]);
     let webserver = h.sim.read("/opt/canopsis/etc/webserver.conf").unwrap();
     assert!(webserver.ends_with("canopsis.webcore.services.metaalarmrule=1\ncanopsis.webcore.services.broadcast_message=1\n"));
     assert!(!h.sim.read("/etc/systemd/system/canopsis-engine-go@engine-che.service.d/che.conf").unwrap().contains("alwaysFlushEntities"));
@@ -124,20 +124,20 @@ async fn packages_cat_3_38_to_3_40_runs_the_steps_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn packages_core_3_38_to_3_40_updates_only_the_core_package() {
-    let h = host(Spec { version: "3.38.0".into(), edition: Edition::Core, method: Method::Packages }).await;
+    let h = host(Spec { version: "3.38.0".into(), edition: Edition::Core, method: Method::Packages, ..Spec::default() }).await;
     let out = h.run(&["apply", "--to", "3.40.0", "--yes", "--accept-manual"]);
     assert!(out.status.success(), "{}", text(&out));
     let changes = h.changes();
     assert_eq!(changes[0], "yum update -y canopsis-core-3.40.0");
     assert_eq!(changes[1], "su - canopsis -c canopsinit --canopsis-edition core --canopsis-stack go");
     assert!(position(&changes, "canoctl restart") < position(&changes, "systemctl enable canopsis-engine-go@engine-fifo"));
-    assert_eq!(h.sim.read("/var/lib/canup-sim/rpm.txt").unwrap(), "canopsis-core 3.40.0\n");
+    assert_eq!(h.sim.installed_packages().unwrap(), ["canopsis-core-3.40.0-1.el7.x86_64"]);
     assert_eq!(h.sim.read("/opt/canopsis/etc/amqp2engines.conf").unwrap(), h.sim.read("/opt/canopsis/etc/amqp2engines-go-core.conf.example").unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn core_from_3_37_runs_the_3_38_pre_update_before_yum() {
-    let h = host(Spec { version: "3.37.0".into(), edition: Edition::Core, method: Method::Packages }).await;
+    let h = host(Spec { version: "3.37.0".into(), edition: Edition::Core, method: Method::Packages, ..Spec::default() }).await;
     let out = h.run(&["apply", "--to", "3.40.0", "--yes", "--accept-manual"]);
     assert!(out.status.success(), "{}", text(&out));
     let calls = h.changes();
@@ -154,7 +154,7 @@ async fn core_from_3_37_runs_the_3_38_pre_update_before_yum() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn packages_4_5_4_to_4_5_7_runs_the_4x_procedure_and_each_release_migrations() {
-    let h = host(Spec { version: "4.5.4".into(), edition: Edition::Core, method: Method::Packages }).await;
+    let h = host(Spec { version: "4.5.4".into(), edition: Edition::Core, method: Method::Packages, ..Spec::default() }).await;
     let out = h.run(&["apply", "--to", "4.5.7", "--yes"]);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(
@@ -198,7 +198,7 @@ async fn packages_4_5_4_to_4_5_7_runs_the_4x_procedure_and_each_release_migratio
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_compose_install_is_resynced_with_the_signed_reference_files_keeping_the_operators_values() {
-    let h = host(Spec { version: "3.38.0".into(), edition: Edition::Cat, method: Method::Compose }).await;
+    let h = host(Spec { version: "3.38.0".into(), edition: Edition::Cat, method: Method::Compose, ..Spec::default() }).await;
     // The operator's own choices: a project name and a key of their own.
     let operator_env =
         h.sim.read("/opt/canopsis/docker/.env").unwrap().replace("COMPOSE_PROJECT_NAME=canopsis", "COMPOSE_PROJECT_NAME=prod") + "MY_PROXY=http://proxy:3128\n";
@@ -261,7 +261,7 @@ async fn a_policy_lacking_a_capability_stops_the_plan_before_anything_runs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dry_run_changes_nothing_and_lists_what_the_real_run_does() {
-    let h = host(Spec { version: "3.38.0".into(), edition: Edition::Cat, method: Method::Packages }).await;
+    let h = host(Spec { version: "3.38.0".into(), edition: Edition::Cat, method: Method::Packages, ..Spec::default() }).await;
     let before = h.sim.snapshot().unwrap();
     let dry = h.run(&["apply", "--to", "3.40.0", "--dry-run", "--accept-manual"]);
     assert!(dry.status.success(), "{}", text(&dry));
@@ -297,10 +297,10 @@ fn wait_blocked(h: &Host, name: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kill_mid_step_resumes_and_each_step_completes_once() {
-    let reference = host(Spec { version: "3.38.0".into(), edition: Edition::Cat, method: Method::Packages }).await;
+    let reference = host(Spec { version: "3.38.0".into(), edition: Edition::Cat, method: Method::Packages, ..Spec::default() }).await;
     assert!(reference.run(&["apply", "--to", "3.40.0", "--yes", "--accept-manual"]).status.success());
 
-    let h = host(Spec { version: "3.38.0".into(), edition: Edition::Cat, method: Method::Packages }).await;
+    let h = host(Spec { version: "3.38.0".into(), edition: Edition::Cat, method: Method::Packages, ..Spec::default() }).await;
     h.sim.write("/var/lib/canup-sim/block-init", "").unwrap();
     let mut child = h.canup(&["apply", "--to", "3.40.0", "--yes", "--accept-manual"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     wait_blocked(&h, "init");
@@ -350,9 +350,73 @@ async fn a_kill_mid_step_resumes_and_each_step_completes_once() {
     assert!(!h.dir.path().join("state/receipts").exists(), "the finished run left no receipt behind");
 }
 
+/// The real dnf behind the host's yum, against a vendor repository that lacks the target:
+/// "No match for argument", exit 1; canup stops at the update (nothing after it runs, the
+/// packages are untouched), and once the repository has the release, a re-run resumes at the
+/// update and finishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_missing_from_the_package_repository_stops_at_the_update_and_a_rerun_finishes() {
+    let h = host(Spec { version: "3.39.1".into(), edition: Edition::Cat, method: Method::Packages, ..Spec::default() }).await;
+    let mirror = h.dir.path().join("mirror");
+    packages::mirror_without(&mirror, &["3.40.0"]).unwrap();
+    packages::use_repository(h.sim.root(), &mirror).unwrap();
+
+    let out = h.run(&["apply", "--to", "3.40.0", "--yes", "--accept-manual"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("No match for argument: canopsis-core-3.40.0"), "{}", text(&out));
+    assert!(text(&out).contains("step procedure-3.x/yum-update failed"), "{}", text(&out));
+    let changes = h.changes();
+    assert_eq!(
+        changes.last().map(String::as_str),
+        Some("yum update -y canopsis-core-3.40.0 canopsis-cat-3.40.0"),
+        "nothing after the update ran: {changes:#?}"
+    );
+    assert_eq!(h.sim.installed_packages().unwrap(), ["canopsis-cat-3.39.1-1.el7.x86_64", "canopsis-core-3.39.1-1.el7.x86_64"]);
+
+    // The vendor publishes the packages; the operator runs canup again.
+    packages::use_repository(h.sim.root(), &packages::repository().unwrap()).unwrap();
+    let again = h.run(&["apply", "--yes", "--accept-manual"]);
+    assert!(again.status.success(), "{}", text(&again));
+    assert!(text(&again).contains("resuming an interrupted run"), "{}", text(&again));
+    assert_eq!(h.sim.installed_packages().unwrap(), ["canopsis-cat-3.40.0-1.el7.x86_64", "canopsis-core-3.40.0-1.el7.x86_64"]);
+    assert_eq!(h.sim.read("/opt/canopsis/VERSION.txt").unwrap(), "Canopsis version 3.40.0\n");
+    let upgrades: Vec<String> = packages::history(h.sim.root(), "7").unwrap().into_iter().filter(|l| l.contains("Upgrade")).collect();
+    assert_eq!(upgrades.len(), 1, "{upgrades:#?}");
+}
+
+/// canup killed (SIGKILL) while the real dnf update runs; the operator re-runs at once. The
+/// resumed run waits for the interrupted dnf instead of starting another: dnf's own history
+/// shows exactly one upgrade transaction, and the packages are at the target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_during_the_package_update_leaves_exactly_one_dnf_transaction() {
+    let h = host(Spec { version: "3.39.1".into(), edition: Edition::Cat, method: Method::Packages, ..Spec::default() }).await;
+    h.sim.write("/var/lib/canup-sim/block-yum", "").unwrap();
+    let mut child = h.canup(&["apply", "--to", "3.40.0", "--yes", "--accept-manual"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    wait_blocked(&h, "yum");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let log = h.dir.path().join("resume.log");
+    let append = || std::fs::File::options().create(true).append(true).open(&log).unwrap();
+    let mut resume = h.canup(&["apply", "--yes", "--accept-manual"]).stdout(append()).stderr(append()).spawn().unwrap();
+    let start = Instant::now();
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains("which the interrupted run started and is still running") {
+        assert!(start.elapsed() < Duration::from_secs(60), "the resumed run never waited: {}", std::fs::read_to_string(&log).unwrap_or_default());
+        assert!(resume.try_wait().unwrap().is_none(), "the resumed run ended without waiting: {}", std::fs::read_to_string(&log).unwrap_or_default());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::remove_file(h.sim.path("/var/lib/canup-sim/block-yum")).unwrap();
+    let status = resume.wait().unwrap();
+    assert!(status.success(), "{}", std::fs::read_to_string(&log).unwrap());
+    assert_eq!(h.sim.installed_packages().unwrap(), ["canopsis-cat-3.40.0-1.el7.x86_64", "canopsis-core-3.40.0-1.el7.x86_64"]);
+    let history = packages::history(h.sim.root(), "7").unwrap();
+    let upgrades: Vec<&String> = history.iter().filter(|l| l.contains("Upgrade")).collect();
+    assert_eq!(upgrades.len(), 1, "one upgrade transaction: {history:#?}");
+    assert_eq!(h.changes().iter().filter(|c| c.starts_with("yum ")).count(), 1, "{:#?}", h.changes());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_whose_receipt_shell_died_with_canup_runs_again_with_a_warning() {
-    let h = host(Spec { version: "3.38.0".into(), edition: Edition::Cat, method: Method::Packages }).await;
+    let h = host(Spec { version: "3.38.0".into(), edition: Edition::Cat, method: Method::Packages, ..Spec::default() }).await;
     h.sim.write("/var/lib/canup-sim/block-canoctl", "").unwrap();
     let mut child = h.canup(&["apply", "--to", "3.40.0", "--yes", "--accept-manual"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     wait_blocked(&h, "canoctl");
@@ -374,14 +438,14 @@ async fn a_command_whose_receipt_shell_died_with_canup_runs_again_with_a_warning
         text(&resumed)
     );
     let restarts = |h: &Host| h.changes().iter().filter(|c| *c == "canoctl restart").count();
-    let reference = host(Spec { version: "3.38.0".into(), edition: Edition::Cat, method: Method::Packages }).await;
+    let reference = host(Spec { version: "3.38.0".into(), edition: Edition::Cat, method: Method::Packages, ..Spec::default() }).await;
     assert!(reference.run(&["apply", "--to", "3.40.0", "--yes", "--accept-manual"]).status.success());
     assert_eq!(restarts(&h), restarts(&reference) + 1, "the killed restart was started once more");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restore_files_puts_back_what_a_run_changed() {
-    let h = host(Spec { version: "3.38.0".into(), edition: Edition::Cat, method: Method::Packages }).await;
+    let h = host(Spec { version: "3.38.0".into(), edition: Edition::Cat, method: Method::Packages, ..Spec::default() }).await;
     let webserver = h.sim.read("/opt/canopsis/etc/webserver.conf").unwrap();
     let amqp = h.sim.read("/opt/canopsis/etc/amqp2engines.conf").unwrap();
     assert!(h.run(&["apply", "--to", "3.40.0", "--yes", "--accept-manual"]).status.success());
@@ -398,7 +462,7 @@ async fn restore_files_puts_back_what_a_run_changed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_and_plan_report_in_json() {
-    let h = host(Spec { version: "3.38.0".into(), edition: Edition::Cat, method: Method::Packages }).await;
+    let h = host(Spec { version: "3.38.0".into(), edition: Edition::Cat, method: Method::Packages, ..Spec::default() }).await;
     let status: serde_json::Value = serde_json::from_slice(&h.run(&["status", "--json"]).stdout).unwrap();
     assert_eq!(status["installed"], "3.38.0");
     assert_eq!(status["edition"], "cat");
@@ -689,7 +753,7 @@ fn collapse(actions: impl Iterator<Item = String>) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dry_run_lists_exactly_what_the_real_run_does() {
     for method in [Method::Packages, Method::Compose] {
-        let h = host(Spec { version: "3.38.0".into(), edition: Edition::Cat, method }).await;
+        let h = host(Spec { version: "3.38.0".into(), edition: Edition::Cat, method, ..Spec::default() }).await;
         // Other tests of this binary unbind Engine_che at times of their own; unbound from the
         // start, the RabbitMQ state is the same for the dry run and the real run.
         Admin::new().unbind_che().await.unwrap();

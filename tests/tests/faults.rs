@@ -38,8 +38,12 @@ struct Host {
 async fn host(dir: &Path, version: &str, repo_url: &str, rabbitmq: &str, state: &Path) -> Host {
     Admin::new().setup_canopsis_once().await.unwrap();
     Admin::new().bind_che().await.unwrap();
-    let sim = SimHost::create(&dir.join("root"), &Spec { version: version.into(), edition: Edition::Cat, method: Method::Packages }, &canup_tests::sim_bin())
-        .unwrap();
+    let sim = SimHost::create(
+        &dir.join("root"),
+        &Spec { version: version.into(), edition: Edition::Cat, method: Method::Packages, ..Spec::default() },
+        &canup_tests::sim_bin(),
+    )
+    .unwrap();
     let api = CanopsisApi::serve(sim.root().to_path_buf()).await;
     let config = dir.join("canup.toml");
     canup_tests::write_site_config(&config, repo_url, repository(), state, OPERATOR_POLICY, &api).unwrap();

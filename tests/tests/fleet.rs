@@ -88,8 +88,10 @@ async fn the_role_upgrades_a_fleet_reports_changes_once_and_isolates_a_failing_h
     admin.bind_che().await.unwrap();
 
     // Two sites at different versions and methods.
-    let a = site(dir.path(), "site-a", Spec { version: "3.38.0".into(), edition: Edition::Cat, method: Method::Packages }, &url, &repo).await;
-    let b = site(dir.path(), "site-b", Spec { version: "3.39.0".into(), edition: Edition::Core, method: Method::Compose }, &url, &repo).await;
+    let a =
+        site(dir.path(), "site-a", Spec { version: "3.38.0".into(), edition: Edition::Cat, method: Method::Packages, ..Spec::default() }, &url, &repo).await;
+    let b =
+        site(dir.path(), "site-b", Spec { version: "3.39.0".into(), edition: Edition::Core, method: Method::Compose, ..Spec::default() }, &url, &repo).await;
     let first = play(dir.path(), &[&a, &b]);
     assert!(first.status.success(), "{}", text(&first));
     for s in [&a, &b] {
@@ -110,11 +112,13 @@ async fn the_role_upgrades_a_fleet_reports_changes_once_and_isolates_a_failing_h
 
     // A site whose installation is inconsistent fails with canup's error; the other site of
     // the same play is upgraded all the same.
-    let broken = site(dir.path(), "site-c", Spec { version: "3.38.0".into(), edition: Edition::Core, method: Method::Packages }, &url, &repo).await;
+    let broken =
+        site(dir.path(), "site-c", Spec { version: "3.38.0".into(), edition: Edition::Core, method: Method::Packages, ..Spec::default() }, &url, &repo).await;
     std::fs::write(broken.sim.path("/opt/canopsis/VERSION.txt"), "Canopsis version 3.37.0\n").unwrap();
     let broken_before = broken.sim.snapshot().unwrap();
     admin.bind_che().await.unwrap();
-    let d = site(dir.path(), "site-d", Spec { version: "3.38.0".into(), edition: Edition::Core, method: Method::Packages }, &url, &repo).await;
+    let d =
+        site(dir.path(), "site-d", Spec { version: "3.38.0".into(), edition: Edition::Core, method: Method::Packages, ..Spec::default() }, &url, &repo).await;
     let third = play(dir.path(), &[&broken, &d]);
     assert!(!third.status.success(), "the play reports the failed host:\n{}", text(&third));
     assert_eq!(recap(&third, "site-c").1, 1, "{}", text(&third));

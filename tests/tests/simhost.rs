@@ -32,14 +32,47 @@ fn pinned_yum_update_rewrites_version_and_rpm_database() {
     assert_eq!(calls[1].user, "root");
 }
 
+/// The real dnf behind the host's yum: a version the repository lacks is "No match for
+/// argument" with exit 1 and nothing changes; an update without -y asks, and an unanswered
+/// question changes nothing either.
 #[test]
-fn an_unpinned_update_is_refused_and_changes_nothing() {
+fn a_version_missing_from_the_repository_is_no_match_and_changes_nothing() {
     let (_d, sim) = host(Spec::default());
     let before = sim.snapshot().unwrap();
-    let (code, out) = run(&sim, "/usr/bin/yum", &["update"], &[]);
-    assert_eq!(code, 1);
-    assert!(out.contains("unpinned"), "{out}");
+    let (code, out) = run(&sim, "/usr/bin/yum", &["--disablerepo=*", "--enablerepo=canopsis*", "update", "-y", "canopsis-core-3.99.0"], &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("No match for argument: canopsis-core-3.99.0"), "{out}");
     assert_eq!(sim.snapshot().unwrap(), before);
+    let (code, out) = run(&sim, "/usr/bin/yum", &["update"], &[]);
+    assert_eq!(code, 1, "{out}");
+    assert_eq!(sim.snapshot().unwrap(), before);
+}
+
+/// canopsis-cat requires canopsis-core of its own version: updating core alone moves cat too,
+/// as dnf does on a real Pro host, and rpm's database says so.
+#[test]
+fn updating_canopsis_core_moves_canopsis_cat_with_it() {
+    let (_d, sim) = host(Spec { edition: Edition::Cat, ..Spec::default() });
+    let (code, out) = run(&sim, "/usr/bin/yum", &["update", "-y", "canopsis-core-3.40.0"], &[]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(sim.installed_packages().unwrap(), ["canopsis-cat-3.40.0-1.el7.x86_64", "canopsis-core-3.40.0-1.el7.x86_64"]);
+    assert_eq!(sim.read("/opt/canopsis/VERSION.txt").unwrap(), "Canopsis version 3.40.0\n");
+}
+
+/// A RHEL 8 host has dnf (and yum), says so in its release files, and its repositories use
+/// release version 8; a CentOS 7 host has no dnf.
+#[test]
+fn rhel_8_hosts_have_dnf_and_centos_7_hosts_do_not() {
+    let (_d, rhel) = host(Spec { version: "4.5.7".into(), os: canup_tests::simhost::Os::Rhel8, ..Spec::default() });
+    assert!(rhel.read("/etc/redhat-release").unwrap().starts_with("Red Hat Enterprise Linux release 8"));
+    let (code, out) = run(&rhel, "/usr/bin/dnf", &["makecache"], &[]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = run(&rhel, "/usr/bin/dnf", &["--disablerepo=*", "--enablerepo=canopsis*", "update", "-y", "canopsis-core-4.5.8"], &[]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(rhel.installed_packages().unwrap(), ["canopsis-core-4.5.8-1.el7.x86_64"]);
+    let (_d7, centos) = host(Spec::default());
+    assert!(centos.read("/etc/os-release").unwrap().contains("VERSION_ID=\"7\""));
+    assert!(!centos.path("/usr/bin/dnf").exists());
 }
 
 #[test]
@@ -107,7 +140,7 @@ fn a_host_made_by_canup_sim_create_can_be_copied_and_moved() {
         .output()
         .unwrap();
     assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
-    assert!(String::from_utf8_lossy(&made.stdout).contains("created a simulated Canopsis 4.5.7 host (cat edition, packages method)"));
+    assert!(String::from_utf8_lossy(&made.stdout).contains("created a simulated Canopsis 4.5.7 host (cat edition, packages method, CentOS 7)"));
     let again = Command::new(canup_tests::sim_bin()).args(["create", "made", "--version", "4.5.7"]).current_dir(dir.path()).output().unwrap();
     assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("is not empty"), "never made over an existing tree");
 

@@ -63,6 +63,7 @@ async fn every_step_changes_nothing_when_run_a_second_time() {
                     version: installed.into(),
                     edition: simhost::Edition::Cat,
                     method: if method == Method::Packages { simhost::Method::Packages } else { simhost::Method::Compose },
+                    ..Spec::default()
                 };
                 let sim = SimHost::create(&dir.path().join(format!("sim-{checked}")), &spec, &canup_tests::sim_bin()).unwrap();
                 let wasm = repo.module(step).await.unwrap();

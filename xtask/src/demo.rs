@@ -22,7 +22,7 @@ pub fn run() -> Result<()> {
     }
     let repo = demo.join("repo");
     canup_tests::publish_steps(&canup, &repo, &target.join("dev-keys"))?;
-    let spec = Spec { version: "3.38.0".into(), edition: Edition::Cat, method: Method::Packages };
+    let spec = Spec { version: "3.38.0".into(), edition: Edition::Cat, method: Method::Packages, ..Spec::default() };
     let sim = SimHost::create(&demo.join("root"), &spec, &target.join("debug/canup-sim"))?;
 
     let _rabbitmq = RabbitMq::start()?;

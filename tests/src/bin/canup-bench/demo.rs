@@ -44,7 +44,7 @@ const RUNS: usize = 5;
 
 async fn fresh(work: &Path, name: &str, stub: &Path, repo_url: &str, repo: &Path, state: &Path) -> Result<Fresh> {
     let dir = work.join(name);
-    let sim = SimHost::create(&dir.join("root"), &Spec { version: "3.38.0".into(), edition: Edition::Cat, method: Method::Packages }, stub)?;
+    let sim = SimHost::create(&dir.join("root"), &Spec { version: "3.38.0".into(), edition: Edition::Cat, method: Method::Packages, ..Spec::default() }, stub)?;
     let api = CanopsisApi::serve(sim.root().to_path_buf()).await;
     let config = dir.join("canup.toml");
     canup_tests::write_site_config(&config, repo_url, repo, state, canup_tests::OPERATOR_POLICY, &api)?;
