@@ -50,6 +50,17 @@ impl Sysroot {
         self.root == Path::new("/")
     }
 
+    /// The operating system's name as it says it (`PRETTY_NAME` of `/etc/os-release`, else
+    /// the first line of `/etc/redhat-release`), for the operator: which Canopsis procedure
+    /// applies depends on it (yum on CentOS 7, dnf on RHEL 8). Read by canup itself, not a step.
+    pub fn os_name(&self) -> Option<String> {
+        let read = |p: &str| std::fs::read_to_string(self.map(Path::new(p))).ok();
+        read("/etc/os-release")
+            .and_then(|text| text.lines().find_map(|l| l.strip_prefix("PRETTY_NAME=").map(|v| v.trim().trim_matches('"').to_owned())))
+            .or_else(|| read("/etc/redhat-release").and_then(|t| t.lines().next().map(|l| l.trim().to_owned())))
+            .filter(|name| !name.is_empty())
+    }
+
     /// Where a step's absolute path lives on this machine. `logical` must be absolute;
     /// `..` is not interpreted here (callers resolve and re-check the result).
     pub fn map(&self, logical: &Path) -> PathBuf {

@@ -279,6 +279,49 @@ pub fn mongo_scripts_manual(release: &str, scripts: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// The package manager of the host, which each era's procedure names: `yum` on CentOS 7,
+/// `dnf` on RHEL 8 and later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PackageManager {
+    Yum,
+    Dnf,
+}
+
+/// Which package manager an `/etc/os-release` describes: its `VERSION_ID` major, 8 and up
+/// being dnf's. `None` when the text names no version.
+pub fn package_manager_of(os_release: &str) -> Option<PackageManager> {
+    let id = os_release.lines().find_map(|l| l.strip_prefix("VERSION_ID="))?.trim().trim_matches('"');
+    let major: u32 = id.split('.').next()?.parse().ok()?;
+    Some(if major >= 8 { PackageManager::Dnf } else { PackageManager::Yum })
+}
+
+/// The host's package manager, from `/etc/os-release` (the step declares it in `fs.read`).
+pub fn package_manager() -> Result<PackageManager> {
+    let text = fs::read_to_string("/etc/os-release").map_err(|e| e.context("finding the host's package manager"))?;
+    package_manager_of(&text).ok_or_else(|| Error::msg("/etc/os-release names no VERSION_ID: cannot tell yum (CentOS 7) from dnf (RHEL 8)"))
+}
+
+impl PackageManager {
+    /// Where the program lives on the host.
+    pub fn program(self) -> &'static str {
+        match self {
+            PackageManager::Yum => "/usr/bin/yum",
+            PackageManager::Dnf => "/usr/bin/dnf",
+        }
+    }
+
+    /// `yum|dnf --disablerepo="*" --enablerepo="canopsis*" update -y PACKAGES`, as the
+    /// procedures write it; dnf refreshes its metadata first (`dnf makecache`, per the RHEL 8
+    /// procedure).
+    pub fn update_canopsis(self, packages: &[String]) -> Result<()> {
+        if self == PackageManager::Dnf {
+            crate::exec::Command::new(self.program()).arg("makecache").run()?;
+        }
+        crate::exec::Command::new(self.program()).args(["--disablerepo=*", "--enablerepo=canopsis*", "update", "-y"]).args(packages).run()?;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -371,5 +414,13 @@ mod tests {
         assert_eq!(remove_unit_option_text("ExecStart=/e -alwaysFlushEntities=true\n", "-alwaysFlushEntities").unwrap(), "ExecStart=/e\n");
         // A longer option sharing the prefix is not touched.
         assert_eq!(remove_unit_option_text("ExecStart=/e -alwaysFlushEntitiesNow\n", "-alwaysFlushEntities"), None);
+    }
+
+    #[test]
+    fn the_package_manager_follows_the_os_release() {
+        assert_eq!(package_manager_of("NAME=\"CentOS Linux\"\nVERSION_ID=\"7\"\n"), Some(PackageManager::Yum));
+        assert_eq!(package_manager_of("ID=\"rhel\"\nVERSION_ID=\"8.8\"\n"), Some(PackageManager::Dnf));
+        assert_eq!(package_manager_of("VERSION_ID=9.4\n"), Some(PackageManager::Dnf));
+        assert_eq!(package_manager_of("NAME=x\n"), None);
     }
 }

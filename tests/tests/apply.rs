@@ -152,6 +152,31 @@ async fn core_from_3_37_runs_the_3_38_pre_update_before_yum() {
     assert_eq!(h.sim.read("/opt/canopsis/etc/amqp2engines.conf").unwrap(), h.sim.read("/opt/canopsis/etc/amqp2engines-go-core.conf.example").unwrap());
 }
 
+/// A RHEL-8-like host (Pro): the same upgrade through dnf, the RHEL 8 procedure's
+/// `dnf makecache` first, both packages moved by the real dnf; `status` names the OS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packages_on_rhel_8_update_with_dnf_makecache_then_dnf() {
+    let h = host(Spec { version: "4.5.4".into(), edition: Edition::Cat, os: canup_tests::simhost::Os::Rhel8, ..Spec::default() }).await;
+    let status = h.run(&["status"]);
+    assert!(text(&status).contains("operating system: Red Hat Enterprise Linux 8.8 (Ootpa)"), "{}", text(&status));
+    let out = h.run(&["apply", "--to", "4.5.7", "--yes"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let changes = h.changes();
+    assert_eq!(
+        changes[..3],
+        [
+            "dnf makecache",
+            "dnf --disablerepo=* --enablerepo=canopsis* update -y canopsis-core-4.5.7 canopsis-cat-4.5.7",
+            "su - canopsis -c canopsinit --canopsis-edition cat"
+        ],
+        "{changes:#?}"
+    );
+    assert!(!changes.iter().any(|c| c.starts_with("yum ")), "{changes:#?}");
+    assert_eq!(h.sim.installed_packages().unwrap(), ["canopsis-cat-4.5.7-1.el7.x86_64", "canopsis-core-4.5.7-1.el7.x86_64"]);
+    let upgrades: Vec<String> = packages::history(h.sim.root(), "8").unwrap().into_iter().filter(|l| l.contains("Upgrade")).collect();
+    assert_eq!(upgrades.len(), 1, "{upgrades:#?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn packages_4_5_4_to_4_5_7_runs_the_4x_procedure_and_each_release_migrations() {
     let h = host(Spec { version: "4.5.4".into(), edition: Edition::Core, method: Method::Packages, ..Spec::default() }).await;

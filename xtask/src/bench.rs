@@ -19,6 +19,7 @@ pub fn run() -> Result<()> {
     }
     let repo = bench_dir.join("repo");
     canup_tests::publish_steps(&release.join("canup"), &repo, &canup_tests::target_dir().join("dev-keys"))?;
+    util::ensure_simulated_host_tools()?;
     let _rabbitmq = RabbitMq::start()?;
     let mut bench = Command::new(release.join("canup-bench"));
     bench.arg("--canup").arg(release.join("canup")).arg("--stub").arg(release.join("canup-sim")).arg("--repo").arg(&repo);

@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 
-use crate::util::{RabbitMq, build_canup, build_guests};
+use crate::util::{self, RabbitMq, build_canup, build_guests};
 
 /// `seed`: the current time when not given.
 pub fn run(kills: usize, seed: Option<u64>) -> Result<()> {
@@ -15,6 +15,7 @@ pub fn run(kills: usize, seed: Option<u64>) -> Result<()> {
     let work = canup_tests::chaos::work_dir("chaos")?;
     let repo = work.join("repo");
     canup_tests::publish_steps(&canup, &repo, &canup_tests::target_dir().join("dev-keys"))?;
+    util::ensure_simulated_host_tools()?;
     let _rabbitmq = RabbitMq::start()?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {

@@ -6,13 +6,14 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 use canup_tests::simhost::{Edition, Method, SimHost, Spec};
 
-use crate::util::{RabbitMq, WASM_TARGET, build_canup, build_guests, root};
+use crate::util::{self, RabbitMq, WASM_TARGET, build_canup, build_guests, root};
 
 /// The operator's policy of the demo (and of the end-to-end tests): what any step may do on
 /// this host at most.
 pub const DEMO_POLICY: &str = canup_tests::OPERATOR_POLICY;
 
 pub fn run() -> Result<()> {
+    util::ensure_simulated_host_tools()?;
     build_guests()?;
     let canup = build_canup()?;
     let target = canup_tests::target_dir();
@@ -55,6 +56,10 @@ pub fn run() -> Result<()> {
         println!("  {} {}", r.method, r.path);
     }
     println!("\n== /opt/canopsis/VERSION.txt: {}", sim.read("/opt/canopsis/VERSION.txt")?.trim());
+    println!("== installed packages (the real rpm -qa on the simulated root): {}", sim.installed_packages()?.join(" "));
+    for transaction in canup_tests::simhost::packages::history(sim.root(), spec.os.release_version())? {
+        println!("== dnf history: {}", transaction.split_whitespace().collect::<Vec<_>>().join(" "));
+    }
     if !status.success() {
         bail!("canup exited with {status}");
     }

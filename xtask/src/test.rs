@@ -17,6 +17,7 @@ pub fn run(extra: &[String]) -> Result<()> {
     util::run(clippy)?;
     build_guests()?;
     ensure_ansible()?;
+    util::ensure_simulated_host_tools()?;
     let _rabbitmq = RabbitMq::start()?;
     // The end-to-end tests run the `canup` and `canup-sim` binaries, which `cargo test`
     // alone does not build for another package's tests.

@@ -51,6 +51,15 @@ pub fn ensure_debian_package(program: &str, package: &str) -> Result<()> {
     run(install)
 }
 
+/// The real tools behind the simulated host's package management (`canup_sim::packages`):
+/// rpm and rpmbuild, dnf, createrepo_c, and systemctl for `systemctl --root`.
+pub fn ensure_simulated_host_tools() -> Result<()> {
+    for (program, package) in [("rpmbuild", "rpm"), ("dnf", "dnf"), ("createrepo_c", "createrepo-c"), ("systemctl", "systemd")] {
+        ensure_debian_package(program, package)?;
+    }
+    Ok(())
+}
+
 /// Whether `program` is on PATH, or in /usr/sbin (Debian installs daemons there, and PATH may
 /// lack it).
 pub fn installed(program: &str) -> Result<bool> {

@@ -18,6 +18,7 @@ pub fn json(value: &impl serde::Serialize) {
 /// `canup status`.
 pub fn status(s: &Status) {
     println!("installed: Canopsis {} ({} edition, {} method)", s.installed, s.edition, s.method);
+    println!("operating system: {}", s.os.as_deref().unwrap_or("unknown (no /etc/os-release or /etc/redhat-release)"));
     println!("repository: {}", s.repository);
     for (role, t) in &s.expires {
         println!("  {role:<9} valid until {t}");

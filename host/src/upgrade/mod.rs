@@ -507,6 +507,8 @@ pub struct Status {
     pub installed: Version,
     pub edition: Edition,
     pub method: Method,
+    /// The operating system, as `/etc/os-release` names it.
+    pub os: Option<String>,
     pub repository: String,
     pub expires: Vec<(String, String)>,
     pub newest_target: Option<Version>,
@@ -531,6 +533,7 @@ pub async fn status(session: &Session, ui: Arc<dyn Ui>) -> Result<Status, Upgrad
         installed: d.installed,
         edition: d.edition,
         method: d.method,
+        os: session.sysroot.os_name(),
         repository: session.repo.location().shown.clone(),
         expires: session.repo.expirations().into_iter().map(|(r, t)| (r.to_owned(), t.to_string())).collect(),
         pending_run: journal::unfinished(&events).map(|r| format!("{} (to {})", r.run, r.target)),

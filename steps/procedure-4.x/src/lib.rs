@@ -15,9 +15,10 @@ canup_sdk::export_step! {
     "procedure-4.x/finalize" => finalize,
 }
 
+/// yum on CentOS 7 (the 4.x procedure's command); on a RHEL 8 host, whose package manager is
+/// dnf, the RHEL 8 procedure's `dnf makecache` and `dnf … update`.
 fn yum_update(ctx: &Context) -> Result<()> {
-    Command::new("/usr/bin/yum").args(["--disablerepo=*", "--enablerepo=canopsis*", "update", "-y"]).args(ctx.pinned_packages()).run()?;
-    Ok(())
+    helpers::package_manager()?.update_canopsis(&ctx.pinned_packages())
 }
 
 fn finalize(ctx: &Context) -> Result<()> {
