@@ -319,6 +319,8 @@ impl SimHost {
                 &format!("COMPOSE_PROJECT_NAME=canopsis\nCANOPSIS_IMAGE_TAG={}\nREDIS_TAG=3.2.12\nCPS_EDITION={edition}\n", spec.version),
             )?;
             host.write("/opt/canopsis/docker/docker-compose.yml", COMPOSE_YML)?;
+            // The services' environment file the reference Compose files name (`env_file`).
+            host.write("/opt/canopsis/docker/compose.env", GO_ENGINES_VARS)?;
         }
         let copy = host.path(STUB_PROGRAM);
         fs::create_dir_all(copy.parent().unwrap_or(&host.root))?;
@@ -407,6 +409,22 @@ impl SimHost {
         }
         out.insert(INSTALLED_PACKAGES.to_owned(), packages::installed(&self.root)?.join("\n"));
         Ok(out)
+    }
+
+    /// `docker-compose config` (Debian's Compose v1, the real one) on the host's Compose
+    /// project: `Ok` with the resolved configuration when the files are valid Compose,
+    /// otherwise the error naming what is wrong.
+    pub fn compose_config(&self) -> Result<String> {
+        let dir = self.path("/opt/canopsis/docker");
+        let out = std::process::Command::new("docker-compose")
+            .args(["--no-ansi", "config"])
+            .current_dir(&dir)
+            .output()
+            .context("cannot run docker-compose (apt-get install docker-compose)")?;
+        if !out.status.success() {
+            anyhow::bail!("docker-compose config in {}: {}", dir.display(), String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// The installed packages (`name-version-release.arch`), from the real rpm database.

@@ -229,8 +229,12 @@ async fn a_compose_install_is_resynced_with_the_signed_reference_files_keeping_t
         h.sim.read("/opt/canopsis/docker/.env").unwrap().replace("COMPOSE_PROJECT_NAME=canopsis", "COMPOSE_PROJECT_NAME=prod") + "MY_PROXY=http://proxy:3128\n";
     std::fs::write(h.sim.path("/opt/canopsis/docker/.env"), &operator_env).unwrap();
     let operator_yml = h.sim.read("/opt/canopsis/docker/docker-compose.yml").unwrap();
+    assert!(h.sim.compose_config().unwrap().contains("engine-che:3.38.0"));
     let out = h.run(&["apply", "--to", "3.40.0", "--yes", "--accept-manual"]);
     assert!(out.status.success(), "{}", text(&out));
+    // What the resync wrote is valid Compose (the real docker-compose config), for the target.
+    let resolved = h.sim.compose_config().unwrap();
+    assert!(resolved.contains(":3.40.0") && !resolved.contains(":3.38.0"), "{resolved}");
     // The resync brings 3.39.0's Compose changes already: its own step finds nothing left to do.
     assert_eq!(h.changes(), ["docker-compose up -d"]);
     let reference = |f: &str| std::fs::read_to_string(canup_tests::workspace_dir().join("steps/canopsis-3.40.0/data/compose").join(f)).unwrap();
@@ -320,6 +324,25 @@ fn wait_blocked(h: &Host, name: &str) {
     }
 }
 
+/// The operator re-runs `apply` while the program the killed run started (`program`, held by
+/// the simulated host) still runs: the resumed run must wait for it; then the program is let
+/// go. Returns the resumed run's status and output.
+fn resume_while_blocked(h: &Host, program: &str) -> (std::process::ExitStatus, String) {
+    let log = h.dir.path().join("resume.log");
+    // Both streams append: a stdout opened at offset 0 would write over what stderr added.
+    let append = || std::fs::File::options().create(true).append(true).open(&log).unwrap();
+    let mut resume = h.canup(&["apply", "--yes", "--accept-manual"]).stdout(append()).stderr(append()).spawn().unwrap();
+    let start = Instant::now();
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains("which the interrupted run started and is still running") {
+        assert!(start.elapsed() < Duration::from_secs(60), "the resumed run never waited: {}", std::fs::read_to_string(&log).unwrap_or_default());
+        assert!(resume.try_wait().unwrap().is_none(), "the resumed run ended without waiting: {}", std::fs::read_to_string(&log).unwrap_or_default());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::remove_file(h.sim.path(&format!("/var/lib/canup-sim/block-{program}"))).unwrap();
+    let status = resume.wait().unwrap();
+    (status, std::fs::read_to_string(&log).unwrap())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kill_mid_step_resumes_and_each_step_completes_once() {
     let reference = host(Spec { version: "3.38.0".into(), edition: Edition::Cat, method: Method::Packages, ..Spec::default() }).await;
@@ -340,19 +363,7 @@ async fn a_kill_mid_step_resumes_and_each_step_completes_once() {
     // its outcome from the receipt instead of starting it a second time.
     let pid: i32 = h.sim.read("/var/lib/canup-sim/blocked-init").unwrap().trim().parse().unwrap();
     assert!(canup_tests::process_alive(pid), "the interrupted init outlives canup");
-    let log = h.dir.path().join("resume.log");
-    // Both streams append: a stdout opened at offset 0 would write over what stderr added.
-    let append = || std::fs::File::options().create(true).append(true).open(&log).unwrap();
-    let mut resume = h.canup(&["apply", "--yes", "--accept-manual"]).stdout(append()).stderr(append()).spawn().unwrap();
-    let start = Instant::now();
-    while !std::fs::read_to_string(&log).unwrap_or_default().contains("which the interrupted run started and is still running") {
-        assert!(start.elapsed() < Duration::from_secs(60), "the resumed run never waited: {}", std::fs::read_to_string(&log).unwrap_or_default());
-        assert!(resume.try_wait().unwrap().is_none(), "the resumed run ended without waiting: {}", std::fs::read_to_string(&log).unwrap_or_default());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::fs::remove_file(h.sim.path("/var/lib/canup-sim/block-init")).unwrap();
-    let status = resume.wait().unwrap();
-    let resumed = std::fs::read_to_string(&log).unwrap();
+    let (status, resumed) = resume_while_blocked(&h, "init");
     assert!(status.success(), "{resumed}");
     assert!(resumed.contains("resuming an interrupted run: 5 steps already done"), "{resumed}");
     assert!(resumed.contains("waiting for /opt/canopsis/bin/init -conf"), "{resumed}");
@@ -420,18 +431,8 @@ async fn a_kill_during_the_package_update_leaves_exactly_one_dnf_transaction() {
     wait_blocked(&h, "yum");
     child.kill().unwrap();
     child.wait().unwrap();
-    let log = h.dir.path().join("resume.log");
-    let append = || std::fs::File::options().create(true).append(true).open(&log).unwrap();
-    let mut resume = h.canup(&["apply", "--yes", "--accept-manual"]).stdout(append()).stderr(append()).spawn().unwrap();
-    let start = Instant::now();
-    while !std::fs::read_to_string(&log).unwrap_or_default().contains("which the interrupted run started and is still running") {
-        assert!(start.elapsed() < Duration::from_secs(60), "the resumed run never waited: {}", std::fs::read_to_string(&log).unwrap_or_default());
-        assert!(resume.try_wait().unwrap().is_none(), "the resumed run ended without waiting: {}", std::fs::read_to_string(&log).unwrap_or_default());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::fs::remove_file(h.sim.path("/var/lib/canup-sim/block-yum")).unwrap();
-    let status = resume.wait().unwrap();
-    assert!(status.success(), "{}", std::fs::read_to_string(&log).unwrap());
+    let (status, resumed) = resume_while_blocked(&h, "yum");
+    assert!(status.success(), "{resumed}");
     assert_eq!(h.sim.installed_packages().unwrap(), ["canopsis-cat-3.40.0-1.el7.x86_64", "canopsis-core-3.40.0-1.el7.x86_64"]);
     let history = packages::history(h.sim.root(), "7").unwrap();
     let upgrades: Vec<&String> = history.iter().filter(|l| l.contains("Upgrade")).collect();

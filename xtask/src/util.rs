@@ -52,9 +52,12 @@ pub fn ensure_debian_package(program: &str, package: &str) -> Result<()> {
 }
 
 /// The real tools behind the simulated host's package management (`canup_sim::packages`):
-/// rpm and rpmbuild, dnf, createrepo_c, and systemctl for `systemctl --root`.
+/// rpm and rpmbuild, dnf, createrepo_c, systemctl for `systemctl --root`, and Compose v1's
+/// `docker-compose config`, which checks the Compose files steps write.
 pub fn ensure_simulated_host_tools() -> Result<()> {
-    for (program, package) in [("rpmbuild", "rpm"), ("dnf", "dnf"), ("createrepo_c", "createrepo-c"), ("systemctl", "systemd")] {
+    for (program, package) in
+        [("rpmbuild", "rpm"), ("dnf", "dnf"), ("createrepo_c", "createrepo-c"), ("systemctl", "systemd"), ("docker-compose", "docker-compose")]
+    {
         ensure_debian_package(program, package)?;
     }
     Ok(())

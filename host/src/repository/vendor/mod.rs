@@ -471,11 +471,11 @@ pub async fn add_shared(repo: &Path, keys: &[PathBuf], expiry: &Expiry, shared: 
         }
         report.releases.push(release.version.clone());
     }
+    report.shared.push(registration.ids());
+    index.shared.push(registration);
     for release in index.releases.iter().filter(|r| r.withdrawn.is_none()) {
         index.check_update(release).map_err(|e| VendorError::Usage(format!("{e}; nothing was registered")))?;
     }
-    report.shared.push(registration.ids());
-    index.shared.push(registration);
     publish(repo, keys, expiry, &index, &[(target, module.to_vec())]).await?;
     Ok(report)
 }
