@@ -273,7 +273,10 @@ impl Moments {
 }
 
 /// Runs `kills` trials and prints one line per trial; the error lists the trials that failed.
-pub async fn campaign(setup: &Setup, kills: usize, seed: u64) -> Result<Vec<Trial>> {
+/// The random moments spread over `span` times the reference run's duration: beyond 1.0 some
+/// kills come after the end (the campaign checks those too); well below 1.0 they land inside
+/// the run even when a trial runs faster than the reference (the real dnf's time varies).
+pub async fn campaign(setup: &Setup, kills: usize, seed: u64, span: f64) -> Result<Vec<Trial>> {
     let (reference_state, cold) = reference(setup, "cold-reference", false).await.context("the uninterrupted reference run")?;
     let (warm_state, warm) = reference(setup, "warm-reference", true).await.context("the uninterrupted reference run with compiled modules")?;
     ensure!(warm_state == reference_state, "the run from compiled modules ended elsewhere than the cold one");
@@ -287,12 +290,11 @@ pub async fn campaign(setup: &Setup, kills: usize, seed: u64) -> Result<Vec<Tria
     let mut failures = Vec::new();
     for i in 0..kills {
         // Even trials start cold (kills land in verification and compilation too), odd ones
-        // from compiled modules (kills land among the steps' commands and file changes). Each
-        // spans its whole run and a little beyond, so some kills come after the end.
+        // from compiled modules (kills land among the steps' commands and file changes).
         // Every fifth trial kills canup inside a changing command on purpose (random moments
         // seldom fall in one: the simulated commands take milliseconds).
         let warm_trial = i % 2 == 1;
-        let span = if warm_trial { warm + warm / 10 } else { cold + cold / 10 };
+        let span = (if warm_trial { warm } else { cold }).mul_f64(span);
         let moment = if i % 5 == 4 {
             Moment::InCommand { program: KILL_IN[(i / 5) % KILL_IN.len()], resume_first: (i / 5) % 2 == 1 }
         } else {

@@ -23,6 +23,7 @@ pub fn run(kills: usize, seed: Option<u64>) -> Result<()> {
         let repo_url = canup_tests::repo_server::serve_repo(repo.clone(), Default::default()).await;
         let stub = canup_tests::target_dir().join("debug/canup-sim");
         let setup = canup_tests::chaos::Setup { canup, stub, repo, repo_url, work };
-        canup_tests::chaos::campaign(&setup, kills, seed).await.map(|_| ())
+        // Over the whole run and a little beyond, so some kills come after the end.
+        canup_tests::chaos::campaign(&setup, kills, seed, 1.1).await.map(|_| ())
     })
 }
