@@ -79,6 +79,11 @@ pub struct StepManifest {
 }
 
 impl StepManifest {
+    /// Whether the step is for installs of `method` and `edition`.
+    pub fn serves(&self, method: Method, edition: Edition) -> bool {
+        self.methods.contains(&method) && self.editions.contains(&edition)
+    }
+
     /// A step of the packages method and the core edition that may touch nothing: where the
     /// planner's tests, the fuzzer and the bench start, setting only the fields they vary.
     pub fn bare(id: impl Into<String>, phase: Phase) -> Self {

@@ -147,7 +147,7 @@ pub fn plan(index: &Index, installed: &Version, target: Option<&Version>, editio
             None => releases.push(r),
         }
     }
-    let applies = |s: &IndexStep| s.manifest.methods.contains(&method) && s.manifest.editions.contains(&edition);
+    let applies = |s: &IndexStep| s.manifest.serves(method, edition);
     let mut steps = Vec::new();
     for phase in [Phase::Preflight, Phase::PreUpdate, Phase::Update, Phase::Finalize, Phase::PostUpdate, Phase::Verify] {
         let once = !matches!(phase, Phase::PreUpdate | Phase::PostUpdate);

@@ -196,7 +196,7 @@ pub fn install(root: &Path, version: &str, pro: bool) -> Result<()> {
     }
     for id in repo_files {
         // As the install guide writes them; the base URL is the simulated repository.
-        std::fs::write(repos.join(format!("{id}.repo")), format!("[{id}]\nname = {id}\nbaseurl=file://{}/{id}/\ngpgcheck=0\nenabled=1\n", repo.display()))?;
+        std::fs::write(repos.join(format!("{id}.repo")), repo_file(id, &repo))?;
     }
     // No shell in the root for scriptlets, and a database that knows no glibc.
     run(rpm(root).args(["-i", "--nodeps", "--noscripts"]).args(&packages))?;
@@ -211,17 +211,24 @@ pub fn installed(root: &Path) -> Result<Vec<String>> {
     Ok(list)
 }
 
-/// The transactions of the host's dnf history (`ID | Command line | Date | Action(s) |
-/// Altered` lines, newest first), as `dnf history` lists them.
-pub fn history(root: &Path, release_version: &str) -> Result<Vec<String>> {
-    let out = run(Command::new("dnf")
-        .arg(format!("--installroot={}", root.display()))
+/// The real dnf against the host's root: its repositories those of the root's
+/// `/etc/yum.repos.d`, its rpm macros the root's, nothing of the caller's environment.
+pub fn dnf(root: &Path, release_version: &str) -> Command {
+    let mut c = Command::new("dnf");
+    c.arg(format!("--installroot={}", root.display()))
         .arg(format!("--releasever={release_version}"))
-        .args(["--disablerepo=*", "history", "list"])
+        .arg("--setopt=install_weak_deps=False")
         .env_clear()
         .env("HOME", root.join(RPM_HOME.trim_start_matches('/')))
         .env("PATH", "/usr/bin:/bin")
-        .env("LC_ALL", "C.UTF-8"))?;
+        .env("LC_ALL", "C.UTF-8");
+    c
+}
+
+/// The transactions of the host's dnf history (`ID | Command line | Date | Action(s) |
+/// Altered` lines, newest first), as `dnf history` lists them.
+pub fn history(root: &Path, release_version: &str) -> Result<Vec<String>> {
+    let out = run(dnf(root, release_version).args(["--disablerepo=*", "history", "list"]))?;
     Ok(out.lines().filter(|l| l.trim_start().chars().next().is_some_and(|c| c.is_ascii_digit())).map(str::to_owned).collect())
 }
 
@@ -244,13 +251,19 @@ pub fn mirror_without(dir: &Path, missing: &[&str]) -> Result<PathBuf> {
     Ok(dir.to_path_buf())
 }
 
+/// The repository file `id` (`canopsis`, `canopsis-cat`) as the Canopsis install guide writes
+/// it, its base URL the simulated repository `repo`.
+fn repo_file(id: &str, repo: &Path) -> String {
+    format!("[{id}]\nname = {id}\nbaseurl=file://{}/{id}/\ngpgcheck=0\nenabled=1\n", repo.display())
+}
+
 /// Points the host's `canopsis*` repository files at `repo` (as made by [`repository`] or
 /// [`mirror_without`]).
 pub fn use_repository(root: &Path, repo: &Path) -> Result<()> {
     for id in ["canopsis", "canopsis-cat"] {
         let file = root.join("etc/yum.repos.d").join(format!("{id}.repo"));
         if file.is_file() {
-            std::fs::write(&file, format!("[{id}]\nname = {id}\nbaseurl=file://{}/{id}/\ngpgcheck=0\nenabled=1\n", repo.display()))?;
+            std::fs::write(&file, repo_file(id, repo))?;
         }
     }
     Ok(())

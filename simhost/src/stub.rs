@@ -147,16 +147,7 @@ pub fn run(mut argv: Vec<String>) -> ExitCode {
 /// syntax for what the procedures run (`update`, `makecache`, `--disablerepo`/`--enablerepo`).
 fn dnf(sim: &Sim, args: &[String]) -> ExitCode {
     let release = sim.read("/var/lib/canup-sim/os");
-    let mut dnf = Command::new("dnf");
-    dnf.arg(format!("--installroot={}", sim.root.display()))
-        .arg(format!("--releasever={}", release.trim()))
-        .arg("--setopt=install_weak_deps=False")
-        .args(args)
-        .env_clear()
-        .env("HOME", sim.path(packages::RPM_HOME))
-        .env("PATH", "/usr/bin:/bin")
-        .env("LC_ALL", "C.UTF-8");
-    hand_over(&mut dnf)
+    hand_over(packages::dnf(&sim.root, release.trim()).args(args))
 }
 
 /// Runs the real tool with the caller's stdin, stdout and stderr and exits with its status.

@@ -229,6 +229,9 @@ struct Target<'a> {
     endpoint: &'a Endpoint,
     base: Url,
     url: Url,
+    /// The endpoint's bearer token, or else (with a username) its password.
+    token: Option<String>,
+    password: Option<String>,
 }
 
 /// Everything about a request that depends on the operator's configuration rather than on the
@@ -248,7 +251,12 @@ fn target<'a>(endpoints: &'a Endpoints, req: &HttpRequest, limits: &HttpLimits) 
     {
         return Err(HttpError::TooLarge { what: format!("request body for endpoint {name}"), limit: limits.max_request_body });
     }
-    Ok(Target { endpoint: ep, base, url })
+    let token = read_secret(name, &ep.token_file, &ep.token_env)?;
+    let password = match (&token, &ep.username) {
+        (None, Some(_)) => read_secret(name, &ep.password_file, &ep.password_env)?,
+        _ => None,
+    };
+    Ok(Target { endpoint: ep, base, url, token, password })
 }
 
 /// What a dry run checks of a changing request it lists instead of sending: whatever would
@@ -256,20 +264,14 @@ fn target<'a>(endpoints: &'a Endpoints, req: &HttpRequest, limits: &HttpLimits) 
 /// secret that cannot be read) stops the dry run the same way, so that it never lists a
 /// request the real run cannot make.
 pub fn check_sendable(endpoints: &Endpoints, req: &HttpRequest, limits: &HttpLimits) -> Result<(), HttpError> {
-    let Target { endpoint: ep, .. } = target(endpoints, req, limits)?;
-    let name = req.endpoint.as_str();
-    let token = read_secret(name, &ep.token_file, &ep.token_env)?;
-    if token.is_none() && ep.username.is_some() {
-        read_secret(name, &ep.password_file, &ep.password_env)?;
-    }
-    Ok(())
+    target(endpoints, req, limits).map(|_| ())
 }
 
 /// Sends an already-checked request. Redirects go through `grant` again; those followed are
 /// pushed to `redirects` as they are, so the caller can audit them whatever the outcome.
 pub async fn send(grant: &Grant, endpoints: &Endpoints, req: &HttpRequest, limits: &HttpLimits, redirects: &mut Vec<Hop>) -> Result<HttpResponse, HttpError> {
     let name = req.endpoint.as_str();
-    let Target { endpoint: ep, base, url } = target(endpoints, req, limits)?;
+    let Target { endpoint: ep, base, url, token, password } = target(endpoints, req, limits)?;
     let failed = |why: String| HttpError::Failed { endpoint: name.to_owned(), why };
     let base_path = base.path().trim_end_matches('/').to_owned();
     let client = shared_client().map_err(failed)?;
@@ -278,11 +280,6 @@ pub async fn send(grant: &Grant, endpoints: &Endpoints, req: &HttpRequest, limit
     let mut body = req.body.clone();
     let map_err = |e: reqwest::Error| {
         if e.is_timeout() { HttpError::Timeout { endpoint: name.to_owned(), after: limits.timeout } } else { failed(crate::error_chain(&e)) }
-    };
-    let token = read_secret(name, &ep.token_file, &ep.token_env)?;
-    let password = match (&token, &ep.username) {
-        (None, Some(_)) => read_secret(name, &ep.password_file, &ep.password_env)?,
-        _ => None,
     };
     let first = redirects.len();
     let resp = loop {

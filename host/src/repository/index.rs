@@ -83,8 +83,7 @@ impl Release {
         let mut missing = Vec::new();
         for method in [Method::Packages, Method::Compose] {
             for edition in [Edition::Core, Edition::Cat] {
-                let served =
-                    self.steps.iter().map(|s| &s.manifest).any(|m| m.phase == Phase::Update && m.methods.contains(&method) && m.editions.contains(&edition));
+                let served = self.steps.iter().any(|s| s.manifest.phase == Phase::Update && s.manifest.serves(method, edition));
                 if !served {
                     missing.push((method, edition));
                 }
@@ -211,12 +210,7 @@ impl Index {
         let registered: Vec<String> = self
             .shared
             .iter()
-            .filter(|s| {
-                s.steps
-                    .iter()
-                    .map(|st| &st.manifest)
-                    .any(|m| m.phase == Phase::Update && missing.iter().any(|(me, ed)| m.methods.contains(me) && m.editions.contains(ed)))
-            })
+            .filter(|s| s.steps.iter().any(|st| st.manifest.phase == Phase::Update && missing.iter().any(|(me, ed)| st.manifest.serves(*me, *ed))))
             .map(|s| format!("{} ({})", s.ids(), s.applies))
             .collect();
         let registered = if registered.is_empty() { "none is registered".to_owned() } else { format!("registered: {}", registered.join("; ")) };

@@ -450,11 +450,12 @@ pub async fn add_shared(repo: &Path, keys: &[PathBuf], expiry: &Expiry, shared: 
     let mut ids: Vec<String> = new_ids.iter().map(|id| (*id).to_owned()).collect();
     ids.extend(replaced.iter().flat_map(|r| r.steps.iter().map(|s| s.manifest.id.clone())));
     let earlier: Vec<&str> = replaced.iter().flat_map(|r| r.steps.iter().map(|s| s.module.as_str())).collect();
+    // Which of a release's steps came from the registration replaced: the module says (shared
+    // targets); an own step with a shared id is refused when the release is published.
+    let from_earlier = |s: &IndexStep| ids.contains(&s.manifest.id) && earlier.contains(&s.module.as_str());
     let mut report = Published::default();
     for release in &mut index.releases {
-        // Which of the release's steps came from a registration: the module says (shared
-        // targets) — an own step with a shared id is refused when the release is published.
-        let had = release.steps.iter().any(|s| ids.contains(&s.manifest.id) && earlier.contains(&s.module.as_str()));
+        let had = release.steps.iter().any(from_earlier);
         let covered = registration.covers(&release.version);
         if !had && !covered {
             continue;
@@ -465,7 +466,7 @@ pub async fn add_shared(repo: &Path, keys: &[PathBuf], expiry: &Expiry, shared: 
                 release.version, own.manifest.id
             )));
         }
-        release.steps.retain(|s| !(ids.contains(&s.manifest.id) && earlier.contains(&s.module.as_str())));
+        release.steps.retain(|s| !from_earlier(s));
         if covered {
             release.steps.extend(registration.steps.iter().cloned());
         }
