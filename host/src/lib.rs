@@ -39,6 +39,7 @@ pub mod sandbox;
 pub mod sysroot;
 pub mod ui;
 pub mod upgrade;
+pub mod version;
 
 /// Lower-case hex sha256: how modules, cache entries and targets are named and compared.
 pub fn sha256_hex(bytes: &[u8]) -> String {

@@ -105,7 +105,8 @@ impl StepManifest {
 /// standard procedure, detection), which publishing adds to each matching release.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ReleaseSteps {
-    #[serde(default)]
+    /// `23.04.1` or `23.4.1`: read as Canopsis writes it (see [`crate::version`]).
+    #[serde(default, deserialize_with = "crate::version::deserialize_opt")]
     pub release: Option<Version>,
     #[serde(default)]
     pub applies: Option<semver::VersionReq>,

@@ -3,10 +3,15 @@
 //!
 //! The releases are C < R ≤ T in semver order (pre-releases only when targeted; withdrawn
 //! intermediates skipped, a withdrawn target refused). Steps are filtered by the install's
-//! method and edition and grouped by phase: `preflight`, `update`, `finalize` and `verify`
-//! come from the target's release only (they act once), `pre-update` and `post-update` from
-//! every release, ascending (each release note's actions in turn). Within a release and
-//! phase, steps run by `order`, then id. `detect` runs before planning and is not part of it.
+//! method and edition and grouped by phase. `pre-update` and `post-update` come from every
+//! release, ascending (each release note's actions in turn); within a release, by `order`,
+//! then id. `preflight`, `update`, `finalize` and `verify` act once: a step every release
+//! carries (the standard procedure, the broadcast, the checks) comes from the target's
+//! release only, while a step only an intermediate release carries (22.10.3's notice before
+//! the downtime, 23.04.8's one start of engine-service) still runs, for that release; these
+//! phases run by `order`, then release, then id, so that 23.04.8's step (order 20) follows the
+//! target's finalize (order 10) whatever the target. `detect` runs before planning and is not
+//! part of it.
 
 use semver::Version;
 use serde::Serialize;
@@ -149,13 +154,22 @@ pub fn plan(index: &Index, installed: &Version, target: Option<&Version>, editio
     }
     let applies = |s: &IndexStep| s.manifest.serves(method, edition);
     let mut steps = Vec::new();
+    let target_ids: std::collections::BTreeSet<&str> =
+        releases.iter().filter(|r| r.version == target).flat_map(|r| r.steps.iter().map(|s| s.manifest.id.as_str())).collect();
     for phase in [Phase::Preflight, Phase::PreUpdate, Phase::Update, Phase::Finalize, Phase::PostUpdate, Phase::Verify] {
         let once = !matches!(phase, Phase::PreUpdate | Phase::PostUpdate);
-        for release in releases.iter().filter(|r| !once || r.version == target) {
-            let mut chosen: Vec<&IndexStep> = release.steps.iter().filter(|s| s.manifest.phase == phase && applies(s)).collect();
-            chosen.sort_by(|a, b| (a.manifest.order, &a.manifest.id).cmp(&(b.manifest.order, &b.manifest.id)));
-            steps.extend(chosen.into_iter().map(|s| PlannedStep { release: release.version.clone(), phase, step: s.clone() }));
+        let mut chosen: Vec<PlannedStep> = releases
+            .iter()
+            .flat_map(|r| r.steps.iter().map(move |s| (r, s)))
+            .filter(|(_, s)| s.manifest.phase == phase && applies(s))
+            .filter(|(r, s)| !once || r.version == target || !target_ids.contains(s.manifest.id.as_str()))
+            .map(|(r, s)| PlannedStep { release: r.version.clone(), phase, step: s.clone() })
+            .collect();
+        match once {
+            true => chosen.sort_by(|a, b| (a.step.manifest.order, &a.release, &a.step.manifest.id).cmp(&(b.step.manifest.order, &b.release, &b.step.manifest.id))),
+            false => chosen.sort_by(|a, b| (&a.release, a.step.manifest.order, &a.step.manifest.id).cmp(&(&b.release, b.step.manifest.order, &b.step.manifest.id))),
         }
+        steps.extend(chosen);
     }
     Ok(Plan { installed: installed.clone(), target, edition, method, releases: releases.iter().map(|r| r.version.clone()).collect(), skipped, steps })
 }
@@ -190,16 +204,17 @@ mod tests {
         }
     }
 
-    /// Each release ships the standard procedure (update, finalize) and its own notes.
+    /// Each release ships the standard procedure (the same steps in every release, as shared
+    /// steps are) and its own notes.
     fn release(v: &str, extra: Vec<IndexStep>) -> Release {
         use Edition::*;
         use Method::*;
         let mut steps = vec![
-            step(&format!("{v}/broadcast"), Phase::Preflight, 0, &[Packages, Compose], &[Core, Cat]),
-            step(&format!("{v}/yum"), Phase::Update, 0, &[Packages], &[Core, Cat]),
-            step(&format!("{v}/compose"), Phase::Update, 0, &[Compose], &[Core, Cat]),
-            step(&format!("{v}/canopsinit"), Phase::Finalize, 0, &[Packages], &[Core, Cat]),
-            step(&format!("{v}/drain"), Phase::Verify, 0, &[Packages, Compose], &[Core, Cat]),
+            step("broadcast", Phase::Preflight, 0, &[Packages, Compose], &[Core, Cat]),
+            step("yum", Phase::Update, 0, &[Packages], &[Core, Cat]),
+            step("compose", Phase::Update, 0, &[Compose], &[Core, Cat]),
+            step("canopsinit", Phase::Finalize, 10, &[Packages], &[Core, Cat]),
+            step("drain", Phase::Verify, 0, &[Packages, Compose], &[Core, Cat]),
         ];
         steps.extend(extra);
         Release {
@@ -231,7 +246,13 @@ mod tests {
                         step("3.39.0/cat-only", Phase::PostUpdate, 30, &[Packages], &[Cat]),
                     ],
                 ),
-                release("3.39.1", vec![]),
+                release(
+                    "3.39.1",
+                    vec![
+                        step("3.39.1/notice", Phase::Preflight, 50, &[Packages, Compose], &[Core, Cat]),
+                        step("3.39.1/once-more", Phase::Finalize, 20, &[Packages], &[Core, Cat]),
+                    ],
+                ),
                 release("3.40.0", vec![step("3.40.0/webserver", Phase::PostUpdate, 10, &[Packages], &[Core, Cat])]),
                 release("3.41.0-rc.1", vec![step("3.41.0-rc.1/x", Phase::PostUpdate, 0, &[Packages], &[Core, Cat])]),
                 release("4.0.0", vec![]),
@@ -254,23 +275,19 @@ mod tests {
         assert_eq!(p.releases, [v("3.38.0"), v("3.39.0"), v("3.39.1"), v("3.40.0")]);
         assert_eq!(
             ids(&p),
-            [
-                "3.40.0/broadcast",
-                "3.38.0/mongo-rename",
-                "3.40.0/yum",
-                "3.40.0/canopsinit",
-                "3.39.0/enable-fifo",
-                "3.39.0/unbind-che",
-                "3.40.0/webserver",
-                "3.40.0/drain",
-            ]
+            ["broadcast", "3.39.1/notice", "3.38.0/mongo-rename", "yum", "canopsinit", "3.39.1/once-more", "3.39.0/enable-fifo", "3.39.0/unbind-che", "3.40.0/webserver", "drain",]
         );
+        // The standard steps act once, from the target; an intermediate release's own step of
+        // such a phase runs once too, for its release, after the target's steps of lower order.
+        let release_of = |id: &str| p.steps.iter().find(|s| s.step.manifest.id == id).map(|s| s.release.to_string());
+        assert_eq!(release_of("yum").as_deref(), Some("3.40.0"));
+        assert_eq!(release_of("3.39.1/once-more").as_deref(), Some("3.39.1"));
     }
 
     #[test]
     fn method_and_edition_filter() {
         let p = plan(&index(), &v("3.38.0"), Some(&v("3.40.0")), Edition::Cat, Method::Compose).unwrap();
-        assert_eq!(ids(&p), ["3.40.0/broadcast", "3.40.0/compose", "3.39.0/fifo-compose", "3.40.0/drain"]);
+        assert_eq!(ids(&p), ["broadcast", "3.39.1/notice", "compose", "3.39.0/fifo-compose", "drain"]);
         let p = plan(&index(), &v("3.38.0"), Some(&v("3.40.0")), Edition::Cat, Method::Packages).unwrap();
         assert!(ids(&p).contains(&"3.39.0/cat-only"));
     }

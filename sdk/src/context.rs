@@ -26,12 +26,34 @@ impl Context {
     /// The Canopsis packages of this edition, pinned to exactly the target version
     /// (`canopsis-core-3.40.0`, plus `canopsis-cat-3.40.0` for Pro): never "latest".
     pub fn pinned_packages(&self) -> Vec<String> {
-        let mut packages = vec![format!("canopsis-core-{}", self.target)];
+        let target = version_text(&self.target);
+        let mut packages = vec![format!("canopsis-core-{target}")];
         if self.edition == "cat" {
-            packages.push(format!("canopsis-cat-{}", self.target));
+            packages.push(format!("canopsis-cat-{target}"));
         }
         packages
     }
+}
+
+/// The version as Canopsis writes it, for package names, image tags and messages: from 22.10
+/// on the month has two digits (`23.04.1`), which semver (`23.4.1`) drops.
+pub fn version_text(v: &Version) -> String {
+    match v.major {
+        0..22 => v.to_string(),
+        _ if v.pre.is_empty() => format!("{}.{:02}.{}", v.major, v.minor, v.patch),
+        _ => format!("{}.{:02}.{}-{}", v.major, v.minor, v.patch, v.pre),
+    }
+}
+
+/// Reads a version as Canopsis writes it (`23.04.1`) or as semver does (`23.4.1`).
+pub fn parse_version(s: &str) -> Option<Version> {
+    let s = s.trim();
+    Version::parse(s).ok().or_else(|| {
+        let (core, rest) = s.split_at(s.find(['-', '+']).unwrap_or(s.len()));
+        let parts: Vec<u64> = core.split('.').map(|p| p.parse().ok()).collect::<Option<_>>()?;
+        let [major, minor, patch] = parts[..] else { return None };
+        Version::parse(&format!("{major}.{minor}.{patch}{rest}")).ok()
+    })
 }
 
 fn version(s: &str) -> Version {

@@ -150,6 +150,26 @@ fn edit_file(path: &str, edit: impl FnOnce(&str) -> Result<Option<String>>) -> R
     }
 }
 
+/// Like [`set_toml_key_text`], but a key the operator already set keeps its value: for a
+/// release note's new parameter, whose default the operator may have tuned already. `None`
+/// when the key is there.
+pub fn add_toml_key_text(text: &str, keys: &[&str], value: impl Into<toml_edit::Value>) -> Result<Option<String>> {
+    let doc: toml_edit::DocumentMut = text.parse().map_err(|e| Error::msg(format!("not valid TOML: {e}")))?;
+    let mut item = Some(doc.as_item());
+    for key in keys {
+        item = item.and_then(|i| i.get(key));
+    }
+    match item {
+        Some(_) => Ok(None),
+        None => set_toml_key_text(text, keys, value),
+    }
+}
+
+/// [`add_toml_key_text`] on a file; `Ok(true)` when it added the key.
+pub fn add_toml_key(path: &str, keys: &[&str], value: impl Into<toml_edit::Value>) -> Result<bool> {
+    edit_file(path, |text| add_toml_key_text(text, keys, value))
+}
+
 /// [`set_toml_key_text`] on a file; `Ok(true)` when it changed.
 pub fn set_toml_key(path: &str, keys: &[&str], value: impl Into<toml_edit::Value>) -> Result<bool> {
     edit_file(path, |text| set_toml_key_text(text, keys, value))
@@ -325,6 +345,17 @@ impl PackageManager {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_toml_key_keeps_the_operators_comments_and_an_existing_value() {
+        let operator = "# my settings\n[Canopsis.global]\nPrefetchCount = 10000 # tuned\n";
+        let added = add_toml_key_text(operator, &["Canopsis", "api", "ExportMongoClientTimeout"], "1m").unwrap().unwrap();
+        assert!(added.starts_with(operator), "{added}");
+        assert!(added.contains("[Canopsis.api]\nExportMongoClientTimeout = \"1m\""), "{added}");
+        assert_eq!(add_toml_key_text(&added, &["Canopsis", "api", "ExportMongoClientTimeout"], "1m").unwrap(), None);
+        let tuned = "[Canopsis.api]\nExportMongoClientTimeout = \"5m\" # large exports\n";
+        assert_eq!(add_toml_key_text(tuned, &["Canopsis", "api", "ExportMongoClientTimeout"], "1m").unwrap(), None);
+    }
 
     #[test]
     fn merge_env_keeps_the_operators_values_except_owned_keys() {

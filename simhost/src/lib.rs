@@ -22,7 +22,8 @@ use serde::{Deserialize, Serialize};
 pub mod packages;
 
 /// Where each program of the host lives, as a step names it. `yum`, `dnf` and `rpm` are the
-/// real tools run against the host's root; the others are simulated.
+/// real tools run against the host's root, `redis-cli` the real one against the Redis server
+/// the host's `CPS_REDIS_URL` names; the others are simulated.
 pub const PROGRAMS: &[&str] = &[
     "/usr/bin/yum",
     "/usr/bin/dnf",
@@ -32,6 +33,8 @@ pub const PROGRAMS: &[&str] = &[
     "/usr/bin/canoctl",
     "/usr/bin/mongo",
     "/usr/bin/docker-compose",
+    "/usr/bin/docker",
+    "/usr/bin/redis-cli",
     "/opt/canopsis/bin/canopsinit",
     "/opt/canopsis/bin/init",
     "/opt/canopsis/bin/canopsis-reconfigure",
@@ -242,6 +245,83 @@ services:
     command: /engine-che -alwaysFlushEntities
 ";
 
+/// The services a Pro Compose install has beyond Community's.
+const PRO_SERVICES: &str = "\
+  webhook:
+    image: canopsis/engine-webhook:${CANOPSIS_IMAGE_TAG}
+    env_file:
+      - compose.env
+    restart: unless-stopped
+    command: /engine-webhook
+  dynamic-infos:
+    image: canopsis/engine-dynamic-infos:${CANOPSIS_IMAGE_TAG}
+    env_file:
+      - compose.env
+    restart: unless-stopped
+    command: /engine-dynamic-infos
+";
+
+/// An operator's canopsis.toml of the 22.10 and 23.x eras: comments and tuned values a step
+/// must keep.
+const CANOPSIS_TOML: &str = "\
+# Canopsis configuration (canopsis-reconfigure reads it).
+# Tuned for this site: keep.
+[Canopsis.global]
+PrefetchCount = 10000
+ReconnectTimeoutMilliseconds = 8
+
+[Canopsis.alarm]
+# Flapping detection, tuned.
+FlappingFreqLimit = 28
+FlappingInterval = 3600
+
+[Canopsis.api]
+TokenSigningMethod = \"HS256\" # site policy
+";
+
+/// Whether `version` is of the YY.MM numbering (22.10 and later).
+fn calendar(version: &str) -> bool {
+    version.split('.').next().and_then(|m| m.parse::<u64>().ok()).is_some_and(|m| m >= 22)
+}
+
+/// `CPS_EDITION` of the Compose `.env`: `core`/`cat` until 4.x, `community`/`pro` from 22.10.
+fn compose_edition(spec: &Spec) -> &'static str {
+    match (calendar(&spec.version), spec.edition) {
+        (false, Edition::Core) => "core",
+        (false, Edition::Cat) => "cat",
+        (true, Edition::Core) => "community",
+        (true, Edition::Cat) => "pro",
+    }
+}
+
+/// The units of an edition, as the RHEL 8 procedure of 23.x lists them (the engines enabled on
+/// a 22.10 or 23.x package host).
+pub fn units(edition: Edition) -> &'static [&'static str] {
+    const COMMUNITY: &[&str] = &[
+        "canopsis-engine-go@engine-action",
+        "canopsis-engine-go@engine-axe",
+        "canopsis-engine-go@engine-che",
+        "canopsis-engine-go@engine-fifo",
+        "canopsis-engine-go@engine-pbehavior",
+        "canopsis-engine-go@engine-service",
+        "canopsis-service@canopsis-api",
+    ];
+    const PRO: &[&str] = &[
+        "canopsis-engine-go@engine-action",
+        "canopsis-engine-go@engine-axe",
+        "canopsis-engine-go@engine-che",
+        "canopsis-engine-go@engine-correlation",
+        "canopsis-engine-go@engine-dynamic-infos",
+        "canopsis-engine-go@engine-fifo",
+        "canopsis-engine-go@engine-pbehavior",
+        "canopsis-engine-go@engine-service",
+        "canopsis-service@canopsis-api",
+        "canopsis-engine-go@engine-remediation",
+        "canopsis-engine-go@engine-webhook",
+    ];
+    if edition == Edition::Cat { PRO } else { COMMUNITY }
+}
+
 /// The wrapper script of `program`: it locates its host by removing its own logical path
 /// from the path it was run by (canup runs it as `SYSROOT/usr/bin/yum`), so the tree works
 /// wherever it is copied or moved.
@@ -279,7 +359,6 @@ impl SimHost {
 
     fn make(root: &Path, spec: &Spec, stub: &Path) -> Result<Self> {
         let host = Self { root: root.to_path_buf() };
-        let edition = spec.edition.to_string();
         host.write("/etc/os-release", spec.os.os_release())?;
         // The target the engines' unit is wanted by, as systemd ships it (`systemctl --root`
         // enables units offline against it).
@@ -300,11 +379,25 @@ impl SimHost {
         host.write("/etc/systemd/system/canopsis-engine-go@engine-che.service.d/che.conf", CHE_DROPIN)?;
         host.write("/etc/systemd/system/canopsis-engine-go@engine-axe.service.d/axe.conf", AXE_DROPIN)?;
         fs::create_dir_all(host.path("/etc/systemd/system/multi-user.target.wants"))?;
+        if calendar(&spec.version) {
+            host.write("/opt/canopsis/etc/canopsis.toml", CANOPSIS_TOML)?;
+        }
         fs::create_dir_all(host.path("/var/log/canup-sim"))?;
         if spec.method == Method::Packages {
             // The real packages, installed by the real rpm: VERSION.txt, the engines' unit and
             // the migration scripts come from them.
             packages::install(&host.root, &spec.version, spec.edition == Edition::Cat)?;
+            if calendar(&spec.version) {
+                // The engines of the edition, enabled as the installation guide does (the
+                // RHEL 8 procedure restarts them by name).
+                for unit in units(spec.edition) {
+                    let template = if unit.starts_with("canopsis-service@") { "canopsis-service@.service" } else { "canopsis-engine-go@.service" };
+                    std::os::unix::fs::symlink(
+                        format!("/usr/lib/systemd/system/{template}"),
+                        host.path(&format!("/etc/systemd/system/multi-user.target.wants/{unit}.service")),
+                    )?;
+                }
+            }
         } else {
             // The containers' version, and a host rpm database that holds no Canopsis.
             packages::init(&host.root)?;
@@ -316,9 +409,10 @@ impl SimHost {
             }
             host.write(
                 "/opt/canopsis/docker/.env",
-                &format!("COMPOSE_PROJECT_NAME=canopsis\nCANOPSIS_IMAGE_TAG={}\nREDIS_TAG=3.2.12\nCPS_EDITION={edition}\n", spec.version),
+                &format!("COMPOSE_PROJECT_NAME=canopsis\nCANOPSIS_IMAGE_TAG={}\nREDIS_TAG=3.2.12\nCPS_EDITION={}\n", spec.version, compose_edition(spec)),
             )?;
-            host.write("/opt/canopsis/docker/docker-compose.yml", COMPOSE_YML)?;
+            let pro = if spec.edition == Edition::Cat { PRO_SERVICES } else { "" };
+            host.write("/opt/canopsis/docker/docker-compose.yml", &format!("{COMPOSE_YML}{pro}"))?;
             // The services' environment file the reference Compose files name (`env_file`).
             host.write("/opt/canopsis/docker/compose.env", GO_ENGINES_VARS)?;
         }

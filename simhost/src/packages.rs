@@ -15,11 +15,21 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-/// Every version the simulated repositories offer: the releases the project's steps, tests
-/// and demo name. A version missing here is "No match for argument" for dnf, as on a real
-/// host whose repository lacks it.
-pub const VERSIONS: &[&str] =
-    &["3.37.0", "3.38.0", "3.39.0", "3.39.1", "3.40.0", "3.41.0", "4.5.3", "4.5.4", "4.5.5", "4.5.6", "4.5.7", "4.5.8", "4.6.0", "4.6.1", "4.6.2"];
+/// Every version the simulated repositories offer: every release of the catalogue (3.37.0 to
+/// 23.10.8, as Canopsis spells them) and 3.41.0 of the step author's guide; a test keeps the
+/// list equal to the published releases. A version missing here is "No match for argument"
+/// for dnf, as on a real host whose repository lacks it.
+pub const VERSIONS: &[&str] = &[
+    "3.37.0", "3.38.0", "3.39.0", "3.39.1", "3.40.0", "3.41.0", "4.0.0", "4.0.1", "4.0.2", "4.0.3",
+    "4.1.0", "4.1.1", "4.2.0", "4.3.0", "4.3.1", "4.3.2", "4.3.3", "4.3.4", "4.3.5", "4.3.6",
+    "4.3.7", "4.3.8", "4.4.0", "4.4.1", "4.5.0", "4.5.1", "4.5.2", "4.5.3", "4.5.4", "4.5.5",
+    "4.5.6", "4.5.7", "4.5.8", "4.5.9", "4.5.10", "4.5.11", "4.5.12", "4.5.13", "4.5.14", "4.6.0",
+    "4.6.1", "4.6.2", "4.6.3", "22.10.0", "22.10.1", "22.10.2", "22.10.3", "22.10.4", "22.10.5",
+    "22.10.6", "22.10.7", "22.10.8", "22.10.9", "22.10.10", "22.10.13", "23.04.0", "23.04.1",
+    "23.04.2", "23.04.3", "23.04.4", "23.04.5", "23.04.6", "23.04.7", "23.04.8", "23.04.9",
+    "23.04.10", "23.04.11", "23.04.12", "23.04.13", "23.04.14", "23.10.0", "23.10.1", "23.10.2",
+    "23.10.3", "23.10.4", "23.10.5", "23.10.6", "23.10.7", "23.10.8",
+];
 
 /// The packages' systemd template unit of the Go engines (what `systemctl enable
 /// canopsis-engine-go@engine-fifo` links to).
@@ -42,10 +52,12 @@ A simulated Canopsis core package: the files canup's steps read, no software.
 mkdir -p %{buildroot}/opt/canopsis %{buildroot}/usr/lib/systemd/system
 echo "Canopsis version %{ver}" > %{buildroot}/opt/canopsis/VERSION.txt
 printf '[Unit]\nDescription=Canopsis Go engine %%i\n[Service]\nExecStart=/opt/canopsis/bin/%%i\n[Install]\nWantedBy=multi-user.target\n' > %{buildroot}/usr/lib/systemd/system/canopsis-engine-go@.service
+printf '[Unit]\nDescription=Canopsis service %%i\n[Service]\nExecStart=/opt/canopsis/bin/%%i\n[Install]\nWantedBy=multi-user.target\n' > %{buildroot}/usr/lib/systemd/system/canopsis-service@.service
 %{?migrations}
 %files
 /opt/canopsis/VERSION.txt
 /usr/lib/systemd/system/canopsis-engine-go@.service
+/usr/lib/systemd/system/canopsis-service@.service
 %{?migration_files}
 "#;
 
@@ -113,21 +125,32 @@ pub fn repository() -> Result<PathBuf> {
     }
     std::fs::write(specs.join("core.spec"), CORE_SPEC)?;
     std::fs::write(specs.join("cat.spec"), CAT_SPEC)?;
-    for version in VERSIONS {
-        let (install, files) = migrations(version);
-        for (spec, repo_dir) in [("core.spec", "canopsis"), ("cat.spec", "canopsis-cat")] {
-            let mut build = Command::new("rpmbuild");
-            build.args(["-bb", "--quiet"]).arg("--define").arg(format!("_topdir {}", top.display())).arg("--define").arg(format!("ver {version}"));
-            if !install.is_empty() {
-                build.arg("--define").arg(format!("migrations {install}")).arg("--define").arg(format!("migration_files {files}"));
+    // Two builders (the machines have two cores), each with its own rpmbuild tree.
+    let build_some = |versions: &[&str], top: &Path| -> Result<()> {
+        std::fs::create_dir_all(top)?;
+        for version in versions {
+            let (install, files) = migrations(version);
+            for (spec, repo_dir) in [("core.spec", "canopsis"), ("cat.spec", "canopsis-cat")] {
+                let mut build = Command::new("rpmbuild");
+                build.args(["-bb", "--quiet"]).arg("--define").arg(format!("_topdir {}", top.display())).arg("--define").arg(format!("ver {version}"));
+                if !install.is_empty() {
+                    build.arg("--define").arg(format!("migrations {install}")).arg("--define").arg(format!("migration_files {files}"));
+                }
+                // gzip payloads: what CentOS 7's rpm reads (zstd needs rpm 4.14+).
+                run(build.args(["--define", "_binary_payload w9.gzdio"]).arg(specs.join(spec)))?;
+                let name = if repo_dir == "canopsis" { "canopsis-core" } else { "canopsis-cat" };
+                let file = format!("{name}-{version}-1.el7.x86_64.rpm");
+                std::fs::rename(top.join("RPMS/x86_64").join(&file), staged.join(repo_dir).join(&file)).with_context(|| format!("rpmbuild made no {file}"))?;
             }
-            // gzip payloads: what CentOS 7's rpm reads (zstd needs rpm 4.14+).
-            run(build.args(["--define", "_binary_payload w9.gzdio"]).arg(specs.join(spec)))?;
-            let name = if repo_dir == "canopsis" { "canopsis-core" } else { "canopsis-cat" };
-            let file = format!("{name}-{version}-1.el7.x86_64.rpm");
-            std::fs::rename(top.join("RPMS/x86_64").join(&file), staged.join(repo_dir).join(&file)).with_context(|| format!("rpmbuild made no {file}"))?;
         }
-    }
+        Ok(())
+    };
+    let (first, second) = VERSIONS.split_at(VERSIONS.len() / 2);
+    std::thread::scope(|scope| {
+        let other = scope.spawn(|| build_some(second, &top.join("b")));
+        let mine = build_some(first, &top.join("a"));
+        other.join().map_err(|_| anyhow::anyhow!("an rpmbuild thread panicked"))?.and(mine)
+    })?;
     for repo_dir in ["canopsis", "canopsis-cat"] {
         run(Command::new("createrepo_c").arg("--quiet").arg(staged.join(repo_dir)))?;
     }

@@ -85,14 +85,27 @@ pub fn run(mut argv: Vec<String>) -> ExitCode {
         "rpm" => hand_over(packages::rpm(&sim.root).args(&args)),
         "su" => su(&sim, &args),
         "systemctl" => systemctl(&sim, &args),
-        "canoctl" => {
-            if args.first().map(String::as_str) != Some("restart") {
-                return fail("canoctl (simulated): only 'restart' is supported");
+        "canoctl" => match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+            ["restart"] => {
+                sim.append("/var/lib/canup-sim/canoctl-restarts", &sim.installed_version());
+                println!("Restarting Canopsis engines... done");
+                ExitCode::SUCCESS
             }
-            sim.append("/var/lib/canup-sim/canoctl-restarts", &sim.installed_version());
-            println!("Restarting Canopsis engines... done");
-            ExitCode::SUCCESS
-        }
+            [verb @ ("stop" | "start")] => {
+                // The engines' state: what a later restart or start changes.
+                sim.write("/var/lib/canup-sim/engines", &format!("{}\n", if *verb == "stop" { "stopped" } else { "running" }));
+                println!("canoctl {verb}: done");
+                ExitCode::SUCCESS
+            }
+            _ => fail("canoctl (simulated): only restart, stop and start are supported"),
+        },
+        // The real redis-cli, against the server the step names (a real redis-server in tests).
+        "redis-cli" => hand_over(Command::new("redis-cli").args(&args)),
+        "docker" => match args.split_first() {
+            Some((sub, rest)) if sub == "compose" => compose(&sim, rest),
+            _ => fail("docker (simulated): only 'docker compose' is supported"),
+        },
+        "docker-compose" => compose(&sim, &args),
         "mongo" => mongo(&sim, &args),
         "canopsinit" => {
             if sim.user != "canopsis" {
@@ -126,19 +139,39 @@ pub fn run(mut argv: Vec<String>) -> ExitCode {
             sim.write("/opt/canopsis/var/reconfigured", &format!("{}\n", sim.installed_version()));
             ExitCode::SUCCESS
         }
-        "docker-compose" => {
-            if args.iter().map(String::as_str).collect::<Vec<_>>() != ["up", "-d"] {
-                return fail("docker-compose (simulated): only 'up -d' is supported");
-            }
+        other => fail(&format!("canup-sim: unknown program {other}")),
+    }
+}
+
+/// Docker Compose, v1 (`docker-compose`) or v2 (`docker compose`): `up -d` starts the tagged
+/// images (the host's VERSION.txt follows `CANOPSIS_IMAGE_TAG`); `down` and `up -d redis` are
+/// recorded; `exec -T redis redis-cli …` runs the real redis-cli against the server of
+/// `CPS_REDIS_URL` in compose.env, as the container's would.
+fn compose(sim: &Sim, args: &[String]) -> ExitCode {
+    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        ["up", "-d"] => {
             let env = sim.read("/opt/canopsis/docker/.env");
             sim.write("/var/lib/canup-sim/compose-up", &env);
             // The containers now run the tagged images; their version file is what the host sees.
             if let Some(tag) = env.lines().find_map(|l| l.trim().strip_prefix("CANOPSIS_IMAGE_TAG=")) {
                 sim.write("/opt/canopsis/VERSION.txt", &format!("Canopsis version {}\n", tag.trim()));
             }
+            sim.write("/var/lib/canup-sim/engines", "running\n");
             ExitCode::SUCCESS
         }
-        other => fail(&format!("canup-sim: unknown program {other}")),
+        ["down"] => {
+            sim.write("/var/lib/canup-sim/engines", "stopped\n");
+            ExitCode::SUCCESS
+        }
+        ["up", "-d", "redis"] => ExitCode::SUCCESS,
+        ["exec", "-T", "redis", "redis-cli", rest @ ..] => {
+            let env = sim.read("/opt/canopsis/docker/compose.env");
+            let Some(url) = env.lines().find_map(|l| l.trim().strip_prefix("CPS_REDIS_URL=")) else {
+                return fail("docker compose exec redis (simulated): compose.env has no CPS_REDIS_URL");
+            };
+            hand_over(Command::new("redis-cli").arg("-u").arg(url.trim()).args(rest))
+        }
+        _ => fail(&format!("docker compose (simulated): unsupported {}", args.join(" "))),
     }
 }
 

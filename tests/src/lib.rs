@@ -192,7 +192,58 @@ pub fn publish_steps(canup: &Path, out: &Path, keys_dir: &Path) -> anyhow::Resul
         }
         run(args)?;
     }
+    let catalogue = Catalogue::load()?;
+    for b in &catalogue.barrier {
+        let mut args: Vec<OsString> = vec!["repo".into(), "barrier".into(), out.into(), "--release".into(), canup::version::text(&b.release).into()];
+        args.extend(["--guide".into(), b.guide.clone().into(), "--url".into(), b.url.clone().into(), "--reason".into(), b.reason.clone().into()]);
+        args.extend(["--key".into(), key.clone().into()]);
+        run(args)?;
+    }
+    for w in &catalogue.withdrawn {
+        let args: Vec<OsString> =
+            vec!["repo".into(), "withdraw".into(), out.into(), "--release".into(), canup::version::text(&w.release).into(), "--reason".into(), w.reason.clone().into()];
+        run([args, vec!["--key".into(), key.clone().into()]].concat())?;
+    }
     Ok(key)
+}
+
+/// `steps/catalogue.toml`: what the vendor decides about published releases after the fact,
+/// applied with `canup repo barrier` and `canup repo withdraw` once every release is published.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Catalogue {
+    #[serde(default)]
+    pub barrier: Vec<CatalogueBarrier>,
+    #[serde(default)]
+    pub withdrawn: Vec<CatalogueWithdrawn>,
+}
+
+/// A release whose migration guide canup never plans across.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogueBarrier {
+    #[serde(deserialize_with = "canup::version::deserialize")]
+    pub release: semver::Version,
+    pub guide: String,
+    pub url: String,
+    pub reason: String,
+}
+
+/// A release the vendor withdrew, with the note's reason.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogueWithdrawn {
+    #[serde(deserialize_with = "canup::version::deserialize")]
+    pub release: semver::Version,
+    pub reason: String,
+}
+
+impl Catalogue {
+    pub fn load() -> anyhow::Result<Self> {
+        let path = workspace_dir().join("steps/catalogue.toml");
+        let text = std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    }
 }
 
 /// The project's release crates, published once per test binary with the real `canup repo`

@@ -52,12 +52,18 @@ pub fn ensure_debian_package(program: &str, package: &str) -> Result<()> {
 }
 
 /// The real tools behind the simulated host's package management (`canup_sim::packages`):
-/// rpm and rpmbuild, dnf, createrepo_c, systemctl for `systemctl --root`, and Compose v1's
-/// `docker-compose config`, which checks the Compose files steps write.
+/// rpm and rpmbuild, dnf, createrepo_c, systemctl for `systemctl --root`, Compose v1's
+/// `docker-compose config`, which checks the Compose files steps write, and redis-server with
+/// its redis-cli (4.3.1's cache purge runs against a real server).
 pub fn ensure_simulated_host_tools() -> Result<()> {
-    for (program, package) in
-        [("rpmbuild", "rpm"), ("dnf", "dnf"), ("createrepo_c", "createrepo-c"), ("systemctl", "systemd"), ("docker-compose", "docker-compose")]
-    {
+    for (program, package) in [
+        ("rpmbuild", "rpm"),
+        ("dnf", "dnf"),
+        ("createrepo_c", "createrepo-c"),
+        ("systemctl", "systemd"),
+        ("docker-compose", "docker-compose"),
+        ("redis-server", "redis-server"),
+    ] {
         ensure_debian_package(program, package)?;
     }
     Ok(())

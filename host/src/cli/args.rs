@@ -67,14 +67,14 @@ pub enum Command {
     /// verifies and compiles its modules, so that a later `apply` starts at once.
     Plan {
         /// Target version; the newest regular release of the installed major by default.
-        #[arg(long)]
+        #[arg(long, value_parser = canup::version::parse_arg)]
         to: Option<Version>,
         #[command(flatten)]
         output: Output,
     },
     /// Show the plan, ask, then run it; resumes an interrupted run.
     Apply {
-        #[arg(long)]
+        #[arg(long, value_parser = canup::version::parse_arg)]
         to: Option<Version>,
         /// Do not ask; confirmations from steps are answered yes.
         #[arg(long)]
@@ -205,7 +205,7 @@ pub enum RepoCommand {
     /// Mark a release withdrawn; operators are told the reason and it is never planned.
     Withdraw {
         dir: PathBuf,
-        #[arg(long)]
+        #[arg(long, value_parser = canup::version::parse_arg)]
         release: Version,
         #[arg(long)]
         reason: String,
@@ -216,7 +216,7 @@ pub enum RepoCommand {
     /// to follow by hand. Republishing the release keeps it.
     Barrier {
         dir: PathBuf,
-        #[arg(long)]
+        #[arg(long, value_parser = canup::version::parse_arg)]
         release: Version,
         /// The migration guide's title.
         #[arg(long)]
@@ -318,7 +318,7 @@ pub enum StepCommand {
     New {
         dir: PathBuf,
         /// The Canopsis release the steps belong to, e.g. 23.10.9.
-        #[arg(long)]
+        #[arg(long, value_parser = canup::version::parse_arg)]
         release: Version,
         /// A canup-sdk crate to depend on (e.g. a canup checkout's `sdk/`); by default the SDK
         /// of this canup's step contract is written into the crate.
@@ -341,10 +341,10 @@ pub struct StepRunArgs {
     /// defaults to --config.
     #[arg(long)]
     pub policy: Option<PathBuf>,
-    #[arg(long, default_value = "0.0.0")]
+    #[arg(long, default_value = "0.0.0", value_parser = canup::version::parse_arg)]
     pub installed: Version,
     /// Target version; defaults to the manifest's release.
-    #[arg(long)]
+    #[arg(long, value_parser = canup::version::parse_arg)]
     pub target: Option<Version>,
     #[arg(long, value_enum, default_value = "core")]
     pub edition: Edition,

@@ -9,6 +9,7 @@ use canup::journal::{self, RunRecord};
 use canup::plan::Plan;
 use canup::sandbox::StepReport;
 use canup::upgrade::{ApplySummary, Status, UpgradeError};
+use canup::version::text;
 
 /// A result as JSON on stdout.
 pub fn json(value: &impl serde::Serialize) {
@@ -17,20 +18,20 @@ pub fn json(value: &impl serde::Serialize) {
 
 /// `canup status`.
 pub fn status(s: &Status) {
-    println!("installed: Canopsis {} ({} edition, {} method)", s.installed, s.edition, s.method);
+    println!("installed: Canopsis {} ({} edition, {} method)", text(&s.installed), s.edition, s.method);
     println!("operating system: {}", s.os.as_deref().unwrap_or("unknown (no /etc/os-release or /etc/redhat-release)"));
     println!("repository: {}", s.repository);
     for (role, t) in &s.expires {
         println!("  {role:<9} valid until {t}");
     }
     match &s.newest_target {
-        Some(t) => println!("newest regular target: {t} (canup plan --to {t})"),
+        Some(t) => println!("newest regular target: {t} (canup plan --to {t})", t = text(t)),
         None => println!("up to date: no newer regular release of this major before a migration guide"),
     }
     if let Some(b) = &s.barrier {
         println!(
             "migration barrier: {} needs the guide \"{}\" ({}): {}; canup plans up to the release before it, and from {} once migrated",
-            b.release, b.barrier.guide, b.barrier.url, b.barrier.reason, b.release
+            text(&b.release), b.barrier.guide, b.barrier.url, b.barrier.reason, text(&b.release)
         );
     }
     if let Some(r) = &s.pending_run {
@@ -43,7 +44,7 @@ pub fn status(s: &Status) {
 pub fn apply_summary(summary: &ApplySummary, dry_run: bool) {
     let ran = summary.reports.len();
     if ran == 0 && summary.skipped.is_empty() {
-        println!("Canopsis is already at {}: nothing to do", summary.plan.target);
+        println!("Canopsis is already at {}: nothing to do", text(&summary.plan.target));
         return;
     }
     println!("\nsummary: run {}: {} steps ran, {} already done", summary.run, ran, summary.skipped.len());
@@ -56,7 +57,7 @@ pub fn apply_summary(summary: &ApplySummary, dry_run: bool) {
         match &summary.verified {
             Some(found) => println!(
                 "Canopsis is now at {}: detection after the run found it installed ({} edition, {} method). Backups of changed files: canup restore-files {}",
-                found.installed, found.edition, found.method, summary.run
+                text(&found.installed), found.edition, found.method, summary.run
             ),
             // `apply` verifies every real run; a summary without it is a bug, not a success.
             None => println!("the run {} ended without verifying what is installed: run `canup status`", summary.run),
@@ -114,10 +115,10 @@ pub fn ask_yes_no(prompt: &str) -> bool {
 /// The plan: releases, then each phase's steps with what each may touch; `(query)` marks the
 /// commands the operator's policy says only read (they also run in a dry run).
 pub fn plan(plan: &Plan, done: &[String], policy: &CapabilitySet) {
-    println!("plan: Canopsis {} → {} ({} edition, {} method)", plan.installed, plan.target, plan.edition, plan.method);
-    println!("releases: {}", plan.releases.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "));
+    println!("plan: Canopsis {} → {} ({} edition, {} method)", text(&plan.installed), text(&plan.target), plan.edition, plan.method);
+    println!("releases: {}", plan.releases.iter().map(text).collect::<Vec<_>>().join(", "));
     for (v, why) in &plan.skipped {
-        println!("skipped: {v} (withdrawn: {why})");
+        println!("skipped: {} (withdrawn: {why})", text(v));
     }
     let mut phase = None;
     for p in &plan.steps {
@@ -163,7 +164,7 @@ pub fn history(runs: &[RunRecord], state_dir: &Path) {
             None => "interrupted (resumable)",
         };
         let why = r.message.as_ref().map(|m| format!(": {m}")).unwrap_or_default();
-        println!("run {} ({}): {} → {} {outcome}{why}", r.run, r.started, r.installed, r.target);
+        println!("run {} ({}): {} → {} {outcome}{why}", r.run, r.started, text(&r.installed), text(&r.target));
         for s in &r.steps {
             let o = match s.outcome {
                 Some(journal::Outcome::Succeeded) => "ok".to_owned(),

@@ -43,15 +43,15 @@ fn api_check(ctx: &Context) -> Result<()> {
             // Nothing was upgraded in a dry run: the API still runs the installed version. The
             // request is the real run's (a dry run lists what the real run asks), the verdict not.
             Ok(r) if ctx.dry_run => {
-                ui::info(&format!("the Canopsis API answers HTTP {} on {path}; the real run waits for version {}", r.status(), ctx.target));
+                ui::info(&format!("the Canopsis API answers HTTP {} on {path}; the real run waits for version {}", r.status(), context::version_text(&ctx.target)));
                 return Ok(());
             }
             Ok(r) if r.is_success() => {
                 let body: serde_json::Value = serde_json::from_slice(r.body()).unwrap_or(serde_json::Value::Null);
-                let want = ctx.target.to_string();
+                let want = context::version_text(&ctx.target);
                 return match reported_version(&body) {
-                    // The API may print a leading "v" or a build suffix.
-                    Some(v) if v.trim_start_matches('v').split(['-', '+', ' ']).next() == Some(want.as_str()) => {
+                    // The API may print a leading "v" or a build suffix, and 23.04.1 for 23.4.1.
+                    Some(v) if v.trim_start_matches('v').split(['-', '+', ' ']).next().and_then(context::parse_version).as_ref() == Some(&ctx.target) => {
                         ui::info(&format!("the Canopsis API answers on {path} with version {v}"));
                         Ok(())
                     }

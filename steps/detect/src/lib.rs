@@ -1,9 +1,10 @@
-//! Detection of what is installed, shipped with every 3.x and 4.x release.
+//! Detection of what is installed, shipped with every release from 3.x to 23.10.
 //!
 //! The installed version comes from `/opt/canopsis/VERSION.txt` (« Canopsis version 3.38.0 »),
 //! cross-checked with `rpm -q canopsis-core` for a package install or with
 //! `CANOPSIS_IMAGE_TAG` in the Compose `.env`; a disagreement is an error naming both values.
-//! The edition is `cat` when `canopsis-cat` is installed (or `CPS_EDITION=cat` in the `.env`).
+//! The edition is `cat` when `canopsis-cat` is installed (or `CPS_EDITION=cat`, from 22.10 `pro`,
+//! in the `.env`).
 
 use canup_sdk::{Context, Result, bail, detect, exec::Command, fs, ui};
 
@@ -36,7 +37,11 @@ fn detect_installation(_: &Context) -> Result<()> {
     let (method, edition, other, source) = if fs::exists(COMPOSE_ENV)? {
         let env = fs::read_to_string(COMPOSE_ENV)?;
         let tag = env_value(&env, "CANOPSIS_IMAGE_TAG").ok_or_else(|| canup_sdk::Error::msg(format!("{COMPOSE_ENV} has no CANOPSIS_IMAGE_TAG")))?;
-        let edition = env_value(&env, "CPS_EDITION").unwrap_or_else(|| "core".into());
+        // 22.10's Compose files name the editions `community` and `pro` (`CPS_EDITION=pro`).
+        let edition = match env_value(&env, "CPS_EDITION").as_deref() {
+            Some("cat" | "pro") => "cat".to_owned(),
+            _ => "core".to_owned(),
+        };
         ("compose", edition, tag, format!("CANOPSIS_IMAGE_TAG in {COMPOSE_ENV}"))
     } else {
         let core = rpm_version("canopsis-core")?

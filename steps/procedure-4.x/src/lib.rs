@@ -7,8 +7,22 @@
 //! « `systemctl daemon-reload` » and « `canoctl restart` ». The update is pinned to exactly the
 //! target version; the variables of `go-engines-vars.conf` are read and passed as the
 //! environment of `canopsis-reconfigure` (no shell `source`).
+//!
+//! From 4.5.0 on (PostgreSQL with TimescaleDB came with the 4.5.0 migration guide, and the
+//! release-4.6 text of the procedure writes it), `canopsis-reconfigure` also applies the
+//! PostgreSQL migrations: « `/opt/canopsis/bin/canopsis-reconfigure -migrate-postgres=true
+//! -postgres-migration-mode=up -postgres-migration-directory=/opt/canopsis/share/migrations/postgres` ».
 
-use canup_sdk::{Context, Result, bail, exec::Command, helpers};
+use canup_sdk::{Context, Result, bail, exec::Command, helpers, semver::Version};
+
+/// `canopsis-reconfigure`'s options in the era of `target`.
+pub fn reconfigure_args(target: &Version) -> &'static [&'static str] {
+    if *target >= Version::new(4, 5, 0) {
+        &["-migrate-postgres=true", "-postgres-migration-mode=up", "-postgres-migration-directory=/opt/canopsis/share/migrations/postgres"]
+    } else {
+        &[]
+    }
+}
 
 canup_sdk::export_step! {
     "procedure-4.x/yum-update" => yum_update,
@@ -28,7 +42,7 @@ fn finalize(ctx: &Context) -> Result<()> {
     };
     Command::new("/usr/bin/su").args(["-", "canopsis", "-c", &format!("canopsinit --canopsis-edition {edition}")]).run()?;
     let vars = helpers::read_env_file("/opt/canopsis/etc/go-engines-vars.conf")?;
-    Command::new("/opt/canopsis/bin/canopsis-reconfigure").envs(vars).run()?;
+    Command::new("/opt/canopsis/bin/canopsis-reconfigure").args(reconfigure_args(&ctx.target).iter().copied()).envs(vars).run()?;
     Command::new("/usr/bin/systemctl").arg("daemon-reload").run()?;
     Command::new("/usr/bin/canoctl").arg("restart").run()?;
     Ok(())

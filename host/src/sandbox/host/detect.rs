@@ -3,7 +3,6 @@
 
 use std::time::Instant;
 
-use semver::Version;
 use serde_json::json;
 
 use super::super::Detected;
@@ -11,19 +10,7 @@ use super::super::bindings::{ErrorKind, WitError, wit, wit_error};
 use super::super::call::StepState;
 use crate::manifest::{Edition, Method, Phase};
 
-/// Canopsis writes YY.MM versions with a leading zero (23.04.1), which semver refuses.
-pub fn parse_canopsis_version(s: &str) -> Option<Version> {
-    let s = s.trim();
-    Version::parse(s).ok().or_else(|| {
-        let (core, rest) = match s.find(['-', '+']) {
-            Some(i) => s.split_at(i),
-            None => (s, ""),
-        };
-        let parts: Vec<u64> = core.split('.').map(|p| p.parse().ok()).collect::<Option<_>>()?;
-        let [major, minor, patch] = parts[..] else { return None };
-        Version::parse(&format!("{major}.{minor}.{patch}{rest}")).ok()
-    })
-}
+pub use crate::version::parse as parse_canopsis_version;
 
 impl wit::detect::Host for StepState {
     async fn report(&mut self, installed: String, edition: String, method: String) -> Result<(), WitError> {
