@@ -166,8 +166,12 @@ pub fn plan(index: &Index, installed: &Version, target: Option<&Version>, editio
             .map(|(r, s)| PlannedStep { release: r.version.clone(), phase, step: s.clone() })
             .collect();
         match once {
-            true => chosen.sort_by(|a, b| (a.step.manifest.order, &a.release, &a.step.manifest.id).cmp(&(b.step.manifest.order, &b.release, &b.step.manifest.id))),
-            false => chosen.sort_by(|a, b| (&a.release, a.step.manifest.order, &a.step.manifest.id).cmp(&(&b.release, b.step.manifest.order, &b.step.manifest.id))),
+            true => {
+                chosen.sort_by(|a, b| (a.step.manifest.order, &a.release, &a.step.manifest.id).cmp(&(b.step.manifest.order, &b.release, &b.step.manifest.id)))
+            }
+            false => {
+                chosen.sort_by(|a, b| (&a.release, a.step.manifest.order, &a.step.manifest.id).cmp(&(&b.release, b.step.manifest.order, &b.step.manifest.id)))
+            }
         }
         steps.extend(chosen);
     }
@@ -275,7 +279,18 @@ mod tests {
         assert_eq!(p.releases, [v("3.38.0"), v("3.39.0"), v("3.39.1"), v("3.40.0")]);
         assert_eq!(
             ids(&p),
-            ["broadcast", "3.39.1/notice", "3.38.0/mongo-rename", "yum", "canopsinit", "3.39.1/once-more", "3.39.0/enable-fifo", "3.39.0/unbind-che", "3.40.0/webserver", "drain",]
+            [
+                "broadcast",
+                "3.39.1/notice",
+                "3.38.0/mongo-rename",
+                "yum",
+                "canopsinit",
+                "3.39.1/once-more",
+                "3.39.0/enable-fifo",
+                "3.39.0/unbind-che",
+                "3.40.0/webserver",
+                "drain",
+            ]
         );
         // The standard steps act once, from the target; an intermediate release's own step of
         // such a phase runs once too, for its release, after the target's steps of lower order.

@@ -63,7 +63,9 @@ mod tests {
 
     #[test]
     fn both_spellings_read_and_the_canopsis_one_is_written() {
-        for (written, canonical) in [("23.04.1", "23.4.1"), ("23.4.1", "23.4.1"), ("22.10.13", "22.10.13"), ("4.5.3", "4.5.3"), ("23.10.0-rc.1", "23.10.0-rc.1")] {
+        for (written, canonical) in
+            [("23.04.1", "23.4.1"), ("23.4.1", "23.4.1"), ("22.10.13", "22.10.13"), ("4.5.3", "4.5.3"), ("23.10.0-rc.1", "23.10.0-rc.1")]
+        {
             let v = parse(written).unwrap();
             assert_eq!(v.to_string(), canonical);
         }

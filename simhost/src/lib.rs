@@ -246,8 +246,7 @@ services:
 ";
 
 /// The services a Pro Compose install has beyond Community's.
-const PRO_SERVICES: &str = "\
-  webhook:
+const PRO_SERVICES: &str = "  webhook:
     image: canopsis/engine-webhook:${CANOPSIS_IMAGE_TAG}
     env_file:
       - compose.env

@@ -70,18 +70,20 @@ pub const OPERATOR_POLICY: &str = include_str!("../../host/dist/canup.toml");
 
 /// Writes the `canup.toml` of a simulated site at `config`: the repository served at
 /// `repo_url` (its first root from the published `repo`), state in `state`, `policy`, and the
-/// `rabbitmq` and `canopsis-api` endpoints, their password files beside `config`.
+/// `rabbitmq` and `canopsis-api` endpoints, their password files beside `config`, and the test
+/// broker's statistics interval for the drain check.
 pub fn write_site_config(config: &Path, repo_url: &str, repo: &Path, state: &Path, policy: &str, api: &canopsis_api::CanopsisApi) -> anyhow::Result<()> {
     let dir = config.parent().ok_or_else(|| anyhow::anyhow!("{} has no directory", config.display()))?;
     std::fs::create_dir_all(dir)?;
     std::fs::write(
         config,
         format!(
-            "repository = \"{repo_url}\"\ntrusted_root = \"{}\"\nstate_dir = \"{}\"\n\n{policy}\n{}{}",
+            "repository = \"{repo_url}\"\ntrusted_root = \"{}\"\nstate_dir = \"{}\"\n\n{policy}\n{}{}\n[settings]\ndrain_stats_interval_ms = \"{}\"\n",
             repo.join("metadata/1.root.json").display(),
             state.display(),
             rabbitmq::endpoint_toml(&dir.join("rabbitmq.pw"))?,
             api.endpoint_toml(&dir.join("api.pw"))?,
+            rabbitmq::STATS_INTERVAL_MS,
         ),
     )?;
     Ok(())
@@ -200,8 +202,15 @@ pub fn publish_steps(canup: &Path, out: &Path, keys_dir: &Path) -> anyhow::Resul
         run(args)?;
     }
     for w in &catalogue.withdrawn {
-        let args: Vec<OsString> =
-            vec!["repo".into(), "withdraw".into(), out.into(), "--release".into(), canup::version::text(&w.release).into(), "--reason".into(), w.reason.clone().into()];
+        let args: Vec<OsString> = vec![
+            "repo".into(),
+            "withdraw".into(),
+            out.into(),
+            "--release".into(),
+            canup::version::text(&w.release).into(),
+            "--reason".into(),
+            w.reason.clone().into(),
+        ];
         run([args, vec!["--key".into(), key.clone().into()]].concat())?;
     }
     Ok(key)

@@ -103,10 +103,12 @@ impl Admin {
         Ok(v.as_array().cloned().unwrap_or_default().iter().filter_map(|b| b["destination"].as_str().map(str::to_owned)).collect())
     }
 
-    /// Publishes `count` messages to a queue (through the default exchange), 16 at a time.
+    /// Publishes `count` persistent messages to a queue (through the default exchange), 16 at a
+    /// time.
     pub async fn publish(&self, queue: &str, count: usize) -> Result<()> {
         use futures_util::StreamExt;
-        let body = json!({ "properties": {}, "routing_key": queue, "payload": "{\"event_type\":\"check\"}", "payload_encoding": "string" });
+        // Persistent, as Canopsis' events are: they survive a restart of the broker.
+        let body = json!({ "properties": { "delivery_mode": 2 }, "routing_key": queue, "payload": "{\"event_type\":\"check\"}", "payload_encoding": "string" });
         let results: Vec<Result<()>> = futures_util::stream::iter(0..count)
             .map(|_| {
                 let body = body.clone();
@@ -183,6 +185,12 @@ impl Broker {
     /// Starts node `NAME@localhost` with AMQP on `amqp` and the management API on `management`,
     /// from an empty data directory, and waits until the management API answers.
     pub fn start(name: &str, amqp: u16, management: u16) -> Result<Self> {
+        Self::start_with_interval(name, amqp, management, STATS_INTERVAL_MS)
+    }
+
+    /// [`Broker::start`] with the statistics interval of the management API
+    /// (`collect_statistics_interval`, ms; RabbitMQ's default is 5000).
+    pub fn start_with_interval(name: &str, amqp: u16, management: u16, stats_interval_ms: u64) -> Result<Self> {
         let dir = crate::target_dir().join(if name == "canup" { "rabbitmq".to_owned() } else { format!("rabbitmq-{name}") });
         let node = format!("{name}@localhost");
         let env = vec![
@@ -210,7 +218,9 @@ impl Broker {
         std::fs::write(dir.join("enabled_plugins"), "[rabbitmq_management].\n")?;
         std::fs::write(
             dir.join("rabbitmq.conf"),
-            format!("listeners.tcp.default = 127.0.0.1:{amqp}\nmanagement.tcp.ip = 127.0.0.1\nmanagement.tcp.port = {management}\n"),
+            format!(
+                "listeners.tcp.default = 127.0.0.1:{amqp}\nmanagement.tcp.ip = 127.0.0.1\nmanagement.tcp.port = {management}\ncollect_statistics_interval = {stats_interval_ms}\n"
+            ),
         )?;
         // Debian's wrapper drops to the rabbitmq user when started as root.
         let _ = Command::new("chown").args(["-R", "rabbitmq:rabbitmq"]).arg(&dir).status();
@@ -299,6 +309,11 @@ impl Drop for Broker {
         }
     }
 }
+
+/// The test brokers' `collect_statistics_interval` (RabbitMQ's default is 5000 ms): the drain
+/// check waits one interval between its two empty polls, and site configs say so
+/// (`drain_stats_interval_ms`).
+pub const STATS_INTERVAL_MS: u64 = 100;
 
 /// The `[endpoints.rabbitmq]` of canup.toml for this broker, with the password in `secret`.
 pub fn endpoint_toml(secret: &Path) -> Result<String> {

@@ -188,7 +188,8 @@ async fn packages_4_5_4_to_4_5_7_runs_the_4x_procedure_and_each_release_migratio
             "yum --disablerepo=* --enablerepo=canopsis* update -y canopsis-core-4.5.7",
             "su - canopsis -c canopsinit --canopsis-edition core",
             "canopsinit --canopsis-edition core",
-            "canopsis-reconfigure",
+            // The PostgreSQL migrations of the 4.5 era (4.5.0's guide, release-4.6's text).
+            "canopsis-reconfigure -migrate-postgres=true -postgres-migration-mode=up -postgres-migration-directory=/opt/canopsis/share/migrations/postgres",
             "systemctl daemon-reload",
             "canoctl restart",
             "mongo mongodb://cpsmongo:canopsis@localhost/canopsis",
@@ -221,6 +222,32 @@ async fn packages_4_5_4_to_4_5_7_runs_the_4x_procedure_and_each_release_migratio
     }
 }
 
+/// A service the operator added to docker-compose.yml would be lost by replacing the file with
+/// the reference: the update stops before changing anything and names it; once it is moved to
+/// docker-compose.override.yml (which canup never touches), the update goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compose_service_the_operator_added_stops_the_resync_until_moved_to_the_override_file() {
+    let h = host(Spec { version: "4.5.4".into(), edition: Edition::Cat, method: Method::Compose, ..Spec::default() }).await;
+    let exporter = "  my-exporter:\n    image: prom/node-exporter:v1.6.1\n    restart: unless-stopped\n";
+    let yml = h.sim.read("/opt/canopsis/docker/docker-compose.yml").unwrap();
+    std::fs::write(h.sim.path("/opt/canopsis/docker/docker-compose.yml"), format!("{yml}{exporter}")).unwrap();
+    let before = h.sim.snapshot().unwrap();
+    let out = h.run(&["apply", "--to", "4.5.7", "--yes"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("services.my-exporter") && text(&out).contains("docker-compose.override.yml"), "{}", text(&out));
+    assert_eq!(h.sim.snapshot().unwrap(), before, "nothing changed before the stop");
+    assert!(h.changes().is_empty(), "{:?}", h.changes());
+    // Moved to the override file, as the instruction says; the re-run resumes and finishes.
+    std::fs::write(h.sim.path("/opt/canopsis/docker/docker-compose.yml"), &yml).unwrap();
+    let override_yml = format!("version: '3'\nservices:\n{exporter}");
+    std::fs::write(h.sim.path("/opt/canopsis/docker/docker-compose.override.yml"), &override_yml).unwrap();
+    let out = h.run(&["apply", "--to", "4.5.7", "--yes", "--accept-manual"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(h.sim.read("/opt/canopsis/docker/docker-compose.override.yml").unwrap(), override_yml);
+    let resolved = h.sim.compose_config().unwrap();
+    assert!(resolved.contains("my-exporter") && resolved.contains("webhook") && resolved.contains(":4.5.7"), "{resolved}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_compose_install_is_resynced_with_the_signed_reference_files_keeping_the_operators_values() {
     let h = host(Spec { version: "3.38.0".into(), edition: Edition::Cat, method: Method::Compose, ..Spec::default() }).await;
@@ -238,7 +265,9 @@ async fn a_compose_install_is_resynced_with_the_signed_reference_files_keeping_t
     // The resync brings 3.39.0's Compose changes already: its own step finds nothing left to do.
     assert_eq!(h.changes(), ["docker-compose up -d"]);
     let reference = |f: &str| std::fs::read_to_string(canup_tests::workspace_dir().join("steps/canopsis-3.40.0/data/compose").join(f)).unwrap();
-    assert_eq!(h.sim.read("/opt/canopsis/docker/docker-compose.yml").unwrap(), reference("docker-compose.yml"));
+    // The Pro reference: the webhook and dynamic-infos services of the Pro host are kept.
+    assert_eq!(h.sim.read("/opt/canopsis/docker/docker-compose.yml").unwrap(), reference("cat/docker-compose.yml"));
+    assert!(resolved.contains("webhook") && resolved.contains("dynamic-infos"), "{resolved}");
     let env = h.sim.read("/opt/canopsis/docker/.env").unwrap();
     let expected = reference(".env").replace("COMPOSE_PROJECT_NAME=canopsis", "COMPOSE_PROJECT_NAME=prod").replace("CPS_EDITION=core", "CPS_EDITION=cat")
         + "# Kept from the previous .env (not in the reference file):\nMY_PROXY=http://proxy:3128\n";
@@ -514,7 +543,7 @@ async fn a_release_published_without_its_procedure_ends_failed_with_the_version_
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("repo");
     canup_tests::copy_dir(repository(), &repo).unwrap();
-    for (source, package, range) in [("procedure-3.x", "canopsis-procedure-3x", ">=3.0.0, <4.0.0"), ("api-check", "canopsis-api-check", ">=3.0.0, <5.0.0")] {
+    for (source, package, range) in [("procedure-3.x", "canopsis-procedure-3x", ">=3.0.0, <4.0.0"), ("api-check", "canopsis-api-check", ">=3.0.0, <24.0.0")] {
         let narrowed = dir.path().join(format!("{source}.toml"));
         let original = std::fs::read_to_string(canup_tests::workspace_dir().join(format!("steps/{source}/step.toml"))).unwrap();
         assert!(original.contains(&format!("applies = \"{range}\"")));
@@ -529,7 +558,9 @@ async fn a_release_published_without_its_procedure_ends_failed_with_the_version_
     let error = String::from_utf8_lossy(&refused.stderr);
     assert!(
         error.contains("release 3.41.0 has no update-phase step for packages/core, packages/cat: the standard procedure")
-            && error.contains("(registered: procedure-4.x/yum-update, procedure-4.x/finalize (>=4.0.0, <5.0.0); procedure-3.x/yum-update, procedure-3.x/canopsinit (>=3.0.0, <3.41.0))")
+            && error.contains(
+                "procedure-4.x/yum-update, procedure-4.x/finalize (>=4.0.0, <5.0.0); procedure-3.x/yum-update, procedure-3.x/canopsinit (>=3.0.0, <3.41.0))"
+            )
             && error.contains("no-update = "),
         "{error}"
     );
@@ -661,26 +692,22 @@ description = "The release's own note"
 }
 
 /// Canopsis 4.6.0 needs its migration guide. The vendor marks it a barrier with one command
-/// and the unchanged binary never plans across it, even once 4.6.0 is withdrawn; from 4.6.0
-/// on, planning is normal.
+/// (`repo barrier`, from steps/catalogue.toml) and the unchanged binary never plans across it,
+/// even once 4.6.0 is withdrawn; from 4.6.0 on, planning is normal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_migration_barrier_set_by_the_vendor_is_never_crossed() {
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("repo");
     canup_tests::copy_dir(repository(), &repo).unwrap();
-    for version in ["4.6.0", "4.6.1", "4.6.2"] {
-        let out = publish_note_only(&repo, version, None);
-        assert!(out.status.success(), "{}", text(&out));
-    }
-    let guide = ["--release", "4.6.0", "--guide", "Guide de migration vers Canopsis 4.6.0", "--url", "https://doc.canopsis.net/migration/migration-4.6.0/"];
-    vendor(&repo, "barrier", &[&guide[..], &["--reason", "the engines' configuration moves to the database"]].concat());
     let h = host_on(&repo, Spec { version: "4.5.7".into(), ..Spec::default() }, OPERATOR_POLICY).await;
     let before = h.sim.snapshot().unwrap();
     let refused = |h: &Host| {
         let out = h.run(&["apply", "--to", "4.6.2", "--yes"]);
         assert_eq!(out.status.code(), Some(10), "{}", text(&out));
         assert!(
-            text(&out).contains("4.5.7 → 4.6.2 crosses 4.6.0, which needs the migration guide \"Guide de migration vers Canopsis 4.6.0\" (https://doc.canopsis.net/migration/migration-4.6.0/)"),
+            text(&out).contains(
+                "4.5.7 → 4.6.2 crosses 4.6.0, which needs the migration guide \"Guide de migration vers Canopsis 4.6.0\" (https://doc.canopsis.net/notes-de-version/migration/migration-4.6.0/)"
+            ),
             "{}",
             text(&out)
         );
@@ -690,7 +717,7 @@ async fn a_migration_barrier_set_by_the_vendor_is_never_crossed() {
     refused(&h);
     let status = text(&h.run(&["status"]));
     assert!(status.contains("migration barrier: 4.6.0 needs the guide \"Guide de migration vers Canopsis 4.6.0\""), "{status}");
-    assert!(status.contains("up to date: no newer regular release of this major before a migration guide"), "{status}");
+    assert!(status.contains("newest regular target: 4.5.14"), "up to the release before the barrier: {status}");
 
     // From the barrier release on, the same index plans normally.
     let migrated = host_on(&repo, Spec { version: "4.6.0".into(), ..Spec::default() }, OPERATOR_POLICY).await;

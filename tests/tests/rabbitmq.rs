@@ -12,7 +12,7 @@ use canup::audit::Decision;
 use canup::capabilities::http::{Endpoint, Endpoints};
 use canup::manifest::{Edition, Method};
 use canup::sandbox::Sandbox;
-use canup_tests::rabbitmq::{Admin, MANAGEMENT, PASSWORD, USER};
+use canup_tests::rabbitmq::{Admin, Broker, MANAGEMENT, PASSWORD, USER};
 use canup_tests::serve;
 use canup_tests::steprun::{self, Setting};
 use semver::Version;
@@ -72,7 +72,7 @@ async fn drain_waits_for_a_consumer_to_empty_a_backlog_of_10000_messages() {
     let dir = tempfile::tempdir().unwrap();
     let sandbox = Sandbox::new(None).unwrap();
     let (step, loaded, _) = steprun::load(&sandbox, "drain", "drain/queues").unwrap();
-    let s = setting(dir.path(), "3.39.0", "3.40.0", &[("drain_timeout_seconds", "120"), ("drain_poll_ms", "300")]);
+    let s = setting(dir.path(), "3.39.0", "3.40.0", &[("drain_timeout_seconds", "120"), ("drain_poll_ms", "300"), ("drain_stats_interval_ms", "100")]);
     let consumer = tokio::spawn(async move {
         let admin = Admin::new();
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -103,11 +103,44 @@ async fn drain_times_out_naming_the_loaded_queues() {
     let dir = tempfile::tempdir().unwrap();
     let sandbox = Sandbox::new(None).unwrap();
     let (step, loaded, _) = steprun::load(&sandbox, "drain", "drain/queues").unwrap();
-    let s = setting(dir.path(), "3.39.0", "3.40.0", &[("drain_timeout_seconds", "2"), ("drain_poll_ms", "500")]);
+    let s = setting(dir.path(), "3.39.0", "3.40.0", &[("drain_timeout_seconds", "2"), ("drain_poll_ms", "500"), ("drain_stats_interval_ms", "100")]);
     let (report, _) = steprun::run(&sandbox, &loaded, &step, dir.path(), &dir.path().join("state"), &s).await;
     let err = report.result.unwrap_err().to_string();
     assert!(err.contains("did not drain within 2 s: Engine_axe (5 messages)"), "{err}");
     admin.purge().await.unwrap();
+}
+
+/// A restarted broker lists its queues without counts for a while (one statistics interval):
+/// the drain check must take that for "not known yet", never for empty, and keep waiting with
+/// the whole backlog still queued. Its own broker, with RabbitMQ's default interval (5 s),
+/// since the shared one serves other tests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_keeps_waiting_when_a_restarted_broker_does_not_know_its_counts_yet() {
+    let broker = tokio::task::spawn_blocking(|| Broker::start_with_interval("canup-drain", 5674, 15674, 5000)).await.unwrap().unwrap();
+    let admin = Admin::at(&broker.management_url());
+    admin.setup_canopsis().await.unwrap();
+    admin.publish("Engine_axe", 20_000).await.unwrap();
+    admin.wait_for_messages("Engine_axe", 20_000).await.unwrap();
+    let broker = tokio::task::spawn_blocking(move || {
+        broker.stop_app().unwrap();
+        broker.start_app().unwrap();
+        broker
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sandbox = Sandbox::new(None).unwrap();
+    let (step, loaded, _) = steprun::load(&sandbox, "drain", "drain/queues").unwrap();
+    let mut s = setting(dir.path(), "3.39.0", "3.40.0", &[("drain_timeout_seconds", "3"), ("drain_poll_ms", "50"), ("drain_stats_interval_ms", "5000")]);
+    s.endpoints.insert("rabbitmq".into(), endpoint(&broker.management_url(), USER, &dir.path().join("drain.pw"), PASSWORD));
+    let (report, audit) = steprun::run(&sandbox, &loaded, &step, dir.path(), &dir.path().join("state"), &s).await;
+    let err = report.result.expect_err("the step declared a backlog of 20,000 messages drained").to_string();
+    assert!(err.contains("did not drain within 3 s") && err.contains("Engine_axe ("), "{err}");
+    assert!(err.contains("check the engines (canoctl status)"), "the advice names the packages' tool: {err}");
+    assert!(audit.iter().filter(|r| r.capability == "http").count() > 5, "the step kept polling");
+    // Nothing was lost: the backlog is still queued.
+    admin.wait_for_messages("Engine_axe", 20_000).await.unwrap();
+    drop(broker);
 }
 
 type Seen = Arc<Mutex<Vec<(String, String, Option<String>, String)>>>;

@@ -75,7 +75,7 @@ async fn every_step_changes_nothing_when_run_a_second_time() {
                     edition: Edition::Cat,
                     method,
                     endpoints: endpoints.clone(),
-                    settings: [("drain_timeout_seconds".to_owned(), "20".to_owned())].into(),
+                    settings: [("drain_timeout_seconds".to_owned(), "20".to_owned()), ("drain_stats_interval_ms".to_owned(), "100".to_owned())].into(),
                     data: repo.release_data(release).await.unwrap(),
                 };
                 let before = sim.snapshot().unwrap();

@@ -31,7 +31,11 @@ pub fn status(s: &Status) {
     if let Some(b) = &s.barrier {
         println!(
             "migration barrier: {} needs the guide \"{}\" ({}): {}; canup plans up to the release before it, and from {} once migrated",
-            text(&b.release), b.barrier.guide, b.barrier.url, b.barrier.reason, text(&b.release)
+            text(&b.release),
+            b.barrier.guide,
+            b.barrier.url,
+            b.barrier.reason,
+            text(&b.release)
         );
     }
     if let Some(r) = &s.pending_run {
@@ -57,7 +61,10 @@ pub fn apply_summary(summary: &ApplySummary, dry_run: bool) {
         match &summary.verified {
             Some(found) => println!(
                 "Canopsis is now at {}: detection after the run found it installed ({} edition, {} method). Backups of changed files: canup restore-files {}",
-                text(&found.installed), found.edition, found.method, summary.run
+                text(&found.installed),
+                found.edition,
+                found.method,
+                summary.run
             ),
             // `apply` verifies every real run; a summary without it is a bug, not a success.
             None => println!("the run {} ended without verifying what is installed: run `canup status`", summary.run),

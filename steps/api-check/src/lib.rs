@@ -43,7 +43,11 @@ fn api_check(ctx: &Context) -> Result<()> {
             // Nothing was upgraded in a dry run: the API still runs the installed version. The
             // request is the real run's (a dry run lists what the real run asks), the verdict not.
             Ok(r) if ctx.dry_run => {
-                ui::info(&format!("the Canopsis API answers HTTP {} on {path}; the real run waits for version {}", r.status(), context::version_text(&ctx.target)));
+                ui::info(&format!(
+                    "the Canopsis API answers HTTP {} on {path}; the real run waits for version {}",
+                    r.status(),
+                    context::version_text(&ctx.target)
+                ));
                 return Ok(());
             }
             Ok(r) if r.is_success() => {

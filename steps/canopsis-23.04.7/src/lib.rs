@@ -30,7 +30,9 @@ fn export_timeout(_: &Context) -> Result<()> {
 }
 
 fn export_timeout_compose(_: &Context) -> Result<()> {
-    if !ui::manual("In the canopsis.toml override your reconfigure service reads, add:\n  [Canopsis.api]\n  ExportMongoClientTimeout = \"1m\"\n(unless you already set it), then docker compose up -d reconfigure") {
+    if !ui::manual(
+        "In the canopsis.toml override your reconfigure service reads, add:\n  [Canopsis.api]\n  ExportMongoClientTimeout = \"1m\"\n(unless you already set it), then docker compose up -d reconfigure",
+    ) {
         bail!("the canopsis.toml parameter of Canopsis 23.04.7 was not confirmed; run canup again once it is set");
     }
     Ok(())

@@ -29,7 +29,7 @@ const FLAG: &str = "-recomputeAllOnInit";
 
 /// The last non-empty `ExecStart=` of a unit file's text.
 fn exec_start(text: &str) -> Option<String> {
-    text.lines().filter_map(|l| l.trim().strip_prefix("ExecStart=")).map(str::trim).filter(|c| !c.is_empty()).last().map(str::to_owned)
+    text.lines().filter_map(|l| l.trim().strip_prefix("ExecStart=")).map(str::trim).rfind(|c| !c.is_empty()).map(str::to_owned)
 }
 
 /// engine-service's command line, as systemd would run it.
@@ -52,7 +52,10 @@ fn recompute(_: &Context) -> Result<()> {
     let line = command_line()?;
     let line = if line.split_whitespace().any(|a| a == FLAG) { line } else { format!("{line} {FLAG}") };
     fs::create_dir(DROPINS, None)?;
-    fs::write(&ours, format!("# canup: Canopsis 23.04.8, one start of engine-service with {FLAG}; removed right after\n[Service]\nExecStart=\nExecStart={line}\n"))?;
+    fs::write(
+        &ours,
+        format!("# canup: Canopsis 23.04.8, one start of engine-service with {FLAG}; removed right after\n[Service]\nExecStart=\nExecStart={line}\n"),
+    )?;
     let systemctl = |args: &[&str]| Command::new("/usr/bin/systemctl").args(args.iter().copied()).run();
     systemctl(&["daemon-reload"])?;
     let started = systemctl(&["restart", UNIT]);

@@ -33,7 +33,9 @@ fn wants_sorting() -> Result<bool> {
 }
 
 fn tell_workers() {
-    ui::info("Canopsis 23.10.3: engine-che and engine-axe accept -workers N (default 10) to process the main event flow in parallel; add it to their command line if you need more");
+    ui::info(
+        "Canopsis 23.10.3: engine-che and engine-axe accept -workers N (default 10) to process the main event flow in parallel; add it to their command line if you need more",
+    );
 }
 
 fn options(_: &Context) -> Result<()> {
@@ -48,7 +50,11 @@ fn options(_: &Context) -> Result<()> {
 }
 
 fn options_compose(_: &Context) -> Result<()> {
-    if wants_sorting()? && !ui::manual("In the canopsis.toml override your reconfigure service reads, set:\n  [Canopsis.alarm]\n  EnableArraySortingInEntityInfos = true\nthen docker compose up -d reconfigure") {
+    if wants_sorting()?
+        && !ui::manual(
+            "In the canopsis.toml override your reconfigure service reads, set:\n  [Canopsis.alarm]\n  EnableArraySortingInEntityInfos = true\nthen docker compose up -d reconfigure",
+        )
+    {
         bail!("the optional setting of Canopsis 23.10.3 was chosen but not confirmed; run canup again once it is set");
     }
     tell_workers();

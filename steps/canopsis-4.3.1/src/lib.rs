@@ -13,7 +13,7 @@
 //! note's final `canoctl start` is that restart. Redis is reached at the installation's own
 //! `CPS_REDIS_URL` (go-engines-vars.conf) with database 11, never another one.
 
-use canup_sdk::{Context, Result, Error, exec::Command, helpers};
+use canup_sdk::{Context, Error, Result, exec::Command, helpers};
 
 canup_sdk::export_step! {
     "4.3.1/purge-pbehavior-cache" => purge,
@@ -35,7 +35,8 @@ pub fn cache_url(redis_url: &str) -> Result<String> {
 
 fn purge(_: &Context) -> Result<()> {
     let vars = helpers::read_env_file("/opt/canopsis/etc/go-engines-vars.conf")?;
-    let url = vars.iter().find(|(k, _)| k == "CPS_REDIS_URL").map(|(_, v)| v.as_str()).ok_or_else(|| Error::msg("go-engines-vars.conf has no CPS_REDIS_URL"))?;
+    let url =
+        vars.iter().find(|(k, _)| k == "CPS_REDIS_URL").map(|(_, v)| v.as_str()).ok_or_else(|| Error::msg("go-engines-vars.conf has no CPS_REDIS_URL"))?;
     let url = cache_url(url)?;
     Command::new("/usr/bin/canoctl").arg("stop").run()?;
     Command::new("/usr/bin/redis-cli").args(["-u", &url, "FLUSHDB"]).run()?;

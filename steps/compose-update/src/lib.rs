@@ -124,7 +124,10 @@ fn check_additions(references: &[(String, String)]) -> Result<()> {
         if still.is_empty() {
             return Ok(());
         }
-        bail!("{path} still has {} that the reference does not: nothing was changed; move them to docker-compose.override.yml and run canup again", still.join(", "));
+        bail!(
+            "{path} still has {} that the reference does not: nothing was changed; move them to docker-compose.override.yml and run canup again",
+            still.join(", ")
+        );
     }
     bail!("{path} has {} that the reference does not: nothing was changed; move them to docker-compose.override.yml and run canup again", added.join(", "));
 }

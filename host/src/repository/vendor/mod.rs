@@ -201,6 +201,12 @@ async fn republish(
     }
     let signer = Signer { root: &root.signed, keys, consistent, staging: staging.path() };
     let mut targets_meta = None;
+    // The index files a client may still be fetching: the current one and the one written now.
+    let mut live_indexes: Vec<PathBuf> = Vec::new();
+    let index_name = TargetName::new(INDEX_TARGET).map_err(|e| tuf(INDEX_TARGET)(&e))?;
+    if let Some(target) = current.targets.as_ref().and_then(|t| t.signed.targets.get(&index_name)) {
+        live_indexes.push(target_file(repo, consistent, INDEX_TARGET, &hex::encode(&target.hashes.sha256)));
+    }
     if from == RoleType::Targets {
         let mut targets = current.next_targets(expiry)?;
         if let Some((index, files)) = edit {
@@ -213,6 +219,9 @@ async fn republish(
                 let target_name = TargetName::new(name.as_str()).map_err(|e| tuf(name)(&e))?;
                 let sha256 = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes).as_ref().to_vec();
                 let file = target_file(repo, consistent, name, &hex::encode(&sha256));
+                if name == INDEX_TARGET {
+                    live_indexes.push(file.clone());
+                }
                 if !file.exists() {
                     crate::durable::atomic_replace(&file, bytes).map_err(io(format!("writing target {}", file.display())))?;
                 }
@@ -234,7 +243,27 @@ async fn republish(
         version = Some(timestamp.signed().signed.version.get());
     }
     move_into_place(staging.path(), &metadata_dir(repo))?;
+    if consistent && edit.is_some() {
+        prune_indexes(repo, &live_indexes);
+    }
     Ok(version)
+}
+
+/// Removes the index files older than the current and the previous one. Each publication
+/// writes a new index (the whole catalogue, hundreds of KB); keeping every one made a
+/// repository of the 4.0–23.10 catalogue weigh 64 MB. The previous one stays for a client that
+/// read the previous snapshot just before this publication. Best effort: a file that cannot be
+/// removed only takes space.
+fn prune_indexes(repo: &Path, live: &[PathBuf]) {
+    let Ok(entries) = fs::read_dir(targets_dir(repo)) else { return };
+    let suffix = format!(".{INDEX_TARGET}");
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let is_index = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with(&suffix));
+        if is_index && !live.contains(&path) {
+            let _ = fs::remove_file(&path);
+        }
+    }
 }
 
 /// Where a target's file lives: `SHA256.NAME` with consistent snapshots, `NAME` without.
