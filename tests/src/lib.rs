@@ -4,6 +4,7 @@
 pub mod canopsis_api;
 pub mod chaos;
 pub mod rabbitmq;
+pub mod redis;
 pub mod repo_server;
 pub mod steprun;
 pub mod tuf;

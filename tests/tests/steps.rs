@@ -53,23 +53,41 @@ async fn every_step_changes_nothing_when_run_a_second_time() {
             token_env: None,
         },
     )]);
+    // 4.3.1 purges Redis database 11 on a real server; database 0 must keep its keys.
+    let redis = canup_tests::redis::Redis::start().unwrap();
     let mut checked = 0;
     let mut effects = String::new();
+    // A step already checked with the same module, release data and era would do the same
+    // again: the standard steps every release carries run once per era, a release's own
+    // steps (and shared steps fed by its data) for their release.
+    let mut seen = std::collections::BTreeSet::new();
     for release in &index.releases {
+        let data = repo.release_data(release).await.unwrap();
+        let data_digest: Vec<(String, usize)> = data.iter().map(|(k, v)| (k.clone(), v.len())).collect();
         for step in &release.steps {
             for method in step.manifest.methods.clone() {
-                let installed = if release.version.major == 4 { "4.5.4" } else { "3.37.0" };
+                let (installed, os) = era_host(&release.version);
+                if !seen.insert((step.manifest.id.clone(), method.to_string(), step.sha256.clone(), format!("{data_digest:?}"), installed)) {
+                    continue;
+                }
                 let spec = Spec {
                     version: installed.into(),
                     edition: simhost::Edition::Cat,
                     method: if method == Method::Packages { simhost::Method::Packages } else { simhost::Method::Compose },
-                    ..Spec::default()
+                    os,
                 };
                 let sim = SimHost::create(&dir.path().join(format!("sim-{checked}")), &spec, &canup_tests::sim_bin()).unwrap();
+                for file in ["/opt/canopsis/etc/go-engines-vars.conf", "/opt/canopsis/docker/compose.env"] {
+                    if let Ok(text) = sim.read(file) {
+                        sim.write(file, &text.replace("CPS_REDIS_URL=redis://localhost:6379/0", &format!("CPS_REDIS_URL={}", redis.url(0)))).unwrap();
+                    }
+                }
+                redis.cli(&["-n", "11", "SET", "pbehavior-cache", "stale"]).unwrap();
+                redis.cli(&["-n", "0", "SET", "engine-state", "kept"]).unwrap();
                 let wasm = repo.module(step).await.unwrap();
                 let loaded = sandbox.load(&step.manifest.id, &wasm, &step.api).unwrap();
                 let setting = Setting {
-                    installed: Version::parse(installed).unwrap(),
+                    installed: canup::version::parse(installed).unwrap(),
                     target: release.version.clone(),
                     release: release.version.clone(),
                     edition: Edition::Cat,
@@ -84,21 +102,39 @@ async fn every_step_changes_nothing_when_run_a_second_time() {
                     let (report, _) = steprun::run(&sandbox, &loaded, &step.manifest, sim.root(), &dir.path().join(format!("state-{checked}")), &setting).await;
                     assert_eq!(report.result, Ok(()), "step {} ({method}), run {}: {}", step.manifest.id, attempt + 1, report.stderr.text());
                     if attempt == 0 {
-                        effects.push_str(&describe(
-                            &format!("{} of release {} ({method}, from {installed})", step.manifest.id, release.version),
+                        // The test server's port changes from run to run.
+                        let described = describe(
+                            &format!("{} of release {} ({method}, from {installed})", step.manifest.id, canup::version::text(&release.version)),
                             &sim,
                             &before,
-                        ));
+                        );
+                        effects.push_str(&described.replace(&format!("127.0.0.1:{}/", redis.port), "127.0.0.1:REDIS_PORT/"));
                     }
                     after.push(state(&sim));
                 }
                 assert_eq!(after[0], after[1], "step {} ({method}) changed the host again on its second run", step.manifest.id);
+                if step.manifest.id.starts_with("4.3.1/purge-pbehavior-cache") {
+                    assert_eq!(redis.cli(&["-n", "11", "DBSIZE"]).unwrap().trim(), "0", "{}: Redis database 11 purged", step.manifest.id);
+                }
+                assert_eq!(redis.cli(&["-n", "0", "GET", "engine-state"]).unwrap().trim(), "kept", "{}: Redis database 0 untouched", step.manifest.id);
                 checked += 1;
             }
         }
     }
     assert!(checked >= 20, "only {checked} step runs were checked");
     compare_with_expected(&effects);
+}
+
+/// The simulated host a release's steps run on: its era's first release, on CentOS 7 (23.x
+/// on RHEL 8, whose procedure differs).
+fn era_host(release: &Version) -> (&'static str, simhost::Os) {
+    match (release.major, release.minor) {
+        (3, _) => ("3.37.0", simhost::Os::Centos7),
+        (4, _) => ("4.5.4", simhost::Os::Centos7),
+        (22, _) => ("22.10.1", simhost::Os::Centos7),
+        (23, 4) => ("23.04.1", simhost::Os::Rhel8),
+        _ => ("23.10.1", simhost::Os::Rhel8),
+    }
 }
 
 /// The calls a step's first run made and the files it created, changed or removed.
