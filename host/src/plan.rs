@@ -20,6 +20,7 @@ use thiserror::Error;
 use crate::capabilities::CapabilitySet;
 use crate::manifest::{Edition, Method, Phase};
 use crate::repository::{Barrier, Index, IndexStep};
+use crate::version::text;
 
 /// The major version of a Canopsis release: the first number up to 4.x, YY.MM from 22.10 on
 /// (`numeros-version-canopsis.md`).
@@ -37,23 +38,24 @@ fn show_major(v: &Version) -> String {
 #[derive(Debug, Error, PartialEq)]
 pub enum PlanError {
     #[error(
-        "the installed version {0} is not in the repository, so canup cannot tell which release notes apply; check the detected version (canup status) or the repository"
+        "the installed version {} is not in the repository, so canup cannot tell which release notes apply; check the detected version (canup status) or the repository",
+        text(.0)
     )]
     UnknownInstalled(Version),
-    #[error("{installed} → {target} is a major upgrade: follow the migration guide for Canopsis {major}; canup only runs regular upgrades")]
+    #[error("{} → {} is a major upgrade: follow the migration guide for Canopsis {major}; canup only runs regular upgrades", text(installed), text(target))]
     Major { installed: Version, target: Version, major: String },
     #[error(
         "{} → {} crosses {}, which needs the migration guide \"{}\" ({}): {}. canup never plans across a migration guide: follow it by hand up to {}; canup plans from there",
-        .0.installed, .0.target, .0.at, .0.barrier.guide, .0.barrier.url, .0.barrier.reason, .0.at
+        text(&.0.installed), text(&.0.target), text(&.0.at), .0.barrier.guide, .0.barrier.url, .0.barrier.reason, text(&.0.at)
     )]
     Barrier(Box<Crossing>),
-    #[error("{target} is older than the installed {installed}: canup does not downgrade; restore a backup instead")]
+    #[error("{} is older than the installed {}: canup does not downgrade; restore a backup instead", text(target), text(installed))]
     Downgrade { installed: Version, target: Version },
-    #[error("release {0} is not in the repository; `canup status` lists the reachable targets")]
+    #[error("release {} is not in the repository; `canup status` lists the reachable targets", text(.0))]
     NotInRepository(Version),
-    #[error("release {version} was withdrawn by the vendor: {reason}")]
+    #[error("release {} was withdrawn by the vendor: {reason}", text(version))]
     Withdrawn { version: Version, reason: String },
-    #[error("no regular release newer than {0} is in the repository")]
+    #[error("no regular release newer than {} is in the repository", text(.0))]
     NoTarget(Version),
 }
 
@@ -131,11 +133,12 @@ pub fn plan(index: &Index, installed: &Version, target: Option<&Version>, editio
     if target < *installed {
         return Err(PlanError::Downgrade { installed: installed.clone(), target });
     }
-    if major_of(&target) != major_of(installed) {
-        return Err(PlanError::Major { major: show_major(&target), installed: installed.clone(), target });
-    }
+    // A migration guide the vendor named says more than "a major upgrade": it comes first.
     if let Some((at, barrier)) = next_barrier(index, installed).filter(|(at, _)| **at <= target) {
         return Err(PlanError::Barrier(Box::new(Crossing { installed: installed.clone(), target, at: at.clone(), barrier: barrier.clone() })));
+    }
+    if major_of(&target) != major_of(installed) {
+        return Err(PlanError::Major { major: show_major(&target), installed: installed.clone(), target });
     }
     let target_release = index.release(&target).ok_or_else(|| PlanError::NotInRepository(target.clone()))?;
     if let Some(reason) = &target_release.withdrawn {

@@ -299,6 +299,22 @@ pub fn mongo_scripts_manual(release: &str, scripts: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// The Redis server's version, as `redis-cli -u URL INFO server` reports it
+/// (`redis_version:5.0.8`), at the installation's own `CPS_REDIS_URL` (go-engines-vars.conf).
+/// For a release note's "Redis must be version N": checked before anything changes, and asked
+/// only when not met. The step declares `redis-cli` with `-u redis://* INFO server`.
+pub fn redis_version() -> Result<semver::Version> {
+    let vars = read_env_file("/opt/canopsis/etc/go-engines-vars.conf")?;
+    let url = vars.iter().find(|(k, _)| k == "CPS_REDIS_URL").map(|(_, v)| v.clone()).ok_or_else(|| Error::msg("go-engines-vars.conf has no CPS_REDIS_URL"))?;
+    let out = crate::exec::Command::new("/usr/bin/redis-cli").args(["-u", &url, "INFO", "server"]).run()?;
+    let text = out.stdout_text();
+    let found = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("redis_version:"))
+        .ok_or_else(|| Error::msg(format!("redis-cli INFO server names no redis_version: {}", text.trim())))?;
+    crate::context::parse_version(found).ok_or_else(|| Error::msg(format!("Redis reports version {found:?}, which is not a version")))
+}
+
 /// The package manager of the host, which each era's procedure names: `yum` on CentOS 7,
 /// `dnf` on RHEL 8 and later.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

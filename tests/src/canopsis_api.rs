@@ -84,7 +84,8 @@ fn answer(state: &Mutex<State>, root: &std::path::Path, method: Method, path: &s
         return StatusCode::UNAUTHORIZED.into_response();
     }
     let version = installed(root);
-    let v4 = version.starts_with("4.");
+    // API v4 from 4.0 on, 22.10 and 23.x included.
+    let v4 = !version.starts_with("3.");
     if root.join("var/lib/canup-sim/api-down").exists() {
         return (StatusCode::SERVICE_UNAVAILABLE, "Canopsis is restarting").into_response();
     }

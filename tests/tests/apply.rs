@@ -68,9 +68,20 @@ impl Host {
         self.sim.calls().unwrap().iter().map(|c| format!("{} as {}", c.line(), c.user)).collect()
     }
 
-    /// The calls that change something (detection's `rpm -q` and `is-enabled` excluded).
+    /// The calls that change something (the queries `rpm -q`, `is-enabled` and `redis-cli …
+    /// INFO` excluded).
     fn changes(&self) -> Vec<String> {
-        self.sim.calls().unwrap().iter().filter(|c| !(c.program == "rpm" || c.args.first().is_some_and(|a| a == "is-enabled"))).map(|c| c.line()).collect()
+        let query = |c: &canup_tests::simhost::Call| {
+            c.program == "rpm" || c.args.first().is_some_and(|a| a == "is-enabled") || (c.program == "redis-cli" && c.args.iter().any(|a| a == "INFO"))
+        };
+        self.sim.calls().unwrap().iter().filter(|c| !query(c)).map(|c| c.line()).collect()
+    }
+
+    /// Rewrites a line of canup.toml (an endpoint's URL, say).
+    fn edit_config(&self, from: &str, to: &str) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        assert!(text.contains(from), "canup.toml has no {from:?}: {text}");
+        std::fs::write(&self.config, text.replacen(from, to, 1)).unwrap();
     }
 }
 
@@ -248,6 +259,68 @@ async fn a_compose_service_the_operator_added_stops_the_resync_until_moved_to_th
     assert!(resolved.contains("my-exporter") && resolved.contains("webhook") && resolved.contains(":4.5.7"), "{resolved}");
 }
 
+/// RabbitMQ down, then RabbitMQ refusing canup's password: the plan's steps would fail at the
+/// drain check or 3.39.0's unbind, after the packages were updated and the engines restarted.
+/// canup checks what the steps call before the first change, names the endpoint and the steps
+/// that need it, and changes nothing; fixed, the same command runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_that_does_not_answer_stops_the_upgrade_before_anything_changes() {
+    let h = host(Spec { version: "3.38.0".into(), edition: Edition::Cat, ..Spec::default() }).await;
+    let before = h.sim.snapshot().unwrap();
+    // The endpoint's own table (the policy above it quotes the same URL in a comment).
+    let management = format!("[endpoints.rabbitmq]\nurl = \"{}\"", canup_tests::rabbitmq::MANAGEMENT);
+    let closed = "[endpoints.rabbitmq]\nurl = \"http://127.0.0.1:9\"";
+    h.edit_config(&management, closed);
+    let out = h.run(&["apply", "--to", "3.40.0", "--yes", "--accept-manual"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let said = text(&out);
+    assert!(said.contains("endpoint rabbitmq (http://127.0.0.1:9) does not answer"), "{said}");
+    assert!(said.contains("needed by 3.39.0/unbind-che, drain/queues") && said.contains("nothing was changed"), "{said}");
+    assert!(h.changes().is_empty(), "{:?}", h.changes());
+    assert_eq!(h.sim.snapshot().unwrap(), before);
+    // Answering, but not to canup's password.
+    h.edit_config(closed, &management);
+    let secret = h.dir.path().join("rabbitmq.pw");
+    let good = std::fs::read_to_string(&secret).unwrap();
+    std::fs::write(&secret, "not-the-password\n").unwrap();
+    let out = h.run(&["apply", "--to", "3.40.0", "--yes", "--accept-manual"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("endpoint rabbitmq") && text(&out).contains("refuses canup's credentials (HTTP 401"), "{}", text(&out));
+    assert_eq!(h.sim.snapshot().unwrap(), before);
+    std::fs::write(&secret, good).unwrap();
+    let out = h.run(&["apply", "--to", "3.40.0", "--yes", "--accept-manual"]);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+/// 3.39.0's « Redis doit être mis à jour vers sa version 5 » is a condition canup can read:
+/// on a host whose Redis (a real redis-server) is already 5 or later, nothing is asked and the
+/// unattended run needs no --accept-manual; on one whose Redis cannot be read, the question
+/// comes in the preflight phase, before anything changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_5_is_checked_before_the_downtime_and_asked_only_when_not_met() {
+    let unknown = host(Spec { version: "3.38.0".into(), edition: Edition::Core, ..Spec::default() }).await;
+    // No Redis answers there.
+    let vars = unknown.sim.read("/opt/canopsis/etc/go-engines-vars.conf").unwrap();
+    unknown.sim.write("/opt/canopsis/etc/go-engines-vars.conf", &vars.replace("redis://localhost:6379/0", "redis://127.0.0.1:9/0")).unwrap();
+    let before = unknown.sim.snapshot().unwrap();
+    let out = unknown.run(&["apply", "--to", "3.40.0", "--yes"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("Canopsis 3.39.0 needs Redis 5 and canup could not read Redis's version"), "{}", text(&out));
+    assert!(unknown.changes().is_empty(), "asked before any change: {:?}", unknown.changes());
+    assert_eq!(unknown.sim.snapshot().unwrap(), before);
+
+    let redis = canup_tests::redis::Redis::start().unwrap();
+    let h = host(Spec { version: "3.38.0".into(), edition: Edition::Core, ..Spec::default() }).await;
+    let vars = h.sim.read("/opt/canopsis/etc/go-engines-vars.conf").unwrap();
+    h.sim.write("/opt/canopsis/etc/go-engines-vars.conf", &vars.replace("redis://localhost:6379/0", &redis.url(0))).unwrap();
+    let plan = text(&h.run(&["plan", "--to", "3.40.0"]));
+    let preflight = plan.split("preflight:").nth(1).and_then(|p| p.split("update:").next()).unwrap_or_default();
+    assert!(preflight.contains("3.39.0/redis-5"), "listed in the plan's preflight: {plan}");
+    let out = h.run(&["apply", "--to", "3.40.0", "--yes"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("already meets Canopsis 3.39.0"), "{}", text(&out));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_compose_install_is_resynced_with_the_signed_reference_files_keeping_the_operators_values() {
     let h = host(Spec { version: "3.38.0".into(), edition: Edition::Cat, method: Method::Compose, ..Spec::default() }).await;
@@ -291,7 +364,12 @@ async fn refusals_change_nothing_and_have_distinct_codes() {
     let before = h.sim.snapshot().unwrap();
     let major = h.run(&["plan", "--to", "4.0.0"]);
     assert_eq!(major.status.code(), Some(10), "{}", text(&major));
-    assert!(text(&major).contains("3.40.0 → 4.0.0 is a major upgrade: follow the migration guide for Canopsis 4"));
+    // The major's migration guide is a barrier of the catalogue: named with its link.
+    assert!(
+        text(&major).contains("3.40.0 → 4.0.0 crosses 4.0.0, which needs the migration guide \"Guide de migration vers Canopsis 4.0.0\""),
+        "{}",
+        text(&major)
+    );
     let down = h.run(&["apply", "--to", "3.39.0", "--yes"]);
     assert_eq!(down.status.code(), Some(11), "{}", text(&down));
     assert!(text(&down).contains("canup does not downgrade"));
@@ -526,7 +604,9 @@ async fn status_and_plan_report_in_json() {
     assert_eq!(plan["target"], "3.40.0");
     let ids: Vec<&str> = plan["steps"].as_array().unwrap().iter().map(|s| s["step"]["manifest"]["id"].as_str().unwrap()).collect();
     assert_eq!(ids.first(), Some(&"broadcast/announce"));
-    assert_eq!(ids[1], "procedure-3.x/yum-update");
+    // Redis's version is read before anything changes.
+    assert_eq!(ids[1], "3.39.0/redis-5");
+    assert_eq!(ids[2], "procedure-3.x/yum-update");
     assert_eq!(ids.last(), Some(&"broadcast/withdraw"));
     assert!(ids.contains(&"3.39.0/unbind-che") && ids.contains(&"drain/queues"));
 }
@@ -820,5 +900,98 @@ async fn a_dry_run_lists_exactly_what_the_real_run_does() {
         let real = h.run(&["apply", "--to", "3.40.0", "--yes", "--accept-manual"]);
         assert!(real.status.success(), "{method:?}: {}", text(&real));
         assert_eq!(listed, audited_actions(&state, from), "{method:?}: the dry run's list vs what the real run did");
+    }
+}
+
+/// The long paths operators take within an era, end to end on simulated hosts of the era: the
+/// real dnf installs the target in one transaction, every release's steps run, and detection
+/// finds the target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_paths_of_every_era_end_at_their_target() {
+    use canup_tests::simhost::Os;
+    let paths = [
+        ("4.0.1", "4.1.1", Method::Packages, Os::Centos7),
+        ("4.3.1", "4.3.8", Method::Packages, Os::Centos7),
+        ("4.5.3", "4.5.14", Method::Packages, Os::Centos7),
+        ("22.10.1", "22.10.13", Method::Packages, Os::Centos7),
+        ("23.04.1", "23.04.14", Method::Packages, Os::Centos7),
+        ("23.04.1", "23.04.14", Method::Packages, Os::Rhel8),
+        ("23.10.1", "23.10.8", Method::Compose, Os::Rhel8),
+    ];
+    for (from, to, method, os) in paths {
+        let h = host(Spec { version: from.into(), edition: Edition::Cat, method, os }).await;
+        let out = h.run(&["apply", "--to", to, "--yes", "--accept-manual"]);
+        let said = text(&out);
+        assert!(out.status.success(), "{from} → {to} ({method}, {os}): {said}");
+        assert!(said.contains(&format!("Canopsis is now at {to}")), "{said}");
+        assert_eq!(h.sim.read("/opt/canopsis/VERSION.txt").unwrap(), format!("Canopsis version {to}\n"));
+        let changes = h.changes();
+        if method == Method::Packages {
+            assert_eq!(h.sim.installed_packages().unwrap(), [format!("canopsis-cat-{to}-1.el7.x86_64"), format!("canopsis-core-{to}-1.el7.x86_64")]);
+            let upgrades: Vec<String> = packages::history(h.sim.root(), os.release_version()).unwrap().into_iter().filter(|l| l.contains("Upgrade")).collect();
+            assert_eq!(upgrades.len(), 1, "{from} → {to}: one package transaction: {upgrades:#?}");
+        }
+        match (from, os) {
+            ("23.04.1", Os::Rhel8) => {
+                assert!(changes.contains(&"dnf makecache".to_owned()), "{changes:#?}");
+                assert!(changes.contains(&"canopsis-reconfigure -edition pro -migrate-postgres=true".to_owned()), "{changes:#?}");
+                assert!(changes.contains(&"systemctl restart canopsis-engine-go@engine-webhook".to_owned()), "{changes:#?}");
+                assert!(!changes.iter().any(|c| c.starts_with("canoctl") || c.contains("canopsinit")), "RHEL 8 has neither: {changes:#?}");
+            }
+            ("23.04.1" | "22.10.1", Os::Centos7) => {
+                assert!(
+                    changes.contains(&"canopsis-reconfigure -migrate-postgres=true -postgres-migration-mode=up -postgres-migration-directory=/opt/canopsis/share/migrations/postgres".to_owned()),
+                    "{changes:#?}"
+                );
+                assert!(changes.contains(&"canoctl restart".to_owned()), "{changes:#?}");
+            }
+            ("23.10.1", _) => {
+                assert!(changes.contains(&"docker compose up -d".to_owned()) && !changes.iter().any(|c| c.starts_with("docker-compose")), "{changes:#?}")
+            }
+            _ => {}
+        }
+        if from == "23.04.1" {
+            // 23.04.7's key, with the operator's comments and values kept.
+            let toml = h.sim.read("/opt/canopsis/etc/canopsis.toml").unwrap();
+            assert!(toml.contains("ExportMongoClientTimeout = \"1m\"") && toml.contains("FlappingFreqLimit = 28") && toml.contains("# site policy"), "{toml}");
+            // 23.04.8's one start of engine-service with the flag, whose drop-in is gone after.
+            let restarts = h.sim.read("/var/lib/canup-sim/systemctl-actions").unwrap();
+            assert!(restarts.contains("restart canopsis-engine-go@engine-service"), "{restarts}");
+            assert!(!h.sim.path("/etc/systemd/system/canopsis-engine-go@engine-service.service.d/canup-recompute.conf").exists());
+        }
+    }
+}
+
+/// Across each migration guide of the catalogue: refused from the release before it, planned
+/// from the guide's release on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_migration_barrier_of_the_catalogue_is_refused_then_planned_from_its_release() {
+    // (installed before the barrier, barrier, the first regular release after it when it comes
+    // before the next barrier)
+    let barriers = [
+        ("3.40.0", "4.0.0", Some("4.0.1")),
+        ("4.1.1", "4.2.0", None),
+        ("4.2.0", "4.3.0", Some("4.3.1")),
+        ("4.3.8", "4.4.0", Some("4.4.1")),
+        ("4.4.1", "4.5.0", Some("4.5.1")),
+        ("4.5.14", "4.6.0", Some("4.6.1")),
+        ("4.6.3", "22.10.0", Some("22.10.1")),
+        ("22.10.13", "23.04.0", Some("23.04.1")),
+        ("23.04.14", "23.10.0", Some("23.10.1")),
+    ];
+    for (before, barrier, after) in barriers {
+        let h = host(Spec { version: before.into(), ..Spec::default() }).await;
+        let snapshot = h.sim.snapshot().unwrap();
+        let out = h.run(&["apply", "--to", after.unwrap_or(barrier), "--yes"]);
+        assert_eq!(out.status.code(), Some(10), "{before} → {barrier}: {}", text(&out));
+        assert!(text(&out).contains(&format!("Guide de migration vers Canopsis {barrier}")), "{}", text(&out));
+        assert_eq!(h.sim.snapshot().unwrap(), snapshot, "refused without a change");
+        if let Some(after) = after {
+            let migrated = host(Spec { version: barrier.into(), ..Spec::default() }).await;
+            let out = migrated.run(&["plan", "--to", after, "--json"]);
+            assert!(out.status.success(), "from {barrier}: {}", text(&out));
+            let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(plan["target"], serde_json::json!(canup::version::parse(after).unwrap().to_string()), "{plan}");
+        }
     }
 }

@@ -6,6 +6,7 @@
 //! work starts in the background as soon as the plan is known, so it overlaps with the
 //! operator reading the plan instead of adding to the service interruption.
 
+mod endpoints;
 mod prefetch;
 
 use std::path::PathBuf;
@@ -56,6 +57,11 @@ pub enum UpgradeError {
     #[error("the operator declined the plan; no step ran after detection (whose queries only read the host)")]
     Declined,
     #[error(
+        "the plan's steps would fail on what they call; nothing was changed (only detection ran, and one read-only request per endpoint):\n  {}\nFix it and run `canup apply` again.",
+        .0.join("\n  ")
+    )]
+    Endpoints(Vec<String>),
+    #[error(
         "every step of run {run} ran, but Canopsis is not at {expected}: detection after the run {found}.\nThe upgrade is not done: the steps published for {expected} did not install it. Check `canup status` and the steps' output in `canup history`; `canup apply` plans again from what is installed."
     )]
     Unverified { run: String, expected: Version, found: String },
@@ -87,7 +93,7 @@ impl UpgradeError {
             UpgradeError::Sandbox(e) => e.exit_code(),
             UpgradeError::Declined => ExitCode::Declined,
             UpgradeError::Unverified { .. } => ExitCode::Unverified,
-            UpgradeError::StepFailed { .. } | UpgradeError::Detect(_) => ExitCode::StepFailed,
+            UpgradeError::StepFailed { .. } | UpgradeError::Detect(_) | UpgradeError::Endpoints(_) => ExitCode::StepFailed,
             UpgradeError::Journal(_)
             | UpgradeError::Store { .. }
             | UpgradeError::Policy(_)
@@ -361,6 +367,11 @@ pub async fn apply(session: &Session, options: &ApplyOptions, progress: Arc<dyn 
     // Every module is verified and compiled before anything runs.
     let (loaded, data) = prefetch.finish(&session.index, &remaining).await?;
     tracing::debug!(modules = loaded.len(), "every module verified and compiled");
+    // What the steps will call answers, before the first of them changes anything.
+    let problems = endpoints::check(&remaining, &session.config.endpoints, &session.policy, &session.config.limits.resolve()).await;
+    if !problems.is_empty() {
+        return Err(UpgradeError::Endpoints(problems));
+    }
     if fresh {
         append(Event::RunStarted {
             run: run.clone(),

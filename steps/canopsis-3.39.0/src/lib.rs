@@ -1,4 +1,5 @@
-//! Canopsis 3.39.0, post-update, packages.
+//! Canopsis 3.39.0, packages: Redis's version before anything changes (preflight), then the
+//! post-update actions.
 //!
 //! The release note says: « Redis doit être mis à jour vers sa version 5. Cette manipulation
 //! n'est facilement réalisable que dans le cadre d'une nouvelle installation » (a manual
@@ -33,10 +34,22 @@ canup_sdk::export_step! {
 
 const ETC: &str = "/opt/canopsis/etc";
 
+/// Before anything changes: Redis is asked for its version, and the operator only when it is
+/// older than 5 or cannot be read.
 fn redis_5(_: &Context) -> Result<()> {
-    let note = "Canopsis 3.39.0 needs Redis 5. On a package install this is only practical on a new installation \
-                (canoctl deploy) or with your Capensis support contract. Check Redis's maxmemory setting afterwards.";
-    if !ui::manual(note) {
+    let found = match helpers::redis_version() {
+        Ok(v) if v.major >= 5 => {
+            ui::info(&format!("Redis {v} already meets Canopsis 3.39.0's « Redis doit être mis à jour vers sa version 5 »"));
+            return Ok(());
+        }
+        Ok(v) => format!("this host runs Redis {v}"),
+        Err(e) => format!("canup could not read Redis's version ({e})"),
+    };
+    let note = format!(
+        "Canopsis 3.39.0 needs Redis 5 and {found}. On a package install this is only practical on a new installation \
+         (canoctl deploy) or with your Capensis support contract. Check Redis's maxmemory setting afterwards."
+    );
+    if !ui::manual(&note) {
         bail!("Redis 5 is required by Canopsis 3.39.0; run canup again once it is installed");
     }
     Ok(())
