@@ -38,24 +38,50 @@ struct Fresh {
     sim: SimHost,
     api: CanopsisApi,
     config: PathBuf,
+    target: String,
+}
+
+/// An upgrade measured against its bash equivalent: the demo's 3.38.0 → 3.40.0, and the
+/// catalogue's 23.04.1 → 23.04.14.
+pub struct Scenario {
+    pub name: &'static str,
+    pub spec: Spec,
+    pub target: &'static str,
+}
+
+impl Scenario {
+    /// The demo: Canopsis Pro 3.38.0 → 3.40.0, packages on CentOS 7.
+    pub fn demo() -> Self {
+        Self { name: "demo", spec: Spec { version: "3.38.0".into(), edition: Edition::Cat, method: Method::Packages, ..Spec::default() }, target: "3.40.0" }
+    }
+
+    /// A long path of the catalogue: Pro 23.04.1 → 23.04.14 on RHEL 8 (12 releases, 23.04.7's
+    /// canopsis.toml key, 23.04.8's engine-service start, the unit restarts).
+    pub fn catalogue_23_04() -> Self {
+        Self {
+            name: "23.04",
+            spec: Spec { version: "23.04.1".into(), edition: Edition::Cat, method: Method::Packages, os: canup_tests::simhost::Os::Rhel8 },
+            target: "23.04.14",
+        }
+    }
 }
 
 const RUNS: usize = 5;
 
-async fn fresh(work: &Path, name: &str, stub: &Path, repo_url: &str, repo: &Path, state: &Path) -> Result<Fresh> {
-    let dir = work.join(name);
-    let sim = SimHost::create(&dir.join("root"), &Spec { version: "3.38.0".into(), edition: Edition::Cat, method: Method::Packages, ..Spec::default() }, stub)?;
+async fn fresh(work: &Path, scenario: &Scenario, name: &str, stub: &Path, repo_url: &str, repo: &Path, state: &Path) -> Result<Fresh> {
+    let dir = work.join(format!("{}-{name}", scenario.name));
+    let sim = SimHost::create(&dir.join("root"), &scenario.spec, stub)?;
     let api = CanopsisApi::serve(sim.root().to_path_buf()).await;
     let config = dir.join("canup.toml");
     canup_tests::write_site_config(&config, repo_url, repo, state, canup_tests::OPERATOR_POLICY, &api)?;
     // 3.39.0 unbinds Engine_che: every run starts from the binding in place.
     Admin::new().bind_che().await?;
-    Ok(Fresh { sim, api, config })
+    Ok(Fresh { sim, api, config, target: scenario.target.to_owned() })
 }
 
 fn canup(inputs: &Inputs, f: &Fresh, extra: &[&str]) -> Command {
     let mut c = Command::new(&inputs.canup);
-    c.arg("--config").arg(&f.config).arg("--sysroot").arg(f.sim.root()).args(["apply", "--to", "3.40.0", "--yes", "--accept-manual"]).args(extra);
+    c.arg("--config").arg(&f.config).arg("--sysroot").arg(f.sim.root()).args(["apply", "--to", &f.target, "--yes", "--accept-manual"]).args(extra);
     c
 }
 
@@ -161,22 +187,25 @@ fn peak_rss_of_children() -> Result<u64> {
     Ok(usage.max_rss() as u64 * 1024)
 }
 
-pub async fn measure(work: &Path, inputs: &Inputs) -> Result<Figures> {
+pub async fn measure(work: &Path, inputs: &Inputs, scenario: &Scenario) -> Result<Figures> {
     Admin::new().setup_canopsis_once().await?;
     let url = serve_repo(inputs.repo.clone(), Control::default()).await;
     let state = work.join("state");
 
     // First run: empty state (nothing compiled yet), as on a machine that never ran canup.
-    let first = fresh(work, "cold", &inputs.stub, &url, &inputs.repo, &state).await?;
+    let first = fresh(work, scenario, "cold", &inputs.stub, &url, &inputs.repo, &state).await?;
     let apply_cold = timed(canup(inputs, &first, &[]))?;
     // Nothing but canup has run as a child so far: the largest child is canup itself.
     let peak_rss_bytes = peak_rss_of_children()?;
     let reference = calls(&first.sim)?;
-    ensure!(first.api.requests().iter().any(|r| r.path == "/api/internal/app_info"), "the API check did not reach the simulated API");
+    ensure!(
+        first.api.requests().iter().any(|r| r.path == "/api/internal/app_info" || r.path == "/api/v4/app-info"),
+        "the API check did not reach the simulated API"
+    );
 
     let mut warm = Vec::new();
     for i in 0..RUNS {
-        let f = fresh(work, &format!("warm-{i}"), &inputs.stub, &url, &inputs.repo, &state).await?;
+        let f = fresh(work, scenario, &format!("warm-{i}"), &inputs.stub, &url, &inputs.repo, &state).await?;
         warm.push(timed(canup(inputs, &f, &[]))?);
         ensure!(calls(&f.sim)? == reference, "run {i} made other changes than the first");
     }
@@ -184,7 +213,7 @@ pub async fn measure(work: &Path, inputs: &Inputs) -> Result<Figures> {
     // For a profile of one warm run: CANUP_BENCH_WRAP="strace -f -c -w -o /tmp/apply.strace"
     // (or "perf record -g -o …") runs it under that command, outside the timings.
     if let Ok(wrap) = std::env::var("CANUP_BENCH_WRAP") {
-        let f = fresh(work, "profiled", &inputs.stub, &url, &inputs.repo, &state).await?;
+        let f = fresh(work, scenario, "profiled", &inputs.stub, &url, &inputs.repo, &state).await?;
         let inner = canup(inputs, &f, &[]);
         let mut words = wrap.split_whitespace();
         let mut c = Command::new(words.next().context("CANUP_BENCH_WRAP is empty")?);
@@ -194,16 +223,16 @@ pub async fn measure(work: &Path, inputs: &Inputs) -> Result<Figures> {
         eprintln!("profiled run: {:?} ({}):\n{}", t.elapsed(), out.status, String::from_utf8_lossy(&out.stderr));
     }
 
-    let dry = fresh(work, "dry-run", &inputs.stub, &url, &inputs.repo, &work.join("dry-state")).await?;
+    let dry = fresh(work, scenario, "dry-run", &inputs.stub, &url, &inputs.repo, &work.join("dry-state")).await?;
     let out = canup(inputs, &dry, &["--dry-run"]).output()?;
     ensure!(out.status.success(), "dry run failed: {}", String::from_utf8_lossy(&out.stderr));
     let (script, commands) = script_from_dry_run(&String::from_utf8_lossy(&out.stdout))?;
-    let script_path = work.join("demo-upgrade.sh");
+    let script_path = work.join(format!("{}-upgrade.sh", scenario.name));
     std::fs::write(&script_path, &script)?;
 
     let mut bash = Vec::new();
     for i in 0..RUNS {
-        let f = fresh(work, &format!("bash-{i}"), &inputs.stub, &url, &inputs.repo, &work.join("unused")).await?;
+        let f = fresh(work, scenario, &format!("bash-{i}"), &inputs.stub, &url, &inputs.repo, &work.join("unused")).await?;
         let mut c = Command::new("bash");
         c.arg(&script_path)
             .arg(f.sim.root())

@@ -90,6 +90,81 @@ async fn plan_once(url: &str, root: &[u8], cache: &Path) -> Result<usize> {
     Ok(path(&index, &Version::new(3, 20, 0), &Version::new(3, 140, 0)).len())
 }
 
+/// Every era's longest path in the published catalogue: (installed, target).
+const ERA_PATHS: &[(&str, &str)] = &[
+    ("3.37.0", "3.40.0"),
+    ("4.0.1", "4.1.1"),
+    ("4.3.1", "4.3.8"),
+    ("4.4.0", "4.4.1"),
+    ("4.5.1", "4.5.14"),
+    ("4.6.0", "4.6.3"),
+    ("22.10.0", "22.10.13"),
+    ("23.04.0", "23.04.14"),
+    ("23.10.0", "23.10.8"),
+];
+
+/// Fetches and verifies the catalogue's repository, then plans every era's longest path (both
+/// methods and editions): the number of releases planned.
+async fn plan_catalogue_once(url: &str, root: &[u8], cache: &Path) -> Result<usize> {
+    let repo = Repository::open(url, root, cache, &cache.join("trust"), &LoadOptions::default()).await?;
+    let index = repo.index().await?;
+    let mut planned = 0;
+    for (from, to) in ERA_PATHS {
+        let (from, to) = (canup::version::parse(from).context("era path")?, canup::version::parse(to).context("era path")?);
+        for edition in [canup::manifest::Edition::Core, canup::manifest::Edition::Cat] {
+            for method in [canup::manifest::Method::Packages, canup::manifest::Method::Compose] {
+                planned += canup::plan::plan(&index, &from, Some(&to), edition, method)?.releases.len();
+            }
+        }
+    }
+    Ok(planned)
+}
+
+/// Median times of `plan` from an empty cache (10 runs, each its own) and from a filled one
+/// (20 runs): `plan` gets the cache directory.
+async fn cold_and_warm<F, Fut>(work: &Path, name: &str, plan: F) -> Result<(Duration, Duration)>
+where
+    F: Fn(std::path::PathBuf) -> Fut,
+    Fut: std::future::Future<Output = Result<usize>>,
+{
+    let mut cold = Vec::new();
+    for i in 0..10 {
+        let cache = work.join(format!("{name}-cold-{i}"));
+        let t = Instant::now();
+        plan(cache).await?;
+        cold.push(t.elapsed());
+    }
+    let cache = work.join(format!("{name}-warm"));
+    plan(cache.clone()).await?;
+    let mut warm = Vec::new();
+    for _ in 0..20 {
+        let t = Instant::now();
+        plan(cache.clone()).await?;
+        warm.push(t.elapsed());
+    }
+    Ok((median(cold), median(warm)))
+}
+
+async fn catalogue_rows(rows: &mut Vec<Row>, work: &Path, inputs: &demo::Inputs) -> Result<()> {
+    let url = serve_repo(inputs.repo.clone(), Control::default()).await;
+    let root = std::fs::read(inputs.repo.join("metadata/1.root.json"))?;
+    let releases = plan_catalogue_once(&url, &root, &work.join("catalogue-probe")).await? / 4;
+    let (cold, warm) = cold_and_warm(work, "catalogue", |cache| {
+        let (url, root) = (url.clone(), root.clone());
+        async move { plan_catalogue_once(&url, &root, &cache).await }
+    })
+    .await?;
+    // The goals of figure 1 (150 releases), for the published catalogue's 9 era paths × 4 installs.
+    rows.push(Row::time(
+        format!("6. plan the catalogue: fetch + verify + plan 9 era paths ({releases} releases) × 4 installs, cold"),
+        cold,
+        Some(Duration::from_millis(200)),
+    ));
+    rows.push(Row::time("6. plan the catalogue: the same, warm (cache)", warm, Some(Duration::from_millis(20))));
+    rows.push(Row::ratio("6. plan the catalogue: cold / warm", secs(cold) / secs(warm), None));
+    Ok(())
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     let inputs = demo::Inputs { canup: arg("--canup")?, stub: arg("--stub")?, repo: arg("--repo")? };
@@ -128,30 +203,19 @@ async fn main() -> Result<()> {
     let root = std::fs::read(repo.join("metadata/1.root.json"))?;
 
     let mut rows = Vec::new();
-    // Cold: empty cache, everything over loopback HTTP.
-    let mut cold = Vec::new();
-    for i in 0..10 {
-        let cache = work.join(format!("cold-{i}"));
-        let t = Instant::now();
-        let n = plan_once(&url, &root, &cache).await?;
-        cold.push(t.elapsed());
-        assert_eq!(n, 120, "the path 3.20.0 → 3.140.0 has 120 releases");
-    }
-    rows.push(Row::time(
-        format!("1. plan: fetch + verify + list path, {RELEASES} releases, cold (loopback HTTP)"),
-        median(cold),
-        Some(Duration::from_millis(200)),
-    ));
-    // Warm: the TUF metadata cache is filled (rollback state, unchanged metadata).
-    let cache = work.join("warm");
-    plan_once(&url, &root, &cache).await?;
-    let mut warm = Vec::new();
-    for _ in 0..20 {
-        let t = Instant::now();
-        plan_once(&url, &root, &cache).await?;
-        warm.push(t.elapsed());
-    }
-    rows.push(Row::time(format!("1. plan: fetch + verify + list path, {RELEASES} releases, warm (cache)"), median(warm), Some(Duration::from_millis(20))));
+    // Cold: empty cache, everything over loopback HTTP; warm: the TUF metadata cache is filled
+    // (rollback state, unchanged metadata).
+    let (cold, warm) = cold_and_warm(work, "synthetic", |cache| {
+        let (url, root) = (url.clone(), root.clone());
+        async move {
+            let n = plan_once(&url, &root, &cache).await?;
+            anyhow::ensure!(n == 120, "the path 3.20.0 → 3.140.0 has 120 releases, not {n}");
+            Ok(n)
+        }
+    })
+    .await?;
+    rows.push(Row::time(format!("1. plan: fetch + verify + list path, {RELEASES} releases, cold (loopback HTTP)"), cold, Some(Duration::from_millis(200))));
+    rows.push(Row::time(format!("1. plan: fetch + verify + list path, {RELEASES} releases, warm (cache)"), warm, Some(Duration::from_millis(20))));
 
     // One step's start: compile from scratch vs. load from the compiled cache.
     let mut compile = Vec::new();
@@ -179,13 +243,22 @@ async fn main() -> Result<()> {
 
     host_call_rows(&mut rows, work).await?;
 
-    let d = demo::measure(work, &inputs).await?;
+    let d = demo::measure(work, &inputs, &demo::Scenario::demo()).await?;
     rows.push(Row::time("4. demo upgrade 3.38.0 → 3.40.0: canup apply, first run (compiles every module)", d.apply_cold, None));
     rows.push(Row::time("4. demo upgrade: canup apply, compiled cache warm", d.apply_warm, None));
     rows.push(Row::time(format!("4. demo upgrade: bash script of the dry run's {} commands", d.commands), d.bash, None));
     rows.push(Row::ratio("4. demo upgrade: canup apply (warm) / bash", secs(d.apply_warm) / secs(d.bash), Some(1.3)));
     rows.push(Row::ratio("4. demo upgrade: canup apply (first run) / bash", secs(d.apply_cold) / secs(d.bash), None));
     rows.push(Row { figure: "5. peak RSS of canup apply (demo, first run)".into(), value: d.peak_rss_bytes as f64 / 1e6, unit: Unit::Mb, goal: Some(80.0) });
+
+    // The catalogue: planning every era's longest path, and the longest apply of 23.04.
+    catalogue_rows(&mut rows, work, &inputs).await?;
+    let c = demo::measure(work, &inputs, &demo::Scenario::catalogue_23_04()).await?;
+    rows.push(Row::time("6. catalogue apply 23.04.1 → 23.04.14 (RHEL 8, Pro): canup apply, first run (cold)", c.apply_cold, None));
+    rows.push(Row::time("6. catalogue apply 23.04.1 → 23.04.14: canup apply, compiled cache warm", c.apply_warm, None));
+    rows.push(Row::time(format!("6. catalogue apply 23.04.1 → 23.04.14: bash script of the dry run's {} commands", c.commands), c.bash, None));
+    rows.push(Row::ratio("6. catalogue apply 23.04.1 → 23.04.14: canup apply (first run) / bash", secs(c.apply_cold) / secs(c.bash), None));
+    rows.push(Row::ratio("6. catalogue apply 23.04.1 → 23.04.14: canup apply (warm) / bash", secs(c.apply_warm) / secs(c.bash), Some(1.3)));
 
     println!("| figure | median | goal | ratio to goal |");
     println!("| --- | --- | --- | --- |");
