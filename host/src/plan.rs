@@ -88,6 +88,27 @@ pub struct PlannedStep {
     pub release: Version,
     pub phase: Phase,
     pub step: IndexStep,
+    /// What the journal calls this run of the step (see [`assign_keys`]).
+    pub key: String,
+}
+
+/// Names each planned step for the journal, its receipts and resuming: its id, or
+/// `id@release` when the plan runs the same step for several releases (a shared step of
+/// `pre-update` or `post-update`, such as the MongoDB scripts of 4.5.5, 4.5.6 and 4.5.7).
+/// Keyed by id alone, the second release's run would be taken for done once the first one
+/// was, and would replay the first one's receipts. Deterministic, so that a resumed run
+/// rebuilt from the journal gets the same keys.
+pub fn assign_keys(steps: &mut [PlannedStep]) {
+    let mut count: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
+    for p in steps.iter() {
+        *count.entry(p.step.manifest.id.clone()).or_default() += 1;
+    }
+    for p in steps.iter_mut() {
+        p.key = match count.get(&p.step.manifest.id) {
+            Some(n) if *n > 1 => format!("{}@{}", p.step.manifest.id, text(&p.release)),
+            _ => p.step.manifest.id.clone(),
+        };
+    }
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -166,7 +187,7 @@ pub fn plan(index: &Index, installed: &Version, target: Option<&Version>, editio
             .flat_map(|r| r.steps.iter().map(move |s| (r, s)))
             .filter(|(_, s)| s.manifest.phase == phase && applies(s))
             .filter(|(r, s)| !once || r.version == target || !target_ids.contains(s.manifest.id.as_str()))
-            .map(|(r, s)| PlannedStep { release: r.version.clone(), phase, step: s.clone() })
+            .map(|(r, s)| PlannedStep { release: r.version.clone(), phase, step: s.clone(), key: String::new() })
             .collect();
         match once {
             true => {
@@ -178,6 +199,7 @@ pub fn plan(index: &Index, installed: &Version, target: Option<&Version>, editio
         }
         steps.extend(chosen);
     }
+    assign_keys(&mut steps);
     Ok(Plan { installed: installed.clone(), target, edition, method, releases: releases.iter().map(|r| r.version.clone()).collect(), skipped, steps })
 }
 
@@ -300,6 +322,20 @@ mod tests {
         let release_of = |id: &str| p.steps.iter().find(|s| s.step.manifest.id == id).map(|s| s.release.to_string());
         assert_eq!(release_of("yum").as_deref(), Some("3.40.0"));
         assert_eq!(release_of("3.39.1/once-more").as_deref(), Some("3.39.1"));
+    }
+
+    #[test]
+    fn a_step_run_for_several_releases_is_journaled_once_per_release() {
+        use Edition::*;
+        use Method::*;
+        let mut i = index();
+        for r in i.releases.iter_mut().filter(|r| r.version == v("3.39.0") || r.version == v("3.40.0")) {
+            r.steps.push(step("mongodb-scripts", Phase::PostUpdate, 5, &[Packages], &[Core, Cat]));
+        }
+        let p = plan(&i, &v("3.38.0"), Some(&v("3.40.0")), Core, Packages).unwrap();
+        let keys: Vec<&str> = p.steps.iter().filter(|s| s.step.manifest.id == "mongodb-scripts").map(|s| s.key.as_str()).collect();
+        assert_eq!(keys, ["mongodb-scripts@3.39.0", "mongodb-scripts@3.40.0"]);
+        assert!(p.steps.iter().filter(|s| s.step.manifest.id != "mongodb-scripts").all(|s| s.key == s.step.manifest.id), "a step run once keeps its id");
     }
 
     #[test]

@@ -260,6 +260,12 @@ fn mongo(sim: &Sim, args: &[String]) -> ExitCode {
             s
         }
     };
+    // A test's fault: a script holding the text of `mongo-refuse` fails, as on a database that
+    // refuses it.
+    let refuse = sim.read("/var/lib/canup-sim/mongo-refuse");
+    if !refuse.trim().is_empty() && script.contains(refuse.trim()) {
+        return fail(&format!("mongo: script refused (simulated fault: {})", refuse.trim()));
+    }
     sim.append("/var/lib/canup-sim/mongo-applied.js", script.trim());
     println!("WriteResult({{ \"nMatched\" : 1, \"nUpserted\" : 0, \"nModified\" : 1 }})");
     ExitCode::SUCCESS

@@ -321,6 +321,31 @@ async fn redis_5_is_checked_before_the_downtime_and_asked_only_when_not_met() {
     assert!(text(&out).contains("already meets Canopsis 3.39.0"), "{}", text(&out));
 }
 
+/// One shared step runs for 4.5.5, 4.5.6 and 4.5.7 (each release's MongoDB scripts). When
+/// 4.5.7's fails half-way, the re-run resumes that release's run of the step alone: 4.5.5's and
+/// 4.5.6's stay done, and 4.5.7's first script, already applied, is not applied again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_step_failing_for_one_release_resumes_for_that_release_only() {
+    let h = host(Spec { version: "4.5.4".into(), edition: Edition::Core, method: Method::Packages, ..Spec::default() }).await;
+    h.sim.write("/var/lib/canup-sim/mongo-refuse", "000_add_pbehavior_info_to_entity").unwrap();
+    let out = h.run(&["apply", "--to", "4.5.7", "--yes"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("step mongodb-scripts@4.5.7 failed"), "{}", text(&out));
+    let applied = || -> Vec<String> {
+        h.sim.read("/var/lib/canup-sim/mongo-applied.js").unwrap().lines().filter_map(|l| l.strip_prefix("// ").map(str::to_owned)).collect()
+    };
+    let s016 = "release4.4/016_add_snooze_and_pbehavior_durations_to_alarm.js";
+    assert_eq!(applied(), [s016, "release4.5/008_add_multiple_executions_to_job.js", s016, s016]);
+    h.sim.write("/var/lib/canup-sim/mongo-refuse", "").unwrap();
+    let out = h.run(&["apply", "--yes"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(applied(), [s016, "release4.5/008_add_multiple_executions_to_job.js", s016, s016, "release4.5/000_add_pbehavior_info_to_entity.js"]);
+    let history = text(&h.run(&["history"]));
+    for key in ["mongodb-scripts@4.5.5", "mongodb-scripts@4.5.6", "mongodb-scripts@4.5.7"] {
+        assert!(history.contains(key), "{key} in {history}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_compose_install_is_resynced_with_the_signed_reference_files_keeping_the_operators_values() {
     let h = host(Spec { version: "3.38.0".into(), edition: Edition::Cat, method: Method::Compose, ..Spec::default() }).await;

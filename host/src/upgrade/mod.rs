@@ -343,7 +343,7 @@ pub async fn apply(session: &Session, options: &ApplyOptions, progress: Arc<dyn 
         None => fresh_plan(session, options, ui.clone(), &recorded).await?,
     };
     let fresh = done.is_empty() && !events.iter().any(|e| matches!(e, Event::RunStarted { run: r, .. } if r == &run));
-    let remaining: Vec<&PlannedStep> = plan.steps.iter().filter(|p| !done.contains(&p.step.manifest.id)).collect();
+    let remaining: Vec<&PlannedStep> = plan.steps.iter().filter(|p| !done.contains(&p.key)).collect();
     if plan.steps.is_empty() && plan.installed == plan.target {
         // Already at the target: nothing to confirm, nothing to journal.
         return Ok(ApplySummary { run, plan, reports: Vec::new(), skipped: done, recorded: Vec::new(), verified: None });
@@ -391,7 +391,7 @@ pub async fn apply(session: &Session, options: &ApplyOptions, progress: Arc<dyn 
     let mut reports = Vec::new();
     let total = plan.steps.len();
     for (i, p) in plan.steps.iter().enumerate() {
-        let id = &p.step.manifest.id;
+        let id = &p.key;
         if done.contains(id) {
             continue;
         }
@@ -490,8 +490,9 @@ fn replay(session: &Session, run: &journal::RunRecord) -> Result<Plan, UpgradeEr
         if step.sha256 != r.module_sha256 {
             return Err(UpgradeError::Changed { run: run.run.clone(), step: r.id.clone(), was: r.module_sha256.clone(), now: step.sha256.clone() });
         }
-        steps.push(PlannedStep { release: r.release.clone(), phase: r.phase, step: step.clone() });
+        steps.push(PlannedStep { release: r.release.clone(), phase: r.phase, step: step.clone(), key: String::new() });
     }
+    plan::assign_keys(&mut steps);
     let releases = {
         let mut v: Vec<Version> = run.planned.iter().map(|r| r.release.clone()).collect();
         v.sort();

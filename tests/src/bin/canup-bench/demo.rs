@@ -150,6 +150,8 @@ fn script_from_dry_run(dry_run_stdout: &str) -> Result<(String, usize)> {
         } else if let Some(rest) = entry.strip_prefix("append to ") {
             writeln!(script, "cat >> \"$ROOT{}\" <<'CANUP_EOF'", rest.trim_end_matches(':'))?;
             heredoc_open = true;
+        } else if let Some(rest) = entry.strip_prefix("create directory ") {
+            writeln!(script, "mkdir -p \"$ROOT{}\"", rest.split(" (").next().context("create directory without a path")?)?;
         } else if let Some(path) = entry.strip_prefix("remove ") {
             writeln!(script, "rm -f \"$ROOT{path}\"")?;
         } else if let Some(rest) = entry.strip_prefix("send: ") {
