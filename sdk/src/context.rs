@@ -22,19 +22,6 @@ pub struct Context {
     pub step_id: String,
 }
 
-impl Context {
-    /// The Canopsis packages of this edition, pinned to exactly the target version
-    /// (`canopsis-core-3.40.0`, plus `canopsis-cat-3.40.0` for Pro): never "latest".
-    pub fn pinned_packages(&self) -> Vec<String> {
-        let target = version_text(&self.target);
-        let mut packages = vec![format!("canopsis-core-{target}")];
-        if self.edition == "cat" {
-            packages.push(format!("canopsis-cat-{target}"));
-        }
-        packages
-    }
-}
-
 /// The version as Canopsis writes it, for package names, image tags and messages: from 22.10
 /// on the month has two digits (`23.04.1`), which semver (`23.4.1`) drops.
 pub fn version_text(v: &Version) -> String {

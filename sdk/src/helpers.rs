@@ -269,13 +269,22 @@ pub fn merge_env_text(operator: &str, reference: &str, owned: impl Fn(&str) -> b
 /// Where Canopsis packages put the MongoDB migration scripts.
 pub const MONGO_MIGRATIONS: &str = "/opt/canopsis/share/migrations/mongodb";
 
+/// The engines' environment file the procedures export before `canopsis-reconfigure`.
+pub const GO_ENGINES_VARS: &str = "/opt/canopsis/etc/go-engines-vars.conf";
+
+/// One variable of [`GO_ENGINES_VARS`] (`CPS_MONGO_URL`, `CPS_REDIS_URL`): the installation's
+/// own URLs, so that changed credentials or hosts are honoured. The step declares the file in
+/// `fs.read`.
+pub fn engines_var(name: &str) -> Result<String> {
+    read_env_file(GO_ENGINES_VARS)?.into_iter().find(|(k, _)| k == name).map(|(_, v)| v).ok_or_else(|| Error::msg(format!("{GO_ENGINES_VARS} has no {name}")))
+}
+
 /// Runs MongoDB migration scripts in order, as the release notes' `mongo -u cpsmongo -p … canopsis
 /// < releaseX/NNN_script.js` do, with the connection URL of the installation
 /// (`CPS_MONGO_URL` in `go-engines-vars.conf`) so that changed credentials are honoured.
 /// `scripts` are relative to [`MONGO_MIGRATIONS`].
 pub fn run_mongo_scripts(scripts: &[&str]) -> Result<()> {
-    let vars = read_env_file("/opt/canopsis/etc/go-engines-vars.conf")?;
-    let url = vars.iter().find(|(k, _)| k == "CPS_MONGO_URL").map(|(_, v)| v.clone()).ok_or_else(|| Error::msg("go-engines-vars.conf has no CPS_MONGO_URL"))?;
+    let url = engines_var("CPS_MONGO_URL")?;
     for script in scripts {
         let path = format!("{MONGO_MIGRATIONS}/{script}");
         let body = fs::read(&path)?;
@@ -304,8 +313,7 @@ pub fn mongo_scripts_manual(release: &str, scripts: &[&str]) -> Result<()> {
 /// For a release note's "Redis must be version N": checked before anything changes, and asked
 /// only when not met. The step declares `redis-cli` with `-u redis://* INFO server`.
 pub fn redis_version() -> Result<semver::Version> {
-    let vars = read_env_file("/opt/canopsis/etc/go-engines-vars.conf")?;
-    let url = vars.iter().find(|(k, _)| k == "CPS_REDIS_URL").map(|(_, v)| v.clone()).ok_or_else(|| Error::msg("go-engines-vars.conf has no CPS_REDIS_URL"))?;
+    let url = engines_var("CPS_REDIS_URL")?;
     let out = crate::exec::Command::new("/usr/bin/redis-cli").args(["-u", &url, "INFO", "server"]).run()?;
     let text = out.stdout_text();
     let found = text
@@ -358,9 +366,50 @@ impl PackageManager {
     }
 }
 
+/// The Canopsis packages installed on the host (`rpm -qa 'canopsis*'`), as (name, version),
+/// sorted by name: every era's names (`canopsis-core`, `canopsis-engines-go`,
+/// `canopsis-webui`, `canopsis-cat`, `canopsis`, `canopsis-pro`, `canopsis-common`…). The step
+/// declares `/usr/bin/rpm` with exactly [`INSTALLED_QUERY`].
+pub fn installed_canopsis_packages() -> Result<Vec<(String, String)>> {
+    let out = crate::exec::Command::new("/usr/bin/rpm").args(INSTALLED_QUERY).run()?;
+    Ok(parse_installed(&out.stdout_text()))
+}
+
+/// The arguments of the `rpm` query behind [`installed_canopsis_packages`].
+pub const INSTALLED_QUERY: [&str; 4] = ["-qa", "--qf", "%{NAME} %{VERSION}\\n", "canopsis*"];
+
+/// `name version` lines, sorted by name.
+pub fn parse_installed(text: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> =
+        text.lines().filter_map(|l| l.trim().split_once(' ')).map(|(n, v)| (n.to_owned(), v.trim().to_owned())).collect();
+    out.sort();
+    out
+}
+
+/// Every installed Canopsis package pinned to `target` (`canopsis-core-4.5.5
+/// canopsis-engines-go-4.5.5 canopsis-webui-4.5.5`): the vendor's procedure updates every
+/// package of the Canopsis repositories (an unpinned `update`), canup updates the same
+/// packages to exactly the target, never past it, in one transaction.
+pub fn pinned_canopsis_packages(target: &semver::Version) -> Result<Vec<String>> {
+    let installed = installed_canopsis_packages()?;
+    if installed.is_empty() {
+        return Err(Error::msg("rpm -qa 'canopsis*' lists no Canopsis package: is Canopsis installed by packages?"));
+    }
+    let target = crate::context::version_text(target);
+    Ok(installed.into_iter().map(|(name, _)| format!("{name}-{target}")).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_installed_packages_are_read_from_rpms_query_format() {
+        let listed = parse_installed("canopsis-webui 4.5.5\ncanopsis-core 4.5.6\n\ncanopsis-engines-go 4.5.6\n");
+        assert_eq!(listed[0], ("canopsis-core".to_owned(), "4.5.6".to_owned()));
+        assert_eq!(listed.len(), 3);
+        assert_eq!(INSTALLED_QUERY[2], "%{NAME} %{VERSION}\\n", "rpm reads the backslash escape itself");
+    }
 
     #[test]
     fn a_new_toml_key_keeps_the_operators_comments_and_an_existing_value() {

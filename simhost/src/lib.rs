@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+pub mod facts;
 pub mod packages;
 
 /// Where each program of the host lives, as a step names it. `yum`, `dnf` and `rpm` are the
@@ -97,6 +98,8 @@ pub enum Os {
     Centos7,
     /// RHEL 8: dnf, and yum as its alias (glibc 2.28).
     Rhel8,
+    /// RHEL 9 (AlmaLinux 9 in the vendor's specs): dnf (glibc 2.34), from 24.04.
+    Rhel9,
 }
 
 impl std::fmt::Display for Os {
@@ -104,6 +107,7 @@ impl std::fmt::Display for Os {
         f.write_str(match self {
             Os::Centos7 => "CentOS 7",
             Os::Rhel8 => "RHEL 8",
+            Os::Rhel9 => "RHEL 9",
         })
     }
 }
@@ -117,6 +121,9 @@ impl Os {
             Os::Rhel8 => {
                 "NAME=\"Red Hat Enterprise Linux\"\nVERSION=\"8.8 (Ootpa)\"\nID=\"rhel\"\nID_LIKE=\"fedora\"\nVERSION_ID=\"8.8\"\nPRETTY_NAME=\"Red Hat Enterprise Linux 8.8 (Ootpa)\"\n"
             }
+            Os::Rhel9 => {
+                "NAME=\"AlmaLinux\"\nVERSION=\"9.4 (Seafoam Ocelot)\"\nID=\"almalinux\"\nID_LIKE=\"rhel centos fedora\"\nVERSION_ID=\"9.4\"\nPRETTY_NAME=\"AlmaLinux 9.4 (Seafoam Ocelot)\"\n"
+            }
         }
     }
 
@@ -124,6 +131,7 @@ impl Os {
         match self {
             Os::Centos7 => "CentOS Linux release 7.9.2009 (Core)\n",
             Os::Rhel8 => "Red Hat Enterprise Linux release 8.8 (Ootpa)\n",
+            Os::Rhel9 => "AlmaLinux release 9.4 (Seafoam Ocelot)\n",
         }
     }
 
@@ -132,6 +140,16 @@ impl Os {
         match self {
             Os::Centos7 => "7",
             Os::Rhel8 => "8",
+            Os::Rhel9 => "9",
+        }
+    }
+
+    /// Its name in the facts (`centos7`, `rhel8`, `rhel9`).
+    pub fn key(self) -> &'static str {
+        match self {
+            Os::Centos7 => "centos7",
+            Os::Rhel8 => "rhel8",
+            Os::Rhel9 => "rhel9",
         }
     }
 
@@ -293,32 +311,10 @@ fn compose_edition(spec: &Spec) -> &'static str {
     }
 }
 
-/// The units of an edition, as the RHEL 8 procedure of 23.x lists them (the engines enabled on
-/// a 22.10 or 23.x package host).
-pub fn units(edition: Edition) -> &'static [&'static str] {
-    const COMMUNITY: &[&str] = &[
-        "canopsis-engine-go@engine-action",
-        "canopsis-engine-go@engine-axe",
-        "canopsis-engine-go@engine-che",
-        "canopsis-engine-go@engine-fifo",
-        "canopsis-engine-go@engine-pbehavior",
-        "canopsis-engine-go@engine-service",
-        "canopsis-service@canopsis-api",
-    ];
-    const PRO: &[&str] = &[
-        "canopsis-engine-go@engine-action",
-        "canopsis-engine-go@engine-axe",
-        "canopsis-engine-go@engine-che",
-        "canopsis-engine-go@engine-correlation",
-        "canopsis-engine-go@engine-dynamic-infos",
-        "canopsis-engine-go@engine-fifo",
-        "canopsis-engine-go@engine-pbehavior",
-        "canopsis-engine-go@engine-service",
-        "canopsis-service@canopsis-api",
-        "canopsis-engine-go@engine-remediation",
-        "canopsis-engine-go@engine-webhook",
-    ];
-    if edition == Edition::Cat { PRO } else { COMMUNITY }
+/// The unit instances an installation of `edition` enables at `version` (the facts' units;
+/// the RHEL 8 procedures restart them by name).
+pub fn units(version: &str, edition: Edition) -> Result<Vec<String>> {
+    Ok(facts::Facts::load()?.enabled_units(version, &edition.to_string()))
 }
 
 /// The wrapper script of `program`: it locates its host by removing its own logical path
@@ -385,17 +381,14 @@ impl SimHost {
         if spec.method == Method::Packages {
             // The real packages, installed by the real rpm: VERSION.txt, the engines' unit and
             // the migration scripts come from them.
-            packages::install(&host.root, &spec.version, spec.edition == Edition::Cat)?;
-            if calendar(&spec.version) {
-                // The engines of the edition, enabled as the installation guide does (the
-                // RHEL 8 procedure restarts them by name).
-                for unit in units(spec.edition) {
-                    let template = if unit.starts_with("canopsis-service@") { "canopsis-service@.service" } else { "canopsis-engine-go@.service" };
-                    std::os::unix::fs::symlink(
-                        format!("/usr/lib/systemd/system/{template}"),
-                        host.path(&format!("/etc/systemd/system/multi-user.target.wants/{unit}.service")),
-                    )?;
-                }
+            packages::install(&host.root, &spec.version, spec.os.key(), &spec.edition.to_string())?;
+            // The engines of the edition, enabled as the installation guide does (the RHEL 8
+            // procedure restarts them by name): linked to their own unit file where the
+            // package ships one, else to the engines' template.
+            for unit in units(&spec.version, spec.edition)? {
+                let own = format!("/usr/lib/systemd/system/{unit}.service");
+                let target = if host.path(&own).is_file() { own } else { packages::ENGINE_UNIT.to_owned() };
+                std::os::unix::fs::symlink(target, host.path(&format!("/etc/systemd/system/multi-user.target.wants/{unit}.service")))?;
             }
         } else {
             // The containers' version, and a host rpm database that holds no Canopsis.
@@ -454,6 +447,21 @@ impl SimHost {
             fs::create_dir_all(dir)?;
         }
         fs::write(&p, content).with_context(|| format!("writing {}", p.display()))
+    }
+
+    /// Points the host's Redis at `url` (a real `redis-server` in tests): `CPS_REDIS_URL` of
+    /// go-engines-vars.conf, and of compose.env on a Compose host. Fails when neither names one.
+    pub fn set_redis_url(&self, url: &str) -> Result<()> {
+        let mut set = false;
+        for file in ["/opt/canopsis/etc/go-engines-vars.conf", "/opt/canopsis/docker/compose.env"] {
+            let Ok(text) = self.read(file) else { continue };
+            let lines: Vec<String> =
+                text.lines().map(|l| if l.starts_with("CPS_REDIS_URL=") { format!("CPS_REDIS_URL={url}") } else { l.to_owned() }).collect();
+            set |= text.lines().any(|l| l.starts_with("CPS_REDIS_URL="));
+            self.write(file, &(lines.join("\n") + "\n"))?;
+        }
+        anyhow::ensure!(set, "{} has no CPS_REDIS_URL to set", self.root.display());
+        Ok(())
     }
 
     pub fn read(&self, logical: &str) -> Result<String> {

@@ -1,32 +1,25 @@
-//! Real package management for simulated package hosts: fake `canopsis-core` and
-//! `canopsis-cat` RPMs built with `rpmbuild`, served as `canopsis` and `canopsis-cat`
-//! repositories made by `createrepo_c`, and installed into the host's root with the real `rpm`.
-//! The host's `yum`, `dnf` and `rpm` then run the real tools against that root (the stub
-//! program records the call and hands over, see `stub.rs`).
+//! Real package management for simulated package hosts: RPMs with the vendor's package names
+//! and requirements (`facts/canopsis.toml`, see [`crate::facts`]) built with `rpmbuild`,
+//! served per OS as the repositories the installation guides name (`canopsis`,
+//! `canopsis-cat`, `canopsis-pro`) made by `createrepo_c`, and installed into the host's root
+//! with the real `rpm`. The host's `yum`, `dnf` and `rpm` then run the real tools against that
+//! root (the stub program records the call and hands over, see `stub.rs`), so dnf resolves
+//! the vendor's requirements for real: updating `canopsis-core` alone leaves
+//! `canopsis-engines-go` and `canopsis-webui` behind, as on a real host.
 //!
-//! The packages carry what the steps read from them (`/opt/canopsis/VERSION.txt`, the
-//! engines' systemd template unit, the MongoDB migration scripts of 4.x) and the real
-//! dependency: `canopsis-cat` requires `canopsis-core` of the same version. They are built once
-//! per machine into a cache (`$CANUP_SIM_CACHE`, else `~/.cache/canup-sim`), named by a
-//! digest of what they are made from, so every host and test shares them.
+//! The packages carry what the steps read from them (`/opt/canopsis/VERSION.txt` where the
+//! vendor's package ships it, the edition's systemd units, the MongoDB migration scripts of
+//! 4.x) and no software. They are built once per machine into a cache (`$CANUP_SIM_CACHE`,
+//! else `~/.cache/canup-sim`), named by a digest of the facts they are made from, so every host
+//! and test shares them; a new release in the facts builds a new cache.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-/// Every version the simulated repositories offer: every release of the catalogue (3.37.0 to
-/// 23.10.8, as Canopsis spells them) and 3.41.0 of the step author's guide; a test keeps the
-/// list equal to the published releases. A version missing here is "No match for argument"
-/// for dnf, as on a real host whose repository lacks it.
-pub const VERSIONS: &[&str] = &[
-    "3.37.0", "3.38.0", "3.39.0", "3.39.1", "3.40.0", "3.41.0", "4.0.0", "4.0.1", "4.0.2", "4.0.3", "4.1.0", "4.1.1", "4.2.0", "4.3.0", "4.3.1", "4.3.2",
-    "4.3.3", "4.3.4", "4.3.5", "4.3.6", "4.3.7", "4.3.8", "4.4.0", "4.4.1", "4.5.0", "4.5.1", "4.5.2", "4.5.3", "4.5.4", "4.5.5", "4.5.6", "4.5.7", "4.5.8",
-    "4.5.9", "4.5.10", "4.5.11", "4.5.12", "4.5.13", "4.5.14", "4.6.0", "4.6.1", "4.6.2", "4.6.3", "22.10.0", "22.10.1", "22.10.2", "22.10.3", "22.10.4",
-    "22.10.5", "22.10.6", "22.10.7", "22.10.8", "22.10.9", "22.10.10", "22.10.13", "23.04.0", "23.04.1", "23.04.2", "23.04.3", "23.04.4", "23.04.5", "23.04.6",
-    "23.04.7", "23.04.8", "23.04.9", "23.04.10", "23.04.11", "23.04.12", "23.04.13", "23.04.14", "23.10.0", "23.10.1", "23.10.2", "23.10.3", "23.10.4",
-    "23.10.5", "23.10.6", "23.10.7", "23.10.8",
-];
+use crate::facts::{Built, Facts};
 
 /// The packages' systemd template unit of the Go engines (what `systemctl enable
 /// canopsis-engine-go@engine-fifo` links to).
@@ -37,42 +30,13 @@ pub const ENGINE_UNIT: &str = "/usr/lib/systemd/system/canopsis-engine-go@.servi
 /// `~/.rpmdb`).
 pub const RPM_HOME: &str = "/var/lib/canup-sim/rpm-home";
 
-const CORE_SPEC: &str = r#"Name: canopsis-core
-Version: %{ver}
-Release: 1.el7
-Summary: Canopsis Community (simulated for canup)
-License: AGPL-3.0
-BuildArch: x86_64
-%description
-A simulated Canopsis core package: the files canup's steps read, no software.
-%install
-mkdir -p %{buildroot}/opt/canopsis %{buildroot}/usr/lib/systemd/system
-echo "Canopsis version %{ver}" > %{buildroot}/opt/canopsis/VERSION.txt
-printf '[Unit]\nDescription=Canopsis Go engine %%i\n[Service]\nExecStart=/opt/canopsis/bin/%%i\n[Install]\nWantedBy=multi-user.target\n' > %{buildroot}/usr/lib/systemd/system/canopsis-engine-go@.service
-printf '[Unit]\nDescription=Canopsis service %%i\n[Service]\nExecStart=/opt/canopsis/bin/%%i\n[Install]\nWantedBy=multi-user.target\n' > %{buildroot}/usr/lib/systemd/system/canopsis-service@.service
-%{?migrations}
-%files
-/opt/canopsis/VERSION.txt
-/usr/lib/systemd/system/canopsis-engine-go@.service
-/usr/lib/systemd/system/canopsis-service@.service
-%{?migration_files}
-"#;
+/// The OSes the facts name, with the `dist` tag of their packages and their `$releasever`.
+pub const OSES: &[(&str, &str, &str)] = &[("centos7", "el7", "7"), ("rhel8", "el8", "8"), ("rhel9", "el9", "9")];
 
-const CAT_SPEC: &str = r#"Name: canopsis-cat
-Version: %{ver}
-Release: 1.el7
-Summary: Canopsis Pro (simulated for canup)
-License: Proprietary
-BuildArch: x86_64
-Requires: canopsis-core = %{ver}
-%description
-A simulated Canopsis Pro package.
-%install
-mkdir -p %{buildroot}/opt/canopsis/share/cat
-echo "%{ver}" > %{buildroot}/opt/canopsis/share/cat/VERSION
-%files
-/opt/canopsis/share/cat/VERSION
-"#;
+/// The `dist` tag of `os` (`el7`).
+fn dist(os: &str) -> Result<&'static str> {
+    OSES.iter().find(|(o, ..)| *o == os).map(|(_, d, _)| *d).ok_or_else(|| anyhow::anyhow!("unknown OS {os:?} (known: centos7, rhel8, rhel9)"))
+}
 
 /// The cache directory of the simulated packages.
 fn cache_dir() -> Result<PathBuf> {
@@ -92,17 +56,41 @@ fn run(command: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// The simulated repositories (`canopsis/` and `canopsis-cat/`, each with its `repodata/`),
-/// built on first use. Concurrent callers (test threads, processes) each build in a
-/// directory of their own and the first rename wins.
+/// What one `rpmbuild` makes: the packages of one version in one repository of one OS.
+struct Batch {
+    os: &'static str,
+    repository: String,
+    version: String,
+    packages: Vec<Built>,
+}
+
+/// Every batch the facts call for: each known version, each OS, each repository.
+fn batches(facts: &Facts) -> Result<Vec<Batch>> {
+    let mut out = Vec::new();
+    for version in facts.versions() {
+        for (os, ..) in OSES {
+            let mut by_repo: BTreeMap<String, Vec<Built>> = BTreeMap::new();
+            for p in facts.packages(&version, os)? {
+                by_repo.entry(p.repository.clone()).or_default().push(p);
+            }
+            out.extend(by_repo.into_iter().map(|(repository, packages)| Batch { os, repository, version: version.clone(), packages }));
+        }
+    }
+    Ok(out)
+}
+
+/// The simulated repositories, built on first use: `<os>/<repository>/` (each with its
+/// `repodata/`) under the returned directory. Concurrent callers (test threads, processes)
+/// each build in a directory of their own and the first rename wins.
 pub fn repository() -> Result<PathBuf> {
+    let facts = Facts::load()?;
+    let batches = batches(&facts)?;
     let digest = {
-        // FNV-1a over what the packages are made of (specs and every version's definitions):
-        // a change rebuilds them.
+        // FNV-1a over what the packages are made of (the spec text of every batch): a change
+        // of the facts or of the files rebuilds them.
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        let definitions: Vec<String> = VERSIONS.iter().map(|v| format!("{v}:{}", migrations(v).0)).collect();
-        for part in [CORE_SPEC, CAT_SPEC, &definitions.join(",")] {
-            for b in part.bytes().chain([0]) {
+        for batch in &batches {
+            for b in spec(batch).bytes().chain([0]) {
                 h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
             }
         }
@@ -110,80 +98,126 @@ pub fn repository() -> Result<PathBuf> {
     };
     let cache = cache_dir()?;
     let repo = cache.join(format!("repo-{digest:016x}"));
-    if repo.join("canopsis-cat/repodata/repomd.xml").is_file() {
+    let done = repo.join(".complete");
+    if done.is_file() {
         return Ok(repo);
     }
     std::fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
     let work = cache.join(format!(".build-{}-{:?}", std::process::id(), std::thread::current().id()).replace(['(', ')'], ""));
     let _ = std::fs::remove_dir_all(&work);
     let (specs, top, staged) = (work.join("specs"), work.join("rpmbuild"), work.join("repo"));
-    for dir in [&specs, &staged.join("canopsis"), &staged.join("canopsis-cat")] {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(specs.join("core.spec"), CORE_SPEC)?;
-    std::fs::write(specs.join("cat.spec"), CAT_SPEC)?;
+    std::fs::create_dir_all(&specs)?;
     // Two builders (the machines have two cores), each with its own rpmbuild tree.
-    let build_some = |versions: &[&str], top: &Path| -> Result<()> {
+    let build_some = |batches: &[Batch], top: &Path| -> Result<()> {
         std::fs::create_dir_all(top)?;
-        for version in versions {
-            let (install, files) = migrations(version);
-            for (spec, repo_dir) in [("core.spec", "canopsis"), ("cat.spec", "canopsis-cat")] {
-                let mut build = Command::new("rpmbuild");
-                build.args(["-bb", "--quiet"]).arg("--define").arg(format!("_topdir {}", top.display())).arg("--define").arg(format!("ver {version}"));
-                if !install.is_empty() {
-                    build.arg("--define").arg(format!("migrations {install}")).arg("--define").arg(format!("migration_files {files}"));
-                }
-                // gzip payloads: what CentOS 7's rpm reads (zstd needs rpm 4.14+).
-                run(build.args(["--define", "_binary_payload w9.gzdio"]).arg(specs.join(spec)))?;
-                let name = if repo_dir == "canopsis" { "canopsis-core" } else { "canopsis-cat" };
-                let file = format!("{name}-{version}-1.el7.x86_64.rpm");
-                std::fs::rename(top.join("RPMS/x86_64").join(&file), staged.join(repo_dir).join(&file)).with_context(|| format!("rpmbuild made no {file}"))?;
+        for batch in batches {
+            let file = specs.join(format!("{}-{}-{}.spec", batch.os, batch.repository, batch.version));
+            std::fs::write(&file, spec(batch))?;
+            let mut build = Command::new("rpmbuild");
+            build.args(["-bb", "--quiet"]).arg("--define").arg(format!("_topdir {}", top.display()));
+            // gzip payloads: what CentOS 7's rpm reads (zstd needs rpm 4.14+).
+            run(build.args(["--define", "_binary_payload w9.gzdio"]).arg(&file))?;
+            let to = staged.join(batch.os).join(&batch.repository);
+            std::fs::create_dir_all(&to)?;
+            for p in &batch.packages {
+                let rpm = format!("{}-{}-1.{}.x86_64.rpm", p.name, p.version, dist(batch.os)?);
+                std::fs::rename(top.join("RPMS/x86_64").join(&rpm), to.join(&rpm)).with_context(|| format!("rpmbuild made no {rpm}"))?;
             }
         }
         Ok(())
     };
-    let (first, second) = VERSIONS.split_at(VERSIONS.len() / 2);
+    let (first, second) = batches.split_at(batches.len() / 2);
     std::thread::scope(|scope| {
         let other = scope.spawn(|| build_some(second, &top.join("b")));
         let mine = build_some(first, &top.join("a"));
         other.join().map_err(|_| anyhow::anyhow!("an rpmbuild thread panicked"))?.and(mine)
     })?;
-    for repo_dir in ["canopsis", "canopsis-cat"] {
-        run(Command::new("createrepo_c").arg("--quiet").arg(staged.join(repo_dir)))?;
+    for (os, ..) in OSES {
+        for entry in std::fs::read_dir(staged.join(os))? {
+            run(Command::new("createrepo_c").arg("--quiet").arg(entry?.path()))?;
+        }
     }
-    if std::fs::rename(&staged, &repo).is_err() && !repo.join("canopsis-cat/repodata/repomd.xml").is_file() {
+    std::fs::write(staged.join(".complete"), "")?;
+    if std::fs::rename(&staged, &repo).is_err() && !done.is_file() {
         bail!("cannot move the simulated repositories into {}", repo.display());
     }
     let _ = std::fs::remove_dir_all(&work);
     Ok(repo)
 }
 
-/// The `%install` commands and `%files` entry of the MongoDB migration scripts a version's
-/// core package ships (the 4.5 packages ship those the 4.5.x notes run): one line, as an rpm
-/// macro definition is.
-fn migrations(version: &str) -> (String, String) {
-    if !version.starts_with("4.") {
-        return (String::new(), String::new());
+/// The spec of one batch: its first package is the spec's own, the others subpackages
+/// (`%package -n`), so one rpmbuild makes them all.
+fn spec(batch: &Batch) -> String {
+    let dist = dist(batch.os).unwrap_or("el7");
+    let relations = |p: &Built| {
+        let mut out = String::new();
+        for r in &p.requires {
+            out.push_str(&format!("Requires: {r}\n"));
+        }
+        for c in &p.conflicts {
+            out.push_str(&format!("Conflicts: {c}\n"));
+        }
+        out
+    };
+    let mut head = String::new();
+    let mut install = String::from("%install\n");
+    let mut files = String::new();
+    for (i, p) in batch.packages.iter().enumerate() {
+        let summary = format!("Canopsis package {} (simulated for canup from the vendor's facts)", p.name);
+        if i == 0 {
+            head.push_str(&format!(
+                "Name: {}\nVersion: {}\nRelease: 1.{dist}\nSummary: {summary}\nLicense: AGPL-3.0\nBuildArch: x86_64\n{}%description\nA simulated package: the files canup's steps read, no software.\n",
+                p.name,
+                p.version,
+                relations(p)
+            ));
+            files.push_str("%files\n");
+        } else {
+            head.push_str(&format!("%package -n {}\nSummary: {summary}\n{}%description -n {}\nA simulated package.\n", p.name, relations(p), p.name));
+            files.push_str(&format!("%files -n {}\n", p.name));
+        }
+        for (path, content) in package_files(p) {
+            install.push_str(&format!("mkdir -p $(dirname %{{buildroot}}{path})\nprintf '%%s' '{}' > %{{buildroot}}{path}\n", content.replace('%', "%%").replace('\'', "")));
+            files.push_str(&format!("{path}\n"));
+        }
     }
-    let install = crate::MIGRATIONS
-        .iter()
-        .map(|s| {
-            let path = format!("%{{buildroot}}/opt/canopsis/share/migrations/mongodb/{s}");
-            format!("mkdir -p $(dirname {path}) && echo '// {s}' > {path} && echo \"print('migrated {s}');\" >> {path}")
-        })
-        .collect::<Vec<_>>()
-        .join(" && ");
-    (install, "/opt/canopsis/share/migrations".to_owned())
+    format!("{head}{install}{files}")
 }
 
-/// The package file of `name` at `version` in the simulated repositories.
-pub fn package(repo: &Path, name: &str, version: &str) -> Result<PathBuf> {
-    let dir = if name == "canopsis-cat" { "canopsis-cat" } else { "canopsis" };
-    let file = repo.join(dir).join(format!("{name}-{version}-1.el7.x86_64.rpm"));
-    if !file.is_file() {
-        bail!("the simulated repositories have no {name} {version}: add it to canup_sim::packages::VERSIONS");
+/// The files a simulated package ships, with their content.
+fn package_files(p: &Built) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    if p.version_txt {
+        out.push(("/opt/canopsis/VERSION.txt".to_owned(), format!("Canopsis version {}\n", p.version)));
     }
-    Ok(file)
+    for unit in &p.units {
+        let what = unit.trim_end_matches(".service");
+        let exec = match what.split_once('@') {
+            Some((_, "")) => "/opt/canopsis/bin/%i".to_owned(),
+            Some((_, instance)) => format!("/opt/canopsis/bin/{instance}"),
+            None => format!("/opt/canopsis/bin/{what}"),
+        };
+        out.push((format!("/usr/lib/systemd/system/{unit}"), format!("[Unit]\nDescription=Canopsis {what}\n[Service]\nExecStart={exec}\n[Install]\nWantedBy=multi-user.target\n")));
+    }
+    // The 4.x core package ships the MongoDB scripts the 4.5.x notes run.
+    if p.name == "canopsis-core" && p.version.starts_with("4.") {
+        for s in crate::MIGRATIONS {
+            out.push((format!("/opt/canopsis/share/migrations/mongodb/{s}"), format!("// {s}\nprint('migrated {s}');\n")));
+        }
+    }
+    out
+}
+
+/// The package file of `name` at `version` for `os` in the simulated repositories.
+pub fn package(repo: &Path, os: &str, name: &str, version: &str) -> Result<PathBuf> {
+    let file_name = format!("{name}-{version}-1.{}.x86_64.rpm", dist(os)?);
+    for entry in std::fs::read_dir(repo.join(os)).with_context(|| format!("the simulated repositories have no {os} packages"))? {
+        let file = entry?.path().join(&file_name);
+        if file.is_file() {
+            return Ok(file);
+        }
+    }
+    bail!("the simulated repositories have no {name} {version} for {os}: add it to facts/canopsis.toml")
 }
 
 /// `rpm --root ROOT ARGS` with the host's macros (its database at /var/lib/rpm).
@@ -201,25 +235,24 @@ pub fn init(root: &Path) -> Result<()> {
     run(rpm(root).arg("--initdb")).map(|_| ())
 }
 
-/// Installs the packages of `version` (core, and cat for Pro) into a new host's root, as the
-/// Canopsis install guide leaves it: its repository files in `/etc/yum.repos.d/`.
-pub fn install(root: &Path, version: &str, pro: bool) -> Result<()> {
+/// Installs Canopsis `version` of `edition` for `os` into a new host's root, as the
+/// installation guide leaves it: what the guide installs and what that requires (from the
+/// facts), and the repository files it writes in `/etc/yum.repos.d/`.
+pub fn install(root: &Path, version: &str, os: &str, edition: &str) -> Result<()> {
+    let facts = Facts::load()?;
+    let wanted = facts.installed(version, os, edition)?;
     let repo = repository()?;
     init(root)?;
     let repos = root.join("etc/yum.repos.d");
     std::fs::create_dir_all(&repos)?;
-    let mut packages = vec![package(&repo, "canopsis-core", version)?];
-    let mut repo_files = vec!["canopsis"];
-    if pro {
-        packages.push(package(&repo, "canopsis-cat", version)?);
-        repo_files.push("canopsis-cat");
+    let mut files = Vec::new();
+    for p in &wanted {
+        files.push(package(&repo, os, &p.name, version)?);
+        // As the install guide writes it; the base URL is the simulated repository.
+        std::fs::write(repos.join(format!("{}.repo", p.repository)), repo_file(&p.repository, &repo.join(os)))?;
     }
-    for id in repo_files {
-        // As the install guide writes them; the base URL is the simulated repository.
-        std::fs::write(repos.join(format!("{id}.repo")), repo_file(id, &repo))?;
-    }
-    // No shell in the root for scriptlets, and a database that knows no glibc.
-    run(rpm(root).args(["-i", "--nodeps", "--noscripts"]).args(&packages))?;
+    // No shell in the root for scriptlets, and a database that knows no glibc or nginx.
+    run(rpm(root).args(["-i", "--nodeps", "--noscripts"]).args(&files))?;
     Ok(())
 }
 
@@ -252,21 +285,26 @@ pub fn history(root: &Path, release_version: &str) -> Result<Vec<String>> {
     Ok(out.lines().filter(|l| l.trim_start().chars().next().is_some_and(|c| c.is_ascii_digit())).map(str::to_owned).collect())
 }
 
-/// A copy of the simulated repositories at `dir` without the packages of `missing` versions
-/// (metadata made again by createrepo_c): a vendor repository that lacks a release.
+/// A copy of the simulated repositories at `dir` without some packages (metadata made again
+/// by createrepo_c): a vendor repository that lacks a release (`"3.40.0"`: every package of
+/// it) or one package of it (`"canopsis-webui-4.5.5"`).
 pub fn mirror_without(dir: &Path, missing: &[&str]) -> Result<PathBuf> {
     let source = repository()?;
-    for repo_dir in ["canopsis", "canopsis-cat"] {
-        let to = dir.join(repo_dir);
-        std::fs::create_dir_all(&to)?;
-        for entry in std::fs::read_dir(source.join(repo_dir))? {
-            let path = entry?.path();
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
-            if name.ends_with(".rpm") && !missing.iter().any(|v| name.contains(&format!("-{v}-"))) {
-                std::fs::copy(&path, to.join(&name))?;
+    for (os, ..) in OSES {
+        for repo_dir in std::fs::read_dir(source.join(os))? {
+            let repo_dir = repo_dir?.path();
+            let to = dir.join(os).join(repo_dir.file_name().unwrap_or_default());
+            std::fs::create_dir_all(&to)?;
+            for entry in std::fs::read_dir(&repo_dir)? {
+                let path = entry?.path();
+                let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+                let left_out = missing.iter().any(|m| name.starts_with(&format!("{m}-")) || name.contains(&format!("-{m}-")));
+                if name.ends_with(".rpm") && !left_out {
+                    std::fs::copy(&path, to.join(&name))?;
+                }
             }
+            run(Command::new("createrepo_c").arg("--quiet").arg(&to))?;
         }
-        run(Command::new("createrepo_c").arg("--quiet").arg(&to))?;
     }
     Ok(dir.to_path_buf())
 }
@@ -278,12 +316,14 @@ fn repo_file(id: &str, repo: &Path) -> String {
 }
 
 /// Points the host's `canopsis*` repository files at `repo` (as made by [`repository`] or
-/// [`mirror_without`]).
+/// [`mirror_without`]), in the directory of the host's OS.
 pub fn use_repository(root: &Path, repo: &Path) -> Result<()> {
-    for id in ["canopsis", "canopsis-cat"] {
-        let file = root.join("etc/yum.repos.d").join(format!("{id}.repo"));
-        if file.is_file() {
-            std::fs::write(&file, repo_file(id, repo))?;
+    let release = std::fs::read_to_string(root.join("var/lib/canup-sim/os")).context("the host does not say its OS (var/lib/canup-sim/os)")?;
+    let os = OSES.iter().find(|(.., r)| *r == release.trim()).map(|(o, ..)| *o).ok_or_else(|| anyhow::anyhow!("unknown OS release {release:?}"))?;
+    for entry in std::fs::read_dir(root.join("etc/yum.repos.d"))? {
+        let file = entry?.path();
+        if let Some(id) = file.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".repo")) {
+            std::fs::write(&file, repo_file(id, &repo.join(os)))?;
         }
     }
     Ok(())

@@ -300,8 +300,7 @@ async fn an_endpoint_that_does_not_answer_stops_the_upgrade_before_anything_chan
 async fn redis_5_is_checked_before_the_downtime_and_asked_only_when_not_met() {
     let unknown = host(Spec { version: "3.38.0".into(), edition: Edition::Core, ..Spec::default() }).await;
     // No Redis answers there.
-    let vars = unknown.sim.read("/opt/canopsis/etc/go-engines-vars.conf").unwrap();
-    unknown.sim.write("/opt/canopsis/etc/go-engines-vars.conf", &vars.replace("redis://localhost:6379/0", "redis://127.0.0.1:9/0")).unwrap();
+    unknown.sim.set_redis_url("redis://127.0.0.1:9/0").unwrap();
     let before = unknown.sim.snapshot().unwrap();
     let out = unknown.run(&["apply", "--to", "3.40.0", "--yes"]);
     assert!(!out.status.success(), "{}", text(&out));
@@ -311,8 +310,7 @@ async fn redis_5_is_checked_before_the_downtime_and_asked_only_when_not_met() {
 
     let redis = canup_tests::redis::Redis::start().unwrap();
     let h = host(Spec { version: "3.38.0".into(), edition: Edition::Core, ..Spec::default() }).await;
-    let vars = h.sim.read("/opt/canopsis/etc/go-engines-vars.conf").unwrap();
-    h.sim.write("/opt/canopsis/etc/go-engines-vars.conf", &vars.replace("redis://localhost:6379/0", &redis.url(0))).unwrap();
+    h.sim.set_redis_url(&redis.url(0)).unwrap();
     let plan = text(&h.run(&["plan", "--to", "3.40.0"]));
     let preflight = plan.split("preflight:").nth(1).and_then(|p| p.split("update:").next()).unwrap_or_default();
     assert!(preflight.contains("3.39.0/redis-5"), "listed in the plan's preflight: {plan}");

@@ -23,6 +23,7 @@ async fn index() -> canup::repository::Index {
 /// The README table: one row per published release, what canup does for it.
 fn table(index: &canup::repository::Index) -> String {
     let mut out = String::from("| release | published | what canup does |\n| --- | --- | --- |\n");
+    let shared_ids: BTreeSet<String> = index.shared.iter().flat_map(|s| s.steps.iter().map(|st| st.manifest.id.clone())).collect();
     for release in &index.releases {
         let same_major = |v: &semver::Version| canup::plan::major_of(v).0 == canup::plan::major_of(&release.version).0;
         // A shared registration covering every release of the major is the era's standard
@@ -33,7 +34,6 @@ fn table(index: &canup::repository::Index) -> String {
             .filter(|s| s.covers(&release.version) && !index.releases.iter().filter(|r| same_major(&r.version)).all(|r| s.covers(&r.version)))
             .flat_map(|s| s.steps.iter().map(|st| st.manifest.id.clone()))
             .collect();
-        let shared_ids: BTreeSet<String> = index.shared.iter().flat_map(|s| s.steps.iter().map(|st| st.manifest.id.clone())).collect();
         let own: Vec<String> = release.steps.iter().map(|s| s.manifest.id.clone()).filter(|id| !shared_ids.contains(id)).collect();
         let procedure: BTreeSet<String> = release
             .steps

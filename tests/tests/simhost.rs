@@ -48,28 +48,66 @@ fn a_version_missing_from_the_repository_is_no_match_and_changes_nothing() {
     assert_eq!(sim.snapshot().unwrap(), before);
 }
 
-/// canopsis-cat requires canopsis-core of its own version: updating core alone moves cat too,
-/// as dnf does on a real Pro host, and rpm's database says so.
+/// The vendor's requirements are unversioned (`canopsis-core` requires `canopsis-engines-go`
+/// and `canopsis-webui` from 4.5.0): updating `canopsis-core` alone leaves the engines, the web
+/// UI and Pro's packages behind, as on a real host, and rpm's database says so.
 #[test]
-fn updating_canopsis_core_moves_canopsis_cat_with_it() {
-    let (_d, sim) = host(Spec { edition: Edition::Cat, ..Spec::default() });
-    let (code, out) = run(&sim, "/usr/bin/yum", &["update", "-y", "canopsis-core-3.40.0"], &[]);
+fn updating_canopsis_core_alone_leaves_the_other_packages_behind() {
+    let (_d, sim) = host(Spec { version: "4.5.5".into(), edition: Edition::Cat, ..Spec::default() });
+    assert_eq!(
+        sim.installed_packages().unwrap(),
+        [
+            "canopsis-cat-4.5.5-1.el7.x86_64",
+            "canopsis-core-4.5.5-1.el7.x86_64",
+            "canopsis-engines-go-4.5.5-1.el7.x86_64",
+            "canopsis-engines-go-cat-4.5.5-1.el7.x86_64",
+            "canopsis-webui-4.5.5-1.el7.x86_64"
+        ],
+        "what the 4.x Pro installation guide installs, and what canopsis-core requires"
+    );
+    let (code, out) = run(&sim, "/usr/bin/yum", &["--disablerepo=*", "--enablerepo=canopsis*", "update", "-y", "canopsis-core-4.5.6"], &[]);
     assert_eq!(code, 0, "{out}");
-    assert_eq!(sim.installed_packages().unwrap(), ["canopsis-cat-3.40.0-1.el7.x86_64", "canopsis-core-3.40.0-1.el7.x86_64"]);
-    assert_eq!(sim.read("/opt/canopsis/VERSION.txt").unwrap(), "Canopsis version 3.40.0\n");
+    assert_eq!(
+        sim.installed_packages().unwrap(),
+        [
+            "canopsis-cat-4.5.5-1.el7.x86_64",
+            "canopsis-core-4.5.6-1.el7.x86_64",
+            "canopsis-engines-go-4.5.5-1.el7.x86_64",
+            "canopsis-engines-go-cat-4.5.5-1.el7.x86_64",
+            "canopsis-webui-4.5.5-1.el7.x86_64"
+        ]
+    );
 }
 
-/// A RHEL 8 host has dnf (and yum), says so in its release files, and its repositories use
-/// release version 8; a CentOS 7 host has no dnf.
+/// A host of any release the facts know, on the OS the facts give it, from the facts alone:
+/// 24.04.3 on AlmaLinux 9 has `canopsis-pro`, `canopsis-common` and `canopsis-webui`, the
+/// units of its spec (`canopsis-reconfigure.service`), and no VERSION.txt (the EL8/9 packages
+/// ship none).
+#[test]
+fn a_24_04_host_is_made_from_the_facts() {
+    let (_d, sim) = host(Spec { version: "24.04.3".into(), edition: Edition::Cat, os: canup_tests::simhost::Os::Rhel9, ..Spec::default() });
+    assert_eq!(
+        sim.installed_packages().unwrap(),
+        ["canopsis-common-24.04.3-1.el9.x86_64", "canopsis-pro-24.04.3-1.el9.x86_64", "canopsis-webui-24.04.3-1.el9.x86_64"]
+    );
+    assert!(sim.path("/usr/lib/systemd/system/canopsis-reconfigure.service").is_file());
+    assert!(std::fs::symlink_metadata(sim.path("/etc/systemd/system/multi-user.target.wants/canopsis-engine-go@engine-webhook.service")).is_ok());
+    assert!(!sim.path("/opt/canopsis/VERSION.txt").exists());
+    let dir = tempfile::tempdir().unwrap();
+    let err = SimHost::create(&dir.path().join("r"), &Spec { version: "24.04.3".into(), ..Spec::default() }, &canup_tests::sim_bin()).err().unwrap();
+    assert!(format!("{err:#}").contains("no core installation of Canopsis 24.04.3 on centos7"), "{err:#}");
+}
+
 #[test]
 fn rhel_8_hosts_have_dnf_and_centos_7_hosts_do_not() {
-    let (_d, rhel) = host(Spec { version: "4.5.7".into(), os: canup_tests::simhost::Os::Rhel8, ..Spec::default() });
+    let (_d, rhel) = host(Spec { version: "23.04.1".into(), os: canup_tests::simhost::Os::Rhel8, ..Spec::default() });
     assert!(rhel.read("/etc/redhat-release").unwrap().starts_with("Red Hat Enterprise Linux release 8"));
     let (code, out) = run(&rhel, "/usr/bin/dnf", &["makecache"], &[]);
     assert_eq!(code, 0, "{out}");
-    let (code, out) = run(&rhel, "/usr/bin/dnf", &["--disablerepo=*", "--enablerepo=canopsis*", "update", "-y", "canopsis-core-4.5.8"], &[]);
+    let (code, out) =
+        run(&rhel, "/usr/bin/dnf", &["--disablerepo=*", "--enablerepo=canopsis*", "update", "-y", "canopsis-23.04.2", "canopsis-webui-23.04.2"], &[]);
     assert_eq!(code, 0, "{out}");
-    assert_eq!(rhel.installed_packages().unwrap(), ["canopsis-core-4.5.8-1.el7.x86_64"]);
+    assert_eq!(rhel.installed_packages().unwrap(), ["canopsis-23.04.2-1.el8.x86_64", "canopsis-webui-23.04.2-1.el8.x86_64"]);
     let (_d7, centos) = host(Spec::default());
     assert!(centos.read("/etc/os-release").unwrap().contains("VERSION_ID=\"7\""));
     assert!(!centos.path("/usr/bin/dnf").exists());

@@ -463,10 +463,44 @@ pub async fn apply(session: &Session, options: &ApplyOptions, progress: Arc<dyn 
 /// Detects the installation again after the last step: the target version, in the plan's
 /// edition and method, or what was found instead (as the end of a sentence).
 async fn verify(session: &Session, plan: &Plan, ui: Arc<dyn Ui>) -> Result<Detected, String> {
-    match session.detect(ui).await {
-        Ok(found) if found.installed == plan.target && found.edition == plan.edition && found.method == plan.method => Ok(found),
-        Ok(found) => Err(format!("found Canopsis {} ({} edition, {} method)", found.installed, found.edition, found.method)),
-        Err(e) => Err(format!("could not tell what is installed: {e}")),
+    let heard = Arc::new(Warnings { inner: ui, heard: Mutex::default() });
+    let verdict = match session.detect(heard.clone()).await {
+        Ok(found) if found.installed == plan.target && found.edition == plan.edition && found.method == plan.method => return Ok(found),
+        Ok(found) => format!("found Canopsis {} ({} edition, {} method)", found.installed, found.edition, found.method),
+        Err(e) => format!("could not tell what is installed: {e}"),
+    };
+    // What detection warned of says why (`canopsis-webui is at 4.5.4`): it goes with the verdict
+    // into the message, the journal and --json, not only past the operator's eyes.
+    let warnings = heard.heard.lock().map(|w| w.clone()).unwrap_or_default();
+    Err(if warnings.is_empty() { verdict } else { format!("{verdict}: {}", warnings.join("; ")) })
+}
+
+/// A terminal that also keeps the warnings it shows: what the closing detection warned of.
+struct Warnings {
+    inner: Arc<dyn Ui>,
+    heard: Mutex<Vec<String>>,
+}
+
+impl Ui for Warnings {
+    fn log(&self, step: &str, level: crate::ui::Level, message: &str) {
+        if level >= crate::ui::Level::Warn
+            && let Ok(mut heard) = self.heard.lock()
+        {
+            heard.push(message.to_owned());
+        }
+        self.inner.log(step, level, message);
+    }
+    fn progress(&self, step: &str, done: u64, total: Option<u64>, message: &str) {
+        self.inner.progress(step, done, total, message);
+    }
+    fn confirm(&self, step: &str, question: &str) -> bool {
+        self.inner.confirm(step, question)
+    }
+    fn manual(&self, step: &str, instruction: &str) -> bool {
+        self.inner.manual(step, instruction)
+    }
+    fn choose(&self, step: &str, question: &str, options: &[String], default: usize) -> Option<usize> {
+        self.inner.choose(step, question, options, default)
     }
 }
 

@@ -34,10 +34,7 @@ pub fn cache_url(redis_url: &str) -> Result<String> {
 }
 
 fn purge(_: &Context) -> Result<()> {
-    let vars = helpers::read_env_file("/opt/canopsis/etc/go-engines-vars.conf")?;
-    let url =
-        vars.iter().find(|(k, _)| k == "CPS_REDIS_URL").map(|(_, v)| v.as_str()).ok_or_else(|| Error::msg("go-engines-vars.conf has no CPS_REDIS_URL"))?;
-    let url = cache_url(url)?;
+    let url = cache_url(&helpers::engines_var("CPS_REDIS_URL")?)?;
     Command::new("/usr/bin/canoctl").arg("stop").run()?;
     Command::new("/usr/bin/redis-cli").args(["-u", &url, "FLUSHDB"]).run()?;
     Ok(())

@@ -119,17 +119,11 @@ fn check_additions(references: &[(String, String)]) -> Result<()> {
         added.join(", ")
     );
     // Confirmed: the file is read again; what is still there stops the update.
-    if ui::manual(&instruction) {
-        let still = operator_additions(&fs::read_to_string(&path)?, &reference);
-        if still.is_empty() {
-            return Ok(());
-        }
-        bail!(
-            "{path} still has {} that the reference does not: nothing was changed; move them to docker-compose.override.yml and run canup again",
-            still.join(", ")
-        );
+    let left = if ui::manual(&instruction) { operator_additions(&fs::read_to_string(&path)?, &reference) } else { added };
+    if left.is_empty() {
+        return Ok(());
     }
-    bail!("{path} has {} that the reference does not: nothing was changed; move them to docker-compose.override.yml and run canup again", added.join(", "));
+    bail!("{path} has {} that the reference does not: nothing was changed; move them to docker-compose.override.yml and run canup again", left.join(", "));
 }
 
 fn compose_update(ctx: &Context) -> Result<()> {

@@ -1,57 +1,124 @@
-//! Detection of what is installed, shipped with every release from 3.x to 23.10.
+//! Detection of what is installed, shipped with every release from 3.x to 24.04.
 //!
-//! The installed version comes from `/opt/canopsis/VERSION.txt` (« Canopsis version 3.38.0 »),
-//! cross-checked with `rpm -q canopsis-core` for a package install or with
-//! `CANOPSIS_IMAGE_TAG` in the Compose `.env`; a disagreement is an error naming both values.
-//! The edition is `cat` when `canopsis-cat` is installed (or `CPS_EDITION=cat`, from 22.10 `pro`,
-//! in the `.env`).
+//! A package install is read from the rpm database: every installed Canopsis package (`rpm -qa
+//! 'canopsis*'`), whatever its era calls it (facts/canopsis.toml): `canopsis-core` (CentOS 7),
+//! `canopsis` (RHEL 8 and 9, Community) or `canopsis-pro` (Pro) is the installation's main
+//! package and gives the version; the edition is Pro when `canopsis-cat` or `canopsis-pro` is
+//! installed. The installation is at the version of its oldest package among the main ones,
+//! those the installation guides install beside them (the engines, the web UI) and whatever
+//! those require (`canopsis-common` from 23.04.7 on RHEL 8): an update that left
+//! `canopsis-webui` behind is not the target, and detection names it. A package nothing needs
+//! any more (23.04's `canopsis-common` after 23.10) is not counted.
+//!
+//! `/opt/canopsis/VERSION.txt`, where the package ships it (CentOS 7) or the containers write it
+//! (Compose), is cross-checked; a Compose install is read from `CANOPSIS_IMAGE_TAG` in its
+//! `.env`. A disagreement is an error naming both values.
 
-use canup_sdk::{Context, Result, bail, detect, exec::Command, fs, ui};
+use canup_sdk::{Context, Error, Result, bail, detect, exec::Command, fs, helpers, ui};
 
 canup_sdk::export_step!(detect_installation);
 
 const VERSION_TXT: &str = "/opt/canopsis/VERSION.txt";
 const COMPOSE_ENV: &str = "/opt/canopsis/docker/.env";
 
-/// `canopsis-core-3.38.0-1.el7.x86_64` → `3.38.0`, or `None` when not installed.
-fn rpm_version(package: &str) -> Result<Option<String>> {
-    let out = Command::new("/usr/bin/rpm").args(["-q", package]).output()?;
-    if !out.success() {
-        return Ok(None);
-    }
-    let text = out.stdout_text();
-    let rest = text.trim().strip_prefix(&format!("{package}-")).unwrap_or_default();
-    Ok(rest.split('-').next().filter(|v| !v.is_empty()).map(str::to_owned))
-}
+/// The main package of each era and edition, in the order detection takes the version from.
+const MAIN: &[&str] = &["canopsis-pro", "canopsis", "canopsis-core"];
+/// What the installation guides install beside the main package, in every era.
+const INSTALLED_BY_GUIDES: &[&str] = &["canopsis-cat", "canopsis-engines-go", "canopsis-engines-go-cat", "canopsis-webui"];
+/// Pro's packages.
+const PRO: &[&str] = &["canopsis-cat", "canopsis-pro"];
 
 fn env_value(env: &str, key: &str) -> Option<String> {
     env.lines().find_map(|l| l.trim().strip_prefix(key)?.strip_prefix('=').map(|v| v.trim().trim_matches('"').to_owned()))
 }
 
-fn detect_installation(_: &Context) -> Result<()> {
-    let text = fs::read_to_string(VERSION_TXT)?;
-    let from_file = text.trim().trim_start_matches("Canopsis version").trim().to_owned();
-    if from_file.is_empty() {
-        bail!("{VERSION_TXT} does not name a version: {text:?}");
+/// The Canopsis packages `name` requires, among `installed` (`rpm -q --requires NAME`).
+fn requirements(name: &str, installed: &[(String, String)]) -> Result<Vec<String>> {
+    let out = Command::new("/usr/bin/rpm").args(["-q", "--requires", name]).run()?;
+    Ok(out
+        .stdout_text()
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|r| installed.iter().any(|(n, _)| n == r))
+        .map(str::to_owned)
+        .collect())
+}
+
+/// (version, edition, whether every counted package is at that version) of a package install.
+fn from_packages() -> Result<(String, String, bool)> {
+    let installed = helpers::installed_canopsis_packages()?;
+    let version_of = |name: &str| installed.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+    let (main, version) = MAIN
+        .iter()
+        .find_map(|m| version_of(m).map(|v| (*m, v)))
+        .ok_or_else(|| Error::msg("neither a Compose .env nor a Canopsis package (canopsis-core, canopsis, canopsis-pro): is Canopsis installed?"))?;
+    let edition = if PRO.iter().any(|p| version_of(p).is_some()) { "cat" } else { "core" };
+    // The installation's packages: the main one, those the guides install, and what they
+    // require, transitively.
+    let mut counted: Vec<String> = Vec::new();
+    let mut queue: Vec<String> = std::iter::once(main).chain(INSTALLED_BY_GUIDES.iter().copied()).filter(|n| version_of(n).is_some()).map(str::to_owned).collect();
+    while let Some(name) = queue.pop() {
+        if counted.contains(&name) {
+            continue;
+        }
+        queue.extend(requirements(&name, &installed)?);
+        counted.push(name);
     }
-    let (method, edition, other, source) = if fs::exists(COMPOSE_ENV)? {
+    counted.sort();
+    let behind: Vec<String> = counted
+        .iter()
+        .filter_map(|n| version_of(n).filter(|v| *v != version).map(|v| format!("{n} is at {v}")))
+        .collect();
+    if behind.is_empty() {
+        return Ok((version, edition.to_owned(), true));
+    }
+    // The oldest package says what the installation is.
+    let oldest = counted
+        .iter()
+        .filter_map(|n| version_of(n))
+        .min_by_key(|v| canup_sdk::context::parse_version(v))
+        .unwrap_or_else(|| version.clone());
+    ui::warn(&format!(
+        "the Canopsis packages disagree: {main} is at {version} but {}; the installation counts as {oldest} until every package is at one version",
+        behind.join(", ")
+    ));
+    Ok((oldest, edition.to_owned(), false))
+}
+
+fn detect_installation(_: &Context) -> Result<()> {
+    let (method, installed, edition) = if fs::exists(COMPOSE_ENV)? {
         let env = fs::read_to_string(COMPOSE_ENV)?;
-        let tag = env_value(&env, "CANOPSIS_IMAGE_TAG").ok_or_else(|| canup_sdk::Error::msg(format!("{COMPOSE_ENV} has no CANOPSIS_IMAGE_TAG")))?;
+        let tag = env_value(&env, "CANOPSIS_IMAGE_TAG").ok_or_else(|| Error::msg(format!("{COMPOSE_ENV} has no CANOPSIS_IMAGE_TAG")))?;
         // 22.10's Compose files name the editions `community` and `pro` (`CPS_EDITION=pro`).
         let edition = match env_value(&env, "CPS_EDITION").as_deref() {
             Some("cat" | "pro") => "cat".to_owned(),
             _ => "core".to_owned(),
         };
-        ("compose", edition, tag, format!("CANOPSIS_IMAGE_TAG in {COMPOSE_ENV}"))
+        check_version_txt(&tag, &format!("CANOPSIS_IMAGE_TAG in {COMPOSE_ENV}"))?;
+        ("compose", tag, edition)
     } else {
-        let core = rpm_version("canopsis-core")?
-            .ok_or_else(|| canup_sdk::Error::msg("neither a Compose .env nor the canopsis-core package: is Canopsis installed?"))?;
-        let edition = if rpm_version("canopsis-cat")?.is_some() { "cat" } else { "core" };
-        ("packages", edition.to_owned(), core, "rpm -q canopsis-core".to_owned())
+        let (version, edition, agreed) = from_packages()?;
+        if agreed {
+            check_version_txt(&version, "rpm -qa 'canopsis*'")?;
+        }
+        ("packages", version, edition)
     };
-    if other != from_file {
-        bail!("{VERSION_TXT} says {from_file} but {source} says {other}; repair the installation before upgrading");
+    ui::info(&format!("Canopsis {installed}, {edition} edition, {method} install"));
+    detect::report(&installed, &edition, method)
+}
+
+/// VERSION.txt, where there is one, must say `version`.
+fn check_version_txt(version: &str, source: &str) -> Result<()> {
+    if !fs::exists(VERSION_TXT)? {
+        return Ok(());
     }
-    ui::info(&format!("Canopsis {from_file}, {edition} edition, {method} install"));
-    detect::report(&from_file, &edition, method)
+    let text = fs::read_to_string(VERSION_TXT)?;
+    let from_file = text.trim().trim_start_matches("Canopsis version").trim().to_owned();
+    if from_file.is_empty() {
+        bail!("{VERSION_TXT} does not name a version: {text:?}");
+    }
+    if from_file != version {
+        bail!("{VERSION_TXT} says {from_file} but {source} says {version}; repair the installation before upgrading");
+    }
+    Ok(())
 }

@@ -6,7 +6,7 @@
 //! and « `canoctl restart` ». The update is pinned to exactly the target version, never
 //! "latest". (Detection and the Compose update are the `detect` and `compose-update` crates.)
 
-use canup_sdk::{Context, Result, bail, exec::Command};
+use canup_sdk::{Context, Result, bail, exec::Command, helpers};
 
 canup_sdk::export_step! {
     "procedure-3.x/yum-update" => yum_update,
@@ -14,7 +14,7 @@ canup_sdk::export_step! {
 }
 
 fn yum_update(ctx: &Context) -> Result<()> {
-    Command::new("/usr/bin/yum").args(["update", "-y"]).args(ctx.pinned_packages()).run()?;
+    Command::new("/usr/bin/yum").args(["update", "-y"]).args(helpers::pinned_canopsis_packages(&ctx.target)?).run()?;
     Ok(())
 }
 

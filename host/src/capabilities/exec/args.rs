@@ -14,6 +14,8 @@
 //!   `canopsis-core|canopsis-cat`; an argument equal to the pattern's text always matches, so
 //!   a literal script needs no escaping.
 //! - `**` as the last pattern: any number of further arguments, none of them an option.
+//! - `P...` as the last pattern: one or more further arguments, each matching `P` (a package
+//!   update names every installed Canopsis package, pinned: `canopsis*-[0-9]*...`).
 //! - With `shell = true`, the rule's last pattern is a command line that a shell will read
 //!   (`su - canopsis -c "canopsinit …"`): the argument must hold no shell syntax at all (no
 //!   `;`, `|`, `&`, `$`, quotes, redirections, globs, newlines …) and is matched word by word,
@@ -32,12 +34,24 @@ const SHELL_SYNTAX: &[char] =
 enum Word {
     One { text: String, alternatives: Vec<GlobMatcher> },
     Rest,
+    Repeat(Box<Word>),
+}
+
+/// The suffix that makes a rule's last pattern match one or more arguments.
+const REPEAT: &str = "...";
+
+/// `P` of a last pattern `P...`.
+fn repeated(pattern: &str) -> Option<&str> {
+    pattern.strip_suffix(REPEAT).filter(|p| !p.is_empty())
 }
 
 impl Word {
     fn compile(pattern: &str, last: bool, origin: &str) -> Result<Self, PatternError> {
         if pattern == "**" && last {
             return Ok(Word::Rest);
+        }
+        if let Some(each) = repeated(pattern).filter(|_| last) {
+            return Ok(Word::Repeat(Box::new(Word::compile(each, false, origin)?)));
         }
         let alternatives = split_alternatives(pattern).into_iter().map(|a| glob(a, false, origin)).collect::<Result<Vec<_>, _>>()?;
         Ok(Word::One { text: pattern.to_owned(), alternatives })
@@ -46,6 +60,7 @@ impl Word {
     fn matches(&self, arg: &str) -> bool {
         match self {
             Word::Rest => !arg.starts_with('-'),
+            Word::Repeat(each) => each.matches(arg),
             Word::One { text, alternatives } => {
                 arg == text
                     || alternatives.iter().any(|g| {
@@ -80,6 +95,7 @@ fn words_match(patterns: &[Word], args: &[&str]) -> bool {
     for (i, pattern) in patterns.iter().enumerate() {
         match pattern {
             Word::Rest => return args[i.min(args.len())..].iter().all(|a| pattern.matches(a)),
+            Word::Repeat(_) => return args.len() > i && args[i..].iter().all(|a| pattern.matches(a)),
             Word::One { .. } => match args.get(i) {
                 Some(a) if pattern.matches(a) => {}
                 _ => return false,
@@ -160,8 +176,20 @@ fn words_cover(policy: &[String], declared: &[String]) -> bool {
             // Further arguments: none of the declared ones may be an option.
             return declared[i.min(declared.len())..].iter().all(|d| d == "**" || split_alternatives(d).iter().all(|a| !a.starts_with('-')));
         }
+        let last = i == policy.len() - 1;
+        if let Some(each) = repeated(p).filter(|_| last) {
+            // One or more further arguments: each declared one (or the declaration's own
+            // repeated pattern) within `each`.
+            let rest = &declared[i.min(declared.len())..];
+            return !rest.is_empty()
+                && rest.iter().enumerate().all(|(j, d)| {
+                    let d = if j == rest.len() - 1 { repeated(d).unwrap_or(d) } else { d };
+                    d != "**" && word_covers(each, d)
+                });
+        }
         match declared.get(i) {
-            Some(d) if d != "**" && word_covers(p, d) => {}
+            // A declared `P...` is any number of arguments: no single policy word covers it.
+            Some(d) if d != "**" && !(i == declared.len() - 1 && repeated(d).is_some()) && word_covers(p, d) => {}
             _ => return false,
         }
     }
@@ -188,6 +216,24 @@ mod tests {
 
     fn m(p: &ArgPatterns, args: &[&str]) -> bool {
         p.matches(&args.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn a_repeated_pattern_matches_one_or_more_arguments_each_within_it() {
+        let update = pats(&["update", "-y", "canopsis*-[0-9]*..."], false);
+        assert!(m(&update, &["update", "-y", "canopsis-core-4.5.5"]));
+        assert!(m(&update, &["update", "-y", "canopsis-core-4.5.5", "canopsis-engines-go-4.5.5", "canopsis-webui-4.5.5"]));
+        assert!(!m(&update, &["update", "-y"]), "at least one");
+        assert!(!m(&update, &["update", "-y", "canopsis-core-4.5.5", "nginx"]));
+        assert!(!m(&update, &["update", "-y", "canopsis-core-4.5.5", "--setopt=x"]));
+        assert!(!m(&update, &["update", "-y", "canopsis-core-4.5.5/../../tmp/evil.rpm"]));
+        let policy = |p: &[&str]| p.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(covers(&policy(&["update", "canopsis*..."]), false, &policy(&["update", "canopsis*-[0-9]*..."])));
+        assert!(covers(&policy(&["update", "canopsis*..."]), false, &policy(&["update", "canopsis-core-*", "canopsis-cat-*"])));
+        assert!(!covers(&policy(&["update", "canopsis*..."]), false, &policy(&["update"])));
+        assert!(!covers(&policy(&["update", "canopsis*..."]), false, &policy(&["update", "**"])));
+        assert!(!covers(&policy(&["update", "*"]), false, &policy(&["update", "canopsis*..."])), "one word does not cover many");
+        assert!(!covers(&policy(&["update", "canopsis-core-*..."]), false, &policy(&["update", "canopsis*..."])));
     }
 
     #[test]
