@@ -380,8 +380,7 @@ pub const INSTALLED_QUERY: [&str; 4] = ["-qa", "--qf", "%{NAME} %{VERSION}\\n", 
 
 /// `name version` lines, sorted by name.
 pub fn parse_installed(text: &str) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> =
-        text.lines().filter_map(|l| l.trim().split_once(' ')).map(|(n, v)| (n.to_owned(), v.trim().to_owned())).collect();
+    let mut out: Vec<(String, String)> = text.lines().filter_map(|l| l.trim().split_once(' ')).map(|(n, v)| (n.to_owned(), v.trim().to_owned())).collect();
     out.sort();
     out
 }

@@ -218,8 +218,7 @@ impl Facts {
 
     /// Every version the facts know, ascending.
     pub fn versions(&self) -> Vec<String> {
-        let mut all: Vec<String> =
-            self.releases.untagged.iter().chain(&self.releases.tagged).chain(&self.releases.examples).cloned().collect();
+        let mut all: Vec<String> = self.releases.untagged.iter().chain(&self.releases.tagged).chain(&self.releases.examples).cloned().collect();
         all.sort_by_key(|v| Version::parse(v).ok());
         all.dedup();
         all

@@ -177,7 +177,10 @@ fn spec(batch: &Batch) -> String {
             files.push_str(&format!("%files -n {}\n", p.name));
         }
         for (path, content) in package_files(p) {
-            install.push_str(&format!("mkdir -p $(dirname %{{buildroot}}{path})\nprintf '%%s' '{}' > %{{buildroot}}{path}\n", content.replace('%', "%%").replace('\'', "")));
+            install.push_str(&format!(
+                "mkdir -p $(dirname %{{buildroot}}{path})\nprintf '%%s' '{}' > %{{buildroot}}{path}\n",
+                content.replace('%', "%%").replace('\'', "")
+            ));
             files.push_str(&format!("{path}\n"));
         }
     }
@@ -197,7 +200,10 @@ fn package_files(p: &Built) -> Vec<(String, String)> {
             Some((_, instance)) => format!("/opt/canopsis/bin/{instance}"),
             None => format!("/opt/canopsis/bin/{what}"),
         };
-        out.push((format!("/usr/lib/systemd/system/{unit}"), format!("[Unit]\nDescription=Canopsis {what}\n[Service]\nExecStart={exec}\n[Install]\nWantedBy=multi-user.target\n")));
+        out.push((
+            format!("/usr/lib/systemd/system/{unit}"),
+            format!("[Unit]\nDescription=Canopsis {what}\n[Service]\nExecStart={exec}\n[Install]\nWantedBy=multi-user.target\n"),
+        ));
     }
     // The 4.x core package ships the MongoDB scripts the 4.5.x notes run.
     if p.name == "canopsis-core" && p.version.starts_with("4.") {

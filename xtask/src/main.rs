@@ -36,6 +36,7 @@ mod publish;
 mod test;
 mod tuf_conformance;
 mod util;
+mod vendor_check;
 
 use std::path::PathBuf;
 
@@ -92,6 +93,12 @@ enum Task {
         #[arg(value_name = "DIR")]
         suite: PathBuf,
     },
+    /// Compares facts/canopsis.toml with the vendor's tags in DIR (a clone of capensis/canopsis).
+    VendorCheck {
+        /// A checkout or bare clone of GitHub capensis/canopsis.
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
     /// The release crates under `steps/`, published into a signed repository with a development key.
     Publish {
         /// The repository's directory.
@@ -117,6 +124,7 @@ fn main() -> Result<()> {
         Task::Fuzz { libfuzzer, seconds } => fuzz::run(libfuzzer, seconds),
         Task::BuildGuests => util::build_guests().map(|_| ()),
         Task::TufConformance { suite } => tuf_conformance::run(&suite),
+        Task::VendorCheck { dir } => vendor_check::run(&dir),
         Task::Publish { out } => publish::run(&out),
     }
 }

@@ -35,13 +35,7 @@ fn env_value(env: &str, key: &str) -> Option<String> {
 /// The Canopsis packages `name` requires, among `installed` (`rpm -q --requires NAME`).
 fn requirements(name: &str, installed: &[(String, String)]) -> Result<Vec<String>> {
     let out = Command::new("/usr/bin/rpm").args(["-q", "--requires", name]).run()?;
-    Ok(out
-        .stdout_text()
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|r| installed.iter().any(|(n, _)| n == r))
-        .map(str::to_owned)
-        .collect())
+    Ok(out.stdout_text().lines().filter_map(|l| l.split_whitespace().next()).filter(|r| installed.iter().any(|(n, _)| n == r)).map(str::to_owned).collect())
 }
 
 /// (version, edition, whether every counted package is at that version) of a package install.
@@ -56,7 +50,8 @@ fn from_packages() -> Result<(String, String, bool)> {
     // The installation's packages: the main one, those the guides install, and what they
     // require, transitively.
     let mut counted: Vec<String> = Vec::new();
-    let mut queue: Vec<String> = std::iter::once(main).chain(INSTALLED_BY_GUIDES.iter().copied()).filter(|n| version_of(n).is_some()).map(str::to_owned).collect();
+    let mut queue: Vec<String> =
+        std::iter::once(main).chain(INSTALLED_BY_GUIDES.iter().copied()).filter(|n| version_of(n).is_some()).map(str::to_owned).collect();
     while let Some(name) = queue.pop() {
         if counted.contains(&name) {
             continue;
@@ -65,19 +60,12 @@ fn from_packages() -> Result<(String, String, bool)> {
         counted.push(name);
     }
     counted.sort();
-    let behind: Vec<String> = counted
-        .iter()
-        .filter_map(|n| version_of(n).filter(|v| *v != version).map(|v| format!("{n} is at {v}")))
-        .collect();
+    let behind: Vec<String> = counted.iter().filter_map(|n| version_of(n).filter(|v| *v != version).map(|v| format!("{n} is at {v}"))).collect();
     if behind.is_empty() {
         return Ok((version, edition.to_owned(), true));
     }
     // The oldest package says what the installation is.
-    let oldest = counted
-        .iter()
-        .filter_map(|n| version_of(n))
-        .min_by_key(|v| canup_sdk::context::parse_version(v))
-        .unwrap_or_else(|| version.clone());
+    let oldest = counted.iter().filter_map(|n| version_of(n)).min_by_key(|v| canup_sdk::context::parse_version(v)).unwrap_or_else(|| version.clone());
     ui::warn(&format!(
         "the Canopsis packages disagree: {main} is at {version} but {}; the installation counts as {oldest} until every package is at one version",
         behind.join(", ")
