@@ -63,7 +63,13 @@ pub struct LimitsConfig {
     pub cpu_seconds: Option<u64>,
     pub wall_seconds: Option<u64>,
     pub guest_output_kib: Option<u64>,
+    /// A command's limit where its step declares none.
     pub exec_timeout_seconds: Option<u64>,
+    /// The most any command may run where the policy rule that admits it sets no
+    /// `timeout_seconds`.
+    pub exec_max_timeout_seconds: Option<u64>,
+    /// How often a running command's progress is shown.
+    pub exec_progress_seconds: Option<u64>,
     pub exec_output_kib: Option<u64>,
     pub http_timeout_seconds: Option<u64>,
     pub http_body_kib: Option<u64>,
@@ -116,8 +122,9 @@ impl LimitsConfig {
             guest_output: kib(self.guest_output_kib, d.guest_output),
             exec: ExecLimits {
                 default_timeout: secs(self.exec_timeout_seconds, d.exec.default_timeout),
+                max_timeout: secs(self.exec_max_timeout_seconds, d.exec.max_timeout),
+                progress_every: secs(self.exec_progress_seconds, d.exec.progress_every),
                 max_output: kib(self.exec_output_kib, d.exec.max_output),
-                ..d.exec
             },
             http: HttpLimits {
                 timeout: secs(self.http_timeout_seconds, d.http.timeout),

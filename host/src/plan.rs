@@ -447,6 +447,7 @@ mod tests {
                 users: vec![],
                 readonly: false,
                 shell: false,
+                timeout_seconds: None,
             }],
             fs: FsRules { read: vec!["/opt/canopsis/etc/webserver.conf".into()], write: vec!["/opt/canopsis/etc/webserver.conf".into()], create: vec![] },
             http: vec![],

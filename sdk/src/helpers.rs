@@ -361,10 +361,46 @@ impl PackageManager {
         if self == PackageManager::Dnf {
             crate::exec::Command::new(self.program()).arg("makecache").run()?;
         }
-        crate::exec::Command::new(self.program()).args(["--disablerepo=*", "--enablerepo=canopsis*", "update", "-y"]).args(packages).run()?;
+        crate::exec::Command::new(self.program()).args(CANOPSIS_REPOS).args(["update", "-y"]).args(packages).run()?;
+        Ok(())
+    }
+
+    /// Every installed Canopsis package to exactly `target`, in one transaction. On dnf, a
+    /// Canopsis package the target newly requires (`canopsis-common`, which `canopsis` requires
+    /// from 23.04.7 on RHEL 8) is pinned too: left to the resolver it would come at the newest
+    /// version the repository has, past the target. dnf's `update` skips a package that is not
+    /// installed, so such an update is an `install` of the pinned versions (dnf upgrades what is
+    /// installed and installs what is new, in one transaction); without one it is the
+    /// procedure's `update`.
+    pub fn update_canopsis_to(self, target: &semver::Version) -> Result<()> {
+        let pinned = pinned_canopsis_packages(target)?;
+        if self == PackageManager::Yum {
+            return self.update_canopsis(&pinned);
+        }
+        crate::exec::Command::new(self.program()).arg("makecache").run()?;
+        let out = crate::exec::Command::new(self.program()).args(CANOPSIS_REPOS).args(REQUIRES_QUERY).args(&pinned).run()?;
+        let installed: Vec<String> = installed_canopsis_packages()?.into_iter().map(|(n, _)| n).collect();
+        let version = crate::context::version_text(target);
+        let mut new: Vec<String> = out
+            .stdout_text()
+            .lines()
+            .map(str::trim)
+            .filter(|n| n.starts_with("canopsis") && !installed.iter().any(|i| i == n))
+            .map(|n| format!("{n}-{version}"))
+            .collect();
+        new.sort();
+        new.dedup();
+        let verb = if new.is_empty() { "update" } else { "install" };
+        crate::exec::Command::new(self.program()).args(CANOPSIS_REPOS).args([verb, "-y"]).args(pinned).args(new).run()?;
         Ok(())
     }
 }
+
+/// The procedures' `--disablerepo="*" --enablerepo="canopsis*"`: the Canopsis repositories only.
+const CANOPSIS_REPOS: [&str; 2] = ["--disablerepo=*", "--enablerepo=canopsis*"];
+
+/// `dnf repoquery` of the names a set of pinned packages requires (read-only).
+pub const REQUIRES_QUERY: [&str; 6] = ["repoquery", "-q", "--requires", "--resolve", "--qf", "%{name}"];
 
 /// The Canopsis packages installed on the host (`rpm -qa 'canopsis*'`), as (name, version),
 /// sorted by name: every era's names (`canopsis-core`, `canopsis-engines-go`,

@@ -3,9 +3,9 @@
 //! them, so that it agrees with the vendor rather than with canup's own assumptions, and
 //! `cargo xtask vendor-check` compares them with the vendor's tags.
 //!
-//! The facts are embedded (a host can be made anywhere), and `CANUP_SIM_FACTS` or
-//! `canup-sim create --facts FILE` adds a file of the same format on top: a vendor adds a new
-//! release's facts without building canup-sim again.
+//! The facts are embedded (a host can be made anywhere), and `CANUP_SIM_FACTS=FILE` adds a file
+//! of the same format on top: a vendor adds a new release's facts without building canup-sim
+//! again (docs/facts.md).
 
 use std::cmp::Ordering;
 use std::collections::BTreeSet;
@@ -235,7 +235,7 @@ impl Facts {
         }
         bail!(
             "the facts know no Canopsis {version}: add it to [releases] of facts/canopsis.toml with its packages, installs and units \
-             (or give them in a file of the same format with --facts FILE or CANUP_SIM_FACTS)"
+             (or in a file of the same format named by CANUP_SIM_FACTS=FILE; docs/facts.md)"
         )
     }
 
@@ -343,7 +343,7 @@ mod tests {
     #[test]
     fn an_unknown_release_names_the_way_to_add_it() {
         let err = facts().packages("24.10.0", "rhel8").unwrap_err().to_string();
-        assert!(err.contains("facts know no Canopsis 24.10.0") && err.contains("--facts"), "{err}");
+        assert!(err.contains("facts know no Canopsis 24.10.0") && err.contains("CANUP_SIM_FACTS"), "{err}");
     }
 
     #[test]

@@ -296,6 +296,24 @@ FlappingInterval = 3600
 TokenSigningMethod = \"HS256\" # site policy
 ";
 
+/// The Canopsis version the host's services run: `VERSION.txt` where the package (CentOS 7)
+/// or the containers (Compose) write it, else the RHEL 8/9 main package's version in the rpm
+/// database (those packages ship no VERSION.txt). Empty when neither says.
+pub fn installed_version(root: &Path) -> String {
+    let text = fs::read_to_string(root.join("opt/canopsis/VERSION.txt")).unwrap_or_default();
+    let from_file = text.trim().trim_start_matches("Canopsis version").trim();
+    if !from_file.is_empty() {
+        return from_file.to_owned();
+    }
+    ["canopsis-pro", "canopsis"]
+        .iter()
+        .find_map(|name| {
+            let out = packages::rpm(root).args(["-q", "--qf", "%{VERSION}", name]).output().ok()?;
+            out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        })
+        .unwrap_or_default()
+}
+
 /// Whether `version` is of the YY.MM numbering (22.10 and later).
 fn calendar(version: &str) -> bool {
     version.split('.').next().and_then(|m| m.parse::<u64>().ok()).is_some_and(|m| m >= 22)

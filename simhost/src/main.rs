@@ -30,7 +30,8 @@ enum Command {
         edition: Edition,
         #[arg(long, value_enum, default_value = "packages")]
         method: Method,
-        /// The operating system: CentOS 7 (yum) or RHEL 8 (dnf).
+        /// The operating system: CentOS 7 (yum), RHEL 8 or AlmaLinux 9 (dnf); the facts say which
+        /// releases each runs (facts/canopsis.toml).
         #[arg(long, value_enum, default_value = "centos7")]
         os: Os,
     },

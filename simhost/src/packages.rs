@@ -40,8 +40,9 @@ fn dist(os: &str) -> Result<&'static str> {
 
 /// The cache directory of the simulated packages.
 fn cache_dir() -> Result<PathBuf> {
-    if let Some(dir) = std::env::var_os("CANUP_SIM_CACHE") {
-        return Ok(PathBuf::from(dir));
+    if let Some(dir) = std::env::var_os("CANUP_SIM_CACHE").filter(|d| !d.is_empty()) {
+        // rpmbuild's _topdir must be absolute.
+        return std::path::absolute(&dir).with_context(|| format!("CANUP_SIM_CACHE {}", PathBuf::from(&dir).display()));
     }
     let home = std::env::var_os("HOME").context("neither CANUP_SIM_CACHE nor HOME is set: canup-sim needs a cache directory for its packages")?;
     Ok(PathBuf::from(home).join(".cache/canup-sim"))

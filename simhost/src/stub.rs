@@ -37,7 +37,7 @@ impl Sim {
         self.write(logical, &content);
     }
     fn installed_version(&self) -> String {
-        self.read("/opt/canopsis/VERSION.txt").trim().trim_start_matches("Canopsis version ").to_owned()
+        canup_sim::installed_version(&self.root)
     }
 }
 

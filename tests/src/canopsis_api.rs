@@ -2,8 +2,8 @@
 //! steps talk to. It answers from the simulated tree at request time, so an upgrade of the
 //! tree shows in the version it reports, and it records every request for the tests.
 //!
-//! - `GET /api/internal/app_info` (3.x) and `GET /api/v4/app-info` (4.x): `{"version": …}` from
-//!   `/opt/canopsis/VERSION.txt`; 503 while `/var/lib/canup-sim/api-down` exists (services
+//! - `GET /api/internal/app_info` (3.x) and `GET /api/v4/app-info` (4.x): `{"version": …}` of
+//!   the installation (`canup_sim::installed_version`: VERSION.txt, else the RHEL 8 package); 503 while `/var/lib/canup-sim/api-down` exists (services
 //!   restarting), 404 on the other era's path.
 //! - `/api/v2/broadcast-message` (3.40+) and `/api/v4/broadcast-message`: POST adds, GET lists
 //!   (3.x: a plain array; 4.x: `{"data": […]}`), `DELETE …/ID` removes.
@@ -73,7 +73,7 @@ impl CanopsisApi {
 }
 
 fn installed(root: &std::path::Path) -> String {
-    std::fs::read_to_string(root.join("opt/canopsis/VERSION.txt")).unwrap_or_default().trim().rsplit(' ').next().unwrap_or_default().to_owned()
+    canup_sim::installed_version(root)
 }
 
 fn answer(state: &Mutex<State>, root: &std::path::Path, method: Method, path: &str, headers: &HeaderMap, body: &[u8]) -> Response {

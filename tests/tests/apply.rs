@@ -68,11 +68,14 @@ impl Host {
         self.sim.calls().unwrap().iter().map(|c| format!("{} as {}", c.line(), c.user)).collect()
     }
 
-    /// The calls that change something (the queries `rpm -q`, `is-enabled` and `redis-cli …
-    /// INFO` excluded).
+    /// The calls that change something (the queries `rpm -q`, `dnf repoquery`, `is-enabled`
+    /// and `redis-cli … INFO` excluded).
     fn changes(&self) -> Vec<String> {
         let query = |c: &canup_tests::simhost::Call| {
-            c.program == "rpm" || c.args.first().is_some_and(|a| a == "is-enabled") || (c.program == "redis-cli" && c.args.iter().any(|a| a == "INFO"))
+            c.program == "rpm"
+                || c.args.first().is_some_and(|a| a == "is-enabled")
+                || (c.program == "dnf" && c.args.iter().any(|a| a == "repoquery"))
+                || (c.program == "redis-cli" && c.args.iter().any(|a| a == "INFO"))
         };
         self.sim.calls().unwrap().iter().filter(|c| !query(c)).map(|c| c.line()).collect()
     }
@@ -102,7 +105,7 @@ async fn packages_cat_3_38_to_3_40_runs_the_steps_in_order() {
     assert_eq!(
         h.changes(),
         [
-            "yum update -y canopsis-core-3.40.0 canopsis-cat-3.40.0",
+            "yum update -y canopsis-cat-3.40.0 canopsis-core-3.40.0",
             "su - canopsis -c canopsinit --canopsis-edition cat --canopsis-stack go",
             "canopsinit --canopsis-edition cat --canopsis-stack go",
             "systemctl daemon-reload",
@@ -163,27 +166,28 @@ async fn core_from_3_37_runs_the_3_38_pre_update_before_yum() {
     assert_eq!(h.sim.read("/opt/canopsis/etc/amqp2engines.conf").unwrap(), h.sim.read("/opt/canopsis/etc/amqp2engines-go-core.conf.example").unwrap());
 }
 
-/// A RHEL-8-like host (Pro): the same upgrade through dnf, the RHEL 8 procedure's
-/// `dnf makecache` first, both packages moved by the real dnf; `status` names the OS.
+/// A RHEL 8 host (Pro, 23.04): the update through dnf, the RHEL 8 procedure's `dnf makecache`
+/// first, Pro's `canopsis-pro` and the web UI moved by the real dnf in one transaction;
+/// `status` names the OS.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn packages_on_rhel_8_update_with_dnf_makecache_then_dnf() {
-    let h = host(Spec { version: "4.5.4".into(), edition: Edition::Cat, os: canup_tests::simhost::Os::Rhel8, ..Spec::default() }).await;
+    let h = host(Spec { version: "23.04.1".into(), edition: Edition::Cat, os: canup_tests::simhost::Os::Rhel8, ..Spec::default() }).await;
     let status = h.run(&["status"]);
     assert!(text(&status).contains("operating system: Red Hat Enterprise Linux 8.8 (Ootpa)"), "{}", text(&status));
-    let out = h.run(&["apply", "--to", "4.5.7", "--yes"]);
+    let out = h.run(&["apply", "--to", "23.04.3", "--yes"]);
     assert!(out.status.success(), "{}", text(&out));
     let changes = h.changes();
     assert_eq!(
         changes[..3],
         [
             "dnf makecache",
-            "dnf --disablerepo=* --enablerepo=canopsis* update -y canopsis-core-4.5.7 canopsis-cat-4.5.7",
-            "su - canopsis -c canopsinit --canopsis-edition cat"
+            "dnf --disablerepo=* --enablerepo=canopsis* update -y canopsis-pro-23.04.3 canopsis-webui-23.04.3",
+            "canopsis-reconfigure -edition pro -migrate-postgres=true"
         ],
         "{changes:#?}"
     );
     assert!(!changes.iter().any(|c| c.starts_with("yum ")), "{changes:#?}");
-    assert_eq!(h.sim.installed_packages().unwrap(), ["canopsis-cat-4.5.7-1.el7.x86_64", "canopsis-core-4.5.7-1.el7.x86_64"]);
+    assert_eq!(h.sim.installed_packages().unwrap(), ["canopsis-pro-23.04.3-1.el8.x86_64", "canopsis-webui-23.04.3-1.el8.x86_64"]);
     let upgrades: Vec<String> = packages::history(h.sim.root(), "8").unwrap().into_iter().filter(|l| l.contains("Upgrade")).collect();
     assert_eq!(upgrades.len(), 1, "{upgrades:#?}");
 }
@@ -196,7 +200,7 @@ async fn packages_4_5_4_to_4_5_7_runs_the_4x_procedure_and_each_release_migratio
     assert_eq!(
         h.changes(),
         [
-            "yum --disablerepo=* --enablerepo=canopsis* update -y canopsis-core-4.5.7",
+            "yum --disablerepo=* --enablerepo=canopsis* update -y canopsis-core-4.5.7 canopsis-engines-go-4.5.7 canopsis-webui-4.5.7",
             "su - canopsis -c canopsinit --canopsis-edition core",
             "canopsinit --canopsis-edition core",
             // The PostgreSQL migrations of the 4.5 era (4.5.0's guide, release-4.6's text).
@@ -534,7 +538,7 @@ async fn a_target_missing_from_the_package_repository_stops_at_the_update_and_a_
     let changes = h.changes();
     assert_eq!(
         changes.last().map(String::as_str),
-        Some("yum update -y canopsis-core-3.40.0 canopsis-cat-3.40.0"),
+        Some("yum update -y canopsis-cat-3.40.0 canopsis-core-3.40.0"),
         "nothing after the update ran: {changes:#?}"
     );
     assert_eq!(h.sim.installed_packages().unwrap(), ["canopsis-cat-3.39.1-1.el7.x86_64", "canopsis-core-3.39.1-1.el7.x86_64"]);
@@ -548,6 +552,41 @@ async fn a_target_missing_from_the_package_repository_stops_at_the_update_and_a_
     assert_eq!(h.sim.read("/opt/canopsis/VERSION.txt").unwrap(), "Canopsis version 3.40.0\n");
     let upgrades: Vec<String> = packages::history(h.sim.root(), "7").unwrap().into_iter().filter(|l| l.contains("Upgrade")).collect();
     assert_eq!(upgrades.len(), 1, "{upgrades:#?}");
+}
+
+/// A vendor repository that has the target's `canopsis-core` and engines but not its
+/// `canopsis-webui`: the real dnf updates what it finds and leaves the web UI behind (as the
+/// vendor's own unpinned update would); canup does not claim the upgrade: exit 9, the message,
+/// the journal and --json name the package left behind. Once the repository has it, a new run
+/// (detection counts the installation at its oldest package) brings it to the target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_web_ui_left_behind_by_the_repository_is_unverified_and_named() {
+    let h = host(Spec { version: "4.5.4".into(), edition: Edition::Core, method: Method::Packages, ..Spec::default() }).await;
+    let mirror = h.dir.path().join("mirror");
+    packages::mirror_without(&mirror, &["canopsis-webui-4.5.7"]).unwrap();
+    packages::use_repository(h.sim.root(), &mirror).unwrap();
+
+    let out = h.run(&["apply", "--to", "4.5.7", "--yes", "--json"]);
+    assert_eq!(out.status.code(), Some(9), "{}", text(&out));
+    let said = text(&out);
+    assert!(said.contains("canopsis-webui is at 4.5.4"), "the package left behind is named: {said}");
+    assert!(!said.contains("Canopsis is now at 4.5.7"), "nothing claimed: {said}");
+    assert_eq!(
+        h.sim.installed_packages().unwrap(),
+        ["canopsis-core-4.5.7-1.el7.x86_64", "canopsis-engines-go-4.5.7-1.el7.x86_64", "canopsis-webui-4.5.4-1.el7.x86_64"]
+    );
+    let history: serde_json::Value = serde_json::from_slice(&h.run(&["history", "--json"]).stdout).unwrap();
+    assert_eq!(history[0]["outcome"], "unverified", "{history:#}");
+    assert!(history[0]["message"].as_str().unwrap_or_default().contains("canopsis-webui is at 4.5.4"), "{history:#}");
+    assert!(text(&h.run(&["status"])).contains("4.5.4"), "the installation counts as its oldest package");
+
+    packages::use_repository(h.sim.root(), &packages::repository().unwrap()).unwrap();
+    let again = h.run(&["apply", "--to", "4.5.7", "--yes"]);
+    assert!(again.status.success(), "{}", text(&again));
+    assert_eq!(
+        h.sim.installed_packages().unwrap(),
+        ["canopsis-core-4.5.7-1.el7.x86_64", "canopsis-engines-go-4.5.7-1.el7.x86_64", "canopsis-webui-4.5.7-1.el7.x86_64"]
+    );
 }
 
 /// canup killed (SIGKILL) while the real dnf update runs; the operator re-runs at once. The
@@ -717,7 +756,7 @@ async fn shared_steps_are_registered_once_follow_their_range_and_verify_checks_t
         std::fs::write(&toml, text).unwrap();
         vendor_output(&repo, "add-shared", &["--steps", toml.to_str().unwrap(), "--module", module.to_str().unwrap()])
     };
-    let updated = register(&source.replace("yum update of the Canopsis packages,", "yum update (revised) of the Canopsis packages,"));
+    let updated = register(&source.replace("yum update of every installed Canopsis package", "yum update (revised) of every installed Canopsis package"));
     assert!(updated.status.success(), "{}", text(&updated));
     assert!(
         String::from_utf8_lossy(&updated.stdout).contains("republished in 6 release(s): 3.37.0, 3.38.0, 3.39.0, 3.39.1, 3.40.0, 3.41.0"),
@@ -926,9 +965,11 @@ async fn a_dry_run_lists_exactly_what_the_real_run_does() {
     }
 }
 
-/// The long paths operators take within an era, end to end on simulated hosts of the era: the
-/// real dnf installs the target in one transaction, every release's steps run, and detection
-/// finds the target.
+/// The long paths operators take within an era, end to end on hosts built from the vendor's
+/// facts, both editions: the real dnf brings every Canopsis package of the installation
+/// (`canopsis-core`, `canopsis-engines-go`, `canopsis-webui`, Pro's, `canopsis` and
+/// `canopsis-pro` on RHEL 8) to the target in one transaction, the real `rpm -qa` says so,
+/// every release's steps run, and detection finds the target.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_paths_of_every_era_end_at_their_target() {
     use canup_tests::simhost::Os;
@@ -937,28 +978,55 @@ async fn long_paths_of_every_era_end_at_their_target() {
         ("4.3.1", "4.3.8", Method::Packages, Os::Centos7),
         ("4.5.3", "4.5.14", Method::Packages, Os::Centos7),
         ("22.10.1", "22.10.13", Method::Packages, Os::Centos7),
+        ("22.10.1", "22.10.13", Method::Packages, Os::Rhel8),
         ("23.04.1", "23.04.14", Method::Packages, Os::Centos7),
         ("23.04.1", "23.04.14", Method::Packages, Os::Rhel8),
+        ("23.10.1", "23.10.8", Method::Packages, Os::Centos7),
+        ("23.10.1", "23.10.8", Method::Packages, Os::Rhel8),
         ("23.10.1", "23.10.8", Method::Compose, Os::Rhel8),
     ];
-    for (from, to, method, os) in paths {
-        let h = host(Spec { version: from.into(), edition: Edition::Cat, method, os }).await;
+    let facts = canup_tests::simhost::facts::Facts::load().unwrap();
+    for ((from, to, method, os), edition) in paths.into_iter().flat_map(|p| [(p, Edition::Cat), (p, Edition::Core)]) {
+        if edition == Edition::Core && method == Method::Packages && from.starts_with("4.0") {
+            continue; // 4.0/4.1 Community takes the same packages as 4.3 Community, tested below
+        }
+        let h = host(Spec { version: from.into(), edition, method, os }).await;
         let out = h.run(&["apply", "--to", to, "--yes", "--accept-manual"]);
         let said = text(&out);
-        assert!(out.status.success(), "{from} → {to} ({method}, {os}): {said}");
+        assert!(out.status.success(), "{from} → {to} ({method}, {os}, {edition}): {said}");
         assert!(said.contains(&format!("Canopsis is now at {to}")), "{said}");
-        assert_eq!(h.sim.read("/opt/canopsis/VERSION.txt").unwrap(), format!("Canopsis version {to}\n"));
+        if os == Os::Centos7 || method == Method::Compose {
+            assert_eq!(h.sim.read("/opt/canopsis/VERSION.txt").unwrap(), format!("Canopsis version {to}\n"));
+        }
         let changes = h.changes();
         if method == Method::Packages {
-            assert_eq!(h.sim.installed_packages().unwrap(), [format!("canopsis-cat-{to}-1.el7.x86_64"), format!("canopsis-core-{to}-1.el7.x86_64")]);
-            let upgrades: Vec<String> = packages::history(h.sim.root(), os.release_version()).unwrap().into_iter().filter(|l| l.contains("Upgrade")).collect();
-            assert_eq!(upgrades.len(), 1, "{from} → {to}: one package transaction: {upgrades:#?}");
+            let dist = format!("el{}", os.release_version());
+            let mut expected: Vec<String> =
+                facts.installed(to, os.key(), &edition.to_string()).unwrap().iter().map(|p| format!("{}-{to}-1.{dist}.x86_64", p.name)).collect();
+            expected.sort();
+            assert_eq!(h.sim.installed_packages().unwrap(), expected, "{from} → {to} ({os}, {edition}): rpm -qa");
+            assert!(expected.len() >= 2, "{expected:?}");
+            // The host's packages were installed by rpm: dnf's history holds the update alone.
+            let transactions = packages::history(h.sim.root(), os.release_version()).unwrap();
+            assert_eq!(transactions.len(), 1, "{from} → {to}: one package transaction: {transactions:#?}");
         }
         match (from, os) {
             ("23.04.1", Os::Rhel8) => {
                 assert!(changes.contains(&"dnf makecache".to_owned()), "{changes:#?}");
-                assert!(changes.contains(&"canopsis-reconfigure -edition pro -migrate-postgres=true".to_owned()), "{changes:#?}");
-                assert!(changes.contains(&"systemctl restart canopsis-engine-go@engine-webhook".to_owned()), "{changes:#?}");
+                if edition == Edition::Core {
+                    // canopsis requires canopsis-common from 23.04.7: pinned with the rest, not
+                    // taken at the repository's newest (24.04.3).
+                    assert!(
+                        changes.contains(
+                            &"dnf --disablerepo=* --enablerepo=canopsis* install -y canopsis-23.04.14 canopsis-webui-23.04.14 canopsis-common-23.04.14"
+                                .to_owned()
+                        ),
+                        "{changes:#?}"
+                    );
+                }
+                let name = if edition == Edition::Cat { "pro" } else { "community" };
+                assert!(changes.contains(&format!("canopsis-reconfigure -edition {name} -migrate-postgres=true")), "{changes:#?}");
+                assert_eq!(changes.contains(&"systemctl restart canopsis-engine-go@engine-webhook".to_owned()), edition == Edition::Cat, "{changes:#?}");
                 assert!(!changes.iter().any(|c| c.starts_with("canoctl") || c.contains("canopsinit")), "RHEL 8 has neither: {changes:#?}");
             }
             ("23.04.1" | "22.10.1", Os::Centos7) => {

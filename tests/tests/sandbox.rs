@@ -45,6 +45,7 @@ fn exec_rule(program: &str, args: &[&str], env: &[&str]) -> ExecRule {
         users: vec![],
         readonly: false,
         shell: false,
+        timeout_seconds: None,
     }
 }
 
@@ -174,6 +175,7 @@ async fn world() -> World {
         std::fs::set_permissions(sim.path(name), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     };
     script("/usr/bin/flood", "head -c 5000000 /dev/zero | tr '\\0' 'y'");
+    script("/usr/bin/slow", "echo migrating collection 1 of 2\nsleep 2\necho migrated");
     std::fs::create_dir_all(sim.path("/var/run")).unwrap();
     let pid_file = sim.path("/var/run/hang.pid");
     script("/usr/bin/hang", &format!("sleep 300 &\necho $! > '{}'\nsleep 300", pid_file.display()));
@@ -722,8 +724,61 @@ async fn a_hanging_command_is_killed_with_its_process_group() {
     let w = world().await;
     let run = w.run("exec-timeout").await;
     let Err(Stop::Failed(msg)) = &run.report.result else { panic!("{:?}", run.report.result) };
-    assert!(msg.contains("/usr/bin/hang ran past its time limit of 500ms; its process group was killed"), "{msg}");
+    assert!(
+        msg.contains("/usr/bin/hang ran past its time limit of 500ms, set by the timeout step exec-timeout gives this call; its process group was killed"),
+        "{msg}"
+    );
     assert_gone(&hang_pids(&w)).await;
+}
+
+/// A long command declared so: `/usr/bin/slow` takes 2 s; the limit of commands that declare
+/// none stands in for the 600 s default at 1 s. Declared at 5 s it runs past that default and is
+/// not killed, and the operator hears while it runs that it still does (time, limit, its last
+/// line). Declared at 1 s, or capped at 1 s by the policy, it is killed, and the message names
+/// the limit and the setting that raises it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_runs_within_its_declared_limit_and_is_killed_past_it_naming_the_setting() {
+    let w = world().await;
+    let limits = StepLimits {
+        exec: canup::capabilities::exec::ExecLimits {
+            default_timeout: Duration::from_secs(1),
+            progress_every: Duration::from_millis(500),
+            ..Default::default()
+        },
+        ..StepLimits::default()
+    };
+    let slow = |timeout_seconds: Option<u64>| {
+        let mut caps = probe_caps();
+        caps.exec.push(ExecRule { timeout_seconds, ..exec_rule("/usr/bin/slow", &[], &[]) });
+        caps
+    };
+    let run = w.run_with("exec-slow", &slow(Some(5)), &slow(None), limits).await;
+    assert_eq!(run.report.result, Ok(()), "declared 5 s, it ran 2 s, past the 1 s default");
+    let events = run.ui.events.lock().unwrap().clone();
+    let still: Vec<&String> = events.iter().filter(|e| e.contains("still running after")).collect();
+    assert!(!still.is_empty(), "{events:#?}");
+    assert!(still.iter().all(|e| e.contains("(limit 5s): /usr/bin/slow: migrat")), "{still:#?}");
+    assert!(still[0].contains("migrating collection 1 of 2"), "its last line at the first report: {still:#?}");
+
+    let run = w.run_with("exec-slow", &slow(Some(1)), &slow(None), limits).await;
+    let Err(Stop::Failed(msg)) = &run.report.result else { panic!("{:?}", run.report.result) };
+    assert!(
+        msg.contains(
+            "/usr/bin/slow ran past its time limit of 1s, set by the limit step exec-slow declares for this command (timeout_seconds in its step.toml)"
+        ),
+        "{msg}"
+    );
+
+    let run = w.run_with("exec-slow", &slow(Some(5)), &slow(Some(1)), limits).await;
+    let Err(Stop::Failed(msg)) = &run.report.result else { panic!("{:?}", run.report.result) };
+    assert!(
+        msg.contains("ran past its time limit of 1s, set by the policy's cap for this command (timeout_seconds of its [[policy.exec]] rule for /usr/bin/slow"),
+        "{msg}"
+    );
+
+    let run = w.run_with("exec-slow", &slow(None), &slow(None), limits).await;
+    let Err(Stop::Failed(msg)) = &run.report.result else { panic!("{:?}", run.report.result) };
+    assert!(msg.contains("ran past its time limit of 1s, set by [limits] exec_timeout_seconds in canup.toml (the step declares no limit"), "{msg}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -20,7 +20,7 @@ fn pinned_yum_update_rewrites_version_and_rpm_database() {
     let (_d, sim) = host(Spec { edition: Edition::Cat, ..Spec::default() });
     assert_eq!(run(&sim, "/usr/bin/rpm", &["-q", "canopsis-cat"], &[]).1.trim(), "canopsis-cat-3.38.0-1.el7.x86_64");
     let (code, _) =
-        run(&sim, "/usr/bin/yum", &["--disablerepo=*", "--enablerepo=canopsis*", "update", "-y", "canopsis-core-3.40.0", "canopsis-cat-3.40.0"], &[]);
+        run(&sim, "/usr/bin/yum", &["--disablerepo=*", "--enablerepo=canopsis*", "update", "-y", "canopsis-cat-3.40.0", "canopsis-core-3.40.0"], &[]);
     assert_eq!(code, 0);
     assert_eq!(sim.read("/opt/canopsis/VERSION.txt").unwrap(), "Canopsis version 3.40.0\n");
     assert_eq!(
@@ -28,7 +28,7 @@ fn pinned_yum_update_rewrites_version_and_rpm_database() {
         "canopsis-core-3.40.0-1.el7.x86_64\ncanopsis-cat-3.40.0-1.el7.x86_64\n"
     );
     let calls = sim.calls().unwrap();
-    assert_eq!(calls[1].line(), "yum --disablerepo=* --enablerepo=canopsis* update -y canopsis-core-3.40.0 canopsis-cat-3.40.0");
+    assert_eq!(calls[1].line(), "yum --disablerepo=* --enablerepo=canopsis* update -y canopsis-cat-3.40.0 canopsis-core-3.40.0");
     assert_eq!(calls[1].user, "root");
 }
 

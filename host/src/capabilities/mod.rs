@@ -61,6 +61,12 @@ pub struct ExecRule {
     /// hold no shell syntax and is matched word by word (see `exec/args.rs`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub shell: bool,
+    /// How long a command this rule admits may run. In a step's declaration: the vendor's word
+    /// for a command known to be long (a migration: hours), instead of `[limits]
+    /// exec_timeout_seconds` (600 s). In the operator's policy: the most it may run, whatever
+    /// the step declares (`[limits] exec_max_timeout_seconds` where the rule says nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<u64>,
 }
 
 /// Path globs (`*` stays within one directory, `**` crosses directories), read, write and

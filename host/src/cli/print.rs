@@ -139,11 +139,12 @@ pub fn plan(plan: &Plan, done: &[String], policy: &CapabilitySet) {
         let c = &m.capabilities;
         for e in &c.exec {
             println!(
-                "      exec {} {}{}{}",
+                "      exec {} {}{}{}{}",
                 e.program,
                 e.args.join(" "),
                 if e.users.is_empty() { String::new() } else { format!(" (as {})", e.users.join("/")) },
-                if policy.query(e) { " (query)" } else { "" }
+                if policy.query(e) { " (query)" } else { "" },
+                e.timeout_seconds.map(|t| format!(" (may run {})", humantime::format_duration(std::time::Duration::from_secs(t)))).unwrap_or_default()
             );
         }
         for r in &c.fs.read {

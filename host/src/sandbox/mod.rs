@@ -357,7 +357,12 @@ impl Sandbox {
     /// Runs a loaded step in a fresh store. Never panics on guest behaviour: every way the
     /// guest can stop is in the report.
     pub async fn run(&self, step: &LoadedStep, env: StepEnv) -> StepReport {
-        let limits = env.limits;
+        let mut limits = env.limits;
+        // A command the step declares long (a migration: hours) must not outlive its step's
+        // wall time: the step gets that command's limit and a minute beside it.
+        if let Some(longest) = env.grant.longest_declared_exec(&limits.exec) {
+            limits.wall = limits.wall.max(longest + Duration::from_secs(60));
+        }
         let step_id = env.context.step_id.clone();
         let stdout = BoundedPipe::new(limits.guest_output);
         let stderr = BoundedPipe::new(limits.guest_output);

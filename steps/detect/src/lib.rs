@@ -64,6 +64,17 @@ fn from_packages() -> Result<(String, String, bool)> {
     if behind.is_empty() {
         return Ok((version, edition.to_owned(), true));
     }
+    // A package past the main one went past what was installed or asked for (a requirement
+    // the resolver took at its newest): no version describes this installation.
+    let parse = |v: &str| canup_sdk::context::parse_version(v);
+    let ahead: Vec<String> = counted.iter().filter_map(|n| version_of(n).filter(|v| parse(v) > parse(&version)).map(|v| format!("{n} is at {v}"))).collect();
+    if !ahead.is_empty() {
+        bail!(
+            "the Canopsis packages disagree: {main} is at {version} but {}; bring them to one version ({}) before upgrading",
+            ahead.join(", "),
+            "dnf downgrade or update of the Canopsis repositories' packages"
+        );
+    }
     // The oldest package says what the installation is.
     let oldest = counted.iter().filter_map(|n| version_of(n)).min_by_key(|v| canup_sdk::context::parse_version(v)).unwrap_or_else(|| version.clone());
     ui::warn(&format!(

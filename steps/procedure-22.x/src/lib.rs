@@ -57,7 +57,7 @@ pub fn units(edition: &str) -> &'static [&'static str] {
 }
 
 fn update(ctx: &Context) -> Result<()> {
-    helpers::package_manager()?.update_canopsis(&helpers::pinned_canopsis_packages(&ctx.target)?)
+    helpers::package_manager()?.update_canopsis_to(&ctx.target)
 }
 
 fn finalize(ctx: &Context) -> Result<()> {

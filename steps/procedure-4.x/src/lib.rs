@@ -32,7 +32,7 @@ canup_sdk::export_step! {
 /// yum on CentOS 7 (the 4.x procedure's command); on a RHEL 8 host, whose package manager is
 /// dnf, the RHEL 8 procedure's `dnf makecache` and `dnf … update`.
 fn yum_update(ctx: &Context) -> Result<()> {
-    helpers::package_manager()?.update_canopsis(&helpers::pinned_canopsis_packages(&ctx.target)?)
+    helpers::package_manager()?.update_canopsis_to(&ctx.target)
 }
 
 fn finalize(ctx: &Context) -> Result<()> {

@@ -90,6 +90,7 @@ pub(crate) struct CompiledExecRule {
     env: Vec<GlobMatcher>,
     users: Vec<String>,
     readonly: bool,
+    timeout: Option<Duration>,
 }
 
 impl CompiledExecRule {
@@ -100,6 +101,7 @@ impl CompiledExecRule {
             env: rule.env.iter().map(|e| glob(e, false, origin)).collect::<Result<_, _>>()?,
             users: rule.users.clone(),
             readonly: rule.readonly,
+            timeout: rule.timeout_seconds.map(Duration::from_secs),
         })
     }
 
@@ -147,7 +149,45 @@ fn has_dot_components(path: &str) -> bool {
     path.split('/').any(|c| c == "." || c == "..")
 }
 
+/// How long one command may run, and what set that limit (for the message when it is killed:
+/// the operator must learn which setting raises it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimeLimit {
+    pub after: Duration,
+    pub set_by: String,
+}
+
 impl Grant {
+    /// The time limit of this (already checked) command: the step's declared limit for it, or
+    /// `[limits] exec_timeout_seconds` where it declares none; a shorter limit the step asks
+    /// for this one call; at most the policy's cap (the admitting rule's `timeout_seconds`,
+    /// else `[limits] exec_max_timeout_seconds`).
+    pub fn exec_time_limit(&self, req: &ExecRequest, limits: &ExecLimits) -> TimeLimit {
+        let declared = self.declared.exec.iter().filter(|r| r.covers(req)).find_map(|r| r.timeout);
+        let (mut after, mut set_by) = match declared {
+            Some(d) => (d, format!("the limit step {} declares for this command (timeout_seconds in its step.toml)", self.step)),
+            None => (limits.default_timeout, "[limits] exec_timeout_seconds in canup.toml (the step declares no limit for this command)".to_owned()),
+        };
+        if let Some(asked) = req.timeout
+            && (asked < after || declared.is_none())
+        {
+            (after, set_by) = (asked, format!("the timeout step {} gives this call", self.step));
+        }
+        let policy = self.policy.exec.iter().filter(|r| r.covers(req)).filter_map(|r| r.timeout).min();
+        let (cap, cap_by) = match policy {
+            Some(c) => (c, format!("the policy's cap for this command (timeout_seconds of its [[policy.exec]] rule for {} in canup.toml)", req.program)),
+            None => (limits.max_timeout, "[limits] exec_max_timeout_seconds in canup.toml (the policy's cap)".to_owned()),
+        };
+        if cap < after { TimeLimit { after: cap, set_by: cap_by } } else { TimeLimit { after, set_by } }
+    }
+
+    /// The longest limit the step declares for a command, capped by `[limits]
+    /// exec_max_timeout_seconds`: the step's wall time must leave room for it.
+    pub fn longest_declared_exec(&self, limits: &ExecLimits) -> Option<Duration> {
+        let policy_cap = self.policy.exec.iter().filter_map(|r| r.timeout).max().unwrap_or(limits.max_timeout).max(limits.max_timeout);
+        self.declared.exec.iter().filter_map(|r| r.timeout).max().map(|d| d.min(policy_cap))
+    }
+
     /// Whether this (already checked) command is a read-only query: the operator's word,
     /// never the step's alone. Every policy rule that admits it must say `readonly`; a query
     /// runs for real in a dry run and is not journaled, so a step that could make a changing
@@ -214,12 +254,67 @@ pub struct ExecLimits {
     pub max_timeout: Duration,
     /// Bytes kept of each of stdout and stderr.
     pub max_output: usize,
+    /// How often the operator hears that a command is still running.
+    pub progress_every: Duration,
 }
 
 impl Default for ExecLimits {
     fn default() -> Self {
-        Self { default_timeout: Duration::from_secs(600), max_timeout: Duration::from_secs(3600), max_output: 1 << 20 }
+        Self { default_timeout: Duration::from_secs(600), max_timeout: Duration::from_secs(3600), max_output: 1 << 20, progress_every: Duration::from_secs(30) }
     }
+}
+
+/// What the operator hears while a command runs: the time it has run and its last output line.
+pub type Still<'a> = &'a (dyn Fn(Duration, Option<String>) + Send + Sync);
+
+/// How a running command is watched: its time limit, and who hears that it still runs.
+pub struct Watch<'a> {
+    pub limit: TimeLimit,
+    pub every: Duration,
+    pub still: Option<Still<'a>>,
+}
+
+impl Watch<'_> {
+    /// No one listening, and the limit a call without a grant gets (`canup step run`'s tests):
+    /// the call's own timeout or the default, at most the maximum.
+    pub fn quiet(req: &ExecRequest, limits: &ExecLimits) -> Self {
+        let after = req.timeout.unwrap_or(limits.default_timeout).min(limits.max_timeout);
+        Self { limit: TimeLimit { after, set_by: "[limits] exec_timeout_seconds in canup.toml".into() }, every: limits.progress_every, still: None }
+    }
+}
+
+/// Waits for `work` within the watch's limit, telling `still` every `every` how long it has
+/// run and `last_line()`: a migration of hours is not minutes of silence.
+async fn supervise<T>(
+    work: impl std::future::Future<Output = T>,
+    program: &str,
+    watch: &Watch<'_>,
+    last_line: impl Fn() -> Option<String>,
+) -> Result<T, ExecError> {
+    let start = tokio::time::Instant::now();
+    let deadline = tokio::time::sleep(watch.limit.after);
+    let mut ticker = tokio::time::interval_at(start + watch.every, watch.every.max(Duration::from_millis(100)));
+    tokio::pin!(work, deadline);
+    loop {
+        tokio::select! {
+            out = &mut work => return Ok(out),
+            () = &mut deadline => {
+                return Err(ExecError::Timeout { program: program.to_owned(), after: watch.limit.after, set_by: watch.limit.set_by.clone() })
+            }
+            _ = ticker.tick(), if watch.still.is_some() => {
+                if let Some(still) = watch.still {
+                    still(start.elapsed(), last_line());
+                }
+            }
+        }
+    }
+}
+
+/// The last non-empty line of `bytes`, shortened for a progress line.
+fn last_line_of(bytes: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(bytes);
+    let line = text.lines().rev().map(str::trim).find(|l| !l.is_empty())?;
+    Some(crate::ui::visible(&line.chars().take(160).collect::<String>()).into_owned())
 }
 
 #[derive(Debug, Clone, Default)]
@@ -243,8 +338,8 @@ pub enum ExecError {
     NoUser(String),
     #[error("could not start {program}: {source}")]
     Spawn { program: String, source: std::io::Error },
-    #[error("{program} ran past its time limit of {after:?}; its process group was killed")]
-    Timeout { program: String, after: Duration },
+    #[error("{program} ran past its time limit of {}, set by {set_by}; its process group was killed", humantime::format_duration(*after))]
+    Timeout { program: String, after: Duration, set_by: String },
     #[error("{program}: {source}")]
     Io { program: String, source: std::io::Error },
 }
@@ -264,7 +359,7 @@ impl Drop for GroupGuard {
 
 /// Reads a stream to its end, keeping at most `max` bytes. The rest is drained (so the
 /// program never blocks on a full pipe) and reported as truncation.
-async fn read_bounded(mut stream: impl AsyncRead + Unpin, max: usize) -> std::io::Result<(Vec<u8>, bool)> {
+async fn read_bounded(mut stream: impl AsyncRead + Unpin, max: usize, tail: &std::sync::Mutex<Vec<u8>>) -> std::io::Result<(Vec<u8>, bool)> {
     let mut kept = Vec::new();
     let mut truncated = false;
     let mut buf = [0u8; 8192];
@@ -273,11 +368,20 @@ async fn read_bounded(mut stream: impl AsyncRead + Unpin, max: usize) -> std::io
         if n == 0 {
             return Ok((kept, truncated));
         }
+        // The end of what the command said last, stdout and stderr together, for progress.
+        if let Ok(mut t) = tail.lock() {
+            t.extend_from_slice(&buf[..n]);
+            let excess = t.len().saturating_sub(TAIL);
+            t.drain(..excess);
+        }
         let room = max.saturating_sub(kept.len());
         kept.extend_from_slice(&buf[..n.min(room)]);
         truncated |= n > room;
     }
 }
+
+/// Bytes kept of a running command's latest output, for its progress line.
+pub(super) const TAIL: usize = 1024;
 
 /// What a command with a receipt runs under: POSIX sh is on every host canup supports, and it
 /// is the smallest parent that outlives canup and still learns the command's exit status.
@@ -305,7 +409,7 @@ macro_rules! receipt_wrapper {
 
 /// Runs an already-checked command. With a receipt (a changing command under apply), its
 /// outcome is left in files that outlive canup; see [`Receipt`].
-pub async fn run(req: &ExecRequest, sysroot: &Sysroot, limits: &ExecLimits, receipt: Option<&Receipt>) -> Result<ExecOutput, ExecError> {
+pub async fn run(req: &ExecRequest, sysroot: &Sysroot, limits: &ExecLimits, receipt: Option<&Receipt>, watch: &Watch<'_>) -> Result<ExecOutput, ExecError> {
     let real = sysroot.map(Path::new(&req.program));
     let resolved = real.canonicalize().map_err(|_| ExecError::NotFound { program: req.program.clone(), real: real.clone() })?;
     if !sysroot.is_host() && sysroot.unmap(&resolved).is_none() {
@@ -353,15 +457,14 @@ pub async fn run(req: &ExecRequest, sysroot: &Sysroot, limits: &ExecLimits, rece
     if let Some(u) = &switched {
         cmd.uid(u.uid.as_raw()).gid(u.gid.as_raw());
     }
-    let timeout = req.timeout.unwrap_or(limits.default_timeout).min(limits.max_timeout);
     match receipt {
-        None => run_piped(cmd, req, limits, timeout).await,
-        Some(r) => r.run(cmd, req, switched.is_some(), limits, timeout).await,
+        None => run_piped(cmd, req, limits, watch).await,
+        Some(r) => r.run(cmd, req, switched.is_some(), limits, watch).await,
     }
 }
 
 /// The plain way: output through pipes, nothing left behind.
-async fn run_piped(mut cmd: tokio::process::Command, req: &ExecRequest, limits: &ExecLimits, timeout: Duration) -> Result<ExecOutput, ExecError> {
+async fn run_piped(mut cmd: tokio::process::Command, req: &ExecRequest, limits: &ExecLimits, watch: &Watch<'_>) -> Result<ExecOutput, ExecError> {
     cmd.stdin(if req.stdin.is_some() { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn().map_err(|source| ExecError::Spawn { program: req.program.clone(), source })?;
     let _group = GroupGuard(child.id().map(|id| Pid::from_raw(id as i32)));
@@ -376,16 +479,18 @@ async fn run_piped(mut cmd: tokio::process::Command, req: &ExecRequest, limits: 
     };
     let stdout = child.stdout.take().ok_or_else(|| io(std::io::Error::other("no stdout pipe")))?;
     let stderr = child.stderr.take().ok_or_else(|| io(std::io::Error::other("no stderr pipe")))?;
+    let tail = std::sync::Mutex::new(Vec::new());
     let all = async {
-        let ((), out, err, status) = tokio::join!(feed, read_bounded(stdout, limits.max_output), read_bounded(stderr, limits.max_output), child.wait());
+        let ((), out, err, status) =
+            tokio::join!(feed, read_bounded(stdout, limits.max_output, &tail), read_bounded(stderr, limits.max_output, &tail), child.wait());
         Ok::<_, std::io::Error>((out?, err?, status?))
     };
-    match tokio::time::timeout(timeout, all).await {
-        Ok(Ok(((stdout, stdout_truncated), (stderr, stderr_truncated), status))) => {
+    let last_line = || tail.lock().ok().and_then(|t| last_line_of(&t));
+    match supervise(all, &req.program, watch, last_line).await? {
+        Ok(((stdout, stdout_truncated), (stderr, stderr_truncated), status)) => {
             Ok(ExecOutput { status: status.code(), stdout, stderr, stdout_truncated, stderr_truncated })
         }
-        Ok(Err(e)) => Err(io(e)),
-        Err(_) => Err(ExecError::Timeout { program: req.program.clone(), after: timeout }),
+        Err(e) => Err(io(e)),
     }
 }
 
@@ -406,10 +511,10 @@ mod tests {
         }
         let mut r = req("/usr/bin/id", &["-un"]);
         r.user = Some("nobody".into());
-        let out = run(&r, &Sysroot::host(), &ExecLimits::default(), None).await.unwrap();
+        let out = run(&r, &Sysroot::host(), &ExecLimits::default(), None, &Watch::quiet(&r, &ExecLimits::default())).await.unwrap();
         assert_eq!(String::from_utf8_lossy(&out.stdout), "nobody\n");
         r.user = Some("no-such-user-canup".into());
-        assert!(matches!(run(&r, &Sysroot::host(), &ExecLimits::default(), None).await, Err(ExecError::NoUser(_))));
+        assert!(matches!(run(&r, &Sysroot::host(), &ExecLimits::default(), None, &Watch::quiet(&r, &ExecLimits::default())).await, Err(ExecError::NoUser(_))));
     }
 
     #[tokio::test]
@@ -418,11 +523,11 @@ mod tests {
         unsafe { std::env::set_var("CANUP_EXEC_TEST_INHERITED", "1") };
         let mut r = req("/usr/bin/env", &[]);
         r.env = vec![("ONLY".into(), "this".into())];
-        let out = run(&r, &Sysroot::host(), &ExecLimits::default(), None).await.unwrap();
+        let out = run(&r, &Sysroot::host(), &ExecLimits::default(), None, &Watch::quiet(&r, &ExecLimits::default())).await.unwrap();
         assert_eq!(String::from_utf8_lossy(&out.stdout), "ONLY=this\n");
         let mut cat = req("/bin/cat", &[]);
         cat.stdin = Some(b"fed".to_vec());
-        assert_eq!(run(&cat, &Sysroot::host(), &ExecLimits::default(), None).await.unwrap().stdout, b"fed");
+        assert_eq!(run(&cat, &Sysroot::host(), &ExecLimits::default(), None, &Watch::quiet(&cat, &ExecLimits::default())).await.unwrap().stdout, b"fed");
     }
 
     #[tokio::test]
@@ -432,7 +537,7 @@ mod tests {
         assert!(matches!(receipt.earlier(&ExecLimits::default(), |_| panic!("nothing runs")).await.unwrap(), Earlier::NeverRan));
         let mut r = req("/bin/sh", &["-c", "cat; echo err >&2; test -e /proc/self/fd/3 && echo leaked; exit 3"]);
         r.stdin = Some(b"fed\n".to_vec());
-        let out = run(&r, &Sysroot::host(), &ExecLimits::default(), Some(&receipt)).await.unwrap();
+        let out = run(&r, &Sysroot::host(), &ExecLimits::default(), Some(&receipt), &Watch::quiet(&r, &ExecLimits::default())).await.unwrap();
         assert_eq!(
             (out.status, out.stdout.as_slice(), out.stderr.as_slice()),
             (Some(3), &b"fed\n"[..], &b"err\n"[..]),
@@ -457,8 +562,15 @@ mod tests {
         let su = |line: &str| allowed("/usr/bin/su", &["-", "canopsis", "-c", line]);
         // What the published steps run.
         assert!(allowed("/usr/bin/rpm", &["-q", "canopsis-core"]) && allowed("/usr/bin/rpm", &["-q", "canopsis-cat"]));
-        assert!(allowed("/usr/bin/yum", &["update", "-y", "canopsis-core-3.40.0", "canopsis-cat-3.40.0"]));
-        assert!(allowed("/usr/bin/yum", &["--disablerepo=*", "--enablerepo=canopsis*", "update", "-y", "canopsis-core-4.5.7"]));
+        assert!(
+            allowed("/usr/bin/rpm", &["-qa", "--qf", "%{NAME} %{VERSION}\\n", "canopsis*"]) && allowed("/usr/bin/rpm", &["-q", "--requires", "canopsis-webui"])
+        );
+        assert!(allowed("/usr/bin/yum", &["update", "-y", "canopsis-cat-3.40.0", "canopsis-core-3.40.0"]));
+        assert!(allowed(
+            "/usr/bin/yum",
+            &["--disablerepo=*", "--enablerepo=canopsis*", "update", "-y", "canopsis-core-4.5.7", "canopsis-engines-go-4.5.7", "canopsis-webui-4.5.7"]
+        ));
+        assert!(allowed("/usr/bin/dnf", &["--disablerepo=*", "--enablerepo=canopsis*", "update", "-y", "canopsis-pro-23.04.3", "canopsis-webui-23.04.3"]));
         assert!(su("canopsinit --canopsis-edition cat --canopsis-stack go") && su("canopsinit --canopsis-edition core"));
         assert!(allowed("/usr/bin/systemctl", &["enable", "canopsis-engine-go@engine-fifo"]) && allowed("/usr/bin/systemctl", &["daemon-reload"]));
         assert!(allowed("/usr/bin/mongo", &["mongodb://cpsmongo:canopsis@localhost:27017/canopsis"]));
@@ -470,6 +582,8 @@ mod tests {
             &["-q", "-E", "%(id)"],
             &["-q", "canopsis-webui"],
             &["-qa"],
+            &["-qa", "--qf", "%{NAME} %(id)", "canopsis*"],
+            &["-q", "--requires", "--eval=%(id)"],
         ] {
             assert!(!allowed("/usr/bin/rpm", args), "rpm {args:?}");
         }
@@ -484,6 +598,9 @@ mod tests {
             &["update", "-y", "bash"],
             &["update", "-y", "canopsis-core-1/../../tmp/evil.rpm"],
             &["--disablerepo=*", "--enablerepo=canopsis*", "update", "-y", "canopsis-core-/tmp/x.rpm"],
+            &["--disablerepo=*", "--enablerepo=canopsis*", "update", "-y", "canopsis-core-4.5.7", "bash"],
+            &["--disablerepo=*", "--enablerepo=canopsis*", "update", "-y", "canopsis-core-4.5.7", "--setopt=x=y"],
+            &["--disablerepo=*", "--enablerepo=canopsis*", "update", "-y"],
         ] {
             assert!(!allowed("/usr/bin/yum", args), "yum {args:?}");
         }
@@ -544,11 +661,11 @@ mod tests {
         let sysroot = Sysroot::new(root.path()).unwrap();
         let mut r = req("/usr/bin/pwd", &[]);
         r.cwd = Some("/escape".into());
-        let e = run(&r, &sysroot, &ExecLimits::default(), None).await.unwrap_err().to_string();
+        let e = run(&r, &sysroot, &ExecLimits::default(), None, &Watch::quiet(&r, &ExecLimits::default())).await.unwrap_err().to_string();
         assert!(e.contains("working directory /escape") && e.contains("outside the sysroot"), "{e}");
         let mut r = req("/bin/pwd", &[]);
         r.cwd = Some("/usr".into());
-        assert_eq!(run(&r, &Sysroot::host(), &ExecLimits::default(), None).await.unwrap().stdout, b"/usr\n");
+        assert_eq!(run(&r, &Sysroot::host(), &ExecLimits::default(), None, &Watch::quiet(&r, &ExecLimits::default())).await.unwrap().stdout, b"/usr\n");
     }
 
     /// The receipt shell starts with an empty environment (no variable of the step's can hook
@@ -559,7 +676,7 @@ mod tests {
         let receipt = Receipt::new(dir.path(), "env");
         let mut r = req("/bin/sh", &["-c", r#"echo "own=$FOO"; tr '\0' '\n' < /proc/$PPID/environ"#]);
         r.env = vec![("FOO".into(), "bar baz".into()), ("CPS_X".into(), "a=b".into())];
-        let out = run(&r, &Sysroot::host(), &ExecLimits::default(), Some(&receipt)).await.unwrap();
+        let out = run(&r, &Sysroot::host(), &ExecLimits::default(), Some(&receipt), &Watch::quiet(&r, &ExecLimits::default())).await.unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(text.starts_with("own=bar baz\n"), "the command lost its variable: {text}");
         assert!(!text.contains("FOO=") && !text.contains("CPS_X="), "the shell started with the step's variables: {text}");
@@ -571,7 +688,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let receipt = Receipt::new(dir.path(), "big");
         let limits = ExecLimits { max_output: 10, ..Default::default() };
-        let out = run(&req("/bin/sh", &["-c", "seq 1 1000"]), &Sysroot::host(), &limits, Some(&receipt)).await.unwrap();
+        let r = req("/bin/sh", &["-c", "seq 1 1000"]);
+        let out = run(&r, &Sysroot::host(), &limits, Some(&receipt), &Watch::quiet(&r, &limits)).await.unwrap();
         assert_eq!((out.stdout.len(), out.stdout_truncated, out.stderr_truncated), (10, true, false));
     }
 
@@ -581,7 +699,7 @@ mod tests {
         let receipt = Receipt::new(dir.path(), "killed");
         let mut r = req("/bin/sleep", &["30"]);
         r.timeout = Some(Duration::from_millis(300));
-        let e = run(&r, &Sysroot::host(), &ExecLimits::default(), Some(&receipt)).await.unwrap_err();
+        let e = run(&r, &Sysroot::host(), &ExecLimits::default(), Some(&receipt), &Watch::quiet(&r, &ExecLimits::default())).await.unwrap_err();
         assert!(matches!(e, ExecError::Timeout { .. }), "{e}");
         assert!(matches!(receipt.earlier(&ExecLimits::default(), |_| {}).await.unwrap(), Earlier::Interrupted));
     }
@@ -626,23 +744,24 @@ mod tests {
         let mut r = req("/bin/sh", &["-c", "id -un; cat"]);
         r.user = Some("nobody".into());
         r.stdin = Some(b"input\n".to_vec());
-        let out = run(&r, &Sysroot::host(), &ExecLimits::default(), Some(&receipt)).await.unwrap();
+        let out = run(&r, &Sysroot::host(), &ExecLimits::default(), Some(&receipt), &Watch::quiet(&r, &ExecLimits::default())).await.unwrap();
         assert_eq!((out.status, String::from_utf8_lossy(&out.stdout).as_ref()), (Some(0), "nobody\ninput\n"), "{}", String::from_utf8_lossy(&out.stderr));
         assert!(matches!(receipt.earlier(&ExecLimits::default(), |_| {}).await.unwrap(), Earlier::Finished(_)));
     }
 
     #[tokio::test]
     async fn a_missing_program_is_not_found() {
-        let e = run(&req("/usr/bin/canup-no-such-program", &[]), &Sysroot::host(), &ExecLimits::default(), None).await.unwrap_err();
+        let r = req("/usr/bin/canup-no-such-program", &[]);
+        let e = run(&r, &Sysroot::host(), &ExecLimits::default(), None, &Watch::quiet(&r, &ExecLimits::default())).await.unwrap_err();
         assert!(matches!(e, ExecError::NotFound { .. }), "{e}");
     }
 
     #[tokio::test]
     async fn timeout_is_capped_by_the_maximum() {
-        let limits = ExecLimits { default_timeout: Duration::from_secs(60), max_timeout: Duration::from_millis(200), max_output: 1024 };
+        let limits = ExecLimits { default_timeout: Duration::from_secs(60), max_timeout: Duration::from_millis(200), max_output: 1024, ..Default::default() };
         let mut r = req("/bin/sleep", &["30"]);
         r.timeout = Some(Duration::from_secs(3600));
-        let e = run(&r, &Sysroot::host(), &limits, None).await.unwrap_err();
+        let e = run(&r, &Sysroot::host(), &limits, None, &Watch::quiet(&r, &limits)).await.unwrap_err();
         assert!(matches!(e, ExecError::Timeout { after, .. } if after == Duration::from_millis(200)), "{e}");
     }
 }

@@ -130,7 +130,7 @@ impl Receipt {
         req: &ExecRequest,
         switched: bool,
         limits: &ExecLimits,
-        timeout: Duration,
+        watch: &super::Watch<'_>,
     ) -> Result<ExecOutput, ExecError> {
         let create = |ext: &str| {
             let path = self.file(ext);
@@ -169,11 +169,18 @@ impl Receipt {
         cmd.stdout(create("out")?).stderr(create("err")?);
         let mut child = cmd.spawn().map_err(|source| ExecError::Spawn { program: req.program.clone(), source })?;
         let _group = GroupGuard(child.id().map(|id| Pid::from_raw(id as i32)));
-        let exit = match tokio::time::timeout(timeout, child.wait()).await {
-            Ok(Ok(exit)) => exit,
-            Ok(Err(e)) => return Err(ExecError::Io { program: req.program.clone(), source: e }),
-            Err(_) => return Err(ExecError::Timeout { program: req.program.clone(), after: timeout }),
+        // The command writes its output to the receipt's files: its last line is read there.
+        let last_line = || {
+            let newest = ["out", "err"].into_iter().map(|ext| self.file(ext)).max_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())?;
+            let mut file = std::fs::File::open(newest).ok()?;
+            let len = file.metadata().ok()?.len();
+            std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(len.saturating_sub(super::TAIL as u64))).ok()?;
+            let mut tail = Vec::new();
+            std::io::Read::read_to_end(&mut file, &mut tail).ok()?;
+            super::last_line_of(&tail)
         };
+        let exit =
+            super::supervise(child.wait(), &req.program, watch, last_line).await?.map_err(|e| ExecError::Io { program: req.program.clone(), source: e })?;
         drop(status);
         self.output(exit.code(), limits)
     }

@@ -75,7 +75,20 @@ impl StepState {
         };
         let outcome = match earlier {
             Ok(Some(finished)) => Ok(finished),
-            Ok(None) => cap_exec::run(req, &self.env.sysroot, &self.env.limits.exec, receipt.as_ref()).await,
+            Ok(None) => {
+                // The operator hears that a long command still runs, how long it has and may,
+                // and what it said last.
+                let limit = self.env.grant.exec_time_limit(req, &self.env.limits.exec);
+                let (ui, step, words) = (self.env.ui.clone(), self.env.context.step_id.clone(), shell_words(&req.program, &req.args));
+                let (after, allowed) = (limit.after, humantime::format_duration(limit.after).to_string());
+                let still = move |ran: Duration, said: Option<String>| {
+                    let ran_for = humantime::format_duration(Duration::from_secs(ran.as_secs()));
+                    let said = said.map(|l| format!(": {l}")).unwrap_or_default();
+                    ui.progress(&step, ran.as_secs(), Some(after.as_secs()), &format!("still running after {ran_for} (limit {allowed}): {words}{said}"));
+                };
+                let watch = cap_exec::Watch { limit, every: self.env.limits.exec.progress_every, still: Some(&still) };
+                cap_exec::run(req, &self.env.sysroot, &self.env.limits.exec, receipt.as_ref(), &watch).await
+            }
             Err(e) => Err(e),
         };
         let journaled = match &outcome {

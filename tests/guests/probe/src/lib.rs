@@ -42,6 +42,7 @@ canup_sdk::export_step! {
     "wasi-fs" => wasi_fs,
     "wasi-socket" => wasi_socket,
     "exec-timeout" => exec_timeout,
+    "exec-slow" => exec_slow,
     "wall-time" => wall_time,
     "panic" => panic,
     "sleepy" => sleepy,
@@ -306,6 +307,13 @@ fn exec_timeout(_: &Context) -> Result<()> {
     let err = Command::new("/usr/bin/hang").timeout(Duration::from_millis(500)).run().map(|_| ());
     err?;
     bail!("hang returned")
+}
+
+/// A command that takes 2 s and says where it is, with no timeout of the step's own: its limit
+/// is what its declaration and the policy give it.
+fn exec_slow(_: &Context) -> Result<()> {
+    Command::new("/usr/bin/slow").run()?;
+    Ok(())
 }
 
 fn wall_time(_: &Context) -> Result<()> {

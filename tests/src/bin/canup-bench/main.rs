@@ -291,7 +291,15 @@ async fn host_call_rows(rows: &mut Vec<Row>, work: &Path) -> Result<()> {
     let wasm = std::fs::read(guest_wasm("probe"))?;
     let manifest = |id: &str| StepManifest {
         capabilities: CapabilitySet {
-            exec: vec![ExecRule { program: "/bin/true".into(), args: vec![], env: vec![], users: vec![], readonly: false, shell: false }],
+            exec: vec![ExecRule {
+                program: "/bin/true".into(),
+                args: vec![],
+                env: vec![],
+                users: vec![],
+                readonly: false,
+                shell: false,
+                timeout_seconds: None,
+            }],
             fs: FsRules { read: vec!["/opt/canopsis/etc/bench-4k".into()], ..FsRules::default() },
             http: vec![],
         },
