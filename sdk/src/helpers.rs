@@ -175,6 +175,40 @@ pub fn set_toml_key(path: &str, keys: &[&str], value: impl Into<toml_edit::Value
     edit_file(path, |text| set_toml_key_text(text, keys, value))
 }
 
+/// The package's `canopsis.toml` (`%config(noreplace)` of the RPMs).
+pub const CANOPSIS_TOML: &str = "/opt/canopsis/etc/canopsis.toml";
+
+/// Where the vendor puts an installation's own `canopsis.toml` settings since Canopsis 4.6.0
+/// (« le fichier `canopsis-override.toml` permet de surcharger la configuration par défaut »):
+/// `canopsis-reconfigure -override` reads it over the package's file, which a package update
+/// may then replace freely.
+pub const CANOPSIS_OVERRIDE: &str = "/opt/canopsis/etc/conf.d/canopsis-override.toml";
+
+/// A release note's new `canopsis.toml` parameter, for Canopsis 4.6.0 and later: written to
+/// [`CANOPSIS_OVERRIDE`] (made when missing), never to the package's file; nothing when the
+/// package's file or the override already sets it (an operator's own value is kept). `true`
+/// when it was written. The step declares both files in `fs.read`, the override in `fs.write`
+/// and `fs.create`, its directory in `fs.write` (contract 1.1: `fs.create-dir`).
+pub fn add_canopsis_setting(keys: &[&str], value: impl Into<toml_edit::Value>) -> Result<bool> {
+    for file in [CANOPSIS_TOML, CANOPSIS_OVERRIDE] {
+        if fs::exists(file)? && add_toml_key_text(&fs::read_to_string(file)?, keys, "")?.is_none() {
+            return Ok(false);
+        }
+    }
+    set_canopsis_setting(keys, value)
+}
+
+/// Like [`add_canopsis_setting`], but the operator chose the value: set in the override
+/// whatever either file says. `true` when the override changed.
+pub fn set_canopsis_setting(keys: &[&str], value: impl Into<toml_edit::Value>) -> Result<bool> {
+    if fs::exists(CANOPSIS_OVERRIDE)? {
+        return set_toml_key(CANOPSIS_OVERRIDE, keys, value);
+    }
+    let text = set_toml_key_text("", keys, value)?.unwrap_or_default();
+    fs::create_dir("/opt/canopsis/etc/conf.d", None)?;
+    fs::write(CANOPSIS_OVERRIDE, text).map(|()| true)
+}
+
 /// Removes a command-line option (`-alwaysFlushEntities`, also written
 /// `-alwaysFlushEntities=true`) from the `ExecStart` lines of a systemd unit or drop-in, leaving
 /// every other line as it was. `None` when the option is not there.

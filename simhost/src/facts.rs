@@ -250,6 +250,8 @@ impl Facts {
             // Community's units come with its main package, and with Pro's where Pro's replaces
             // it (`canopsis-pro` conflicts with `canopsis`).
             let community_units = matches!(p.name.as_str(), "canopsis-core" | "canopsis" | "canopsis-pro");
+            // Pro's own unit files (the SNMP engine from 23.10) come with canopsis-pro.
+            let pro_units = if p.name == "canopsis-pro" { self.unit_files(version, "cat") } else { Vec::new() };
             out.push(Built {
                 name: p.name.clone(),
                 version: version.to_owned(),
@@ -257,7 +259,7 @@ impl Facts {
                 requires: p.requires.clone(),
                 conflicts: p.conflicts.clone(),
                 version_txt: p.version_txt,
-                units: if community_units { self.unit_files(version, "core") } else { Vec::new() },
+                units: if community_units { self.unit_files(version, "core").into_iter().chain(pro_units).collect() } else { Vec::new() },
             });
         }
         out.sort_by_key(|b| (!MAIN_PACKAGES.contains(&b.name.as_str()), b.name.clone()));

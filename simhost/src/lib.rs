@@ -403,9 +403,21 @@ impl SimHost {
             // The engines of the edition, enabled as the installation guide does (the RHEL 8
             // procedure restarts them by name): linked to their own unit file where the
             // package ships one, else to the engines' template.
-            for unit in units(&spec.version, spec.edition)? {
+            // A 3.x site of the Go stack (its che and axe engines have drop-ins): their units
+            // enabled, which is how canopsinit's `--canopsis-stack` is told.
+            let go_3x = if spec.version.starts_with("3.") {
+                vec!["canopsis-engine-go@engine-che".to_owned(), "canopsis-engine-go@engine-axe".to_owned()]
+            } else {
+                vec![]
+            };
+            for unit in units(&spec.version, spec.edition)?.into_iter().chain(go_3x) {
                 let own = format!("/usr/lib/systemd/system/{unit}.service");
-                let target = if host.path(&own).is_file() { own } else { packages::ENGINE_UNIT.to_owned() };
+                let target = match (host.path(&own).is_file(), unit.starts_with("canopsis-engine-go@")) {
+                    (true, _) => own,
+                    (false, true) => packages::ENGINE_UNIT.to_owned(),
+                    // Not shipped for this OS (Pro's SNMP engine is RHEL 8's): not enabled.
+                    (false, false) => continue,
+                };
                 std::os::unix::fs::symlink(target, host.path(&format!("/etc/systemd/system/multi-user.target.wants/{unit}.service")))?;
             }
         } else {

@@ -136,6 +136,12 @@ pub fn run(mut argv: Vec<String>) -> ExitCode {
                     return fail(&format!("canopsis-reconfigure: {var} is not set (export go-engines-vars.conf first)"));
                 }
             }
+            // As the real one (main.go: os.ReadFile of -override's file): a missing file fails.
+            if let Some(file) = args.iter().position(|a| a == "-override").and_then(|i| args.get(i + 1))
+                && !sim.root.join(file.trim_start_matches('/')).is_file()
+            {
+                return fail(&format!("canopsis-reconfigure: open {file}: no such file or directory"));
+            }
             sim.write("/opt/canopsis/var/reconfigured", &format!("{}\n", sim.installed_version()));
             ExitCode::SUCCESS
         }

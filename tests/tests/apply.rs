@@ -99,6 +99,10 @@ fn position(calls: &[String], needle: &str) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn packages_cat_3_38_to_3_40_runs_the_steps_in_order() {
     let h = host(Spec { version: "3.38.0".into(), edition: Edition::Cat, method: Method::Packages, ..Spec::default() }).await;
+    // An operator's copy of the che unit, which the 3.39.0 note's `grep -lr
+    // alwaysFlushEntities /etc/systemd/system/canopsis*` finds too.
+    let copy = "/etc/systemd/system/canopsis-engine-go@engine-che.service";
+    h.sim.write(copy, "[Service]\nExecStart=/opt/canopsis/bin/engine-che -alwaysFlushEntities -d\n").unwrap();
     let out = h.run(&["apply", "--to", "3.40.0", "--yes", "--accept-manual"]);
     assert!(out.status.success(), "{}", text(&out));
     let calls = h.calls();
@@ -123,6 +127,7 @@ async fn packages_cat_3_38_to_3_40_runs_the_steps_in_order() {
     let webserver = h.sim.read("/opt/canopsis/etc/webserver.conf").unwrap();
     assert!(webserver.ends_with("canopsis.webcore.services.metaalarmrule=1\ncanopsis.webcore.services.broadcast_message=1\n"));
     assert!(!h.sim.read("/etc/systemd/system/canopsis-engine-go@engine-che.service.d/che.conf").unwrap().contains("alwaysFlushEntities"));
+    assert_eq!(h.sim.read(copy).unwrap(), "[Service]\nExecStart=/opt/canopsis/bin/engine-che -d\n");
     assert_eq!(h.sim.read("/opt/canopsis/etc/amqp2engines.conf").unwrap(), h.sim.read("/opt/canopsis/etc/amqp2engines-go-cat.conf.example").unwrap());
     let o = text(&out);
     assert!(o.contains("plan: Canopsis 3.38.0 → 3.40.0 (cat edition, packages method)") && o.contains("summary: run"), "{o}");
@@ -136,14 +141,19 @@ async fn packages_cat_3_38_to_3_40_runs_the_steps_in_order() {
     assert_eq!(runs(&h), before);
 }
 
+/// A Community site of the Python stack (the 3.x default: no Go engine enabled): canopsinit
+/// keeps its stack, `--canopsis-stack python`, and is never switched to Go.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn packages_core_3_38_to_3_40_updates_only_the_core_package() {
+async fn packages_core_3_38_to_3_40_updates_only_the_core_package_and_keeps_the_python_stack() {
     let h = host(Spec { version: "3.38.0".into(), edition: Edition::Core, method: Method::Packages, ..Spec::default() }).await;
+    for unit in ["canopsis-engine-go@engine-che", "canopsis-engine-go@engine-axe"] {
+        std::fs::remove_file(h.sim.path(&format!("/etc/systemd/system/multi-user.target.wants/{unit}.service"))).unwrap();
+    }
     let out = h.run(&["apply", "--to", "3.40.0", "--yes", "--accept-manual"]);
     assert!(out.status.success(), "{}", text(&out));
     let changes = h.changes();
     assert_eq!(changes[0], "yum update -y canopsis-core-3.40.0");
-    assert_eq!(changes[1], "su - canopsis -c canopsinit --canopsis-edition core --canopsis-stack go");
+    assert_eq!(changes[1], "su - canopsis -c canopsinit --canopsis-edition core --canopsis-stack python");
     assert!(position(&changes, "canoctl restart") < position(&changes, "systemctl enable canopsis-engine-go@engine-fifo"));
     assert_eq!(h.sim.installed_packages().unwrap(), ["canopsis-core-3.40.0-1.el7.x86_64"]);
     assert_eq!(h.sim.read("/opt/canopsis/etc/amqp2engines.conf").unwrap(), h.sim.read("/opt/canopsis/etc/amqp2engines-go-core.conf.example").unwrap());
@@ -182,7 +192,7 @@ async fn packages_on_rhel_8_update_with_dnf_makecache_then_dnf() {
         [
             "dnf makecache",
             "dnf --disablerepo=* --enablerepo=canopsis* update -y canopsis-pro-23.04.3 canopsis-webui-23.04.3",
-            "canopsis-reconfigure -edition pro -migrate-postgres=true"
+            "canopsis-reconfigure -edition pro -migrate-postgres=true -migrate-mongo=true"
         ],
         "{changes:#?}"
     );
@@ -1024,27 +1034,42 @@ async fn long_paths_of_every_era_end_at_their_target() {
                         "{changes:#?}"
                     );
                 }
+                // The vendor's pre-set flags, and the override 23.04.7's setting went to.
                 let name = if edition == Edition::Cat { "pro" } else { "community" };
-                assert!(changes.contains(&format!("canopsis-reconfigure -edition {name} -migrate-postgres=true")), "{changes:#?}");
+                assert!(
+                    changes.contains(&format!(
+                        "canopsis-reconfigure -edition {name} -migrate-postgres=true -migrate-mongo=true -override /opt/canopsis/etc/conf.d/canopsis-override.toml"
+                    )),
+                    "{changes:#?}"
+                );
                 assert_eq!(changes.contains(&"systemctl restart canopsis-engine-go@engine-webhook".to_owned()), edition == Edition::Cat, "{changes:#?}");
                 assert!(!changes.iter().any(|c| c.starts_with("canoctl") || c.contains("canopsinit")), "RHEL 8 has neither: {changes:#?}");
             }
             ("23.04.1" | "22.10.1", Os::Centos7) => {
-                assert!(
-                    changes.contains(&"canopsis-reconfigure -migrate-postgres=true -postgres-migration-mode=up -postgres-migration-directory=/opt/canopsis/share/migrations/postgres".to_owned()),
-                    "{changes:#?}"
-                );
+                let reconfigure = "canopsis-reconfigure -migrate-postgres=true -postgres-migration-mode=up -postgres-migration-directory=/opt/canopsis/share/migrations/postgres";
+                let expected =
+                    if from == "23.04.1" { format!("{reconfigure} -override /opt/canopsis/etc/conf.d/canopsis-override.toml") } else { reconfigure.to_owned() };
+                assert!(changes.contains(&expected), "{changes:#?}");
                 assert!(changes.contains(&"canoctl restart".to_owned()), "{changes:#?}");
             }
-            ("23.10.1", _) => {
+            ("23.10.1", _) if method == Method::Compose => {
                 assert!(changes.contains(&"docker compose up -d".to_owned()) && !changes.iter().any(|c| c.starts_with("docker-compose")), "{changes:#?}")
+            }
+            ("23.10.1", Os::Rhel8) => {
+                // Pro's SNMP engine, enabled by the 23.10.0 migration guide, restarted too.
+                let snmp = changes.contains(&"systemctl restart canopsis-engine-python-snmp".to_owned());
+                assert_eq!(snmp, edition == Edition::Cat, "{changes:#?}");
+                assert!(!changes.contains(&"systemctl restart canopsis-engine-go@engine-service.service".to_owned()), "disabled since 23.10: {changes:#?}");
             }
             _ => {}
         }
         if from == "23.04.1" {
-            // 23.04.7's key, with the operator's comments and values kept.
+            // 23.04.7's key, in the override where the vendor puts settings since 4.6.0; the
+            // package's canopsis.toml, with the operator's comments and values, untouched.
             let toml = h.sim.read("/opt/canopsis/etc/canopsis.toml").unwrap();
-            assert!(toml.contains("ExportMongoClientTimeout = \"1m\"") && toml.contains("FlappingFreqLimit = 28") && toml.contains("# site policy"), "{toml}");
+            assert!(!toml.contains("ExportMongoClientTimeout") && toml.contains("FlappingFreqLimit = 28") && toml.contains("# site policy"), "{toml}");
+            let over = h.sim.read("/opt/canopsis/etc/conf.d/canopsis-override.toml").unwrap();
+            assert_eq!(over, "[Canopsis.api]\nExportMongoClientTimeout = \"1m\"\n");
             // 23.04.8's one start of engine-service with the flag, whose drop-in is gone after.
             let restarts = h.sim.read("/var/lib/canup-sim/systemctl-actions").unwrap();
             assert!(restarts.contains("restart canopsis-engine-go@engine-service"), "{restarts}");

@@ -6,10 +6,12 @@
 //! configuration canopsis.toml. Le paramètre permet de définir le temps d'export maximum
 //! autorisé. » with « `[Canopsis.api]` / `ExportMongoClientTimeout = "1m"` ».
 //!
-//! The key is added only when missing: an operator who already set it keeps their value, and
-//! the file keeps its comments and layout (toml_edit). On Compose the file the reconfigure
-//! service reads is the operator's override, in a volume canup does not own: a manual
-//! instruction.
+//! The key goes where the vendor puts an installation's settings since 4.6.0,
+//! `conf.d/canopsis-override.toml` (which the procedure's `canopsis-reconfigure -override`
+//! reads), never into the package's canopsis.toml, which the update may replace; it is added
+//! only when neither file sets it, so an operator's own value is kept, and the override keeps
+//! its comments and layout (toml_edit). On Compose the override lives in a volume canup does
+//! not own: a manual instruction.
 
 use canup_sdk::{Context, Result, bail, helpers, ui};
 
@@ -18,13 +20,12 @@ canup_sdk::export_step! {
     "23.04.7/export-timeout-compose" => export_timeout_compose,
 }
 
-const CANOPSIS_TOML: &str = "/opt/canopsis/etc/canopsis.toml";
 const KEY: &[&str] = &["Canopsis", "api", "ExportMongoClientTimeout"];
 
 fn export_timeout(_: &Context) -> Result<()> {
-    match helpers::add_toml_key(CANOPSIS_TOML, KEY, "1m")? {
-        true => ui::info(&format!("added [Canopsis.api] ExportMongoClientTimeout = \"1m\" to {CANOPSIS_TOML}")),
-        false => ui::info(&format!("{CANOPSIS_TOML} already sets [Canopsis.api] ExportMongoClientTimeout: kept")),
+    match helpers::add_canopsis_setting(KEY, "1m")? {
+        true => ui::info(&format!("added [Canopsis.api] ExportMongoClientTimeout = \"1m\" to {}", helpers::CANOPSIS_OVERRIDE)),
+        false => ui::info("canopsis.toml or its override already sets [Canopsis.api] ExportMongoClientTimeout: kept"),
     }
     Ok(())
 }

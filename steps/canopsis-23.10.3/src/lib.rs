@@ -6,6 +6,9 @@
 //! disposition : `EnableArraySortingInEntityInfos` » with « `[Canopsis.alarm]` /
 //! `EnableArraySortingInEntityInfos = true` », which sorts string arrays of entity infos.
 //!
+//! The setting goes to `conf.d/canopsis-override.toml`, where the vendor puts an installation's
+//! settings since 4.6.0, never into the package's canopsis.toml.
+//!
 //! The sorting changes what operators' rules see, so it is asked (`ui.choose`, question
 //! `array-sorting`, answerable in canup.toml's `[answers."23.10.3/options"]`) and stays off
 //! by default. `-workers` is only told of: the note gives no value to choose other than the
@@ -18,7 +21,6 @@ canup_sdk::export_step! {
     "23.10.3/options-compose" => options_compose,
 }
 
-const CANOPSIS_TOML: &str = "/opt/canopsis/etc/canopsis.toml";
 const KEY: &[&str] = &["Canopsis", "alarm", "EnableArraySortingInEntityInfos"];
 
 /// Whether the operator wants the sorting; `no` first and the default.
@@ -40,9 +42,9 @@ fn tell_workers() {
 
 fn options(_: &Context) -> Result<()> {
     if wants_sorting()? {
-        match helpers::set_toml_key(CANOPSIS_TOML, KEY, true)? {
-            true => ui::info(&format!("set [Canopsis.alarm] EnableArraySortingInEntityInfos = true in {CANOPSIS_TOML}")),
-            false => ui::info(&format!("{CANOPSIS_TOML} already enables EnableArraySortingInEntityInfos")),
+        match helpers::set_canopsis_setting(KEY, true)? {
+            true => ui::info(&format!("set [Canopsis.alarm] EnableArraySortingInEntityInfos = true in {}", helpers::CANOPSIS_OVERRIDE)),
+            false => ui::info(&format!("{} already enables EnableArraySortingInEntityInfos", helpers::CANOPSIS_OVERRIDE)),
         }
     }
     tell_workers();

@@ -76,19 +76,22 @@ fn fifo_queue(_: &Context) -> Result<()> {
     Ok(())
 }
 
+/// « `vi $(grep -lr alwaysFlushEntities /etc/systemd/system/canopsis*)` »: every regular file
+/// under the `canopsis*` entries of /etc/systemd/system, the operator's copies of unit files
+/// (`canopsis-engine-go@engine-che.service`) as well as the drop-ins of `….service.d/`. A
+/// symbolic link is left alone: it leads to a package's unit, which the update replaced.
 fn always_flush_entities(_: &Context) -> Result<()> {
     let mut changed = false;
-    for dir in fs::list_dir("/etc/systemd/system")?.into_iter().filter(|d| d.starts_with("canopsis")) {
-        let dir = format!("/etc/systemd/system/{dir}");
-        if fs::metadata(&dir)?.kind != fs::FileKind::Directory {
-            continue;
-        }
-        for file in fs::list_dir(&dir)?.into_iter().filter(|f| f.ends_with(".conf")) {
-            let path = format!("{dir}/{file}");
-            if helpers::remove_unit_option(&path, "-alwaysFlushEntities")? {
+    let mut pending: Vec<String> =
+        fs::list_dir("/etc/systemd/system")?.into_iter().filter(|d| d.starts_with("canopsis")).map(|d| format!("/etc/systemd/system/{d}")).collect();
+    while let Some(path) = pending.pop() {
+        match fs::metadata(&path)?.kind {
+            fs::FileKind::Directory => pending.extend(fs::list_dir(&path)?.into_iter().map(|f| format!("{path}/{f}"))),
+            fs::FileKind::File if (path.ends_with(".conf") || path.ends_with(".service")) && helpers::remove_unit_option(&path, "-alwaysFlushEntities")? => {
                 ui::info(&format!("removed -alwaysFlushEntities from {path}"));
                 changed = true;
             }
+            _ => {}
         }
     }
     if changed {

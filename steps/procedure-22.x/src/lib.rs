@@ -16,9 +16,18 @@
 //!
 //! Updates are pinned to exactly the target version. The units are restarted one by one, and
 //! only those enabled on the host: the 23.10 text still lists engine-service, which the 23.10
-//! migration guide disables, and restarting a template instance would start it again.
+//! migration guide disables, and restarting a template instance would start it again. From
+//! 23.10, Pro's SNMP engine (`canopsis-engine-python-snmp`, which the 23.10.0 migration guide
+//! enables on RHEL 8) is restarted with the others, though the text's list omits it.
+//!
+//! `canopsis-reconfigure` on RHEL 8 gets the flags the vendor's own pre-set command line gives
+//! (the 24.04 `canopsis-reconfigure.service`, the 22.10+ Compose reference's `reconfigure`
+//! service, the 24.04.0 migration guide's RHEL 8 command): `-migrate-mongo=true` too, so that
+//! a package update runs the MongoDB migrations a Compose update runs. On both OSes, the
+//! operator's `conf.d/canopsis-override.toml`, where settings go since 4.6.0, is passed with
+//! `-override` when it exists: without it reconfigure ignores that file.
 
-use canup_sdk::{Context, Result, bail, exec::Command, helpers, helpers::PackageManager, ui};
+use canup_sdk::{Context, Result, bail, exec::Command, fs, helpers, helpers::PackageManager, semver::Version, ui};
 
 canup_sdk::export_step! {
     "procedure-22.x/update" => update,
@@ -51,9 +60,16 @@ const PRO_UNITS: &[&str] = &[
     "canopsis-engine-go@engine-webhook",
 ];
 
-/// The units the RHEL 8 text restarts for `edition`.
-pub fn units(edition: &str) -> &'static [&'static str] {
-    if edition == "cat" { PRO_UNITS } else { COMMUNITY_UNITS }
+/// Pro's SNMP engine, back from 23.10 (enabled by the 23.10.0 migration guide on RHEL 8).
+const SNMP_UNIT: &str = "canopsis-engine-python-snmp";
+
+/// The units the RHEL 8 text restarts for `edition`, and from 23.10 Pro's SNMP engine.
+pub fn units(edition: &str, target: &Version) -> Vec<&'static str> {
+    let mut units = if edition == "cat" { PRO_UNITS.to_vec() } else { COMMUNITY_UNITS.to_vec() };
+    if edition == "cat" && *target >= Version::new(23, 10, 0) {
+        units.push(SNMP_UNIT);
+    }
+    units
 }
 
 fn update(ctx: &Context) -> Result<()> {
@@ -67,19 +83,21 @@ fn finalize(ctx: &Context) -> Result<()> {
         other => bail!("unknown edition {other:?}"),
     };
     let vars = helpers::read_env_file("/opt/canopsis/etc/go-engines-vars.conf")?;
+    let override_file: Vec<&str> = if fs::exists(helpers::CANOPSIS_OVERRIDE)? { vec!["-override", helpers::CANOPSIS_OVERRIDE] } else { vec![] };
     let reconfigure = Command::new("/opt/canopsis/bin/canopsis-reconfigure").envs(vars);
     match helpers::package_manager()? {
         PackageManager::Yum => {
             Command::new("/usr/bin/su").args(["-", "canopsis", "-c", &format!("canopsinit --canopsis-edition {edition}")]).run()?;
             reconfigure
                 .args(["-migrate-postgres=true", "-postgres-migration-mode=up", "-postgres-migration-directory=/opt/canopsis/share/migrations/postgres"])
+                .args(override_file)
                 .run()?;
             Command::new("/usr/bin/systemctl").arg("daemon-reload").run()?;
             Command::new("/usr/bin/canoctl").arg("restart").run()?;
         }
         PackageManager::Dnf => {
-            reconfigure.args(["-edition", name, "-migrate-postgres=true"]).run()?;
-            for unit in units(edition) {
+            reconfigure.args(["-edition", name, "-migrate-postgres=true", "-migrate-mongo=true"]).args(override_file).run()?;
+            for unit in units(edition, &ctx.target) {
                 if !Command::new("/usr/bin/systemctl").args(["is-enabled", unit]).output()?.success() {
                     ui::warn(&format!("{unit} is in the procedure's restart list but not enabled on this host: not started"));
                     continue;
