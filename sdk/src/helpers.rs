@@ -112,7 +112,13 @@ pub fn set_toml_key_text(text: &str, keys: &[&str], value: impl Into<toml_edit::
     let (last, tables) = keys.split_last().ok_or_else(|| Error::msg("no key given"))?;
     let mut table = doc.as_table_mut();
     for (i, name) in tables.iter().enumerate() {
-        let entry = table.entry(name).or_insert_with(|| toml_edit::Item::Table(toml_edit::Table::new()));
+        // A new table that only holds other tables stays implicit: `[Canopsis.api]` alone, not
+        // an empty `[Canopsis]` above it.
+        let entry = table.entry(name).or_insert_with(|| {
+            let mut new = toml_edit::Table::new();
+            new.set_implicit(true);
+            toml_edit::Item::Table(new)
+        });
         table = entry.as_table_mut().ok_or_else(|| Error::msg(format!("{} is not a table", keys[..=i].join("."))))?;
     }
     let value = value.into();
@@ -471,6 +477,14 @@ pub fn pinned_canopsis_packages(target: &semver::Version) -> Result<Vec<String>>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_in_a_new_file_has_only_its_own_table() {
+        assert_eq!(
+            set_toml_key_text("", &["Canopsis", "api", "ExportMongoClientTimeout"], "1m").unwrap().unwrap(),
+            "[Canopsis.api]\nExportMongoClientTimeout = \"1m\"\n"
+        );
+    }
 
     #[test]
     fn the_installed_packages_are_read_from_rpms_query_format() {
