@@ -413,19 +413,19 @@ impl PackageManager {
     /// installed and installs what is new, in one transaction); without one it is the
     /// procedure's `update`.
     pub fn update_canopsis_to(self, target: &semver::Version) -> Result<()> {
-        let pinned = pinned_canopsis_packages(target)?;
+        let installed = installed_canopsis_packages()?;
+        let pinned = pinned(&installed, target)?;
         if self == PackageManager::Yum {
             return self.update_canopsis(&pinned);
         }
         crate::exec::Command::new(self.program()).arg("makecache").run()?;
         let out = crate::exec::Command::new(self.program()).args(CANOPSIS_REPOS).args(REQUIRES_QUERY).args(&pinned).run()?;
-        let installed: Vec<String> = installed_canopsis_packages()?.into_iter().map(|(n, _)| n).collect();
         let version = crate::context::version_text(target);
         let mut new: Vec<String> = out
             .stdout_text()
             .lines()
             .map(str::trim)
-            .filter(|n| n.starts_with("canopsis") && !installed.iter().any(|i| i == n))
+            .filter(|n| n.starts_with("canopsis") && !installed.iter().any(|(i, _)| i == n))
             .map(|n| format!("{n}-{version}"))
             .collect();
         new.sort();
@@ -466,12 +466,16 @@ pub fn parse_installed(text: &str) -> Vec<(String, String)> {
 /// package of the Canopsis repositories (an unpinned `update`), canup updates the same
 /// packages to exactly the target, never past it, in one transaction.
 pub fn pinned_canopsis_packages(target: &semver::Version) -> Result<Vec<String>> {
-    let installed = installed_canopsis_packages()?;
+    pinned(&installed_canopsis_packages()?, target)
+}
+
+/// `installed`'s names pinned to `target`.
+fn pinned(installed: &[(String, String)], target: &semver::Version) -> Result<Vec<String>> {
     if installed.is_empty() {
         return Err(Error::msg("rpm -qa 'canopsis*' lists no Canopsis package: is Canopsis installed by packages?"));
     }
     let target = crate::context::version_text(target);
-    Ok(installed.into_iter().map(|(name, _)| format!("{name}-{target}")).collect())
+    Ok(installed.iter().map(|(name, _)| format!("{name}-{target}")).collect())
 }
 
 #[cfg(test)]

@@ -274,9 +274,10 @@ pub struct Watch<'a> {
     pub still: Option<Still<'a>>,
 }
 
+#[cfg(test)]
 impl Watch<'_> {
-    /// No one listening, and the limit a call without a grant gets (`canup step run`'s tests):
-    /// the call's own timeout or the default, at most the maximum.
+    /// No one listening, and the limit a call without a grant gets: the call's own timeout or
+    /// the default, at most the maximum.
     pub fn quiet(req: &ExecRequest, limits: &ExecLimits) -> Self {
         let after = req.timeout.unwrap_or(limits.default_timeout).min(limits.max_timeout);
         Self { limit: TimeLimit { after, set_by: "[limits] exec_timeout_seconds in canup.toml".into() }, every: limits.progress_every, still: None }
