@@ -425,7 +425,7 @@ impl PackageManager {
             .stdout_text()
             .lines()
             .map(str::trim)
-            .filter(|n| n.starts_with("canopsis") && !installed.iter().any(|(i, _)| i == n))
+            .filter(|n| n.starts_with("canopsis") && !installed.iter().any(|p| p.name == *n))
             .map(|n| format!("{n}-{version}"))
             .collect();
         new.sort();
@@ -442,22 +442,42 @@ const CANOPSIS_REPOS: [&str; 2] = ["--disablerepo=*", "--enablerepo=canopsis*"];
 /// `dnf repoquery` of the names a set of pinned packages requires (read-only).
 pub const REQUIRES_QUERY: [&str; 6] = ["repoquery", "-q", "--requires", "--resolve", "--qf", "%{name}"];
 
-/// The Canopsis packages installed on the host (`rpm -qa 'canopsis*'`), as (name, version),
-/// sorted by name: every era's names (`canopsis-core`, `canopsis-engines-go`,
-/// `canopsis-webui`, `canopsis-cat`, `canopsis`, `canopsis-pro`, `canopsis-common`…). The step
-/// declares `/usr/bin/rpm` with exactly [`INSTALLED_QUERY`].
-pub fn installed_canopsis_packages() -> Result<Vec<(String, String)>> {
+/// One installed Canopsis package.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstalledPackage {
+    pub name: String,
+    pub version: String,
+    /// What it requires among Canopsis packages (`canopsis-core` requires
+    /// `canopsis-engines-go` and `canopsis-webui` from 4.5.0).
+    pub requires: Vec<String>,
+}
+
+/// The Canopsis packages installed on the host (`rpm -qa 'canopsis*'`), sorted by name: every
+/// era's names (`canopsis-core`, `canopsis-engines-go`, `canopsis-webui`, `canopsis-cat`,
+/// `canopsis`, `canopsis-pro`, `canopsis-common`…), with their versions and requirements, in
+/// one query. The step declares `/usr/bin/rpm` with exactly [`INSTALLED_QUERY`].
+pub fn installed_canopsis_packages() -> Result<Vec<InstalledPackage>> {
     let out = crate::exec::Command::new("/usr/bin/rpm").args(INSTALLED_QUERY).run()?;
     Ok(parse_installed(&out.stdout_text()))
 }
 
-/// The arguments of the `rpm` query behind [`installed_canopsis_packages`].
-pub const INSTALLED_QUERY: [&str; 4] = ["-qa", "--qf", "%{NAME} %{VERSION}\\n", "canopsis*"];
+/// The arguments of the `rpm` query behind [`installed_canopsis_packages`]: name, version and
+/// each required name (rpm's `[…]` iterates over them).
+pub const INSTALLED_QUERY: [&str; 4] = ["-qa", "--qf", "%{NAME} %{VERSION}[ %{REQUIRENAME}]\\n", "canopsis*"];
 
-/// `name version` lines, sorted by name.
-pub fn parse_installed(text: &str) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = text.lines().filter_map(|l| l.trim().split_once(' ')).map(|(n, v)| (n.to_owned(), v.trim().to_owned())).collect();
-    out.sort();
+/// `name version requirement…` lines, sorted by name; requirements outside Canopsis
+/// (`rpmlib(…)`, `/bin/sh`, `nginx`) left out.
+pub fn parse_installed(text: &str) -> Vec<InstalledPackage> {
+    let mut out: Vec<InstalledPackage> = text
+        .lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            let (name, version) = (words.next()?, words.next()?);
+            let requires = words.filter(|w| w.starts_with("canopsis")).map(str::to_owned).collect();
+            Some(InstalledPackage { name: name.to_owned(), version: version.to_owned(), requires })
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
     out
 }
 
@@ -470,12 +490,12 @@ pub fn pinned_canopsis_packages(target: &semver::Version) -> Result<Vec<String>>
 }
 
 /// `installed`'s names pinned to `target`.
-fn pinned(installed: &[(String, String)], target: &semver::Version) -> Result<Vec<String>> {
+fn pinned(installed: &[InstalledPackage], target: &semver::Version) -> Result<Vec<String>> {
     if installed.is_empty() {
         return Err(Error::msg("rpm -qa 'canopsis*' lists no Canopsis package: is Canopsis installed by packages?"));
     }
     let target = crate::context::version_text(target);
-    Ok(installed.iter().map(|(name, _)| format!("{name}-{target}")).collect())
+    Ok(installed.iter().map(|p| format!("{}-{target}", p.name)).collect())
 }
 
 #[cfg(test)]
@@ -492,10 +512,15 @@ mod tests {
 
     #[test]
     fn the_installed_packages_are_read_from_rpms_query_format() {
-        let listed = parse_installed("canopsis-webui 4.5.5\ncanopsis-core 4.5.6\n\ncanopsis-engines-go 4.5.6\n");
-        assert_eq!(listed[0], ("canopsis-core".to_owned(), "4.5.6".to_owned()));
+        let listed = parse_installed(
+            "canopsis-webui 4.5.5 rpmlib(FileDigests)\ncanopsis-core 4.5.6 canopsis-engines-go canopsis-webui /bin/sh\n\ncanopsis-engines-go 4.5.6\n",
+        );
+        let core =
+            InstalledPackage { name: "canopsis-core".into(), version: "4.5.6".into(), requires: vec!["canopsis-engines-go".into(), "canopsis-webui".into()] };
+        assert_eq!(listed[0], core);
         assert_eq!(listed.len(), 3);
-        assert_eq!(INSTALLED_QUERY[2], "%{NAME} %{VERSION}\\n", "rpm reads the backslash escape itself");
+        assert!(listed[2].requires.is_empty(), "rpmlib is not a Canopsis package");
+        assert!(INSTALLED_QUERY[2].ends_with("]\\n"), "rpm reads the backslash escape itself");
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! A package install is read from the rpm database: every installed Canopsis package (`rpm -qa
 //! 'canopsis*'`), whatever its era calls it (facts/canopsis.toml): `canopsis-core` (CentOS 7),
 //! `canopsis` (RHEL 8 and 9, Community) or `canopsis-pro` (Pro) is the installation's main
-//! package and gives the version; the edition is Pro when `canopsis-cat` or `canopsis-pro` is
+//! package and gives the version (one `rpm -qa` query gives every package's version and
+//! requirements); the edition is Pro when `canopsis-cat` or `canopsis-pro` is
 //! installed. The installation is at the version of its oldest package among the main ones,
 //! those the installation guides install beside them (the engines, the web UI) and whatever
 //! those require (`canopsis-common` from 23.04.7 on RHEL 8): an update that left
@@ -14,7 +15,7 @@
 //! (Compose), is cross-checked; a Compose install is read from `CANOPSIS_IMAGE_TAG` in its
 //! `.env`. A disagreement is an error naming both values.
 
-use canup_sdk::{Context, Error, Result, bail, detect, exec::Command, fs, helpers, ui};
+use canup_sdk::{Context, Error, Result, bail, detect, fs, helpers, ui};
 
 canup_sdk::export_step!(detect_installation);
 
@@ -32,16 +33,11 @@ fn env_value(env: &str, key: &str) -> Option<String> {
     env.lines().find_map(|l| l.trim().strip_prefix(key)?.strip_prefix('=').map(|v| v.trim().trim_matches('"').to_owned()))
 }
 
-/// The Canopsis packages `name` requires, among `installed` (`rpm -q --requires NAME`).
-fn requirements(name: &str, installed: &[(String, String)]) -> Result<Vec<String>> {
-    let out = Command::new("/usr/bin/rpm").args(["-q", "--requires", name]).run()?;
-    Ok(out.stdout_text().lines().filter_map(|l| l.split_whitespace().next()).filter(|r| installed.iter().any(|(n, _)| n == r)).map(str::to_owned).collect())
-}
-
 /// (version, edition, whether every counted package is at that version) of a package install.
 fn from_packages() -> Result<(String, String, bool)> {
     let installed = helpers::installed_canopsis_packages()?;
-    let version_of = |name: &str| installed.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+    let package = |name: &str| installed.iter().find(|p| p.name == name);
+    let version_of = |name: &str| package(name).map(|p| p.version.clone());
     let (main, version) = MAIN
         .iter()
         .find_map(|m| version_of(m).map(|v| (*m, v)))
@@ -53,10 +49,10 @@ fn from_packages() -> Result<(String, String, bool)> {
     let mut queue: Vec<String> =
         std::iter::once(main).chain(INSTALLED_BY_GUIDES.iter().copied()).filter(|n| version_of(n).is_some()).map(str::to_owned).collect();
     while let Some(name) = queue.pop() {
-        if counted.contains(&name) {
+        if counted.contains(&name) || package(&name).is_none() {
             continue;
         }
-        queue.extend(requirements(&name, &installed)?);
+        queue.extend(package(&name).map(|p| p.requires.clone()).unwrap_or_default());
         counted.push(name);
     }
     counted.sort();

@@ -170,14 +170,21 @@ impl Receipt {
         let mut child = cmd.spawn().map_err(|source| ExecError::Spawn { program: req.program.clone(), source })?;
         let _group = GroupGuard(child.id().map(|id| Pid::from_raw(id as i32)));
         // The command writes its output to the receipt's files: its last line is read there.
+        // Of the two files, the one written last that has something to say (on a tie of
+        // modification times, stdout).
         let last_line = || {
-            let newest = ["out", "err"].into_iter().map(|ext| self.file(ext)).max_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())?;
-            let mut file = std::fs::File::open(newest).ok()?;
-            let len = file.metadata().ok()?.len();
-            std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(len.saturating_sub(super::TAIL as u64))).ok()?;
-            let mut tail = Vec::new();
-            std::io::Read::read_to_end(&mut file, &mut tail).ok()?;
-            super::last_line_of(&tail)
+            ["err", "out"]
+                .into_iter()
+                .filter_map(|ext| {
+                    let mut file = std::fs::File::open(self.file(ext)).ok()?;
+                    let meta = file.metadata().ok()?;
+                    std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(meta.len().saturating_sub(super::TAIL as u64))).ok()?;
+                    let mut tail = Vec::new();
+                    std::io::Read::read_to_end(&mut file, &mut tail).ok()?;
+                    Some((meta.modified().ok()?, super::last_line_of(&tail)?))
+                })
+                .max_by_key(|(modified, _)| *modified)
+                .map(|(_, line)| line)
         };
         let exit =
             super::supervise(child.wait(), &req.program, watch, last_line).await?.map_err(|e| ExecError::Io { program: req.program.clone(), source: e })?;
