@@ -599,6 +599,22 @@ async fn a_web_ui_left_behind_by_the_repository_is_unverified_and_named() {
     );
 }
 
+/// A package past the installation's main one (what an unpinned update's resolver does with a
+/// new requirement: `canopsis-common` at the repository's newest) describes no version:
+/// detection refuses, naming the package and the way out, and nothing changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canopsis_package_past_the_others_is_named_and_nothing_runs() {
+    let h = host(Spec { version: "23.04.8".into(), edition: Edition::Core, os: canup_tests::simhost::Os::Rhel8, ..Spec::default() }).await;
+    let newer = packages::package(&packages::repository().unwrap(), "rhel8", "canopsis-common", "23.04.14").unwrap();
+    let out = packages::rpm(h.sim.root()).args(["-U", "--nodeps", "--noscripts"]).arg(&newer).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let before = h.sim.snapshot().unwrap();
+    let out = h.run(&["apply", "--to", "23.04.14", "--yes"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("canopsis is at 23.04.8 but canopsis-common is at 23.04.14"), "{}", text(&out));
+    assert_eq!(h.sim.snapshot().unwrap(), before, "refused before any change");
+}
+
 /// canup killed (SIGKILL) while the real dnf update runs; the operator re-runs at once. The
 /// resumed run waits for the interrupted dnf instead of starting another: dnf's own history
 /// shows exactly one upgrade transaction, and the packages are at the target.

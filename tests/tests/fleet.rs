@@ -123,7 +123,7 @@ async fn the_role_upgrades_a_fleet_reports_changes_once_and_isolates_a_failing_h
     assert!(!third.status.success(), "the play reports the failed host:\n{}", text(&third));
     assert_eq!(recap(&third, "site-c").1, 1, "{}", text(&third));
     assert!(
-        text(&third).contains("/opt/canopsis/VERSION.txt says 3.37.0 but rpm -q canopsis-core says 3.38.0"),
+        text(&third).contains("/opt/canopsis/VERSION.txt says 3.37.0 but rpm -qa 'canopsis*' says 3.38.0"),
         "the failure carries canup's error:\n{}",
         text(&third)
     );

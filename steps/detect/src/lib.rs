@@ -66,13 +66,12 @@ fn from_packages() -> Result<(String, String, bool)> {
     let ahead: Vec<String> = counted.iter().filter_map(|n| version_of(n).filter(|v| parse(v) > parse(&version)).map(|v| format!("{n} is at {v}"))).collect();
     if !ahead.is_empty() {
         bail!(
-            "the Canopsis packages disagree: {main} is at {version} but {}; bring them to one version ({}) before upgrading",
-            ahead.join(", "),
-            "dnf downgrade or update of the Canopsis repositories' packages"
+            "the Canopsis packages disagree: {main} is at {version} but {}; bring them to one version (yum|dnf downgrade or update of those packages) before running canup",
+            ahead.join(", ")
         );
     }
     // The oldest package says what the installation is.
-    let oldest = counted.iter().filter_map(|n| version_of(n)).min_by_key(|v| canup_sdk::context::parse_version(v)).unwrap_or_else(|| version.clone());
+    let oldest = counted.iter().filter_map(|n| version_of(n)).min_by_key(|v| parse(v)).unwrap_or_else(|| version.clone());
     ui::warn(&format!(
         "the Canopsis packages disagree: {main} is at {version} but {}; the installation counts as {oldest} until every package is at one version",
         behind.join(", ")
