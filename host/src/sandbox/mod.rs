@@ -259,10 +259,47 @@ pub struct LoadedStep {
     pub from_cache: bool,
 }
 
+/// A counting semaphore for blocking threads (the compiles run on tokio's blocking pool).
+struct CompileGate {
+    running: std::sync::Mutex<usize>,
+    freed: std::sync::Condvar,
+    max: usize,
+}
+
+struct CompilePermit<'a>(&'a CompileGate);
+
+impl CompileGate {
+    fn new(max: usize) -> Self {
+        Self { running: std::sync::Mutex::new(0), freed: std::sync::Condvar::new(), max }
+    }
+
+    fn enter(&self) -> CompilePermit<'_> {
+        // A poisoned lock only means another compile panicked; the count is still right.
+        let mut running = self.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        while *running >= self.max {
+            running = self.freed.wait(running).unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        *running += 1;
+        CompilePermit(self)
+    }
+}
+
+impl Drop for CompilePermit<'_> {
+    fn drop(&mut self) {
+        *self.0.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner) -= 1;
+        self.0.freed.notify_one();
+    }
+}
+
 pub struct Sandbox {
     engine: Engine,
     linker: Linker<StepState>,
     cache: Option<CompiledCache>,
+    /// At most two Cranelift compiles at a time. Each compile already spreads a module's
+    /// functions over the cores (wasmtime's parallel compilation), and the prefetch starts one
+    /// task per module: unbounded, their working sets add up (the first run's peak RSS), while
+    /// one at a time leaves cores idle on a module's serial parts.
+    compiling: CompileGate,
 }
 
 impl Sandbox {
@@ -296,7 +333,7 @@ impl Sandbox {
             })
             .map_err(|e| SandboxError::Engine(e.to_string()))?;
         let cache = cache_dir.map(|d| CompiledCache::open(d, &engine)).transpose()?;
-        Ok(Self { engine, linker, cache })
+        Ok(Self { engine, linker, cache, compiling: CompileGate::new(2) })
     }
 
     pub fn engine(&self) -> &Engine {
@@ -330,7 +367,10 @@ impl Sandbox {
         let component = match cached {
             Some(c) => c,
             None => {
-                let c = Component::new(&self.engine, wasm).map_err(|e| SandboxError::Invalid { step: step.to_owned(), why: format!("{e:#}") })?;
+                let c = {
+                    let _permit = self.compiling.enter();
+                    Component::new(&self.engine, wasm).map_err(|e| SandboxError::Invalid { step: step.to_owned(), why: format!("{e:#}") })?
+                };
                 if let Some(cache) = &self.cache
                     && let Err(e) = cache.store(&sha, &c)
                 {

@@ -6,7 +6,9 @@
 //! real RabbitMQ, and must end with the same mutating calls in the simulator's log: the
 //! comparison is of the same work. What canup adds on top is its own: verifying the signed
 //! repository, detection, the plan, the sandbox, the journal and backups (fsync'd), the drain
-//! and API checks.
+//! and API checks. One wait is part of the work on both sides: the drain check's confirming
+//! poll comes one RabbitMQ statistics interval after the first (a check that polls once can
+//! call a loaded queue empty), so the script sleeps that interval between the two polls too.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -100,7 +102,7 @@ fn timed(mut cmd: Command) -> Result<Duration> {
 }
 
 /// The bash script an operator would type from `canup apply --dry-run`'s list of changes.
-fn script_from_dry_run(dry_run_stdout: &str) -> Result<(String, usize)> {
+fn script_from_dry_run(dry_run_stdout: &str, stats_interval: Duration) -> Result<(String, usize)> {
     let (_, changes) = dry_run_stdout
         .split_once("The real run would make these changes, in order (queries ran for real):\n")
         .context("no list of changes in the dry-run output")?;
@@ -110,6 +112,7 @@ fn script_from_dry_run(dry_run_stdout: &str) -> Result<(String, usize)> {
     );
     let mut commands = 0;
     let mut heredoc_open = false;
+    let mut previous_query = None;
     for line in changes.lines() {
         // canup prints each change at two spaces; a write's content follows at four.
         if let Some(content) = line.strip_prefix("    ") {
@@ -122,6 +125,7 @@ fn script_from_dry_run(dry_run_stdout: &str) -> Result<(String, usize)> {
             heredoc_open = false;
         }
         let Some(entry) = line.strip_prefix("  ") else { continue };
+        let last_query = previous_query.take();
         if let Some(cmd) = entry.strip_prefix("run: ") {
             ensure!(!cmd.ends_with(')') || !cmd.contains(" (as "), "commands run as another user are not generated: {cmd}");
             // Environment assignments are shown masked (`K=…`); the script exported the real ones above.
@@ -135,6 +139,12 @@ fn script_from_dry_run(dry_run_stdout: &str) -> Result<(String, usize)> {
             match query.split_once(" on endpoint ") {
                 Some((request, endpoint)) => {
                     let (method, path) = request.split_once(' ').context("query without a path")?;
+                    // The drain check's confirming poll: RabbitMQ's counts are statistics, up to
+                    // one statistics interval old, so a check that means what it says polls
+                    // twice that far apart (steps/drain). The script waits as canup does.
+                    if path.starts_with("/api/queues/") && last_query == Some(query) {
+                        writeln!(script, "sleep {}", stats_interval.as_secs_f64())?;
+                    }
                     writeln!(script, "curl -s -o /dev/null -X {method} {}{path}\" || true", endpoint_base(endpoint)?)?;
                 }
                 None => {
@@ -143,6 +153,7 @@ fn script_from_dry_run(dry_run_stdout: &str) -> Result<(String, usize)> {
                 }
             }
             commands += 1;
+            previous_query = Some(query);
         } else if let Some(rest) = entry.strip_prefix("write ") {
             let path = rest.split(" (").next().context("write without a path")?;
             writeln!(script, "cat > \"$ROOT{path}\" <<'CANUP_EOF'")?;
@@ -228,7 +239,7 @@ pub async fn measure(work: &Path, inputs: &Inputs, scenario: &Scenario) -> Resul
     let dry = fresh(work, scenario, "dry-run", &inputs.stub, &url, &inputs.repo, &work.join("dry-state")).await?;
     let out = canup(inputs, &dry, &["--dry-run"]).output()?;
     ensure!(out.status.success(), "dry run failed: {}", String::from_utf8_lossy(&out.stderr));
-    let (script, commands) = script_from_dry_run(&String::from_utf8_lossy(&out.stdout))?;
+    let (script, commands) = script_from_dry_run(&String::from_utf8_lossy(&out.stdout), Duration::from_millis(rabbitmq::STATS_INTERVAL_MS))?;
     let script_path = work.join(format!("{}-upgrade.sh", scenario.name));
     std::fs::write(&script_path, &script)?;
 
