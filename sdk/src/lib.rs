@@ -26,6 +26,7 @@ pub mod exec;
 pub mod fs;
 pub mod helpers;
 pub mod http;
+pub mod resync;
 pub mod ui;
 
 pub use bindings::canup::step::types::ErrorKind;
