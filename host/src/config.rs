@@ -36,6 +36,12 @@ pub struct Config {
     /// Journal, audit log, backups and caches.
     #[serde(default)]
     pub state_dir: Option<PathBuf>,
+    /// The directory of the Docker Compose project (its `docker-compose.yml` and `.env`):
+    /// the Canopsis guides name none, so the operator does; `/opt/canopsis/docker` unless
+    /// stated. Steps name it `{compose_dir}` in their capabilities and read it as the setting
+    /// `compose_dir`; detection checks that the running containers come from it.
+    #[serde(default)]
+    pub compose_dir: Option<String>,
     #[serde(default)]
     pub policy: CapabilitySet,
     #[serde(default)]
@@ -144,6 +150,8 @@ pub enum ConfigError {
     /// toml's message shows the line; an unknown key is named by its path.
     #[error("config {path}: {source}")]
     Parse { path: String, source: crate::formats::StrictError },
+    #[error("config {path}: {what}: {why}")]
+    Invalid { path: String, what: String, why: String },
 }
 
 impl Config {
@@ -154,7 +162,33 @@ impl Config {
     }
 
     pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        crate::formats::strict_toml(text).map_err(|source| ConfigError::Parse { path: origin.to_owned(), source })
+        let mut config: Config = crate::formats::strict_toml(text).map_err(|source| ConfigError::Parse { path: origin.to_owned(), source })?;
+        let dir = config.compose_dir();
+        let invalid = |why: &str| ConfigError::Invalid { path: origin.to_owned(), what: format!("compose_dir = {dir:?}"), why: why.to_owned() };
+        if !dir.starts_with('/') || dir == "/" || dir.ends_with('/') {
+            return Err(invalid("it must be an absolute directory path, without a trailing /"));
+        }
+        if dir.split('/').any(|c| c == ".." || c == ".") || dir.contains("//") {
+            return Err(invalid("it must not hold `.` or `..` components"));
+        }
+        if dir.contains(['*', '?', '[', ']', '{', '}', '\\', '\0']) {
+            return Err(invalid("it must not hold glob characters (* ? [ ] { }) or backslashes"));
+        }
+        match config.settings.get("compose_dir") {
+            Some(set) if *set != dir => {
+                return Err(invalid(&format!("[settings] compose_dir says {set:?}: set the directory once, as the top-level compose_dir")));
+            }
+            _ => {}
+        }
+        // Steps read where the project is as a setting, and the policy names it as steps do.
+        config.settings.insert("compose_dir".to_owned(), dir.clone());
+        config.policy = config.policy.at_compose_dir(&dir);
+        Ok(config)
+    }
+
+    /// Where the Docker Compose project is.
+    pub fn compose_dir(&self) -> String {
+        self.compose_dir.clone().unwrap_or_else(|| crate::capabilities::DEFAULT_COMPOSE_DIR.to_owned())
     }
 
     pub fn state_dir(&self) -> PathBuf {

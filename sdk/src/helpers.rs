@@ -306,6 +306,15 @@ pub fn merge_env_text(operator: &str, reference: &str, owned: impl Fn(&str) -> b
     out.join("\n") + "\n"
 }
 
+/// Where the operator's Docker Compose project is unless canup.toml says otherwise.
+pub const DEFAULT_COMPOSE_DIR: &str = "/opt/canopsis/docker";
+
+/// The operator's Docker Compose project (`compose_dir` in canup.toml): the guides name no
+/// directory. A step names it `{compose_dir}` in its capabilities.
+pub fn compose_dir() -> String {
+    crate::context::setting("compose_dir").unwrap_or_else(|| DEFAULT_COMPOSE_DIR.to_owned())
+}
+
 /// Where Canopsis packages put the MongoDB migration scripts.
 pub const MONGO_MIGRATIONS: &str = "/opt/canopsis/share/migrations/mongodb";
 

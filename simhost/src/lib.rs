@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+pub mod compose;
 pub mod facts;
 pub mod packages;
 
@@ -165,11 +166,13 @@ pub struct Spec {
     pub edition: Edition,
     pub method: Method,
     pub os: Os,
+    /// Where a Compose host keeps its project (the guides name no directory).
+    pub compose_dir: String,
 }
 
 impl Default for Spec {
     fn default() -> Self {
-        Self { version: "3.38.0".into(), edition: Edition::Core, method: Method::Packages, os: Os::Centos7 }
+        Self { version: "3.38.0".into(), edition: Edition::Core, method: Method::Packages, os: Os::Centos7, compose_dir: compose::DEFAULT_DIR.into() }
     }
 }
 
@@ -244,40 +247,6 @@ const AXE_DROPIN: &str = "\
 Environment=CPS_DEFAULT_CFG=/opt/canopsis/etc/default_configuration.toml
 ";
 
-const COMPOSE_YML: &str = "\
-version: '3'
-services:
-  rabbitmq:
-    image: rabbitmq:3.7.28-management
-    env_file:
-      - compose.env
-    restart: unless-stopped
-  redis:
-    image: redis:${REDIS_TAG}
-    restart: unless-stopped
-  che:
-    image: canopsis/engine-che:${CANOPSIS_IMAGE_TAG}
-    env_file:
-      - compose.env
-    restart: unless-stopped
-    command: /engine-che -alwaysFlushEntities
-";
-
-/// The services a Pro Compose install has beyond Community's.
-const PRO_SERVICES: &str = "  webhook:
-    image: canopsis/engine-webhook:${CANOPSIS_IMAGE_TAG}
-    env_file:
-      - compose.env
-    restart: unless-stopped
-    command: /engine-webhook
-  dynamic-infos:
-    image: canopsis/engine-dynamic-infos:${CANOPSIS_IMAGE_TAG}
-    env_file:
-      - compose.env
-    restart: unless-stopped
-    command: /engine-dynamic-infos
-";
-
 /// An operator's canopsis.toml of the 22.10 and 23.x eras: comments and tuned values a step
 /// must keep.
 const CANOPSIS_TOML: &str = "\
@@ -296,10 +265,13 @@ FlappingInterval = 3600
 TokenSigningMethod = \"HS256\" # site policy
 ";
 
-/// The Canopsis version the host's services run: `VERSION.txt` where the package (CentOS 7)
-/// or the containers (Compose) write it, else the RHEL 8/9 main package's version in the rpm
+/// The Canopsis version the host's services run: the tag of the Canopsis images the
+/// containers run (Compose), `VERSION.txt` where the package writes it (CentOS 7), else the RHEL 8/9 main package's version in the rpm
 /// database (those packages ship no VERSION.txt). Empty when neither says.
 pub fn installed_version(root: &Path) -> String {
+    if let Some(running) = compose::running_version(root) {
+        return running;
+    }
     let text = fs::read_to_string(root.join("opt/canopsis/VERSION.txt")).unwrap_or_default();
     let from_file = text.trim().trim_start_matches("Canopsis version").trim();
     if !from_file.is_empty() {
@@ -317,16 +289,6 @@ pub fn installed_version(root: &Path) -> String {
 /// Whether `version` is of the YY.MM numbering (22.10 and later).
 fn calendar(version: &str) -> bool {
     version.split('.').next().and_then(|m| m.parse::<u64>().ok()).is_some_and(|m| m >= 22)
-}
-
-/// `CPS_EDITION` of the Compose `.env`: `core`/`cat` until 4.x, `community`/`pro` from 22.10.
-fn compose_edition(spec: &Spec) -> &'static str {
-    match (calendar(&spec.version), spec.edition) {
-        (false, Edition::Core) => "core",
-        (false, Edition::Cat) => "cat",
-        (true, Edition::Core) => "community",
-        (true, Edition::Cat) => "pro",
-    }
 }
 
 /// The unit instances an installation of `edition` enables at `version` (the facts' units;
@@ -421,22 +383,19 @@ impl SimHost {
                 std::os::unix::fs::symlink(target, host.path(&format!("/etc/systemd/system/multi-user.target.wants/{unit}.service")))?;
             }
         } else {
-            // The containers' version, and a host rpm database that holds no Canopsis.
+            // A host rpm database that holds no Canopsis; the containers run the release.
             packages::init(&host.root)?;
-            host.write("/opt/canopsis/VERSION.txt", &format!("Canopsis version {}\n", spec.version))?;
             if spec.version.starts_with("4.") {
                 for script in MIGRATIONS {
                     host.write(&format!("/opt/canopsis/share/migrations/mongodb/{script}"), &format!("// {script}\nprint('migrated {script}');\n"))?;
                 }
             }
-            host.write(
-                "/opt/canopsis/docker/.env",
-                &format!("COMPOSE_PROJECT_NAME=canopsis\nCANOPSIS_IMAGE_TAG={}\nREDIS_TAG=3.2.12\nCPS_EDITION={}\n", spec.version, compose_edition(spec)),
-            )?;
-            let pro = if spec.edition == Edition::Cat { PRO_SERVICES } else { "" };
-            host.write("/opt/canopsis/docker/docker-compose.yml", &format!("{COMPOSE_YML}{pro}"))?;
-            // The services' environment file the reference Compose files name (`env_file`).
-            host.write("/opt/canopsis/docker/compose.env", GO_ENGINES_VARS)?;
+            let edition = spec.edition.to_string();
+            compose::write_reference(&host.root, &spec.compose_dir, &spec.version, &edition)?;
+            // What the era's guide has the operator export before running Compose.
+            let env: Vec<(String, String)> = compose::operator_env(&spec.version, &edition)?;
+            host.write(compose::OPERATOR_ENV, &env.iter().map(|(k, v)| format!("{k}={v}\n")).collect::<String>())?;
+            compose::up(&host.root, &spec.compose_dir, &env)?;
         }
         let copy = host.path(STUB_PROGRAM);
         fs::create_dir_all(copy.parent().unwrap_or(&host.root))?;
@@ -483,7 +442,8 @@ impl SimHost {
     /// go-engines-vars.conf, and of compose.env on a Compose host. Fails when neither names one.
     pub fn set_redis_url(&self, url: &str) -> Result<()> {
         let mut set = false;
-        for file in ["/opt/canopsis/etc/go-engines-vars.conf", "/opt/canopsis/docker/compose.env"] {
+        let compose_env = format!("{}/compose.env", self.compose_dir());
+        for file in ["/opt/canopsis/etc/go-engines-vars.conf", compose_env.as_str()] {
             let Ok(text) = self.read(file) else { continue };
             let lines: Vec<String> =
                 text.lines().map(|l| if l.starts_with("CPS_REDIS_URL=") { format!("CPS_REDIS_URL={url}") } else { l.to_owned() }).collect();
@@ -543,19 +503,18 @@ impl SimHost {
     }
 
     /// `docker-compose config` (Debian's Compose v1, the real one) on the host's Compose
-    /// project: `Ok` with the resolved configuration when the files are valid Compose,
-    /// otherwise the error naming what is wrong.
+    /// project, with the environment the operator exports: `Ok` with the resolved
+    /// configuration when the files are valid Compose, otherwise the error naming what is
+    /// wrong.
     pub fn compose_config(&self) -> Result<String> {
-        let dir = self.path("/opt/canopsis/docker");
-        let out = std::process::Command::new("docker-compose")
-            .args(["--no-ansi", "config"])
-            .current_dir(&dir)
-            .output()
-            .context("cannot run docker-compose (apt-get install docker-compose)")?;
-        if !out.status.success() {
-            anyhow::bail!("docker-compose config in {}: {}", dir.display(), String::from_utf8_lossy(&out.stderr).trim());
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        let env: Vec<(String, String)> =
+            self.read(compose::OPERATOR_ENV).unwrap_or_default().lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
+        compose::config(&self.root, &self.compose_dir(), &env)
+    }
+
+    /// The Compose project's directory: where the containers were started from.
+    pub fn compose_dir(&self) -> String {
+        compose::containers(&self.root).first().map_or_else(|| compose::DEFAULT_DIR.to_owned(), |c| c.working_dir.clone())
     }
 
     /// The installed packages (`name-version-release.arch`), from the real rpm database.

@@ -34,6 +34,9 @@ enum Command {
         /// releases each runs (facts/canopsis.toml).
         #[arg(long, value_enum, default_value = "centos7")]
         os: Os,
+        /// Where a Compose host keeps its project (docker-compose.yml, .env).
+        #[arg(long, default_value = canup_sim::compose::DEFAULT_DIR)]
+        compose_dir: String,
     },
     /// What the simulated host's wrappers run (not for people).
     #[command(hide = true)]
@@ -51,8 +54,8 @@ fn main() -> ExitCode {
         return stub::run(argv[2..].to_vec());
     }
     match Args::parse().command {
-        Command::Create { dir, version, edition, method, os } => {
-            let spec = Spec { version, edition, method, os };
+        Command::Create { dir, version, edition, method, os, compose_dir } => {
+            let spec = Spec { version, edition, method, os, compose_dir };
             let created = std::env::current_exe().map_err(anyhow::Error::from).and_then(|me| SimHost::create(&dir, &spec, &me));
             match created {
                 Ok(host) => {

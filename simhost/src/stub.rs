@@ -103,7 +103,14 @@ pub fn run(mut argv: Vec<String>) -> ExitCode {
         "redis-cli" => hand_over(Command::new("redis-cli").args(&args)),
         "docker" => match args.split_first() {
             Some((sub, rest)) if sub == "compose" => compose(&sim, rest),
-            _ => fail("docker (simulated): only 'docker compose' is supported"),
+            Some((sub, rest)) if sub == "ps" => match rest.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+                ["--format", format] => {
+                    print!("{}", canup_sim::compose::ps(&sim.root, format));
+                    ExitCode::SUCCESS
+                }
+                _ => fail("docker ps (simulated): only --format FORMAT is supported"),
+            },
+            _ => fail("docker (simulated): only 'docker compose' and 'docker ps' are supported"),
         },
         "docker-compose" => compose(&sim, &args),
         "mongo" => mongo(&sim, &args),
@@ -149,29 +156,31 @@ pub fn run(mut argv: Vec<String>) -> ExitCode {
     }
 }
 
-/// Docker Compose, v1 (`docker-compose`) or v2 (`docker compose`): `up -d` starts the tagged
-/// images (the host's VERSION.txt follows `CANOPSIS_IMAGE_TAG`); `down` and `up -d redis` are
-/// recorded; `exec -T redis redis-cli …` runs the real redis-cli against the server of
-/// `CPS_REDIS_URL` in compose.env, as the container's would.
+/// Docker Compose, v1 (`docker-compose`) or v2 (`docker compose`), on the project of the
+/// working directory: `up -d` has the real Compose validate and resolve it (with the
+/// environment canup gave the command: `CPS_EDITION`) and runs its images (see
+/// `canup_sim::compose`); `down` and `up -d redis` are recorded; `exec -T redis redis-cli …`
+/// runs the real redis-cli against the server of `CPS_REDIS_URL` in compose.env, as the
+/// container's would.
 fn compose(sim: &Sim, args: &[String]) -> ExitCode {
+    let Some(dir) = std::env::current_dir().ok().and_then(|d| d.strip_prefix(&sim.root).ok().map(|p| format!("/{}", p.display()))) else {
+        return fail("docker compose (simulated): run it in the Compose project's directory of the host");
+    };
     match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
-        ["up", "-d"] => {
-            let env = sim.read("/opt/canopsis/docker/.env");
-            sim.write("/var/lib/canup-sim/compose-up", &env);
-            // The containers now run the tagged images; their version file is what the host sees.
-            if let Some(tag) = env.lines().find_map(|l| l.trim().strip_prefix("CANOPSIS_IMAGE_TAG=")) {
-                sim.write("/opt/canopsis/VERSION.txt", &format!("Canopsis version {}\n", tag.trim()));
+        ["up", "-d"] => match canup_sim::compose::up(&sim.root, &dir, &[]) {
+            Ok(_) => {
+                sim.write("/var/lib/canup-sim/engines", "running\n");
+                ExitCode::SUCCESS
             }
-            sim.write("/var/lib/canup-sim/engines", "running\n");
-            ExitCode::SUCCESS
-        }
+            Err(e) => fail(&format!("{e:#}")),
+        },
         ["down"] => {
             sim.write("/var/lib/canup-sim/engines", "stopped\n");
             ExitCode::SUCCESS
         }
         ["up", "-d", "redis"] => ExitCode::SUCCESS,
         ["exec", "-T", "redis", "redis-cli", rest @ ..] => {
-            let env = sim.read("/opt/canopsis/docker/compose.env");
+            let env = sim.read(&format!("{dir}/compose.env"));
             let Some(url) = env.lines().find_map(|l| l.trim().strip_prefix("CPS_REDIS_URL=")) else {
                 return fail("docker compose exec redis (simulated): compose.env has no CPS_REDIS_URL");
             };

@@ -37,6 +37,7 @@ mod test;
 mod tuf_conformance;
 mod util;
 mod vendor_check;
+mod vendor_compose;
 
 use std::path::PathBuf;
 

@@ -1,4 +1,4 @@
-//! `cargo xtask vendor-check DIR`: compares every fact of `facts/canopsis.toml` that names a
+//! `cargo xtask vendor-check DIR`: compares every fact of `facts/*.toml` that names a
 //! source with the vendor's tag of each release it covers, in DIR (a checkout or a bare clone
 //! of GitHub capensis/canopsis), and prints the agreement tag by tag.
 //!
@@ -26,7 +26,7 @@ const SPECS: &[(&str, &str)] = &[
 ];
 
 /// A checkout or bare clone, read through git.
-struct Vendor<'a> {
+pub struct Vendor<'a> {
     dir: &'a Path,
 }
 
@@ -41,7 +41,7 @@ impl Vendor<'_> {
     }
 
     /// The file at `path` in `tag`, a symbolic link followed (AlmaLinux 9's spec is one).
-    fn file(&self, tag: &str, path: &str) -> Result<Option<String>> {
+    pub fn file(&self, tag: &str, path: &str) -> Result<Option<String>> {
         let Some(entry) = self.git(&["ls-tree", tag, "--", path])? else { return Ok(None) };
         let Some(mode) = entry.split_whitespace().next() else { return Ok(None) };
         let text = self.git(&["show", &format!("{tag}:{path}")])?;
@@ -55,7 +55,7 @@ impl Vendor<'_> {
     }
 
     /// The names of the files directly in `dir` at `tag`.
-    fn list(&self, tag: &str, dir: &str) -> Result<BTreeSet<String>> {
+    pub fn list(&self, tag: &str, dir: &str) -> Result<BTreeSet<String>> {
         let out = self.git(&["ls-tree", "--name-only", tag, &format!("{dir}/")])?.unwrap_or_default();
         Ok(out.lines().filter_map(|l| l.rsplit('/').next()).map(str::to_owned).collect())
     }
@@ -213,6 +213,7 @@ fn check_tag(vendor: &Vendor, facts: &Facts, tag: &str) -> Result<(usize, Vec<St
 
 pub fn run(dir: &Path) -> Result<()> {
     let facts = Facts::parse(canup_tests::simhost::facts::EMBEDDED, "facts/canopsis.toml")?;
+    let compose = canopsis_facts::compose::ComposeFacts::embedded().map_err(anyhow::Error::msg)?;
     let vendor = Vendor { dir };
     if vendor.git(&["rev-parse", "--git-dir"])?.is_none() {
         bail!("{} is not a git checkout or clone of capensis/canopsis (fetch it with `git clone https://github.com/capensis/canopsis`)", dir.display());
@@ -224,7 +225,10 @@ pub fn run(dir: &Path) -> Result<()> {
             failures += 1;
             continue;
         }
-        let (checked, wrong) = check_tag(&vendor, &facts, tag)?;
+        let (mut checked, mut wrong) = check_tag(&vendor, &facts, tag)?;
+        let (compose_checked, compose_wrong) = crate::vendor_compose::check_tag(&vendor, &compose, tag)?;
+        checked += compose_checked;
+        wrong.extend(compose_wrong);
         total_checked += checked;
         if wrong.is_empty() {
             agreeing += 1;
@@ -243,7 +247,7 @@ pub fn run(dir: &Path) -> Result<()> {
         facts.releases.untagged.len()
     );
     if failures > 0 {
-        bail!("{failures} tags disagree with facts/canopsis.toml");
+        bail!("{failures} tags disagree with facts/canopsis.toml or facts/compose.toml");
     }
     Ok(())
 }

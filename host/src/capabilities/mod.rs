@@ -83,6 +83,25 @@ pub struct FsRules {
     pub create: Vec<String>,
 }
 
+/// Where a rule names the operator's Docker Compose project: `{compose_dir}/.env`. The
+/// guides name no directory for it, so the vendor's steps and the shipped policy cannot; the
+/// operator's `compose_dir` in canup.toml says where it is (default
+/// [`DEFAULT_COMPOSE_DIR`]), and each side's rules are read with it in place before they
+/// are compared or compiled.
+pub const COMPOSE_DIR: &str = "{compose_dir}";
+pub const DEFAULT_COMPOSE_DIR: &str = "/opt/canopsis/docker";
+
+impl CapabilitySet {
+    /// The rules with [`COMPOSE_DIR`] replaced by `compose_dir`.
+    pub fn at_compose_dir(&self, compose_dir: &str) -> CapabilitySet {
+        let paths = |list: &[String]| list.iter().map(|p| p.replace(COMPOSE_DIR, compose_dir)).collect();
+        CapabilitySet {
+            fs: FsRules { read: paths(&self.fs.read), write: paths(&self.fs.write), create: paths(&self.fs.create) },
+            ..self.clone()
+        }
+    }
+}
+
 /// One endpoint, with the methods and paths the step may use on it.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 pub struct HttpRule {

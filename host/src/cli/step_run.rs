@@ -22,7 +22,8 @@ use super::{Failure, usage};
 pub async fn run(settings: &Settings, args: StepRunArgs) -> Result<(), Failure> {
     let (config, state_dir) = (&settings.config, &settings.state_dir);
     let release = ReleaseSteps::load(&args.manifest).map_err(usage)?;
-    let manifest = release.select(args.step.as_deref(), &args.manifest).map_err(usage)?.clone();
+    let mut manifest = release.select(args.step.as_deref(), &args.manifest).map_err(usage)?.clone();
+    manifest.capabilities = manifest.capabilities.at_compose_dir(&config.compose_dir());
     let wasm = std::fs::read(&args.module).with_context(|| format!("cannot read module {}", args.module.display())).map_err(usage)?;
     // Admitted as `apply` admits a plan: a declaration the policy does not cover is refused
     // whole, before anything runs, rather than denied call by call halfway through.

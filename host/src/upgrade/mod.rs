@@ -134,8 +134,13 @@ impl Session {
         let state_dir = config.state_dir();
         let repo = Repository::open(repository, trusted_root, &state_dir.join("cache/repository"), &state_dir.join("trust"), &LoadOptions::default()).await?;
         tracing::debug!("repository metadata verified");
-        let index = repo.index().await?;
+        let mut index = repo.index().await?;
         tracing::debug!(releases = index.releases.len(), "release index read");
+        // The steps' `{compose_dir}` is the operator's project, as in the policy (config.rs).
+        let compose_dir = config.compose_dir();
+        for step in index.releases.iter_mut().flat_map(|r| r.steps.iter_mut()) {
+            step.manifest.capabilities = step.manifest.capabilities.at_compose_dir(&compose_dir);
+        }
         let sandbox = Sandbox::new(Some(&state_dir.join("cache/compiled")))?;
         tracing::debug!("sandbox ready");
         let audit = Arc::new(AuditLog::open(&state_dir.join("audit.jsonl"), "canup").map_err(|source| UpgradeError::Store {

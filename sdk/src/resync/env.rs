@@ -29,8 +29,9 @@ fn unquoted(v: &str) -> &str {
     v
 }
 
-/// Keys in file order with their raw values; a repeated key's last value is the one that counts.
-fn entries(text: &str) -> Vec<(String, String)> {
+/// The keys of a dotenv text in file order with their values as written (quotes included);
+/// a repeated key's last value is the one that counts.
+pub fn entries(text: &str) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = Vec::new();
     for (k, v) in text.lines().filter_map(entry) {
         match out.iter_mut().find(|(key, _)| key == k) {

@@ -27,7 +27,7 @@ mod yaml;
 
 use std::fmt;
 
-pub use env::env;
+pub use env::{entries as env_entries, env};
 pub use yaml::{Value, yaml, yaml_value};
 
 /// Both sides changed `key`: the operator's value and the reference's old and new ones

@@ -185,10 +185,51 @@ fn parse(text: &str, which: &'static str) -> Result<YamlFile, ResyncError> {
 }
 
 fn value_of(file: &YamlFile, which: &'static str) -> Result<Value, ResyncError> {
-    match file.document() {
-        None => Ok(Value::Null),
-        Some(doc) => YamlValue::from_document(&doc).map(|v| from_yaml_value(&v)).map_err(|e| ResyncError::Parse { which, why: e.to_string() }),
+    let Some(doc) = file.document() else { return Ok(Value::Null) };
+    match YamlValue::from_document(&doc) {
+        Ok(v) => Ok(from_yaml_value(&v)),
+        Err(first) => {
+            // A key written twice with the same value means what it says once (the vendor's
+            // 22.10.0-22.10.8 files declare the volume `dumpdata` twice, and operators keep
+            // them). Read a copy without the repeats; a key repeated with different values
+            // stays an error: which one Compose takes is not for canup to guess.
+            let copy = YamlFile::from_str(&file.to_string()).map_err(|e| ResyncError::Parse { which, why: e.to_string() })?;
+            let Some(mapping) = copy.document().and_then(|d| d.as_mapping()) else {
+                return Err(ResyncError::Parse { which, why: first.to_string() });
+            };
+            if !drop_repeated_keys(&mapping) {
+                return Err(ResyncError::Parse { which, why: first.to_string() });
+            }
+            let doc = copy.document().ok_or_else(|| ResyncError::Parse { which, why: first.to_string() })?;
+            YamlValue::from_document(&doc).map(|v| from_yaml_value(&v)).map_err(|e| ResyncError::Parse { which, why: e.to_string() })
+        }
     }
+}
+
+/// Removes, in `mapping` and the mappings under it, every later entry that repeats an earlier
+/// one's key and value; true when any was removed.
+fn drop_repeated_keys(mapping: &Mapping) -> bool {
+    let mut dropped = false;
+    let entries: Vec<_> = mapping.entries().collect();
+    let mut seen: Vec<(String, String)> = Vec::new();
+    let mut repeats: Vec<(String, usize)> = Vec::new();
+    for e in &entries {
+        let key = e.key_node().map(|k| k.to_string().trim().to_owned()).unwrap_or_default();
+        let value = e.value_node().map(|v| v.to_string().trim().to_owned()).unwrap_or_default();
+        let n = seen.iter().filter(|(k, _)| *k == key).count();
+        if seen.iter().any(|(k, v)| *k == key && *v == value) {
+            repeats.push((key.clone(), n));
+        }
+        seen.push((key, value));
+        if let Some(inner) = e.value_node().and_then(|v| v.as_mapping().cloned()) {
+            dropped |= drop_repeated_keys(&inner);
+        }
+    }
+    // Later occurrences first, so that the earlier indexes still hold.
+    for (key, n) in repeats.into_iter().rev() {
+        dropped |= mapping.remove_nth_occurrence(key.as_str(), n).is_some();
+    }
+    dropped
 }
 
 /// The meaning of a YAML text (anchors and merge keys resolved).
@@ -560,6 +601,19 @@ volumes:
         assert_eq!(merged.at(&["services".into(), "che".into(), "command".into()]).unwrap().show(), "/engine-che");
         assert!(r.text.contains("<<: *engine"), "{}", r.text);
         assert!(r.kept.iter().any(|k| k.starts_with("x-engine")), "{:?}", r.kept);
+    }
+
+    #[test]
+    fn a_key_repeated_with_the_same_value_counts_once() {
+        let text = "services:\n  a:\n    image: x\nvolumes:\n  dumpdata:\n  data:\n  dumpdata:\n";
+        let v = value(text);
+        assert_eq!(v.get("volumes").unwrap().show(), "{data: null, dumpdata: null}");
+        // A repeat with another value stays an error, naming the key.
+        let err = yaml_value("volumes:\n  dumpdata: {}\n  dumpdata:\n    driver: local\n").unwrap_err().to_string();
+        assert!(err.contains("dumpdata"), "{err}");
+        // And a file with a harmless repeat resyncs, keeping it as written.
+        let r = yaml(text, &text.replace("image: x", "image: y"), text).unwrap();
+        assert_eq!(r.text, text.replace("image: x", "image: y"));
     }
 
     #[test]

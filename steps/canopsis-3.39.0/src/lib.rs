@@ -12,12 +12,13 @@
 //! restart` ». Each step checks before it changes, so a re-run changes nothing.
 //!
 //! « Allez dans Exchanges > `canopsis.events` > Bindings, et cliquez sur le bouton « Unbind »
-//! de la file `Engine_che` » is done through the RabbitMQ management API. Not yet automated:
-//! nothing of the packages list; for Docker Compose the note says « `REDIS_TAG=5.0.8-buster` »,
-//! « vous devez obligatoirement ajouter le nouveau moteur `engine-fifo` suivant à votre
-//! `docker-compose.yml` », « l'option `-alwaysFlushEntities` … doit obligatoirement être
-//! supprimée » and « Relancez l'ensemble de votre environnement avec `docker-compose up -d` »
-//! (the optional `-publishQueue` simplification of the Pro engines is left to the operator).
+//! de la file `Engine_che` » is done through the RabbitMQ management API. For Docker Compose the
+//! note says « `REDIS_TAG=5.0.8-buster` », « vous devez obligatoirement ajouter le nouveau
+//! moteur `engine-fifo` suivant à votre `docker-compose.yml` », « l'option
+//! `-alwaysFlushEntities` … doit obligatoirement être supprimée » and « Relancez l'ensemble de
+//! votre environnement avec `docker-compose up -d` »: these are differences between the 3.38.0
+//! and 3.39.0 reference files (facts/compose.toml), which the standard `compose-update` step's
+//! three-way resync applies, keeping the operator's own changes.
 
 use canup_sdk::{Context, Result, bail, exec::Command, fs, helpers, http, ui};
 
@@ -28,7 +29,6 @@ canup_sdk::export_step! {
     "3.39.0/always-flush-entities" => always_flush_entities,
     "3.39.0/amqp2engines" => amqp2engines,
     "3.39.0/unbind-che" => unbind_che,
-    "3.39.0/compose" => compose,
     "3.39.0/restart" => restart,
 }
 
@@ -141,49 +141,3 @@ fn unbind_che(_: &Context) -> Result<()> {
     Ok(())
 }
 
-const COMPOSE_DIR: &str = "/opt/canopsis/docker";
-
-/// The service block of the release note, indented as a `services:` entry.
-const FIFO_SERVICE: &str = "  fifo:\n    image: canopsis/engine-fifo:${CANOPSIS_IMAGE_TAG}\n    env_file:\n      - compose.env\n    restart: unless-stopped\n    command: /engine-fifo\n";
-
-/// Adds the fifo service right after `services:` unless the file has one, and drops
-/// `-alwaysFlushEntities` from every `command:` line. `None` when nothing changes.
-fn compose_yml(text: &str) -> Result<Option<String>> {
-    let mut out = String::new();
-    let mut changed = false;
-    let has_fifo = text.lines().any(|l| l.trim_end() == "  fifo:");
-    for line in text.split_inclusive('\n') {
-        let trimmed = line.trim_start();
-        if trimmed.starts_with("command:") && line.contains("-alwaysFlushEntities") {
-            let indent = &line[..line.len() - trimmed.len()];
-            let words: Vec<&str> = trimmed.split_whitespace().filter(|w| *w != "-alwaysFlushEntities").collect();
-            out.push_str(&format!("{indent}{}\n", words.join(" ")));
-            changed = true;
-            continue;
-        }
-        out.push_str(line);
-        if line.trim_end() == "services:" && !has_fifo {
-            out.push_str(FIFO_SERVICE);
-            changed = true;
-        }
-    }
-    if !has_fifo && !changed {
-        bail!("docker-compose.yml has no `services:` section to add engine-fifo to");
-    }
-    Ok(changed.then_some(out))
-}
-
-fn compose(_: &Context) -> Result<()> {
-    let env = format!("{COMPOSE_DIR}/.env");
-    let yml = format!("{COMPOSE_DIR}/docker-compose.yml");
-    let mut changed = helpers::set_env_value(&env, "REDIS_TAG", "5.0.8-buster")?;
-    if let Some(new) = compose_yml(&fs::read_to_string(&yml)?)? {
-        fs::write(&yml, new)?;
-        changed = true;
-    }
-    if changed {
-        Command::new("/usr/bin/docker-compose").args(["up", "-d"]).cwd(COMPOSE_DIR).run()?;
-        ui::info("Redis 5 and engine-fifo are in place; check with `docker-compose ps` that the init container ran again");
-    }
-    Ok(())
-}

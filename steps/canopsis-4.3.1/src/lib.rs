@@ -41,7 +41,7 @@ fn purge(_: &Context) -> Result<()> {
 }
 
 fn purge_compose(_: &Context) -> Result<()> {
-    let compose = |args: &[&str]| Command::new("/usr/bin/docker-compose").args(args.iter().copied()).cwd("/opt/canopsis/docker").run();
+    let compose = |args: &[&str]| Command::new("/usr/bin/docker-compose").args(args.iter().copied()).cwd(helpers::compose_dir()).run();
     compose(&["down"])?;
     compose(&["up", "-d", "redis"])?;
     compose(&["exec", "-T", "redis", "redis-cli", "-n", "11", "FLUSHDB"])?;

@@ -9,18 +9,27 @@
 //! those the installation guides install beside them (the engines, the web UI) and whatever
 //! those require (`canopsis-common` from 23.04.7 on RHEL 8): an update that left
 //! `canopsis-webui` behind is not the target, and detection names it. A package nothing needs
-//! any more (23.04's `canopsis-common` after 23.10) is not counted.
+//! any more (23.04's `canopsis-common` after 23.10) is not counted. `/opt/canopsis/VERSION.txt`,
+//! where the package ships it (CentOS 7), is cross-checked.
 //!
-//! `/opt/canopsis/VERSION.txt`, where the package ships it (CentOS 7) or the containers write it
-//! (Compose), is cross-checked; a Compose install is read from `CANOPSIS_IMAGE_TAG` in its
-//! `.env`. A disagreement is an error naming both values.
+//! A Compose install is the project in `compose_dir` (canup.toml; the guides name no
+//! directory): `CANOPSIS_IMAGE_TAG` of its `.env`, cross-checked with the images the running
+//! containers of that project run (`docker ps`, Compose's working-directory label). Containers
+//! of Canopsis started from another directory mean `compose_dir` is wrong, and detection says
+//! which directory they name. The edition is Pro when the `.env` says `CPS_EDITION=pro|cat`,
+//! when an image comes from the Pro paths (`…/pro/…`, `…-cat`), or when the project has the Pro
+//! env file (`pro.env`, which `${CPS_EDITION}.env` names).
+//!
+//! A disagreement is an error naming both values.
 
 use canup_sdk::{Context, Error, Result, bail, detect, fs, helpers, ui};
 
 canup_sdk::export_step!(detect_installation);
 
 const VERSION_TXT: &str = "/opt/canopsis/VERSION.txt";
-const COMPOSE_ENV: &str = "/opt/canopsis/docker/.env";
+/// What `docker ps` prints per container: its image and the project directory Compose
+/// labelled it with, tab-separated (docker reads the `\t` escape itself).
+pub const PS_FORMAT: &str = "{{.Image}}\\t{{.Label \"com.docker.compose.project.working_dir\"}}";
 
 /// The main package of each era and edition, in the order detection takes the version from.
 const MAIN: &[&str] = &["canopsis-pro", "canopsis", "canopsis-core"];
@@ -79,16 +88,71 @@ fn from_packages() -> Result<(String, String, bool)> {
     Ok((oldest, edition.to_owned(), false))
 }
 
+/// The Canopsis images of running containers: (image, project directory).
+fn running_images() -> Result<Vec<(String, String)>> {
+    let out = canup_sdk::exec::Command::new("/usr/bin/docker").args(["ps", "--format", PS_FORMAT]).run()?;
+    Ok(out
+        .stdout_text()
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .filter(|(image, _)| image.contains("canopsis"))
+        .map(|(i, d)| (i.trim().to_owned(), d.trim().to_owned()))
+        .collect())
+}
+
+/// The tag most of the images carry (a few Canopsis images have their own, e.g. SNMP's).
+fn common_tag(images: &[(String, String)]) -> Option<String> {
+    let mut counts: Vec<(&str, usize)> = Vec::new();
+    for (image, _) in images {
+        let Some((_, tag)) = image.rsplit_once(':') else { continue };
+        match counts.iter_mut().find(|(t, _)| *t == tag) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((tag, 1)),
+        }
+    }
+    counts.into_iter().max_by_key(|(_, n)| *n).map(|(t, _)| t.to_owned())
+}
+
+/// Whether an image is one of Pro's: its path or name says so.
+fn pro_image(image: &str) -> bool {
+    let name = image.rsplit_once(':').map_or(image, |(n, _)| n);
+    name.contains("/pro/") || name.contains("canopsis-pro/") || name.ends_with("-cat")
+}
+
+/// (version, edition) of the Compose project in `dir`.
+fn from_compose(dir: &str) -> Result<(String, String)> {
+    let env_path = format!("{dir}/.env");
+    let env = fs::read_to_string(&env_path)?;
+    let tag = env_value(&env, "CANOPSIS_IMAGE_TAG").ok_or_else(|| Error::msg(format!("{env_path} has no CANOPSIS_IMAGE_TAG")))?;
+    let images = running_images()?;
+    let here: Vec<(String, String)> = images.iter().filter(|(_, d)| d == dir).cloned().collect();
+    if here.is_empty() {
+        if let Some((image, elsewhere)) = images.iter().find(|(_, d)| !d.is_empty()) {
+            bail!(
+                "the Canopsis containers were started from {elsewhere} (Compose's label on {image}), not from compose_dir {dir}; set compose_dir = \"{elsewhere}\" in canup.toml"
+            );
+        }
+        ui::warn(&format!("no Canopsis container of {dir} is running (docker ps): the version is {env_path}'s alone"));
+    } else if let Some(running) = common_tag(&here)
+        && running != tag
+    {
+        bail!(
+            "{env_path} says CANOPSIS_IMAGE_TAG={tag} but the containers run {running}; run `docker compose up -d` in {dir} if {tag} is what you installed, or put {running} back in {env_path}, then run canup again"
+        );
+    }
+    // 22.10's Compose files name the editions `community` and `pro` (`CPS_EDITION=pro`).
+    let pro = match env_value(&env, "CPS_EDITION").as_deref() {
+        Some("cat" | "pro") => true,
+        Some(_) => false,
+        None => here.iter().any(|(i, _)| pro_image(i)) || fs::exists(&format!("{dir}/pro.env"))?,
+    };
+    Ok((tag, if pro { "cat" } else { "core" }.to_owned()))
+}
+
 fn detect_installation(_: &Context) -> Result<()> {
-    let (method, installed, edition) = if fs::exists(COMPOSE_ENV)? {
-        let env = fs::read_to_string(COMPOSE_ENV)?;
-        let tag = env_value(&env, "CANOPSIS_IMAGE_TAG").ok_or_else(|| Error::msg(format!("{COMPOSE_ENV} has no CANOPSIS_IMAGE_TAG")))?;
-        // 22.10's Compose files name the editions `community` and `pro` (`CPS_EDITION=pro`).
-        let edition = match env_value(&env, "CPS_EDITION").as_deref() {
-            Some("cat" | "pro") => "cat".to_owned(),
-            _ => "core".to_owned(),
-        };
-        check_version_txt(&tag, &format!("CANOPSIS_IMAGE_TAG in {COMPOSE_ENV}"))?;
+    let dir = helpers::compose_dir();
+    let (method, installed, edition) = if fs::exists(&format!("{dir}/.env"))? {
+        let (tag, edition) = from_compose(&dir)?;
         ("compose", tag, edition)
     } else {
         let (version, edition, agreed) = from_packages()?;
