@@ -249,9 +249,9 @@ impl ComposeFacts {
         let one = |found: Vec<&Ranged<Layout>>| -> Result<Ranged<Layout>, String> {
             match found.as_slice() {
                 [l] => Ok((*l).clone()),
-                [] => Err(format!(
-                    "the Compose facts have no reference files for Canopsis {release} ({edition}); add them to facts/compose.toml (docs/facts.md)"
-                )),
+                [] => {
+                    Err(format!("the Compose facts have no reference files for Canopsis {release} ({edition}); add them to facts/compose.toml (docs/facts.md)"))
+                }
                 _ => Err(format!("the Compose facts have {} layouts for Canopsis {release} ({edition}): ranges overlap", found.len())),
             }
         };

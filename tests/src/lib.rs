@@ -6,6 +6,7 @@ pub mod chaos;
 pub mod rabbitmq;
 pub mod redis;
 pub mod repo_server;
+pub mod site;
 pub mod steprun;
 pub mod tuf;
 

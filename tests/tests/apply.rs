@@ -1,96 +1,14 @@
 //! End to end: the real `canup` binary, a signed repository of the project's steps served over
 //! loopback HTTP, and the simulated Canopsis host.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use canup_tests::canopsis_api::CanopsisApi;
 use canup_tests::rabbitmq::Admin;
-use canup_tests::repo_server::{Control, serve_repo};
 use canup_tests::simhost::{Edition, Method, SimHost, Spec, packages};
-use canup_tests::{OPERATOR_POLICY, canup_bin, publish_steps, target_dir};
-
-fn repository() -> &'static PathBuf {
-    static REPO: OnceLock<(PathBuf, tempfile::TempDir)> = OnceLock::new();
-    &REPO
-        .get_or_init(|| {
-            let dir = tempfile::tempdir().unwrap();
-            let repo = dir.path().join("repo");
-            publish_steps(&canup_bin(), &repo, &target_dir().join("dev-keys")).unwrap();
-            (repo, dir)
-        })
-        .0
-}
-
-struct Host {
-    dir: tempfile::TempDir,
-    sim: SimHost,
-    config: PathBuf,
-    /// The simulated host's Canopsis API (broadcast messages, the API check).
-    api: CanopsisApi,
-}
-
-async fn host(spec: Spec) -> Host {
-    host_with_policy(spec, OPERATOR_POLICY).await
-}
-
-async fn host_with_policy(spec: Spec, policy: &str) -> Host {
-    host_on(repository(), spec, policy).await
-}
-
-/// A simulated host whose canup uses the repository at `repo`.
-async fn host_on(repo: &Path, spec: Spec, policy: &str) -> Host {
-    let url = serve_repo(repo.to_path_buf(), Control::default()).await;
-    // 3.39.0 unbinds Engine_che and the verify phase watches the queues: a real RabbitMQ.
-    Admin::new().setup_canopsis_once().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let sim = SimHost::create(&dir.path().join("root"), &spec, &canup_tests::sim_bin()).unwrap();
-    let api = CanopsisApi::serve(sim.root().to_path_buf()).await;
-    let config = dir.path().join("canup.toml");
-    canup_tests::write_site_config(&config, &url, repo, &dir.path().join("state"), policy, &api).unwrap();
-    Host { dir, sim, config, api }
-}
-
-impl Host {
-    fn canup(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(canup_bin());
-        c.arg("--config").arg(&self.config).arg("--sysroot").arg(self.sim.root()).args(args);
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.canup(args).output().unwrap()
-    }
-
-    fn calls(&self) -> Vec<String> {
-        self.sim.calls().unwrap().iter().map(|c| format!("{} as {}", c.line(), c.user)).collect()
-    }
-
-    /// The calls that change something (the queries `rpm -q`, `dnf repoquery`, `is-enabled`
-    /// and `redis-cli … INFO` excluded).
-    fn changes(&self) -> Vec<String> {
-        let query = |c: &canup_tests::simhost::Call| {
-            c.program == "rpm"
-                || c.args.first().is_some_and(|a| a == "is-enabled")
-                || (c.program == "dnf" && c.args.iter().any(|a| a == "repoquery"))
-                || (c.program == "redis-cli" && c.args.iter().any(|a| a == "INFO"))
-        };
-        self.sim.calls().unwrap().iter().filter(|c| !query(c)).map(|c| c.line()).collect()
-    }
-
-    /// Rewrites a line of canup.toml (an endpoint's URL, say).
-    fn edit_config(&self, from: &str, to: &str) {
-        let text = std::fs::read_to_string(&self.config).unwrap();
-        assert!(text.contains(from), "canup.toml has no {from:?}: {text}");
-        std::fs::write(&self.config, text.replacen(from, to, 1)).unwrap();
-    }
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
+use canup_tests::site::{Host, host, host_on, host_with_policy, repository, text};
+use canup_tests::{OPERATOR_POLICY, canup_bin, target_dir};
 
 fn position(calls: &[String], needle: &str) -> usize {
     calls.iter().position(|c| c.contains(needle)).unwrap_or_else(|| panic!("no call {needle:?} in {calls:#?}"))
@@ -247,32 +165,6 @@ async fn packages_4_5_4_to_4_5_7_runs_the_4x_procedure_and_each_release_migratio
     }
 }
 
-/// A service the operator added to docker-compose.yml would be lost by replacing the file with
-/// the reference: the update stops before changing anything and names it; once it is moved to
-/// docker-compose.override.yml (which canup never touches), the update goes through.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_compose_service_the_operator_added_stops_the_resync_until_moved_to_the_override_file() {
-    let h = host(Spec { version: "4.5.4".into(), edition: Edition::Cat, method: Method::Compose, ..Spec::default() }).await;
-    let exporter = "  my-exporter:\n    image: prom/node-exporter:v1.6.1\n    restart: unless-stopped\n";
-    let yml = h.sim.read("/opt/canopsis/docker/docker-compose.yml").unwrap();
-    std::fs::write(h.sim.path("/opt/canopsis/docker/docker-compose.yml"), format!("{yml}{exporter}")).unwrap();
-    let before = h.sim.snapshot().unwrap();
-    let out = h.run(&["apply", "--to", "4.5.7", "--yes"]);
-    assert!(!out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("services.my-exporter") && text(&out).contains("docker-compose.override.yml"), "{}", text(&out));
-    assert_eq!(h.sim.snapshot().unwrap(), before, "nothing changed before the stop");
-    assert!(h.changes().is_empty(), "{:?}", h.changes());
-    // Moved to the override file, as the instruction says; the re-run resumes and finishes.
-    std::fs::write(h.sim.path("/opt/canopsis/docker/docker-compose.yml"), &yml).unwrap();
-    let override_yml = format!("version: '3'\nservices:\n{exporter}");
-    std::fs::write(h.sim.path("/opt/canopsis/docker/docker-compose.override.yml"), &override_yml).unwrap();
-    let out = h.run(&["apply", "--to", "4.5.7", "--yes", "--accept-manual"]);
-    assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(h.sim.read("/opt/canopsis/docker/docker-compose.override.yml").unwrap(), override_yml);
-    let resolved = h.sim.compose_config().unwrap();
-    assert!(resolved.contains("my-exporter") && resolved.contains("webhook") && resolved.contains(":4.5.7"), "{resolved}");
-}
-
 /// RabbitMQ down, then RabbitMQ refusing canup's password: the plan's steps would fail at the
 /// drain check or 3.39.0's unbind, after the packages were updated and the engines restarted.
 /// canup checks what the steps call before the first change, names the endpoint and the steps
@@ -356,43 +248,6 @@ async fn a_shared_step_failing_for_one_release_resumes_for_that_release_only() {
     for key in ["mongodb-scripts@4.5.5", "mongodb-scripts@4.5.6", "mongodb-scripts@4.5.7"] {
         assert!(history.contains(key), "{key} in {history}");
     }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_compose_install_is_resynced_with_the_signed_reference_files_keeping_the_operators_values() {
-    let h = host(Spec { version: "3.38.0".into(), edition: Edition::Cat, method: Method::Compose, ..Spec::default() }).await;
-    // The operator's own choices: a project name and a key of their own.
-    let operator_env =
-        h.sim.read("/opt/canopsis/docker/.env").unwrap().replace("COMPOSE_PROJECT_NAME=canopsis", "COMPOSE_PROJECT_NAME=prod") + "MY_PROXY=http://proxy:3128\n";
-    std::fs::write(h.sim.path("/opt/canopsis/docker/.env"), &operator_env).unwrap();
-    let operator_yml = h.sim.read("/opt/canopsis/docker/docker-compose.yml").unwrap();
-    assert!(h.sim.compose_config().unwrap().contains("engine-che:3.38.0"));
-    let out = h.run(&["apply", "--to", "3.40.0", "--yes", "--accept-manual"]);
-    assert!(out.status.success(), "{}", text(&out));
-    // What the resync wrote is valid Compose (the real docker-compose config), for the target.
-    let resolved = h.sim.compose_config().unwrap();
-    assert!(resolved.contains(":3.40.0") && !resolved.contains(":3.38.0"), "{resolved}");
-    // The resync brings 3.39.0's Compose changes already: its own step finds nothing left to do.
-    assert_eq!(h.changes(), ["docker-compose up -d"]);
-    let reference = |f: &str| std::fs::read_to_string(canup_tests::workspace_dir().join("steps/canopsis-3.40.0/data/compose").join(f)).unwrap();
-    // The Pro reference: the webhook and dynamic-infos services of the Pro host are kept.
-    assert_eq!(h.sim.read("/opt/canopsis/docker/docker-compose.yml").unwrap(), reference("cat/docker-compose.yml"));
-    assert!(resolved.contains("webhook") && resolved.contains("dynamic-infos"), "{resolved}");
-    let env = h.sim.read("/opt/canopsis/docker/.env").unwrap();
-    let expected = reference(".env").replace("COMPOSE_PROJECT_NAME=canopsis", "COMPOSE_PROJECT_NAME=prod").replace("CPS_EDITION=core", "CPS_EDITION=cat")
-        + "# Kept from the previous .env (not in the reference file):\nMY_PROXY=http://proxy:3128\n";
-    assert_eq!(env, expected, "image tags from the reference, everything else the operator's");
-    assert!(env.contains("CANOPSIS_IMAGE_TAG=3.40.0\nREDIS_TAG=5.0.8-buster\n"), "{env}");
-    // The API of the new version answered the verify phase.
-    assert_eq!(h.sim.read("/opt/canopsis/VERSION.txt").unwrap(), "Canopsis version 3.40.0\n");
-    assert!(h.api.requests().iter().any(|r| r.path == "/api/internal/app_info" && r.authorized), "{:?}", h.api.requests());
-    // The operator's previous files are kept and can be put back.
-    let runs = h.run(&["history", "--json"]);
-    let run = serde_json::from_slice::<serde_json::Value>(&runs.stdout).unwrap()[0]["run"].as_str().unwrap().to_owned();
-    let restored = h.run(&["restore-files", &run]);
-    assert!(restored.status.success(), "{}", text(&restored));
-    assert_eq!(h.sim.read("/opt/canopsis/docker/.env").unwrap(), operator_env);
-    assert_eq!(h.sim.read("/opt/canopsis/docker/docker-compose.yml").unwrap(), operator_yml);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1016,7 +871,7 @@ async fn long_paths_of_every_era_end_at_their_target() {
         if edition == Edition::Core && method == Method::Packages && from.starts_with("4.0") {
             continue; // 4.0/4.1 Community takes the same packages as 4.3 Community, tested below
         }
-        let h = host(Spec { version: from.into(), edition, method, os }).await;
+        let h = host(Spec { version: from.into(), edition, method, os, ..Spec::default() }).await;
         let out = h.run(&["apply", "--to", to, "--yes", "--accept-manual"]);
         let said = text(&out);
         assert!(out.status.success(), "{from} → {to} ({method}, {os}, {edition}): {said}");

@@ -158,13 +158,68 @@ fn mongo_records_each_applied_script() {
     assert_eq!(sim.read("/var/lib/canup-sim/mongo-applied.js").unwrap(), format!("{script}\n"));
 }
 
+fn run_in(sim: &SimHost, dir: &str, program: &str, args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    let out = Command::new(sim.path(program)).args(args).current_dir(sim.path(dir)).env_clear().envs(env.iter().copied()).output().unwrap();
+    (out.status.code().unwrap_or(-1), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+const PS: &[&str] = &["ps", "--format", "{{.Image}}\\t{{.Label \"com.docker.compose.project.working_dir\"}}"];
+
+/// A Compose host of each era is the vendor's reference set of its release (facts/compose.toml),
+/// which the real `docker-compose config` accepts, with its containers running the release's
+/// images: no VERSION.txt, no Canopsis package.
 #[test]
-fn compose_host_has_env_and_up_records_the_tags() {
-    let (_d, sim) = host(Spec { method: Method::Compose, ..Spec::default() });
-    assert!(sim.read("/opt/canopsis/docker/.env").unwrap().contains("CANOPSIS_IMAGE_TAG=3.38.0"));
-    assert_eq!(run(&sim, "/usr/bin/docker-compose", &["up", "-d"], &[]).0, 0);
-    assert!(sim.read("/var/lib/canup-sim/compose-up").unwrap().contains("CANOPSIS_IMAGE_TAG=3.38.0"));
-    assert_eq!(run(&sim, "/usr/bin/rpm", &["-q", "canopsis-core"], &[]).0, 1);
+fn compose_hosts_of_every_era_are_the_vendor_reference_files_and_run_their_images() {
+    for (version, edition, files) in [
+        ("3.38.0", Edition::Core, &["docker-compose.yml", ".env", "compose.env", "compose.mongo.env"][..]),
+        ("4.5.5", Edition::Cat, &["docker-compose.yml", ".env", "compose.env", "compose.mongo.env"][..]),
+        ("22.10.5", Edition::Core, &["docker-compose.yml", ".env", "compose.env", "community.env"][..]),
+        ("23.10.1", Edition::Cat, &["docker-compose.yml", ".env", "compose.env", "pro.env"][..]),
+        ("24.04.3", Edition::Core, &["docker-compose.yml", ".env", "compose.env", "community.env"][..]),
+    ] {
+        let (_d, sim) = host(Spec { version: version.into(), edition, method: Method::Compose, ..Spec::default() });
+        for f in files {
+            assert!(sim.path(&format!("/opt/canopsis/docker/{f}")).is_file(), "{version}: {f}");
+        }
+        assert!(sim.read("/opt/canopsis/docker/.env").unwrap().contains(&format!("CANOPSIS_IMAGE_TAG={version}")), "{version}");
+        sim.compose_config().unwrap_or_else(|e| panic!("{version}: {e}"));
+        let (code, ps) = run(&sim, "/usr/bin/docker", PS, &[]);
+        assert_eq!(code, 0, "{ps}");
+        assert!(ps.lines().any(|l| l.contains(&format!(":{version}\t/opt/canopsis/docker"))), "{version}: {ps}");
+        assert_eq!(canup_tests::simhost::installed_version(sim.root()), version);
+        assert!(!sim.path("/opt/canopsis/VERSION.txt").exists(), "{version}: only packages ship VERSION.txt");
+        assert_eq!(run(&sim, "/usr/bin/rpm", &["-q", "canopsis-core"], &[]).0, 1);
+    }
+}
+
+/// `up -d` is the real Compose's reading of the project: from 22.10 the files need
+/// `CPS_EDITION` (`${CPS_EDITION:?…}.env`), and the containers then run what `.env` says.
+#[test]
+fn compose_up_reads_the_project_as_the_real_compose_does() {
+    let (_d, sim) = host(Spec { version: "23.10.1".into(), method: Method::Compose, ..Spec::default() });
+    let (code, out) = run_in(&sim, "/opt/canopsis/docker", "/usr/bin/docker", &["compose", "up", "-d"], &[]);
+    assert_ne!(code, 0, "without CPS_EDITION: {out}");
+    assert!(out.contains("CPS_EDITION"), "{out}");
+    let env = sim.read("/opt/canopsis/docker/.env").unwrap().replace("CANOPSIS_IMAGE_TAG=23.10.1", "CANOPSIS_IMAGE_TAG=23.10.2");
+    sim.write("/opt/canopsis/docker/.env", &env).unwrap();
+    let (code, out) = run_in(&sim, "/opt/canopsis/docker", "/usr/bin/docker", &["compose", "up", "-d"], &[("CPS_EDITION", "community")]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(canup_tests::simhost::installed_version(sim.root()), "23.10.2");
+    // A project Compose cannot read is refused, as by the real `up`, and nothing changes.
+    sim.write("/opt/canopsis/docker/docker-compose.yml", "services:\n  redis: [not, a, mapping]\n").unwrap();
+    let (code, out) = run_in(&sim, "/opt/canopsis/docker", "/usr/bin/docker", &["compose", "up", "-d"], &[("CPS_EDITION", "community")]);
+    assert_ne!(code, 0, "{out}");
+    assert_eq!(canup_tests::simhost::installed_version(sim.root()), "23.10.2");
+}
+
+/// A project kept elsewhere: the containers carry its directory, as Compose labels them.
+#[test]
+fn a_compose_project_outside_the_default_directory_labels_its_containers_with_it() {
+    let (_d, sim) = host(Spec { version: "4.5.5".into(), method: Method::Compose, compose_dir: "/srv/canopsis-compose".into(), ..Spec::default() });
+    assert!(!sim.path("/opt/canopsis/docker/.env").exists());
+    let (_, ps) = run(&sim, "/usr/bin/docker", PS, &[]);
+    assert!(ps.lines().all(|l| l.ends_with("\t/srv/canopsis-compose")) && !ps.is_empty(), "{ps}");
+    assert_eq!(sim.compose_dir(), "/srv/canopsis-compose");
 }
 
 /// The authors' tool makes the host, and a copy or a move of the tree drives itself: the

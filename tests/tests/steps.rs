@@ -76,6 +76,7 @@ async fn every_step_changes_nothing_when_run_a_second_time() {
                     edition: simhost::Edition::Cat,
                     method: if method == Method::Packages { simhost::Method::Packages } else { simhost::Method::Compose },
                     os,
+                    ..Spec::default()
                 };
                 let sim = SimHost::create(&dir.path().join(format!("sim-{checked}")), &spec, &canup_tests::sim_bin()).unwrap();
                 sim.set_redis_url(&redis.url(0)).unwrap();

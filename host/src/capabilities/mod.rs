@@ -95,10 +95,7 @@ impl CapabilitySet {
     /// The rules with [`COMPOSE_DIR`] replaced by `compose_dir`.
     pub fn at_compose_dir(&self, compose_dir: &str) -> CapabilitySet {
         let paths = |list: &[String]| list.iter().map(|p| p.replace(COMPOSE_DIR, compose_dir)).collect();
-        CapabilitySet {
-            fs: FsRules { read: paths(&self.fs.read), write: paths(&self.fs.write), create: paths(&self.fs.create) },
-            ..self.clone()
-        }
+        CapabilitySet { fs: FsRules { read: paths(&self.fs.read), write: paths(&self.fs.write), create: paths(&self.fs.create) }, ..self.clone() }
     }
 }
 

@@ -180,6 +180,16 @@ mod tests {
     }
 
     #[test]
+    fn the_diff_of_a_resync_shows_the_changed_lines_only() {
+        let ours = "# my site\nCANOPSIS_IMAGE_TAG=4.5.5\nREDIS_TAG=5.0.8-buster\nMONGO_TAG=3.6\n";
+        let r = env(BASE, THEIRS, ours).unwrap();
+        let diff = super::super::unified_diff("/opt/canopsis/docker/.env", ours, &r.text);
+        assert!(diff.starts_with("--- a/opt/canopsis/docker/.env\n+++ b/opt/canopsis/docker/.env\n@@"), "{diff}");
+        assert!(diff.contains("\n-CANOPSIS_IMAGE_TAG=4.5.5\n+CANOPSIS_IMAGE_TAG=4.5.6\n+NEW_KEY=1\n") && diff.contains("\n-MONGO_TAG=3.6\n"), "{diff}");
+        assert!(super::super::unified_diff("/x", ours, ours).is_empty());
+    }
+
+    #[test]
     fn colon_separated_files_keep_their_separator() {
         let r = env("USER:root\n", "USER:admin\nPASS:x\n", "USER:root\n").unwrap();
         assert_eq!(r.text, "USER:admin\nPASS:x\n");

@@ -64,6 +64,15 @@ impl Resynced {
     }
 }
 
+/// A unified diff (`--- a/PATH`, `+++ b/PATH`, three lines of context) from `old` to `new`:
+/// what a resync does to a file, shown before it is done. Empty when they are equal.
+pub fn unified_diff(path: &str, old: &str, new: &str) -> String {
+    if old == new {
+        return String::new();
+    }
+    similar::TextDiff::from_lines(old, new).unified_diff().context_radius(3).header(&format!("a{path}"), &format!("b{path}")).to_string()
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum ResyncError {
     /// `which` (base, theirs, ours) is not a file of this kind.

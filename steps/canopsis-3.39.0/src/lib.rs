@@ -140,4 +140,3 @@ fn unbind_che(_: &Context) -> Result<()> {
     ui::info(if removed > 0 { "Engine_che is no longer bound to canopsis.events" } else { "Engine_che was not bound to canopsis.events" });
     Ok(())
 }
-

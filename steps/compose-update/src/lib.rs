@@ -25,6 +25,8 @@ canup_sdk::export_step!(compose_update);
 /// One file of the project, resynced.
 struct Planned {
     path: String,
+    /// What the file holds now (empty: it does not exist yet).
+    before: String,
     result: Resynced,
 }
 
@@ -47,16 +49,20 @@ fn resync_all(dir: &str, base: &Reference, theirs: &Reference) -> Result<std::re
         let ours = if fs::exists(&path)? {
             fs::read_to_string(&path)?
         } else if text_of(base, file).is_some() {
-            conflicts.push(format!("{path}: the reference has it for both releases, your project does not; restore it from the {} reference, or add it empty", context::version_text(&context::get().installed)));
+            conflicts.push(format!(
+                "{path}: the reference has it for both releases, your project does not; restore it from the {} reference, or add it empty",
+                context::version_text(&context::get().installed)
+            ));
             continue;
         } else {
             // New with the target: the operator's file starts as the reference's.
-            planned.push(Planned { path, result: Resynced { text: their_text.clone(), applied: vec![format!("{file}: new in the reference")], kept: vec![] } });
+            let result = Resynced { text: their_text.clone(), applied: vec![format!("{file}: new in the reference")], kept: vec![] };
+            planned.push(Planned { path, before: String::new(), result });
             continue;
         };
         let result = if yaml { resync::yaml(base_text, their_text, &ours) } else { resync::env(base_text, their_text, &ours) };
         match result {
-            Ok(r) => planned.push(Planned { path, result: r }),
+            Ok(r) => planned.push(Planned { path, before: ours, result: r }),
             Err(ResyncError::Conflicts(found)) => conflicts.extend(found.into_iter().map(|c| format!("{path}: {c}"))),
             Err(e @ ResyncError::Parse { .. }) => bail!("{path}: {e}; nothing was changed"),
         }
@@ -88,9 +94,14 @@ fn compose_update(ctx: &Context) -> Result<()> {
         }
     }
     for p in planned.iter().filter(|p| !p.result.unchanged()) {
+        // The change as a unified diff, then the change: a dry run shows the first and lists
+        // the second without making it.
+        ui::info(&format!("{}: {}\n{}", p.path, p.result.applied.join("; "), resync::unified_diff(&p.path, &p.before, &p.result.text)));
         // A file new with the target is made under the step's `create` rule.
         fs::write(&p.path, &p.result.text)?;
-        ui::info(&format!("{}: {} (previous file backed up)", p.path, p.result.applied.join("; ")));
+    }
+    if planned.iter().all(|p| p.result.unchanged()) {
+        ui::info(&format!("{dir} already matches the {} reference", context::version_text(&ctx.target)));
     }
     // The era's command, with the edition the reference files read (`${CPS_EDITION}.env`).
     let (program, args) = theirs.layout.command.split_first().ok_or_else(|| Error::msg("the Compose facts name no command"))?;

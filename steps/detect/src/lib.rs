@@ -50,7 +50,12 @@ fn from_packages() -> Result<(String, String, bool)> {
     let (main, version) = MAIN
         .iter()
         .find_map(|m| version_of(m).map(|v| (*m, v)))
-        .ok_or_else(|| Error::msg("neither a Compose .env nor a Canopsis package (canopsis-core, canopsis, canopsis-pro): is Canopsis installed?"))?;
+        .ok_or_else(|| {
+            Error::msg(format!(
+                "neither a Compose project in compose_dir {} (no .env) nor a Canopsis package (canopsis-core, canopsis, canopsis-pro): is Canopsis installed, and is compose_dir in canup.toml right?",
+                helpers::compose_dir()
+            ))
+        })?;
     let edition = if PRO.iter().any(|p| version_of(p).is_some()) { "cat" } else { "core" };
     // The installation's packages: the main one, those the guides install, and what they
     // require, transitively.
@@ -155,7 +160,20 @@ fn detect_installation(_: &Context) -> Result<()> {
         let (tag, edition) = from_compose(&dir)?;
         ("compose", tag, edition)
     } else {
-        let (version, edition, agreed) = from_packages()?;
+        let (version, edition, agreed) = match from_packages() {
+            Ok(found) => found,
+            Err(none) => {
+                // Neither packages nor a project here: a project elsewhere says where it is.
+                if let Ok(images) = running_images()
+                    && let Some((image, elsewhere)) = images.iter().find(|(_, d)| !d.is_empty())
+                {
+                    bail!(
+                        "no Compose project in compose_dir {dir} (no .env), but the Canopsis containers were started from {elsewhere} (Compose's label on {image}); set compose_dir = \"{elsewhere}\" in canup.toml"
+                    );
+                }
+                return Err(none);
+            }
+        };
         if agreed {
             check_version_txt(&version, "rpm -qa 'canopsis*'")?;
         }

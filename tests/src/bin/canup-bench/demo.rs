@@ -62,7 +62,7 @@ impl Scenario {
     pub fn catalogue_23_04() -> Self {
         Self {
             name: "23.04",
-            spec: Spec { version: "23.04.1".into(), edition: Edition::Cat, method: Method::Packages, os: canup_tests::simhost::Os::Rhel8 },
+            spec: Spec { version: "23.04.1".into(), edition: Edition::Cat, method: Method::Packages, os: canup_tests::simhost::Os::Rhel8, ..Spec::default() },
             target: "23.04.14",
         }
     }
