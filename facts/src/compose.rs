@@ -20,9 +20,10 @@ pub struct Origin {
 }
 
 impl Origin {
-    /// Pro's files are not public: such facts say `inferred: …` in their basis.
+    /// A fact no file of the vendor states (Pro's files are not public, 3.x has no tag): its
+    /// basis says `inferred` and names the note or guide it comes from.
     pub fn inferred(&self) -> bool {
-        self.basis.as_deref().is_some_and(|b| b.starts_with("inferred"))
+        self.source.is_none() && self.basis.as_deref().is_some_and(|b| b.contains("inferred"))
     }
 }
 

@@ -275,37 +275,6 @@ pub fn set_env_value(path: &str, key: &str, value: &str) -> Result<bool> {
     edit_file(path, |text| Ok(set_env_value_text(text, key, value)))
 }
 
-/// A Compose `.env` resynchronised with a release's reference `.env`: the reference's lines
-/// in its order, with the operator's value for every key the release does not own; keys
-/// the release owns (`owned(key)`, e.g. the image tags) take the reference value; the
-/// operator's keys the reference lacks are kept at the end. Raw `KEY=value` text is kept as
-/// written, so quoting the operator chose survives.
-pub fn merge_env_text(operator: &str, reference: &str, owned: impl Fn(&str) -> bool) -> String {
-    let entry = |line: &str| -> Option<(String, String)> {
-        let t = line.trim();
-        if t.is_empty() || t.starts_with('#') {
-            return None;
-        }
-        let t = t.strip_prefix("export ").unwrap_or(t);
-        t.split_once('=').map(|(k, _)| (k.trim().to_owned(), line.to_owned()))
-    };
-    let theirs: Vec<(String, String)> = operator.lines().filter_map(entry).collect();
-    let ours: Vec<String> = reference.lines().filter_map(entry).map(|(k, _)| k).collect();
-    let mut out: Vec<String> = reference
-        .lines()
-        .map(|line| match entry(line) {
-            Some((key, _)) if !owned(&key) => theirs.iter().find(|(k, _)| *k == key).map_or_else(|| line.to_owned(), |(_, kept)| kept.clone()),
-            _ => line.to_owned(),
-        })
-        .collect();
-    let extra: Vec<&(String, String)> = theirs.iter().filter(|(k, _)| !ours.contains(k)).collect();
-    if !extra.is_empty() {
-        out.push("# Kept from the previous .env (not in the reference file):".into());
-        out.extend(extra.into_iter().map(|(_, line)| line.clone()));
-    }
-    out.join("\n") + "\n"
-}
-
 /// Where the operator's Docker Compose project is unless canup.toml says otherwise.
 pub const DEFAULT_COMPOSE_DIR: &str = "/opt/canopsis/docker";
 
@@ -541,19 +510,6 @@ mod tests {
         assert_eq!(add_toml_key_text(&added, &["Canopsis", "api", "ExportMongoClientTimeout"], "1m").unwrap(), None);
         let tuned = "[Canopsis.api]\nExportMongoClientTimeout = \"5m\" # large exports\n";
         assert_eq!(add_toml_key_text(tuned, &["Canopsis", "api", "ExportMongoClientTimeout"], "1m").unwrap(), None);
-    }
-
-    #[test]
-    fn merge_env_keeps_the_operators_values_except_owned_keys() {
-        let operator = "COMPOSE_PROJECT_NAME=prod\nCANOPSIS_IMAGE_TAG=3.38.0\nREDIS_TAG=3.2.12\nCPS_EDITION=cat\nMY_EXTRA=\"1 2\"\n";
-        let reference = "# Canopsis 3.39.0\nCOMPOSE_PROJECT_NAME=canopsis\nCANOPSIS_IMAGE_TAG=3.39.0\nREDIS_TAG=5.0.8-buster\nCPS_EDITION=core\nNEW_KEY=x\n";
-        let merged = merge_env_text(operator, reference, |k| k.ends_with("_TAG"));
-        assert_eq!(
-            merged,
-            "# Canopsis 3.39.0\nCOMPOSE_PROJECT_NAME=prod\nCANOPSIS_IMAGE_TAG=3.39.0\nREDIS_TAG=5.0.8-buster\nCPS_EDITION=cat\nNEW_KEY=x\n# Kept from the previous .env (not in the reference file):\nMY_EXTRA=\"1 2\"\n"
-        );
-        // Merging again with the same reference changes nothing.
-        assert_eq!(merge_env_text(&merged, reference, |k| k.ends_with("_TAG")), merged);
     }
 
     #[test]

@@ -43,7 +43,10 @@ pub fn load(sandbox: &Sandbox, crate_dir: &str, step_id: &str) -> anyhow::Result
 /// Runs `step` on the simulated host at `root` with its declared capabilities as the policy.
 pub async fn run(sandbox: &Sandbox, loaded: &LoadedStep, step: &StepManifest, root: &Path, state: &Path, s: &Setting) -> (StepReport, Vec<AuditRecord>) {
     let audit = Arc::new(AuditLog::in_memory("steprun"));
-    let caps = &step.capabilities;
+    // As canup reads a manifest: `{compose_dir}` is the operator's project (the setting, else
+    // the default).
+    let compose_dir = s.settings.get("compose_dir").cloned().unwrap_or_else(|| canup::capabilities::DEFAULT_COMPOSE_DIR.to_owned());
+    let caps = &step.capabilities.at_compose_dir(&compose_dir);
     let context = StepContext {
         step_id: step.id.clone(),
         phase: step.phase,

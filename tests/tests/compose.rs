@@ -259,3 +259,22 @@ async fn an_env_the_containers_do_not_run_is_named_and_nothing_runs() {
     assert_eq!(h.sim.snapshot().unwrap(), before);
     assert!(h.changes().is_empty(), "{:?}", h.changes());
 }
+
+/// Pro's split reference (00-data, 01-prov, 02-app, from the 4.4.0 migration guide) is not
+/// public, so not in the facts: a project laid out that way is refused before anything changes,
+/// saying why and what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pros_split_compose_files_are_refused_before_anything_changes() {
+    let h = host(Spec { version: "4.5.4".into(), edition: Edition::Cat, method: Method::Compose, ..Spec::default() }).await;
+    let yml = h.sim.read(&format!("{PROJECT}/docker-compose.yml")).unwrap();
+    std::fs::remove_file(h.sim.path(&format!("{PROJECT}/docker-compose.yml"))).unwrap();
+    for part in ["00-data", "01-prov", "02-app"] {
+        h.sim.write(&format!("{PROJECT}/{part}.docker-compose.yml"), &yml).unwrap();
+    }
+    let before = h.sim.snapshot().unwrap();
+    let out = h.run(&["apply", "--to", "4.5.7", "--yes", "--accept-manual"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("Pro's split Compose files") && text(&out).contains("nothing was changed"), "{}", text(&out));
+    assert_eq!(h.sim.snapshot().unwrap(), before);
+    assert!(h.changes().is_empty(), "{:?}", h.changes());
+}

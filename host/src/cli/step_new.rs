@@ -26,6 +26,9 @@ const SDK_FILES: &[(&str, &str)] = &[
     ("src/helpers.rs", include_str!("../../../sdk/src/helpers.rs")),
     ("src/http.rs", include_str!("../../../sdk/src/http.rs")),
     ("src/ui.rs", include_str!("../../../sdk/src/ui.rs")),
+    ("src/resync/mod.rs", include_str!("../../../sdk/src/resync/mod.rs")),
+    ("src/resync/env.rs", include_str!("../../../sdk/src/resync/env.rs")),
+    ("src/resync/yaml.rs", include_str!("../../../sdk/src/resync/yaml.rs")),
 ];
 
 const CARGO_TOML: &str = include_str!("../../../sdk/template/Cargo.toml");
@@ -107,9 +110,12 @@ mod tests {
     fn the_embedded_sdk_is_the_whole_sdk() {
         let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk");
         let mut on_disk = vec!["Cargo.toml".to_owned(), "README.md".to_owned()];
-        for dir in ["src", "wit"] {
-            for entry in std::fs::read_dir(sdk.join(dir)).unwrap() {
-                on_disk.push(format!("{dir}/{}", entry.unwrap().file_name().to_string_lossy()));
+        let mut dirs = vec!["src".to_owned(), "wit".to_owned()];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(sdk.join(&dir)).unwrap() {
+                let entry = entry.unwrap();
+                let path = format!("{dir}/{}", entry.file_name().to_string_lossy());
+                if entry.file_type().unwrap().is_dir() { dirs.push(path) } else { on_disk.push(path) }
             }
         }
         let mut embedded: Vec<String> = SDK_FILES.iter().map(|(p, _)| (*p).to_owned()).collect();

@@ -22,6 +22,19 @@ use canup_sdk::{Context, Error, Result, bail, context, exec::Command, fs, helper
 
 canup_sdk::export_step!(compose_update);
 
+/// Pro's reference split in three from 4.4.0 (migration-4.4.0.md): not in the facts.
+const SPLIT: [&str; 3] = ["00-data.docker-compose.yml", "01-prov.docker-compose.yml", "02-app.docker-compose.yml"];
+
+/// Whether the project is laid out as Pro's split reference.
+fn split_layout(dir: &str) -> Result<bool> {
+    for f in SPLIT {
+        if fs::exists(&format!("{dir}/{f}"))? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// One file of the project, resynced.
 struct Planned {
     path: String,
@@ -48,12 +61,17 @@ fn resync_all(dir: &str, base: &Reference, theirs: &Reference) -> Result<std::re
         let yaml = *file == theirs.layout.compose_file;
         let ours = if fs::exists(&path)? {
             fs::read_to_string(&path)?
+        } else if yaml && split_layout(dir)? {
+            bail!(
+                "{dir} holds Pro's split Compose files ({}, from the 4.4.0 migration guide) and no {file}: their reference content is not public, so canup cannot resync them; resync them by hand as the release notes say, or go back to one {file} (the guide's « ancien procédé »), then run canup again; nothing was changed",
+                SPLIT.join(", ")
+            );
         } else if text_of(base, file).is_some() {
-            conflicts.push(format!(
-                "{path}: the reference has it for both releases, your project does not; restore it from the {} reference, or add it empty",
-                context::version_text(&context::get().installed)
-            ));
-            continue;
+            bail!(
+                "{path} is missing: the reference files of {} and of the target both have it; restore it (from your backup, or the {} reference) and run canup again; nothing was changed",
+                base.release,
+                base.release
+            );
         } else {
             // New with the target: the operator's file starts as the reference's.
             let result = Resynced { text: their_text.clone(), applied: vec![format!("{file}: new in the reference")], kept: vec![] };
@@ -75,8 +93,16 @@ fn compose_update(ctx: &Context) -> Result<()> {
     let facts = ComposeFacts::embedded().map_err(Error::msg)?;
     let base = reference(&facts, &ctx.installed, &ctx.edition)?;
     let theirs = reference(&facts, &ctx.target, &ctx.edition)?;
-    for what in theirs.inferred.iter().chain(&base.inferred) {
-        ui::warn(&format!("inferred, not from the vendor's files (Pro's are not public): {what}"));
+    // What canup could not know, said once: Pro's files are not public.
+    let mut inferred: Vec<&str> = base.inferred.iter().chain(&theirs.inferred).map(|w| w.split(':').next().unwrap_or(w)).collect();
+    inferred.sort_unstable();
+    inferred.dedup();
+    if !inferred.is_empty() {
+        ui::warn(&format!(
+            "{} facts of the reference files are inferred from the notes and guides, not read from the vendor's files (facts/compose.toml says which note): {}",
+            inferred.len(),
+            inferred.join(", ")
+        ));
     }
     let planned = match resync_all(&dir, &base, &theirs)? {
         Ok(p) => p,
