@@ -207,6 +207,21 @@ mod tests {
     }
 
     #[test]
+    fn the_compose_directory_is_one_setting_that_steps_and_the_policy_read() {
+        let c = Config::parse("compose_dir = \"/srv/cps\"\n[policy.fs]\nread = [\"{compose_dir}/.env\"]\n", "t").unwrap();
+        assert_eq!(c.policy.fs.read, ["/srv/cps/.env"]);
+        assert_eq!(c.settings["compose_dir"], "/srv/cps");
+        let default = Config::parse("[policy.fs]\nread = [\"{compose_dir}/.env\"]\n", "t").unwrap();
+        assert_eq!(default.policy.fs.read, ["/opt/canopsis/docker/.env"]);
+        for bad in ["srv/cps", "/srv/cps/", "/srv/../etc", "/srv/*", "/"] {
+            let e = Config::parse(&format!("compose_dir = {bad:?}\n"), "canup.toml").unwrap_err().to_string();
+            assert!(e.contains("canup.toml") && e.contains("compose_dir"), "{bad}: {e}");
+        }
+        let e = Config::parse("compose_dir = \"/a\"\n[settings]\ncompose_dir = \"/b\"\n", "t").unwrap_err().to_string();
+        assert!(e.contains("set the directory once"), "{e}");
+    }
+
+    #[test]
     fn limits_default_and_override() {
         let c = Config::parse("[limits]\nmemory_mib = 16\n", "t").unwrap();
         let l = c.limits.resolve();
