@@ -37,15 +37,27 @@ pub struct Container {
 /// `CPS_EDITION` where the reference files read it.
 pub const OPERATOR_ENV: &str = "/var/lib/canup-sim/operator-env";
 
+/// The embedded Compose facts, with `CANUP_SIM_COMPOSE_FACTS=FILE` (entries of the same format)
+/// added: a vendor makes a Compose host of a new release without building canup-sim again.
+fn facts() -> Result<ComposeFacts> {
+    let mut text = canopsis_facts::COMPOSE_TOML.to_owned();
+    if let Some(path) = std::env::var_os("CANUP_SIM_COMPOSE_FACTS").filter(|p| !p.is_empty()) {
+        let extra = std::fs::read_to_string(&path).with_context(|| format!("reading CANUP_SIM_COMPOSE_FACTS {}", Path::new(&path).display()))?;
+        text.push('\n');
+        text.push_str(&extra);
+    }
+    ComposeFacts::parse(&text, "facts/compose.toml (and CANUP_SIM_COMPOSE_FACTS)").map_err(anyhow::Error::msg)
+}
+
 pub fn operator_env(version: &str, edition: &str) -> Result<Vec<(String, String)>> {
-    let facts = ComposeFacts::embedded().map_err(anyhow::Error::msg)?;
+    let facts = facts()?;
     let reference = facts.reference(version, edition).map_err(anyhow::Error::msg)?;
     Ok(reference.layout.cps_edition.map(|e| ("CPS_EDITION".to_owned(), e)).into_iter().collect())
 }
 
 /// Writes the reference set of `version`/`edition` into `dir` (a path of the host).
 pub fn write_reference(root: &Path, dir: &str, version: &str, edition: &str) -> Result<()> {
-    let facts = ComposeFacts::embedded().map_err(anyhow::Error::msg)?;
+    let facts = facts()?;
     let reference = facts.reference(version, edition).map_err(anyhow::Error::msg)?;
     for (name, text) in &reference.files {
         let path = root.join(dir.trim_start_matches('/')).join(name);

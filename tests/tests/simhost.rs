@@ -248,3 +248,32 @@ fn a_host_made_by_canup_sim_create_can_be_copied_and_moved() {
     assert!(moved.calls().unwrap().is_empty());
     assert_eq!(run(&moved, "/usr/bin/rpm", &["-q", "canopsis-cat"], &[]).1.trim(), "canopsis-cat-4.5.7-1.el7.x86_64");
 }
+
+/// A vendor makes a Compose host of a release the embedded facts lack from a file of new
+/// entries (`CANUP_SIM_COMPOSE_FACTS`), without building canup-sim again.
+#[test]
+fn a_compose_host_of_a_new_release_is_made_from_added_facts() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = dir.path().join("24.10.0.toml");
+    std::fs::write(
+        &extra,
+        "[[layout]]\neditions = [\"core\"]\nfrom = \"24.10.0\"\nto = \"24.10.0\"\ncompose_file = \"docker-compose.yml\"\nenv_files = [\".env\"]\n\
+         command = [\"docker\", \"compose\", \"up\", \"-d\"]\nbasis = \"test\"\n\n\
+         [[env]]\neditions = [\"core\"]\nfile = \".env\"\nfrom = \"24.10.0\"\nto = \"24.10.0\"\nvars = [[\"CANOPSIS_IMAGE_TAG\", \"{version}\"]]\nbasis = \"test\"\n\n\
+         [[service]]\neditions = [\"core\"]\nname = \"api\"\nfrom = \"24.10.0\"\nto = \"24.10.0\"\nbasis = \"test\"\n\
+         [service.definition]\nimage = \"docker.canopsis.net/docker/community/canopsis-api:${CANOPSIS_IMAGE_TAG}\"\n",
+    )
+    .unwrap();
+    let made = Command::new(canup_tests::sim_bin())
+        .args(["create", "new", "--version", "24.10.0", "--method", "compose", "--os", "rhel9"])
+        .env("CANUP_SIM_COMPOSE_FACTS", &extra)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    assert_eq!(canup_tests::simhost::installed_version(&dir.path().join("new")), "24.10.0");
+    let without =
+        Command::new(canup_tests::sim_bin()).args(["create", "none", "--version", "24.10.0", "--method", "compose"]).current_dir(dir.path()).output().unwrap();
+    assert!(!without.status.success());
+    assert!(String::from_utf8_lossy(&without.stderr).contains("no reference files for Canopsis 24.10.0"), "{}", String::from_utf8_lossy(&without.stderr));
+}

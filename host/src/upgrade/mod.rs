@@ -9,7 +9,7 @@
 mod endpoints;
 mod prefetch;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -122,6 +122,17 @@ pub struct Session {
 pub trait Progress: Ui {
     fn step_started(&self, n: usize, total: usize, planned: &PlannedStep);
     fn step_finished(&self, report: &StepReport);
+}
+
+/// The install method as far as a glance tells, for speculative work only: the operator's pin,
+/// else a Compose project's `.env` where `compose_dir` says. Detection decides; a wrong guess
+/// costs the other method's modules compiled after the plan, never a wrong plan.
+fn likely_method(session: &Session) -> Method {
+    if let Some(pinned) = session.config.method {
+        return pinned;
+    }
+    let env = session.sysroot.map(&Path::new(&session.config.compose_dir()).join(".env"));
+    if env.is_file() { Method::Compose } else { Method::Packages }
 }
 
 fn run_id() -> String {
@@ -320,9 +331,11 @@ pub async fn apply(session: &Session, options: &ApplyOptions, progress: Arc<dyn 
     let recorded = DryRun::default();
     let mut prefetch = Prefetch::new(session);
     // A named target's own steps are in any plan that reaches it: their modules load while
-    // detection runs.
+    // detection runs. Only those of the method the host likely uses: compiling the other
+    // method's modules (Compose's resync is the largest) would only cost memory and time.
     if let Some(release) = options.to.as_ref().and_then(|t| session.index.release(t)) {
-        release.steps.iter().for_each(|s| prefetch.want(s, release));
+        let method = likely_method(session);
+        release.steps.iter().filter(|s| s.manifest.methods.contains(&method)).for_each(|s| prefetch.want(s, release));
     }
     let mut resumed = None;
     let (run, plan, done) = match pending {
