@@ -284,6 +284,20 @@ pub fn compose_dir() -> String {
     crate::context::setting("compose_dir").unwrap_or_else(|| DEFAULT_COMPOSE_DIR.to_owned())
 }
 
+/// The tag most of `images` (`repository/name:tag`) carry: what a Compose project runs (a few
+/// Canopsis images have a tag of their own, SNMP's for one). `None` without a tagged image.
+pub fn most_common_tag<'a>(images: impl IntoIterator<Item = &'a str>) -> Option<String> {
+    let mut counts: Vec<(&str, usize)> = Vec::new();
+    for image in images {
+        let Some((_, tag)) = image.rsplit_once(':').filter(|(name, _)| !name.ends_with('/') && !name.is_empty()) else { continue };
+        match counts.iter_mut().find(|(t, _)| *t == tag) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((tag, 1)),
+        }
+    }
+    counts.into_iter().max_by_key(|(_, n)| *n).map(|(t, _)| t.to_owned())
+}
+
 /// Where Canopsis packages put the MongoDB migration scripts.
 pub const MONGO_MIGRATIONS: &str = "/opt/canopsis/share/migrations/mongodb";
 

@@ -16,7 +16,7 @@ use canup_sdk::resync::{Value, yaml_value};
 use serde::{Deserialize, Serialize};
 
 /// Where the simulated hosts keep their Compose project unless a spec names another.
-pub const DEFAULT_DIR: &str = "/opt/canopsis/docker";
+pub const DEFAULT_DIR: &str = canup_sdk::helpers::DEFAULT_COMPOSE_DIR;
 /// The running containers, as JSON.
 pub const CONTAINERS: &str = "/var/lib/canup-sim/containers.json";
 /// The real Compose v1 (Debian's `docker-compose`), by path: the stub runs with the
@@ -112,18 +112,8 @@ pub fn containers(root: &Path) -> Vec<Container> {
 /// The version the Canopsis containers run: the tag most of the Canopsis images carry (the
 /// databases' and brokers' images have their own tags).
 pub fn running_version(root: &Path) -> Option<String> {
-    let mut tags: Vec<(String, usize)> = Vec::new();
-    for c in containers(root) {
-        let (path, tag) = c.image.rsplit_once(':')?;
-        if !path.contains("canopsis") {
-            continue;
-        }
-        match tags.iter_mut().find(|(t, _)| *t == tag) {
-            Some((_, n)) => *n += 1,
-            None => tags.push((tag.to_owned(), 1)),
-        }
-    }
-    tags.into_iter().max_by_key(|(_, n)| *n).map(|(t, _)| t)
+    let images: Vec<String> = containers(root).into_iter().map(|c| c.image).filter(|i| i.contains("canopsis")).collect();
+    canup_sdk::helpers::most_common_tag(images.iter().map(String::as_str))
 }
 
 /// `docker ps --format FORMAT`: one line per container, `{{.Image}}`, `{{.Names}}` and

@@ -129,6 +129,9 @@ async fn a_3x_pro_site_keeps_its_changes_and_gets_3_39s_redis_fifo_and_che() {
     assert!(h.sim.read(&format!("{PROJECT}/docker-compose.yml")).unwrap().contains("-alwaysFlushEntities"));
 }
 
+/// 4.5.4 → 4.5.7 changes no service in the reference files (the releases of an era between
+/// barriers differ by their image tag): the `.env` resync, Pro's single-file layout and
+/// Compose v1 are what this era checks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_4x_site_of_the_4_4_layout_keeps_its_changes() {
     era("4.5.4", "4.5.7", Edition::Cat, "docker-compose up -d", None).await;
@@ -277,4 +280,38 @@ async fn pros_split_compose_files_are_refused_before_anything_changes() {
     assert!(text(&out).contains("Pro's split Compose files") && text(&out).contains("nothing was changed"), "{}", text(&out));
     assert_eq!(h.sim.snapshot().unwrap(), before);
     assert!(h.changes().is_empty(), "{:?}", h.changes());
+}
+
+/// The vendor's own 22.10+ files build their services from `x-` templates merged with `<<:`;
+/// an operator's file written that way is resynced through them: what the templates give
+/// stays given by them, and the result means the target's reference.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_project_built_on_yaml_templates_is_resynced_through_them() {
+    let h = host(Spec { version: "23.10.1".into(), method: Method::Compose, ..Spec::default() }).await;
+    let yml = h.sim.read(&format!("{PROJECT}/docker-compose.yml")).unwrap();
+    let restarts = yml.matches("    restart: unless-stopped\n").count();
+    assert!(restarts > 3, "{yml}");
+    let templated =
+        format!("x-service_base: &service_base\n  restart: unless-stopped\n{}", yml.replace("    restart: unless-stopped\n", "    <<: *service_base\n"));
+    // Its meaning without the templates themselves (top-level `x-` keys, which Compose ignores).
+    let meaning = |text: &str| match yaml_value(text).unwrap() {
+        Value::Map(top) => Value::Map(top.into_iter().filter(|(k, _)| !k.starts_with("x-")).collect()),
+        other => other,
+    };
+    assert!(meaning(&templated).same(&meaning(&yml)), "the same meaning");
+    h.sim.write(&format!("{PROJECT}/docker-compose.yml"), &templated).unwrap();
+    let out = h.run(&["apply", "--to", "23.10.8", "--yes", "--accept-manual"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let merged = h.sim.read(&format!("{PROJECT}/docker-compose.yml")).unwrap();
+    assert_eq!(merged.matches("<<: *service_base").count(), restarts, "the templates stay:\n{merged}");
+    assert!(meaning(&merged).same(&reference("23.10.8", Edition::Core).compose), "{merged}");
+    h.sim.compose_config().unwrap();
+}
+
+/// canup's default project directory (the operator's side) and the SDK's (a step's fallback
+/// when the setting is absent, as under `canup step run`) are one directory.
+#[test]
+fn the_default_compose_directory_is_the_same_on_both_sides() {
+    assert_eq!(canup::capabilities::DEFAULT_COMPOSE_DIR, canup_sdk::helpers::DEFAULT_COMPOSE_DIR);
+    assert_eq!(canup::capabilities::DEFAULT_COMPOSE_DIR, PROJECT);
 }

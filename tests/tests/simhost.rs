@@ -205,7 +205,10 @@ fn compose_up_reads_the_project_as_the_real_compose_does() {
     let (code, out) = run_in(&sim, "/opt/canopsis/docker", "/usr/bin/docker", &["compose", "up", "-d"], &[("CPS_EDITION", "community")]);
     assert_eq!(code, 0, "{out}");
     assert_eq!(canup_tests::simhost::installed_version(sim.root()), "23.10.2");
-    // A project Compose cannot read is refused, as by the real `up`, and nothing changes.
+    // A project Compose cannot read is refused, as by the real `up`, and nothing changes: the
+    // containers keep running what they ran, whatever .env now says.
+    let env = sim.read("/opt/canopsis/docker/.env").unwrap().replace("CANOPSIS_IMAGE_TAG=23.10.2", "CANOPSIS_IMAGE_TAG=23.10.3");
+    sim.write("/opt/canopsis/docker/.env", &env).unwrap();
     sim.write("/opt/canopsis/docker/docker-compose.yml", "services:\n  redis: [not, a, mapping]\n").unwrap();
     let (code, out) = run_in(&sim, "/opt/canopsis/docker", "/usr/bin/docker", &["compose", "up", "-d"], &[("CPS_EDITION", "community")]);
     assert_ne!(code, 0, "{out}");

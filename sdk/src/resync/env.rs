@@ -15,8 +15,9 @@ fn entry(line: &str) -> Option<(&str, &str)> {
         return None;
     }
     let t = t.strip_prefix("export ").unwrap_or(t);
-    let (k, v) = t.split_once('=').or_else(|| t.split_once(':'))?;
-    Some((k.trim(), v.trim()))
+    // The first of `=` and `:` separates (`URL=amqp://h:5672` and `PASS:a=b` both read right).
+    let at = t.find(['=', ':'])?;
+    Some((t[..at].trim(), t[at + 1..].trim()))
 }
 
 /// What the value means: quotes around it are the file's syntax, not the value.
@@ -42,14 +43,9 @@ pub fn entries(text: &str) -> Vec<(String, String)> {
     out
 }
 
-/// The separator the line uses between key and value.
+/// The separator the line uses between key and value: the first of `=` and `:`.
 fn separator(line: &str) -> char {
-    let t = line.trim();
-    match (t.find('='), t.find(':')) {
-        (Some(_), _) => '=',
-        (None, Some(_)) => ':',
-        _ => '=',
-    }
+    line.find(['=', ':']).and_then(|i| line[i..].chars().next()).unwrap_or('=')
 }
 
 /// Resyncs the operator's dotenv file `ours` from reference `base` to reference `theirs`.
@@ -82,7 +78,9 @@ pub fn env(base: &str, theirs: &str, ours: &str) -> Result<Resynced, ResyncError
         match line_of(&lines, key) {
             Some(at) => {
                 let sep = separator(&lines[at]);
-                lines[at] = format!("{key}{sep}{new}");
+                // `export KEY=…` stays an export.
+                let export = if lines[at].trim_start().starts_with("export ") { "export " } else { "" };
+                lines[at] = format!("{export}{key}{sep}{new}");
             }
             None => {
                 // After the nearest key before it in the reference that the operator's file has.
@@ -191,7 +189,23 @@ mod tests {
 
     #[test]
     fn colon_separated_files_keep_their_separator() {
-        let r = env("USER:root\n", "USER:admin\nPASS:x\n", "USER:root\n").unwrap();
-        assert_eq!(r.text, "USER:admin\nPASS:x\n");
+        let r = env("USER:root\n", "USER:admin\nPASS:x=y\n", "USER:root\n").unwrap();
+        assert_eq!(r.text, "USER:admin\nPASS:x=y\n");
+        assert_eq!(entries("PASS:x=y\nURL=amqp://h:5672\n"), [("PASS".to_owned(), "x=y".to_owned()), ("URL".to_owned(), "amqp://h:5672".to_owned())]);
+        // An exported variable stays exported.
+        assert_eq!(env("export A=1\n", "export A=2\n", "export A=1\n").unwrap().text, "export A=2\n");
+    }
+
+    #[test]
+    fn secrets_are_masked_wherever_the_resync_shows_values() {
+        let shown = super::super::redact(
+            "+RABBITMQ_DEFAULT_PASS=canopsis\n-CPS_AMQP_URL=amqp://cpsrabbit:canopsis@rabbitmq/canopsis\n      - MONGO_INITDB_ROOT_PASSWORD=x\n  password: hunter2\nREDIS_TAG=5\n",
+        );
+        assert_eq!(
+            shown,
+            "+RABBITMQ_DEFAULT_PASS=***\n-CPS_AMQP_URL=amqp://cpsrabbit:***@rabbitmq/canopsis\n      - MONGO_INITDB_ROOT_PASSWORD=***\n  password: ***\nREDIS_TAG=5\n"
+        );
+        let c = Conflict { key: "RABBITMQ_DEFAULT_PASS".into(), ours: Some("mine".into()), base: Some("canopsis".into()), theirs: Some("new".into()) };
+        assert!(!c.to_string().contains("mine") && !c.to_string().contains("canopsis"), "{c}");
     }
 }

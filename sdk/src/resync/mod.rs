@@ -42,7 +42,12 @@ pub struct Conflict {
 
 impl fmt::Display for Conflict {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let shown = |v: &Option<String>| v.as_deref().map_or_else(|| "absent".to_owned(), |v| format!("`{v}`"));
+        let secret = secret_key(&self.key);
+        let shown = |v: &Option<String>| match v.as_deref() {
+            None => "absent".to_owned(),
+            Some(_) if secret => "`***`".to_owned(),
+            Some(v) => format!("`{}`", redact(v)),
+        };
         write!(f, "{}: yours is {}; the reference changed it from {} to {}", self.key, shown(&self.ours), shown(&self.base), shown(&self.theirs))
     }
 }
@@ -64,6 +69,51 @@ impl Resynced {
     }
 }
 
+/// Whether a key names a secret (`RABBITMQ_DEFAULT_PASS`, `…_TOKEN`, `…SECRET…`).
+fn secret_key(key: &str) -> bool {
+    let k = key.to_ascii_uppercase();
+    ["PASS", "SECRET", "TOKEN", "PRIVATE", "CREDENTIAL"].iter().any(|w| k.contains(w))
+}
+
+/// Text as it can be shown and logged: the value of a secret-looking key (`…_PASSWORD=x`,
+/// `password: x`) and the password of a URL (`amqp://user:x@host`) masked, line by line.
+/// Compose files and their env files hold the site's credentials; the resync's diffs,
+/// conflicts and notes go to the terminal and the journal.
+pub fn redact(text: &str) -> String {
+    text.split_inclusive('\n').map(redact_line).collect()
+}
+
+fn redact_line(line: &str) -> String {
+    let mut out = line.to_owned();
+    // KEY=value, KEY: value, - KEY=value (a diff's +/- and a list's dash before the key).
+    let body = out.trim_start_matches(['+', '-', ' ', '\t']);
+    let start = out.len() - body.len();
+    if let Some(sep) = body.find(['=', ':']) {
+        let key = body[..sep].trim().trim_matches(['"', '\'']);
+        if !key.is_empty() && !key.contains(' ') && secret_key(key) {
+            let end = out.trim_end_matches(['\n', '\r']).len();
+            let value_start = start + sep + 1;
+            if value_start < end && !out[value_start..end].trim().is_empty() {
+                out.replace_range(value_start..end, if body.as_bytes()[sep] == b':' { " ***" } else { "***" });
+            }
+        }
+    }
+    // scheme://user:password@host
+    let mut from = 0;
+    while let Some(at) = out[from..].find("://").map(|i| from + i + 3) {
+        let rest = &out[at..];
+        let authority_end = rest.find(['/', ' ', '"', '\'', '\n']).unwrap_or(rest.len());
+        match rest[..authority_end].rfind('@').and_then(|a| rest[..a].find(':').map(|c| (c, a))) {
+            Some((colon, a)) => {
+                out.replace_range(at + colon + 1..at + a, "***");
+                from = at + colon + 4;
+            }
+            None => from = at,
+        }
+    }
+    out
+}
+
 /// A unified diff (`--- a/PATH`, `+++ b/PATH`, three lines of context) from `old` to `new`:
 /// what a resync does to a file, shown before it is done. Empty when they are equal.
 pub fn unified_diff(path: &str, old: &str, new: &str) -> String {
@@ -79,6 +129,9 @@ pub enum ResyncError {
     Parse { which: &'static str, why: String },
     /// Both sides changed these keys; nothing was written.
     Conflicts(Vec<Conflict>),
+    /// Reference changes the operator's file cannot take where they are written (through a
+    /// YAML merge key or alias), each with what to do; nothing was written.
+    Unwritable(Vec<String>),
 }
 
 impl fmt::Display for ResyncError {
@@ -89,6 +142,13 @@ impl fmt::Display for ResyncError {
                 write!(f, "{} key(s) changed both by you and by the reference:", conflicts.len())?;
                 for c in conflicts {
                     write!(f, "\n  {c}")?;
+                }
+                Ok(())
+            }
+            Self::Unwritable(why) => {
+                write!(f, "{} reference change(s) cannot be written where your file defines them:", why.len())?;
+                for w in why {
+                    write!(f, "\n  {w}")?;
                 }
                 Ok(())
             }

@@ -38,7 +38,7 @@ impl Value {
         }
     }
 
-    fn scalar_text(&self) -> Option<String> {
+    pub(crate) fn scalar_text(&self) -> Option<String> {
         match self {
             Value::Null => Some(String::new()),
             Value::Bool(b) => Some(b.to_string()),
@@ -239,11 +239,29 @@ pub fn yaml_value(text: &str) -> Result<Value, ResyncError> {
 
 /// The sequences whose order is their meaning: merged as one value.
 fn ordered(key: &str) -> bool {
-    matches!(key, "command" | "entrypoint" | "test" | "env_file" | "args")
+    matches!(key, "command" | "entrypoint" | "test" | "env_file")
 }
 
 fn is_scalar_seq(v: &Value) -> bool {
     matches!(v, Value::Seq(items) if items.iter().all(|i| !matches!(i, Value::Seq(_) | Value::Map(_))))
+}
+
+/// What identifies an item of a scalar list, where two items can say different things about
+/// the same thing: a variable (`NAME=value` of `environment`, `labels`, `args`), a container
+/// path (`volumes`), a container port (`ports`). Two items with one identity are one key: a
+/// change on both sides is a conflict, not two items (Compose would take the last, or refuse
+/// a path mounted twice).
+fn item_identity(list: &str, item: &Value) -> Option<String> {
+    let text = item.scalar_text()?;
+    match list {
+        "environment" | "labels" | "args" => Some(text.split_once('=').map_or(text.as_str(), |(k, _)| k).to_owned()),
+        "volumes" => {
+            let parts: Vec<&str> = text.split(':').collect();
+            Some(parts.get(1).copied().unwrap_or(parts[0]).to_owned())
+        }
+        "ports" => Some(text.rsplit(':').next().unwrap_or(&text).split('/').next().unwrap_or(&text).to_owned()),
+        _ => None,
+    }
 }
 
 /// One change between the two references.
@@ -259,7 +277,7 @@ enum Edit {
         path: Vec<String>,
         base: Value,
     },
-    /// A scalar sequence merged as a set.
+    /// A scalar sequence merged item by item.
     Items {
         path: Vec<String>,
         removed: Vec<Value>,
@@ -316,6 +334,91 @@ fn node_of(v: &Value) -> Result<yaml_edit::YamlNode, String> {
     file.document().and_then(|d| d.as_mapping()).and_then(|m| m.get("v")).ok_or_else(|| format!("cannot build YAML for {}", v.show()))
 }
 
+/// A write the decisions settled on.
+enum Write {
+    Set { path: Vec<String>, base: Option<Value>, theirs: Value },
+    Remove { path: Vec<String>, base: Value },
+    Items { path: Vec<String>, remove: Vec<Value>, add: Vec<Value> },
+}
+
+/// What stops a resync before any write: a key both sides changed, or a change the
+/// operator's file cannot take where it is written (through a YAML merge key or alias).
+#[derive(Default)]
+struct Stops {
+    conflicts: Vec<Conflict>,
+    unwritable: Vec<String>,
+}
+
+impl Stops {
+    fn conflict(&mut self, path: &[String], mine: Option<&Value>, base: Option<&Value>, theirs: Option<&Value>) {
+        self.conflicts.push(Conflict { key: key_of(path), ours: mine.map(Value::show), base: base.map(Value::show), theirs: theirs.map(Value::show) });
+    }
+}
+
+/// Where an edit cannot be written in the operator's file: its parent is not a mapping written
+/// there (it comes through a merge key or an alias), or a key to remove comes through one.
+fn unwritable(file: &YamlFile, path: &[String], removing: bool) -> Option<String> {
+    let (last, parent) = path.split_last()?;
+    let Some(mapping) = mapping_at(file, parent) else {
+        return Some(format!(
+            "{}: the reference changes it, but {} is not written in your file (it comes from a YAML merge key `<<` or an alias); write {} out in full, then run canup again",
+            key_of(path),
+            key_of(parent),
+            key_of(parent)
+        ));
+    };
+    (removing && !mapping.contains_key(last.as_str())).then(|| {
+        format!(
+            "{}: the reference removes it, but in your file it comes from a YAML merge key `<<` under {}; remove it from the template (or stop merging it there), then run canup again",
+            key_of(path),
+            key_of(parent)
+        )
+    })
+}
+
+/// Where the operator removed a mapping the reference changes inside of: (the mapping's path).
+fn removed_by_operator<'a>(path: &'a [String], base: &Value, ours: &Value) -> Option<&'a [String]> {
+    (1..path.len()).map(|n| &path[..n]).find(|prefix| base.at(prefix).is_some() && ours.at(prefix).is_none())
+}
+
+/// Decides one scalar list: which of the operator's items go, which of the reference's come.
+fn decide_items(path: &[String], removed: &[Value], added: &[Value], items: &[Value], base: Option<&Value>, stops: &mut Stops) -> Option<Write> {
+    let list = path.last().map(String::as_str).unwrap_or_default();
+    let identity = |v: &Value| item_identity(list, v);
+    let same_identity = |a: &Value, b: &Value| identity(a).is_some() && identity(a) == identity(b);
+    let mut remove: Vec<Value> = removed.iter().filter(|r| items.iter().any(|i| i.same(r))).cloned().collect();
+    let mut add = Vec::new();
+    for a in added {
+        if items.iter().any(|i| i.same(a)) {
+            continue;
+        }
+        // The operator's item for the same variable, path or port.
+        match items.iter().find(|i| same_identity(i, a)) {
+            Some(mine) if removed.iter().any(|r| r.same(mine)) => add.push(a.clone()),
+            Some(mine) => {
+                let was = match base {
+                    Some(Value::Seq(b)) => b.iter().find(|b| same_identity(b, a)),
+                    _ => None,
+                };
+                let mut at = path.to_vec();
+                at.push(identity(a).unwrap_or_default());
+                stops.conflict(&at, Some(mine), was, Some(a));
+                remove.retain(|r| !same_identity(r, a));
+            }
+            None => add.push(a.clone()),
+        }
+    }
+    // An item the reference drops that the operator changed (same identity, other value).
+    for r in removed.iter().filter(|r| !added.iter().any(|a| same_identity(a, r))) {
+        if let Some(mine) = items.iter().find(|i| same_identity(i, r) && !i.same(r)) {
+            let mut at = path.to_vec();
+            at.push(identity(r).unwrap_or_default());
+            stops.conflict(&at, Some(mine), Some(r), None);
+        }
+    }
+    (!remove.is_empty() || !add.is_empty()).then(|| Write::Items { path: path.to_vec(), remove, add })
+}
+
 /// Resyncs the operator's YAML `ours` from reference `base` to reference `theirs`.
 pub fn yaml(base: &str, theirs: &str, ours: &str) -> Result<Resynced, ResyncError> {
     let base_v = value_of(&parse(base, "base reference")?, "base reference")?;
@@ -327,79 +430,82 @@ pub fn yaml(base: &str, theirs: &str, ours: &str) -> Result<Resynced, ResyncErro
     let mut edits = Vec::new();
     diff(&mut Vec::new(), &base_v, &their_v, &mut edits);
 
-    // First every decision, then the writes: a conflict anywhere means no write at all.
-    let mut conflicts = Vec::new();
-    let mut todo = Vec::new();
+    // First every decision, then the writes: anything that stops the resync means no write.
+    let mut stops = Stops::default();
+    let mut writes = Vec::new();
+    let mut not_applied = Vec::new();
     for edit in edits {
-        let conflict = |path: &[String], mine: Option<&Value>, base: Option<&Value>, theirs: Option<&Value>| Conflict {
-            key: key_of(path),
-            ours: mine.map(Value::show),
-            base: base.map(Value::show),
-            theirs: theirs.map(Value::show),
+        let path = match &edit {
+            Edit::Set { path, .. } | Edit::Remove { path, .. } | Edit::Items { path, .. } => path.clone(),
         };
-        match &edit {
+        // A service (or any mapping) the operator removed stays removed.
+        if let Some(gone) = removed_by_operator(&path, &base_v, &our_v) {
+            not_applied.push(format!("{} (you removed {}; the reference's change to it is not applied)", key_of(&path), key_of(gone)));
+            continue;
+        }
+        let write = match edit {
             Edit::Set { path, base, theirs } => {
-                let mine = our_v.at(path);
-                let unchanged = match (mine, base) {
+                let mine = our_v.at(&path);
+                if mine.is_some_and(|m| m.same(&theirs)) {
+                    continue;
+                }
+                let unchanged = match (mine, &base) {
                     (None, None) => true,
                     (Some(m), Some(b)) => m.same(b),
                     _ => false,
                 };
-                if mine.is_some_and(|m| m.same(theirs)) {
-                    continue;
-                }
                 if !unchanged {
-                    conflicts.push(conflict(path, mine, base.as_ref(), Some(theirs)));
+                    stops.conflict(&path, mine, base.as_ref(), Some(&theirs));
                     continue;
                 }
+                Write::Set { path, base, theirs }
             }
-            Edit::Remove { path, base } => match our_v.at(path) {
+            Edit::Remove { path, base } => match our_v.at(&path) {
                 None => continue,
-                Some(m) if m.same(base) => {}
+                Some(m) if m.same(&base) => Write::Remove { path, base },
                 Some(m) => {
-                    conflicts.push(conflict(path, Some(m), Some(base), None));
+                    stops.conflict(&path, Some(m), Some(&base), None);
                     continue;
                 }
             },
-            Edit::Items { path, removed, added } => match our_v.at(path) {
-                Some(Value::Seq(items)) => {
-                    let to_remove = removed.iter().any(|r| items.iter().any(|i| i.same(r)));
-                    let to_add = added.iter().any(|a| !items.iter().any(|i| i.same(a)));
-                    if !to_remove && !to_add {
-                        continue;
-                    }
-                }
+            Edit::Items { path, removed, added } => match our_v.at(&path) {
+                Some(Value::Seq(items)) => match decide_items(&path, &removed, &added, items, base_v.at(&path), &mut stops) {
+                    Some(w) => w,
+                    None => continue,
+                },
                 mine => {
-                    let base = base_v.at(path);
-                    conflicts.push(conflict(path, mine, base, their_v.at(path)));
+                    stops.conflict(&path, mine, base_v.at(&path), their_v.at(&path));
                     continue;
                 }
             },
+        };
+        let (path, removing) = match &write {
+            Write::Set { path, .. } | Write::Items { path, .. } => (path, false),
+            Write::Remove { path, .. } => (path, true),
+        };
+        if let Some(why) = unwritable(&file, path, removing) {
+            stops.unwritable.push(why);
+            continue;
         }
-        todo.push(edit);
+        writes.push(write);
     }
-    if !conflicts.is_empty() {
-        return Err(ResyncError::Conflicts(conflicts));
+    if !stops.conflicts.is_empty() {
+        return Err(ResyncError::Conflicts(stops.conflicts));
+    }
+    if !stops.unwritable.is_empty() {
+        return Err(ResyncError::Unwritable(stops.unwritable));
     }
 
     let mut applied = Vec::new();
-    for edit in &todo {
-        let path = match edit {
-            Edit::Set { path, .. } | Edit::Remove { path, .. } | Edit::Items { path, .. } => path,
+    for write in &writes {
+        let path = match write {
+            Write::Set { path, .. } | Write::Remove { path, .. } | Write::Items { path, .. } => path,
         };
-        let (last, parent_path) =
-            path.split_last().ok_or_else(|| ResyncError::Parse { which: "operator's", why: "the document itself differs in kind".into() })?;
-        let parent = mapping_at(&file, parent_path).ok_or_else(|| {
-            ResyncError::Conflicts(vec![Conflict {
-                key: key_of(path),
-                ours: Some(format!("{} comes from an anchor or alias, which canup does not rewrite", key_of(parent_path))),
-                base: base_v.at(path).map(Value::show),
-                theirs: their_v.at(path).map(Value::show),
-            }])
-        })?;
         let write_error = |why: String| ResyncError::Parse { which: "operator's", why: format!("{}: {why}", key_of(path)) };
-        match edit {
-            Edit::Set { base, theirs, .. } => {
+        let (last, parent_path) = path.split_last().ok_or_else(|| write_error("the document itself differs in kind".into()))?;
+        let parent = mapping_at(&file, parent_path).ok_or_else(|| write_error("not a mapping as written".into()))?;
+        match write {
+            Write::Set { base, theirs, .. } => {
                 // The reference's own node keeps its key order and quoting; a node reached
                 // through an anchor of the reference is rebuilt from its meaning.
                 let node = match mapping_at(&their_file, parent_path).and_then(|m| m.get(last.as_str())) {
@@ -407,34 +513,35 @@ pub fn yaml(base: &str, theirs: &str, ours: &str) -> Result<Resynced, ResyncErro
                     _ => node_of(theirs).map_err(write_error)?,
                 };
                 parent.set(last.as_str(), node);
+                // A key written twice (which the reading took as one) is written once now.
+                while parent.find_all_entries_by_key(last.as_str()).count() > 1 {
+                    parent.remove_nth_occurrence(last.as_str(), 1);
+                }
                 applied.push(format!("{}: {} → {}", key_of(path), base.as_ref().map_or("(absent)".into(), Value::show), theirs.show()));
             }
-            Edit::Remove { base, .. } => {
-                parent.remove(last.as_str());
+            Write::Remove { base, .. } => {
+                while parent.remove(last.as_str()).is_some() {}
                 applied.push(format!("{}: {} → (removed)", key_of(path), base.show()));
             }
-            Edit::Items { removed, added, .. } => {
+            Write::Items { remove, add, .. } => {
                 let seq = parent.get_sequence(last.as_str()).ok_or_else(|| write_error("not a sequence as written (an alias?)".into()))?;
-                for r in removed {
+                for r in remove {
                     while let Some(i) = seq.values().position(|n| yaml_node_value(&n).is_some_and(|v| v.same(r))) {
                         seq.remove(i);
                     }
                 }
-                let now: Vec<Value> = seq.values().filter_map(|n| yaml_node_value(&n)).collect();
-                for a in added {
-                    if !now.iter().any(|v| v.same(a)) {
-                        seq.push(node_of(a).map_err(write_error)?);
-                    }
+                for a in add {
+                    seq.push(node_of(a).map_err(write_error)?);
                 }
                 let shown = |items: &[Value]| items.iter().map(Value::show).collect::<Vec<_>>().join(", ");
-                applied.push(format!("{}: removed [{}], added [{}]", key_of(path), shown(removed), shown(added)));
+                applied.push(format!("{}: removed [{}], added [{}]", key_of(path), shown(remove), shown(add)));
             }
         }
     }
 
     let mut kept_edits = Vec::new();
     diff(&mut Vec::new(), &base_v, &our_v, &mut kept_edits);
-    let kept = kept_edits
+    let mut kept: Vec<String> = kept_edits
         .iter()
         .filter_map(|e| match e {
             Edit::Set { path, theirs: mine, .. } if !their_v.at(path).is_some_and(|t| t.same(mine)) => Some(format!("{} = {}", key_of(path), mine.show())),
@@ -450,6 +557,7 @@ pub fn yaml(base: &str, theirs: &str, ours: &str) -> Result<Resynced, ResyncErro
             _ => None,
         })
         .collect();
+    kept.extend(not_applied);
     let text = if applied.is_empty() { ours.to_owned() } else { file.to_string() };
     Ok(Resynced { text, applied, kept })
 }
@@ -614,6 +722,67 @@ volumes:
         // And a file with a harmless repeat resyncs, keeping it as written.
         let r = yaml(text, &text.replace("image: x", "image: y"), text).unwrap();
         assert_eq!(r.text, text.replace("image: x", "image: y"));
+    }
+
+    #[test]
+    fn list_items_with_one_name_are_one_key() {
+        let base = "services:\n  s:\n    environment:\n      - TARGET=a\n      - X=1\n    ports:\n      - 8080:80\n";
+        let theirs = "services:\n  s:\n    environment:\n      - TARGET=b\n      - X=1\n    ports:\n      - 8080:80\n";
+        // The operator's own variable stays; the reference's new value replaces the old one.
+        let r = yaml(base, theirs, &base.replace("      - X=1\n", "      - X=1\n      - MINE=1\n")).unwrap();
+        assert_eq!(value(&r.text).at(&["services".into(), "s".into(), "environment".into()]).unwrap().show(), "[X=1, MINE=1, TARGET=b]");
+        // Both changed TARGET: a conflict on that variable, not two TARGET items.
+        let err = yaml(base, theirs, &base.replace("TARGET=a", "TARGET=mine")).unwrap_err();
+        let ResyncError::Conflicts(c) = &err else { panic!("{err}") };
+        assert_eq!(
+            c[0],
+            Conflict {
+                key: "services.s.environment.TARGET".into(),
+                ours: Some("TARGET=mine".into()),
+                base: Some("TARGET=a".into()),
+                theirs: Some("TARGET=b".into())
+            }
+        );
+        // A port: the container side is its identity.
+        let moved = "services:\n  s:\n    ports:\n      - 8081:80\n";
+        let err = yaml("services:\n  s:\n    ports:\n      - 8080:80\n", "services:\n  s:\n    ports:\n      - 9090:80\n", moved).unwrap_err();
+        assert!(err.to_string().contains("services.s.ports.80"), "{err}");
+    }
+
+    #[test]
+    fn a_removal_through_a_merge_key_stops_before_any_write() {
+        let base = "services:\n  che:\n    image: x\n    restart: always\n";
+        let theirs = "services:\n  che:\n    image: x\n";
+        let ours = "x-base: &base\n  restart: always\nservices:\n  che:\n    <<: *base\n    image: x\n";
+        let err = yaml(base, theirs, ours).unwrap_err();
+        assert!(matches!(err, ResyncError::Unwritable(_)), "{err}");
+        assert!(err.to_string().contains("services.che.restart") && err.to_string().contains("merge key"), "{err}");
+        // A change the merge key provides is written on the service itself, which wins.
+        let theirs = "services:\n  che:\n    image: x\n    restart: unless-stopped\n";
+        let r = yaml(base, theirs, ours).unwrap();
+        assert!(r.text.contains("<<: *base"), "{}", r.text);
+        assert_eq!(value(&r.text).at(&["services".into(), "che".into(), "restart".into()]).unwrap().show(), "unless-stopped");
+        assert!(yaml(base, theirs, &r.text).unwrap().unchanged());
+    }
+
+    #[test]
+    fn a_service_the_operator_removed_stays_removed() {
+        let ours = BASE.replace("  heartbeat:\n    image: canopsis/engine-heartbeat:${CANOPSIS_IMAGE_TAG}\n", "");
+        let theirs = THEIRS.replace("  fifo:", "  heartbeat:\n    image: canopsis/engine-heartbeat:new\n  fifo:");
+        let base = BASE.to_owned();
+        let r = yaml(&base, &theirs, &ours).unwrap();
+        assert!(value(&r.text).at(&["services".into(), "heartbeat".into()]).is_none(), "{}", r.text);
+        assert!(r.kept.iter().any(|k| k.contains("you removed services.heartbeat")), "{:?}", r.kept);
+    }
+
+    #[test]
+    fn a_key_written_twice_is_written_once_when_the_reference_changes_it() {
+        let base = "volumes:\n  dumpdata:\n  data:\n";
+        let theirs = "volumes:\n  dumpdata:\n    driver: local\n  data:\n";
+        let ours = "volumes:\n  dumpdata:\n  data:\n  dumpdata:\n";
+        let r = yaml(base, theirs, ours).unwrap();
+        assert_eq!(value(&r.text).get("volumes").unwrap().show(), "{data: null, dumpdata: {driver: local}}", "{}", r.text);
+        assert_eq!(r.text.matches("dumpdata").count(), 1, "{}", r.text);
     }
 
     #[test]

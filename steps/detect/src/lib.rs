@@ -38,8 +38,9 @@ const INSTALLED_BY_GUIDES: &[&str] = &["canopsis-cat", "canopsis-engines-go", "c
 /// Pro's packages.
 const PRO: &[&str] = &["canopsis-cat", "canopsis-pro"];
 
+/// A variable of a dotenv text as Compose reads it: the last assignment, quotes removed.
 fn env_value(env: &str, key: &str) -> Option<String> {
-    env.lines().find_map(|l| l.trim().strip_prefix(key)?.strip_prefix('=').map(|v| v.trim().trim_matches('"').to_owned()))
+    canup_sdk::resync::env_entries(env).into_iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.trim_matches(['"', '\'']).to_owned())
 }
 
 /// (version, edition, whether every counted package is at that version) of a package install.
@@ -105,19 +106,6 @@ fn running_images() -> Result<Vec<(String, String)>> {
         .collect())
 }
 
-/// The tag most of the images carry (a few Canopsis images have their own, e.g. SNMP's).
-fn common_tag(images: &[(String, String)]) -> Option<String> {
-    let mut counts: Vec<(&str, usize)> = Vec::new();
-    for (image, _) in images {
-        let Some((_, tag)) = image.rsplit_once(':') else { continue };
-        match counts.iter_mut().find(|(t, _)| *t == tag) {
-            Some((_, n)) => *n += 1,
-            None => counts.push((tag, 1)),
-        }
-    }
-    counts.into_iter().max_by_key(|(_, n)| *n).map(|(t, _)| t.to_owned())
-}
-
 /// Whether an image is one of Pro's: its path or name says so.
 fn pro_image(image: &str) -> bool {
     let name = image.rsplit_once(':').map_or(image, |(n, _)| n);
@@ -128,7 +116,11 @@ fn pro_image(image: &str) -> bool {
 fn from_compose(dir: &str) -> Result<(String, String)> {
     let env_path = format!("{dir}/.env");
     let env = fs::read_to_string(&env_path)?;
-    let tag = env_value(&env, "CANOPSIS_IMAGE_TAG").ok_or_else(|| Error::msg(format!("{env_path} has no CANOPSIS_IMAGE_TAG")))?;
+    let tag = env_value(&env, "CANOPSIS_IMAGE_TAG").ok_or_else(|| {
+        Error::msg(format!(
+            "{env_path} has no CANOPSIS_IMAGE_TAG, which the Canopsis images' tag comes from; put back the line of your release (CANOPSIS_IMAGE_TAG=…), or set compose_dir in canup.toml if the project is elsewhere"
+        ))
+    })?;
     let images = running_images()?;
     let here: Vec<(String, String)> = images.iter().filter(|(_, d)| d == dir).cloned().collect();
     if here.is_empty() {
@@ -137,8 +129,17 @@ fn from_compose(dir: &str) -> Result<(String, String)> {
                 "the Canopsis containers were started from {elsewhere} (Compose's label on {image}), not from compose_dir {dir}; set compose_dir = \"{elsewhere}\" in canup.toml"
             );
         }
+        // A stray .env on a packages host must not turn it into a Compose one.
+        let packages = helpers::installed_canopsis_packages().unwrap_or_default();
+        if let Some(p) = packages.first() {
+            bail!(
+                "{env_path} exists but no Canopsis container runs, and Canopsis is installed by packages ({} {}): remove or move {env_path} if the host is a packages install, or start the Compose project (docker compose up -d in {dir}); then run canup again",
+                p.name,
+                p.version
+            );
+        }
         ui::warn(&format!("no Canopsis container of {dir} is running (docker ps): the version is {env_path}'s alone"));
-    } else if let Some(running) = common_tag(&here)
+    } else if let Some(running) = helpers::most_common_tag(here.iter().map(|(image, _)| image.as_str()))
         && running != tag
     {
         bail!(
