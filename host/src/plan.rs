@@ -44,10 +44,7 @@ pub enum PlanError {
     UnknownInstalled(Version),
     #[error("{} → {} is a major upgrade: follow the migration guide for Canopsis {major}; canup only runs regular upgrades", text(installed), text(target))]
     Major { installed: Version, target: Version, major: String },
-    #[error(
-        "{} → {} crosses {}, which needs the migration guide \"{}\" ({}): {}. canup never plans across a migration guide: follow it by hand up to {}; canup plans from there",
-        text(&.0.installed), text(&.0.target), text(&.0.at), .0.barrier.guide, .0.barrier.url, .0.barrier.reason, text(&.0.at)
-    )]
+    #[error("{0}")]
     Barrier(Box<Crossing>),
     #[error("{} is older than the installed {}: canup does not downgrade; restore a backup instead", text(target), text(installed))]
     Downgrade { installed: Version, target: Version },
@@ -81,6 +78,19 @@ pub struct Crossing {
     /// The release that carries the barrier.
     pub at: Version,
     pub barrier: Barrier,
+}
+
+impl std::fmt::Display for Crossing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (from, to, at) = (text(&self.installed), text(&self.target), text(&self.at));
+        // The target itself may be the release of the guide: then the path reaches it.
+        let how = if self.at == self.target { "reaches" } else { "crosses" };
+        write!(
+            f,
+            "{from} → {to} {how} {at}, which needs the migration guide \"{}\" ({}): {}. canup never plans across a migration guide: follow it by hand up to {at}; canup plans from there",
+            self.barrier.guide, self.barrier.url, self.barrier.reason
+        )
+    }
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -413,7 +423,7 @@ mod tests {
             "4.5.7 → 4.6.2 crosses 4.6.0, which needs the migration guide \"Guide de migration vers Canopsis 4.6.0\" (https://doc.canopsis.net/migration/migration-4.6.0/): new MongoDB collections. canup never plans across a migration guide: follow it by hand up to 4.6.0; canup plans from there"
         );
         assert!(
-            matches!(plan(&i, &v("4.5.7"), Some(&v("4.6.0")), Edition::Core, Method::Packages), Err(PlanError::Barrier { .. })),
+            matches!(plan(&i, &v("4.5.7"), Some(&v("4.6.0")), Edition::Core, Method::Packages), Err(PlanError::Barrier(c)) if c.to_string().starts_with("4.5.7 → 4.6.0 reaches 4.6.0, which needs")),
             "the barrier release itself"
         );
         assert_eq!(newest_target(&i, &v("4.5.7")), Some(v("4.5.7")), "nothing newer before the barrier");

@@ -58,7 +58,9 @@ fn files(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
 fn the_step_runs_on_a_simulated_host_and_a_second_run_changes_nothing() {
     let module = module();
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let work = std::env::temp_dir().join(format!("{}-test-{}", env!("CARGO_PKG_NAME"), std::process::id()));
+    // Under the crate's own target directory: nothing of the test lands in a shared /tmp.
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| dir.join("target"), PathBuf::from);
+    let work = target.join(format!("step-test-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
     let root = work.join("host");
     // The host as the step finds it: the packages of the release are installed (post-update).

@@ -258,7 +258,7 @@ async fn refusals_change_nothing_and_have_distinct_codes() {
     assert_eq!(major.status.code(), Some(10), "{}", text(&major));
     // The major's migration guide is a barrier of the catalogue: named with its link.
     assert!(
-        text(&major).contains("3.40.0 → 4.0.0 crosses 4.0.0, which needs the migration guide \"Guide de migration vers Canopsis 4.0.0\""),
+        text(&major).contains("3.40.0 → 4.0.0 reaches 4.0.0, which needs the migration guide \"Guide de migration vers Canopsis 4.0.0\""),
         "{}",
         text(&major)
     );

@@ -39,10 +39,10 @@ const STEP_TEST: &str = include_str!("../../../sdk/template/step_test.rs");
 /// test runs the step under it, so a step needing more is noticed before publishing.
 const OPERATOR_POLICY: &str = include_str!("../../dist/canup.toml");
 
-/// The crate's package name: `canopsis-` and the version with dots as dashes (cargo allows
-/// no dots in package names).
+/// The crate's package name: `canopsis-` and the version as Canopsis writes it, dots as
+/// dashes (cargo allows no dots in package names): `canopsis-24-04-3`.
 fn crate_name(release: &Version) -> String {
-    format!("canopsis-{}", release.to_string().replace(['.', '+'], "-"))
+    format!("canopsis-{}", canup::version::text(release).replace(['.', '+'], "-"))
 }
 
 pub fn run(dir: &Path, release: &Version, sdk: Option<&Path>) -> Result<(), Failure> {
@@ -68,7 +68,8 @@ fn create(dir: &Path, release: &Version, sdk: Option<&Path>) -> anyhow::Result<(
     let fill = |template: &str| {
         template
             .replace("{crate}", &name)
-            .replace("{release}", &release.to_string())
+            // Canopsis writes 24.04.3, semver 24.4.3: the files say what the notes say.
+            .replace("{release}", &canup::version::text(release))
             .replace("{api}", &STEP_API.to_string())
             .replace("{published}", &jiff::Zoned::now().date().to_string())
             .replace("{module}", &format!("{}.wasm", name.replace('-', "_")))
@@ -92,7 +93,7 @@ fn create(dir: &Path, release: &Version, sdk: Option<&Path>) -> anyhow::Result<(
         }
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     }
-    println!("created the step crate {name} for Canopsis {release} in {}", dir.display());
+    println!("created the step crate {name} for Canopsis {} in {}", canup::version::text(release), dir.display());
     println!("  step.toml       its steps and their capabilities (an example step to replace)");
     println!("  src/lib.rs      the example step");
     println!("  tests/step.rs   runs it twice on a simulated host (canup and canup-sim on PATH)");
@@ -122,6 +123,17 @@ mod tests {
         on_disk.sort();
         embedded.sort();
         assert_eq!(embedded, on_disk);
+    }
+
+    #[test]
+    fn a_calendar_release_is_written_as_canopsis_writes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        create(&dir.path().join("s"), &canup::version::parse("24.04.3").unwrap(), None).unwrap();
+        let step_toml = std::fs::read_to_string(dir.path().join("s/step.toml")).unwrap();
+        assert!(step_toml.contains("release = \"24.04.3\"") && step_toml.contains("id = \"24.04.3/example\""), "{step_toml}");
+        let test = std::fs::read_to_string(dir.path().join("s/tests/step.rs")).unwrap();
+        assert!(test.contains("const RELEASE: &str = \"24.04.3\";") && !test.contains("24.4.3"), "{test}");
+        assert!(std::fs::read_to_string(dir.path().join("s/Cargo.toml")).unwrap().contains("name = \"canopsis-24-04-3\""));
     }
 
     #[test]
