@@ -62,7 +62,7 @@ fn the_step_authors_guide_runs_as_written_from_an_empty_directory() {
     // The scaffolded crate's own test ran (the step twice on a simulated host) and passed.
     assert!(shown.contains("test the_step_runs_on_a_simulated_host_and_a_second_run_changes_nothing ... ok"), "{shown}");
     // The release got the shared steps registered for its range, listed by add-release.
-    assert!(shown.contains("shared steps: detect; procedure-3.x/yum-update, procedure-3.x/canopsinit; compose-update"), "{shown}");
+    assert!(shown.contains("shared steps: detect; procedure-3.x/yum-update, procedure-3.x/canopsinit; compose-check, compose-update"), "{shown}");
     // The operator's apply ran the standard procedure and the release's own step, and the
     // version changed; the second apply ran nothing.
     let host = SimHost::open(&dir.path().join("host")).unwrap();
