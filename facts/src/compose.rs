@@ -240,11 +240,6 @@ impl ComposeFacts {
         Ok(facts)
     }
 
-    /// Every release with a layout for `edition`, among `releases`.
-    pub fn knows(&self, release: &str, edition: &str) -> bool {
-        self.layouts.iter().any(|l| l.holds(release, edition))
-    }
-
     /// The reference set of `release` for `edition` (`core`/`cat`).
     pub fn reference(&self, release: &str, edition: &str) -> Result<Reference, String> {
         let one = |found: Vec<&Ranged<Layout>>| -> Result<Ranged<Layout>, String> {

@@ -49,14 +49,9 @@ fn facts() -> Result<ComposeFacts> {
     ComposeFacts::parse(&text, "facts/compose.toml (and CANUP_SIM_COMPOSE_FACTS)").map_err(anyhow::Error::msg)
 }
 
-pub fn operator_env(version: &str, edition: &str) -> Result<Vec<(String, String)>> {
-    let facts = facts()?;
-    let reference = facts.reference(version, edition).map_err(anyhow::Error::msg)?;
-    Ok(reference.layout.cps_edition.map(|e| ("CPS_EDITION".to_owned(), e)).into_iter().collect())
-}
-
-/// Writes the reference set of `version`/`edition` into `dir` (a path of the host).
-pub fn write_reference(root: &Path, dir: &str, version: &str, edition: &str) -> Result<()> {
+/// Writes the reference set of `version`/`edition` into `dir` (a path of the host), and
+/// returns it.
+pub fn write_reference(root: &Path, dir: &str, version: &str, edition: &str) -> Result<canopsis_facts::compose::Reference> {
     let facts = facts()?;
     let reference = facts.reference(version, edition).map_err(anyhow::Error::msg)?;
     for (name, text) in &reference.files {
@@ -66,7 +61,7 @@ pub fn write_reference(root: &Path, dir: &str, version: &str, edition: &str) -> 
         }
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     }
-    Ok(())
+    Ok(reference)
 }
 
 /// The real `docker-compose config` of the project in `dir` (a path of the host), with

@@ -391,9 +391,10 @@ impl SimHost {
                 }
             }
             let edition = spec.edition.to_string();
-            compose::write_reference(&host.root, &spec.compose_dir, &spec.version, &edition)?;
-            // What the era's guide has the operator export before running Compose.
-            let env: Vec<(String, String)> = compose::operator_env(&spec.version, &edition)?;
+            let reference = compose::write_reference(&host.root, &spec.compose_dir, &spec.version, &edition)?;
+            // What the era's guide has the operator export before running Compose: the edition
+            // the files read (`${CPS_EDITION}.env`).
+            let env: Vec<(String, String)> = reference.layout.cps_edition.map(|e| ("CPS_EDITION".to_owned(), e)).into_iter().collect();
             host.write(compose::OPERATOR_ENV, &env.iter().map(|(k, v)| format!("{k}={v}\n")).collect::<String>())?;
             compose::up(&host.root, &spec.compose_dir, &env)?;
         }
