@@ -82,6 +82,21 @@ impl Host {
         self.sim.calls().unwrap().iter().filter(|c| !query(c)).map(|c| c.line()).collect()
     }
 
+    /// Runs canup expecting it to refuse: it fails, says each of `says`, and changes
+    /// nothing (the tree byte for byte, and no changing call). Its output, for more checks.
+    pub fn refused(&self, args: &[&str], says: &[&str]) -> String {
+        let before = self.sim.snapshot().unwrap();
+        let out = self.run(args);
+        let shown = text(&out);
+        assert!(!out.status.success(), "{shown}");
+        for s in says {
+            assert!(shown.contains(s), "no {s:?} in:\n{shown}");
+        }
+        assert_eq!(self.sim.snapshot().unwrap(), before, "the tree changed:\n{shown}");
+        assert!(self.changes().is_empty(), "{:?}", self.changes());
+        shown
+    }
+
     /// Rewrites a line of canup.toml (an endpoint's URL, say).
     pub fn edit_config(&self, from: &str, to: &str) {
         let text = std::fs::read_to_string(&self.config).unwrap();
