@@ -46,6 +46,11 @@ pub struct Config {
     pub policy: CapabilitySet,
     #[serde(default)]
     pub endpoints: Endpoints,
+    /// Database endpoints whose URL or password is not the installation's own (by default
+    /// canup reads `CPS_POSTGRES_URL`, `CPS_MONGO_URL`, `CPS_REDIS_URL` from
+    /// go-engines-vars.conf, as the engines do).
+    #[serde(default)]
+    pub databases: crate::capabilities::database::Databases,
     #[serde(default)]
     pub limits: LimitsConfig,
     /// Values steps may read (`context.setting`): e.g. `drain_timeout_seconds = "900"`,

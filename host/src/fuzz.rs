@@ -84,8 +84,16 @@ fn step(version: &Version, phase: Phase) -> IndexStep {
 /// patterns' text is always allowed; a request with more arguments than patterns and no `**`
 /// is never allowed; an option never passes a pattern that does not start with '-'.
 pub fn patterns(patterns: &[String], args: &[String]) {
-    let rule =
-        ExecRule { program: "/usr/bin/x".into(), args: patterns.to_vec(), env: vec![], users: vec![], readonly: false, timeout_seconds: None, shell: false };
+    let rule = ExecRule {
+        program: "/usr/bin/x".into(),
+        args: patterns.to_vec(),
+        env: vec![],
+        users: vec![],
+        readonly: false,
+        timeout_seconds: None,
+        shell: false,
+        env_file: None,
+    };
     let set = CapabilitySet { exec: vec![rule], ..CapabilitySet::default() };
     let Ok(grant) = Grant::new("fuzz", &set, &set) else { return };
     let request = |args: &[String]| ExecRequest { program: "/usr/bin/x".into(), args: args.to_vec(), ..Default::default() };

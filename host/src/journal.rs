@@ -42,6 +42,9 @@ pub enum Outcome {
     /// Every step succeeded but detection after the run did not find the target installed:
     /// the run is over (re-running plans again from what is installed), and not a success.
     Unverified,
+    /// Of a step: it ran to its end without doing its work, and said why (`ui.skip`: a check
+    /// whose endpoint is not configured). Done for a resumed run, and never shown as ok.
+    Skipped,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -233,7 +236,7 @@ impl RunRecord {
 
     /// Steps that finished successfully: a resumed run skips them.
     pub fn done(&self) -> Vec<&str> {
-        self.steps.iter().filter(|s| s.outcome == Some(Outcome::Succeeded)).map(|s| s.step.as_str()).collect()
+        self.steps.iter().filter(|s| matches!(s.outcome, Some(Outcome::Succeeded | Outcome::Skipped))).map(|s| s.step.as_str()).collect()
     }
 }
 

@@ -13,7 +13,7 @@ use thiserror::Error;
 use crate::capabilities::CapabilitySet;
 
 /// The step API this canup implements (the `canup:step` WIT package version).
-pub const STEP_API: Version = Version::new(1, 1, 0);
+pub const STEP_API: Version = Version::new(1, 2, 0);
 
 /// Phases in the order canup runs them for one upgrade.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -458,9 +458,11 @@ mod tests {
                 readonly: false,
                 shell: false,
                 timeout_seconds: None,
+                env_file: None,
             }],
             fs: FsRules { read: vec!["/opt/canopsis/etc/webserver.conf".into()], write: vec!["/opt/canopsis/etc/webserver.conf".into()], create: vec![] },
             http: vec![],
+            database: vec![],
         };
         let p = plan(&i, &v("3.39.0"), Some(&v("3.40.0")), Edition::Core, Method::Packages).unwrap();
         let broad: CapabilitySet = toml::from_str(

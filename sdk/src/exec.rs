@@ -72,20 +72,7 @@ impl Command {
     /// of its stderr, and of its stdout when it wrote one: tools such as dnf say the cause
     /// there ("No match for argument: …") and only a summary on stderr.
     pub fn run(&self) -> Result<Output> {
-        let out = self.output()?;
-        if out.success() {
-            return Ok(out);
-        }
-        let tail =
-            |text: &str| text.lines().filter(|l| !l.trim().is_empty()).rev().take(5).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join(" / ");
-        let (stderr, stdout) = (tail(&out.stderr_text()), tail(&out.stdout_text()));
-        Err(Error::msg(format!(
-            "{} exited with {}{}{}",
-            self.display(),
-            out.0.status.map_or("a signal".to_owned(), |c| format!("status {c}")),
-            if stderr.is_empty() { String::new() } else { format!(": {stderr}") },
-            if stdout.is_empty() { String::new() } else { format!(" (its output ended: {stdout})") }
-        )))
+        self.output()?.succeeded(&self.display())
     }
 }
 
@@ -102,6 +89,27 @@ fn quote(s: &str) -> String {
 pub struct Output(wit::Output);
 
 impl Output {
+    pub(crate) fn new(o: wit::Output) -> Self {
+        Self(o)
+    }
+
+    /// The output when the status is 0, else an error naming `what` with the end of its
+    /// stderr, and of its stdout when it wrote one.
+    pub(crate) fn succeeded(self, what: &str) -> Result<Output> {
+        if self.success() {
+            return Ok(self);
+        }
+        let tail =
+            |text: &str| text.lines().filter(|l| !l.trim().is_empty()).rev().take(5).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join(" / ");
+        let (stderr, stdout) = (tail(&self.stderr_text()), tail(&self.stdout_text()));
+        Err(Error::msg(format!(
+            "{what} exited with {}{}{}",
+            self.0.status.map_or("a signal".to_owned(), |c| format!("status {c}")),
+            if stderr.is_empty() { String::new() } else { format!(": {stderr}") },
+            if stdout.is_empty() { String::new() } else { format!(" (its output ended: {stdout})") }
+        )))
+    }
+
     pub fn success(&self) -> bool {
         self.0.status == Some(0)
     }

@@ -301,26 +301,19 @@ pub fn most_common_tag<'a>(images: impl IntoIterator<Item = &'a str>) -> Option<
 /// Where Canopsis packages put the MongoDB migration scripts.
 pub const MONGO_MIGRATIONS: &str = "/opt/canopsis/share/migrations/mongodb";
 
-/// The engines' environment file the procedures export before `canopsis-reconfigure`.
+/// The engines' environment file the procedures export before `canopsis-reconfigure`. A step
+/// never reads it (it holds the databases' passwords): a command that needs it names it as
+/// its exec rule's `env_file`, and canup exports it to that command alone.
 pub const GO_ENGINES_VARS: &str = "/opt/canopsis/etc/go-engines-vars.conf";
 
-/// One variable of [`GO_ENGINES_VARS`] (`CPS_MONGO_URL`, `CPS_REDIS_URL`): the installation's
-/// own URLs, so that changed credentials or hosts are honoured. The step declares the file in
-/// `fs.read`.
-pub fn engines_var(name: &str) -> Result<String> {
-    read_env_file(GO_ENGINES_VARS)?.into_iter().find(|(k, _)| k == name).map(|(_, v)| v).ok_or_else(|| Error::msg(format!("{GO_ENGINES_VARS} has no {name}")))
-}
-
 /// Runs MongoDB migration scripts in order, as the release notes' `mongo -u cpsmongo -p … canopsis
-/// < releaseX/NNN_script.js` do, with the connection URL of the installation
-/// (`CPS_MONGO_URL` in `go-engines-vars.conf`) so that changed credentials are honoured.
-/// `scripts` are relative to [`MONGO_MIGRATIONS`].
+/// < releaseX/NNN_script.js` do, on the `mongo` database endpoint (the installation's own
+/// `CPS_MONGO_URL`, which canup reads). `scripts` are relative to [`MONGO_MIGRATIONS`].
 pub fn run_mongo_scripts(scripts: &[&str]) -> Result<()> {
-    let url = engines_var("CPS_MONGO_URL")?;
     for script in scripts {
         let path = format!("{MONGO_MIGRATIONS}/{script}");
-        let body = fs::read(&path)?;
-        crate::exec::Command::new("/usr/bin/mongo").arg(url.clone()).stdin(body).run()?;
+        let body = fs::read_to_string(&path)?;
+        crate::database::mongo(&body).run().map_err(|e| e.context(format!("applying {script}")))?;
         crate::ui::info(&format!("applied {script}"));
     }
     Ok(())
@@ -340,19 +333,21 @@ pub fn mongo_scripts_manual(release: &str, scripts: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// The Redis server's version, as `redis-cli -u URL INFO server` reports it
-/// (`redis_version:5.0.8`), at the installation's own `CPS_REDIS_URL` (go-engines-vars.conf).
-/// For a release note's "Redis must be version N": checked before anything changes, and asked
-/// only when not met. The step declares `redis-cli` with `-u redis://* INFO server`.
-pub fn redis_version() -> Result<semver::Version> {
-    let url = engines_var("CPS_REDIS_URL")?;
-    let out = crate::exec::Command::new("/usr/bin/redis-cli").args(["-u", &url, "INFO", "server"]).run()?;
+/// The Redis server's version, as `INFO server` reports it (`redis_version:5.0.8`), on the
+/// `redis` database endpoint. For a release note's "Redis must be version N": checked before
+/// anything changes. The step declares the endpoint read-only. `None` in a dry run, where
+/// canup lists the query instead of running it.
+pub fn redis_version() -> Result<Option<semver::Version>> {
+    let out = crate::database::redis("INFO server").read_only().run()?;
+    if out.simulated() {
+        return Ok(None);
+    }
     let text = out.stdout_text();
     let found = text
         .lines()
         .find_map(|l| l.trim().strip_prefix("redis_version:"))
-        .ok_or_else(|| Error::msg(format!("redis-cli INFO server names no redis_version: {}", text.trim())))?;
-    crate::context::parse_version(found).ok_or_else(|| Error::msg(format!("Redis reports version {found:?}, which is not a version")))
+        .ok_or_else(|| Error::msg(format!("redis INFO server names no redis_version: {}", text.trim())))?;
+    crate::context::parse_version(found).map(Some).ok_or_else(|| Error::msg(format!("Redis reports version {found:?}, which is not a version")))
 }
 
 /// The package manager of the host, which each era's procedure names: `yum` on CentOS 7,

@@ -1,8 +1,8 @@
 //! canup-sdk: write a canup step in Rust.
 //!
 //! A step is a small crate built for `wasm32-wasip2` that calls [`export_step!`]. It reaches
-//! the machine only through this crate's modules ([`exec`], [`fs`], [`http`], [`ui`],
-//! [`context`]), each checked by canup against the step's declared capabilities and the
+//! the machine only through this crate's modules ([`exec`], [`fs`], [`http`], [`database`],
+//! [`ui`], [`context`]), each checked by canup against the step's declared capabilities and the
 //! operator's policy. [`helpers`] holds the edits release notes ask for again and again.
 //! See `sdk/README.md` for the step author's guide.
 
@@ -21,6 +21,7 @@ pub mod bindings {
 }
 
 pub mod context;
+pub mod database;
 pub mod detect;
 pub mod exec;
 pub mod fs;

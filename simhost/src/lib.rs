@@ -24,8 +24,9 @@ pub mod facts;
 pub mod packages;
 
 /// Where each program of the host lives, as a step names it. `yum`, `dnf` and `rpm` are the
-/// real tools run against the host's root, `redis-cli` the real one against the Redis server
-/// the host's `CPS_REDIS_URL` names; the others are simulated.
+/// real tools run against the host's root, `redis-cli` and `psql` the real ones against the
+/// servers canup connects them to; the others are simulated. A host has MongoDB's legacy
+/// `mongo` shell before 24.04 and `mongosh` from 24.04 (MongoDB 7 ships no `mongo`).
 pub const PROGRAMS: &[&str] = &[
     "/usr/bin/yum",
     "/usr/bin/dnf",
@@ -34,6 +35,8 @@ pub const PROGRAMS: &[&str] = &[
     "/usr/bin/systemctl",
     "/usr/bin/canoctl",
     "/usr/bin/mongo",
+    "/usr/bin/mongosh",
+    "/usr/bin/psql",
     "/usr/bin/docker-compose",
     "/usr/bin/docker",
     "/usr/bin/redis-cli",
@@ -184,12 +187,20 @@ pub struct Call {
     pub user: String,
     pub env: std::collections::BTreeMap<String, String>,
     pub cwd: String,
+    /// What a program that reads its commands there got on standard input (`redis-cli`), a
+    /// password masked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<String>,
 }
 
 impl Call {
-    /// `program arg1 arg2`, for comparing call sequences.
+    /// `program arg1 arg2`, and `<<< line; line` for its input, for comparing call sequences.
     pub fn line(&self) -> String {
-        std::iter::once(self.program.as_str()).chain(self.args.iter().map(String::as_str)).collect::<Vec<_>>().join(" ")
+        let words = std::iter::once(self.program.as_str()).chain(self.args.iter().map(String::as_str)).collect::<Vec<_>>().join(" ");
+        match &self.input {
+            Some(input) => format!("{words} <<< {}", input.lines().collect::<Vec<_>>().join("; ")),
+            None => words,
+        }
     }
 }
 
@@ -206,6 +217,29 @@ CPS_DEFAULT_CFG=/opt/canopsis/etc/default_configuration.toml
 CPS_API_URL=http://localhost:8082
 CPS_OLD_API_URL=http://localhost:8081
 ";
+
+/// go-engines-vars.conf as the vendor's 24.04 file has it
+/// (`community/go-engines-community/systemd/go-engines-vars.conf`): PostgreSQL's main and
+/// tech-metrics databases, MongoDB's replica set, Redis with a password.
+pub const GO_ENGINES_VARS_24: &str = "\
+CPS_MONGO_URL=mongodb://cpsmongo:canopsis@localhost:27017/canopsis?replicaSet=rs0
+CPS_AMQP_URL=amqp://cpsrabbit:canopsis@localhost:5672/canopsis
+CPS_POSTGRES_URL=postgresql://cpspostgres:canopsis@localhost:5432/canopsis
+CPS_REDIS_URL=redis://:canopsis@localhost:6379/0
+CPS_API_URL=http://localhost:8082
+CPS_POSTGRES_TECH_URL=postgresql://cpspostgres:canopsis@localhost:5432/canopsis_tech_metrics
+";
+
+/// The host's go-engines-vars.conf: the 24.04 file from 24.04; before, the older one, with
+/// `CPS_POSTGRES_URL` from 4.5 (the installation guide's template adds it then).
+fn go_engines_vars(version: &str) -> String {
+    let at_least = |v: &str| matches!((facts::Version::parse(version), facts::Version::parse(v)), (Ok(a), Ok(b)) if a >= b);
+    if at_least("24.0.0") {
+        return GO_ENGINES_VARS_24.to_owned();
+    }
+    let extra = if at_least("4.5.0") { "CPS_POSTGRES_URL=postgresql://cpspostgres:canopsis@localhost:5432/canopsis\n" } else { "" };
+    format!("{GO_ENGINES_VARS}{extra}")
+}
 
 const WEBSERVER_CONF: &str = "\
 [server]
@@ -339,7 +373,7 @@ impl SimHost {
         // enables units offline against it).
         host.write("/usr/lib/systemd/system/multi-user.target", "[Unit]\nDescription=Multi-User System\n")?;
         host.write("/etc/redhat-release", spec.os.redhat_release())?;
-        host.write("/opt/canopsis/etc/go-engines-vars.conf", GO_ENGINES_VARS)?;
+        host.write("/opt/canopsis/etc/go-engines-vars.conf", &go_engines_vars(&spec.version))?;
         host.write("/opt/canopsis/etc/webserver.conf", WEBSERVER_CONF)?;
         host.write("/opt/canopsis/etc/amqp2engines.conf", &amqp2engines("python", "core"))?;
         for stack in ["go", "python"] {
@@ -404,7 +438,13 @@ impl SimHost {
             fs::copy(stub, &copy).with_context(|| format!("copying the stub program {} into {}", stub.display(), copy.display()))?;
         }
         host.write("/var/lib/canup-sim/os", spec.os.release_version())?;
-        for program in PROGRAMS.iter().filter(|p| spec.os.has(p)) {
+        let v24 = matches!((facts::Version::parse(&spec.version), facts::Version::parse("24.0.0")), (Ok(a), Ok(b)) if a >= b);
+        let shell = |p: &&&str| match **p {
+            "/usr/bin/mongo" => !v24,
+            "/usr/bin/mongosh" => v24,
+            _ => true,
+        };
+        for program in PROGRAMS.iter().filter(|p| spec.os.has(p)).filter(shell) {
             host.write(program, &wrapper(program))?;
             fs::set_permissions(host.path(program), fs::Permissions::from_mode(0o755))?;
         }
@@ -442,16 +482,25 @@ impl SimHost {
     /// Points the host's Redis at `url` (a real `redis-server` in tests): `CPS_REDIS_URL` of
     /// go-engines-vars.conf, and of compose.env on a Compose host. Fails when neither names one.
     pub fn set_redis_url(&self, url: &str) -> Result<()> {
+        self.set_engines_var("CPS_REDIS_URL", url)
+    }
+
+    /// Points the host's PostgreSQL at `url` (a real server in tests): `CPS_POSTGRES_URL`.
+    pub fn set_postgres_url(&self, url: &str) -> Result<()> {
+        self.set_engines_var("CPS_POSTGRES_URL", url)
+    }
+
+    fn set_engines_var(&self, var: &str, url: &str) -> Result<()> {
         let mut set = false;
         let compose_env = format!("{}/compose.env", self.compose_dir());
+        let prefix = format!("{var}=");
         for file in ["/opt/canopsis/etc/go-engines-vars.conf", compose_env.as_str()] {
             let Ok(text) = self.read(file) else { continue };
-            let lines: Vec<String> =
-                text.lines().map(|l| if l.starts_with("CPS_REDIS_URL=") { format!("CPS_REDIS_URL={url}") } else { l.to_owned() }).collect();
-            set |= text.lines().any(|l| l.starts_with("CPS_REDIS_URL="));
+            let lines: Vec<String> = text.lines().map(|l| if l.starts_with(&prefix) { format!("{prefix}{url}") } else { l.to_owned() }).collect();
+            set |= text.lines().any(|l| l.starts_with(&prefix));
             self.write(file, &(lines.join("\n") + "\n"))?;
         }
-        anyhow::ensure!(set, "{} has no CPS_REDIS_URL to set", self.root.display());
+        anyhow::ensure!(set, "{} has no {var} to set", self.root.display());
         Ok(())
     }
 

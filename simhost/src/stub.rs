@@ -62,7 +62,19 @@ pub fn run(mut argv: Vec<String>) -> ExitCode {
     let env: BTreeMap<String, String> =
         std::env::vars().filter(|(k, _)| !matches!(k.as_str(), "CANUP_SIMULATED_USER" | "PWD" | "OLDPWD" | "SHLVL" | "_")).collect();
     let cwd = std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default();
-    let call = Call { program: name.clone(), args: args.clone(), user: sim.user.clone(), env, cwd };
+    // canup's connection files (credentials for psql, the connecting script for mongo) have
+    // random names: recorded by role, so that runs compare.
+    let connection = |v: &String| if v.contains("/canup-db-") { "(canup's connection file)".to_owned() } else { v.clone() };
+    let env = env.into_iter().map(|(k, v)| (k, connection(&v))).collect();
+    // redis-cli reads its commands on standard input (canup's database endpoint): recorded,
+    // `AUTH` masked, then handed to the real one.
+    let input = (name == "redis-cli").then(|| {
+        let mut text = String::new();
+        let _ = std::io::stdin().read_to_string(&mut text);
+        text
+    });
+    let shown = input.as_ref().map(|t| t.lines().map(|l| if l.starts_with("AUTH ") { "AUTH ***" } else { l }).collect::<Vec<_>>().join("\n"));
+    let call = Call { program: name.clone(), args: args.iter().map(connection).collect(), user: sim.user.clone(), env, cwd, input: shown };
     if let Ok(line) = serde_json::to_string(&call) {
         let log = sim.path(CALL_LOG);
         let _ = fs::create_dir_all(log.parent().unwrap_or(Path::new("/")));
@@ -100,7 +112,7 @@ pub fn run(mut argv: Vec<String>) -> ExitCode {
             _ => fail("canoctl (simulated): only restart, stop and start are supported"),
         },
         // The real redis-cli, against the server the step names (a real redis-server in tests).
-        "redis-cli" => hand_over(Command::new("redis-cli").args(&args)),
+        "redis-cli" => feed(Command::new("redis-cli").args(&args), input.unwrap_or_default().as_bytes()),
         "docker" => match args.split_first() {
             Some((sub, rest)) if sub == "compose" => compose(&sim, rest),
             Some((sub, rest)) if sub == "ps" => match rest.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
@@ -113,7 +125,9 @@ pub fn run(mut argv: Vec<String>) -> ExitCode {
             _ => fail("docker (simulated): only 'docker compose' and 'docker ps' are supported"),
         },
         "docker-compose" => compose(&sim, &args),
-        "mongo" => mongo(&sim, &args),
+        "mongo" | "mongosh" => mongo(&sim, &args),
+        // The real psql, against the server canup connected it to (a real PostgreSQL in tests).
+        "psql" => hand_over(Command::new("psql").args(&args)),
         "canopsinit" => {
             if sim.user != "canopsis" {
                 return fail("canopsinit must run as the canopsis user (su - canopsis -c ...)");
@@ -206,6 +220,22 @@ fn hand_over(command: &mut Command) -> ExitCode {
     }
 }
 
+/// Like [`hand_over`], with `input` on the program's standard input.
+fn feed(command: &mut Command, input: &[u8]) -> ExitCode {
+    use std::io::Write;
+    let mut child = match command.stdin(std::process::Stdio::piped()).spawn() {
+        Ok(c) => c,
+        Err(e) => return fail(&format!("cannot run {command:?}: {e}")),
+    };
+    if let Some(mut pipe) = child.stdin.take() {
+        let _ = pipe.write_all(input);
+    }
+    match child.wait() {
+        Ok(status) => ExitCode::from(status.code().map_or(1, |c| u8::try_from(c).unwrap_or(1))),
+        Err(e) => fail(&format!("waiting for {command:?}: {e}")),
+    }
+}
+
 /// `su [-] USER -c "COMMAND"`: runs COMMAND (split like a shell would) as USER, with a login
 /// environment as `su -` gives.
 fn su(sim: &Sim, args: &[String]) -> ExitCode {
@@ -267,6 +297,16 @@ fn mongo(sim: &Sim, args: &[String]) -> ExitCode {
             Some(s) => s.clone(),
             None => return fail("mongo: --eval needs a script"),
         },
+        // `--nodb --quiet FILE`, as canup runs a database endpoint's script: the file connects
+        // (`db = connect(URL);`, the first line), then holds the step's script.
+        None if args.first().is_some_and(|a| a == "--nodb") => {
+            let Some(file) = args.last() else { return fail("mongo: --nodb needs a script file") };
+            let text = std::fs::read_to_string(file).unwrap_or_default();
+            match text.split_once('\n') {
+                Some((connect, rest)) if connect.starts_with("db = connect(") => rest.to_owned(),
+                _ => return fail("mongo: the script file does not start with db = connect(URL);"),
+            }
+        }
         None => {
             let mut s = String::new();
             if std::io::stdin().read_to_string(&mut s).is_err() {

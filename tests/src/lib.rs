@@ -3,6 +3,7 @@
 
 pub mod canopsis_api;
 pub mod chaos;
+pub mod postgres;
 pub mod rabbitmq;
 pub mod redis;
 pub mod repo_server;

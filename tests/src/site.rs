@@ -76,7 +76,7 @@ impl Host {
             c.program == "rpm"
                 || c.args.first().is_some_and(|a| a == "is-enabled")
                 || (c.program == "dnf" && c.args.iter().any(|a| a == "repoquery"))
-                || (c.program == "redis-cli" && c.args.iter().any(|a| a == "INFO"))
+                || (c.program == "redis-cli" && c.input.as_deref().is_some_and(|i| i.lines().all(|l| l.starts_with("INFO") || l.starts_with("AUTH"))))
                 || (c.program == "docker" && c.args.first().is_some_and(|a| a == "ps"))
         };
         self.sim.calls().unwrap().iter().filter(|c| !query(c)).map(|c| c.line()).collect()

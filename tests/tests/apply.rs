@@ -135,11 +135,13 @@ async fn packages_4_5_4_to_4_5_7_runs_the_4x_procedure_and_each_release_migratio
             "canopsis-reconfigure -migrate-postgres=true -postgres-migration-mode=up -postgres-migration-directory=/opt/canopsis/share/migrations/postgres",
             "systemctl daemon-reload",
             "canoctl restart",
-            "mongo mongodb://cpsmongo:canopsis@localhost/canopsis",
-            "mongo mongodb://cpsmongo:canopsis@localhost/canopsis",
-            "mongo mongodb://cpsmongo:canopsis@localhost/canopsis",
-            "mongo mongodb://cpsmongo:canopsis@localhost/canopsis",
-            "mongo mongodb://cpsmongo:canopsis@localhost/canopsis",
+            // The mongo database endpoint: the shell connects from canup's file, never from
+            // an argument.
+            "mongo --nodb --quiet (canup's connection file)",
+            "mongo --nodb --quiet (canup's connection file)",
+            "mongo --nodb --quiet (canup's connection file)",
+            "mongo --nodb --quiet (canup's connection file)",
+            "mongo --nodb --quiet (canup's connection file)",
         ]
     );
     let reconfigure = h.sim.calls().unwrap().into_iter().find(|c| c.program == "canopsis-reconfigure").unwrap();
@@ -161,7 +163,8 @@ async fn packages_4_5_4_to_4_5_7_runs_the_4x_procedure_and_each_release_migratio
     // The scripts got the URL with its password; canup's records did not keep it.
     for record in ["audit.jsonl", "journal.jsonl"] {
         let text = std::fs::read_to_string(h.dir.path().join("state").join(record)).unwrap();
-        assert!(text.contains("mongodb://cpsmongo:***@localhost/canopsis") && !text.contains("cpsmongo:canopsis@"), "{record}: {text}");
+        assert!(!text.contains("cpsmongo:canopsis@"), "{record}: {text}");
+        assert!(record != "audit.jsonl" || text.contains("mongodb://cpsmongo:***@localhost/canopsis"), "the audit names the endpoint's URL, masked: {text}");
     }
 }
 
@@ -274,7 +277,7 @@ async fn refusals_change_nothing_and_have_distinct_codes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_policy_lacking_a_capability_stops_the_plan_before_anything_runs() {
     let narrow = OPERATOR_POLICY.replace(
-        "[[policy.exec]]\nprogram = \"/opt/canopsis/bin/init\"\nargs = [\"-conf\", \"/opt/canopsis/etc/initialisation.toml\"]\nenv = [\"CPS_*\"]\n",
+        "[[policy.exec]]\nprogram = \"/opt/canopsis/bin/init\"\nargs = [\"-conf\", \"/opt/canopsis/etc/initialisation.toml\"]\nenv_file = \"/opt/canopsis/etc/go-engines-vars.conf\"\n",
         "",
     );
     assert_ne!(narrow, OPERATOR_POLICY);
@@ -566,7 +569,7 @@ async fn a_release_published_without_its_procedure_ends_failed_with_the_version_
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("repo");
     canup_tests::copy_dir(repository(), &repo).unwrap();
-    for (source, package, range) in [("procedure-3.x", "canopsis-procedure-3x", ">=3.0.0, <4.0.0"), ("api-check", "canopsis-api-check", ">=3.0.0, <24.0.0")] {
+    for (source, package, range) in [("procedure-3.x", "canopsis-procedure-3x", ">=3.0.0, <4.0.0"), ("api-check", "canopsis-api-check", ">=3.0.0, <25.0.0")] {
         let narrowed = dir.path().join(format!("{source}.toml"));
         let original = std::fs::read_to_string(canup_tests::workspace_dir().join(format!("steps/{source}/step.toml"))).unwrap();
         assert!(original.contains(&format!("applies = \"{range}\"")));
@@ -767,6 +770,9 @@ fn listed_actions(stdout: &str) -> Vec<String> {
                 Some((request, endpoint)) => format!("http {request} on {endpoint}"),
                 None => format!("exec {query}"),
             }
+        } else if let Some(script) = l.strip_prefix("query on database ").or_else(|| l.strip_prefix("run on database ")) {
+            // The script follows, indented.
+            format!("database {}", script.trim_end_matches(':'))
         } else if let Some(send) = l.strip_prefix("send: ") {
             let (request, rest) = send.split_once(" to endpoint ").unwrap();
             format!("http {request} on {}", rest.split(" with body ").next().unwrap())
@@ -805,6 +811,7 @@ fn audited_actions(state: &Path, from: usize) -> Vec<String> {
             "fs.remove" => format!("remove {}", arg("path")),
             "fs.create-dir" if r.result.starts_with("created") => format!("create-dir {}", arg("path")),
             "http" => format!("http {} {} on {}", arg("method"), arg("path"), arg("endpoint")),
+            "database" => format!("database {}", arg("endpoint")),
             _ => return None,
         })
     });
@@ -966,16 +973,19 @@ async fn every_migration_barrier_of_the_catalogue_is_refused_then_planned_from_i
         ("4.6.3", "22.10.0", Some("22.10.1")),
         ("22.10.13", "23.04.0", Some("23.04.1")),
         ("23.04.14", "23.10.0", Some("23.10.1")),
+        ("23.10.8", "24.04.0", Some("24.04.1")),
     ];
     for (before, barrier, after) in barriers {
-        let h = host(Spec { version: before.into(), ..Spec::default() }).await;
+        // 24.04 has packages for RHEL 8 and 9 only.
+        let os = if barrier.starts_with("24.") { canup_tests::simhost::Os::Rhel8 } else { canup_tests::simhost::Os::Centos7 };
+        let h = host(Spec { version: before.into(), os, ..Spec::default() }).await;
         let snapshot = h.sim.snapshot().unwrap();
         let out = h.run(&["apply", "--to", after.unwrap_or(barrier), "--yes"]);
         assert_eq!(out.status.code(), Some(10), "{before} → {barrier}: {}", text(&out));
         assert!(text(&out).contains(&format!("Guide de migration vers Canopsis {barrier}")), "{}", text(&out));
         assert_eq!(h.sim.snapshot().unwrap(), snapshot, "refused without a change");
         if let Some(after) = after {
-            let migrated = host(Spec { version: barrier.into(), ..Spec::default() }).await;
+            let migrated = host(Spec { version: barrier.into(), os, ..Spec::default() }).await;
             let out = migrated.run(&["plan", "--to", after, "--json"]);
             assert!(out.status.success(), "from {barrier}: {}", text(&out));
             let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -26,7 +26,7 @@ async fn setup() -> Setup {
         format!(
             "[policy.fs]\nread = [\"/opt/canopsis/**\"]\nwrite = [\"/opt/canopsis/etc/webserver.conf\"]\n\
              [[policy.exec]]\nprogram = \"/usr/bin/rpm\"\nargs = [\"-q\", \"*\"]\n\
-             [[policy.exec]]\nprogram = \"/opt/canopsis/bin/canopsis-reconfigure\"\nenv = [\"CPS_*\"]\n\
+             [[policy.exec]]\nprogram = \"/opt/canopsis/bin/canopsis-reconfigure\"\nenv_file = \"/opt/canopsis/etc/go-engines-vars.conf\"\n\
              [[policy.exec]]\nprogram = \"/usr/bin/canoctl\"\nargs = [\"restart\"]\n\
              [[policy.http]]\nendpoint = \"canopsis-api\"\n\
              [endpoints.canopsis-api]\nurl = \"http://{api}\"\n"
@@ -67,12 +67,14 @@ async fn step_run_prints_the_audit_and_a_rerun_does_not_append_again() {
     let out = s.step_run(&module, &[]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "stdout {stdout}\nstderr {}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("--- audit (9 decisions) ---"), "{stdout}");
+    // go-engines-vars.conf is not read by the step: canup exports it to reconfigure.
+    assert!(stdout.contains("--- audit (8 decisions) ---"), "{stdout}");
+    assert!(stdout.contains(r#""env_file":"/opt/canopsis/etc/go-engines-vars.conf""#), "{stdout}");
     assert!(stdout.contains(r#"allowed exec        {"args":["restart"]"#), "{stdout}");
     assert!(stdout.contains("step example/hello succeeded") && stdout.contains("module compiled in"), "{stdout}");
     assert!(s.sim.read("/opt/canopsis/etc/webserver.conf").unwrap().ends_with("canopsis.webcore.services.broadcast_message=1\n"));
     let audit = std::fs::read_to_string(s.dir.path().join("state/audit.jsonl")).unwrap();
-    assert_eq!(audit.lines().count(), 9);
+    assert_eq!(audit.lines().count(), 8);
 
     let conf = s.sim.read("/opt/canopsis/etc/webserver.conf").unwrap();
     let again = s.step_run(&module, &["--json"]);
@@ -93,7 +95,7 @@ async fn step_run_refuses_a_newer_major_module_with_exit_3() {
     let out = s.step_run(&guest_wasm("newer-api"), &[]);
     assert_eq!(out.status.code(), Some(3));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("built for step API 2.0.0, this canup supports 1.1.0"), "{stderr}");
+    assert!(stderr.contains(&format!("built for step API 2.0.0, this canup supports {}", canup::manifest::STEP_API)), "{stderr}");
     assert_eq!(s.sim.snapshot().unwrap(), before);
     assert!(s.sim.calls().unwrap().is_empty());
 }

@@ -46,6 +46,7 @@ fn exec_rule(program: &str, args: &[&str], env: &[&str]) -> ExecRule {
         readonly: false,
         shell: false,
         timeout_seconds: None,
+        env_file: None,
     }
 }
 
@@ -68,6 +69,7 @@ fn probe_caps() -> CapabilitySet {
             methods: vec!["GET".into(), "POST".into()],
             paths: vec!["/api/v4/**".into(), "/old-path".into(), "/new-path".into(), "/redirect-elsewhere".into(), "/big".into()],
         }],
+        database: vec![],
     }
 }
 
@@ -296,10 +298,12 @@ async fn exec_runs_declared_programs_with_only_the_given_environment() {
     let run = w.run("allowed-exec").await;
     assert_eq!(run.report.result, Ok(()), "stderr: {}", run.report.stderr.text());
     let out = run.report.stdout.text();
-    // /usr/bin/env prints exactly the environment it got: what the step passed, nothing else.
+    // /usr/bin/env prints exactly the environment it got: what the step passed and the
+    // default search path, nothing of canup's own.
     let mut env_lines: Vec<&str> = out.lines().take_while(|l| !l.starts_with("canopsis-core")).collect();
     env_lines.sort();
-    assert_eq!(env_lines, ["CPS_API_URL=http://localhost:8082", "FOO=bar"]);
+    let path = format!("PATH={}", canup::capabilities::exec::DEFAULT_PATH);
+    assert_eq!(env_lines, ["CPS_API_URL=http://localhost:8082", "FOO=bar", path.as_str()]);
     assert!(out.contains("canopsis-core-3.38.0-1.el7.x86_64"), "{out}");
     assert!(out.contains("rpm canopsis-cat status Some(1)"), "{out}");
     let calls = w.sim.calls().unwrap();
@@ -851,22 +855,25 @@ fn a_module_built_for_a_newer_major_api_is_refused_before_instantiation() {
     // Even when its manifest claims 1.0.0, the imports tell the truth.
     let Err(e) = sandbox.load("newer", &wasm, &STEP_API) else { panic!("loaded a 2.0 module") };
     assert!(matches!(e, SandboxError::ApiMismatch { .. }));
-    assert_eq!(e.to_string(), "step newer: built for step API 2.0.0, this canup supports 1.1.0; use a canup of the same major version and at least that minor");
+    assert_eq!(
+        e.to_string(),
+        format!("step newer: built for step API 2.0.0, this canup supports {STEP_API}; use a canup of the same major version and at least that minor")
+    );
     let Err(e) = sandbox.load("newer", &wasm, &Version::new(2, 0, 0)) else { panic!("loaded a 2.0 module") };
     assert!(e.to_string().contains("built for step API 2.0.0"));
 }
 
-/// The component model would link a 1.2 module that calls nothing new (semver matching);
-/// canup refuses it, whether its manifest says 1.2.0 or claims 1.0.0.
+/// The component model would link a 1.3 module that calls nothing new (semver matching);
+/// canup refuses it, whether its manifest says 1.3.0 or claims 1.0.0.
 #[test]
 fn a_module_built_for_a_newer_minor_api_is_refused_before_instantiation() {
     let (sandbox, _) = probe();
     let wasm = std::fs::read(guest_wasm("newer-minor")).unwrap();
-    for declared in [Version::new(1, 2, 0), Version::new(1, 0, 0)] {
-        let Err(e) = sandbox.load("newer", &wasm, &declared) else { panic!("loaded a 1.2 module declared {declared}") };
+    for declared in [Version::new(1, 3, 0), Version::new(1, 0, 0)] {
+        let Err(e) = sandbox.load("newer", &wasm, &declared) else { panic!("loaded a 1.3 module declared {declared}") };
         assert_eq!(
             e.to_string(),
-            "step newer: built for step API 1.2.0, this canup supports 1.1.0; use a canup of the same major version and at least that minor"
+            format!("step newer: built for step API 1.3.0, this canup supports {STEP_API}; use a canup of the same major version and at least that minor")
         );
     }
 }

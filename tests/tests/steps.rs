@@ -55,6 +55,9 @@ async fn every_step_changes_nothing_when_run_a_second_time() {
     )]);
     // 4.3.1 purges Redis database 11 on a real server; database 0 must keep its keys.
     let redis = canup_tests::redis::Redis::start().unwrap();
+    // 24.04.3 turns a view into a table on a real PostgreSQL: each host gets a database in the
+    // state 24.04.0–24.04.2 leave.
+    let postgres = canup_tests::postgres::Postgres::start().unwrap();
     let mut checked = 0;
     let mut effects = String::new();
     // A step already checked with the same module, release data and era would do the same
@@ -80,6 +83,12 @@ async fn every_step_changes_nothing_when_run_a_second_time() {
                 };
                 let sim = SimHost::create(&dir.path().join(format!("sim-{checked}")), &spec, &canup_tests::sim_bin()).unwrap();
                 sim.set_redis_url(&redis.url(0)).unwrap();
+                if step.manifest.capabilities.database.iter().any(|d| d.endpoint == "postgres") {
+                    let db = format!("steps_{checked}");
+                    let url = postgres.create_database(&db).unwrap();
+                    postgres.sql_in(&db, canup_tests::postgres::BEFORE_24_04_3).unwrap();
+                    sim.set_postgres_url(&url).unwrap();
+                }
                 redis.cli(&["-n", "11", "SET", "pbehavior-cache", "stale"]).unwrap();
                 redis.cli(&["-n", "0", "SET", "engine-state", "kept"]).unwrap();
                 let wasm = repo.module(step).await.unwrap();
@@ -106,7 +115,11 @@ async fn every_step_changes_nothing_when_run_a_second_time() {
                             &sim,
                             &before,
                         );
-                        effects.push_str(&described.replace(&format!("127.0.0.1:{}/", redis.port), "127.0.0.1:REDIS_PORT/"));
+                        effects.push_str(
+                            &described
+                                .replace(&format!("127.0.0.1:{}/", redis.port), "127.0.0.1:REDIS_PORT/")
+                                .replace(&format!("-p {} ", redis.port), "-p REDIS_PORT "),
+                        );
                     }
                     after.push(state(&sim));
                 }
@@ -123,15 +136,16 @@ async fn every_step_changes_nothing_when_run_a_second_time() {
     compare_with_expected(&effects);
 }
 
-/// The simulated host a release's steps run on: its era's first release, on CentOS 7 (23.x
-/// on RHEL 8, whose procedure differs).
+/// The simulated host a release's steps run on: its era's first release, on CentOS 7 (23.x and
+/// 24.x on RHEL 8, whose procedure differs).
 fn era_host(release: &Version) -> (&'static str, simhost::Os) {
     match (release.major, release.minor) {
         (3, _) => ("3.37.0", simhost::Os::Centos7),
         (4, _) => ("4.5.4", simhost::Os::Centos7),
         (22, _) => ("22.10.1", simhost::Os::Centos7),
         (23, 4) => ("23.04.1", simhost::Os::Rhel8),
-        _ => ("23.10.1", simhost::Os::Rhel8),
+        (23, _) => ("23.10.1", simhost::Os::Rhel8),
+        _ => ("24.04.0", simhost::Os::Rhel8),
     }
 }
 

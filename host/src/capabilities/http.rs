@@ -176,7 +176,7 @@ pub enum HttpError {
     Failed { endpoint: String, why: String },
 }
 
-fn read_secret(endpoint: &str, file: &Option<PathBuf>, env: &Option<String>) -> Result<Option<String>, HttpError> {
+pub(crate) fn read_secret(endpoint: &str, file: &Option<PathBuf>, env: &Option<String>) -> Result<Option<String>, HttpError> {
     let bad = |why: String| HttpError::BadConfig { endpoint: endpoint.to_owned(), why };
     if let Some(path) = file {
         let s = std::fs::read_to_string(path).map_err(|e| bad(format!("cannot read secret file {}: {e}", path.display())))?;

@@ -3,11 +3,13 @@
 //! A step carries a signed *declaration* of the capabilities it needs; the operator's *policy*
 //! is an upper bound on what any step may get. A call is allowed only when both allow it (the
 //! intersection), and everything not listed is denied. There is exactly one checkpoint per
-//! host call: [`Grant::check_exec`], [`Grant::check_fs`] and [`Grant::check_http`].
+//! host call: [`Grant::check_exec`], [`Grant::check_fs`], [`Grant::check_http`] and
+//! [`Grant::check_database`].
 //!
 //! The rules are data (TOML in manifests and `canup.toml`); this module compiles them into
 //! matchers once per step so a host call costs a few glob matches.
 
+pub mod database;
 pub mod exec;
 pub mod fs;
 pub mod http;
@@ -31,6 +33,9 @@ pub struct CapabilitySet {
     /// Named endpoints the step may call.
     #[serde(default)]
     pub http: Vec<HttpRule>,
+    /// Database endpoints the step may run scripts on (`postgres`, `mongo`, `redis`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub database: Vec<database::DatabaseRule>,
 }
 
 /// One program and the argument lists it may be run with.
@@ -67,6 +72,13 @@ pub struct ExecRule {
     /// the step declares (`[limits] exec_max_timeout_seconds` where the rule says nothing).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_seconds: Option<u64>,
+    /// A file of `NAME=value` lines the host exports to the command, as systemd's
+    /// `EnvironmentFile=` and the procedures' `set -o allexport; source FILE` do
+    /// (`/opt/canopsis/etc/go-engines-vars.conf` for `canopsis-reconfigure`): the step neither
+    /// reads nor passes those variables, which hold the databases' passwords. Both the
+    /// declaration and the policy must name the same file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env_file: Option<String>,
 }
 
 /// Path globs (`*` stays within one directory, `**` crosses directories), read, write and
@@ -198,6 +210,7 @@ impl CapabilitySet {
                     && exec::args_cover(&p.args, p.shell, &d.args)
                     && all_covered(&d.env, &p.env, false).is_none()
                     && d.users.iter().all(|u| p.users.contains(u))
+                    && p.env_file == d.env_file
             });
             if !covered {
                 return Some(format!("exec of {} with arguments {:?}", d.program, d.args));
@@ -219,6 +232,11 @@ impl CapabilitySet {
                 return Some(format!("{} {:?} on endpoint {}", d.methods.join("/"), d.paths, d.endpoint));
             }
         }
+        for d in &self.database {
+            if !policy.database.iter().any(|p| p.endpoint == d.endpoint && (p.write || !d.write)) {
+                return Some(format!("{} scripts on database endpoint {}", if d.write { "changing" } else { "read-only" }, d.endpoint));
+            }
+        }
         None
     }
 }
@@ -229,6 +247,7 @@ struct Compiled {
     exec: Vec<exec::CompiledExecRule>,
     fs: fs::CompiledFsRules,
     http: Vec<http::CompiledHttpRule>,
+    database: Vec<database::DatabaseRule>,
 }
 
 impl Compiled {
@@ -237,6 +256,7 @@ impl Compiled {
             exec: set.exec.iter().map(|r| exec::CompiledExecRule::new(r, origin)).collect::<Result<_, _>>()?,
             fs: fs::CompiledFsRules::new(&set.fs, origin)?,
             http: set.http.iter().map(|r| http::CompiledHttpRule::new(r, origin)).collect::<Result<_, _>>()?,
+            database: set.database.clone(),
         })
     }
 }

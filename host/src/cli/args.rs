@@ -88,6 +88,10 @@ pub enum Command {
         /// Abandon an interrupted run and plan again.
         #[arg(long)]
         restart: bool,
+        /// Fail the run when a check is skipped (the drain or the API check without its
+        /// endpoint in canup.toml), instead of ending "succeeded, N checks skipped".
+        #[arg(long)]
+        strict_checks: bool,
         /// With --json, the plan is not printed: one object with the outcome is.
         #[command(flatten)]
         output: Output,

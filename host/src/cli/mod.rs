@@ -97,8 +97,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     match command {
         Command::Status { output } => operate::status(&Settings::resolve(&global, None)?, output).await,
         Command::Plan { to, output } => operate::plan(&Settings::resolve(&global, None)?, to.as_ref(), output).await,
-        Command::Apply { to, yes, accept_manual, dry_run, restart, output } => {
-            let options = operate::Apply { to, yes, accept_manual, dry_run, restart, json: output.json };
+        Command::Apply { to, yes, accept_manual, dry_run, restart, strict_checks, output } => {
+            let options = operate::Apply { to, yes, accept_manual, dry_run, restart, strict_checks, json: output.json };
             operate::apply(&Settings::resolve(&global, None)?, options).await
         }
         Command::History { output } => operate::history(&Settings::resolve(&global, None)?, output),

@@ -21,6 +21,7 @@ pub struct Apply {
     pub accept_manual: bool,
     pub dry_run: bool,
     pub restart: bool,
+    pub strict_checks: bool,
     pub json: bool,
 }
 
@@ -61,7 +62,7 @@ pub async fn plan(settings: &Settings, to: Option<&Version>, output: Output) -> 
 pub async fn apply(settings: &Settings, a: Apply) -> Result<(), Failure> {
     let console = ConsoleUi { assume_yes: a.yes, accept_manual: a.accept_manual, min_level: None };
     let (session, progress) = session(settings, console).await?;
-    let options = ApplyOptions { to: a.to, dry_run: a.dry_run, restart: a.restart };
+    let options = ApplyOptions { to: a.to, dry_run: a.dry_run, restart: a.restart, strict_checks: a.strict_checks };
     let confirm = |plan: &Plan, done: &[String]| {
         if a.json {
             return a.yes || a.dry_run;

@@ -47,11 +47,15 @@ pub fn status(s: &Status) {
 /// and those already done), never what was planned.
 pub fn apply_summary(summary: &ApplySummary, dry_run: bool) {
     let ran = summary.reports.len();
-    if ran == 0 && summary.skipped.is_empty() {
+    if ran == 0 && summary.already_done.is_empty() {
         println!("Canopsis is already at {}: nothing to do", text(&summary.plan.target));
         return;
     }
-    println!("\nsummary: run {}: {} steps ran, {} already done", summary.run, ran, summary.skipped.len());
+    println!("\nsummary: run {}: {} steps ran, {} already done", summary.run, ran, summary.already_done.len());
+    let skipped = skipped_checks(summary);
+    for (step, why) in &skipped {
+        println!("  skipped: {step}: {why}");
+    }
     if dry_run {
         println!("dry run: nothing was changed. The real run would make these changes, in order (queries ran for real):");
         for line in &summary.recorded {
@@ -60,7 +64,8 @@ pub fn apply_summary(summary: &ApplySummary, dry_run: bool) {
     } else {
         match &summary.verified {
             Some(found) => println!(
-                "Canopsis is now at {}: detection after the run found it installed ({} edition, {} method). Backups of changed files: canup restore-files {}",
+                "{}: Canopsis is now at {}, detection after the run found it installed ({} edition, {} method). Backups of changed files: canup restore-files {}",
+                outcome_words(skipped.len()),
                 text(&found.installed),
                 found.edition,
                 found.method,
@@ -72,18 +77,41 @@ pub fn apply_summary(summary: &ApplySummary, dry_run: bool) {
     }
 }
 
+/// The steps that said they did not do their work, with why.
+fn skipped_checks(summary: &ApplySummary) -> Vec<(&str, &str)> {
+    summary.reports.iter().filter_map(|r| r.skipped.as_deref().map(|why| (r.step.as_str(), why))).collect()
+}
+
+/// "succeeded", or "succeeded, N checks skipped": a check that did not run is not an ok.
+fn outcome_words(skipped: usize) -> String {
+    match skipped {
+        0 => "succeeded".to_owned(),
+        1 => "succeeded, 1 check skipped".to_owned(),
+        n => format!("succeeded, {n} checks skipped"),
+    }
+}
+
 /// `apply --json`: what Ansible's role reads. `changed` is true when a step ran for real.
 pub fn apply_json(result: &Result<ApplySummary, UpgradeError>, dry_run: bool) {
     let value = match result {
         Ok(s) => {
             let ran: Vec<&str> = s.reports.iter().map(|r| r.step.as_str()).collect();
+            let skipped: Vec<serde_json::Value> = skipped_checks(s).into_iter().map(|(step, why)| serde_json::json!({ "step": step, "reason": why })).collect();
             let outcome = if dry_run {
                 "dry-run"
-            } else if ran.is_empty() && s.skipped.is_empty() {
+            } else if ran.is_empty() && s.already_done.is_empty() {
                 "up-to-date"
             } else {
                 "succeeded"
             };
+            let steps: Vec<serde_json::Value> = s
+                .reports
+                .iter()
+                .map(|r| match &r.skipped {
+                    Some(why) => serde_json::json!({ "step": r.step, "outcome": "skipped", "reason": why }),
+                    None => serde_json::json!({ "step": r.step, "outcome": "ok" }),
+                })
+                .collect();
             serde_json::json!({
                 "outcome": outcome,
                 "changed": !dry_run && !ran.is_empty(),
@@ -91,7 +119,9 @@ pub fn apply_json(result: &Result<ApplySummary, UpgradeError>, dry_run: bool) {
                 "installed": s.plan.installed.to_string(),
                 "target": s.plan.target.to_string(),
                 "steps_ran": ran,
-                "already_done": s.skipped,
+                "steps": steps,
+                "checks_skipped": skipped,
+                "already_done": s.already_done,
                 "recorded": s.recorded,
                 "verified": s.verified,
             })
@@ -139,10 +169,11 @@ pub fn plan(plan: &Plan, done: &[String], policy: &CapabilitySet) {
         let c = &m.capabilities;
         for e in &c.exec {
             println!(
-                "      exec {} {}{}{}{}",
+                "      exec {} {}{}{}{}{}",
                 e.program,
                 e.args.join(" "),
                 if e.users.is_empty() { String::new() } else { format!(" (as {})", e.users.join("/")) },
+                e.env_file.as_ref().map(|f| format!(" (with the environment of {f})")).unwrap_or_default(),
                 if policy.query(e) { " (query)" } else { "" },
                 e.timeout_seconds.map(|t| format!(" (may run {})", humantime::format_duration(std::time::Duration::from_secs(t)))).unwrap_or_default()
             );
@@ -156,6 +187,9 @@ pub fn plan(plan: &Plan, done: &[String], policy: &CapabilitySet) {
         for h in &c.http {
             println!("      http {} {} on {}", h.methods.join("/"), h.paths.join(" "), h.endpoint);
         }
+        for d in &c.database {
+            println!("      database {} ({})", d.endpoint, if d.write { "scripts that change data" } else { "read-only queries" });
+        }
     }
 }
 
@@ -166,16 +200,20 @@ pub fn history(runs: &[RunRecord], state_dir: &Path) {
     }
     for r in runs {
         let outcome = match r.outcome {
-            Some(journal::Outcome::Succeeded) => "succeeded",
+            // A run ends Skipped never: only a step does.
+            Some(journal::Outcome::Succeeded | journal::Outcome::Skipped) => "succeeded",
             Some(journal::Outcome::Failed) => "abandoned",
             Some(journal::Outcome::Unverified) => "FAILED (not installed)",
             None => "interrupted (resumable)",
         };
         let why = r.message.as_ref().map(|m| format!(": {m}")).unwrap_or_default();
+        let skipped = r.steps.iter().filter(|s| s.outcome == Some(journal::Outcome::Skipped)).count();
+        let outcome = if r.outcome == Some(journal::Outcome::Succeeded) { outcome_words(skipped) } else { outcome.to_owned() };
         println!("run {} ({}): {} → {} {outcome}{why}", r.run, r.started, text(&r.installed), text(&r.target));
         for s in &r.steps {
             let o = match s.outcome {
                 Some(journal::Outcome::Succeeded) => "ok".to_owned(),
+                Some(journal::Outcome::Skipped) => format!("skipped: {}", s.message.clone().unwrap_or_default()),
                 Some(journal::Outcome::Failed | journal::Outcome::Unverified) => format!("FAILED: {}", s.message.clone().unwrap_or_default()),
                 None => "interrupted".to_owned(),
             };

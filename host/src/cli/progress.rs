@@ -95,9 +95,10 @@ impl Progress for ProgressUi {
             }
         }
         let ms = report.duration.as_secs_f64() * 1000.0;
-        match &report.result {
-            Ok(()) => self.line(&format!("      ok ({ms:.0} ms)")),
-            Err(e) => self.line(&format!("      FAILED ({ms:.0} ms): {e}")),
+        match (&report.result, &report.skipped) {
+            (Ok(()), Some(why)) => self.line(&format!("      skipped ({ms:.0} ms): {why}")),
+            (Ok(()), None) => self.line(&format!("      ok ({ms:.0} ms)")),
+            (Err(e), _) => self.line(&format!("      FAILED ({ms:.0} ms): {e}")),
         }
     }
 }

@@ -20,6 +20,7 @@ const SDK_FILES: &[(&str, &str)] = &[
     ("wit/step.wit", include_str!("../../../sdk/wit/step.wit")),
     ("src/lib.rs", include_str!("../../../sdk/src/lib.rs")),
     ("src/context.rs", include_str!("../../../sdk/src/context.rs")),
+    ("src/database.rs", include_str!("../../../sdk/src/database.rs")),
     ("src/detect.rs", include_str!("../../../sdk/src/detect.rs")),
     ("src/exec.rs", include_str!("../../../sdk/src/exec.rs")),
     ("src/fs.rs", include_str!("../../../sdk/src/fs.rs")),

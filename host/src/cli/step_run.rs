@@ -64,6 +64,7 @@ pub async fn run(settings: &Settings, args: StepRunArgs) -> Result<(), Failure> 
     };
     let env = StepEnv {
         endpoints: Arc::new(config.endpoints.clone()),
+        databases: Arc::new(config.databases.clone()),
         limits: config.limits.resolve(),
         settings: Arc::new(config.settings.clone()),
         answers: Arc::new(config.answers.clone()),

@@ -22,6 +22,8 @@ pub struct StepState {
     pub(super) env: StepEnv,
     pub(super) cpu: CpuMeter,
     pub(super) detected: Option<Detected>,
+    /// Why the step says it did not do its work (`ui.skip`).
+    pub(super) skipped: Option<String>,
     /// Bytes of text the step has shown the operator so far (see `StepLimits::ui_text`).
     pub(super) ui_used: usize,
 }
@@ -53,6 +55,15 @@ pub(super) enum Done<T> {
     Now(T),
     /// An earlier attempt of the step got it done: its journaled result.
     Replayed(T),
+}
+
+impl<T> Done<T> {
+    pub(super) fn map<U>(self, f: impl FnOnce(T) -> U) -> Done<U> {
+        match self {
+            Done::Now(v) => Done::Now(f(v)),
+            Done::Replayed(v) => Done::Replayed(f(v)),
+        }
+    }
 }
 
 /// Where a changing action sits in the step's journal: its name and its occurrence (the N-th

@@ -96,6 +96,8 @@ pub struct StepEnv {
     pub grant: Grant,
     pub sysroot: Sysroot,
     pub endpoints: Arc<Endpoints>,
+    /// The operator's `[databases]` (the rest come from go-engines-vars.conf).
+    pub databases: Arc<crate::capabilities::database::Databases>,
     pub backups: Backups,
     pub audit: Arc<AuditLog>,
     pub ui: Arc<dyn Ui>,
@@ -121,6 +123,7 @@ impl StepEnv {
             grant,
             sysroot,
             endpoints: Arc::default(),
+            databases: Arc::default(),
             backups,
             audit,
             ui,
@@ -226,6 +229,8 @@ pub struct StepReport {
     pub step: String,
     /// What a detect step reported.
     pub detected: Option<Detected>,
+    /// Why the step did not do its work, when it said so (`ui.skip`): not an ok.
+    pub skipped: Option<String>,
     pub module_sha256: String,
     pub result: Result<(), Stop>,
     pub stdout: Captured,
@@ -415,6 +420,7 @@ impl Sandbox {
             env,
             cpu: CpuMeter::default(),
             detected: None,
+            skipped: None,
             ui_used: 0,
         };
         let engine = self.engine.clone();
@@ -449,20 +455,22 @@ impl Sandbox {
                 Ok(Err(message)) => Err(Stop::Failed(crate::ui::visible(&message).into_owned())),
                 Err(e) => Err(classify_trap(&e, store.data().limiter.refused, &limits, &guest_stderr)),
             };
-            (result, store.data_mut().detected.take())
+            let data = store.data_mut();
+            (result, data.detected.take(), data.skipped.take())
         });
         let abort = task.abort_handle();
-        let (result, detected) = match tokio::time::timeout(limits.wall, task).await {
+        let (result, detected, skipped) = match tokio::time::timeout(limits.wall, task).await {
             Ok(Ok(done)) => done,
-            Ok(Err(e)) => (Err(Stop::Trap(format!("the host failed while running the step: {e}; this is a canup bug, please report it"))), None),
+            Ok(Err(e)) => (Err(Stop::Trap(format!("the host failed while running the step: {e}; this is a canup bug, please report it"))), None, None),
             Err(_) => {
                 abort.abort();
-                (Err(Stop::WallTime(limits.wall)), None)
+                (Err(Stop::WallTime(limits.wall)), None, None)
             }
         };
         StepReport {
             step: step_id,
             detected,
+            skipped,
             module_sha256: step.module_sha256.clone(),
             result,
             stdout: stdout.take(),

@@ -202,6 +202,7 @@ impl Session {
         };
         let env = StepEnv {
             endpoints: Arc::new(self.config.endpoints.clone()),
+            databases: Arc::new(self.config.databases.clone()),
             limits: self.config.limits.resolve(),
             recorded: recorded.clone(),
             settings: Arc::new(self.config.settings.clone()),
@@ -294,6 +295,8 @@ pub struct ApplyOptions {
     pub to: Option<Version>,
     pub dry_run: bool,
     pub restart: bool,
+    /// A skipped check fails the run (`--strict-checks`).
+    pub strict_checks: bool,
 }
 
 #[derive(Debug)]
@@ -302,7 +305,7 @@ pub struct ApplySummary {
     pub plan: Plan,
     pub reports: Vec<StepReport>,
     /// Steps a resumed run did not repeat.
-    pub skipped: Vec<String>,
+    pub already_done: Vec<String>,
     /// In a dry run: the commands and file changes the real run would make.
     pub recorded: Vec<String>,
     /// What detection found after the steps ran (the target, or the run failed); `None` when
@@ -364,7 +367,7 @@ pub async fn apply(session: &Session, options: &ApplyOptions, progress: Arc<dyn 
     let remaining: Vec<&PlannedStep> = plan.steps.iter().filter(|p| !done.contains(&p.key)).collect();
     if plan.steps.is_empty() && plan.installed == plan.target {
         // Already at the target: nothing to confirm, nothing to journal.
-        return Ok(ApplySummary { run, plan, reports: Vec::new(), skipped: done, recorded: Vec::new(), verified: None });
+        return Ok(ApplySummary { run, plan, reports: Vec::new(), already_done: done, recorded: Vec::new(), verified: None });
     }
     // The rest of the fetching and compiling starts now, while the operator reads the plan.
     tracing::debug!(steps = remaining.len(), "plan ready; fetching and compiling its modules");
@@ -437,17 +440,29 @@ pub async fn apply(session: &Session, options: &ApplyOptions, progress: Arc<dyn 
             )
             .await?;
         progress.step_finished(&report);
+        // A check that did not run is not an ok; under --strict-checks it is a failure.
+        let strict = options.strict_checks && !options.dry_run;
+        let failure = match (&report.result, &report.skipped) {
+            (Err(e), _) => Some(e.to_string()),
+            (Ok(()), Some(why)) if strict => Some(format!("skipped ({why}), and --strict-checks makes a skipped check fail the run")),
+            _ => None,
+        };
+        let (outcome, message) = match (&failure, &report.skipped) {
+            (Some(why), _) => (Outcome::Failed, Some(why.clone())),
+            (None, Some(why)) => (Outcome::Skipped, Some(why.clone())),
+            (None, None) => (Outcome::Succeeded, None),
+        };
         append(Event::StepFinished {
             run: run.clone(),
             step: id.clone(),
             time: journal::now(),
-            outcome: if report.result.is_ok() { Outcome::Succeeded } else { Outcome::Failed },
-            message: report.result.as_ref().err().map(|e| e.to_string()),
+            outcome,
+            message,
             duration_ms: report.duration.as_millis() as u64,
             module_sha256: report.module_sha256.clone(),
         })?;
-        if let Err(e) = &report.result {
-            return Err(UpgradeError::StepFailed { run, step: id.clone(), why: e.to_string() });
+        if let Some(why) = failure {
+            return Err(UpgradeError::StepFailed { run, step: id.clone(), why });
         }
         reports.push(report);
     }
@@ -458,7 +473,7 @@ pub async fn apply(session: &Session, options: &ApplyOptions, progress: Arc<dyn 
             tracing::warn!("the dry run's closing detection failed: {e}");
         }
         let recorded = recorded.lines();
-        return Ok(ApplySummary { run, plan, reports, skipped: done, recorded, verified: None });
+        return Ok(ApplySummary { run, plan, reports, already_done: done, recorded, verified: None });
     }
     let recorded = Vec::new();
     // The steps said they succeeded; what is installed says whether the upgrade happened.
@@ -473,7 +488,7 @@ pub async fn apply(session: &Session, options: &ApplyOptions, progress: Arc<dyn 
     append(Event::RunFinished { run: run.clone(), time: journal::now(), outcome, message: Some(message) })?;
     Journal::clear_receipts(&session.state_dir);
     match verdict {
-        Ok(found) => Ok(ApplySummary { run, plan, reports, skipped: done, recorded, verified: Some(found) }),
+        Ok(found) => Ok(ApplySummary { run, plan, reports, already_done: done, recorded, verified: Some(found) }),
         Err(found) => Err(UpgradeError::Unverified { run, expected: plan.target.clone(), found }),
     }
 }

@@ -8,7 +8,7 @@
 //! another version than the target.
 //!
 //! Settings: `api_timeout_seconds` (300), `api_poll_ms` (2000). Without a `canopsis-api`
-//! endpoint in canup.toml it warns and checks nothing.
+//! endpoint in canup.toml it checks nothing and says it skipped (`ui::skip`).
 
 use std::time::{Duration, Instant};
 
@@ -70,7 +70,7 @@ fn api_check(ctx: &Context) -> Result<()> {
             }
             Ok(r) => format!("HTTP {} {}", r.status(), r.text().chars().take(200).collect::<String>()),
             Err(e) if e.is_not_found() && e.message.contains("is not configured") => {
-                ui::warn("not checking the Canopsis API: the canopsis-api endpoint is not configured in canup.toml");
+                ui::skip("not checking the Canopsis API: the canopsis-api endpoint is not configured in canup.toml");
                 return Ok(());
             }
             Err(e) if ctx.dry_run => {

@@ -8,7 +8,7 @@
 //! step logs why it does nothing. The message is removed once the upgrade is verified.
 //!
 //! Settings: `broadcast_message` (text), `broadcast_minutes` (how long it shows, 60).
-//! Without an `canopsis-api` endpoint in canup.toml the announcement is skipped with a warning:
+//! Without an `canopsis-api` endpoint in canup.toml the announcement is skipped (`ui::skip`):
 //! it informs users, it does not protect the upgrade.
 
 use canup_sdk::{Context, Result, bail, context, http, ui};
@@ -50,7 +50,7 @@ fn announce(ctx: &Context) -> Result<()> {
     match http::Request::post("canopsis-api", base).json(body.to_string()).send() {
         Ok(r) if r.is_success() => ui::info("users are told of the interruption (broadcast message)"),
         Ok(r) => bail!("the Canopsis API refused the broadcast message: HTTP {} {}", r.status(), r.text()),
-        Err(e) if unconfigured(&e) => ui::warn("no broadcast message: the canopsis-api endpoint is not configured in canup.toml"),
+        Err(e) if unconfigured(&e) => ui::skip("no broadcast message: the canopsis-api endpoint is not configured in canup.toml"),
         Err(e) => return Err(e),
     }
     Ok(())

@@ -38,11 +38,15 @@ const ETC: &str = "/opt/canopsis/etc";
 /// older than 5 or cannot be read.
 fn redis_5(_: &Context) -> Result<()> {
     let found = match helpers::redis_version() {
-        Ok(v) if v.major >= 5 => {
+        Ok(None) => {
+            ui::info("dry run: Redis's version is asked when the upgrade runs");
+            return Ok(());
+        }
+        Ok(Some(v)) if v.major >= 5 => {
             ui::info(&format!("Redis {v} already meets Canopsis 3.39.0's « Redis doit être mis à jour vers sa version 5 »"));
             return Ok(());
         }
-        Ok(v) => format!("this host runs Redis {v}"),
+        Ok(Some(v)) => format!("this host runs Redis {v}"),
         Err(e) => format!("canup could not read Redis's version ({e})"),
     };
     let note = format!(
@@ -71,8 +75,8 @@ fn fifo_queue(_: &Context) -> Result<()> {
     if !fs::exists(&target)? || fs::read(&target)? != example {
         fs::write(&target, &example)?;
     }
-    let vars = helpers::read_env_file(&format!("{ETC}/go-engines-vars.conf"))?;
-    Command::new("/opt/canopsis/bin/init").args(["-conf", &target]).envs(vars).run()?;
+    // go-engines-vars.conf is exported by canup (the rule's env_file), not read here.
+    Command::new("/opt/canopsis/bin/init").args(["-conf", &target]).run()?;
     Ok(())
 }
 

@@ -16,8 +16,8 @@
 //!
 //! Settings: `drain_timeout_seconds` (900), `drain_poll_ms` (1000),
 //! `drain_stats_interval_ms` (5000, RabbitMQ's default `collect_statistics_interval`: set it
-//! to the broker's own). Without a `rabbitmq` endpoint in canup.toml it warns and does not
-//! wait.
+//! to the broker's own). Without a `rabbitmq` endpoint in canup.toml it does not wait and
+//! says it skipped (`ui::skip`): the run shows the check as skipped, not ok.
 
 use std::time::{Duration, Instant};
 
@@ -95,7 +95,7 @@ fn drain(ctx: &Context) -> Result<()> {
     let mut empty_since: Option<Instant> = None;
     loop {
         let Some(poll) = poll_queues()? else {
-            ui::warn("not waiting for the RabbitMQ backlog: the rabbitmq endpoint is not configured in canup.toml");
+            ui::skip("not waiting for the RabbitMQ backlog: the rabbitmq endpoint is not configured in canup.toml");
             return Ok(());
         };
         let backlog: u64 = poll.loaded.iter().map(|(_, n)| n).sum();

@@ -1,7 +1,10 @@
-//! The standard upgrade procedure of the 22.10, 23.04 and 23.10 eras for package installs,
-//! shipped with every 22.x and 23.x release (`mise-a-jour-par-version/release-23.04.md` and
-//! `release-23.10.md`; 22.10 published no text of its own and its packages follow the
-//! release-4.6 text, which the 23.x CentOS 7 section repeats word for word).
+//! The standard upgrade procedure of the 22.10, 23.04, 23.10 and 24.04 eras for package
+//! installs, shipped with every 22.x, 23.x and 24.x release (`mise-a-jour-par-version/release-23.04.md`,
+//! `release-23.10.md` and `release-24.04.md`; 22.10 published no text of its own and its
+//! packages follow the release-4.6 text, which the 23.x CentOS 7 section repeats word for
+//! word). The 24.04 text is the 23.10 one without its CentOS 7 section: « L'installation
+//! CentOS 7 a été dépréciée depuis la version 23.04 » and 24.04 publishes only EL8 and EL9
+//! packages, so a CentOS 7 host is refused for a 24.x target before anything changes.
 //!
 //! CentOS 7: « `yum --disablerepo="*" --enablerepo="canopsis*" update` », « `su - canopsis -c
 //! "canopsinit --canopsis-edition core"` » (or `cat`), then with go-engines-vars.conf
@@ -73,7 +76,14 @@ pub fn units(edition: &str, target: &Version) -> Vec<&'static str> {
 }
 
 fn update(ctx: &Context) -> Result<()> {
-    helpers::package_manager()?.update_canopsis_to(&ctx.target)
+    let manager = helpers::package_manager()?;
+    if manager == PackageManager::Yum && ctx.target >= Version::new(24, 0, 0) {
+        bail!(
+            "Canopsis {} publishes no CentOS 7 packages (its update procedure covers RHEL 8 only; « L'installation CentOS 7 a été dépréciée depuis la version 23.04 »): stay on 23.10 or move the installation to RHEL 8 or 9",
+            ctx.target
+        );
+    }
+    manager.update_canopsis_to(&ctx.target)
 }
 
 fn finalize(ctx: &Context) -> Result<()> {
@@ -82,9 +92,9 @@ fn finalize(ctx: &Context) -> Result<()> {
         "cat" => ("cat", "pro"),
         other => bail!("unknown edition {other:?}"),
     };
-    let vars = helpers::read_env_file("/opt/canopsis/etc/go-engines-vars.conf")?;
     let override_file: Vec<&str> = if fs::exists(helpers::CANOPSIS_OVERRIDE)? { vec!["-override", helpers::CANOPSIS_OVERRIDE] } else { vec![] };
-    let reconfigure = Command::new("/opt/canopsis/bin/canopsis-reconfigure").envs(vars);
+    // go-engines-vars.conf is exported by canup (the rule's env_file), never read by the step.
+    let reconfigure = Command::new("/opt/canopsis/bin/canopsis-reconfigure");
     match helpers::package_manager()? {
         PackageManager::Yum => {
             Command::new("/usr/bin/su").args(["-", "canopsis", "-c", &format!("canopsinit --canopsis-edition {edition}")]).run()?;

@@ -41,8 +41,8 @@ fn finalize(ctx: &Context) -> Result<()> {
         other => bail!("unknown edition {other:?}"),
     };
     Command::new("/usr/bin/su").args(["-", "canopsis", "-c", &format!("canopsinit --canopsis-edition {edition}")]).run()?;
-    let vars = helpers::read_env_file("/opt/canopsis/etc/go-engines-vars.conf")?;
-    Command::new("/opt/canopsis/bin/canopsis-reconfigure").args(reconfigure_args(&ctx.target).iter().copied()).envs(vars).run()?;
+    // go-engines-vars.conf is exported by canup (the rule's env_file), never read by the step.
+    Command::new("/opt/canopsis/bin/canopsis-reconfigure").args(reconfigure_args(&ctx.target).iter().copied()).run()?;
     Command::new("/usr/bin/systemctl").arg("daemon-reload").run()?;
     Command::new("/usr/bin/canoctl").arg("restart").run()?;
     Ok(())

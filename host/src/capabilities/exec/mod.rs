@@ -67,6 +67,11 @@ pub const FORBIDDEN_ENV: &[&str] = &[
     "IFS",
 ];
 
+/// The search path every command gets unless its step passes one: systemd's default for
+/// services. A program that runs others by name (`canopsis-reconfigure` runs `bash -c
+/// "mongosh …"` for each MongoDB migration) finds nothing with no PATH at all.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin";
+
 /// Set for a program run "as user U" under `--sysroot`: the sysroot's users do not exist on
 /// the machine, so the simulated tools learn the user from this variable instead.
 pub const SIMULATED_USER_ENV: &str = "CANUP_SIMULATED_USER";
@@ -81,6 +86,9 @@ pub struct ExecRequest {
     pub user: Option<String>,
     pub stdin: Option<Vec<u8>>,
     pub timeout: Option<Duration>,
+    /// Variables the host adds after the check (the rule's `env_file`): never the step's to
+    /// see, and left out of the journal's and the audit's record of the command.
+    pub host_env: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone)]
@@ -91,6 +99,7 @@ pub(crate) struct CompiledExecRule {
     users: Vec<String>,
     readonly: bool,
     timeout: Option<Duration>,
+    env_file: Option<String>,
 }
 
 impl CompiledExecRule {
@@ -102,6 +111,7 @@ impl CompiledExecRule {
             users: rule.users.clone(),
             readonly: rule.readonly,
             timeout: rule.timeout_seconds.map(Duration::from_secs),
+            env_file: rule.env_file.clone(),
         })
     }
 
@@ -227,10 +237,7 @@ impl Grant {
                     why: "a name is letters, digits and '_', not starting with a digit, and a value has no NUL byte".into(),
                 });
             }
-            if let Some(pattern) = FORBIDDEN_ENV.iter().find(|p| match p.strip_suffix('*') {
-                Some(prefix) => name.starts_with(prefix),
-                None => name == *p,
-            }) {
+            if let Some(pattern) = forbidden_env(name) {
                 return Err(Denial::Forbidden {
                     what: format!("environment variable {name} for {}", req.program),
                     why: format!("{pattern} lets a program load code of the caller's choosing"),
@@ -243,8 +250,27 @@ impl Grant {
         if let Some(what) = uncovered(&self.policy.exec, req) {
             return Err(Denial::NotInPolicy { step: self.step.clone(), what });
         }
+        if let Some(file) = self.exec_env_file(req)
+            && !self.policy.exec.iter().any(|r| r.covers(req) && r.env_file.as_deref() == Some(file))
+        {
+            return Err(Denial::NotInPolicy { step: self.step.clone(), what: format!("exec of {} with the environment of {file}", req.program) });
+        }
         Ok(())
     }
+
+    /// The environment file the step's declaration gives this command (see
+    /// `ExecRule::env_file`); the check makes sure the policy names the same one.
+    pub fn exec_env_file(&self, req: &ExecRequest) -> Option<&str> {
+        self.declared.exec.iter().filter(|r| r.covers(req)).find_map(|r| r.env_file.as_deref())
+    }
+}
+
+/// Whether a variable name is one no command may receive (see [`FORBIDDEN_ENV`]).
+pub fn forbidden_env(name: &str) -> Option<&'static str> {
+    FORBIDDEN_ENV.iter().copied().find(|p| match p.strip_suffix('*') {
+        Some(prefix) => name.starts_with(prefix),
+        None => name == *p,
+    })
 }
 
 /// Bounds of one command run by the host.
@@ -399,12 +425,14 @@ const RECEIPT_SHELL: &str = "/bin/sh";
 /// is forked anyway (for the user switch) and could not open a file in the state directory:
 /// the hook puts the status file on 3 and the input on standard input.
 ///
-/// The shell itself starts with an empty environment (no startup hook or exported function of
-/// the step's reaches it); it receives the step's variables as arguments, a count then
-/// `NAME=value` words, and exports them just before running the command.
+/// The shell gets the command's environment as its own, never as arguments: any local user
+/// can read a process's arguments, and the variables can hold passwords (`CPS_MONGO_URL`).
+/// What could make the shell run code of the environment's choosing (`ENV`, `BASH_ENV`,
+/// exported functions, `SHELLOPTS`, `PS4`, `IFS`) is in [`FORBIDDEN_ENV`], refused before
+/// any command runs.
 macro_rules! receipt_wrapper {
     () => {
-        r#"echo "started $$" >&3; n=$1; shift; while [ "$n" -gt 0 ]; do export "$1"; shift; n=$((n - 1)); done; "$@" 3>&-; s=$?; echo "exit $s" >&3; exit $s"#
+        r#"echo "started $$" >&3; "$@" 3>&-; s=$?; echo "exit $s" >&3; exit $s"#
     };
 }
 
@@ -431,8 +459,13 @@ pub async fn run(req: &ExecRequest, sysroot: &Sysroot, limits: &ExecLimits, rece
         Some(user) if sysroot.is_host() => Some(User::from_name(user).ok().flatten().ok_or_else(|| ExecError::NoUser(user.clone()))?),
         _ => None,
     };
-    // Exactly the step's variables: nothing of canup's own environment is inherited.
-    let mut env: Vec<(String, String)> = req.env.clone();
+    // Exactly the step's variables, then the host's (the rule's env_file) and a search path:
+    // nothing of canup's own environment is inherited.
+    let mut env: Vec<(String, String)> = req.env.iter().filter(|(k, _)| !req.host_env.iter().any(|(h, _)| h == k)).cloned().collect();
+    env.extend(req.host_env.iter().cloned());
+    if !env.iter().any(|(k, _)| k == "PATH") {
+        env.push(("PATH".to_owned(), DEFAULT_PATH.to_owned()));
+    }
     if switched.is_none()
         && let Some(user) = &req.user
     {
@@ -450,7 +483,7 @@ pub async fn run(req: &ExecRequest, sysroot: &Sysroot, limits: &ExecLimits, rece
                 None => sh.args(["-c", concat!(r#"exec 3<&0 <"$1" || exit 125; shift; "#, receipt_wrapper!()), "canup-exec"]).arg(r.input(req)),
                 Some(_) => sh.args(["-c", receipt_wrapper!(), "canup-exec"]),
             };
-            sh.env_clear().arg(env.len().to_string()).args(env.iter().map(|(k, v)| format!("{k}={v}"))).arg(&real);
+            sh.env_clear().envs(env.iter().map(|(k, v)| (k, v))).arg(&real);
             sh
         }
     };
@@ -525,7 +558,7 @@ mod tests {
         let mut r = req("/usr/bin/env", &[]);
         r.env = vec![("ONLY".into(), "this".into())];
         let out = run(&r, &Sysroot::host(), &ExecLimits::default(), None, &Watch::quiet(&r, &ExecLimits::default())).await.unwrap();
-        assert_eq!(String::from_utf8_lossy(&out.stdout), "ONLY=this\n");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), format!("ONLY=this\nPATH={DEFAULT_PATH}\n"), "the step's variable and the default search path only");
         let mut cat = req("/bin/cat", &[]);
         cat.stdin = Some(b"fed".to_vec());
         assert_eq!(run(&cat, &Sysroot::host(), &ExecLimits::default(), None, &Watch::quiet(&cat, &ExecLimits::default())).await.unwrap().stdout, b"fed");
@@ -572,7 +605,6 @@ mod tests {
         assert!(allowed("/usr/bin/dnf", &["--disablerepo=*", "--enablerepo=canopsis*", "update", "-y", "canopsis-pro-23.04.3", "canopsis-webui-23.04.3"]));
         assert!(su("canopsinit --canopsis-edition cat --canopsis-stack go") && su("canopsinit --canopsis-edition core"));
         assert!(allowed("/usr/bin/systemctl", &["enable", "canopsis-engine-go@engine-fifo"]) && allowed("/usr/bin/systemctl", &["daemon-reload"]));
-        assert!(allowed("/usr/bin/mongo", &["mongodb://cpsmongo:canopsis@localhost:27017/canopsis"]));
         // rpm: macros and configuration files run code.
         for args in [
             &["-q", "--eval=%(id)"][..],
@@ -667,18 +699,20 @@ mod tests {
         assert_eq!(run(&r, &Sysroot::host(), &ExecLimits::default(), None, &Watch::quiet(&r, &ExecLimits::default())).await.unwrap().stdout, b"/usr\n");
     }
 
-    /// The receipt shell starts with an empty environment (no variable of the step's can hook
-    /// into it); only the command gets the step's variables.
+    /// The receipt shell gets the command's environment as its own: none of its values is an
+    /// argument (any local user reads arguments in /proc; CPS_MONGO_URL holds a password).
     #[tokio::test]
-    async fn the_receipt_shell_starts_without_the_steps_environment() {
+    async fn the_receipt_shell_gets_the_environment_never_as_arguments() {
         let dir = tempfile::tempdir().unwrap();
         let receipt = Receipt::new(dir.path(), "env");
-        let mut r = req("/bin/sh", &["-c", r#"echo "own=$FOO"; tr '\0' '\n' < /proc/$PPID/environ"#]);
-        r.env = vec![("FOO".into(), "bar baz".into()), ("CPS_X".into(), "a=b".into())];
+        let mut r = req("/bin/sh", &["-c", r#"echo "own=$FOO"; tr '\0' ' ' < /proc/$PPID/cmdline"#]);
+        r.env = vec![("FOO".into(), "bar baz".into())];
+        r.host_env = vec![("CPS_X".into(), "pass=word".into())];
         let out = run(&r, &Sysroot::host(), &ExecLimits::default(), Some(&receipt), &Watch::quiet(&r, &ExecLimits::default())).await.unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(text.starts_with("own=bar baz\n"), "the command lost its variable: {text}");
-        assert!(!text.contains("FOO=") && !text.contains("CPS_X="), "the shell started with the step's variables: {text}");
+        assert!(text.contains("canup-exec"), "the shell's arguments were read: {text}");
+        assert!(!text.contains("bar baz ") && !text.contains("pass=word"), "a value is among the shell's arguments: {text}");
         assert_eq!(out.status, Some(0));
     }
 

@@ -93,10 +93,23 @@ fn resolve(sysroot: &Sysroot, logical: &str) -> Result<Resolved, Denial> {
     }
 }
 
+/// Files that hold the databases' passwords: no step reads or writes them, whatever its
+/// declaration and the policy say. canup reads them itself, for the commands whose rule names
+/// them as `env_file` and for the database endpoints.
+pub const SECRET_FILES: &[&str] = &[super::database::GO_ENGINES_VARS];
+
 impl Grant {
     /// The single checkpoint for `fs`.
     pub fn check_fs(&self, sysroot: &Sysroot, path: &str, access: Access) -> Result<Resolved, Denial> {
         let mut resolved = resolve(sysroot, path)?;
+        if let Some(secret) = SECRET_FILES.iter().find(|f| resolved.logical == Path::new(f)) {
+            return Err(Denial::Forbidden {
+                what: access.of(path),
+                why: format!(
+                    "{secret} holds the databases' passwords: canup exports it to the commands whose rule names it as env_file, and connects the database endpoints with it"
+                ),
+            });
+        }
         if access == Access::CreateDir && resolved.stat.as_ref().is_some_and(is_dir) {
             return Ok(resolved);
         }
@@ -123,6 +136,14 @@ impl Resolved {
     fn entry(&self) -> io::Result<&Entry> {
         self.entry.as_ref().ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("a directory of {} does not exist", self.logical.display())))
     }
+}
+
+/// A file the host itself reads for a step (an exec rule's `env_file`, the databases' URLs in
+/// go-engines-vars.conf), walked beneath the sysroot as a step's read is, without a
+/// capability check: the declaration and the policy named it, the step never sees it.
+pub fn read_for_host(sysroot: &Sysroot, logical: &str, max: usize) -> io::Result<Vec<u8>> {
+    let resolved = resolve(sysroot, logical).map_err(|d| io::Error::new(io::ErrorKind::InvalidInput, d.to_string()))?;
+    read(&resolved, max)
 }
 
 /// A file's content for a step, at most `max` bytes (`fs_read_kib`).

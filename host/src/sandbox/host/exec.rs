@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::super::bindings::{WitError, wit};
+use super::super::bindings::{ErrorKind, WitError, wit, wit_error};
 use super::super::call::{Done, Effect, StepState, exit_text, journal_text, shell_words};
 use crate::capabilities::exec::{self as cap_exec, ExecRequest};
 use crate::journal::ActionResult;
@@ -23,16 +23,45 @@ impl wit::exec::Host for StepState {
             user: cmd.user,
             stdin: cmd.stdin,
             timeout: cmd.timeout_ms.map(|ms| Duration::from_millis(ms.into())),
+            host_env: Vec::new(),
         };
         // Values are left out of the audit: they can hold credentials (CPS_AMQP_URL...).
         let env_names: Vec<&str> = req.env.iter().map(|(k, _)| k.as_str()).collect();
-        let args = json!({ "program": req.program, "args": req.args, "env": env_names, "cwd": req.cwd, "user": req.user });
+        let mut args = json!({ "program": req.program, "args": req.args, "env": env_names, "cwd": req.cwd, "user": req.user });
         let result = match self.env.grant.check_exec(&req) {
             Err(d) => Err(d.into()),
-            Ok(()) => self.run_allowed(&req).await,
+            Ok(()) => match self.host_env(&req) {
+                Err(e) => Err(e),
+                Ok(host_env) => {
+                    if let Some(file) = self.env.grant.exec_env_file(&req) {
+                        args["env_file"] = json!(file);
+                    }
+                    let changing = !self.env.grant.exec_is_readonly(&req);
+                    let words = shell_words(&req.program, &req.args);
+                    let listed = if changing {
+                        let user = req.user.as_ref().map(|u| format!(" (as {u})")).unwrap_or_default();
+                        let names = req.env.iter().map(|(k, _)| k.as_str()).chain(host_env.iter().map(|(k, _)| k.as_str()));
+                        let env: String = names.map(|k| format!("{k}=… ")).collect();
+                        format!("run: {env}{words}{user}")
+                    } else {
+                        format!("query: {words}")
+                    };
+                    let shown = Shown { changing, listed, action: exec_action(&req), words };
+                    self.run_allowed(&ExecRequest { host_env, ..req }, shown).await
+                }
+            },
         };
         self.conclude(start, "exec", args, result, "ran before the interruption", |o| exit_text(o.status))
     }
+}
+
+/// How an allowed command shows: the dry run's line, the journal's name for it (when it
+/// changes something), and its words in progress and log lines.
+pub(super) struct Shown {
+    pub changing: bool,
+    pub listed: String,
+    pub action: String,
+    pub words: String,
 }
 
 fn output(status: Option<i32>, stdout: Vec<u8>, stderr: Vec<u8>, truncated: (bool, bool), simulated: bool) -> wit::exec::Output {
@@ -42,35 +71,31 @@ fn output(status: Option<i32>, stdout: Vec<u8>, stderr: Vec<u8>, truncated: (boo
 impl StepState {
     /// An allowed command: listed in a dry run (a read-only query also runs), otherwise run,
     /// and under apply journaled, so that a resumed step neither runs it twice nor loses it.
-    async fn run_allowed(&mut self, req: &ExecRequest) -> Result<Done<wit::exec::Output>, WitError> {
+    pub(super) async fn run_allowed(&mut self, req: &ExecRequest, shown: Shown) -> Result<Done<wit::exec::Output>, WitError> {
         let dry = self.env.context.dry_run;
-        let changing = !self.env.grant.exec_is_readonly(req);
+        let Shown { changing, listed, action, words } = shown;
         if dry && changing {
-            let user = req.user.as_ref().map(|u| format!(" (as {u})")).unwrap_or_default();
-            let env =
-                if req.env.is_empty() { String::new() } else { format!("{} ", req.env.iter().map(|(k, _)| format!("{k}=…")).collect::<Vec<_>>().join(" ")) };
-            self.record(format!("run: {env}{}{user}", shell_words(&req.program, &req.args)));
+            self.record(listed);
             return Ok(Done::Now(output(Some(0), vec![], vec![], (false, false), true)));
         }
         if dry {
             // A read-only query runs for real in a dry run; listing it makes the list the
             // whole set of commands the real run would run.
-            self.record(format!("query: {}", shell_words(&req.program, &req.args)));
+            self.record(listed);
         }
         // A changing command an earlier attempt of this step already ran is not run again.
-        let (slot, replay) = self.journaled(Effect::Command, (!dry && changing).then(|| exec_action(req)));
+        let (slot, replay) = self.journaled(Effect::Command, (!dry && changing).then_some(action));
         let receipt = slot.as_ref().and_then(|(key, n)| self.env.actions.as_ref().map(|a| a.receipt(key, *n)));
         if let Some(done) = replay {
             if let Some(r) = &receipt {
                 // Left when a crash came between the journal record and its removal.
                 r.remove();
             }
-            let words = shell_words(&req.program, &req.args);
             self.env.ui.log(&self.env.context.step_id, Level::Info, &format!("not run again (it ran before the interruption): {words}"));
             return Ok(Done::Replayed(output(done.status, done.stdout.into_bytes(), done.stderr.into_bytes(), (false, false), false)));
         }
         let earlier = match &receipt {
-            Some(r) => self.earlier_attempt(r, req).await,
+            Some(r) => self.earlier_attempt(r, &words).await,
             None => Ok(None),
         };
         let outcome = match earlier {
@@ -79,7 +104,7 @@ impl StepState {
                 // The operator hears that a long command still runs, how long it has and may,
                 // and what it said last.
                 let limit = self.env.grant.exec_time_limit(req, &self.env.limits.exec);
-                let (ui, step, words) = (self.env.ui.clone(), self.env.context.step_id.clone(), shell_words(&req.program, &req.args));
+                let (ui, step, words) = (self.env.ui.clone(), self.env.context.step_id.clone(), words.clone());
                 let (after, allowed) = (limit.after, humantime::format_duration(limit.after).to_string());
                 let still = move |ran: Duration, said: Option<String>| {
                     let ran_for = humantime::format_duration(Duration::from_secs(ran.as_secs()));
@@ -111,9 +136,8 @@ impl StepState {
     /// outcome of a command that finished (journaled, and given to the step as its own), or
     /// nothing when the command must run (it never started, or its outcome is lost). A command
     /// still running is waited for.
-    async fn earlier_attempt(&mut self, receipt: &cap_exec::Receipt, req: &ExecRequest) -> Result<Option<cap_exec::ExecOutput>, cap_exec::ExecError> {
-        // Only for the messages: the usual case (the command never ran) prints none.
-        let words = || shell_words(&req.program, &req.args);
+    async fn earlier_attempt(&mut self, receipt: &cap_exec::Receipt, words: &str) -> Result<Option<cap_exec::ExecOutput>, cap_exec::ExecError> {
+        let words = || words.to_owned();
         let (ui, step) = (self.env.ui.clone(), self.env.context.step_id.clone());
         let earlier = receipt
             .earlier(&self.env.limits.exec, |pid| {
@@ -132,6 +156,22 @@ impl StepState {
                 Ok(Some(o))
             }
         }
+    }
+
+    /// The variables of the command's `env_file` (see `ExecRule::env_file`), read by the host
+    /// beneath the sysroot; none when its rule names no file.
+    fn host_env(&self, req: &ExecRequest) -> Result<Vec<(String, String)>, WitError> {
+        let Some(file) = self.env.grant.exec_env_file(req) else { return Ok(Vec::new()) };
+        let text = crate::capabilities::fs::read_for_host(&self.env.sysroot, file, self.env.limits.fs_read)
+            .map_err(|e| wit_error(ErrorKind::NotFound, format!("{file}, the environment of {}, cannot be read: {e}", req.program)))?;
+        let vars = crate::capabilities::database::parse_env_file(&String::from_utf8_lossy(&text));
+        if let Some((name, pattern)) = vars.iter().find_map(|(k, _)| cap_exec::forbidden_env(k).map(|p| (k, p))) {
+            return Err(wit_error(
+                ErrorKind::Denied,
+                format!("{file} sets {name}: {pattern} lets a program load code of the caller's choosing; canup passes no such file to {}", req.program),
+            ));
+        }
+        Ok(vars)
     }
 }
 

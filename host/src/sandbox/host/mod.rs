@@ -3,6 +3,7 @@
 //! top-down; the rules are in `crate::capabilities`, what changing calls share in `call.rs`.
 
 mod context;
+mod database;
 pub mod detect;
 mod exec;
 mod fs;

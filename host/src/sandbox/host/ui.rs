@@ -97,6 +97,15 @@ impl wit::ui::Host for StepState {
         self.account(start, "ui.choose", args, &answer, |(i, source)| format!("{} ({source})", options.get(*i as usize).map_or("?", String::as_str)));
         answer.map(|(i, _)| i)
     }
+
+    async fn skip(&mut self, reason: String) {
+        let start = Instant::now();
+        // The reason is the summary's and history's: bounded like any text the step shows.
+        let reason = self.shown(&reason).unwrap_or_else(|| "(the step's reason was not shown: its text budget is spent)".into());
+        self.env.ui.log(&self.env.context.step_id, Level::Warn, &format!("skipped: {reason}"));
+        self.account(start, "ui.skip", json!({ "reason": reason }), &Ok::<_, WitError>(()), |()| "skipped".into());
+        self.skipped = Some(reason);
+    }
 }
 
 impl StepState {

@@ -1,6 +1,6 @@
 //! The example step of `cargo xtask demo`: one of each capability against the simulated host.
 //! It reads the installed version, queries rpm, asks the Canopsis API for its version,
-//! reconfigures with the exported `go-engines-vars.conf`, enables a web service in
+//! reconfigures with `go-engines-vars.conf` exported by canup, enables a web service in
 //! `webserver.conf` if missing, and restarts the engines after the operator confirms.
 
 use canup_sdk::{Context, Result, bail, exec::Command, fs, helpers, http, ui};
@@ -16,8 +16,8 @@ fn run(ctx: &Context) -> Result<()> {
     let api = http::Request::get("canopsis-api", "/api/v4/app-info").send()?;
     ui::info(&format!("canopsis-api answered {}: {}", api.status(), api.text().trim()));
     ui::progress(1, Some(3), "reconfiguring");
-    let vars = helpers::read_env_file("/opt/canopsis/etc/go-engines-vars.conf")?;
-    Command::new("/opt/canopsis/bin/canopsis-reconfigure").envs(vars).run()?;
+    // canup exports go-engines-vars.conf to it (the rule's env_file); the step never reads it.
+    Command::new("/opt/canopsis/bin/canopsis-reconfigure").run()?;
     ui::progress(2, Some(3), "webserver.conf");
     let added = helpers::ensure_line(
         "/opt/canopsis/etc/webserver.conf",

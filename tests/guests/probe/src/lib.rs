@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use canup_sdk::{Context, Error, Result, bail, exec::Command, fs, http, ui};
+use canup_sdk::{Context, Error, Result, bail, database, exec::Command, fs, http, ui};
 
 canup_sdk::export_step! {
     "allowed-exec" => allowed_exec,
@@ -57,6 +57,7 @@ canup_sdk::export_step! {
     "create-dir" => create_dir,
     "create-dir-outside" => create_dir_outside,
     "choose" => choose,
+    "database-password" => database_password,
 }
 
 fn allowed_exec(_: &Context) -> Result<()> {
@@ -422,5 +423,28 @@ fn create_dir_outside(_: &Context) -> Result<()> {
 fn choose(_: &Context) -> Result<()> {
     let i = ui::choose("enable-x", "Enable the optional X?", &["no", "yes"], 0)?;
     println!("chosen={i}");
+    Ok(())
+}
+
+/// Every way a step might get the database password canup connects with: the file that holds
+/// it, a program run with that file as its environment, psql's backslash commands (a shell,
+/// the connection file), and the server's own view of the session. Prints what each gave.
+fn database_password(_: &Context) -> Result<()> {
+    let show = |what: &str, got: Result<String>| match got {
+        Ok(text) => println!("{what}: GOT {text}"),
+        Err(e) => println!("{what}: refused: {e}"),
+    };
+    show("read go-engines-vars.conf", fs::read_to_string("/opt/canopsis/etc/go-engines-vars.conf"));
+    show("env with go-engines-vars.conf", Command::new("/usr/bin/env").output().map(|o| o.stdout_text()));
+    for sql in ["\\! cat \"$PGPASSFILE\"", "\\! env", "SELECT 1;\n\\! env", "\\i /opt/canopsis/etc/go-engines-vars.conf"] {
+        show(&format!("psql {sql:?}"), database::postgres(sql).output().map(|o| format!("status {:?} {} {}", o.status(), o.stdout_text(), o.stderr_text())));
+    }
+    show(
+        "session",
+        database::postgres("SELECT current_user || ' ' || current_database() || ' ' || coalesce(current_setting('application_name'), '')")
+            .read_only()
+            .run()
+            .map(|o| o.stdout_text()),
+    );
     Ok(())
 }

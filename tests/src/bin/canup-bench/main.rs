@@ -299,9 +299,11 @@ async fn host_call_rows(rows: &mut Vec<Row>, work: &Path) -> Result<()> {
                 readonly: false,
                 shell: false,
                 timeout_seconds: None,
+                env_file: None,
             }],
             fs: FsRules { read: vec!["/opt/canopsis/etc/bench-4k".into()], ..FsRules::default() },
             http: vec![],
+            database: vec![],
         },
         ..StepManifest::bare(id, Phase::PostUpdate)
     };

@@ -1,0 +1,88 @@
+//! `canup:step/database`: a script on a database endpoint, checked against the step's
+//! database rules, then run by the engine's client with the credentials only the host holds
+//! (or, in a dry run, listed with the whole script). Every request is journaled like a
+//! changing command: a resumed step is given the earlier result instead of running it again.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use super::super::bindings::{ErrorKind, WitError, wit, wit_error};
+use super::super::call::{StepState, exit_text};
+use super::exec::Shown;
+use crate::capabilities::database::{self, DatabaseError};
+use crate::sha256_hex;
+
+impl From<DatabaseError> for WitError {
+    fn from(e: DatabaseError) -> Self {
+        let kind = match &e {
+            DatabaseError::Unknown(_) => ErrorKind::NotFound,
+            DatabaseError::Refused { .. } => ErrorKind::Denied,
+            DatabaseError::BadConfig { .. } | DatabaseError::TempFile { .. } => ErrorKind::Failed,
+        };
+        wit_error(kind, e.to_string())
+    }
+}
+
+/// The script as the dry run lists it: whole, each line indented under its endpoint.
+fn listing(endpoint: &str, write: bool, script: &str) -> String {
+    let verb = if write { "run" } else { "query" };
+    let body: Vec<String> = script.trim_end().lines().map(|l| format!("    {l}")).collect();
+    format!("{verb} on database {endpoint}:\n{}", body.join("\n"))
+}
+
+impl wit::database::Host for StepState {
+    async fn run(&mut self, req: wit::database::Request) -> Result<wit::exec::Output, WitError> {
+        let start = Instant::now();
+        let wit::database::Request { endpoint, script, write, timeout_ms } = req;
+        let digest = sha256_hex(script.as_bytes());
+        let mut args = json!({ "endpoint": endpoint, "write": write, "script_sha256": digest, "script_bytes": script.len() });
+        let result = match self.env.grant.check_database(&endpoint, write) {
+            Err(d) => Err(d.into()),
+            Ok(()) => match database::resolve(&endpoint, &self.env.databases, &self.env.sysroot) {
+                Err(e) => Err(e.into()),
+                Ok(conn) => {
+                    args["url"] = json!(conn.shown());
+                    match database::invocation(&conn, &script, write, &self.env.sysroot) {
+                        Err(e) => Err(e.into()),
+                        Ok(inv) => {
+                            let mut request = inv.request;
+                            request.timeout = timeout_ms.map(|ms| Duration::from_millis(ms.into()));
+                            args["program"] = json!(request.program);
+                            // Never replayed as a query: a script's effect is the step's word,
+                            // so every request is listed in a dry run and journaled under apply.
+                            let shown = Shown {
+                                changing: true,
+                                listed: listing(&endpoint, write, &script),
+                                action: format!("database {endpoint} #{}", &digest[..16]),
+                                words: format!("{} on database {endpoint} ({})", if write { "script" } else { "query" }, conn.shown()),
+                            };
+                            let ran = self.run_allowed(&request, shown).await;
+                            // The credentials' files go once the client has ended.
+                            drop(inv.secrets);
+                            ran.map(|done| {
+                                done.map(|mut o| {
+                                    o.stdout = skip_lines(o.stdout, inv.skip_lines);
+                                    o
+                                })
+                            })
+                        }
+                    }
+                }
+            },
+        };
+        self.conclude(start, "database", args, result, "ran before the interruption", |o| exit_text(o.status))
+    }
+}
+
+/// The client's answer without the first `n` lines (the host's own commands, e.g. `AUTH`).
+fn skip_lines(out: Vec<u8>, n: usize) -> Vec<u8> {
+    let mut rest = out.as_slice();
+    for _ in 0..n {
+        match rest.iter().position(|&b| b == b'\n') {
+            Some(i) => rest = &rest[i + 1..],
+            None => rest = &[],
+        }
+    }
+    rest.to_vec()
+}
