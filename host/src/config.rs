@@ -42,8 +42,23 @@ pub struct Config {
     /// `compose_dir`; detection checks that the running containers come from it.
     #[serde(default)]
     pub compose_dir: Option<String>,
+    /// The operator's own rules. The effective policy adds the shipped rules and the
+    /// reviewed drop-ins (see `crate::policy`), less `[deny]`.
     #[serde(default)]
     pub policy: CapabilitySet,
+    /// The rules shipped with canup; `/usr/share/canup/policy.toml` unless stated.
+    #[serde(default)]
+    pub shipped_policy: Option<PathBuf>,
+    /// Where `canup policy review` writes the grants the operator accepted, and canup reads
+    /// them back; `policy.d/` beside this file unless stated.
+    #[serde(default)]
+    pub policy_dir: Option<PathBuf>,
+    /// What no step may get, whatever any rule allows.
+    #[serde(default)]
+    pub deny: crate::policy::Deny,
+    /// The files the effective policy was read from (not a setting).
+    #[serde(skip)]
+    pub sources: crate::policy::Sources,
     #[serde(default)]
     pub endpoints: Endpoints,
     /// Database endpoints whose URL or password is not the installation's own (by default
@@ -160,10 +175,17 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// canup.toml, with the shipped rules and the drop-ins beside it added to its policy.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let shown = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
-        Self::parse(&text, &shown)
+        let mut config = Self::parse(&text, &shown)?;
+        let drop_in_dir = config.policy_dir.clone().unwrap_or_else(|| path.parent().unwrap_or(Path::new("/")).join(crate::policy::DROP_IN_DIR));
+        let shipped = config.shipped_policy.clone().unwrap_or_else(|| PathBuf::from(crate::policy::SHIPPED_POLICY));
+        let (rules, files) = crate::policy::read_sources(&shipped, &drop_in_dir)?;
+        config.policy.add(&config.deny.applied_to(&rules.at_compose_dir(&config.compose_dir())));
+        config.sources = crate::policy::Sources { files, drop_in_dir };
+        Ok(config)
     }
 
     pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
@@ -187,7 +209,7 @@ impl Config {
         }
         // Steps read where the project is as a setting, and the policy names it as steps do.
         config.settings.insert("compose_dir".to_owned(), dir.clone());
-        config.policy = config.policy.at_compose_dir(&dir);
+        config.policy = config.deny.applied_to(&config.policy.at_compose_dir(&dir));
         Ok(config)
     }
 
@@ -239,7 +261,9 @@ mod tests {
         let shipped = include_str!("../dist/canup.toml");
         let c = Config::parse(shipped, "host/dist/canup.toml").unwrap();
         assert!(c.repository.is_none(), "the operator names the repository");
-        assert!(c.policy.exec.iter().any(|r| r.program == "/usr/bin/yum"));
+        assert!(c.policy.is_empty(), "the shipped rules are the package's policy.toml, not the operator's file");
+        let rules: crate::policy::PolicyFile = crate::formats::strict_toml(include_str!("../dist/policy.toml")).unwrap();
+        assert!(rules.policy.exec.iter().any(|r| r.program == "/usr/bin/yum"));
         // Every commented example line is valid once the operator uncomments it.
         let uncommented: String =
             shipped.lines().map(|l| l.strip_prefix("# ").filter(|r| r.starts_with('[') || r.contains(" = ")).unwrap_or(l)).map(|l| format!("{l}\n")).collect();

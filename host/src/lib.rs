@@ -34,6 +34,7 @@ pub mod fuzz;
 pub mod journal;
 pub mod manifest;
 pub mod plan;
+pub mod policy;
 pub mod repository;
 pub mod sandbox;
 pub mod sysroot;

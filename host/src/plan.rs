@@ -213,14 +213,28 @@ pub fn plan(index: &Index, installed: &Version, target: Option<&Version>, editio
     Ok(Plan { installed: installed.clone(), target, edition, method, releases: releases.iter().map(|r| r.version.clone()).collect(), skipped, steps })
 }
 
-/// Admission: every step of the plan must get what it declared. A step that wants more than
-/// the operator's policy allows stops the plan here, before anything runs.
-pub fn admit(plan: &Plan, policy: &CapabilitySet) -> Result<(), Vec<String>> {
-    let refusals: Vec<String> = plan
-        .steps
+/// What each step of the plan declares beyond `policy`: the step and the rules it lacks, for
+/// every step that lacks any (a step shared by several releases once).
+pub fn missing_grants<'a>(plan: &'a Plan, policy: &CapabilitySet) -> Vec<(&'a PlannedStep, CapabilitySet)> {
+    let mut seen = std::collections::BTreeSet::new();
+    plan.steps
         .iter()
-        .filter_map(|p| {
-            p.step.manifest.capabilities.uncovered_by(policy).map(|what| format!("step {} needs {what}, which the policy does not allow", p.step.manifest.id))
+        .filter(|p| seen.insert(p.step.manifest.id.as_str()))
+        .map(|p| (p, p.step.manifest.capabilities.missing_from(policy)))
+        .filter(|(_, missing)| !missing.is_empty())
+        .collect()
+}
+
+/// Admission: every step of the plan must get what it declared. A step that wants more than
+/// the operator's policy allows stops the plan here, before anything runs; every grant the
+/// plan lacks is named at once, with the step that needs it and what the step is for.
+pub fn admit(plan: &Plan, policy: &CapabilitySet) -> Result<(), Vec<String>> {
+    let refusals: Vec<String> = missing_grants(plan, policy)
+        .into_iter()
+        .map(|(p, missing)| {
+            let m = &p.step.manifest;
+            let lines: Vec<String> = missing.describe().iter().map(|l| format!("\n      {l}")).collect();
+            format!("step {} ({}) needs, beyond the policy:{}", m.id, m.description, lines.concat())
         })
         .collect();
     if refusals.is_empty() { Ok(()) } else { Err(refusals) }
@@ -460,7 +474,12 @@ mod tests {
                 timeout_seconds: None,
                 env_file: None,
             }],
-            fs: FsRules { read: vec!["/opt/canopsis/etc/webserver.conf".into()], write: vec!["/opt/canopsis/etc/webserver.conf".into()], create: vec![] },
+            fs: FsRules {
+                read: vec!["/opt/canopsis/etc/webserver.conf".into()],
+                write: vec!["/opt/canopsis/etc/webserver.conf".into()],
+                create: vec![],
+                deny: vec![],
+            },
             http: vec![],
             database: vec![],
         };
@@ -475,6 +494,8 @@ mod tests {
         )
         .unwrap();
         let refusals = admit(&p, &narrow).unwrap_err();
-        assert_eq!(refusals, ["step 3.40.0/webserver needs exec of /usr/bin/canoctl with arguments [\"restart\"], which the policy does not allow"]);
+        assert_eq!(refusals.len(), 1, "{refusals:?}");
+        assert!(refusals[0].starts_with("step 3.40.0/webserver ("), "{refusals:?}");
+        assert!(refusals[0].ends_with("needs, beyond the policy:\n      exec of /usr/bin/canoctl with arguments [\"restart\"]"), "{refusals:?}");
     }
 }

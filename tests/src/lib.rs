@@ -69,7 +69,9 @@ pub fn process_alive(pid: i32) -> bool {
 /// An operator's policy: every program, file and endpoint the published steps may use. It is
 /// the policy shipped in the RPM's default `/etc/canup/canup.toml` (everything else in it is
 /// commented out): the tests and the demo run under exactly what operators get.
-pub const OPERATOR_POLICY: &str = include_str!("../../host/dist/canup.toml");
+/// The shipped canup.toml with the shipped rules in it, as the operator's own: a site that
+/// needs no canup package installed.
+pub const OPERATOR_POLICY: &str = concat!(include_str!("../../host/dist/canup.toml"), "\n", include_str!("../../host/dist/policy.toml"));
 
 /// Writes the `canup.toml` of a simulated site at `config`: the repository served at
 /// `repo_url` (its first root from the published `repo`), state in `state`, `policy`, and the

@@ -285,7 +285,9 @@ async fn a_policy_lacking_a_capability_stops_the_plan_before_anything_runs() {
     let before = h.sim.snapshot().unwrap();
     let out = h.run(&["apply", "--to", "3.40.0", "--yes", "--accept-manual"]);
     assert_eq!(out.status.code(), Some(5), "{}", text(&out));
-    assert!(text(&out).contains("step 3.39.0/fifo-queue needs exec of /opt/canopsis/bin/init"), "{}", text(&out));
+    assert!(text(&out).contains("step 3.39.0/fifo-queue (Copy initialisation-cat.toml.example"), "{}", text(&out));
+    assert!(text(&out).contains("needs, beyond the policy:\n      exec of /opt/canopsis/bin/init with arguments [\"-conf\""), "{}", text(&out));
+    assert!(text(&out).contains("`canup policy review`"), "{}", text(&out));
     assert_eq!(h.sim.snapshot().unwrap(), before);
     assert!(h.changes().is_empty(), "{:?}", h.changes());
 }
@@ -692,6 +694,11 @@ fn vendor_output(repo: &Path, command: &str, args: &[&str]) -> std::process::Out
 /// through the vendor command; it gets the shared steps registered for it, and says why it
 /// has no update step when `no_update` is given.
 fn publish_note_only(repo: &Path, version: &str, no_update: Option<&str>) -> std::process::Output {
+    publish_note_declaring(repo, version, no_update, "")
+}
+
+/// The same, its step declaring `capabilities` (TOML under `[[step]]`).
+fn publish_note_declaring(repo: &Path, version: &str, no_update: Option<&str>, capabilities: &str) -> std::process::Output {
     let dir = tempfile::tempdir().unwrap();
     let steps = dir.path().join("step.toml");
     let no_update = no_update.map(|why| format!("no-update = {why:?}\n")).unwrap_or_default();
@@ -709,7 +716,7 @@ order = 10
 methods = ["packages", "compose"]
 editions = ["core", "cat"]
 description = "The release's own note"
-"#
+{capabilities}"#
         ),
     )
     .unwrap();
@@ -992,4 +999,56 @@ async fn every_migration_barrier_of_the_catalogue_is_refused_then_planned_from_i
             assert_eq!(plan["target"], serde_json::json!(canup::version::parse(after).unwrap().to_string()), "{plan}");
         }
     }
+}
+
+/// A new release whose step needs grants the shipped rules lack (a program, a file, a
+/// database endpoint): `plan` names them all at once with the step and what it is for;
+/// `canup policy review` writes exactly those to a drop-in beside canup.toml; `apply` then
+/// runs, and canup.toml is byte for byte what it was. `[deny]` wins over the review.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_lists_every_missing_grant_and_a_review_grants_them_beside_canup_toml() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    canup_tests::copy_dir(repository(), &repo).unwrap();
+    let extra = "[step.capabilities.fs]\nread = [\"/etc/canup-review-test.conf\"]\n[[step.capabilities.exec]]\nprogram = \"/usr/bin/psql\"\nargs = [\"--version\"]\n[[step.capabilities.database]]\nendpoint = \"postgres-tech\"\n";
+    let published = publish_note_declaring(&repo, "3.41.0", None, extra);
+    assert!(published.status.success(), "{}", text(&published));
+    // The site's canup.toml has no rules of its own: the shipped ones come from the package's file.
+    let shipped = format!("shipped_policy = {:?}\n", canup_tests::workspace_dir().join("host/dist/policy.toml"));
+    let h = host_on(&repo, Spec { version: "3.40.0".into(), ..Spec::default() }, &shipped).await;
+    let config = std::fs::read(&h.config).unwrap();
+    let before = h.sim.snapshot().unwrap();
+
+    let plan = h.run(&["plan", "--to", "3.41.0"]);
+    assert_eq!(plan.status.code(), Some(5), "{}", text(&plan));
+    let said = text(&plan);
+    assert!(said.contains("step empty (The release's own note) needs, beyond the policy:"), "{said}");
+    for grant in
+        ["exec of /usr/bin/psql with arguments [\"--version\"]", "read of /etc/canup-review-test.conf", "read-only scripts on database endpoint postgres-tech"]
+    {
+        assert!(said.contains(&format!("\n      {grant}")), "{grant} in {said}");
+    }
+
+    let review = h.run(&["policy", "review", "--to", "3.41.0", "--yes"]);
+    assert!(review.status.success(), "{}", text(&review));
+    assert!(text(&review).contains("wrote 3 grants to") && text(&review).contains("is now admitted"), "{}", text(&review));
+    let drop_ins: Vec<_> = std::fs::read_dir(h.dir.path().join("policy.d")).unwrap().flatten().map(|e| e.path()).collect();
+    assert_eq!(drop_ins.len(), 1, "{drop_ins:?}");
+    let written = std::fs::read_to_string(&drop_ins[0]).unwrap();
+    assert!(written.contains("/usr/bin/psql") && written.contains("postgres-tech") && written.contains("  empty: "), "{written}");
+    assert!(!written.contains("/usr/bin/yum"), "only the missing grants: {written}");
+    assert_eq!(h.sim.snapshot().unwrap(), before, "a review changes nothing on the host");
+
+    let out = h.run(&["apply", "--to", "3.41.0", "--yes"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(std::fs::read(&h.config).unwrap(), config, "canup.toml is never edited");
+
+    // The operator's [deny] wins: what it names is shown, never written.
+    let denied = host_on(&repo, Spec { version: "3.40.0".into(), ..Spec::default() }, &format!("{shipped}[deny]\nprograms = [\"/usr/bin/psql\"]\n")).await;
+    let review = denied.run(&["policy", "review", "--to", "3.41.0", "--yes"]);
+    assert_eq!(review.status.code(), Some(5), "{}", text(&review));
+    assert!(text(&review).contains("refused by [deny] in canup.toml, never granted: exec of /usr/bin/psql"), "{}", text(&review));
+    assert!(text(&review).contains("the plan is still refused"), "{}", text(&review));
+    let drop_in = std::fs::read_dir(denied.dir.path().join("policy.d")).unwrap().flatten().next().unwrap().path();
+    assert!(!std::fs::read_to_string(drop_in).unwrap().contains("psql"));
 }

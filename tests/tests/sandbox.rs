@@ -63,7 +63,12 @@ fn probe_caps() -> CapabilitySet {
             exec_rule("/usr/bin/flood", &[], &[]),
             exec_rule("/usr/bin/hang", &[], &[]),
         ],
-        fs: FsRules { read: vec!["/opt/canopsis/**".into()], write: vec!["/opt/canopsis/etc/**".into()], create: vec!["/opt/canopsis/etc/**".into()] },
+        fs: FsRules {
+            read: vec!["/opt/canopsis/**".into()],
+            write: vec!["/opt/canopsis/etc/**".into()],
+            create: vec!["/opt/canopsis/etc/**".into()],
+            deny: vec![],
+        },
         http: vec![HttpRule {
             endpoint: "api".into(),
             methods: vec!["GET".into(), "POST".into()],

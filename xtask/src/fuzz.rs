@@ -61,7 +61,7 @@ fn fuzz_libfuzzer(seconds: u64) -> Result<()> {
     };
     let manifests = listed(root().join("steps"), &|p| p.join("step.toml").is_file()).into_iter().map(|p| p.join("step.toml")).collect();
     seed("manifest", manifests)?;
-    seed("config", vec![root().join("host/dist/canup.toml")])?;
+    seed("config", vec![root().join("host/dist/canup.toml"), root().join("host/dist/policy.toml")])?;
     seed("index", listed(canup_tests::target_dir().join("chaos/repo/targets"), &|p| p.to_string_lossy().ends_with(".index.json")))?;
     let mut summary = Vec::new();
     for target in FUZZ_TARGETS {

@@ -93,6 +93,10 @@ pub struct FsRules {
     /// Where a new file may be made; `write` alone changes existing files only.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub create: Vec<String>,
+    /// In the policy: paths no step reads, writes or creates whatever the rules above allow
+    /// (the operator's `[deny] paths`, see `crate::policy`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<String>,
 }
 
 /// Where a rule names the operator's Docker Compose project: `{compose_dir}/.env`. The
@@ -107,7 +111,64 @@ impl CapabilitySet {
     /// The rules with [`COMPOSE_DIR`] replaced by `compose_dir`.
     pub fn at_compose_dir(&self, compose_dir: &str) -> CapabilitySet {
         let paths = |list: &[String]| list.iter().map(|p| p.replace(COMPOSE_DIR, compose_dir)).collect();
-        CapabilitySet { fs: FsRules { read: paths(&self.fs.read), write: paths(&self.fs.write), create: paths(&self.fs.create) }, ..self.clone() }
+        CapabilitySet {
+            fs: FsRules { read: paths(&self.fs.read), write: paths(&self.fs.write), create: paths(&self.fs.create), deny: paths(&self.fs.deny) },
+            ..self.clone()
+        }
+    }
+
+    /// Adds `other`'s rules to these (the policy's sources add up, see `crate::policy`).
+    pub fn add(&mut self, other: &CapabilitySet) {
+        fn extend<T: Clone + PartialEq>(into: &mut Vec<T>, from: &[T]) {
+            for item in from {
+                if !into.contains(item) {
+                    into.push(item.clone());
+                }
+            }
+        }
+        extend(&mut self.exec, &other.exec);
+        extend(&mut self.fs.read, &other.fs.read);
+        extend(&mut self.fs.write, &other.fs.write);
+        extend(&mut self.fs.create, &other.fs.create);
+        extend(&mut self.fs.deny, &other.fs.deny);
+        extend(&mut self.http, &other.http);
+        extend(&mut self.database, &other.database);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.exec.is_empty()
+            && self.fs.read.is_empty()
+            && self.fs.write.is_empty()
+            && self.fs.create.is_empty()
+            && self.http.is_empty()
+            && self.database.is_empty()
+    }
+
+    /// One line per rule, as the plan and `canup policy review` show a grant.
+    pub fn describe(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        for e in &self.exec {
+            let mut line = format!("exec of {}", e.program);
+            if !e.args.is_empty() {
+                line.push_str(&format!(" with arguments {:?}", e.args));
+            }
+            if !e.env.is_empty() {
+                line.push_str(&format!(" with variables {}", e.env.join(", ")));
+            }
+            if !e.users.is_empty() {
+                line.push_str(&format!(" as {}", e.users.join("/")));
+            }
+            if let Some(f) = &e.env_file {
+                line.push_str(&format!(" with the environment of {f}"));
+            }
+            lines.push(line);
+        }
+        lines.extend(self.fs.read.iter().map(|p| format!("read of {p}")));
+        lines.extend(self.fs.write.iter().map(|p| format!("write of {p}")));
+        lines.extend(self.fs.create.iter().map(|p| format!("creation of {p}")));
+        lines.extend(self.http.iter().map(|h| format!("{} {:?} on endpoint {}", h.methods.join("/"), h.paths, h.endpoint)));
+        lines.extend(self.database.iter().map(|d| format!("{} scripts on database endpoint {}", if d.write { "changing" } else { "read-only" }, d.endpoint)));
+        lines
     }
 }
 
@@ -200,44 +261,58 @@ impl CapabilitySet {
         admitting.peek().is_some() && admitting.all(|p| p.readonly)
     }
 
-    /// Admission at plan time: names the first capability this declaration asks for that
-    /// `policy` does not grant, or `None` when the policy covers all of it. The per-call
+    /// Admission at plan time: the part of this declaration `policy` does not grant (empty
+    /// when it covers all of it), rule by rule, so that the operator sees every grant a plan
+    /// lacks at once and `canup policy review` can write exactly those. The per-call
     /// checkpoint stays authoritative; this stops a plan before anything runs.
+    pub fn missing_from(&self, policy: &CapabilitySet) -> CapabilitySet {
+        let paths = |declared: &[String], allowed: &[String]| -> Vec<String> {
+            declared
+                .iter()
+                .filter(|d| !allowed.iter().any(|p| pattern_covers(p, d, true)) || policy.fs.deny.iter().any(|p| pattern_covers(p, d, true)))
+                .cloned()
+                .collect()
+        };
+        CapabilitySet {
+            exec: self
+                .exec
+                .iter()
+                .filter(|d| {
+                    !policy.exec.iter().any(|p| {
+                        p.program == d.program
+                            && exec::args_cover(&p.args, p.shell, &d.args)
+                            && all_covered(&d.env, &p.env, false).is_none()
+                            && d.users.iter().all(|u| p.users.contains(u))
+                            && p.env_file == d.env_file
+                    })
+                })
+                .cloned()
+                .collect(),
+            fs: FsRules {
+                read: paths(&self.fs.read, &policy.fs.read),
+                write: paths(&self.fs.write, &policy.fs.write),
+                create: paths(&self.fs.create, &policy.fs.create),
+                deny: Vec::new(),
+            },
+            http: self
+                .http
+                .iter()
+                .filter(|d| {
+                    !policy.http.iter().any(|p| {
+                        p.endpoint == d.endpoint
+                            && d.methods.iter().all(|m| p.methods.iter().any(|pm| pm.eq_ignore_ascii_case(m)))
+                            && all_covered(&d.paths, &p.paths, true).is_none()
+                    })
+                })
+                .cloned()
+                .collect(),
+            database: self.database.iter().filter(|d| !policy.database.iter().any(|p| p.endpoint == d.endpoint && (p.write || !d.write))).cloned().collect(),
+        }
+    }
+
+    /// The first grant this declaration lacks under `policy`, or `None`.
     pub fn uncovered_by(&self, policy: &CapabilitySet) -> Option<String> {
-        for d in &self.exec {
-            let covered = policy.exec.iter().any(|p| {
-                p.program == d.program
-                    && exec::args_cover(&p.args, p.shell, &d.args)
-                    && all_covered(&d.env, &p.env, false).is_none()
-                    && d.users.iter().all(|u| p.users.contains(u))
-                    && p.env_file == d.env_file
-            });
-            if !covered {
-                return Some(format!("exec of {} with arguments {:?}", d.program, d.args));
-            }
-        }
-        if let Some(path) = all_covered(&self.fs.read, &policy.fs.read, true) {
-            return Some(format!("read of {path}"));
-        }
-        if let Some(path) = all_covered(&self.fs.write, &policy.fs.write, true) {
-            return Some(format!("write of {path}"));
-        }
-        for d in &self.http {
-            let covered = policy.http.iter().any(|p| {
-                p.endpoint == d.endpoint
-                    && d.methods.iter().all(|m| p.methods.iter().any(|pm| pm.eq_ignore_ascii_case(m)))
-                    && all_covered(&d.paths, &p.paths, true).is_none()
-            });
-            if !covered {
-                return Some(format!("{} {:?} on endpoint {}", d.methods.join("/"), d.paths, d.endpoint));
-            }
-        }
-        for d in &self.database {
-            if !policy.database.iter().any(|p| p.endpoint == d.endpoint && (p.write || !d.write)) {
-                return Some(format!("{} scripts on database endpoint {}", if d.write { "changing" } else { "read-only" }, d.endpoint));
-            }
-        }
-        None
+        self.missing_from(policy).describe().into_iter().next()
     }
 }
 
@@ -324,7 +399,7 @@ mod tests {
         struct Shipped {
             policy: CapabilitySet,
         }
-        toml::from_str::<Shipped>(include_str!("../../dist/canup.toml")).unwrap().policy
+        toml::from_str::<Shipped>(include_str!("../../dist/policy.toml")).unwrap().policy
     }
 
     /// The shipped `[policy.fs]`: the published steps' files, and no new drop-in.

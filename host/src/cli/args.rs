@@ -116,6 +116,24 @@ pub enum Command {
     /// The signed release repository: vendor tools, and `verify` for operators.
     #[command(subcommand)]
     Repo(RepoCommand),
+    /// The policy: what steps may do, from canup.toml, the shipped rules and the drop-ins.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Show every grant the plan to a release lacks, with the steps that need them, and once
+    /// confirmed write exactly those to a new drop-in file beside canup.toml (policy.d/);
+    /// canup.toml is never edited. What canup.toml's [deny] refuses is shown, never written.
+    Review {
+        /// Target version; the newest regular release of the installed major by default.
+        #[arg(long, value_parser = canup::version::parse_arg)]
+        to: Option<Version>,
+        /// Write without asking.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -6,6 +6,7 @@
 
 mod args;
 mod operate;
+mod policy;
 mod print;
 mod progress;
 mod repo;
@@ -19,7 +20,7 @@ use canup::exit::ExitCode;
 use canup::upgrade::UpgradeError;
 use clap::{CommandFactory, Parser};
 
-use args::{Cli, Command, StepCommand};
+use args::{Cli, Command, PolicyCommand, StepCommand};
 use settings::Settings;
 
 /// A failure with the exit code it maps to.
@@ -114,5 +115,6 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Step(StepCommand::New { dir, release, sdk }) => step_new::run(&dir, &release, sdk.as_deref()),
         Command::Repo(cmd) => repo::run(&global, cmd).await,
+        Command::Policy(PolicyCommand::Review { to, yes }) => policy::review(&Settings::resolve(&global, None)?, to.as_ref(), yes).await,
     }
 }

@@ -26,7 +26,7 @@ pub struct Apply {
 }
 
 /// Opens the verified repository and the sandbox with the apply screen as the steps' UI.
-async fn session(settings: &Settings, console: ConsoleUi) -> Result<(Session, Arc<ProgressUi>), Failure> {
+pub(super) async fn session(settings: &Settings, console: ConsoleUi) -> Result<(Session, Arc<ProgressUi>), Failure> {
     let location = settings.repository()?;
     let root = settings.seed_root()?;
     tracing::debug!("configuration read; opening the repository {location}");

@@ -36,9 +36,10 @@ const CARGO_TOML: &str = include_str!("../../../sdk/template/Cargo.toml");
 const STEP_TOML: &str = include_str!("../../../sdk/template/step.toml");
 const LIB_RS: &str = include_str!("../../../sdk/template/lib.rs");
 const STEP_TEST: &str = include_str!("../../../sdk/template/step_test.rs");
-/// The policy operators get by default (the RPM's `/etc/canup/canup.toml`): the scaffold's
-/// test runs the step under it, so a step needing more is noticed before publishing.
-const OPERATOR_POLICY: &str = include_str!("../../dist/canup.toml");
+/// The policy operators get by default (the RPM's `/etc/canup/canup.toml` and the shipped
+/// rules it adds, `/usr/share/canup/policy.toml`): the scaffold's test runs the step under it,
+/// so a step needing more is noticed before publishing.
+const OPERATOR_POLICY: &str = concat!(include_str!("../../dist/canup.toml"), "\n", include_str!("../../dist/policy.toml"));
 
 /// The crate's package name: `canopsis-` and the version as Canopsis writes it, dots as
 /// dashes (cargo allows no dots in package names): `canopsis-24-04-3`.

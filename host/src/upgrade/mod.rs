@@ -36,7 +36,10 @@ pub enum UpgradeError {
     Repo(#[from] RepoError),
     #[error(transparent)]
     Plan(#[from] PlanError),
-    #[error("the plan needs more than the operator's policy allows; no step ran after detection (whose queries only read the host):\n  {}", .0.join("\n  "))]
+    #[error(
+        "the plan needs more than the operator's policy allows; no step ran after detection (whose queries only read the host):\n  {}\n`canup policy review` shows these grants and, once you confirm, writes them to a drop-in file beside canup.toml (canup.toml is not changed); or narrow the steps.",
+        .0.join("\n  ")
+    )]
     Admission(Vec<String>),
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
@@ -284,9 +287,14 @@ impl Session {
 
     /// The verified, admitted plan.
     pub fn plan(&self, detected: &Detected, to: Option<&Version>) -> Result<Plan, UpgradeError> {
-        let p = plan::plan(&self.index, &detected.installed, to, detected.edition, detected.method)?;
+        let p = self.unadmitted_plan(detected, to)?;
         plan::admit(&p, &self.config.policy).map_err(UpgradeError::Admission)?;
         Ok(p)
+    }
+
+    /// The plan before admission: what `canup policy review` compares with the policy.
+    pub fn unadmitted_plan(&self, detected: &Detected, to: Option<&Version>) -> Result<Plan, UpgradeError> {
+        Ok(plan::plan(&self.index, &detected.installed, to, detected.edition, detected.method)?)
     }
 }
 

@@ -586,7 +586,7 @@ mod tests {
         assert!(matches!(receipt.earlier(&ExecLimits::default(), |_| panic!("nothing runs")).await.unwrap(), Earlier::NeverRan));
     }
 
-    /// The shipped policy (`host/dist/canup.toml`): every published step's commands pass, and
+    /// The shipped policy (`host/dist/policy.toml`): every published step's commands pass, and
     /// the known ways to turn each allowed program into a shell or a write anywhere do not.
     #[test]
     fn the_shipped_policy_refuses_the_known_abuses_of_each_program() {

@@ -28,12 +28,13 @@ pub(crate) struct CompiledFsRules {
     read: Vec<GlobMatcher>,
     write: Vec<GlobMatcher>,
     create: Vec<GlobMatcher>,
+    deny: Vec<GlobMatcher>,
 }
 
 impl CompiledFsRules {
     pub(crate) fn new(rules: &FsRules, origin: &str) -> Result<Self, PatternError> {
         let compile = |list: &[String]| list.iter().map(|p| glob(p, true, origin)).collect::<Result<Vec<_>, _>>();
-        Ok(Self { read: compile(&rules.read)?, write: compile(&rules.write)?, create: compile(&rules.create)? })
+        Ok(Self { read: compile(&rules.read)?, write: compile(&rules.write)?, create: compile(&rules.create)?, deny: compile(&rules.deny)? })
     }
 }
 
@@ -115,6 +116,9 @@ impl Grant {
         }
         let shown = if resolved.logical == Path::new(path) { path.to_owned() } else { format!("{path} (resolves to {})", resolved.logical.display()) };
         let matches = |list: &[GlobMatcher]| list.iter().any(|g| g.is_match(&resolved.logical));
+        if matches(&self.policy.fs.deny) {
+            return Err(Denial::NotInPolicy { step: self.step.clone(), what: format!("{} (the operator's [deny] paths in canup.toml)", access.of(&shown)) });
+        }
         self.both(
             || access.of(&shown),
             |side| match access {
