@@ -53,7 +53,16 @@ pub fn planner(versions: &[(u64, u64, u64, u8)], installed: (u64, u64, u64), tar
         }
         let withdrawn = (flags & 2 == 2).then(|| "withdrawn by the fuzzer".to_owned());
         let steps = [Phase::Update, Phase::PostUpdate].into_iter().map(|phase| step(&version, phase)).collect();
-        index.upsert(Release { version, published: "2020-01-01".into(), withdrawn, barrier: None, steps, no_update: None, data: Vec::new() });
+        index.upsert(Release {
+            version,
+            published: "2020-01-01".into(),
+            withdrawn,
+            barrier: None,
+            steps,
+            no_update: None,
+            data: Vec::new(),
+            waived: Default::default(),
+        });
     }
     let installed = Version::new(installed.0, installed.1, installed.2);
     let target = target.map(|t| Version::new(t.0, t.1, t.2));

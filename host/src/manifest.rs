@@ -120,6 +120,14 @@ pub struct ReleaseSteps {
     /// applying it would install nothing (see [`crate::repository::Release::missing_update`]).
     #[serde(default, rename = "no-update", skip_serializing_if = "Option::is_none")]
     pub no_update: Option<String>,
+    /// Shared steps only: the part of the era's standard procedure they play (`procedure`,
+    /// `compose`, `detect`, `broadcast`, `drain`, `api-check`). Publishing refuses a release
+    /// that lacks a role its predecessor carries, unless the release waives it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    /// A release only: standard roles it ships without on purpose, each with why.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub waive: std::collections::BTreeMap<String, String>,
     #[serde(rename = "step", default)]
     pub steps: Vec<StepManifest>,
 }
@@ -142,6 +150,8 @@ pub enum ManifestError {
     ReleaseOrRange { path: String },
     #[error("manifest {path}: `no-update` belongs to a release's step.toml, not to shared steps (`applies`)")]
     NoUpdateOnShared { path: String },
+    #[error("manifest {path}: `{key}` belongs to {belongs}")]
+    Misplaced { path: String, key: &'static str, belongs: &'static str },
 }
 
 impl ReleaseSteps {
@@ -154,6 +164,12 @@ impl ReleaseSteps {
         }
         if steps.applies.is_some() && steps.no_update.is_some() {
             return Err(ManifestError::NoUpdateOnShared { path: shown });
+        }
+        if steps.applies.is_none() && steps.role.is_some() {
+            return Err(ManifestError::Misplaced { path: shown, key: "role", belongs: "shared steps (`applies`), not to a release" });
+        }
+        if steps.applies.is_some() && !steps.waive.is_empty() {
+            return Err(ManifestError::Misplaced { path: shown, key: "waive", belongs: "a release's step.toml, not to shared steps" });
         }
         for step in &steps.steps {
             let unknown = crate::formats::unknown_features(&step.requires);

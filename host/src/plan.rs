@@ -278,6 +278,7 @@ mod tests {
             steps,
             no_update: None,
             data: Vec::new(),
+            waived: Default::default(),
         }
     }
 

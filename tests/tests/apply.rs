@@ -571,11 +571,16 @@ async fn a_release_published_without_its_procedure_ends_failed_with_the_version_
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("repo");
     canup_tests::copy_dir(repository(), &repo).unwrap();
-    for (source, package, range) in [("procedure-3.x", "canopsis-procedure-3x", ">=3.0.0, <4.0.0"), ("api-check", "canopsis-api-check", ">=3.0.0, <25.0.0")] {
+    // The procedure stops before 3.41.0; the API check starts at 4.0.0 (a release may gain a
+    // standard role, never silently lose one).
+    for (source, package, range, narrow) in [
+        ("procedure-3.x", "canopsis-procedure-3x", ">=3.0.0, <4.0.0", ">=3.0.0, <3.41.0"),
+        ("api-check", "canopsis-api-check", ">=3.0.0, <25.0.0", ">=4.0.0, <25.0.0"),
+    ] {
         let narrowed = dir.path().join(format!("{source}.toml"));
         let original = std::fs::read_to_string(canup_tests::workspace_dir().join(format!("steps/{source}/step.toml"))).unwrap();
         assert!(original.contains(&format!("applies = \"{range}\"")));
-        std::fs::write(&narrowed, original.replace(&format!("applies = \"{range}\""), "applies = \">=3.0.0, <3.41.0\"")).unwrap();
+        std::fs::write(&narrowed, original.replace(&format!("applies = \"{range}\""), &format!("applies = \"{narrow}\""))).unwrap();
         let module = canup_tests::guest_wasm(package);
         vendor(&repo, "add-shared", &["--steps", narrowed.to_str().unwrap(), "--module", module.to_str().unwrap()]);
     }
@@ -594,7 +599,12 @@ async fn a_release_published_without_its_procedure_ends_failed_with_the_version_
     );
     assert_eq!(canup_tests::tree(&repo), before, "a refused publication writes nothing");
 
-    let published = publish_note_only(&repo, "3.41.0", Some("a test release: its update is left out on purpose"));
+    let no_update = Some("a test release: its update is left out on purpose");
+    // Without its era's procedure, which 3.40.0 carries, the release is refused until it says why.
+    let refused = publish_note_only(&repo, "3.41.0", no_update);
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
+    assert!(text(&refused).contains("release 3.41.0 would ship without the era's procedure"), "{}", text(&refused));
+    let published = publish_note_declaring(&repo, "3.41.0", no_update, "[waive]\nprocedure = \"the test's point\"\n", "");
     assert!(published.status.success(), "{}", text(&published));
     let h = host_on(&repo, Spec { version: "3.40.0".into(), ..Spec::default() }, OPERATOR_POLICY).await;
 
@@ -694,11 +704,12 @@ fn vendor_output(repo: &Path, command: &str, args: &[&str]) -> std::process::Out
 /// through the vendor command; it gets the shared steps registered for it, and says why it
 /// has no update step when `no_update` is given.
 fn publish_note_only(repo: &Path, version: &str, no_update: Option<&str>) -> std::process::Output {
-    publish_note_declaring(repo, version, no_update, "")
+    publish_note_declaring(repo, version, no_update, "", "")
 }
 
-/// The same, its step declaring `capabilities` (TOML under `[[step]]`).
-fn publish_note_declaring(repo: &Path, version: &str, no_update: Option<&str>, capabilities: &str) -> std::process::Output {
+/// The same, with more `top_level` keys and tables (`[waive]`), its step declaring
+/// `capabilities` (TOML under `[[step]]`).
+fn publish_note_declaring(repo: &Path, version: &str, no_update: Option<&str>, top_level: &str, capabilities: &str) -> std::process::Output {
     let dir = tempfile::tempdir().unwrap();
     let steps = dir.path().join("step.toml");
     let no_update = no_update.map(|why| format!("no-update = {why:?}\n")).unwrap_or_default();
@@ -709,6 +720,7 @@ fn publish_note_declaring(repo: &Path, version: &str, no_update: Option<&str>, c
 api = "1.0.0"
 published = "2026-01-05"
 {no_update}
+{top_level}
 [[step]]
 id = "empty"
 phase = "post-update"
@@ -1011,7 +1023,7 @@ async fn a_plan_lists_every_missing_grant_and_a_review_grants_them_beside_canup_
     let repo = dir.path().join("repo");
     canup_tests::copy_dir(repository(), &repo).unwrap();
     let extra = "[step.capabilities.fs]\nread = [\"/etc/canup-review-test.conf\"]\n[[step.capabilities.exec]]\nprogram = \"/usr/bin/psql\"\nargs = [\"--version\"]\n[[step.capabilities.database]]\nendpoint = \"postgres-tech\"\n";
-    let published = publish_note_declaring(&repo, "3.41.0", None, extra);
+    let published = publish_note_declaring(&repo, "3.41.0", None, "", extra);
     assert!(published.status.success(), "{}", text(&published));
     // The site's canup.toml has no rules of its own: the shipped ones come from the package's file.
     let shipped = format!("shipped_policy = {:?}\n", canup_tests::workspace_dir().join("host/dist/policy.toml"));
@@ -1051,4 +1063,47 @@ async fn a_plan_lists_every_missing_grant_and_a_review_grants_them_beside_canup_
     assert!(text(&review).contains("the plan is still refused"), "{}", text(&review));
     let drop_in = std::fs::read_dir(denied.dir.path().join("policy.d")).unwrap().flatten().next().unwrap().path();
     assert!(!std::fs::read_to_string(drop_in).unwrap().contains("psql"));
+}
+
+/// Extending an era: `repo registrations` lists each shared registration with its role and
+/// range; a release past the drain's range is refused by `add-release`, naming the role, the
+/// registration and the fix; `repo widen` gives the drain the new range with the module
+/// already in the repository, and the release then publishes with every standard role.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_past_the_eras_drain_is_refused_until_the_drain_is_widened() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    canup_tests::copy_dir(repository(), &repo).unwrap();
+    let listed = Command::new(canup_bin()).args(["repo", "registrations"]).arg(&repo).output().unwrap();
+    assert!(listed.status.success(), "{}", text(&listed));
+    let listed = text(&listed);
+    let drain = listed.lines().find(|l| l.starts_with("drain ")).unwrap_or_else(|| panic!("{listed}"));
+    assert!(drain.contains(">=3.0.0, <25.0.0") && drain.contains("to 24.04.3") && drain.contains("drain/queues (verify)"), "{drain}");
+    for role in ["procedure", "compose", "detect", "broadcast", "api-check"] {
+        assert!(listed.lines().any(|l| l.starts_with(&format!("{role} "))), "{role} in {listed}");
+    }
+
+    // The vendor extends the procedure and the other roles to 25.x, not the drain.
+    for step in ["procedure-22.x/update", "compose-update", "detect", "broadcast/announce", "api-check"] {
+        vendor(&repo, "widen", &["--step", step, "--applies", ">=3.0.0, <26.0.0"]);
+    }
+    let before = canup_tests::tree(&repo);
+    let refused = publish_note_only(&repo, "25.01.0", None);
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
+    let error = text(&refused);
+    assert!(
+        error.contains("release 25.01.0 would ship without the era's drain (drain/queues, registered for >=3.0.0, <25.0.0, which 24.04.3 carries)"),
+        "{error}"
+    );
+    assert!(error.contains("canup repo widen DIR --step drain/queues") && error.contains("[waive] drain = "), "{error}");
+    assert_eq!(canup_tests::tree(&repo), before, "a refused publication writes nothing");
+
+    vendor(&repo, "widen", &["--step", "drain/queues", "--applies", ">=3.0.0, <26.0.0"]);
+    let published = publish_note_only(&repo, "25.01.0", None);
+    assert!(published.status.success(), "{}", text(&published));
+    let index = canup::repository::vendor::read_index(&repo).await.unwrap();
+    let release = index.releases.iter().find(|r| r.version == semver::Version::new(25, 1, 0)).unwrap();
+    for id in ["drain/queues", "api-check", "broadcast/announce", "detect", "procedure-22.x/update", "compose-update"] {
+        assert!(release.steps.iter().any(|s| s.manifest.id == id), "{id} in 25.01.0");
+    }
 }

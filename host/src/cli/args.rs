@@ -204,8 +204,25 @@ pub enum RepoCommand {
         #[command(flatten)]
         signing: SigningArgs,
     },
+    /// The shared registrations: each one's role, steps, range and the releases carrying it.
+    Registrations { dir: PathBuf },
+    /// Give the registration holding STEP a new range, with its module already in the
+    /// repository (no rebuild): every release of the range gets its steps.
+    Widen {
+        dir: PathBuf,
+        /// A step id of the registration (e.g. drain/queues).
+        #[arg(long)]
+        step: String,
+        /// The new range, e.g. ">=3.0.0, <26.0.0".
+        #[arg(long)]
+        applies: semver::VersionReq,
+        #[command(flatten)]
+        signing: SigningArgs,
+    },
     /// Publish a release: its own steps (step.toml and built module) and every registered
-    /// shared step whose range covers it. Refused when an install would get no update step.
+    /// shared step whose range covers it. Refused when an install would get no update step,
+    /// or when a standard role its predecessor carries (procedure, drain…) is missing and
+    /// not waived in its step.toml (`[waive] ROLE = "why"`).
     AddRelease {
         dir: PathBuf,
         /// The release's step.toml (`release = "…"`).

@@ -65,6 +65,27 @@ pub async fn run(global: &GlobalArgs, cmd: RepoCommand) -> Result<(), Failure> {
                 false => println!("republished in {} release(s): {}", releases.len(), releases.join(", ")),
             }
         }
+        RepoCommand::Registrations { dir } => {
+            let index = vendor::read_index(&dir).await.map_err(vendor_err)?;
+            if index.shared.is_empty() {
+                println!("no shared steps are registered in {}", dir.display());
+            }
+            for s in &index.shared {
+                let covered: Vec<String> = index.releases.iter().filter(|r| s.covers(&r.version)).map(|r| canup::version::text(&r.version)).collect();
+                let span = match (covered.first(), covered.last()) {
+                    (Some(a), Some(b)) => format!("{} releases, {a} to {b}", covered.len()),
+                    _ => "no published release yet".to_owned(),
+                };
+                let phases: Vec<String> = s.steps.iter().map(|st| format!("{} ({})", st.manifest.id, st.manifest.phase)).collect();
+                let module = s.steps.first().map(|st| st.module.as_str()).unwrap_or_default();
+                println!("{:<10} {:<28} {}: {}; module {module}", s.role.as_deref().unwrap_or("-"), s.applies.to_string(), span, phases.join(", "));
+            }
+        }
+        RepoCommand::Widen { dir, step, applies, signing: SigningArgs { keys, expiry } } => {
+            let done = vendor::widen(&dir, &keys, &expiry.expiry(), &step, applies.clone()).await.map_err(vendor_err)?;
+            let releases = done.releases.iter().map(canup::version::text).collect::<Vec<_>>();
+            println!("{} now registered for {applies}; republished in {} release(s): {}", done.shared.join("; "), releases.len(), releases.join(", "));
+        }
         RepoCommand::AddRelease { dir, steps, module, published, data, signing: SigningArgs { keys, expiry } } => {
             let release = ReleaseSteps::load(&steps).map_err(usage)?;
             let version = release

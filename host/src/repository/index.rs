@@ -36,6 +36,11 @@ pub struct Index {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SharedSteps {
     pub applies: semver::VersionReq,
+    /// The part of the era's standard procedure these steps play (`procedure`, `detect`,
+    /// `drain`…): a release is refused when a role its predecessor carries is missing from
+    /// it (see [`Index::check_roles`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
     pub steps: Vec<IndexStep>,
 }
 
@@ -74,6 +79,10 @@ pub struct Release {
     /// Compose files), each a signed target like the modules.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub data: Vec<IndexData>,
+    /// Standard roles the vendor published the release without on purpose, with why (its
+    /// step.toml's `[waive]`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub waived: std::collections::BTreeMap<String, String>,
 }
 
 impl Release {
@@ -220,6 +229,45 @@ impl Index {
              (`canup repo add-shared`), give the release its own, or, if it really ships no update, say why with `no-update = \"…\"` in its step.toml",
             v = release.version
         ))
+    }
+
+    /// The standard roles `release` lacks: those the shared registrations give the release
+    /// published just before it, which none gives it, and which it does not waive. Extending
+    /// an era by hand, a vendor who widened only the procedure's range published releases
+    /// without the drain, the API check and the broadcast, and every run still succeeded.
+    pub fn missing_roles(&self, release: &Release) -> Vec<(&SharedSteps, &Release)> {
+        let Some(before) = self.releases.iter().filter(|r| r.version < release.version).max_by(|a, b| a.version.cmp(&b.version)) else { return Vec::new() };
+        let carried: Vec<&str> = self.shared.iter().filter(|s| s.covers(&release.version)).filter_map(|s| s.role.as_deref()).collect();
+        let mut missing: Vec<(&SharedSteps, &Release)> = Vec::new();
+        for s in self.shared.iter().filter(|s| s.covers(&before.version)) {
+            let Some(role) = s.role.as_deref() else { continue };
+            if !carried.contains(&role) && !release.waived.contains_key(role) && !missing.iter().any(|(m, _)| m.role.as_deref() == Some(role)) {
+                missing.push((s, before));
+            }
+        }
+        missing
+    }
+
+    /// [`Index::missing_roles`] as the vendor's error: each role, the registration and what to do.
+    pub fn check_roles(&self, release: &Release) -> Result<(), String> {
+        let missing = self.missing_roles(release);
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let each: Vec<String> = missing
+            .iter()
+            .map(|(s, before)| {
+                let role = s.role.as_deref().unwrap_or_default();
+                let id = s.steps.first().map(|st| st.manifest.id.as_str()).unwrap_or_default();
+                format!(
+                    "the era's {role} ({}, registered for {}, which {} carries): widen it with `canup repo widen DIR --step {id} --applies \"…\"`, or say why in the release's step.toml: [waive] {role} = \"…\"",
+                    s.ids(),
+                    s.applies,
+                    crate::version::text(&before.version)
+                )
+            })
+            .collect();
+        Err(format!("release {} would ship without {}", crate::version::text(&release.version), each.join("; and without ")))
     }
 
     pub fn release(&self, version: &Version) -> Option<&Release> {

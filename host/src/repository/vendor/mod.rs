@@ -451,8 +451,10 @@ pub async fn add_release(
         steps,
         no_update: release.no_update.clone(),
         data: data_entries,
+        waived: release.waive.clone(),
     };
     index.check_update(&entry).map_err(VendorError::Usage)?;
+    index.check_roles(&entry).map_err(VendorError::Usage)?;
     index.upsert(entry);
     publish(repo, keys, expiry, &index, &files).await?;
     Ok(report)
@@ -469,9 +471,35 @@ pub async fn add_shared(repo: &Path, keys: &[PathBuf], expiry: &Expiry, shared: 
     if shared.steps.is_empty() {
         return Err(VendorError::Usage("the shared step.toml declares no step".into()));
     }
-    let mut index = read_index(repo).await?;
+    let index = read_index(repo).await?;
     let target = shared_target(module);
-    let registration = SharedSteps { applies, steps: index_steps(shared, module, &target) };
+    let registration = SharedSteps { applies, role: shared.role.clone(), steps: index_steps(shared, module, &target) };
+    register(repo, keys, expiry, index, registration, &[(target, module.to_vec())]).await
+}
+
+/// Gives the registration holding `step` the range `applies`, with the module already in the
+/// repository: the vendor extends an era without a rebuild, and every release of the new range
+/// gets the steps (those left out of it lose them, as with `add-shared`).
+pub async fn widen(repo: &Path, keys: &[PathBuf], expiry: &Expiry, step: &str, applies: semver::VersionReq) -> Result<Published, VendorError> {
+    let index = read_index(repo).await?;
+    let Some(current) = index.shared.iter().find(|s| s.steps.iter().any(|st| st.manifest.id == step)) else {
+        let known: Vec<String> = index.shared.iter().map(|s| s.ids()).collect();
+        return Err(VendorError::Usage(format!("no registration holds step {step}; registered: {}", known.join("; "))));
+    };
+    let registration = SharedSteps { applies, ..current.clone() };
+    register(repo, keys, expiry, index, registration, &[]).await
+}
+
+/// Puts `registration` in the index in place of any holding the same step ids, republishes
+/// every release it now covers or used to, and signs with `files` (its module, when new).
+async fn register(
+    repo: &Path,
+    keys: &[PathBuf],
+    expiry: &Expiry,
+    mut index: Index,
+    registration: SharedSteps,
+    files: &[(String, Vec<u8>)],
+) -> Result<Published, VendorError> {
     let new_ids: Vec<&str> = registration.steps.iter().map(|s| s.manifest.id.as_str()).collect();
     let (replaced, kept): (Vec<SharedSteps>, Vec<SharedSteps>) =
         std::mem::take(&mut index.shared).into_iter().partition(|r| r.steps.iter().any(|s| new_ids.contains(&s.manifest.id.as_str())));
@@ -505,8 +533,9 @@ pub async fn add_shared(repo: &Path, keys: &[PathBuf], expiry: &Expiry, shared: 
     index.shared.push(registration);
     for release in index.releases.iter().filter(|r| r.withdrawn.is_none()) {
         index.check_update(release).map_err(|e| VendorError::Usage(format!("{e}; nothing was registered")))?;
+        index.check_roles(release).map_err(|e| VendorError::Usage(format!("{e}; nothing was registered")))?;
     }
-    publish(repo, keys, expiry, &index, &[(target, module.to_vec())]).await?;
+    publish(repo, keys, expiry, &index, files).await?;
     Ok(report)
 }
 
