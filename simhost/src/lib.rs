@@ -19,9 +19,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+pub mod api;
 pub mod compose;
 pub mod facts;
 pub mod packages;
+pub mod rabbitmq;
 
 /// Where each program of the host lives, as a step names it. `yum`, `dnf` and `rpm` are the
 /// real tools run against the host's root, `redis-cli` and `psql` the real ones against the

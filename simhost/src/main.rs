@@ -38,6 +38,29 @@ enum Command {
         #[arg(long, default_value = canup_sim::compose::DEFAULT_DIR)]
         compose_dir: String,
     },
+    /// Serves the stand-in Canopsis API of the simulated host at DIR on 127.0.0.1 (what the
+    /// broadcast and API-check steps call; it reports the tree's installed version), and
+    /// prints the `[endpoints.canopsis-api]` table for canup.toml. Runs until interrupted.
+    ServeApi {
+        dir: PathBuf,
+        /// The port; a free one by default.
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+    },
+    /// Starts a private RabbitMQ node (Debian's rabbitmq-server) with its files in DIR, on
+    /// loopback ports of its own, set up as Canopsis has it (vhost canopsis, user cpsrabbit,
+    /// exchange canopsis.events, the engines' queues), and prints the `[endpoints.rabbitmq]`
+    /// table and the statistics setting for canup.toml. Runs until interrupted.
+    Rabbitmq {
+        dir: PathBuf,
+        #[arg(long, default_value_t = 5682)]
+        amqp_port: u16,
+        #[arg(long, default_value_t = 15682)]
+        management_port: u16,
+        /// collect_statistics_interval in ms (RabbitMQ's default is 5000; small keeps the drain check quick).
+        #[arg(long, default_value_t = 1000)]
+        stats_interval_ms: u64,
+    },
     /// What the simulated host's wrappers run (not for people).
     #[command(hide = true)]
     Stub {
@@ -76,6 +99,46 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::ServeApi { dir, port } => report(serve_api(&dir, port)),
+        Command::Rabbitmq { dir, amqp_port, management_port, stats_interval_ms } => report(rabbitmq(&dir, amqp_port, management_port, stats_interval_ms)),
         Command::Stub { args } => stub::run(args),
     }
+}
+
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("canup-sim: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn serve_api(dir: &std::path::Path, port: u16) -> anyhow::Result<()> {
+    let host = SimHost::open(dir)?;
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port))?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let secret = host.root().with_extension("api-password");
+    println!("the Canopsis API of {} answers on {url}; in canup.toml:\n", host.root().display());
+    println!("{}", canup_sim::api::endpoint_toml(&url, &secret)?);
+    println!("(interrupt to stop)");
+    canup_sim::api::serve(listener, host.root())?;
+    Ok(())
+}
+
+fn rabbitmq(dir: &std::path::Path, amqp: u16, management: u16, interval: u64) -> anyhow::Result<()> {
+    let broker = canup_sim::rabbitmq::Broker::start_in(dir, "canup-sim", amqp, management, interval)?;
+    broker.setup_canopsis()?;
+    println!("RabbitMQ runs with Canopsis's vhost, user and queues; in canup.toml:\n");
+    println!("{}[settings]\ndrain_stats_interval_ms = \"{interval}\"\n", broker.endpoint_toml(&dir.with_extension("password"))?);
+    // The node outlives an interrupted canup-sim (Debian's wrapper detaches it): the interrupt
+    // is waited for, then the broker is stopped (its Drop runs `rabbitmqctl stop`).
+    let signals: nix::sys::signal::SigSet = [nix::sys::signal::Signal::SIGINT, nix::sys::signal::Signal::SIGTERM].into_iter().collect();
+    signals.thread_block()?;
+    println!("(interrupt to stop)");
+    let signal = signals.wait()?;
+    eprintln!("canup-sim: {signal}: stopping RabbitMQ");
+    drop(broker);
+    Ok(())
 }

@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use canup_tests::canopsis_api::CanopsisApi;
-use canup_tests::rabbitmq::{Admin, Broker};
+use canup_tests::rabbitmq::Admin;
 use canup_tests::repo_server::{Control, Fault, serve_repo};
 use canup_tests::simhost::{Edition, Method, SimHost, Spec};
 use canup_tests::{OPERATOR_POLICY, canup_bin, publish_steps, target_dir};
@@ -114,7 +114,7 @@ async fn rabbitmq_stopped_during_verify_stops_there_and_a_rerun_finishes_without
     let dir = tempfile::tempdir().unwrap();
     let url = serve_repo(repository().clone(), Control::default()).await;
     // A broker of this test's own beside the shared one, which the other tests keep using.
-    let broker = tokio::task::spawn_blocking(|| Broker::start("canup-fault", 5673, 15673)).await.unwrap().unwrap();
+    let broker = tokio::task::spawn_blocking(|| canup_tests::rabbitmq::start_broker("canup-fault", 5673, 15673)).await.unwrap().unwrap();
     let admin = Admin::at(&broker.management_url());
     admin.setup_canopsis().await.unwrap();
     // A backlog nobody consumes: the drain step of the verify phase waits on it.

@@ -116,7 +116,10 @@ async fn drain_times_out_naming_the_loaded_queues() {
 /// since the shared one serves other tests.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_keeps_waiting_when_a_restarted_broker_does_not_know_its_counts_yet() {
-    let broker = tokio::task::spawn_blocking(|| Broker::start_with_interval("canup-drain", 5674, 15674, 5000)).await.unwrap().unwrap();
+    let broker = tokio::task::spawn_blocking(|| Broker::start_in(&canup_tests::rabbitmq::broker_dir("canup-drain"), "canup-drain", 5674, 15674, 5000))
+        .await
+        .unwrap()
+        .unwrap();
     let admin = Admin::at(&broker.management_url());
     admin.setup_canopsis().await.unwrap();
     admin.publish("Engine_axe", 20_000).await.unwrap();

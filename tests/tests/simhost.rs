@@ -280,3 +280,76 @@ fn a_compose_host_of_a_new_release_is_made_from_added_facts() {
     assert!(!without.status.success());
     assert!(String::from_utf8_lossy(&without.stderr).contains("no reference files for Canopsis 24.10.0"), "{}", String::from_utf8_lossy(&without.stderr));
 }
+
+/// Runs `canup-sim ARGS` in a process group of its own until it prints "(interrupt to stop)":
+/// its output so far, and the child (stopped with its group by [`Author::drop`]).
+struct Author(std::process::Child, String);
+
+impl Author {
+    fn start(args: &[&str]) -> Self {
+        use std::io::BufRead;
+        use std::os::unix::process::CommandExt;
+        let mut child = Command::new(canup_tests::sim_bin()).args(args).stdout(std::process::Stdio::piped()).process_group(0).spawn().unwrap();
+        let mut out = String::new();
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap());
+        while !out.contains("(interrupt to stop)") {
+            let mut line = String::new();
+            assert!(lines.read_line(&mut line).unwrap() > 0, "canup-sim {args:?} ended: {out}");
+            out.push_str(&line);
+        }
+        Self(child, out)
+    }
+
+    /// The value of `key = "…"` in the printed canup.toml table.
+    fn value(&self, key: &str) -> String {
+        let line = self.1.lines().find(|l| l.starts_with(&format!("{key} = "))).unwrap_or_else(|| panic!("{key} in {}", self.1));
+        line.split('"').nth(1).unwrap().to_owned()
+    }
+}
+
+impl Drop for Author {
+    fn drop(&mut self) {
+        let group = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGTERM);
+        let _ = self.0.wait();
+    }
+}
+
+/// A step author's stand-in Canopsis API: `canup-sim serve-api` answers as the tests' does,
+/// with the simulated host's version, to the credentials it prints for canup.toml.
+#[tokio::test]
+async fn canup_sim_serves_the_stand_in_api_it_prints_for_canup_toml() {
+    let (_dir, sim) = host(Spec { version: "23.10.2".into(), ..Spec::default() });
+    let api = Author::start(&["serve-api", sim.root().to_str().unwrap()]);
+    let url = api.value("url");
+    let password = std::fs::read_to_string(api.value("password_file")).unwrap();
+    let client = reqwest::Client::new();
+    let info: serde_json::Value = client.get(format!("{url}/api/v4/app-info")).basic_auth("root", Some(&password)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(info["version"], "23.10.2");
+    let refused = client.get(format!("{url}/api/v4/app-info")).basic_auth("root", Some("wrong")).send().await.unwrap();
+    assert_eq!(refused.status(), 401);
+}
+
+/// A step author's private RabbitMQ: `canup-sim rabbitmq` starts a node set up as Canopsis
+/// has it, whose management API takes the credentials it prints for canup.toml.
+#[tokio::test]
+async fn canup_sim_starts_a_private_rabbitmq_set_up_as_canopsis_has_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let amqp = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let management = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let node = dir.path().join("rabbitmq");
+    let broker = Author::start(&["rabbitmq", node.to_str().unwrap(), "--amqp-port", &amqp.to_string(), "--management-port", &management.to_string()]);
+    assert!(broker.1.contains("drain_stats_interval_ms = \"1000\""), "{}", broker.1);
+    let password = std::fs::read_to_string(broker.value("password_file")).unwrap();
+    let queues: serde_json::Value = reqwest::Client::new()
+        .get(format!("{}/api/queues/canopsis", broker.value("url")))
+        .basic_auth(broker.value("username"), Some(password.trim()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let names: Vec<&str> = queues.as_array().unwrap().iter().filter_map(|q| q["name"].as_str()).collect();
+    assert_eq!(names, ["Engine_axe", "Engine_che", "Engine_fifo"], "{queues}");
+}

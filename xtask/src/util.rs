@@ -132,6 +132,6 @@ impl RabbitMq {
             eprintln!("xtask: a RabbitMQ already answers on 127.0.0.1:15672; using it");
             return Ok(Self { _broker: None });
         }
-        Ok(Self { _broker: Some(canup_tests::rabbitmq::Broker::start("canup", 5672, 15672)?) })
+        Ok(Self { _broker: Some(canup_tests::rabbitmq::start_broker("canup", 5672, 15672)?) })
     }
 }
