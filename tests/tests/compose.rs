@@ -152,6 +152,20 @@ async fn a_23_10_site_runs_docker_compose_v2_with_its_edition() {
     era("23.10.1", "23.10.8", Edition::Core, "docker compose up -d", Some("community")).await;
 }
 
+/// 24.04 on Compose: the resync and `docker compose up -d` as in 23.10, and 24.04.3's
+/// `perf_data_name` migration given as the note's command for the operator to run in the
+/// timescaledb container (canup does not reach that database), accepted here by
+/// --accept-manual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_24_04_pro_site_gets_the_perf_data_name_migration_as_the_notes_command() {
+    let h = era("24.04.0", "24.04.3", Edition::Cat, "docker compose up -d", Some("pro")).await;
+    let history = text(&h.run(&["history"]));
+    assert!(history.contains("24.04.3/perf-data-name-compose"), "{history}");
+    let audit = std::fs::read_to_string(h.dir.path().join("state/audit.jsonl")).unwrap();
+    let manual = audit.lines().find(|l| l.contains("\"ui.manual\"") && l.contains("perf_data_name")).unwrap_or_else(|| panic!("{audit}"));
+    assert!(manual.contains("docker compose exec timescaledb psql") && manual.contains("DROP MATERIALIZED VIEW perf_data_name"), "{manual}");
+}
+
 /// The dry run shows the resync before anything changes: a unified diff per file, and what
 /// stays the operator's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
