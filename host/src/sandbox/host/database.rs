@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use super::super::bindings::{ErrorKind, WitError, wit, wit_error};
-use super::super::call::{StepState, exit_text};
+use super::super::call::{Done, StepState, exit_text};
 use super::exec::Shown;
 use crate::capabilities::database::{self, DatabaseError};
 use crate::sha256_hex;
@@ -34,44 +34,50 @@ fn listing(endpoint: &str, write: bool, script: &str) -> String {
 impl wit::database::Host for StepState {
     async fn run(&mut self, req: wit::database::Request) -> Result<wit::exec::Output, WitError> {
         let start = Instant::now();
-        let wit::database::Request { endpoint, script, write, timeout_ms } = req;
-        let digest = sha256_hex(script.as_bytes());
-        let mut args = json!({ "endpoint": endpoint, "write": write, "script_sha256": digest, "script_bytes": script.len() });
-        let result = match self.env.grant.check_database(&endpoint, write) {
+        let digest = sha256_hex(req.script.as_bytes());
+        let mut args = json!({ "endpoint": req.endpoint, "write": req.write, "script_sha256": digest, "script_bytes": req.script.len() });
+        let result = match self.env.grant.check_database(&req.endpoint, req.write) {
             Err(d) => Err(d.into()),
-            Ok(()) => match database::resolve(&endpoint, &self.env.databases, &self.env.sysroot) {
-                Err(e) => Err(e.into()),
-                Ok(conn) => {
-                    args["url"] = json!(conn.shown());
-                    match database::invocation(&conn, &script, write, &self.env.sysroot) {
-                        Err(e) => Err(e.into()),
-                        Ok(inv) => {
-                            let mut request = inv.request;
-                            request.timeout = timeout_ms.map(|ms| Duration::from_millis(ms.into()));
-                            args["program"] = json!(request.program);
-                            // Never replayed as a query: a script's effect is the step's word,
-                            // so every request is listed in a dry run and journaled under apply.
-                            let shown = Shown {
-                                changing: true,
-                                listed: listing(&endpoint, write, &script),
-                                action: format!("database {endpoint} #{}", &digest[..16]),
-                                words: format!("{} on database {endpoint} ({})", if write { "script" } else { "query" }, conn.shown()),
-                            };
-                            let ran = self.run_allowed(&request, shown).await;
-                            // The credentials' files go once the client has ended.
-                            drop(inv.secrets);
-                            ran.map(|done| {
-                                done.map(|mut o| {
-                                    o.stdout = skip_lines(o.stdout, inv.skip_lines);
-                                    o
-                                })
-                            })
-                        }
-                    }
-                }
-            },
+            Ok(()) => self.database_allowed(req, &digest, &mut args).await,
         };
         self.conclude(start, "database", args, result, "ran before the interruption", |o| exit_text(o.status))
+    }
+}
+
+impl StepState {
+    /// A checked request: connected by the host, run by the engine's client as a command
+    /// (listed in a dry run, journaled under apply), the host's own lines taken off its answer.
+    async fn database_allowed(
+        &mut self,
+        req: wit::database::Request,
+        digest: &str,
+        audit: &mut serde_json::Value,
+    ) -> Result<Done<wit::exec::Output>, WitError> {
+        let wit::database::Request { endpoint, script, write, timeout_ms } = req;
+        let conn = database::resolve(&endpoint, &self.env.databases, &self.env.sysroot)?;
+        audit["url"] = json!(conn.shown());
+        let inv = database::invocation(&conn, &script, write, &self.env.sysroot)?;
+        let mut request = inv.request;
+        request.timeout = timeout_ms.map(|ms| Duration::from_millis(ms.into()));
+        audit["program"] = json!(request.program);
+        // Never a query: a script's effect is the step's word, so every request is listed in a
+        // dry run and journaled under apply.
+        let shown = Shown {
+            changing: true,
+            listed: listing(&endpoint, write, &script),
+            action: format!("database {endpoint} #{}", &digest[..16]),
+            words: format!("{} on database {endpoint} ({})", if write { "script" } else { "query" }, conn.shown()),
+        };
+        let ran = self.run_allowed(&request, shown).await;
+        // The credentials' files go once the client has ended.
+        drop(inv.secrets);
+        let skip = inv.skip_lines;
+        ran.map(|done| {
+            done.map(|mut o| {
+                o.stdout = skip_lines(o.stdout, skip);
+                o
+            })
+        })
     }
 }
 

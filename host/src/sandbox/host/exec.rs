@@ -28,30 +28,32 @@ impl wit::exec::Host for StepState {
         // Values are left out of the audit: they can hold credentials (CPS_AMQP_URL...).
         let env_names: Vec<&str> = req.env.iter().map(|(k, _)| k.as_str()).collect();
         let mut args = json!({ "program": req.program, "args": req.args, "env": env_names, "cwd": req.cwd, "user": req.user });
+        if let Some(file) = self.env.grant.exec_env_file(&req) {
+            args["env_file"] = json!(file);
+        }
         let result = match self.env.grant.check_exec(&req) {
             Err(d) => Err(d.into()),
-            Ok(()) => match self.host_env(&req) {
-                Err(e) => Err(e),
-                Ok(host_env) => {
-                    if let Some(file) = self.env.grant.exec_env_file(&req) {
-                        args["env_file"] = json!(file);
-                    }
-                    let changing = !self.env.grant.exec_is_readonly(&req);
-                    let words = shell_words(&req.program, &req.args);
-                    let listed = if changing {
-                        let user = req.user.as_ref().map(|u| format!(" (as {u})")).unwrap_or_default();
-                        let names = req.env.iter().map(|(k, _)| k.as_str()).chain(host_env.iter().map(|(k, _)| k.as_str()));
-                        let env: String = names.map(|k| format!("{k}=… ")).collect();
-                        format!("run: {env}{words}{user}")
-                    } else {
-                        format!("query: {words}")
-                    };
-                    let shown = Shown { changing, listed, action: exec_action(&req), words };
-                    self.run_allowed(&ExecRequest { host_env, ..req }, shown).await
-                }
-            },
+            Ok(()) => self.exec_allowed(req).await,
         };
         self.conclude(start, "exec", args, result, "ran before the interruption", |o| exit_text(o.status))
+    }
+}
+
+impl StepState {
+    /// A checked command with its env_file's variables, shown and journaled as a command.
+    async fn exec_allowed(&mut self, req: ExecRequest) -> Result<Done<wit::exec::Output>, WitError> {
+        let host_env = self.host_env(&req)?;
+        let changing = !self.env.grant.exec_is_readonly(&req);
+        let words = shell_words(&req.program, &req.args);
+        let listed = if changing {
+            let user = req.user.as_ref().map(|u| format!(" (as {u})")).unwrap_or_default();
+            let names = req.env.iter().chain(&host_env).map(|(k, _)| format!("{k}=… "));
+            format!("run: {}{words}{user}", names.collect::<String>())
+        } else {
+            format!("query: {words}")
+        };
+        let shown = Shown { changing, listed, action: exec_action(&req), words };
+        self.run_allowed(&ExecRequest { host_env, ..req }, shown).await
     }
 }
 
