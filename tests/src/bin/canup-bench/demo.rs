@@ -88,8 +88,18 @@ fn canup(inputs: &Inputs, f: &Fresh, extra: &[&str]) -> Command {
 }
 
 /// Every call in the simulator's log, queries included: what both sides must share.
+/// The host's recorded calls. A Redis client is compared by the commands it was given: canup
+/// connects it with `-h/-p/-n` and `AUTH` on its input, the note's way is `-u $CPS_REDIS_URL`;
+/// the connection's form is not the work.
 fn calls(sim: &SimHost) -> Result<Vec<String>> {
-    Ok(sim.calls()?.iter().map(|c| c.line()).collect())
+    Ok(sim
+        .calls()?
+        .iter()
+        .map(|c| match (&*c.program, &c.input) {
+            ("redis-cli", Some(input)) => format!("redis-cli <<< {}", input.lines().filter(|l| !l.starts_with("AUTH ")).collect::<Vec<_>>().join("; ")),
+            _ => c.line(),
+        })
+        .collect())
 }
 
 fn timed(mut cmd: Command) -> Result<Duration> {
@@ -154,6 +164,21 @@ fn script_from_dry_run(dry_run_stdout: &str, stats_interval: Duration) -> Result
             }
             commands += 1;
             previous_query = Some(query);
+        } else if let Some((verb, endpoint)) =
+            entry.strip_prefix("query on database ").map(|e| ("query", e)).or_else(|| entry.strip_prefix("run on database ").map(|e| ("run", e)))
+        {
+            // A database script: its lines follow at four spaces, fed to the engine's client
+            // with the installation's URL, as the notes write it (`redis-cli -u $CPS_REDIS_URL`).
+            let client = match endpoint.trim_end_matches(':') {
+                "redis" => "\"$ROOT\"/usr/bin/redis-cli -u \"$CPS_REDIS_URL\"",
+                "postgres" => "\"$ROOT\"/usr/bin/psql \"$CPS_POSTGRES_URL\" -v ON_ERROR_STOP=1",
+                "mongo" => "\"$ROOT\"/usr/bin/mongo \"$CPS_MONGO_URL\"",
+                other => bail!("no client for database endpoint {other}"),
+            };
+            let tolerate = if verb == "query" { " >/dev/null || true" } else { "" };
+            writeln!(script, "{client} <<'CANUP_EOF'{tolerate}")?;
+            heredoc_open = true;
+            commands += 1;
         } else if let Some(rest) = entry.strip_prefix("write ") {
             let path = rest.split(" (").next().context("write without a path")?;
             writeln!(script, "cat > \"$ROOT{path}\" <<'CANUP_EOF'")?;
