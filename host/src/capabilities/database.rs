@@ -317,6 +317,36 @@ pub fn invocation(conn: &Connection, script: &str, write: bool, sysroot: &Sysroo
     Ok(Invocation { request, secrets, skip_lines })
 }
 
+/// The client's output as the step gets it: without the lines the host's own commands caused
+/// (Redis's `OK` to `AUTH`), and for Redis with a status that means something. redis-cli
+/// reading its commands from its input exits 0 whatever happens (the server not reached, an
+/// error reply), so the status is canup's reading of its output instead: 1 when the server
+/// was not reached, answered nothing, or replied with an error (a line starting with one of
+/// Redis's error codes), with the reason on stderr.
+pub fn read_output(engine: Engine, skip_lines: usize, o: &mut super::exec::ExecOutput) {
+    const ERRORS: &[&str] =
+        &["ERR ", "WRONGTYPE ", "NOAUTH ", "WRONGPASS ", "NOPERM ", "READONLY ", "MISCONF ", "LOADING ", "BUSY", "OOM ", "EXECABORT ", "NOSCRIPT "];
+    for _ in 0..skip_lines {
+        let cut = o.stdout.iter().position(|&b| b == b'\n').map_or(o.stdout.len(), |i| i + 1);
+        o.stdout.drain(..cut);
+    }
+    if engine != Engine::Redis || o.status != Some(0) {
+        return;
+    }
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let why = if String::from_utf8_lossy(&o.stderr).contains("Could not connect") {
+        Some("the Redis server was not reached".to_owned())
+    } else if stdout.trim().is_empty() {
+        Some("the Redis server answered nothing".to_owned())
+    } else {
+        stdout.lines().find(|l| ERRORS.iter().any(|e| l.starts_with(e))).map(|l| format!("the Redis server replied with an error: {l}"))
+    };
+    if let Some(why) = why {
+        o.status = Some(1);
+        o.stderr.extend_from_slice(format!("canup: {why} (redis-cli itself exits 0 when it reads its commands from its input)\n").as_bytes());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -356,6 +386,25 @@ mod tests {
         );
         assert_eq!(env["PGSSLMODE"], "require");
         assert!(env["PGOPTIONS"].contains("default_transaction_read_only=on"));
+    }
+
+    #[test]
+    fn redis_output_gets_a_status_that_means_something() {
+        let out =
+            |stdout: &str, stderr: &str| super::super::exec::ExecOutput { status: Some(0), stdout: stdout.into(), stderr: stderr.into(), ..Default::default() };
+        let mut unreachable = out("", "Could not connect to Redis at 127.0.0.1:9: Connection refused\n");
+        read_output(Engine::Redis, 0, &mut unreachable);
+        assert_eq!(unreachable.status, Some(1));
+        assert!(String::from_utf8_lossy(&unreachable.stderr).contains("the Redis server was not reached"));
+        let mut refused = out("OK\nOK\nERR unknown command 'FOO'\n", "");
+        read_output(Engine::Redis, 1, &mut refused);
+        assert_eq!((refused.status, refused.stdout.as_slice()), (Some(1), &b"OK\nERR unknown command 'FOO'\n"[..]));
+        let mut fine = out("OK\nOK\n", "");
+        read_output(Engine::Redis, 1, &mut fine);
+        assert_eq!((fine.status, fine.stdout.as_slice()), (Some(0), &b"OK\n"[..]));
+        let mut silent = out("", "");
+        read_output(Engine::Redis, 0, &mut silent);
+        assert_eq!(silent.status, Some(1), "an empty answer is no answer");
     }
 
     #[test]

@@ -57,15 +57,6 @@ pub(super) enum Done<T> {
     Replayed(T),
 }
 
-impl<T> Done<T> {
-    pub(super) fn map<U>(self, f: impl FnOnce(T) -> U) -> Done<U> {
-        match self {
-            Done::Now(v) => Done::Now(f(v)),
-            Done::Replayed(v) => Done::Replayed(f(v)),
-        }
-    }
-}
-
 /// Where a changing action sits in the step's journal: its name and its occurrence (the N-th
 /// identical action of the step).
 pub(super) type Slot = Option<(String, u32)>;

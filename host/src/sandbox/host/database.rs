@@ -57,6 +57,7 @@ impl StepState {
         let conn = database::resolve(&endpoint, &self.env.databases, &self.env.sysroot)?;
         audit["url"] = json!(conn.shown());
         let inv = database::invocation(&conn, &script, write, &self.env.sysroot)?;
+        let (engine, skip) = (conn.engine, inv.skip_lines);
         let mut request = inv.request;
         request.timeout = timeout_ms.map(|ms| Duration::from_millis(ms.into()));
         audit["program"] = json!(request.program);
@@ -67,28 +68,11 @@ impl StepState {
             listed: listing(&endpoint, write, &script),
             action: format!("database {endpoint} #{}", &digest[..16]),
             words: format!("{} on database {endpoint} ({})", if write { "script" } else { "query" }, conn.shown()),
+            finish: Some(Box::new(move |o| database::read_output(engine, skip, o))),
         };
         let ran = self.run_allowed(&request, shown).await;
         // The credentials' files go once the client has ended.
         drop(inv.secrets);
-        let skip = inv.skip_lines;
-        ran.map(|done| {
-            done.map(|mut o| {
-                o.stdout = skip_lines(o.stdout, skip);
-                o
-            })
-        })
+        ran
     }
-}
-
-/// The client's answer without the first `n` lines (the host's own commands, e.g. `AUTH`).
-fn skip_lines(out: Vec<u8>, n: usize) -> Vec<u8> {
-    let mut rest = out.as_slice();
-    for _ in 0..n {
-        match rest.iter().position(|&b| b == b'\n') {
-            Some(i) => rest = &rest[i + 1..],
-            None => rest = &[],
-        }
-    }
-    rest.to_vec()
 }

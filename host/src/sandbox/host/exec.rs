@@ -52,7 +52,7 @@ impl StepState {
         } else {
             format!("query: {words}")
         };
-        let shown = Shown { changing, listed, action: exec_action(&req), words };
+        let shown = Shown { changing, listed, action: exec_action(&req), words, finish: None };
         self.run_allowed(&ExecRequest { host_env, ..req }, shown).await
     }
 }
@@ -64,7 +64,12 @@ pub(super) struct Shown {
     pub listed: String,
     pub action: String,
     pub words: String,
+    /// Reads the output before the step and the journal get it (see `capabilities::database`).
+    pub finish: Option<Finish>,
 }
+
+/// What reads a command's output before the step and the journal get it.
+pub(super) type Finish = Box<dyn Fn(&mut cap_exec::ExecOutput) + Send + Sync>;
 
 fn output(status: Option<i32>, stdout: Vec<u8>, stderr: Vec<u8>, truncated: (bool, bool), simulated: bool) -> wit::exec::Output {
     wit::exec::Output { status, stdout, stderr, stdout_truncated: truncated.0, stderr_truncated: truncated.1, simulated }
@@ -75,7 +80,7 @@ impl StepState {
     /// and under apply journaled, so that a resumed step neither runs it twice nor loses it.
     pub(super) async fn run_allowed(&mut self, req: &ExecRequest, shown: Shown) -> Result<Done<wit::exec::Output>, WitError> {
         let dry = self.env.context.dry_run;
-        let Shown { changing, listed, action, words } = shown;
+        let Shown { changing, listed, action, words, finish } = shown;
         if dry && changing {
             self.record(listed);
             return Ok(Done::Now(output(Some(0), vec![], vec![], (false, false), true)));
@@ -118,6 +123,13 @@ impl StepState {
             }
             Err(e) => Err(e),
         };
+        // What the command's output means (a database client's): read before the journal keeps it.
+        let outcome = outcome.map(|mut o| {
+            if let Some(finish) = &finish {
+                finish(&mut o);
+            }
+            o
+        });
         let journaled = match &outcome {
             Ok(o) => Some(ActionResult { status: o.status, stdout: journal_text(&o.stdout), stderr: journal_text(&o.stderr) }),
             // Journaled as a failure: the next attempt runs the command again and does not
