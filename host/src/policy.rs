@@ -40,10 +40,6 @@ pub struct Deny {
 }
 
 impl Deny {
-    pub fn is_empty(&self) -> bool {
-        self.programs.is_empty() && self.paths.is_empty() && self.endpoints.is_empty()
-    }
-
     fn program(&self, program: &str) -> bool {
         self.programs.iter().any(|p| p == program || glob(p, true, "[deny] programs").is_ok_and(|g| g.is_match(program)))
     }

@@ -1044,6 +1044,7 @@ async fn a_plan_lists_every_missing_grant_and_a_review_grants_them_beside_canup_
     let review = h.run(&["policy", "review", "--to", "3.41.0", "--yes"]);
     assert!(review.status.success(), "{}", text(&review));
     assert!(text(&review).contains("wrote 3 grants to") && text(&review).contains("is now admitted"), "{}", text(&review));
+    assert!(text(&review).contains("the policy is canup.toml's [policy] with ") && text(&review).contains("host/dist/policy.toml"), "{}", text(&review));
     let drop_ins: Vec<_> = std::fs::read_dir(h.dir.path().join("policy.d")).unwrap().flatten().map(|e| e.path()).collect();
     assert_eq!(drop_ins.len(), 1, "{drop_ins:?}");
     let written = std::fs::read_to_string(&drop_ins[0]).unwrap();

@@ -5,7 +5,6 @@
 //! upgrades, comments and all), and a file per review says when and for which plan each grant
 //! was accepted, and goes away with `rm`.
 
-use std::io::Write;
 use std::path::Path;
 
 use canup::capabilities::CapabilitySet;
@@ -37,6 +36,8 @@ pub async fn review(settings: &Settings, to: Option<&Version>, yes: bool) -> Res
         format!("Granted with `canup policy review` on {} for the plan", humantime::format_rfc3339_seconds(std::time::SystemTime::now())),
         format!("Canopsis {} → {target} ({} edition, {} method), for these steps:", canup::version::text(&plan.installed), plan.edition, plan.method),
     ];
+    let files: Vec<String> = settings.config.sources.files.iter().map(|f| f.display().to_string()).collect();
+    println!("the policy is canup.toml's [policy] with {}", if files.is_empty() { "no other file".to_owned() } else { files.join(", ") });
     println!("the plan to Canopsis {target} needs grants the policy lacks:");
     for (p, needed) in &missing {
         let m = &p.step.manifest;
@@ -82,16 +83,12 @@ pub async fn review(settings: &Settings, to: Option<&Version>, yes: bool) -> Res
     Ok(())
 }
 
-/// A new file, written whole or not at all (temporary file, then rename), in a directory
-/// created if missing.
+/// A new file, written whole or not at all and durably (`canup::durable`), in a directory
+/// created if missing; an earlier review's file of the same name is never replaced.
 fn write_new(path: &Path, text: &str) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("/"));
-    std::fs::create_dir_all(dir)?;
-    let mut tmp = tempfile::Builder::new().prefix(".review-").tempfile_in(dir)?;
-    tmp.write_all(text.as_bytes())?;
-    tmp.as_file().sync_all()?;
-    use std::os::unix::fs::PermissionsExt;
-    tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644))?;
-    tmp.persist_noclobber(path).map_err(|e| e.error)?;
-    Ok(())
+    std::fs::create_dir_all(path.parent().unwrap_or(Path::new("/")))?;
+    if path.exists() {
+        return Err(std::io::Error::new(std::io::ErrorKind::AlreadyExists, "a review of the same second wrote it; run the review again"));
+    }
+    canup::durable::atomic_replace(path, text.as_bytes())
 }
