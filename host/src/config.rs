@@ -101,6 +101,10 @@ pub struct LimitsConfig {
     pub http_body_kib: Option<u64>,
     pub fs_read_kib: Option<u64>,
     pub ui_text_kib: Option<u64>,
+    /// A command's arguments and variables, in all.
+    pub exec_args_kib: Option<u64>,
+    /// The largest step module canup compiles.
+    pub module_kib: Option<u64>,
 }
 
 /// The bounds the sandbox applies to one step.
@@ -117,8 +121,15 @@ pub struct StepLimits {
     pub http: HttpLimits,
     /// The largest file a step may read or append to.
     pub fs_read: usize,
-    /// Text a step may show the operator (logs, progress, questions), in all.
+    /// Text a step may show the operator (logs, progress, questions, its dry-run listing),
+    /// in all.
     pub ui_text: usize,
+    /// Bytes of one command's arguments and variables: Linux takes 128 KiB for one argument,
+    /// and a dry run keeps what it lists.
+    pub exec_args: usize,
+    /// The largest module compiled: compiling costs about 8 s and 80 MB per MB of module on
+    /// these machines (15 MB took 121 s and 1.17 GB), and published modules are ~200 KB.
+    pub module: usize,
 }
 
 impl Default for StepLimits {
@@ -132,6 +143,8 @@ impl Default for StepLimits {
             http: HttpLimits::default(),
             fs_read: 16 << 20,
             ui_text: 256 << 10,
+            exec_args: 128 << 10,
+            module: 2 << 20,
         }
     }
 }
@@ -159,6 +172,8 @@ impl LimitsConfig {
             },
             fs_read: kib(self.fs_read_kib, d.fs_read),
             ui_text: kib(self.ui_text_kib, d.ui_text),
+            exec_args: kib(self.exec_args_kib, d.exec_args),
+            module: kib(self.module_kib, d.module),
         }
     }
 }
@@ -210,6 +225,7 @@ impl Config {
         // Steps read where the project is as a setting, and the policy names it as steps do.
         config.settings.insert("compose_dir".to_owned(), dir.clone());
         config.policy = config.deny.applied_to(&config.policy.at_compose_dir(&dir));
+        crate::policy::validate(&config.policy, origin)?;
         Ok(config)
     }
 

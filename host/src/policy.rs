@@ -78,6 +78,7 @@ impl Deny {
             },
             http: missing.http.iter().filter(|r| self.endpoint(&r.endpoint)).cloned().collect(),
             database: missing.database.iter().filter(|r| self.endpoint(&r.endpoint)).cloned().collect(),
+            units: Default::default(),
         }
     }
 }
@@ -97,6 +98,7 @@ impl Deny {
             },
             http: missing.http.iter().filter(|r| !refused.http.contains(r)).cloned().collect(),
             database: missing.database.iter().filter(|r| !refused.database.contains(r)).cloned().collect(),
+            units: Default::default(),
         };
         (grantable, refused)
     }
@@ -126,8 +128,17 @@ fn read_policy_file(path: &Path) -> Result<Option<CapabilitySet>, ConfigError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(source) => return Err(ConfigError::Read { path: shown, source }),
     };
-    let file: PolicyFile = crate::formats::strict_toml(&text).map_err(|source| ConfigError::Parse { path: shown, source })?;
+    let file: PolicyFile = crate::formats::strict_toml(&text).map_err(|source| ConfigError::Parse { path: shown.clone(), source })?;
+    validate(&file.policy, &shown)?;
     Ok(Some(file.policy))
+}
+
+/// Refuses a policy source that says what no rule may say (a network program, a variable by
+/// pattern or a forbidden one, a bad glob), naming the file: compiling it is that check.
+pub fn validate(rules: &CapabilitySet, origin: &str) -> Result<(), ConfigError> {
+    crate::capabilities::Policy::compile(rules)
+        .map(drop)
+        .map_err(|e| ConfigError::Invalid { path: origin.to_owned(), what: format!("the rule {:?}", e.pattern), why: e.why })
 }
 
 /// The rules of the shipped file and of every `*.toml` of `drop_in_dir` (in name order),
@@ -191,7 +202,7 @@ mod tests {
     #[test]
     fn a_drop_in_reads_back_as_the_grants_it_was_written_from() {
         let grants = set(
-            "[[exec]]\nprogram = \"/usr/bin/psql\"\nargs = [\"-c\", \"SELECT 1\"]\n[fs]\nread = [\"/opt/x\"]\n[[database]]\nendpoint = \"postgres\"\nwrite = true\n",
+            "[[exec]]\nprogram = \"/usr/bin/systemctl\"\nargs = [\"restart\", \"x\"]\n[fs]\nread = [\"/opt/x\"]\n[[database]]\nendpoint = \"postgres\"\nwrite = true\n",
         );
         let text = drop_in_text(&grants, &["granted for 24.04.9".into()]).unwrap();
         assert!(text.starts_with("# granted for 24.04.9\n"), "{text}");

@@ -32,6 +32,20 @@ pub fn visible(text: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
+/// At most `max` bytes of `text` (cut on a character boundary), with a note of how much was
+/// left out: every text a step controls (a message, a listing line, an argument, its error)
+/// reaches the terminal and the files canup keeps through this bound.
+pub fn cut(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{} … ({} more bytes not shown)", &text[..end], text.len() - end))
+}
+
 pub trait Ui: Send + Sync {
     fn log(&self, step: &str, level: Level, message: &str);
     fn progress(&self, step: &str, done: u64, total: Option<u64>, message: &str);

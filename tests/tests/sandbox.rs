@@ -55,11 +55,12 @@ fn exec_rule(program: &str, args: &[&str], env: &[&str]) -> ExecRule {
 fn probe_caps() -> CapabilitySet {
     CapabilitySet {
         exec: vec![
-            exec_rule("/usr/bin/env", &[], &["FOO", "CPS_*"]),
+            exec_rule("/usr/bin/env", &[], &["FOO", "CPS_API_URL"]),
             exec_rule("/usr/bin/rpm", &["-q", "*"], &[]),
             exec_rule("/usr/bin/su", &["-", "canopsis", "-c", "canopsinit --canopsis-edition *"], &[]),
-            // env "*": LD_PRELOAD must still be refused.
-            exec_rule("/usr/bin/systemctl", &["daemon-reload"], &["*"]),
+            // No rule can grant LD_PRELOAD: asked for, it is refused as forbidden.
+            exec_rule("/usr/bin/systemctl", &["daemon-reload"], &[]),
+            exec_rule("/usr/bin/true", &["*"], &[]),
             exec_rule("/usr/bin/flood", &[], &[]),
             exec_rule("/usr/bin/hang", &[], &[]),
         ],
@@ -177,6 +178,7 @@ async fn world() -> World {
     sim.write("/root/secret", "root's secret\n").unwrap();
     sim.write("/opt/canopsis/etc/old.conf", "old=1\n").unwrap();
     std::fs::copy("/usr/bin/env", sim.path("/usr/bin/env")).unwrap();
+    std::fs::copy("/usr/bin/true", sim.path("/usr/bin/true")).unwrap();
     let script = |name: &str, body: &str| {
         sim.write(name, &format!("#!/bin/sh\n{body}\n")).unwrap();
         std::fs::set_permissions(sim.path(name), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
@@ -541,13 +543,19 @@ async fn a_steps_text_is_bounded_per_message_and_per_step() {
 }
 
 #[test]
-fn a_module_over_the_size_limit_is_refused_before_compiling() {
+fn a_module_over_the_size_limit_is_refused_before_compiling_and_the_operator_can_raise_it() {
     let sandbox = Sandbox::new(None).unwrap();
-    let huge = vec![0u8; canup::sandbox::MAX_MODULE_BYTES + 1];
-    let started = std::time::Instant::now();
+    // A 15 MB module once cost 121 s and 1.17 GB to compile; the default limit is 2 MiB.
+    let huge = vec![0u8; 15 << 20];
     let Err(e) = sandbox.load("huge", &huge, &canup::manifest::STEP_API) else { panic!("a {} byte module loaded", huge.len()) };
-    assert!(e.to_string().contains("refused before compiling"), "{e}");
-    assert!(started.elapsed() < Duration::from_secs(5));
+    let e = e.to_string();
+    assert!(e.contains("refused before compiling") && e.contains("module_kib") && e.contains(&StepLimits::default().module.to_string()), "{e}");
+    let just_over = vec![0u8; StepLimits::default().module + 1];
+    assert!(sandbox.load("over", &just_over, &canup::manifest::STEP_API).is_err_and(|e| e.to_string().contains("refused before compiling")));
+    // Raised, the same bytes get to the compiler (which refuses them as no module at all).
+    let raised = Sandbox::new(None).unwrap().with_max_module(16 << 20);
+    let Err(e) = raised.load("huge", &huge, &canup::manifest::STEP_API) else { panic!("zeros compiled") };
+    assert!(!e.to_string().contains("refused before compiling"), "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1100,4 +1108,145 @@ async fn a_new_systemd_drop_in_is_refused_by_the_shipped_policy() {
     );
     assert_eq!(w.sim.snapshot().unwrap(), before);
     assert!(!units.join("zz-canup.conf").exists());
+}
+
+// ---- containment: what a signed step may write is what it may run ----
+
+/// The shipped rules (canup.toml's comments and the package's policy.toml), as an operator
+/// who changed nothing has them.
+fn shipped_policy() -> CapabilitySet {
+    #[derive(serde::Deserialize)]
+    struct Shipped {
+        policy: CapabilitySet,
+    }
+    toml::from_str::<Shipped>(canup_tests::OPERATOR_POLICY).unwrap().policy.at_compose_dir(canup::capabilities::DEFAULT_COMPOSE_DIR)
+}
+
+/// N1: a step may rewrite the engines' drop-ins and units under the shipped policy, and so
+/// could have made systemd run a root command. Their content is judged: a `+` command, a
+/// program that is not Canopsis's, a lost `User=` are refused and nothing changes; what the
+/// published steps write passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unit_or_drop_in_cannot_get_a_root_command_under_the_shipped_policy() {
+    let w = world().await;
+    let dropins = w.sim.path("/etc/systemd/system/canopsis-engine-go@.service.d");
+    std::fs::create_dir_all(&dropins).unwrap();
+    std::fs::write(dropins.join("che.conf"), "[Service]\nExecStart=\nExecStart=/usr/bin/env /opt/canopsis/bin/engine-che -alwaysFlushEntities\n").unwrap();
+    w.sim.write("/etc/systemd/system/canopsis-engine-go@engine-che.service", "[Service]\nUser=canopsis\nGroup=canopsis\nExecStart=/usr/bin/env /opt/canopsis/bin/%i\n").unwrap();
+    let mut declared = probe_caps();
+    declared.fs.read.push("/etc/systemd/system/**".into());
+    declared.fs.write.extend(["/etc/systemd/system/canopsis*/*.conf".into(), "/etc/systemd/system/canopsis*.service".into()]);
+    let policy = shipped_policy();
+    for (step, expected) in [
+        ("unit-root", "ExecStartPre=+/bin/sh -c 'id > /pwned' sets the directive ExecStartPre, not among [policy.units] directives"),
+        ("unit-identity", "changes which user or group the service runs as"),
+    ] {
+        let before = w.sim.snapshot().unwrap();
+        let run = w.run_with(step, &declared, &policy, StepLimits::default()).await;
+        let e = run.report.result.unwrap_err().to_string();
+        assert!(e.contains(expected) && e.contains("systemd unit file"), "{step}: {e}");
+        assert_eq!(w.sim.snapshot().unwrap(), before, "{step} changed the host");
+        denied(&run, "fs.write");
+    }
+    // An ExecStart line with the `+` prefix is refused as well, though ExecStart is allowed.
+    let mut plus = policy.clone();
+    plus.units.directives.push("ExecStartPre".into());
+    let run = w.run_with("unit-root", &declared, &plus, StepLimits::default()).await;
+    assert!(run.report.result.unwrap_err().to_string().contains("the prefix '+'"));
+    let run = w.run_with("unit-allowed", &declared, &policy, StepLimits::default()).await;
+    assert_eq!(run.report.result, Ok(()));
+    assert!(std::fs::read_to_string(dropins.join("che.conf")).unwrap().contains("/opt/canopsis/bin/engine-che -publishQueue"));
+}
+
+/// A dry run's listing and a command's arguments are bounded: 300 listings of 100 KB stop at
+/// the step's text budget, and a 20 MB argument is refused before anything keeps it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_listing_and_a_commands_arguments_are_bounded() {
+    let w = world().await;
+    let run = w.run_mode("dry-run-flood", &probe_caps(), &probe_caps(), StepLimits::default(), true).await;
+    let e = run.report.result.unwrap_err().to_string();
+    assert!(e.contains("ui_text_kib") && e.contains("dry run"), "{e}");
+    let listed: usize = run.recorded.iter().map(String::len).sum();
+    assert!(listed <= StepLimits::default().ui_text, "{listed} bytes listed");
+    assert!(run.recorded.iter().all(|l| l.contains("more bytes not shown")), "each argument is cut with a count");
+    let run = w.hostile("huge-arg", StepLimits::default(), "exec_args_kib").await;
+    assert!(run.audit.iter().all(|r| r.args.to_string().len() < 64 << 10));
+}
+
+/// A step's error of 50 MB reaches the operator and the journal as a few kilobytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_error_is_cut_with_a_count() {
+    let w = world().await;
+    let run = w.run("huge-error").await;
+    let e = run.report.result.unwrap_err().to_string();
+    assert!(e.len() < 16 << 10 && e.contains("more bytes not shown"), "{} bytes", e.len());
+}
+
+/// 64 options of 1 MB: refused, and neither the terminal nor the audit gets them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_choose_of_64_megabytes_is_refused() {
+    let w = world().await;
+    let run = w.hostile("choose-flood", StepLimits::default(), "over 200").await;
+    let shown: usize = run.ui.events.lock().unwrap().iter().map(String::len).sum();
+    assert!(shown < 64 << 10, "{shown} bytes shown");
+    let log = std::fs::read_to_string(w.state.join("audit.jsonl")).unwrap();
+    assert!(log.len() < 256 << 10, "an audit of {} bytes", log.len());
+}
+
+/// What a step pipes to a program is code for it (`runProgram` for mongo): only the release's
+/// signed data, named in the listing and the audit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commands_input_is_signed_release_data_or_nothing() {
+    let w = world().await;
+    let run = w.hostile("stdin-script", StepLimits::default(), "signed data files of release 3.40.0").await;
+    denied(&run, "exec");
+    let script = b"db.default_rights.update({'_id': 'root'}, {$rename: {shadowpass: 'shadowpasswd'}});".to_vec();
+    for dry_run in [true, false] {
+        let (mut env, audit) = w.env("stdin-data", &probe_caps(), &probe_caps(), StepLimits::default(), dry_run, Arc::new(RecordingUi::default()));
+        env.data = Arc::new([("rename.js".to_owned(), script.clone())].into());
+        let recorded = env.recorded.clone();
+        let report = probe().0.run(&probe().1, env).await;
+        assert_eq!(report.result, Ok(()), "dry run {dry_run}");
+        let record = audit.records().into_iter().find(|r| r.capability == "exec").unwrap();
+        assert_eq!(record.args["stdin"]["data"], "rename.js");
+        if dry_run {
+            let listed = recorded.lines().join("\n");
+            assert!(listed.contains("< release data rename.js") && listed.contains("$rename"), "{listed}");
+        }
+    }
+}
+
+/// A working directory where anyone may leave a file, and a package named as a file: yum
+/// would install what a local user planted. Refused under the shipped policy; yum never runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_planted_package_file_and_a_world_writable_directory_are_refused() {
+    let w = world().await;
+    w.sim.write("/tmp/canopsis-core-24.04.3.rpm", "planted by a local user").unwrap();
+    w.hostile("cwd-tmp", StepLimits::default(), "working directory /tmp").await;
+    let mut declared = probe_caps();
+    declared.exec.push(exec_rule("/usr/bin/yum", &["update", "-y", "canopsis*-[0-9]*..."], &[]));
+    let before = w.sim.snapshot().unwrap();
+    let run = w.run_with("planted-rpm", &declared, &shipped_policy(), StepLimits::default()).await;
+    let e = run.report.result.unwrap_err().to_string();
+    assert!(e.contains("canopsis-core-24.04.3.rpm") && e.contains("local package file"), "{e}");
+    assert_eq!(w.sim.snapshot().unwrap(), before);
+    assert!(w.sim.calls().unwrap().is_empty());
+}
+
+/// yum is Python: no rule grants PYTHONWARNINGS or BROWSER, not even a policy's `*`, which no
+/// longer loads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pythons_variables_never_reach_yum() {
+    let w = world().await;
+    let mut declared = probe_caps();
+    declared.exec.push(exec_rule("/usr/bin/yum", &["update", "-y", "canopsis*-[0-9]*..."], &[]));
+    let before = w.sim.snapshot().unwrap();
+    let run = w.run_with("python-env", &declared, &shipped_policy(), StepLimits::default()).await;
+    let e = run.report.result.unwrap_err().to_string();
+    assert!(e.contains("PYTHONWARNINGS") && e.contains("refused for every step"), "{e}");
+    assert_eq!(w.sim.snapshot().unwrap(), before);
+    assert!(w.sim.calls().unwrap().is_empty());
+    let star = "[policy]\n[[policy.exec]]\nprogram = \"/usr/bin/yum\"\nargs = [\"**\"]\nenv = [\"*\"]\n";
+    let e = canup::config::Config::parse(star, "canup.toml").unwrap_err().to_string();
+    assert!(e.contains("canup.toml") && e.contains("exact name"), "{e}");
 }

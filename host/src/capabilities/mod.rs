@@ -9,6 +9,7 @@
 //! The rules are data (TOML in manifests and `canup.toml`); this module compiles them into
 //! matchers once per step so a host call costs a few glob matches.
 
+pub mod content;
 pub mod database;
 pub mod exec;
 pub mod fs;
@@ -36,6 +37,9 @@ pub struct CapabilitySet {
     /// Database endpoints the step may run scripts on (`postgres`, `mongo`, `redis`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub database: Vec<database::DatabaseRule>,
+    /// In the policy: what a change to a systemd unit or drop-in may add (see [`content`]).
+    #[serde(default, skip_serializing_if = "content::UnitRules::is_empty")]
+    pub units: content::UnitRules,
 }
 
 /// One program and the argument lists it may be run with.
@@ -133,6 +137,7 @@ impl CapabilitySet {
         extend(&mut self.fs.deny, &other.fs.deny);
         extend(&mut self.http, &other.http);
         extend(&mut self.database, &other.database);
+        self.units.add(&other.units);
     }
 
     pub fn is_empty(&self) -> bool {
@@ -214,14 +219,14 @@ pub enum Denial {
     Invalid { what: String, why: String },
 }
 
-/// A pattern that failed to compile names its source so a vendor can fix the manifest.
+/// A rule that cannot be compiled (a bad glob) or that no rule may say (a network program, a
+/// variable pattern): names its source so a vendor or an operator can fix it.
 #[derive(Debug, Error)]
-#[error("invalid pattern {pattern:?} in {origin}: {source}")]
+#[error("invalid rule {pattern:?} in {origin}: {why}")]
 pub struct PatternError {
     pub pattern: String,
     pub origin: String,
-    #[source]
-    pub source: globset::Error,
+    pub why: String,
 }
 
 /// Compiles a glob. `literal_separator` makes `*` stop at `/` (for paths) or not (for
@@ -230,7 +235,7 @@ pub(crate) fn glob(pattern: &str, literal_separator: bool, origin: &str) -> Resu
     GlobBuilder::new(pattern).literal_separator(literal_separator).backslash_escape(true).build().map(|g| g.compile_matcher()).map_err(|source| PatternError {
         pattern: pattern.to_owned(),
         origin: origin.to_owned(),
-        source,
+        why: source.to_string(),
     })
 }
 
@@ -281,7 +286,7 @@ impl CapabilitySet {
                     !policy.exec.iter().any(|p| {
                         p.program == d.program
                             && exec::args_cover(&p.args, p.shell, &d.args)
-                            && all_covered(&d.env, &p.env, false).is_none()
+                            && d.env.iter().all(|e| p.env.contains(e))
                             && d.users.iter().all(|u| p.users.contains(u))
                             && p.env_file == d.env_file
                     })
@@ -307,6 +312,7 @@ impl CapabilitySet {
                 .cloned()
                 .collect(),
             database: self.database.iter().filter(|d| !policy.database.iter().any(|p| p.endpoint == d.endpoint && (p.write || !d.write))).cloned().collect(),
+            units: content::UnitRules::default(),
         }
     }
 
@@ -323,6 +329,7 @@ struct Compiled {
     fs: fs::CompiledFsRules,
     http: Vec<http::CompiledHttpRule>,
     database: Vec<database::DatabaseRule>,
+    units: content::CompiledUnitRules,
 }
 
 impl Compiled {
@@ -332,6 +339,7 @@ impl Compiled {
             fs: fs::CompiledFsRules::new(&set.fs, origin)?,
             http: set.http.iter().map(|r| http::CompiledHttpRule::new(r, origin)).collect::<Result<_, _>>()?,
             database: set.database.clone(),
+            units: content::CompiledUnitRules::new(&set.units, origin)?,
         })
     }
 }
@@ -474,10 +482,17 @@ users = ["canopsis"]
 
     #[test]
     fn forbidden_variables_and_malformed_requests() {
-        let any_env = set("[[exec]]\nprogram = \"/bin/x\"\nenv = [\"*\"]\n");
-        let g = Grant::new("s", &any_env, &any_env).unwrap();
+        // No rule grants a variable by pattern, nor one of the forbidden names.
+        for bad in ["*", "CPS_*", "PYTHONWARNINGS", "BROWSER", "PATH", "LD_PRELOAD", "https_proxy", "A-B"] {
+            let rule = set(&format!("[[exec]]\nprogram = \"/bin/x\"\nenv = [{bad:?}]\n"));
+            let e = Grant::new("s", &rule, &CapabilitySet::default()).unwrap_err().to_string();
+            assert!(e.contains(bad) && (e.contains("exact name") || e.contains("refused to every program")), "{bad}: {e}");
+            assert!(Policy::compile(&rule).is_err(), "{bad}");
+        }
+        let named = set("[[exec]]\nprogram = \"/bin/x\"\nenv = [\"CPS_MONGO_URL\", \"_X1\"]\n");
+        let g = Grant::new("s", &named, &named).unwrap();
         let listed = super::exec::FORBIDDEN_ENV.iter().map(|p| p.replace('*', "X"));
-        let examples = ["LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT", "BASH_ENV", "GCONV_PATH", "BASH_FUNC_ls%%", "BASH_FUNC_yum()", "GLIBC_TUNABLES"];
+        let examples = ["LD_PRELOAD", "LD_LIBRARY_PATH", "BASH_ENV", "BASH_FUNC_ls%%", "BASH_FUNC_yum()", "PYTHONWARNINGS", "SYSTEMD_EDITOR", "OPENSSL_CONF", "http_proxy"];
         for name in listed.chain(examples.map(String::from)) {
             let mut r = req("/bin/x", &[]);
             r.env = vec![(name.clone(), "x".into())];
@@ -491,11 +506,29 @@ users = ["canopsis"]
         let mut r = req("/bin/x", &[]);
         r.env = vec![("CPS_MONGO_URL".into(), "mongodb://x".into()), ("_X1".into(), String::new())];
         assert!(g.check_exec(&r).is_ok());
+        r.env.push(("CPS_OTHER".into(), String::new()));
+        assert!(matches!(g.check_exec(&r), Err(Denial::NotDeclared { .. })), "a name no rule grants");
         assert!(matches!(g.check_exec(&req("/bin/../bin/x", &[])), Err(Denial::Invalid { .. })));
         for cwd in ["relative", "/opt/../..", "/opt/./x"] {
             let mut r = req("/bin/x", &[]);
             r.cwd = Some(cwd.into());
             assert!(matches!(g.check_exec(&r), Err(Denial::Invalid { .. })), "{cwd}");
+        }
+    }
+
+    #[test]
+    fn no_rule_names_a_network_program_and_no_package_is_a_local_file() {
+        for program in ["/usr/bin/mongo", "/usr/bin/redis-cli", "/usr/bin/psql", "/usr/bin/curl", "/opt/x/bin/mongosh"] {
+            let rule = set(&format!("[[exec]]\nprogram = {program:?}\nargs = [\"**\"]\n"));
+            let e = Policy::compile(&rule).unwrap_err().to_string();
+            assert!(e.contains(program) && e.contains("database endpoint"), "{e}");
+        }
+        let yum = set("[[exec]]\nprogram = \"/usr/bin/yum\"\nargs = [\"update\", \"-y\", \"canopsis*-[0-9]*...\"]\n");
+        let g = Grant::new("s", &yum, &yum).unwrap();
+        assert!(g.check_exec(&req("/usr/bin/yum", &["update", "-y", "canopsis-core-24.04.3"])).is_ok());
+        for planted in ["canopsis-core-24.04.3.rpm", "canopsis-core-9.RPM"] {
+            let e = g.check_exec(&req("/usr/bin/yum", &["update", "-y", planted])).unwrap_err();
+            assert!(matches!(e, Denial::Forbidden { .. }) && e.to_string().contains("local package file"), "{planted}: {e}");
         }
     }
 

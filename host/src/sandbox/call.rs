@@ -136,11 +136,33 @@ impl StepState {
         Ok(())
     }
 
-    /// Adds a line to the dry run's listing of what the real run would do.
-    pub(super) fn record(&mut self, line: String) {
+    /// Adds a line to the dry run's listing of what the real run would do. The listing is
+    /// text the step controls: each line is bounded, and all of them count against the step's
+    /// `ui_text` budget. Past it the call fails, since a listing cut short would no longer be
+    /// what the real run does (a step that looped a command with a 20 MB argument once made
+    /// a dry run print 320 MB and hold 1.1 GB).
+    pub(super) fn record(&mut self, line: String) -> Result<(), WitError> {
+        let line = crate::ui::cut(&line, LISTING_LINE_BYTES).into_owned();
+        if self.ui_used + line.len() > self.env.limits.ui_text {
+            return Err(wit_error(
+                ErrorKind::Invalid,
+                format!(
+                    "step {} lists more than {} bytes of changes in the dry run (ui_text_kib in canup.toml): its listing would no longer be what the real run does",
+                    self.env.context.step_id, self.env.limits.ui_text
+                ),
+            ));
+        }
+        self.ui_used += line.len();
         self.env.recorded.record(line);
+        Ok(())
     }
 }
+
+/// The most of one dry-run listing line (a file's whole new content is one line).
+const LISTING_LINE_BYTES: usize = 64 << 10;
+
+/// The most of one argument shown in a listing or a log line (the audit bounds its own).
+const ARG_SHOWN_BYTES: usize = 1024;
 
 pub(super) fn exit_text(status: Option<i32>) -> String {
     match status {
@@ -166,9 +188,10 @@ pub fn shell_words(program: &str, args: &[String]) -> String {
 fn shell_words_raw(program: &str, args: &[String]) -> String {
     std::iter::once(program)
         .chain(args.iter().map(String::as_str))
+        .map(|a| crate::ui::cut(a, ARG_SHOWN_BYTES))
         .map(|a| {
             if !a.is_empty() && a.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c)) {
-                a.to_owned()
+                a.into_owned()
             } else {
                 format!("'{}'", a.replace('\'', r"'\''"))
             }

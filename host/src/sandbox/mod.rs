@@ -250,8 +250,8 @@ pub enum Allocation {
     },
 }
 
-/// The largest module canup compiles: published step modules are a few hundred kilobytes.
-pub const MAX_MODULE_BYTES: usize = 16 << 20;
+/// The most of a step's error message kept (a 50 MB error was once printed whole).
+const ERROR_BYTES: usize = 8 << 10;
 
 /// A verified, compiled module ready to instantiate.
 #[derive(Clone)]
@@ -305,6 +305,9 @@ pub struct Sandbox {
     /// task per module: unbounded, their working sets add up (the first run's peak RSS), while
     /// one at a time leaves cores idle on a module's serial parts.
     compiling: CompileGate,
+    /// Compiling is the costliest work a module makes the host do, and wasmtime cannot stop
+    /// it halfway: its size bounds its time and memory.
+    max_module: usize,
 }
 
 impl Sandbox {
@@ -338,7 +341,13 @@ impl Sandbox {
             })
             .map_err(|e| SandboxError::Engine(e.to_string()))?;
         let cache = cache_dir.map(|d| CompiledCache::open(d, &engine)).transpose()?;
-        Ok(Self { engine, linker, cache, compiling: CompileGate::new(2) })
+        Ok(Self { engine, linker, cache, compiling: CompileGate::new(2), max_module: crate::config::StepLimits::default().module })
+    }
+
+    /// The largest module this sandbox compiles (`[limits] module_kib`).
+    pub fn with_max_module(mut self, bytes: usize) -> Self {
+        self.max_module = bytes;
+        self
     }
 
     pub fn engine(&self) -> &Engine {
@@ -351,10 +360,14 @@ impl Sandbox {
         let mismatch = |built: &Version| SandboxError::ApiMismatch { step: step.to_owned(), built: built.clone(), supported: STEP_API };
         // Compiling is the costliest thing a module makes the host do (tens of seconds and
         // gigabytes for tens of megabytes): bounded before it starts.
-        if wasm.len() > MAX_MODULE_BYTES {
+        if wasm.len() > self.max_module {
             return Err(SandboxError::Invalid {
                 step: step.to_owned(),
-                why: format!("it is {} bytes, over canup's limit of {MAX_MODULE_BYTES} bytes for a step module; refused before compiling", wasm.len()),
+                why: format!(
+                    "it is {} bytes, over the limit of {} bytes for a step module (module_kib in canup.toml's [limits]; published modules are a few hundred kilobytes); refused before compiling",
+                    wasm.len(),
+                    self.max_module
+                ),
             });
         }
         // Same major, and no newer minor: the component model's semver matching would link
@@ -452,7 +465,8 @@ impl Sandbox {
             let result = match outcome {
                 Ok(Ok(())) => Ok(()),
                 // A step's own words reach the operator's terminal: shown, never obeyed.
-                Ok(Err(message)) => Err(Stop::Failed(crate::ui::visible(&message).into_owned())),
+                // The step's own text, shown and kept in the journal and history: bounded like its messages.
+                Ok(Err(message)) => Err(Stop::Failed(crate::ui::visible(&crate::ui::cut(&message, ERROR_BYTES)).into_owned())),
                 Err(e) => Err(classify_trap(&e, store.data().limiter.refused, &limits, &guest_stderr)),
             };
             let data = store.data_mut();

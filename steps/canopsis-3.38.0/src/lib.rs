@@ -6,10 +6,11 @@
 //! `db.default_rights.update({'_id' : 'canopsis'},{ "$rename" : {'shadowpass' : 'shadowpasswd'}});` »
 //!
 //! `$rename` of a field that is already renamed does nothing, so running the queries again
-//! (a resumed upgrade) is harmless. In a Compose install MongoDB lives in a container canup
+//! (a resumed upgrade) is harmless. They run on the `mongo` database endpoint: canup connects
+//! with the host's CPS_MONGO_URL (the database `canopsis`), the step names no host. In a Compose install MongoDB lives in a container canup
 //! does not reach yet: the queries are shown for the operator to run.
 
-use canup_sdk::{Context, Result, bail, exec::Command, ui};
+use canup_sdk::{Context, Result, bail, database, ui};
 
 canup_sdk::export_step! {
     "3.38.0/rename-shadowpass" => rename,
@@ -19,7 +20,7 @@ canup_sdk::export_step! {
 const QUERIES: &str = "db.default_rights.update({'_id' : 'root'},{ \"$rename\" : {'shadowpass' : 'shadowpasswd'}});db.default_rights.update({'_id' : 'canopsis'},{ \"$rename\" : {'shadowpass' : 'shadowpasswd'}});";
 
 fn rename(_: &Context) -> Result<()> {
-    Command::new("/usr/bin/mongo").args(["canopsis", "--quiet", "--eval", QUERIES]).run()?;
+    database::mongo(QUERIES).run()?;
     ui::info("renamed shadowpass to shadowpasswd for root and canopsis");
     Ok(())
 }

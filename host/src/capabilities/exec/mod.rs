@@ -13,46 +13,45 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use globset::GlobMatcher;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::{Pid, User};
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
-use super::{Denial, ExecRule, Grant, PatternError, glob};
+use super::{Denial, ExecRule, Grant, PatternError};
 use crate::sysroot::Sysroot;
 
-/// Variables that make the dynamic loader, a shell or an interpreter run code of the
-/// caller's choosing: glibc's "unsecure" list and its tunables, the shells' startup hooks and
-/// exported functions (`BASH_FUNC_name%%`, which bash imports as code), and the code-loading
-/// variables of the interpreters a Canopsis host runs (Python for yum/dnf, Perl, Node.js,
-/// Ruby, Java). No policy can allow them: a step that could set them could run anything as
-/// root through any allowed program written in those languages.
+/// Variables that make the dynamic loader, a shell, an interpreter or a tool run code or read
+/// configuration of the caller's choosing: glibc's "unsecure" list and its tunables, the
+/// shells' startup hooks and exported functions (`BASH_FUNC_name%%`, which bash imports as
+/// code), every Python variable (yum and dnf are Python: `PYTHONWARNINGS` imports a module by
+/// name, and with `BROWSER` that gave a root shell), the code-loading variables of the other
+/// interpreters a Canopsis host runs (Perl, Node.js, Ruby, Java), the editors, pagers and
+/// browsers tools start (`SYSTEMD_EDITOR`, `PAGER`), OpenSSL's configuration and key log, the
+/// search path and the home directory (`~/.rpmmacros` is rpm's: a macro there runs a shell),
+/// and the proxies (a network target is an endpoint's, never a step's).
+///
+/// Variables are granted by name, per program, in both the declaration and the policy
+/// ([`validate_rule`]); this list stays as defence in depth: no rule can grant these.
 pub const FORBIDDEN_ENV: &[&str] = &[
     "LD_*",
     "GLIBC_TUNABLES",
     "BASH_FUNC_*",
-    "PYTHONPATH",
-    "PYTHONHOME",
-    "PYTHONSTARTUP",
-    "PYTHONUSERBASE",
-    "PERL5OPT",
-    "PERL5LIB",
-    "PERLLIB",
-    "PERL5DB",
-    "NODE_OPTIONS",
-    "NODE_PATH",
-    "RUBYOPT",
-    "RUBYLIB",
+    "PYTHON*",
+    "PERL*",
+    "NODE_*",
+    "RUBY*",
+    "GEM_*",
     "JAVA_TOOL_OPTIONS",
     "_JAVA_OPTIONS",
     "JDK_JAVA_OPTIONS",
+    "CLASSPATH",
     "GCONV_PATH",
     "GETCONF_DIR",
     "HOSTALIASES",
     "LOCALDOMAIN",
     "LOCPATH",
-    "MALLOC_TRACE",
+    "MALLOC_*",
     "NIS_PATH",
     "NLSPATH",
     "RESOLV_HOST_CONF",
@@ -65,7 +64,97 @@ pub const FORBIDDEN_ENV: &[&str] = &[
     "BASHOPTS",
     "PS4",
     "IFS",
+    "PATH",
+    "HOME",
+    "XDG_*",
+    "BROWSER",
+    "EDITOR",
+    "VISUAL",
+    "PAGER",
+    "MANPAGER",
+    "LESS*",
+    "SYSTEMD_*",
+    "OPENSSL_*",
+    "SSLKEYLOGFILE",
+    "SSL_CERT_*",
+    "CURL_*",
+    "GIT_*",
+    "GNUPGHOME",
+    "RPM_*",
+    "DNF_*",
+    "YUM_*",
+    "*_proxy",
+    "*_PROXY",
 ];
+
+/// Programs that reach a network service named on their own command line (a database
+/// client, a downloader): no exec rule may name one. What a step sends to a database goes
+/// through a database endpoint (`[[policy.database]]`), whose URL and credentials the
+/// operator's configuration gives; with an exec rule, a pattern such as `redis://*/11` let a
+/// step pick any host and database (`redis://h/0/11` flushed database 0 of another host).
+pub const NETWORK_PROGRAMS: &[&str] = &[
+    "mongo",
+    "mongosh",
+    "mongodump",
+    "mongorestore",
+    "mongoexport",
+    "mongoimport",
+    "redis-cli",
+    "psql",
+    "pg_dump",
+    "pg_dumpall",
+    "pg_restore",
+    "curl",
+    "wget",
+    "nc",
+    "ncat",
+    "netcat",
+    "socat",
+    "ssh",
+    "scp",
+    "sftp",
+    "rsync",
+    "telnet",
+    "ftp",
+    "openssl",
+    "rabbitmqadmin",
+    "influx",
+];
+
+/// Package managers, which take an argument naming a file (`x.rpm`, `./x`, a URL) as a local
+/// package to install: `yum update canopsis-core-X.rpm` with its working directory in `/tmp`
+/// installed whatever file a local user planted there.
+const PACKAGE_MANAGERS: &[&str] = &["yum", "dnf", "dnf-3", "dnf5", "microdnf", "rpm", "yum-deprecated"];
+
+fn program_name(program: &str) -> &str {
+    program.rsplit('/').next().unwrap_or(program)
+}
+
+/// What no exec rule may say, on either side (a step's declaration or any policy source):
+/// checked when the rules are compiled, so a policy that says it does not load.
+fn validate_rule(rule: &ExecRule, origin: &str) -> Result<(), PatternError> {
+    let refused = |pattern: &str, why: String| PatternError { pattern: pattern.to_owned(), origin: origin.to_owned(), why };
+    if NETWORK_PROGRAMS.contains(&program_name(&rule.program)) {
+        return Err(refused(
+            &rule.program,
+            "a program that reaches the network takes its target from an endpoint, never from a step's arguments: give the step a database endpoint ([[policy.database]]) instead of an exec rule".into(),
+        ));
+    }
+    for name in &rule.env {
+        if !portable_name(name) {
+            return Err(refused(name, "environment variables are granted by exact name (letters, digits and '_'), never by pattern".into()));
+        }
+        if let Some(pattern) = forbidden_env(name) {
+            return Err(refused(name, format!("{pattern} is refused to every program: it lets a program run code or read settings of the caller's choosing")));
+        }
+    }
+    Ok(())
+}
+
+/// A name a shell exports as it is: letters, digits and '_', not starting with a digit.
+fn portable_name(name: &str) -> bool {
+    name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_') && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
 
 /// The search path every command gets unless its step passes one: systemd's default for
 /// services. A program that runs others by name (`canopsis-reconfigure` runs `bash -c
@@ -95,7 +184,8 @@ pub struct ExecRequest {
 pub(crate) struct CompiledExecRule {
     program: String,
     args: ArgPatterns,
-    env: Vec<GlobMatcher>,
+    /// Exact names ([`validate_rule`]).
+    env: Vec<String>,
     users: Vec<String>,
     readonly: bool,
     timeout: Option<Duration>,
@@ -104,10 +194,11 @@ pub(crate) struct CompiledExecRule {
 
 impl CompiledExecRule {
     pub(crate) fn new(rule: &ExecRule, origin: &str) -> Result<Self, PatternError> {
+        validate_rule(rule, origin)?;
         Ok(Self {
             program: rule.program.clone(),
             args: ArgPatterns::compile(&rule.args, rule.shell, origin)?,
-            env: rule.env.iter().map(|e| glob(e, false, origin)).collect::<Result<_, _>>()?,
+            env: rule.env.clone(),
             users: rule.users.clone(),
             readonly: rule.readonly,
             timeout: rule.timeout_seconds.map(Duration::from_secs),
@@ -124,7 +215,7 @@ impl CompiledExecRule {
     }
 
     fn env_match(&self, env: &[(String, String)]) -> bool {
-        env.iter().all(|(k, _)| self.env.iter().any(|g| g.is_match(k)))
+        env.iter().all(|(k, _)| self.env.contains(k))
     }
 
     fn user_match(&self, user: Option<&str>) -> bool {
@@ -229,9 +320,7 @@ impl Grant {
         for (name, value) in &req.env {
             // A portable name only: the receipt shell exports each variable by name, and odd
             // names (`BASH_FUNC_x%%`) are how shells smuggle code.
-            let portable =
-                name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_') && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-            if FORBIDDEN_ENV.iter().all(|p| p.strip_suffix('*').is_none_or(|prefix| !name.starts_with(prefix))) && (!portable || value.contains('\0')) {
+            if forbidden_env(name).is_none() && (!portable_name(name) || value.contains('\0')) {
                 return Err(Denial::Invalid {
                     what: format!("environment variable {name:?}"),
                     why: "a name is letters, digits and '_', not starting with a digit, and a value has no NUL byte".into(),
@@ -243,6 +332,14 @@ impl Grant {
                     why: format!("{pattern} lets a program load code of the caller's choosing"),
                 });
             }
+        }
+        if PACKAGE_MANAGERS.contains(&program_name(&req.program))
+            && let Some(file) = req.args.iter().find(|a| !a.starts_with('-') && (a.contains('/') || a.to_ascii_lowercase().ends_with(".rpm")))
+        {
+            return Err(Denial::Forbidden {
+                what: format!("{} with the argument {file:?}", req.program),
+                why: "a package manager takes it for a local package file or a URL; canup installs packages from the configured repositories only, by name".into(),
+            });
         }
         if let Some(what) = uncovered(&self.declared.exec, req) {
             return Err(Denial::NotDeclared { step: self.step.clone(), what });
@@ -267,9 +364,10 @@ impl Grant {
 
 /// Whether a variable name is one no command may receive (see [`FORBIDDEN_ENV`]).
 pub fn forbidden_env(name: &str) -> Option<&'static str> {
-    FORBIDDEN_ENV.iter().copied().find(|p| match p.strip_suffix('*') {
-        Some(prefix) => name.starts_with(prefix),
-        None => name == *p,
+    FORBIDDEN_ENV.iter().copied().find(|p| match (p.strip_suffix('*'), p.strip_prefix('*')) {
+        (Some(prefix), _) => name.starts_with(prefix),
+        (_, Some(suffix)) => name.ends_with(suffix),
+        _ => name == *p,
     })
 }
 

@@ -27,30 +27,76 @@ impl wit::exec::Host for StepState {
         };
         // Values are left out of the audit: they can hold credentials (CPS_AMQP_URL...).
         let env_names: Vec<&str> = req.env.iter().map(|(k, _)| k.as_str()).collect();
+        let input = req.stdin.as_deref().map(|data| (self.release_data_named(data), sha256_hex(data), data.len()));
         let mut args = json!({ "program": req.program, "args": req.args, "env": env_names, "cwd": req.cwd, "user": req.user });
+        if let Some((name, digest, len)) = &input {
+            args["stdin"] = json!({ "data": name, "sha256": digest, "bytes": len });
+        }
         if let Some(file) = self.env.grant.exec_env_file(&req) {
             args["env_file"] = json!(file);
         }
-        let result = match self.env.grant.check_exec(&req) {
-            Err(d) => Err(d.into()),
-            Ok(()) => self.exec_allowed(req).await,
+        let result = match self.check_command(&req, input.as_ref().map(|(name, ..)| name.clone())) {
+            Err(e) => Err(e),
+            Ok(req) => self.exec_allowed(req).await,
         };
         self.conclude(start, "exec", args, result, "ran before the interruption", |o| exit_text(o.status))
     }
 }
 
 impl StepState {
+    /// The name of the release data file whose content `data` is, if any.
+    fn release_data_named(&self, data: &[u8]) -> Option<String> {
+        self.env.data.iter().find(|(_, d)| d.as_slice() == data).map(|(name, _)| name.clone())
+    }
+
+    /// The checks a command passes besides its rules: its input is signed release data (what
+    /// a step pipes to a program is code for it: a script the vendor signed, named in the
+    /// listing and the audit), its arguments fit the host's bound, and its working directory
+    /// is one the step may read, resolved beneath the sysroot like any path of the step
+    /// (never `/tmp`, where anyone can leave a file the program would take).
+    fn check_command(&self, req: &ExecRequest, input: Option<Option<String>>) -> Result<ExecRequest, WitError> {
+        let size: usize = req.args.iter().map(String::len).sum::<usize>() + req.env.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+        if size > self.env.limits.exec_args {
+            return Err(wit_error(
+                ErrorKind::Invalid,
+                format!(
+                    "exec of {}: {size} bytes of arguments and variables, over the limit of {} bytes (exec_args_kib in canup.toml)",
+                    req.program, self.env.limits.exec_args
+                ),
+            ));
+        }
+        self.env.grant.check_exec(req).map_err(WitError::from)?;
+        if input == Some(None) {
+            return Err(WitError::from(crate::capabilities::Denial::Forbidden {
+                what: format!("input for {}", req.program),
+                why: format!("a command's standard input must be one of the signed data files of release {} (context.data), byte for byte", self.env.context.release),
+            }));
+        }
+        let mut checked = req.clone();
+        if let Some(cwd) = &req.cwd {
+            let resolved = self.env.grant.check_fs(&self.env.sysroot, cwd, crate::capabilities::fs::Access::Read).map_err(|d| {
+                WitError::from(crate::capabilities::Denial::Invalid { what: format!("working directory {cwd} of {}", req.program), why: d.to_string() })
+            })?;
+            checked.cwd = Some(resolved.logical.display().to_string());
+        }
+        Ok(checked)
+    }
+
     /// A checked command with its env_file's variables, shown and journaled as a command.
     async fn exec_allowed(&mut self, req: ExecRequest) -> Result<Done<wit::exec::Output>, WitError> {
         let host_env = self.host_env(&req)?;
         let changing = !self.env.grant.exec_is_readonly(&req);
         let words = shell_words(&req.program, &req.args);
+        let input = req.stdin.as_deref().map(|data| {
+            let name = self.release_data_named(data).unwrap_or_default();
+            format!(" < release data {name} ({} bytes, sha256 {}):\n{}", data.len(), &sha256_hex(data)[..16], super::fs::indent(&String::from_utf8_lossy(data)))
+        });
         let listed = if changing {
             let user = req.user.as_ref().map(|u| format!(" (as {u})")).unwrap_or_default();
             let names = req.env.iter().chain(&host_env).map(|(k, _)| format!("{k}=… "));
-            format!("run: {}{words}{user}", names.collect::<String>())
+            format!("run: {}{words}{user}{}", names.collect::<String>(), input.unwrap_or_default())
         } else {
-            format!("query: {words}")
+            format!("query: {words}{}", input.unwrap_or_default())
         };
         let shown = Shown { changing, listed, action: exec_action(&req), words, finish: None };
         self.run_allowed(&ExecRequest { host_env, ..req }, shown).await
@@ -82,13 +128,13 @@ impl StepState {
         let dry = self.env.context.dry_run;
         let Shown { changing, listed, action, words, finish } = shown;
         if dry && changing {
-            self.record(listed);
+            self.record(listed)?;
             return Ok(Done::Now(output(Some(0), vec![], vec![], (false, false), true)));
         }
         if dry {
             // A read-only query runs for real in a dry run; listing it makes the list the
             // whole set of commands the real run would run.
-            self.record(listed);
+            self.record(listed)?;
         }
         // A changing command an earlier attempt of this step already ran is not run again.
         let (slot, replay) = self.journaled(Effect::Command, (!dry && changing).then_some(action));

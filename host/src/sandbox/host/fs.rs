@@ -236,13 +236,15 @@ impl StepState {
         op: impl FnOnce(&cap_fs::Resolved, &mut Backups) -> io::Result<()>,
         done: String,
     ) -> Result<(), WitError> {
+        let content = self.content_check(&staging);
         if self.env.context.dry_run {
             let dry = self.env.recorded.clone();
             let max = self.env.limits.fs_read;
-            let line = self.fs_call(
+            let line = self.fs_call_checked(
                 capability,
                 path,
                 access,
+                content,
                 move |p, _| {
                     let state = match staging {
                         Staging::Write(data) => Staged::File(data),
@@ -266,10 +268,42 @@ impl StepState {
                 },
                 |_| "recorded (dry run)".into(),
             )?;
-            self.record(line);
+            self.record(line)?;
             return Ok(());
         }
-        self.fs_call(capability, path, access, op, |_| done)
+        self.fs_call_checked(capability, path, access, content, op, |_| done)
+    }
+
+    /// What a change must pass besides the path rules: for a file whose content root runs (a
+    /// systemd unit or drop-in), the content rules ([`crate::capabilities::content`]), judged
+    /// on the file as it is now (or as this dry run left it) and as the change leaves it.
+    fn content_check(&self, staging: &Staging) -> impl FnOnce(&cap_fs::Resolved) -> Result<(), WitError> + use<> {
+        let grant = self.env.grant.clone();
+        let staged = self.staged_view();
+        let max = self.env.limits.fs_read;
+        let change = match staging {
+            Staging::Write(d) => Some((false, Some(d.clone()))),
+            Staging::Append(d) => Some((true, Some(d.clone()))),
+            Staging::Remove => Some((false, None)),
+            Staging::Dir => None,
+        };
+        move |p| {
+            let Some((append, data)) = change.filter(|_| crate::capabilities::content::is_unit_file(&p.logical)) else { return Ok(()) };
+            let old = match staged(p) {
+                Some(Staged::File(content)) => Some(content),
+                Some(_) => None,
+                None => match cap_fs::read(p, max) {
+                    Ok(c) => Some(c),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                    Err(e) => return Err(io_error(e, &p.logical.display().to_string())),
+                },
+            };
+            let new = match (append, data) {
+                (true, Some(d)) => Some([old.clone().unwrap_or_default(), d].concat()),
+                (_, d) => d,
+            };
+            grant.check_content(&p.logical, old.as_deref(), new.as_deref()).map_err(WitError::from)
+        }
     }
 
     /// In a dry run, how the changes it listed so far leave a path (see [`crate::sandbox::DryRun`]); always
@@ -288,12 +322,26 @@ impl StepState {
         op: impl FnOnce(&cap_fs::Resolved, &mut Backups) -> io::Result<T>,
         summary: impl FnOnce(&T) -> String,
     ) -> Result<T, WitError> {
+        self.fs_call_checked(capability, path, access, |_| Ok(()), op, summary)
+    }
+
+    /// [`Self::fs_call`] with a further check of the resolved path before `op`.
+    fn fs_call_checked<T>(
+        &mut self,
+        capability: &str,
+        path: &str,
+        access: Access,
+        check: impl FnOnce(&cap_fs::Resolved) -> Result<(), WitError>,
+        op: impl FnOnce(&cap_fs::Resolved, &mut Backups) -> io::Result<T>,
+        summary: impl FnOnce(&T) -> String,
+    ) -> Result<T, WitError> {
         let start = Instant::now();
         let result = self
             .env
             .grant
             .check_fs(&self.env.sysroot, path, access)
             .map_err(WitError::from)
+            .and_then(|resolved| check(&resolved).map(|()| resolved))
             .and_then(|resolved| op(&resolved, &mut self.env.backups).map_err(|e| io_error(e, path)));
         self.cpu.charge(start.elapsed());
         self.account(start, capability, json!({ "path": path }), &result, summary);
@@ -309,6 +357,6 @@ enum Staging {
     Dir,
 }
 
-fn indent(text: &str) -> String {
+pub(super) fn indent(text: &str) -> String {
     text.lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
 }

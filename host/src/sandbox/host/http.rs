@@ -37,12 +37,12 @@ impl StepState {
         if dry && changing {
             cap_http::check_sendable(&self.env.endpoints, request, &self.env.limits.http)?;
             let body = request.body.as_ref().map(|b| format!(" with body {}", String::from_utf8_lossy(b))).unwrap_or_default();
-            self.record(format!("send: {} {} to endpoint {}{body}", request.method, request.path, request.endpoint));
+            self.record(format!("send: {} {} to endpoint {}{body}", request.method, request.path, request.endpoint))?;
             return Ok(Done::Now(wit::http::Response { status: 200, headers: vec![("x-canup-dry-run".into(), "1".into())], body: vec![] }));
         }
         if dry {
             // Like a read-only command, a GET runs for real in a dry run and is listed.
-            self.record(format!("query: {} {} on endpoint {}", request.method, request.path, request.endpoint));
+            self.record(format!("query: {} {} on endpoint {}", request.method, request.path, request.endpoint))?;
         }
         let key = changing.then(|| {
             let body = request.body.as_deref().map(sha256_hex).unwrap_or_default();

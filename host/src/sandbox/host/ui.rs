@@ -7,10 +7,14 @@ use serde_json::json;
 
 use super::super::bindings::{ErrorKind, WitError, wit, wit_error};
 use super::super::call::StepState;
-use crate::ui::{Level, visible};
+use crate::ui::{Level, cut, visible};
 
 /// The most of one message shown (a screen's worth); the rest is cut with a note.
-const MESSAGE_BYTES: usize = 4096;
+pub(in crate::sandbox) const MESSAGE_BYTES: usize = 4096;
+
+/// A question's options: a short list of a few words each, asked of a person.
+const MAX_OPTIONS: usize = 64;
+const OPTION_BYTES: usize = 200;
 
 impl StepState {
     /// A step's text as the operator is shown it: control characters escaped, cut at
@@ -22,15 +26,8 @@ impl StepState {
         if self.ui_used >= limit {
             return None;
         }
-        let mut cut = text.len().min(MESSAGE_BYTES);
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        let mut shown = visible(&text[..cut]).into_owned();
-        if cut < text.len() {
-            shown.push_str(&format!(" … ({} more bytes not shown)", text.len() - cut));
-        }
-        self.ui_used += cut;
+        let shown = visible(&cut(text, MESSAGE_BYTES)).into_owned();
+        self.ui_used += text.len().min(MESSAGE_BYTES);
         if self.ui_used >= limit {
             let step = self.env.context.step_id.clone();
             self.env.ui.log(&step, Level::Warn, &format!("step {step} has shown {limit} bytes of text (ui_text_kib): its further messages are not shown"));
@@ -68,7 +65,7 @@ impl wit::ui::Host for StepState {
         let Some(q) = self.shown(&question) else { return false };
         // The operator may take minutes to answer; keep the runtime free meanwhile.
         let answer = tokio::task::spawn_blocking(move || ui.confirm(&step, &q)).await.unwrap_or(false);
-        self.account(start, "ui.confirm", json!({ "question": question }), &Ok::<_, WitError>(answer), |a| a.to_string());
+        self.account(start, "ui.confirm", json!({ "question": cut(&question, MESSAGE_BYTES) }), &Ok::<_, WitError>(answer), |a| a.to_string());
         answer
     }
 
@@ -81,7 +78,7 @@ impl wit::ui::Host for StepState {
         self.account(
             start,
             "ui.manual",
-            json!({ "instruction": instruction }),
+            json!({ "instruction": cut(&instruction, MESSAGE_BYTES) }),
             &Ok::<_, WitError>(done),
             |d| {
                 if *d { "done".into() } else { "not done".into() }
@@ -93,7 +90,7 @@ impl wit::ui::Host for StepState {
     async fn choose(&mut self, question_id: String, question: String, options: Vec<String>, default: u32) -> Result<u32, WitError> {
         let start = Instant::now();
         let answer = self.answer(&question_id, &question, &options, default).await;
-        let args = json!({ "question-id": question_id, "question": question, "options": options, "default": default });
+        let args = json!({ "question-id": cut(&question_id, OPTION_BYTES), "question": cut(&question, MESSAGE_BYTES), "options": options.iter().take(MAX_OPTIONS).map(|o| cut(o, OPTION_BYTES)).collect::<Vec<_>>(), "default": default });
         self.account(start, "ui.choose", args, &answer, |(i, source)| format!("{} ({source})", options.get(*i as usize).map_or("?", String::as_str)));
         answer.map(|(i, _)| i)
     }
@@ -115,8 +112,16 @@ impl StepState {
     async fn answer(&mut self, question_id: &str, question: &str, options: &[String], default: u32) -> Result<(u32, &'static str), WitError> {
         let step = self.env.context.step_id.clone();
         let invalid = |why: String| wit_error(ErrorKind::Invalid, format!("question {question_id} of step {step}: {why}"));
-        if options.is_empty() || options.len() > 64 || default as usize >= options.len() {
-            return Err(invalid(format!("{} options with default {default}: give 1 to 64 options and a default among them", options.len())));
+        if options.is_empty() || options.len() > MAX_OPTIONS || default as usize >= options.len() {
+            return Err(invalid(format!("{} options with default {default}: give 1 to {MAX_OPTIONS} options and a default among them", options.len())));
+        }
+        if let Some(long) = options.iter().find(|o| o.len() > OPTION_BYTES) {
+            return Err(invalid(format!("an option of {} bytes, over {OPTION_BYTES}: an option is a few words", long.len())));
+        }
+        // The options are shown like any text of the step: within its budget.
+        let size = question.len() + options.iter().map(String::len).sum::<usize>();
+        if self.ui_used + size > self.env.limits.ui_text {
+            return Err(invalid(format!("{size} bytes of question and options, over what is left of the step's text budget (ui_text_kib in canup.toml)")));
         }
         if let Some(given) = self.env.answers.get(&step).and_then(|a| a.get(question_id)) {
             return match options.iter().position(|o| o == given) {

@@ -58,6 +58,18 @@ canup_sdk::export_step! {
     "create-dir-outside" => create_dir_outside,
     "choose" => choose,
     "database-password" => database_password,
+    "dry-run-flood" => dry_run_flood,
+    "huge-arg" => huge_arg,
+    "huge-error" => huge_error,
+    "choose-flood" => choose_flood,
+    "stdin-script" => stdin_script,
+    "stdin-data" => stdin_data,
+    "cwd-tmp" => cwd_tmp,
+    "unit-root" => unit_root,
+    "unit-identity" => unit_identity,
+    "unit-allowed" => unit_allowed,
+    "planted-rpm" => planted_rpm,
+    "python-env" => python_env,
 }
 
 fn allowed_exec(_: &Context) -> Result<()> {
@@ -447,4 +459,91 @@ fn database_password(_: &Context) -> Result<()> {
             .map(|o| o.stdout_text()),
     );
     Ok(())
+}
+
+/// A changing command of 100 KB listed again and again in a dry run: the listing is bounded.
+fn dry_run_flood(_: &Context) -> Result<()> {
+    let big = "y".repeat(100_000);
+    for _ in 0..300 {
+        Command::new("/usr/bin/true").arg(big.as_str()).run()?;
+    }
+    Ok(())
+}
+
+/// One argument of 20 MB: over what the host takes for one command.
+fn huge_arg(_: &Context) -> Result<()> {
+    Command::new("/usr/bin/true").arg("y".repeat(20 << 20)).run()?;
+    bail!("ran a command with a 20 MB argument")
+}
+
+/// An error of 50 MB.
+fn huge_error(_: &Context) -> Result<()> {
+    bail!("{}", "e".repeat(50 << 20))
+}
+
+/// 64 options of 1 MB each.
+fn choose_flood(_: &Context) -> Result<()> {
+    let option = "o".repeat(1 << 20);
+    let options: Vec<&str> = (0..64).map(|_| option.as_str()).collect();
+    let i = ui::choose("flood", "Which one?", &options, 0)?;
+    bail!("answered {i}")
+}
+
+/// A script of the step's own making on a program's standard input (`runProgram` for mongo).
+fn stdin_script(_: &Context) -> Result<()> {
+    Command::new("/usr/bin/env").stdin("runProgram('sh', '-c', 'id > /pwned')").run()?;
+    bail!("a program got the step's own input")
+}
+
+/// The release's signed data file on standard input: allowed, listed and audited by name.
+fn stdin_data(_: &Context) -> Result<()> {
+    let script = canup_sdk::context::data("rename.js")?;
+    Command::new("/usr/bin/env").stdin(script).run()?;
+    Ok(())
+}
+
+/// A working directory anyone may write to (a package file planted there is what yum takes).
+fn cwd_tmp(_: &Context) -> Result<()> {
+    Command::new("/usr/bin/env").cwd("/tmp").run()?;
+    bail!("ran a command in /tmp")
+}
+
+/// A drop-in line that systemd runs as root (`+`), in a drop-in the step may rewrite.
+fn unit_root(_: &Context) -> Result<()> {
+    fs::write("/etc/systemd/system/canopsis-engine-go@.service.d/che.conf", "[Service]\nExecStartPre=+/bin/sh -c 'id > /pwned'\n")?;
+    bail!("wrote a root command into a drop-in")
+}
+
+/// The engine's unit without its `User=`: the service would run as root.
+fn unit_identity(_: &Context) -> Result<()> {
+    let path = "/etc/systemd/system/canopsis-engine-go@engine-che.service";
+    let text = fs::read_to_string(path)?;
+    let without: String = text.lines().filter(|l| !l.starts_with("User=")).map(|l| format!("{l}\n")).collect();
+    fs::write(path, without)?;
+    bail!("removed User= from a unit")
+}
+
+/// What 3.39.0 and 23.04.8 do: an ExecStart of a Canopsis program.
+fn unit_allowed(_: &Context) -> Result<()> {
+    fs::write(
+        "/etc/systemd/system/canopsis-engine-go@.service.d/che.conf",
+        "[Service]\nExecStart=\nExecStart=/usr/bin/env /opt/canopsis/bin/engine-che -publishQueue Engine_event_filter\n",
+    )?;
+    Ok(())
+}
+
+/// A package file a local user left in /tmp, taken by yum as a local package.
+fn planted_rpm(_: &Context) -> Result<()> {
+    Command::new("/usr/bin/yum").args(["update", "-y", "canopsis-core-24.04.3.rpm"]).cwd("/tmp").run()?;
+    bail!("yum installed a local file")
+}
+
+/// yum is Python: PYTHONWARNINGS imports a module by name, BROWSER names what it runs.
+fn python_env(_: &Context) -> Result<()> {
+    Command::new("/usr/bin/yum")
+        .args(["update", "-y", "canopsis-core-24.04.3"])
+        .env("PYTHONWARNINGS", "ignore::antigravity._DeprecatedClass")
+        .env("BROWSER", "/bin/sh -c 'id > /pwned' #%s")
+        .run()?;
+    bail!("yum ran with the step's Python variables")
 }
