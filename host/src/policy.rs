@@ -136,9 +136,11 @@ fn read_policy_file(path: &Path) -> Result<Option<CapabilitySet>, ConfigError> {
 /// Refuses a policy source that says what no rule may say (a network program, a variable by
 /// pattern or a forbidden one, a bad glob), naming the file: compiling it is that check.
 pub fn validate(rules: &CapabilitySet, origin: &str) -> Result<(), ConfigError> {
-    crate::capabilities::Policy::compile(rules)
-        .map(drop)
-        .map_err(|e| ConfigError::Invalid { path: origin.to_owned(), what: format!("the rule {:?}", e.pattern), why: e.why })
+    crate::capabilities::Policy::compile(rules).map(drop).map_err(|e| ConfigError::Invalid {
+        path: origin.to_owned(),
+        what: format!("the rule {:?}", e.pattern),
+        why: e.why,
+    })
 }
 
 /// The rules of the shipped file and of every `*.toml` of `drop_in_dir` (in name order),

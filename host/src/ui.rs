@@ -46,6 +46,22 @@ pub fn cut(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(format!("{} … ({} more bytes not shown)", &text[..end], text.len() - end))
 }
 
+/// At most about `max` bytes of `text`: its start and its end (where an error says why), with
+/// a count of what was left out between them.
+pub fn cut_middle(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let (mut head, mut tail) = (max / 2, text.len() - max / 2);
+    while !text.is_char_boundary(head) {
+        head -= 1;
+    }
+    while !text.is_char_boundary(tail) {
+        tail += 1;
+    }
+    std::borrow::Cow::Owned(format!("{} … ({} more bytes not shown) … {}", &text[..head], tail - head, &text[tail..]))
+}
+
 pub trait Ui: Send + Sync {
     fn log(&self, step: &str, level: Level, message: &str);
     fn progress(&self, step: &str, done: u64, total: Option<u64>, message: &str);

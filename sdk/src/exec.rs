@@ -58,9 +58,14 @@ impl Command {
         self
     }
 
-    /// A shell-like rendering for logs and error messages.
+    /// A shell-like rendering for logs and error messages; an argument past 200 characters is
+    /// cut (the host bounds a step's error, and the reason comes after the command).
     pub fn display(&self) -> String {
-        std::iter::once(&self.cmd.program).chain(&self.cmd.args).map(|a| quote(a)).collect::<Vec<_>>().join(" ")
+        let shown = |a: &String| match a.char_indices().nth(200) {
+            Some((end, _)) => format!("{}… ({} bytes)", quote(&a[..end]), a.len()),
+            None => quote(a),
+        };
+        std::iter::once(&self.cmd.program).chain(&self.cmd.args).map(shown).collect::<Vec<_>>().join(" ")
     }
 
     /// Runs the program and returns its output whatever its exit status.

@@ -73,7 +73,11 @@ impl CompiledUnitRules {
     pub(crate) fn new(rules: &UnitRules, origin: &str) -> Result<Self, PatternError> {
         for d in &rules.directives {
             if IDENTITY.contains(&d.as_str()) {
-                return Err(PatternError { pattern: d.clone(), origin: origin.to_owned(), why: "which user a service runs as is never a step's to change".into() });
+                return Err(PatternError {
+                    pattern: d.clone(),
+                    origin: origin.to_owned(),
+                    why: "which user a service runs as is never a step's to change".into(),
+                });
             }
         }
         Ok(Self { directives: rules.directives.clone(), programs: rules.programs.iter().map(|p| glob(p, true, origin)).collect::<Result<_, _>>()? })
@@ -180,12 +184,15 @@ impl Grant {
         if !is_unit_file(logical) {
             return Ok(());
         }
-        let refused = |why: String| Denial::NotInPolicy { step: self.step.clone(), what: format!("the change to the systemd unit file {}: {why}", logical.display()) };
+        let refused =
+            |why: String| Denial::NotInPolicy { step: self.step.clone(), what: format!("the change to the systemd unit file {}: {why}", logical.display()) };
         let text = |b: Option<&[u8]>| b.map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
         let (old, new) = (entries(&text(old)), entries(&text(new)));
         let identity = |list: &[Entry]| list.iter().filter(|e| IDENTITY.contains(&e.name.as_str())).cloned().collect::<Vec<_>>();
         if identity(&old) != identity(&new) {
-            return Err(refused("it changes which user or group the service runs as (User=, Group=, DynamicUser=, SupplementaryGroups=), which no step may".into()));
+            return Err(refused(
+                "it changes which user or group the service runs as (User=, Group=, DynamicUser=, SupplementaryGroups=), which no step may".into(),
+            ));
         }
         let rules = &self.policy.units;
         for e in added(&old, &new) {
@@ -220,7 +227,17 @@ mod tests {
         assert_eq!(exec_refusal("", &programs), None);
         assert_eq!(exec_refusal("/usr/bin/env /opt/canopsis/bin/%i", &programs), None);
         assert_eq!(exec_refusal("-/opt/canopsis/bin/engine-service -recomputeAllOnInit", &programs), None);
-        for bad in ["+/bin/sh -c 'id > /pwned'", "!/opt/canopsis/bin/x", "-+/bin/sh", "@/opt/canopsis/bin/x sh", "/bin/sh -c x", "sh -c x", "/usr/bin/env sh", "/usr/bin/env LD_PRELOAD=/x /opt/canopsis/bin/x", "/opt/canopsis/bin/../../bin/sh"] {
+        for bad in [
+            "+/bin/sh -c 'id > /pwned'",
+            "!/opt/canopsis/bin/x",
+            "-+/bin/sh",
+            "@/opt/canopsis/bin/x sh",
+            "/bin/sh -c x",
+            "sh -c x",
+            "/usr/bin/env sh",
+            "/usr/bin/env LD_PRELOAD=/x /opt/canopsis/bin/x",
+            "/opt/canopsis/bin/../../bin/sh",
+        ] {
             assert!(exec_refusal(bad, &programs).is_some(), "{bad}");
         }
     }

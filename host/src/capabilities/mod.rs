@@ -492,7 +492,17 @@ users = ["canopsis"]
         let named = set("[[exec]]\nprogram = \"/bin/x\"\nenv = [\"CPS_MONGO_URL\", \"_X1\"]\n");
         let g = Grant::new("s", &named, &named).unwrap();
         let listed = super::exec::FORBIDDEN_ENV.iter().map(|p| p.replace('*', "X"));
-        let examples = ["LD_PRELOAD", "LD_LIBRARY_PATH", "BASH_ENV", "BASH_FUNC_ls%%", "BASH_FUNC_yum()", "PYTHONWARNINGS", "SYSTEMD_EDITOR", "OPENSSL_CONF", "http_proxy"];
+        let examples = [
+            "LD_PRELOAD",
+            "LD_LIBRARY_PATH",
+            "BASH_ENV",
+            "BASH_FUNC_ls%%",
+            "BASH_FUNC_yum()",
+            "PYTHONWARNINGS",
+            "SYSTEMD_EDITOR",
+            "OPENSSL_CONF",
+            "http_proxy",
+        ];
         for name in listed.chain(examples.map(String::from)) {
             let mut r = req("/bin/x", &[]);
             r.env = vec![(name.clone(), "x".into())];

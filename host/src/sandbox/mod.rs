@@ -466,7 +466,7 @@ impl Sandbox {
                 Ok(Ok(())) => Ok(()),
                 // A step's own words reach the operator's terminal: shown, never obeyed.
                 // The step's own text, shown and kept in the journal and history: bounded like its messages.
-                Ok(Err(message)) => Err(Stop::Failed(crate::ui::visible(&crate::ui::cut(&message, ERROR_BYTES)).into_owned())),
+                Ok(Err(message)) => Err(Stop::Failed(crate::ui::visible(&crate::ui::cut_middle(&message, ERROR_BYTES)).into_owned())),
                 Err(e) => Err(classify_trap(&e, store.data().limiter.refused, &limits, &guest_stderr)),
             };
             let data = store.data_mut();

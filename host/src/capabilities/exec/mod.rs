@@ -338,7 +338,8 @@ impl Grant {
         {
             return Err(Denial::Forbidden {
                 what: format!("{} with the argument {file:?}", req.program),
-                why: "a package manager takes it for a local package file or a URL; canup installs packages from the configured repositories only, by name".into(),
+                why: "a package manager takes it for a local package file or a URL; canup installs packages from the configured repositories only, by name"
+                    .into(),
             });
         }
         if let Some(what) = uncovered(&self.declared.exec, req) {

@@ -69,7 +69,10 @@ impl StepState {
         if input == Some(None) {
             return Err(WitError::from(crate::capabilities::Denial::Forbidden {
                 what: format!("input for {}", req.program),
-                why: format!("a command's standard input must be one of the signed data files of release {} (context.data), byte for byte", self.env.context.release),
+                why: format!(
+                    "a command's standard input must be one of the signed data files of release {} (context.data), byte for byte",
+                    self.env.context.release
+                ),
             }));
         }
         let mut checked = req.clone();

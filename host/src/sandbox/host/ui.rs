@@ -75,15 +75,9 @@ impl wit::ui::Host for StepState {
         let step = self.env.context.step_id.clone();
         let Some(text) = self.shown(&instruction) else { return false };
         let done = tokio::task::spawn_blocking(move || ui.manual(&step, &text)).await.unwrap_or(false);
-        self.account(
-            start,
-            "ui.manual",
-            json!({ "instruction": cut(&instruction, MESSAGE_BYTES) }),
-            &Ok::<_, WitError>(done),
-            |d| {
-                if *d { "done".into() } else { "not done".into() }
-            },
-        );
+        self.account(start, "ui.manual", json!({ "instruction": cut(&instruction, MESSAGE_BYTES) }), &Ok::<_, WitError>(done), |d| {
+            if *d { "done".into() } else { "not done".into() }
+        });
         done
     }
 

@@ -304,6 +304,7 @@ async fn host_call_rows(rows: &mut Vec<Row>, work: &Path) -> Result<()> {
             fs: FsRules { read: vec!["/opt/canopsis/etc/bench-4k".into()], ..FsRules::default() },
             http: vec![],
             database: vec![],
+            units: Default::default(),
         },
         ..StepManifest::bare(id, Phase::PostUpdate)
     };
