@@ -11,8 +11,6 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::sysroot::Sysroot;
-
 /// One line of `index.jsonl` in a run's backup directory.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct BackupEntry {
@@ -102,62 +100,6 @@ impl Backups {
 pub struct Original {
     pub content: Vec<u8>,
     pub mode: u32,
-}
-
-/// Why a run's files could not all be put back.
-#[derive(Debug, thiserror::Error)]
-pub enum RestoreError {
-    #[error("{what}: {source}")]
-    Io { what: String, source: io::Error },
-    #[error("line {line} of the backup index: {source}")]
-    Index { line: usize, source: serde_json::Error },
-}
-
-/// Puts back every file run `run` changed, from the copies taken before the change; removes
-/// the files it created. Returns what it did, a line per file.
-pub fn restore(state_dir: &Path, sysroot: &Sysroot, run: &str) -> Result<Vec<String>, RestoreError> {
-    let io_err = |what: String| move |source| RestoreError::Io { what, source };
-    let dir = state_dir.join("backups").join(run);
-    let index = std::fs::read_to_string(dir.join("index.jsonl")).map_err(io_err(format!("no backups in {}", dir.display())))?;
-    let mut done = Vec::new();
-    let mut created_dirs = Vec::new();
-    for (n, line) in index.lines().enumerate() {
-        let entry: BackupEntry = serde_json::from_str(line).map_err(|source| RestoreError::Index { line: n + 1, source })?;
-        if entry.directory {
-            created_dirs.push(entry.path);
-            continue;
-        }
-        let real = sysroot.map(&entry.path);
-        let shown = entry.path.display().to_string();
-        match (&entry.copy, entry.existed) {
-            (Some(copy), true) => {
-                let data = std::fs::read(dir.join(copy)).map_err(io_err(format!("reading the backup of {shown}")))?;
-                crate::durable::atomic_replace(&real, &data).map_err(io_err(format!("restoring {shown}")))?;
-                if let Some(mode) = entry.mode {
-                    use std::os::unix::fs::PermissionsExt;
-                    std::fs::set_permissions(&real, std::fs::Permissions::from_mode(mode)).map_err(io_err(format!("restoring the mode of {shown}")))?;
-                }
-                done.push(format!("restored {shown}"));
-            }
-            _ => match std::fs::remove_file(&real) {
-                Ok(()) => done.push(format!("removed {shown} (created by the run)")),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(RestoreError::Io { what: format!("removing {shown}"), source: e }),
-            },
-        }
-    }
-    // Innermost first, once the files the run made in them are gone; a directory something
-    // else has filled since is left, and said so.
-    for path in created_dirs.iter().rev() {
-        let shown = path.display().to_string();
-        match std::fs::remove_dir(sysroot.map(path)) {
-            Ok(()) => done.push(format!("removed directory {shown} (created by the run)")),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) if e.kind() == io::ErrorKind::DirectoryNotEmpty => done.push(format!("kept directory {shown} (created by the run, not empty now)")),
-            Err(e) => return Err(RestoreError::Io { what: format!("removing directory {shown}"), source: e }),
-        }
-    }
-    Ok(done)
 }
 
 #[cfg(test)]

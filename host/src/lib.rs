@@ -36,6 +36,7 @@ pub mod manifest;
 pub mod plan;
 pub mod policy;
 pub mod repository;
+pub mod restore;
 pub mod sandbox;
 pub mod sysroot;
 pub mod ui;

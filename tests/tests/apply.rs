@@ -83,7 +83,7 @@ async fn core_from_3_37_runs_the_3_38_pre_update_before_yum() {
     let out = h.run(&["apply", "--to", "3.40.0", "--yes", "--accept-manual"]);
     assert!(out.status.success(), "{}", text(&out));
     let calls = h.changes();
-    assert!(position(&calls, "mongo canopsis --quiet --eval") < position(&calls, "yum update -y canopsis-core-3.40.0"));
+    assert!(position(&calls, "mongo --nodb --quiet") < position(&calls, "yum update -y canopsis-core-3.40.0"));
     assert!(!calls.iter().any(|c| c.contains("canopsis-cat")), "{calls:#?}");
     assert!(
         position(&calls, "canoctl restart") < position(&calls, "systemctl enable canopsis-engine-go@engine-fifo"),
@@ -1022,7 +1022,7 @@ async fn a_plan_lists_every_missing_grant_and_a_review_grants_them_beside_canup_
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("repo");
     canup_tests::copy_dir(repository(), &repo).unwrap();
-    let extra = "[step.capabilities.fs]\nread = [\"/etc/canup-review-test.conf\"]\n[[step.capabilities.exec]]\nprogram = \"/usr/bin/psql\"\nargs = [\"--version\"]\n[[step.capabilities.database]]\nendpoint = \"postgres-tech\"\n";
+    let extra = "[step.capabilities.fs]\nread = [\"/etc/canup-review-test.conf\"]\n[[step.capabilities.exec]]\nprogram = \"/usr/bin/systemctl\"\nargs = [\"show-environment\"]\n[[step.capabilities.database]]\nendpoint = \"postgres-tech\"\n";
     let published = publish_note_declaring(&repo, "3.41.0", None, "", extra);
     assert!(published.status.success(), "{}", text(&published));
     // The site's canup.toml has no rules of its own: the shipped ones come from the package's file.
@@ -1035,9 +1035,11 @@ async fn a_plan_lists_every_missing_grant_and_a_review_grants_them_beside_canup_
     assert_eq!(plan.status.code(), Some(5), "{}", text(&plan));
     let said = text(&plan);
     assert!(said.contains("step empty (The release's own note) needs, beyond the policy:"), "{said}");
-    for grant in
-        ["exec of /usr/bin/psql with arguments [\"--version\"]", "read of /etc/canup-review-test.conf", "read-only scripts on database endpoint postgres-tech"]
-    {
+    for grant in [
+        "exec of /usr/bin/systemctl with arguments [\"show-environment\"]",
+        "read of /etc/canup-review-test.conf",
+        "read-only scripts on database endpoint postgres-tech",
+    ] {
         assert!(said.contains(&format!("\n      {grant}")), "{grant} in {said}");
     }
 
@@ -1048,7 +1050,7 @@ async fn a_plan_lists_every_missing_grant_and_a_review_grants_them_beside_canup_
     let drop_ins: Vec<_> = std::fs::read_dir(h.dir.path().join("policy.d")).unwrap().flatten().map(|e| e.path()).collect();
     assert_eq!(drop_ins.len(), 1, "{drop_ins:?}");
     let written = std::fs::read_to_string(&drop_ins[0]).unwrap();
-    assert!(written.contains("/usr/bin/psql") && written.contains("postgres-tech") && written.contains("  empty: "), "{written}");
+    assert!(written.contains("/usr/bin/systemctl") && written.contains("postgres-tech") && written.contains("  empty: "), "{written}");
     assert!(!written.contains("/usr/bin/yum"), "only the missing grants: {written}");
     assert_eq!(h.sim.snapshot().unwrap(), before, "a review changes nothing on the host");
 
@@ -1057,13 +1059,13 @@ async fn a_plan_lists_every_missing_grant_and_a_review_grants_them_beside_canup_
     assert_eq!(std::fs::read(&h.config).unwrap(), config, "canup.toml is never edited");
 
     // The operator's [deny] wins: what it names is shown, never written.
-    let denied = host_on(&repo, Spec { version: "3.40.0".into(), ..Spec::default() }, &format!("{shipped}[deny]\nprograms = [\"/usr/bin/psql\"]\n")).await;
+    let denied = host_on(&repo, Spec { version: "3.40.0".into(), ..Spec::default() }, &format!("{shipped}[deny]\nprograms = [\"/usr/bin/systemctl\"]\n")).await;
     let review = denied.run(&["policy", "review", "--to", "3.41.0", "--yes"]);
     assert_eq!(review.status.code(), Some(5), "{}", text(&review));
-    assert!(text(&review).contains("refused by [deny] in canup.toml, never granted: exec of /usr/bin/psql"), "{}", text(&review));
+    assert!(text(&review).contains("refused by [deny] in canup.toml, never granted: exec of /usr/bin/systemctl"), "{}", text(&review));
     assert!(text(&review).contains("the plan is still refused"), "{}", text(&review));
     let drop_in = std::fs::read_dir(denied.dir.path().join("policy.d")).unwrap().flatten().next().unwrap().path();
-    assert!(!std::fs::read_to_string(drop_in).unwrap().contains("psql"));
+    assert!(!std::fs::read_to_string(drop_in).unwrap().contains("show-environment"));
 }
 
 /// Extending an era: `repo registrations` lists each shared registration with its role and

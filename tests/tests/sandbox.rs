@@ -1256,3 +1256,32 @@ async fn pythons_variables_never_reach_yum() {
     let e = canup::config::Config::parse(star, "canup.toml").unwrap_err().to_string();
     assert!(e.contains("canup.toml") && e.contains("exact name"), "{e}");
 }
+
+/// `restore-files` walks each path on descriptors: after a local user swapped
+/// /opt/canopsis/etc for a symbolic link to a directory of theirs, nothing is written there;
+/// the restore stops naming the link, and once the directory is back it finishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_does_not_follow_a_swapped_directory() {
+    let w = world().await;
+    let run = w.run("rewrite").await;
+    assert_eq!(run.report.result, Ok(()));
+    assert_eq!(w.sim.read("/opt/canopsis/etc/old.conf").unwrap(), "old=19\n");
+    let etc = w.sim.path("/opt/canopsis/etc");
+    let moved = w.sim.path("/opt/canopsis/etc.real");
+    std::fs::rename(&etc, &moved).unwrap();
+    std::os::unix::fs::symlink(&w.outside, &etc).unwrap();
+    let sysroot = Sysroot::new(w.sim.root()).unwrap();
+    let e = canup::restore::restore(&w.state, &sysroot, "test-run").unwrap_err().to_string();
+    assert!(e.contains("/opt/canopsis/etc/old.conf") && (e.contains("symbolic link") || e.contains("outside the sysroot")), "{e}");
+    assert_eq!(
+        std::fs::read_dir(&w.outside).unwrap().count(),
+        1,
+        "a file was written outside: {:?}",
+        std::fs::read_dir(&w.outside).unwrap().collect::<Vec<_>>()
+    );
+    std::fs::remove_file(&etc).unwrap();
+    std::fs::rename(&moved, &etc).unwrap();
+    let done = canup::restore::restore(&w.state, &sysroot, "test-run").unwrap();
+    assert!(done.iter().any(|l| l == "restored /opt/canopsis/etc/old.conf"), "{done:?}");
+    assert_eq!(w.sim.read("/opt/canopsis/etc/old.conf").unwrap(), "old=1\n");
+}

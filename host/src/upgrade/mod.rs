@@ -582,9 +582,9 @@ fn replay(session: &Session, run: &journal::RunRecord) -> Result<Plan, UpgradeEr
 
 /// `canup restore-files RUN`: puts back every file a run changed, from its backups.
 pub fn restore_files(state_dir: &std::path::Path, sysroot: &Sysroot, run: &str) -> Result<Vec<String>, UpgradeError> {
-    crate::backup::restore(state_dir, sysroot, run).map_err(|e| match e {
-        crate::backup::RestoreError::Io { what, source } => UpgradeError::Restore { run: run.to_owned(), what, source },
-        crate::backup::RestoreError::Index { line, source } => UpgradeError::BackupIndex { run: run.to_owned(), line, source },
+    crate::restore::restore(state_dir, sysroot, run).map_err(|e| match e {
+        crate::restore::RestoreError::Io { what, source } => UpgradeError::Restore { run: run.to_owned(), what, source },
+        crate::restore::RestoreError::Index { line, source } => UpgradeError::BackupIndex { run: run.to_owned(), line, source },
     })
 }
 

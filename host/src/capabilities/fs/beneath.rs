@@ -241,6 +241,21 @@ impl Entry {
         Ok(fsync(&dir)?)
     }
 
+    /// Sets a regular file's permission bits through its own descriptor (never a symlink's
+    /// target: opened `O_NOFOLLOW`).
+    pub fn set_mode(&self, mode: u32) -> io::Result<()> {
+        let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+        let file = openat(&self.parent, self.name(), flags, Mode::empty()).map_err(changed)?;
+        Ok(nix::sys::stat::fchmod(&file, Mode::from_bits_truncate(mode & 0o7777))?)
+    }
+
+    /// Removes an empty directory, durably.
+    pub fn remove_dir(&self) -> io::Result<()> {
+        let dir = self.writable()?;
+        unlinkat(&dir, self.name(), UnlinkatFlags::RemoveDir)?;
+        Ok(fsync(&dir)?)
+    }
+
     /// Makes the directory with `mode` exactly (not masked by the umask) and the owner of the
     /// directory it is made in, set through its own descriptor; the parent is then synced.
     pub fn make_dir(&self, mode: u32) -> io::Result<()> {

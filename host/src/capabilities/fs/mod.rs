@@ -150,6 +150,45 @@ pub fn read_for_host(sysroot: &Sysroot, logical: &str, max: usize) -> io::Result
     read(&resolved, max)
 }
 
+/// What `canup restore-files` does to one path a run changed, on descriptors like a step's
+/// change: the path is walked beneath the sysroot again and must still be what the run
+/// changed, with no symbolic link on the way (a local user who swapped
+/// `/opt/canopsis/etc` for a link once made root write a file where they chose).
+pub enum Restore<'a> {
+    /// Put back this content, with these permission bits.
+    File(&'a [u8], Option<u32>),
+    /// Remove the file the run created; `false` when it is already gone.
+    Remove,
+    /// Remove the directory the run created (only when empty).
+    RemoveDir,
+}
+
+pub fn restore(sysroot: &Sysroot, logical: &Path, what: Restore<'_>) -> io::Result<bool> {
+    let shown = logical.display().to_string();
+    let resolved = resolve(sysroot, &shown).map_err(|d| io::Error::new(io::ErrorKind::PermissionDenied, d.to_string()))?;
+    if resolved.logical != logical {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("{shown} now leads to {} through a symbolic link, which the run did not change: restore it by hand", resolved.logical.display()),
+        ));
+    }
+    if matches!(what, Restore::Remove | Restore::RemoveDir) && resolved.stat.is_none() {
+        return Ok(false);
+    }
+    let entry = resolved.entry()?;
+    match what {
+        Restore::File(data, mode) => {
+            entry.replace(data)?;
+            if let Some(mode) = mode {
+                entry.set_mode(mode)?;
+            }
+            Ok(true)
+        }
+        Restore::Remove => entry.remove().map(|()| true),
+        Restore::RemoveDir => entry.remove_dir().map(|()| true),
+    }
+}
+
 /// A file's content for a step, at most `max` bytes (`fs_read_kib`).
 pub fn read(path: &Resolved, max: usize) -> io::Result<Vec<u8>> {
     path.entry()?.read(max)
