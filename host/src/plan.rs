@@ -484,6 +484,7 @@ mod tests {
             http: vec![],
             database: vec![],
             units: Default::default(),
+            compose: Default::default(),
         };
         let p = plan(&i, &v("3.39.0"), Some(&v("3.40.0")), Edition::Core, Method::Packages).unwrap();
         let broad: CapabilitySet = toml::from_str(

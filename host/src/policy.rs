@@ -79,6 +79,7 @@ impl Deny {
             http: missing.http.iter().filter(|r| self.endpoint(&r.endpoint)).cloned().collect(),
             database: missing.database.iter().filter(|r| self.endpoint(&r.endpoint)).cloned().collect(),
             units: Default::default(),
+            compose: Default::default(),
         }
     }
 }
@@ -99,6 +100,7 @@ impl Deny {
             http: missing.http.iter().filter(|r| !refused.http.contains(r)).cloned().collect(),
             database: missing.database.iter().filter(|r| !refused.database.contains(r)).cloned().collect(),
             units: Default::default(),
+            compose: Default::default(),
         };
         (grantable, refused)
     }

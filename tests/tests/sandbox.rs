@@ -77,6 +77,7 @@ fn probe_caps() -> CapabilitySet {
         }],
         database: vec![],
         units: Default::default(),
+        compose: Default::default(),
     }
 }
 
@@ -1284,4 +1285,83 @@ async fn a_restore_does_not_follow_a_swapped_directory() {
     let done = canup::restore::restore(&w.state, &sysroot, "test-run").unwrap();
     assert!(done.iter().any(|l| l == "restored /opt/canopsis/etc/old.conf"), "{done:?}");
     assert_eq!(w.sim.read("/opt/canopsis/etc/old.conf").unwrap(), "old=1\n");
+}
+
+/// A Compose project as the content check reads it: the files of one reference set.
+struct Files(Vec<(String, String)>);
+
+impl canup::capabilities::content::Project for Files {
+    fn read(&self, logical: &Path) -> Option<Vec<u8>> {
+        let name = logical.file_name()?.to_string_lossy().into_owned();
+        self.0.iter().find(|(n, _)| *n == name).map(|(_, t)| t.clone().into_bytes())
+    }
+    fn list(&self, _: &Path) -> Vec<String> {
+        self.0.iter().map(|(n, _)| n.clone()).collect()
+    }
+}
+
+/// The shipped `[policy.compose]` admits every reference set the vendor published (every
+/// release and edition of facts/compose.toml, written whole over an empty project), so that
+/// the rules bound steps, not the vendor's own files.
+#[test]
+fn every_reference_compose_set_passes_the_shipped_compose_rules() {
+    let facts = canopsis_facts::compose::ComposeFacts::embedded().unwrap();
+    let table: toml::Table = toml::from_str(canopsis_facts::CANOPSIS_TOML).unwrap();
+    let releases: Vec<String> =
+        table["releases"].as_table().unwrap().values().filter_map(|v| v.as_array()).flatten().filter_map(|v| v.as_str().map(str::to_owned)).collect();
+    assert!(releases.len() > 80, "{} releases", releases.len());
+    let grant = Grant::new("reference", &CapabilitySet::default(), &shipped_policy()).unwrap();
+    let mut checked = 0;
+    for release in &releases {
+        for edition in ["core", "cat"] {
+            let Ok(reference) = facts.reference(release, edition) else { continue };
+            let project = Files(reference.files.clone());
+            for (name, text) in &reference.files {
+                let path = PathBuf::from(format!("/opt/canopsis/docker/{name}"));
+                grant.check_content(&path, None, Some(text.as_bytes()), &project).unwrap_or_else(|e| panic!("{release} {edition} {name}: {e}"));
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 300, "{checked} files checked");
+}
+
+/// N2: under the shipped policy a step may rewrite docker-compose.yml and .env and run
+/// `docker compose up -d`. A privileged service with `/` mounted, an image from another
+/// registry (directly or through `.env`'s DOCKER_REPOSITORY) are refused, nothing changes;
+/// the reference's own change between two releases passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compose_change_cannot_get_a_root_container_under_the_shipped_policy() {
+    let w = world().await;
+    let facts = canopsis_facts::compose::ComposeFacts::embedded().unwrap();
+    let (old, new) = (facts.reference("24.04.2", "core").unwrap(), facts.reference("24.04.3", "core").unwrap());
+    let file = |r: &canopsis_facts::compose::Reference, name: &str| r.files.iter().find(|(n, _)| n == name).unwrap().1.clone();
+    let project = Files(old.files.clone());
+    let compose = PathBuf::from("/opt/canopsis/docker/docker-compose.yml");
+    let grant = Grant::new("compose", &CapabilitySet::default(), &shipped_policy()).unwrap();
+    let before = file(&old, "docker-compose.yml");
+    grant.check_content(&compose, Some(before.as_bytes()), Some(file(&new, "docker-compose.yml").as_bytes()), &project).unwrap();
+    let with_service = before.replacen("services:\n", "services:\n  rooted:\n    image: alpine:latest\n    privileged: true\n    volumes: [\"/:/host\"]\n", 1);
+    assert_ne!(with_service, before);
+    let e = grant.check_content(&compose, Some(before.as_bytes()), Some(with_service.as_bytes()), &project).unwrap_err().to_string();
+    assert!(e.contains("service rooted: privileged"), "{e}");
+    let mounted = before.replacen("services:\n", "services:\n  rooted:\n    image: alpine:latest\n    volumes: [\"/:/host\"]\n", 1);
+    let e = grant.check_content(&compose, Some(before.as_bytes()), Some(mounted.as_bytes()), &project).unwrap_err().to_string();
+    assert!(e.contains("the host path / is mounted"), "{e}");
+    let env = file(&old, ".env");
+    let evil = env.replace("DOCKER_REPOSITORY=docker.canopsis.net/docker/", "DOCKER_REPOSITORY=evil.example/");
+    assert_ne!(evil, env);
+    let e = grant.check_content(Path::new("/opt/canopsis/docker/.env"), Some(env.as_bytes()), Some(evil.as_bytes()), &project).unwrap_err().to_string();
+    assert!(e.contains("evil.example/") && e.contains("not among [policy.compose] images"), "{e}");
+    // Through a step: the write is refused and the project is left as it was.
+    w.sim.write("/opt/canopsis/docker/docker-compose.yml", &before).unwrap();
+    w.sim.write("/opt/canopsis/docker/.env", &env).unwrap();
+    let mut declared = probe_caps();
+    declared.fs.read.push("/opt/canopsis/docker/**".into());
+    declared.fs.write.push("/opt/canopsis/docker/docker-compose.yml".into());
+    let snapshot = w.sim.snapshot().unwrap();
+    let run = w.run_with("compose-root", &declared, &shipped_policy(), StepLimits::default()).await;
+    let e = run.report.result.unwrap_err().to_string();
+    assert!(e.contains("service rooted: privileged"), "{e}");
+    assert_eq!(w.sim.snapshot().unwrap(), snapshot);
 }

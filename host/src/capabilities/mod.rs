@@ -40,6 +40,9 @@ pub struct CapabilitySet {
     /// In the policy: what a change to a systemd unit or drop-in may add (see [`content`]).
     #[serde(default, skip_serializing_if = "content::UnitRules::is_empty")]
     pub units: content::UnitRules,
+    /// In the policy: what a change to a Compose project may make Docker run.
+    #[serde(default, skip_serializing_if = "content::compose::ComposeRules::is_empty")]
+    pub compose: content::compose::ComposeRules,
 }
 
 /// One program and the argument lists it may be run with.
@@ -138,6 +141,7 @@ impl CapabilitySet {
         extend(&mut self.http, &other.http);
         extend(&mut self.database, &other.database);
         self.units.add(&other.units);
+        self.compose.add(&other.compose);
     }
 
     pub fn is_empty(&self) -> bool {
@@ -313,6 +317,7 @@ impl CapabilitySet {
                 .collect(),
             database: self.database.iter().filter(|d| !policy.database.iter().any(|p| p.endpoint == d.endpoint && (p.write || !d.write))).cloned().collect(),
             units: content::UnitRules::default(),
+            compose: content::compose::ComposeRules::default(),
         }
     }
 
@@ -330,6 +335,7 @@ struct Compiled {
     http: Vec<http::CompiledHttpRule>,
     database: Vec<database::DatabaseRule>,
     units: content::CompiledUnitRules,
+    compose: content::compose::CompiledComposeRules,
 }
 
 impl Compiled {
@@ -340,6 +346,7 @@ impl Compiled {
             http: set.http.iter().map(|r| http::CompiledHttpRule::new(r, origin)).collect::<Result<_, _>>()?,
             database: set.database.clone(),
             units: content::CompiledUnitRules::new(&set.units, origin)?,
+            compose: content::compose::CompiledComposeRules::new(&set.compose, origin)?,
         })
     }
 }

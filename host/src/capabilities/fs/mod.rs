@@ -189,6 +189,13 @@ pub fn restore(sysroot: &Sysroot, logical: &Path, what: Restore<'_>) -> io::Resu
     }
 }
 
+/// The names in a directory the host lists for itself (a content check's project), walked
+/// beneath the sysroot like a step's path.
+pub fn list_for_host(sysroot: &Sysroot, logical: &str) -> io::Result<Vec<String>> {
+    let resolved = resolve(sysroot, logical).map_err(|d| io::Error::new(io::ErrorKind::InvalidInput, d.to_string()))?;
+    list(&resolved)
+}
+
 /// A file's content for a step, at most `max` bytes (`fs_read_kib`).
 pub fn read(path: &Resolved, max: usize) -> io::Result<Vec<u8>> {
     path.entry()?.read(max)

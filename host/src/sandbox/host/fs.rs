@@ -19,6 +19,7 @@ use serde_json::json;
 use super::super::bindings::{WitError, io_error, wit};
 use super::super::call::StepState;
 use crate::backup::Backups;
+use crate::capabilities::content;
 use crate::capabilities::fs::{self as cap_fs, Access};
 use crate::journal::{ActionResult, PastAction};
 use crate::sandbox::Staged;
@@ -275,12 +276,13 @@ impl StepState {
     }
 
     /// What a change must pass besides the path rules: for a file whose content root runs (a
-    /// systemd unit or drop-in), the content rules ([`crate::capabilities::content`]), judged
-    /// on the file as it is now (or as this dry run left it) and as the change leaves it.
+    /// systemd unit or drop-in, a Compose file, the project's `.env`), the content rules
+    /// ([`crate::capabilities::content`]), judged on the file as it is now (or as this dry run
+    /// left it) and as the change leaves it.
     fn content_check(&self, staging: &Staging) -> impl FnOnce(&cap_fs::Resolved) -> Result<(), WitError> + use<> {
         let grant = self.env.grant.clone();
-        let staged = self.staged_view();
-        let max = self.env.limits.fs_read;
+        let project =
+            HostProject { sysroot: self.env.sysroot.clone(), dry: self.env.context.dry_run.then(|| self.env.recorded.clone()), max: self.env.limits.fs_read };
         let change = match staging {
             Staging::Write(d) => Some((false, Some(d.clone()))),
             Staging::Append(d) => Some((true, Some(d.clone()))),
@@ -288,21 +290,13 @@ impl StepState {
             Staging::Dir => None,
         };
         move |p| {
-            let Some((append, data)) = change.filter(|_| crate::capabilities::content::is_unit_file(&p.logical)) else { return Ok(()) };
-            let old = match staged(p) {
-                Some(Staged::File(content)) => Some(content),
-                Some(_) => None,
-                None => match cap_fs::read(p, max) {
-                    Ok(c) => Some(c),
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-                    Err(e) => return Err(io_error(e, &p.logical.display().to_string())),
-                },
-            };
+            let Some((append, data)) = change.filter(|_| content::is_ruled(&p.logical)) else { return Ok(()) };
+            let old = content::Project::read(&project, &p.logical);
             let new = match (append, data) {
                 (true, Some(d)) => Some([old.clone().unwrap_or_default(), d].concat()),
                 (_, d) => d,
             };
-            grant.check_content(&p.logical, old.as_deref(), new.as_deref()).map_err(WitError::from)
+            grant.check_content(&p.logical, old.as_deref(), new.as_deref(), &project).map_err(WitError::from)
         }
     }
 
@@ -346,6 +340,36 @@ impl StepState {
         self.cpu.charge(start.elapsed());
         self.account(start, capability, json!({ "path": path }), &result, summary);
         result
+    }
+}
+
+/// The host's view of a project for a content check: a dry run's staged changes first, then
+/// the files beneath the sysroot, read by the host without a capability check (the step
+/// sees nothing of them).
+struct HostProject {
+    sysroot: crate::sysroot::Sysroot,
+    dry: Option<crate::sandbox::DryRun>,
+    max: usize,
+}
+
+impl content::Project for HostProject {
+    fn read(&self, logical: &Path) -> Option<Vec<u8>> {
+        match self.dry.as_ref().and_then(|d| d.staged(logical)) {
+            Some(Staged::File(content)) => Some(content),
+            Some(_) => None,
+            None => cap_fs::read_for_host(&self.sysroot, &logical.display().to_string(), self.max).ok(),
+        }
+    }
+
+    fn list(&self, dir: &Path) -> Vec<String> {
+        let mut names = cap_fs::list_for_host(&self.sysroot, &dir.display().to_string()).unwrap_or_default();
+        for (name, state) in self.dry.as_ref().map(|d| d.staged_in(dir)).unwrap_or_default() {
+            names.retain(|n| *n != name);
+            if state != Staged::Removed {
+                names.push(name);
+            }
+        }
+        names
     }
 }
 

@@ -70,6 +70,7 @@ canup_sdk::export_step! {
     "unit-allowed" => unit_allowed,
     "planted-rpm" => planted_rpm,
     "python-env" => python_env,
+    "compose-root" => compose_root,
 }
 
 fn allowed_exec(_: &Context) -> Result<()> {
@@ -546,4 +547,12 @@ fn python_env(_: &Context) -> Result<()> {
         .env("BROWSER", "/bin/sh -c 'id > /pwned' #%s")
         .run()?;
     bail!("yum ran with the step's Python variables")
+}
+
+/// A privileged service with the host's `/` mounted, added to the Compose project.
+fn compose_root(_: &Context) -> Result<()> {
+    let path = "/opt/canopsis/docker/docker-compose.yml";
+    let text = fs::read_to_string(path)?;
+    fs::write(path, text.replacen("services:\n", "services:\n  rooted:\n    image: alpine:latest\n    privileged: true\n    volumes: [\"/:/host\"]\n", 1))?;
+    bail!("added a privileged service")
 }

@@ -305,6 +305,7 @@ async fn host_call_rows(rows: &mut Vec<Row>, work: &Path) -> Result<()> {
             http: vec![],
             database: vec![],
             units: Default::default(),
+            compose: Default::default(),
         },
         ..StepManifest::bare(id, Phase::PostUpdate)
     };

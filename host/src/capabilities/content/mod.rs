@@ -18,6 +18,10 @@
 //! Lines the file already had are the operator's (or the vendor's) and stay as they are: a
 //! step that removes one option from an operator's unit copy (3.39.0) is judged by the line
 //! it rewrote, not by the rest of the file. Without `[policy.units]`, no such change passes.
+//!
+//! Compose files and the project's `.env` are judged the same way, by `compose.rs`.
+
+pub mod compose;
 
 use std::path::Path;
 
@@ -50,17 +54,32 @@ impl UnitRules {
     }
 
     pub(crate) fn add(&mut self, other: &UnitRules) {
-        for d in &other.directives {
-            if !self.directives.contains(d) {
-                self.directives.push(d.clone());
-            }
-        }
-        for p in &other.programs {
-            if !self.programs.contains(p) {
-                self.programs.push(p.clone());
-            }
+        extend(&mut self.directives, &other.directives);
+        extend(&mut self.programs, &other.programs);
+    }
+}
+
+/// Adds the items of `from` that `into` lacks (policy sources add up).
+fn extend(into: &mut Vec<String>, from: &[String]) {
+    for item in from {
+        if !into.contains(item) {
+            into.push(item.clone());
         }
     }
+}
+
+/// The project files a content check reads beside the changed one, as the host sees them
+/// (a dry run's staged changes included): a Compose file's `.env`, the Compose files a
+/// `.env` feeds.
+pub trait Project {
+    fn read(&self, logical: &Path) -> Option<Vec<u8>>;
+    fn list(&self, dir: &Path) -> Vec<String>;
+}
+
+/// Whether a change to `logical` is judged by its content (see [`Grant::check_content`]).
+pub fn is_ruled(logical: &Path) -> bool {
+    let name = logical.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    is_unit_file(logical) || compose::is_compose_file(&name) || name == ".env"
 }
 
 #[derive(Debug, Clone, Default)]
@@ -180,10 +199,36 @@ impl Grant {
     /// The checkpoint for a change to a file whose content root runs: `old` is what the file
     /// holds now (`None`: absent), `new` what the change leaves (`None`: removed). Files that
     /// are no such file pass.
-    pub fn check_content(&self, logical: &Path, old: Option<&[u8]>, new: Option<&[u8]>) -> Result<(), Denial> {
-        if !is_unit_file(logical) {
-            return Ok(());
+    pub fn check_content(&self, logical: &Path, old: Option<&[u8]>, new: Option<&[u8]>, project: &dyn Project) -> Result<(), Denial> {
+        if is_unit_file(logical) {
+            return self.check_unit(logical, old, new);
         }
+        let name = logical.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let dir = logical.parent().unwrap_or(Path::new("/"));
+        let text = |b: Option<Vec<u8>>| b.map(|b| String::from_utf8_lossy(&b).into_owned());
+        let refused = |file: &Path, why: String| Denial::NotInPolicy {
+            step: self.step.clone(),
+            what: format!("the change to the Compose file {}: {why}", file.display()),
+        };
+        let env_of = |b: Option<&[u8]>| compose::parse_env(&text(b.map(<[u8]>::to_vec)).unwrap_or_default());
+        if compose::is_compose_file(&name) {
+            let env = env_of(project.read(&dir.join(".env")).as_deref());
+            let (old, new) = (text(old.map(<[u8]>::to_vec)), text(new.map(<[u8]>::to_vec)).unwrap_or_default());
+            return compose::judge(&self.policy.compose, old.as_deref().map(|o| (o, &env)), (&new, &env)).map_err(|why| refused(logical, why));
+        }
+        if name == ".env" {
+            let (old_env, new_env) = (env_of(old), env_of(new));
+            for file in project.list(dir).into_iter().filter(|n| compose::is_compose_file(n)) {
+                let path = dir.join(&file);
+                let Some(content) = text(project.read(&path)) else { continue };
+                compose::judge(&self.policy.compose, Some((&content, &old_env)), (&content, &new_env))
+                    .map_err(|why| refused(&path, format!("{why} (with the variables of {} as the change leaves it)", logical.display())))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn check_unit(&self, logical: &Path, old: Option<&[u8]>, new: Option<&[u8]>) -> Result<(), Denial> {
         let refused =
             |why: String| Denial::NotInPolicy { step: self.step.clone(), what: format!("the change to the systemd unit file {}: {why}", logical.display()) };
         let text = |b: Option<&[u8]>| b.map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
