@@ -73,6 +73,16 @@ pub fn process_alive(pid: i32) -> bool {
 /// needs no canup package installed.
 pub const OPERATOR_POLICY: &str = concat!(include_str!("../../host/dist/canup.toml"), "\n", include_str!("../../host/dist/policy.toml"));
 
+/// The rules of [`OPERATOR_POLICY`], with `{compose_dir}` at its default.
+pub fn shipped_policy() -> canup::capabilities::CapabilitySet {
+    #[derive(serde::Deserialize)]
+    struct Shipped {
+        policy: canup::capabilities::CapabilitySet,
+    }
+    let shipped: Shipped = toml::from_str(OPERATOR_POLICY).expect("the shipped policy parses");
+    shipped.policy.at_compose_dir(canup::capabilities::DEFAULT_COMPOSE_DIR)
+}
+
 /// Writes the `canup.toml` of a simulated site at `config`: the repository served at
 /// `repo_url` (its first root from the published `repo`), state in `state`, `policy`, and the
 /// `rabbitmq` and `canopsis-api` endpoints, their password files beside `config`, and the test

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use canup::audit::{AuditLog, AuditRecord};
 use canup::backup::Backups;
-use canup::capabilities::Grant;
 use canup::capabilities::http::Endpoints;
+use canup::capabilities::{CapabilitySet, Grant};
 use canup::manifest::{Edition, Method, Phase, ReleaseSteps, StepManifest};
 use canup::repository::ReleaseData;
 use canup::sandbox::{LoadedStep, Sandbox, StepContext, StepEnv, StepReport};
@@ -40,7 +40,9 @@ pub fn load(sandbox: &Sandbox, crate_dir: &str, step_id: &str) -> anyhow::Result
     Ok((manifest, loaded, steps.api))
 }
 
-/// Runs `step` on the simulated host at `root` with its declared capabilities as the policy.
+/// Runs `step` on the simulated host at `root` with its declared capabilities as the policy,
+/// and the shipped policy's content rules (what a unit or Compose change may say), which a
+/// declaration does not carry.
 pub async fn run(sandbox: &Sandbox, loaded: &LoadedStep, step: &StepManifest, root: &Path, state: &Path, s: &Setting) -> (StepReport, Vec<AuditRecord>) {
     let audit = Arc::new(AuditLog::in_memory("steprun"));
     // As canup reads a manifest: `{compose_dir}` is the operator's project (the setting, else
@@ -57,7 +59,9 @@ pub async fn run(sandbox: &Sandbox, loaded: &LoadedStep, step: &StepManifest, ro
         method: (step.phase != Phase::Detect).then_some(s.method),
         dry_run: false,
     };
-    let grant = Grant::new(&step.id, caps, caps).expect("valid capabilities");
+    let shipped = crate::shipped_policy();
+    let policy = CapabilitySet { units: shipped.units, compose: shipped.compose, ..caps.clone() };
+    let grant = Grant::new(&step.id, caps, &policy).expect("valid capabilities");
     let ui = Arc::new(ConsoleUi { assume_yes: true, accept_manual: true, min_level: Some(Level::Warn) });
     let env = StepEnv {
         endpoints: Arc::new(s.endpoints.clone()),

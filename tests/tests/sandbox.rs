@@ -1096,11 +1096,7 @@ async fn a_new_systemd_drop_in_is_refused_by_the_shipped_policy() {
     let mut declared = probe_caps();
     declared.fs.write.push("/etc/systemd/system/canopsis*/*.conf".into());
     declared.fs.create.push("/etc/systemd/system/canopsis*/*.conf".into());
-    #[derive(serde::Deserialize)]
-    struct Shipped {
-        policy: CapabilitySet,
-    }
-    let policy = toml::from_str::<Shipped>(canup_tests::OPERATOR_POLICY).unwrap().policy;
+    let policy = shipped_policy();
     let before = w.sim.snapshot().unwrap();
     let run = w.run_with("new-drop-in", &declared, &policy, StepLimits::default()).await;
     let e = run.report.result.unwrap_err().to_string();
@@ -1114,15 +1110,7 @@ async fn a_new_systemd_drop_in_is_refused_by_the_shipped_policy() {
 
 // ---- containment: what a signed step may write is what it may run ----
 
-/// The shipped rules (canup.toml's comments and the package's policy.toml), as an operator
-/// who changed nothing has them.
-fn shipped_policy() -> CapabilitySet {
-    #[derive(serde::Deserialize)]
-    struct Shipped {
-        policy: CapabilitySet,
-    }
-    toml::from_str::<Shipped>(canup_tests::OPERATOR_POLICY).unwrap().policy.at_compose_dir(canup::capabilities::DEFAULT_COMPOSE_DIR)
-}
+use canup_tests::shipped_policy;
 
 /// N1: a step may rewrite the engines' drop-ins and units under the shipped policy, and so
 /// could have made systemd run a root command. Their content is judged: a `+` command, a

@@ -171,6 +171,9 @@ pub struct Invocation {
     pub skip_lines: usize,
 }
 
+/// Who the database clients run as (see [`invocation`]).
+pub const CLIENT_USER: &str = "canopsis";
+
 /// Redis commands that only read: the only ones a read-only request may hold.
 const REDIS_READS: &[&str] = &[
     "INFO", "PING", "DBSIZE", "SELECT", "GET", "MGET", "EXISTS", "TTL", "PTTL", "TYPE", "STRLEN", "SCAN", "KEYS", "HGET", "HGETALL", "HKEYS", "HLEN", "LLEN",
@@ -312,8 +315,23 @@ pub fn invocation(conn: &Connection, script: &str, write: bool, sysroot: &Sysroo
             (args, Some(input.into_bytes()), skip)
         }
     };
+    // The client runs as the canopsis user, never as root: a database client is a programming
+    // environment of its own (the mongo shell's `runProgram`, mongosh's `require`), so a
+    // script run by root would be a root shell for any step granted `write`. The canopsis user
+    // exists wherever the database endpoints are used (package installations) and may already
+    // read go-engines-vars.conf; its files (the connection, the script) become its own.
+    if sysroot.is_host() && nix::unistd::geteuid().is_root() {
+        let user = nix::unistd::User::from_name(CLIENT_USER).ok().flatten().ok_or_else(|| {
+            refused(format!("the database clients run as the {CLIENT_USER} user, which this host lacks (is Canopsis installed by packages?)"))
+        })?;
+        for f in &secrets {
+            nix::unistd::chown(f.path(), Some(user.uid), Some(user.gid))
+                .map_err(|e| DatabaseError::TempFile { endpoint: conn.endpoint.clone(), source: std::io::Error::from(e) })?;
+        }
+    }
     // Every variable is the host's: none is the step's, and none enters the journal or the audit.
-    let request = ExecRequest { program: client(conn.engine, sysroot).to_owned(), args, host_env: env, stdin, ..Default::default() };
+    let request =
+        ExecRequest { program: client(conn.engine, sysroot).to_owned(), args, host_env: env, stdin, user: Some(CLIENT_USER.to_owned()), ..Default::default() };
     Ok(Invocation { request, secrets, skip_lines })
 }
 
