@@ -423,3 +423,118 @@ async fn a_repository_needing_a_newer_canup_is_refused_before_any_step() {
     let err = c.refused(&["this repository needs a newer canup (feature time-travel, required by step 3.40.0/webserver-services)"]).await;
     assert!(err.contains("nothing was planned"), "{err}");
 }
+
+impl Case {
+    /// The trust store of the repository the case serves (one per repository under
+    /// `cache/trust`).
+    fn store(&self) -> PathBuf {
+        let stores: Vec<PathBuf> = std::fs::read_dir(self.cache.join("trust")).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_dir()).collect();
+        assert_eq!(stores.len(), 1, "one trust store: {stores:?}");
+        stores.into_iter().next().unwrap()
+    }
+
+    /// The vendor moves root to a new key: the repository's root 2.
+    async fn rotate_root(&self) -> PathBuf {
+        let new_key = self.repo.parent().unwrap().join("new-root.key");
+        vendor::keygen(&new_key).await.unwrap();
+        vendor::rotate_root(&self.repo, std::slice::from_ref(&self.key), std::slice::from_ref(&new_key), &self.expiry()).await.unwrap();
+        new_key
+    }
+
+    /// A mirror of the repository whose `2.root.json` is forged with the retired root key
+    /// (root 1's), giving every role to the attacker, who re-signs the metadata.
+    async fn forged_root_2_mirror(&self) -> String {
+        let mirror = self.repo.parent().unwrap().join("forged");
+        copy_dir(&self.repo, &mirror);
+        let attacker = self.repo.parent().unwrap().join("attacker.pem");
+        let args =
+            ["forge-root", mirror.to_str().unwrap(), "--key", self.key.to_str().unwrap(), "--version", "2", "--attacker-key-out", attacker.to_str().unwrap()];
+        canup_tests::tuf::tufctl(args).unwrap();
+        assert_ne!(std::fs::read(mirror.join("metadata/2.root.json")).unwrap(), std::fs::read(self.repo.join("metadata/2.root.json")).unwrap());
+        serve_repo(mirror, Control::default()).await
+    }
+}
+
+fn files(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir).unwrap().map(|e| e.unwrap()).map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap())).collect()
+}
+
+/// The saved history is the truth: with `root.json` deleted, canup rebuilds it from
+/// `1.root.json` and `2.root.json` rather than starting again from the configured root 1, so
+/// a mirror's `2.root.json` forged with the retired key is never even considered, and the
+/// real root 2 is kept byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_root_json_is_rebuilt_from_the_saved_chain_and_a_forged_root_2_is_refused() {
+    let c = case().await;
+    c.rotate_root().await;
+    Repository::open(&c.url, &c.root(), &c.cache, &c.cache.join("trust"), &options()).await.unwrap();
+    let store = c.store();
+    let real = std::fs::read(store.join("2.root.json")).unwrap();
+    assert_eq!(real, std::fs::read(c.repo.join("metadata/2.root.json")).unwrap());
+    std::fs::remove_file(store.join("root.json")).unwrap();
+
+    let forged = c.forged_root_2_mirror().await;
+    let err = Repository::open(&forged, &c.root(), &c.cache, &c.cache.join("trust"), &options()).await.unwrap_err().to_string();
+    assert!(err.contains("Signature threshold of 1 not met for role timestamp"), "{err}");
+    assert_eq!(std::fs::read(store.join("2.root.json")).unwrap(), real, "the real root 2 was overwritten");
+    assert_eq!(std::fs::read(store.join("root.json")).unwrap(), real, "root.json was rebuilt from the chain's newest root");
+    assert!(!store.join("3.root.json").exists());
+    // The genuine repository is still accepted.
+    let repo = Repository::open(&c.url, &c.root(), &c.cache, &c.cache.join("trust"), &options()).await.unwrap();
+    assert_eq!(repo.tuf().root().signed.version.get(), 2);
+}
+
+/// A `root.json` that is not the newest root of the saved chain (an older one put back, or a
+/// file altered) is refused naming the file and what to do; so is a link of the chain that
+/// the root before it did not sign. Nothing in the store changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_root_json_or_a_broken_link_of_the_saved_chain_is_refused() {
+    let c = case().await;
+    c.rotate_root().await;
+    Repository::open(&c.url, &c.root(), &c.cache, &c.cache.join("trust"), &options()).await.unwrap();
+    let store = c.store();
+    let root1 = std::fs::read(store.join("1.root.json")).unwrap();
+    std::fs::write(store.join("root.json"), &root1).unwrap();
+    let before = files(&store);
+    let err = Repository::open(&c.url, &c.root(), &c.cache, &c.cache.join("trust"), &options()).await.unwrap_err().to_string();
+    for part in [&format!("{}", store.join("root.json").display()), "not the newest root of the chain saved beside it (2.root.json, version 2)", "remove"] {
+        assert!(err.contains(part), "expected {part:?} in: {err}");
+    }
+    assert_eq!(files(&store), before, "the refused run changed the store");
+
+    // Back to the real root.json, then a 2.root.json root 1 never signed (another repository's).
+    std::fs::write(store.join("root.json"), std::fs::read(store.join("2.root.json")).unwrap()).unwrap();
+    let attacker = attacker_repo(&c).await;
+    std::fs::write(store.join("2.root.json"), std::fs::read(attacker.join("metadata/1.root.json")).unwrap()).unwrap();
+    let err = Repository::open(&c.url, &c.root(), &c.cache, &c.cache.join("trust"), &options()).await.unwrap_err().to_string();
+    for part in [&format!("{}", store.join("2.root.json").display()), "not signed by a threshold of the root keys of version 1 saved before it"] {
+        assert!(err.contains(part), "expected {part:?} in: {err}");
+    }
+}
+
+/// One trust store per repository: a second repository with a root of its own verifies (it
+/// used to fail against the first one's chain) and leaves the first store as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_repository_gets_a_trust_store_of_its_own() {
+    let c = case().await;
+    c.rotate_root().await;
+    Repository::open(&c.url, &c.root(), &c.cache, &c.cache.join("trust"), &options()).await.unwrap();
+    let first = c.store();
+    let before = files(&first);
+    assert!(before.contains_key("2.root.json"), "{:?}", before.keys());
+
+    let other = attacker_repo(&c).await;
+    let other_url = serve_repo(other.clone(), Control::default()).await;
+    let other_root = std::fs::read(other.join("metadata/1.root.json")).unwrap();
+    let other_cache = c.cache.parent().unwrap().join("other-cache");
+    let repo = Repository::open(&other_url, &other_root, &other_cache, &c.cache.join("trust"), &options()).await.unwrap();
+    assert_eq!(repo.tuf().root().signed.version.get(), 1);
+    assert_eq!(files(&first), before, "the second repository touched the first one's store");
+    let stores: Vec<PathBuf> = std::fs::read_dir(c.cache.join("trust")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(stores.len(), 2, "{stores:?}");
+    let second = stores.into_iter().find(|p| p != &first).unwrap();
+    assert_eq!(std::fs::read(second.join("root.json")).unwrap(), other_root);
+    // And the first repository still verifies from its own chain.
+    let repo = Repository::open(&c.url, &c.root(), &c.cache, &c.cache.join("trust"), &options()).await.unwrap();
+    assert_eq!(repo.tuf().root().signed.version.get(), 2);
+}

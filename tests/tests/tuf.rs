@@ -31,6 +31,8 @@ async fn site() -> Site {
     copy_dir(pristine, &repo).unwrap();
     // The root the operator configured: the repository's first, as shipped.
     std::fs::copy(repo.join("metadata/1.root.json"), dir.path().join("root1.json")).unwrap();
+    // The shipped policy, for `canup status`'s detection on the simulated host.
+    std::fs::write(dir.path().join("canup.toml"), canup_tests::OPERATOR_POLICY).unwrap();
     let url = serve_repo(repo.clone(), Control::default()).await;
     let sim = SimHost::create(&dir.path().join("sim"), &Spec::default(), &canup_tests::sim_bin()).unwrap();
     let pristine_tree = sim.snapshot().unwrap();
@@ -50,7 +52,7 @@ impl Site {
     fn canup(&self, url: &str, args: &[&str]) -> Output {
         std::process::Command::new(canup_bin())
             .arg("--config")
-            .arg(self.path("no-config.toml"))
+            .arg(self.path("canup.toml"))
             .args(["--repo", url])
             .arg("--trusted-root")
             .arg(self.path("root1.json"))
@@ -84,16 +86,28 @@ impl Site {
         self.dev_key.to_str().unwrap()
     }
 
-    /// `canup repo verify` (signatures, expiry, every module) accepts the repository at `url`.
+    /// The operator's canup accepts the repository at `url`: `canup status` (which keeps the
+    /// root of trust and the TUF cache in the state directory) succeeds, and `canup repo
+    /// verify` (signatures, expiry, every module; from the configured root, in a directory
+    /// of its own) too.
     fn accepted(&self, url: &str) {
+        let out = self.canup(url, &["status"]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
         let out = self.canup(url, &["repo", "verify"]);
         assert_eq!(out.status.code(), Some(0), "{}", text(&out));
         assert!(text(&out).contains("step modules verified"), "{}", text(&out));
     }
 
+    /// The trust store of the configured repository: one per repository under state/trust.
+    fn store(&self) -> PathBuf {
+        let stores: Vec<PathBuf> = std::fs::read_dir(self.path("state/trust")).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_dir()).collect();
+        assert_eq!(stores.len(), 1, "one trust store: {stores:?}");
+        stores.into_iter().next().unwrap()
+    }
+
     /// canup's persisted root of trust.
     fn trusted_root(&self) -> Vec<u8> {
-        std::fs::read(self.path("state/trust/root.json")).unwrap()
+        std::fs::read(self.store().join("root.json")).unwrap()
     }
 
     fn trusted_version(&self) -> u64 {
@@ -119,13 +133,15 @@ impl Site {
     /// persisted root and the cached timestamp are what they were.
     fn refused(&self, url: &str, expected: &[&str]) {
         let (root, timestamp) = (self.trusted_root(), self.cached_timestamp());
+        // Detection by `canup status` (in `accepted`) ran its queries before: none since.
+        let calls = self.sim.calls().unwrap();
         let out = self.canup(url, &["plan", "--to", "3.40.0"]);
         assert_eq!(out.status.code(), Some(4), "the attack was not refused: {}", text(&out));
         for part in expected.iter().chain(&["No step ran"]) {
             assert!(text(&out).contains(part), "expected {part:?} in: {}", text(&out));
         }
         assert_eq!(self.sim.snapshot().unwrap(), self.pristine_tree, "a step changed the host");
-        assert!(self.sim.calls().unwrap().is_empty(), "a step ran a command: {:?}", self.sim.calls().unwrap());
+        assert_eq!(self.sim.calls().unwrap(), calls, "a step ran a command");
         assert_eq!(self.trusted_root(), root, "the attack changed canup's root of trust");
         assert_eq!(self.cached_timestamp(), timestamp, "the attack changed the cached timestamp");
     }
@@ -230,7 +246,7 @@ async fn a_fast_forward_attack_is_recovered_by_rotating_the_timestamp_key() {
 
     // The vendor's own next timestamp now looks like a rollback …
     s.vendor(&["refresh-timestamp", s.repo_str(), "--key", &ts2]);
-    let out = s.canup(&s.url, &["repo", "verify"]);
+    let out = s.canup(&s.url, &["status"]);
     assert_eq!(out.status.code(), Some(4), "{}", text(&out));
     assert!(text(&out).contains("when we had previously fetched version 1000000"), "{}", text(&out));
 
@@ -242,8 +258,13 @@ async fn a_fast_forward_attack_is_recovered_by_rotating_the_timestamp_key() {
     assert_eq!(s.cached_timestamp(), version_of(&s.repo.join("metadata/timestamp.json")));
 }
 
+/// An older configured root on the persisted chain is ignored (trust continues from the newest
+/// root verified). A configured root replaced by another repository's root gets a trust store
+/// of its own (one per repository): the vendor's repository is refused under it, and the
+/// store of the vendor's chain is left as it was. `repo verify` never writes the state
+/// directory.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_configured_root_off_the_persisted_chain_is_an_error_and_an_older_one_is_ignored() {
+async fn an_older_configured_root_is_ignored_and_another_repositorys_root_gets_a_store_of_its_own() {
     let s = site().await;
     s.accepted(&s.url);
     let r2 = s.keygen("root2.key");
@@ -251,19 +272,43 @@ async fn a_configured_root_off_the_persisted_chain_is_an_error_and_an_older_one_
     // The configured root 1 is older than the persisted root 2 and on its chain: ignored.
     s.accepted(&s.url);
     assert_eq!(s.trusted_version(), 2);
+    let store = s.store();
+    let kept: Vec<(PathBuf, Vec<u8>)> =
+        std::fs::read_dir(&store).unwrap().map(|e| e.unwrap().path()).map(|p| (p.clone(), std::fs::read(&p).unwrap())).collect();
 
     // Someone replaces the configured root with another repository's root 1.
     let other = s.path("other");
     let out = tufctl(["write-repo", other.to_str().unwrap(), "--targets-from", s.repo_str(), "--keys-out", s.path("other-keys").to_str().unwrap()]).unwrap();
     std::fs::copy(out["root"].as_str().unwrap(), s.path("root1.json")).unwrap();
-    let trusted = s.trusted_root();
+    let out = s.canup(&s.url, &["status"]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert!(text(&out).contains("No step ran"), "{}", text(&out));
+    for (path, bytes) in &kept {
+        assert_eq!(&std::fs::read(path).unwrap(), bytes, "{} changed", path.display());
+    }
+    let stores = std::fs::read_dir(s.path("state/trust")).unwrap().count();
+    assert_eq!(stores, 2, "the other root has a store of its own");
+
+    // `repo verify` with either root writes nothing under the state directory.
+    let before: Vec<_> = walk(&s.path("state"));
     let out = s.canup(&s.url, &["repo", "verify"]);
     assert_eq!(out.status.code(), Some(4), "{}", text(&out));
-    let message = text(&out);
-    for part in ["configured trusted root (version 1) is not on the chain", "newest: version 2", "state/trust", "remove"] {
-        assert!(message.contains(part), "expected {part:?} in: {message}");
+    assert_eq!(walk(&s.path("state")), before, "repo verify wrote the state directory");
+}
+
+/// Every file under `dir` with its content.
+fn walk(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push((p.clone(), std::fs::read(&p).unwrap()));
+        }
     }
-    assert_eq!(s.trusted_root(), trusted);
+    out.sort();
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -186,9 +186,20 @@ pub async fn run(global: &GlobalArgs, cmd: RepoCommand) -> Result<(), Failure> {
 async fn verify(settings: &Settings, cache_dir: Option<PathBuf>) -> Result<(), Failure> {
     let location = settings.repository()?;
     let root = settings.seed_root()?;
-    let cache = cache_dir.unwrap_or_else(|| settings.state_dir.join("cache/repository"));
+    // Only where it is told: a verification is an inspection, and writing the operator's state
+    // directory would move the root of trust `apply` starts from behind the operator's back.
+    // Without --cache-dir, a temporary directory removed at the end: trust starts from the
+    // configured root.
+    let (cache, _scratch) = match cache_dir {
+        Some(dir) => (dir, None),
+        None => {
+            let scratch = tempfile::tempdir()
+                .map_err(|e| usage(anyhow::anyhow!("cannot create a temporary directory for the verification (or give --cache-dir): {e}")))?;
+            (scratch.path().to_path_buf(), Some(scratch))
+        }
+    };
     let unverified = |e| Failure::new(ExitCode::Repository, e);
-    let repo = Repository::open(location, &root, &cache, &settings.state_dir.join("trust"), &LoadOptions::default()).await.map_err(unverified)?;
+    let repo = Repository::open(location, &root, &cache, &cache.join("trust"), &LoadOptions::default()).await.map_err(unverified)?;
     println!("repository {location}: metadata verified");
     let now = jiff::Timestamp::now();
     for (role, expires) in repo.expirations() {

@@ -113,8 +113,9 @@ fn cache_err(path: &Path) -> impl Fn(std::io::Error) -> RepoError + '_ {
 
 impl Repository {
     /// Loads and verifies the repository's metadata. Trust starts from the newest root an
-    /// earlier run verified (kept in `trust_dir`, see [`trust`]); `seed_root` (the configured
-    /// or built-in root) only starts an empty trust directory. The TUF cache under
+    /// earlier run verified (kept in this repository's store under `trust_dir`, see
+    /// [`trust::TrustStore::for_repository`]); `seed_root` (the configured or built-in root)
+    /// only starts an empty store. The TUF cache under
     /// `cache_dir/tuf` keeps the newest verified timestamp, snapshot and targets so that a
     /// rollback to older versions is refused on later runs too.
     pub async fn open(location: &str, seed_root: &[u8], cache_dir: &Path, trust_dir: &Path, options: &LoadOptions) -> Result<Self, RepoError> {
@@ -126,7 +127,7 @@ impl Repository {
         }
         let transport = ResumingTransport::new(options.timeout, options.tries)
             .map_err(|e| RepoError::Verify { location: location.shown.clone(), why: format!("cannot set up HTTP: {e}") })?;
-        let store = trust::TrustStore::new(trust_dir);
+        let store = trust::TrustStore::for_repository(trust_dir, seed_root)?;
         let updated = store.update(seed_root, &transport, &location.metadata).await.map_err(|e| match e {
             RepoError::Verify { why, .. } => RepoError::Verify { location: location.shown.clone(), why },
             other => other,

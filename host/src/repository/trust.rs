@@ -17,9 +17,20 @@
 //! and checks expiry. This is a thin loader rather than a `[patch]` of tough so that the
 //! dependency stays the published crate and the policy stays readable in one file.
 //!
-//! Layout of the trust directory (`STATE/trust`): `root.json` (the newest verified root, the
-//! start of the next run) and `N.root.json` for every version verified, so that a configured
-//! root can be checked against the chain.
+//! Layout: one trust store per repository under the trust directory (`STATE/trust`), named
+//! by the first 16 hex digits of the sha256 of the root that started it (the configured or
+//! built-in root), so that a second repository with a root of its own neither fails against
+//! the first one's chain nor mixes its roots into it. A store holds `N.root.json` for every
+//! root version verified and `root.json`, a copy of the newest.
+//!
+//! The `N.root.json` history is the truth, not `root.json`: each run rebuilds the chain from
+//! the files (the lowest version must satisfy its own keys, each N+1 a threshold of N's root
+//! keys and of its own, versions without a gap) and refuses a bad link naming the file. Had
+//! `root.json` alone been read, deleting it would have sent canup back to the configured root
+//! 1, from where a forged `2.root.json` signed by the retired key would have been accepted and
+//! written over the real one. So a missing `root.json` beside a saved chain is rebuilt from
+//! the chain, and a `root.json` that is not the chain's newest root is refused. The
+//! configured root seeds an empty store only, and canup says so.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -90,7 +101,7 @@ pub struct Updated {
     pub fast_forward_recovery: bool,
 }
 
-/// The persisted root of trust under the state directory.
+/// The persisted root of trust of one repository.
 #[derive(Debug, Clone)]
 pub struct TrustStore {
     dir: PathBuf,
@@ -99,6 +110,57 @@ pub struct TrustStore {
 impl TrustStore {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         Self { dir: dir.into() }
+    }
+
+    /// The trust store of the repository whose configured (or built-in) root is `seed`, under
+    /// `base` (`STATE/trust`): `base/KEY`, KEY being the first 16 hex digits of the seed's
+    /// sha256. A seed met before under another key (a newer root shipped with a newer canup,
+    /// already on the chain canup followed) continues that store's chain rather than starting
+    /// a new one from an older point; and a store in the single-directory layout of earlier
+    /// canup versions (`base/root.json`) is moved into its key when the seed is on its chain.
+    pub fn for_repository(base: &Path, seed: &[u8]) -> Result<Self, RepoError> {
+        let parsed = TrustedRoot::parse(seed.to_vec()).map_err(|why| RepoError::TrustedRoot { path: "configured trusted root".into(), why })?;
+        let keyed = Self::new(base.join(&crate::sha256_hex(seed)[..16]));
+        if keyed.dir.exists() {
+            return Ok(keyed);
+        }
+        let on_chain = |dir: &Path| {
+            fs::read(dir.join(format!("{}.root.json", parsed.version())))
+                .ok()
+                .and_then(|bytes| TrustedRoot::parse(bytes).ok())
+                .is_some_and(|kept| kept.same_as(&parsed))
+        };
+        let mut others: Vec<PathBuf> = match fs::read_dir(base) {
+            Ok(entries) => entries.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_dir()).collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(keyed),
+            Err(e) => return Err(keyed.store_err(base, e.to_string())),
+        };
+        others.sort();
+        if let Some(dir) = others.into_iter().find(|d| on_chain(d)) {
+            tracing::info!("the configured trusted root (version {}) is on the chain kept in {}: continuing it", parsed.version(), dir.display());
+            return Ok(Self::new(dir));
+        }
+        if on_chain(base) {
+            keyed.adopt_flat_layout(base)?;
+        }
+        Ok(keyed)
+    }
+
+    /// Moves the roots of the single-store layout (`base/N.root.json`, `base/root.json`) into
+    /// this store's directory, so that an upgrade of canup keeps the chain it followed.
+    fn adopt_flat_layout(&self, base: &Path) -> Result<(), RepoError> {
+        fs::create_dir_all(&self.dir).map_err(|e| self.store_err(&self.dir, e.to_string()))?;
+        let entries = fs::read_dir(base).map_err(|e| self.store_err(base, e.to_string()))?;
+        for entry in entries.filter_map(|e| e.ok()) {
+            let name = entry.file_name();
+            let is_root = name.to_str().is_some_and(|n| n == CURRENT || n.strip_suffix(".root.json").is_some_and(|v| v.parse::<u64>().is_ok()));
+            if is_root && entry.path().is_file() {
+                let to = self.dir.join(&name);
+                fs::rename(entry.path(), &to).map_err(|e| self.store_err(&to, e.to_string()))?;
+            }
+        }
+        tracing::warn!("moved the roots canup verified before from {} into {} (one trust store per repository)", base.display(), self.dir.display());
+        Ok(())
     }
 
     pub fn dir(&self) -> &Path {
@@ -116,17 +178,52 @@ impl TrustStore {
         RepoError::TrustStore { path: file.display().to_string(), why, hint: self.reset_hint() }
     }
 
-    /// The newest root verified by an earlier run, if any.
+    /// The newest root verified by an earlier run, if any: the end of the saved chain.
     pub fn current(&self) -> Result<Option<TrustedRoot>, RepoError> {
-        self.read(&self.dir.join(CURRENT))
+        Ok(self.chain()?.pop())
     }
 
-    fn read(&self, path: &Path) -> Result<Option<TrustedRoot>, RepoError> {
-        match fs::read(path) {
-            Ok(bytes) => TrustedRoot::parse(bytes).map(Some).map_err(|why| self.store_err(path, why)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(self.store_err(path, e.to_string())),
+    /// The saved roots, oldest first, each checked against the one before it; empty when
+    /// nothing was saved. A file that breaks the chain is an error naming it: dropping it
+    /// silently would let whoever removed it restart trust from an older root.
+    pub fn chain(&self) -> Result<Vec<TrustedRoot>, RepoError> {
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(self.store_err(&self.dir, e.to_string())),
+        };
+        let mut versions = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| self.store_err(&self.dir, e.to_string()))?;
+            let name = entry.file_name();
+            if let Some(n) = name.to_str().and_then(|n| n.strip_suffix(".root.json")).and_then(|n| n.parse::<u64>().ok()) {
+                versions.push(n);
+            }
         }
+        versions.sort_unstable();
+        let mut chain: Vec<TrustedRoot> = Vec::with_capacity(versions.len());
+        for n in versions {
+            let path = self.dir.join(format!("{n}.root.json"));
+            let bytes = fs::read(&path).map_err(|e| self.store_err(&path, e.to_string()))?;
+            if let Some(prev) = chain.last() {
+                if n != prev.version() + 1 {
+                    return Err(self.store_err(&path, format!("the saved chain has a gap: {}.root.json is missing before it", prev.version() + 1)));
+                }
+                let signed: Signed<Root> = serde_json::from_slice(&bytes).map_err(|e| self.store_err(&path, format!("not TUF root metadata: {e}")))?;
+                prev.signed.signed.verify_role(&signed).map_err(|e| {
+                    self.store_err(
+                        &path,
+                        format!("not signed by a threshold of the root keys of version {} saved before it: {}", prev.version(), error_chain(&e)),
+                    )
+                })?;
+            }
+            let root = TrustedRoot::parse(bytes).map_err(|why| self.store_err(&path, why))?;
+            if root.version() != n {
+                return Err(self.store_err(&path, format!("says it is version {}, not {n}", root.version())));
+            }
+            chain.push(root);
+        }
+        Ok(chain)
     }
 
     /// Records a verified root: `N.root.json` first, then `root.json`, each atomically and
@@ -143,37 +240,79 @@ impl TrustStore {
         crate::durable::atomic_replace(&current, &root.bytes).map_err(io(&current))
     }
 
-    /// The root this run starts from: the persisted one, or the seed (the configured or
-    /// built-in root) when nothing is persisted yet. A seed is checked against the chain:
-    /// older and on the chain (or from before the chain we kept) is ignored with a log line;
-    /// the same version with other content is an error; newer must be met on the way up.
+    /// The root this run starts from: the newest of the saved chain, or the seed (the
+    /// configured or built-in root) when the store is empty. A seed is checked against the
+    /// chain: older and on the chain (or from before the chain we kept) is ignored with a log
+    /// line; the same version with other content is an error; newer must be met on the way up.
     fn start(&self, seed: &[u8]) -> Result<(TrustedRoot, Option<TrustedRoot>), RepoError> {
         let seed = TrustedRoot::parse(seed.to_vec()).map_err(|why| RepoError::TrustedRoot { path: "configured trusted root".into(), why })?;
-        let Some(current) = self.current()? else {
+        let chain = self.chain()?;
+        let current = self.dir.join(CURRENT);
+        let Some(newest) = chain.last().cloned() else {
+            if current.exists() {
+                return Err(RepoError::TrustStore {
+                    path: current.display().to_string(),
+                    why: "there is no saved N.root.json history for it to be the newest of".into(),
+                    hint: self.reset_hint(),
+                });
+            }
+            tracing::warn!(
+                "trust store {} is empty: starting it from the configured trusted root (version {}); later runs start from the newest root verified",
+                self.dir.display(),
+                seed.version()
+            );
             self.persist(&seed)?;
             return Ok((seed, None));
         };
-        let off_chain = |persisted: u64| RepoError::OffChain { seed: seed.version(), persisted, dir: self.dir.display().to_string(), hint: self.reset_hint() };
-        if seed.version() > current.version() {
-            return Ok((current, Some(seed)));
+        match fs::read(&current) {
+            Ok(bytes) if bytes == newest.bytes => {}
+            Ok(_) => {
+                return Err(RepoError::TrustStore {
+                    path: current.display().to_string(),
+                    why: format!(
+                        "it is not the newest root of the chain saved beside it ({}.root.json, version {}): it is older or was altered",
+                        newest.version(),
+                        newest.version()
+                    ),
+                    hint: format!("remove {} and run again: canup rebuilds it from the saved N.root.json files", current.display()),
+                });
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                tracing::warn!(
+                    "{} is missing: rebuilt from the saved chain of roots ({}.root.json to {}.root.json)",
+                    current.display(),
+                    chain[0].version(),
+                    newest.version()
+                );
+                crate::durable::atomic_replace(&current, &newest.bytes).map_err(|e| self.store_err(&current, e.to_string()))?;
+            }
+            Err(e) => return Err(self.store_err(&current, e.to_string())),
         }
-        let kept =
-            if seed.version() == current.version() { Some(current.clone()) } else { self.read(&self.dir.join(format!("{}.root.json", seed.version())))? };
-        match kept {
-            Some(kept) if !kept.same_as(&seed) => Err(off_chain(current.version())),
-            _ => {
-                if seed.version() < current.version() {
-                    tracing::info!(
-                        "the configured trusted root (version {}) is older than the root canup verified before (version {}, in {}); starting from version {}",
-                        seed.version(),
-                        current.version(),
-                        self.dir.display(),
-                        current.version()
-                    );
-                }
-                Ok((current, None))
+        if seed.version() > newest.version() {
+            return Ok((newest, Some(seed)));
+        }
+        let lowest = chain[0].version();
+        if seed.version() >= lowest {
+            let kept = usize::try_from(seed.version() - lowest).ok().and_then(|i| chain.get(i));
+            if kept.is_some_and(|kept| !kept.same_as(&seed)) {
+                return Err(RepoError::OffChain {
+                    seed: seed.version(),
+                    persisted: newest.version(),
+                    dir: self.dir.display().to_string(),
+                    hint: self.reset_hint(),
+                });
             }
         }
+        if seed.version() < newest.version() {
+            tracing::info!(
+                "the configured trusted root (version {}) is older than the root canup verified before (version {}, in {}); starting from version {}",
+                seed.version(),
+                newest.version(),
+                self.dir.display(),
+                newest.version()
+            );
+        }
+        Ok((newest, None))
     }
 
     /// Follows the repository's root rotations from the trusted root (spec §5.3): fetches
