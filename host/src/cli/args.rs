@@ -342,7 +342,8 @@ pub enum RepoCommand {
     /// Check a repository (--repo or the config's; signatures, expiry, every module's
     /// digest) and the local cache.
     Verify {
-        /// Cache directory; defaults to STATE_DIR/cache/repository.
+        /// Cache and trust directory of this verification; defaults to a temporary directory
+        /// (the state directory is never written: trust starts from the configured root).
         #[arg(long)]
         cache_dir: Option<PathBuf>,
     },
