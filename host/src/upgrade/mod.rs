@@ -60,7 +60,7 @@ pub enum UpgradeError {
     #[error("the operator declined the plan; no step ran after detection (whose queries only read the host)")]
     Declined,
     #[error(
-        "the plan's steps would fail on what they call; nothing was changed (only detection ran, and one read-only request per endpoint):\n  {}\nFix it and run `canup apply` again.",
+        "the plan's steps would fail on what they call; nothing was changed (only detection ran, and read-only GET requests to the endpoints):\n  {}\nFix it and run `canup apply` again.",
         .0.join("\n  ")
     )]
     Endpoints(Vec<String>),
@@ -397,7 +397,7 @@ pub async fn apply(session: &Session, options: &ApplyOptions, progress: Arc<dyn 
     let (loaded, data) = prefetch.finish(&session.index, &remaining).await?;
     tracing::debug!(modules = loaded.len(), "every module verified and compiled");
     // What the steps will call answers, before the first of them changes anything.
-    let problems = endpoints::check(&remaining, &session.config.endpoints, &session.policy, &session.config.limits.resolve()).await;
+    let problems = endpoints::check(&remaining, &session.config.endpoints, &session.policy, &session.config.limits.resolve(), ui.as_ref()).await;
     if !problems.is_empty() {
         return Err(UpgradeError::Endpoints(problems));
     }
