@@ -146,6 +146,81 @@ async fn drain_keeps_waiting_when_a_restarted_broker_does_not_know_its_counts_ye
     drop(broker);
 }
 
+/// A broker of its own with RabbitMQ's default statistics interval (5 s), the Canopsis
+/// setup, and 200 messages in `Engine_axe` that its statistics show.
+async fn broker_with_a_backlog(name: &'static str, amqp: u16, management: u16) -> (Broker, Admin) {
+    let broker =
+        tokio::task::spawn_blocking(move || Broker::start_in(&canup_tests::rabbitmq::broker_dir(name), name, amqp, management, 5000)).await.unwrap().unwrap();
+    let admin = Admin::at(&broker.management_url());
+    admin.setup_canopsis().await.unwrap();
+    admin.publish("Engine_axe", 200).await.unwrap();
+    admin.wait_for_messages("Engine_axe", 200).await.unwrap();
+    (broker, admin)
+}
+
+/// What the management API says `Engine_axe` holds now.
+async fn shown(admin: &Admin) -> Option<u64> {
+    let v: serde_json::Value = admin.call(reqwest::Method::GET, "/api/queues/canopsis/Engine_axe", None).await.unwrap().json().await.unwrap();
+    v["messages"].as_u64()
+}
+
+/// The outside tester's case: a consumer empties the backlog, and `refill_after` the management
+/// API first shows the queue empty, 5 messages arrive (and stay). The statistics show them
+/// late: the queue emits its figures when it goes idle (about a second after the last
+/// message) or once per interval, and the management plugin collects them once per
+/// interval. The step runs with `drain_stats_interval_ms` at `setting_ms`; it must time out
+/// naming the 5 messages, which the broker really holds.
+async fn refill_after_the_first_empty_poll(name: &'static str, amqp: u16, management: u16, setting_ms: &str, refill_after: Duration) {
+    let (broker, admin) = broker_with_a_backlog(name, amqp, management).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sandbox = Sandbox::new(None).unwrap();
+    let (step, loaded, _) = steprun::load(&sandbox, "drain", "drain/queues").unwrap();
+    let mut s = setting(dir.path(), "3.39.0", "3.40.0", &[("drain_timeout_seconds", "25"), ("drain_poll_ms", "200"), ("drain_stats_interval_ms", setting_ms)]);
+    s.endpoints.insert("rabbitmq".into(), endpoint(&broker.management_url(), USER, &dir.path().join("drain.pw"), PASSWORD));
+    let url = broker.management_url();
+    let refill = tokio::spawn(async move {
+        let admin = Admin::at(&url);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(admin.consume("Engine_axe", 1000).await.unwrap(), 200);
+        while shown(&admin).await != Some(0) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(refill_after).await;
+        admin.publish("Engine_axe", 5).await.unwrap();
+        std::time::Instant::now()
+    });
+    let (report, audit) = steprun::run(&sandbox, &loaded, &step, dir.path(), &dir.path().join("state"), &s).await;
+    let refilled_at = refill.await.unwrap();
+    eprintln!("the refill was published {:.1} s before the step ended", refilled_at.elapsed().as_secs_f64());
+    let err = report.result.expect_err("the step declared the queues empty with 5 messages waiting").to_string();
+    assert!(err.contains("did not drain within 25 s: Engine_axe (5 messages)"), "{err}");
+    assert!(audit.iter().any(|r| r.capability == "http" && r.args.to_string().contains("/api/nodes")), "the step read the broker's interval");
+    // The broker really holds them: taken off the queue, they are 5.
+    assert_eq!(admin.consume("Engine_axe", 1000).await.unwrap(), 5);
+    drop(broker);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_is_not_fooled_by_a_refill_at_the_first_empty_poll() {
+    refill_after_the_first_empty_poll("canup-refill", 5675, 15675, "5000", Duration::ZERO).await;
+}
+
+/// The refill 4.6 s after the first empty reading, with a 5 s interval: the queue's figures
+/// that show it are emitted just after one collection and collected at the next, about 10 s
+/// after the first empty reading, so a confirming poll one interval after it reads a stale
+/// zero (what the step did before: it declared the queues empty).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_is_not_fooled_by_a_refill_the_statistics_show_after_one_interval() {
+    refill_after_the_first_empty_poll("canup-refill-late", 5677, 15677, "5000", Duration::from_millis(4600)).await;
+}
+
+/// `drain_stats_interval_ms` below the broker's 5 s (1 s here): the step reads the broker's
+/// interval, waits on it instead, and still sees the refill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stats_interval_setting_below_the_brokers_is_raised_to_it() {
+    refill_after_the_first_empty_poll("canup-refill-low", 5676, 15676, "1000", Duration::ZERO).await;
+}
+
 type Seen = Arc<Mutex<Vec<(String, String, Option<String>, String)>>>;
 
 async fn fake_canopsis_api() -> (String, Seen) {

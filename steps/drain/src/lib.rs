@@ -7,18 +7,39 @@
 //! `messages`, `messages_ready`, `messages_unacknowledged`), shows the backlog, and succeeds
 //! when every queue of the vhost is empty. On timeout it fails with the queues still loaded.
 //!
-//! The management API's counts are statistics, not the queues themselves: for a few seconds
-//! after RabbitMQ (or its app) restarts it lists the queues without the count fields, and a
-//! count is up to one statistics interval old. Counting a missing field as 0 once let the step
-//! declare a 50,000-message backlog drained within 70 ms. So a queue without counts is "not
-//! known yet" (keep polling), and success needs two polls that find every queue empty, at
-//! least one statistics interval apart (`collect_statistics_interval` of the broker).
+//! The management API's counts are statistics, not the queues themselves. Each queue process
+//! emits its figures once per statistics interval (`collect_statistics_interval`) while it
+//! works, and the management plugin collects them once per interval: a change shows up to two
+//! intervals late (measured on Debian's RabbitMQ 3.10.8 with a 5 s interval: 5 s; an outside
+//! tester saw 8–9 s). Two polls one interval apart could both read a stale zero while messages
+//! that arrived just as the queues emptied were waiting: a false "empty". And for a few
+//! seconds after RabbitMQ (or its app) restarts it lists queues without any count: that is
+//! "not known yet" (keep polling), never 0 (which once declared 50,000 messages drained).
+//!
+//! So "empty" needs evidence newer than any change it could hide. From the first poll where
+//! every queue reads empty, each queue must read empty again with either
+//! - figures from a later emission of its own process: its `reductions` (the queue process's
+//!   work counter, part of the same emission as `messages`, unchanged while the queue is idle)
+//!   moved, and the emission still shows no backlog; or
+//! - two statistics intervals and a second gone by with those figures unchanged: the queue
+//!   was idle that long, and a message that arrived would have shown by now.
+//!
+//! The cumulative `message_stats` counters (`publish`, `deliver_get`) are not such evidence:
+//! the channels emit them on timers of their own, so a poll can show a publish before the
+//! queue's `messages` that counts it.
+//!
+//! The broker's interval is read from `GET /api/nodes` (`uptime`, in ms, is refreshed once per
+//! interval: two successive values differ by the interval). A `drain_stats_interval_ms` below
+//! it is raised to it with a warning, since the confirmation would otherwise prove nothing.
+//! The progress total is the first backlog read with every queue's count known (a restarted
+//! broker's first polls have none), raised if the backlog grows.
 //!
 //! Settings: `drain_timeout_seconds` (900), `drain_poll_ms` (1000),
 //! `drain_stats_interval_ms` (5000, RabbitMQ's default `collect_statistics_interval`: set it
 //! to the broker's own). Without a `rabbitmq` endpoint in canup.toml it does not wait and
 //! says it skipped (`ui::skip`): the run shows the check as skipped, not ok.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use canup_sdk::{Context, Result, bail, context, http, semver::Version, ui};
@@ -29,11 +50,14 @@ fn setting(name: &str, default: u64) -> u64 {
     context::setting(name).and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-/// What one poll saw: queues with a backlog, and queues whose counts RabbitMQ does not know yet.
+/// What one poll saw: queues with a backlog, queues whose counts RabbitMQ does not know yet,
+/// and what tells one statistics emission of each queue from the next.
 #[derive(Debug, Default, PartialEq)]
 pub struct Poll {
     pub loaded: Vec<(String, u64)>,
     pub unknown: Vec<String>,
+    /// Each queue's `reductions` at its latest statistics emission (`None` when not listed).
+    pub emissions: BTreeMap<String, Option<u64>>,
 }
 
 impl Poll {
@@ -41,6 +65,9 @@ impl Poll {
         self.loaded.is_empty() && self.unknown.is_empty()
     }
 }
+
+/// The columns a poll asks for: the counts, and the queue process's `reductions`.
+const QUEUE_COLUMNS: &str = "name,messages,messages_ready,messages_unacknowledged,reductions";
 
 /// Reads `GET /api/queues/VHOST` as JSON: a queue's backlog is `messages` (or
 /// `messages_ready` + `messages_unacknowledged`, whichever is larger); a queue with neither is
@@ -52,20 +79,74 @@ pub fn read_queues(queues: &serde_json::Value) -> Poll {
         let field = |f: &str| q.get(f).and_then(|v| v.as_u64());
         let split = field("messages_ready").zip(field("messages_unacknowledged")).map(|(r, u)| r + u);
         match (field("messages"), split) {
-            (None, None) => poll.unknown.push(name),
+            (None, None) => poll.unknown.push(name.clone()),
             (a, b) => {
                 let n = a.unwrap_or(0).max(b.unwrap_or(0));
                 if n > 0 {
-                    poll.loaded.push((name, n));
+                    poll.loaded.push((name.clone(), n));
                 }
             }
         }
+        poll.emissions.insert(name, field("reductions"));
     }
     poll
 }
 
+/// Whether every queue read empty again on evidence newer than the poll `since` that first
+/// found them all empty: a later emission of the queue's own figures, or `window` elapsed.
+/// A queue that appeared since has no earlier reading to compare with: it waits the window.
+pub fn confirmed(start: &BTreeMap<String, Option<u64>>, now: &Poll, elapsed: Duration, window: Duration) -> bool {
+    now.empty()
+        && now.emissions.iter().all(|(queue, emission)| {
+            let newer = matches!((start.get(queue), emission), (Some(Some(a)), Some(b)) if a != b);
+            newer || elapsed >= window
+        })
+}
+
+/// The broker's statistics interval, from the node's `uptime` (refreshed once per interval).
+#[derive(Debug, Default)]
+pub struct StatsClock {
+    last: Option<(u64, Instant)>,
+    /// The interval measured: two successive uptime values from polls close enough together
+    /// that no refresh fell between them.
+    pub measured: Option<u64>,
+    /// At least this much: uptime moved by `delta` while `gap` passed between our polls.
+    pub at_least: u64,
+    pub changes: u32,
+}
+
+impl StatsClock {
+    /// One reading of the node's uptime (ms), taken at `at`.
+    pub fn observe(&mut self, uptime: u64, at: Instant) {
+        match self.last {
+            Some((prev, seen)) if uptime > prev => {
+                let delta = uptime - prev;
+                let gap = u64::try_from(at.duration_since(seen).as_millis()).unwrap_or(u64::MAX);
+                // Refreshes every I: between the last poll that saw `prev` and the first that saw
+                // `uptime`, gap > delta - I. A gap under delta/2 leaves room for one refresh only.
+                if gap < delta / 2 {
+                    self.measured = Some(self.measured.map_or(delta, |m| m.min(delta)));
+                }
+                self.at_least = self.at_least.max(delta.saturating_sub(gap));
+                self.changes += 1;
+                self.last = Some((uptime, at));
+            }
+            Some((prev, _)) if uptime == prev => {
+                // Same refresh: the last poll that still saw it is the one that bounds the gap.
+                self.last = Some((uptime, at));
+            }
+            _ => self.last = Some((uptime, at)),
+        }
+    }
+
+    /// The broker's interval as far as known (ms), or `None` before any evidence.
+    pub fn interval(&self) -> Option<u64> {
+        self.measured.or((self.changes > 0).then_some(self.at_least))
+    }
+}
+
 fn poll_queues() -> Result<Option<Poll>> {
-    let resp = match http::Request::get("rabbitmq", "/api/queues/canopsis?columns=name,messages,messages_ready,messages_unacknowledged").send() {
+    let resp = match http::Request::get("rabbitmq", &format!("/api/queues/canopsis?columns={QUEUE_COLUMNS}")).send() {
         Ok(r) => r,
         Err(e) if e.is_not_found() && e.message.contains("is not configured") => return Ok(None),
         Err(e) => bail!("{}; check that RabbitMQ is running (systemctl status rabbitmq-server)", e.message),
@@ -77,6 +158,17 @@ fn poll_queues() -> Result<Option<Poll>> {
     Ok(Some(read_queues(&queues)))
 }
 
+/// The node's `uptime` (ms) as of its latest statistics refresh; the error says why not.
+fn node_uptime() -> std::result::Result<Option<u64>, String> {
+    let resp = http::Request::get("rabbitmq", "/api/nodes?columns=name,uptime").send().map_err(|e| e.message)?;
+    if !resp.is_success() {
+        return Err(format!("HTTP {} for GET /api/nodes", resp.status()));
+    }
+    let nodes: serde_json::Value = serde_json::from_slice(resp.body()).map_err(|e| format!("GET /api/nodes: {e}"))?;
+    // One node for Canopsis; in a cluster, the smallest uptime is as good as any.
+    Ok(nodes.as_array().map(Vec::as_slice).unwrap_or_default().iter().filter_map(|n| n.get("uptime").and_then(|u| u.as_u64())).min())
+}
+
 /// Where to look when the engines do not consume: the tool of the install method.
 fn advice(ctx: &Context) -> &'static str {
     match ctx.method.as_str() {
@@ -86,51 +178,95 @@ fn advice(ctx: &Context) -> &'static str {
     }
 }
 
+/// How long figures must stay unchanged to count as evidence on their own: a change shows
+/// up to two statistics intervals late, and a second of margin for the polls themselves.
+fn window(interval_ms: u64) -> Duration {
+    Duration::from_millis(interval_ms.saturating_mul(2).saturating_add(1000))
+}
+
 fn drain(ctx: &Context) -> Result<()> {
     let timeout = Duration::from_secs(setting("drain_timeout_seconds", 900));
     let poll_every = Duration::from_millis(setting("drain_poll_ms", 1000));
-    let interval = Duration::from_millis(setting("drain_stats_interval_ms", 5000));
+    let configured = setting("drain_stats_interval_ms", 5000);
     let start = Instant::now();
-    let mut first = None;
-    let mut empty_since: Option<Instant> = None;
+    let mut total: Option<u64> = None;
+    let mut empty_since: Option<(Instant, BTreeMap<String, Option<u64>>)> = None;
+    let mut clock = StatsClock::default();
+    // `Some(why)` once the node's uptime cannot be read: the configured interval is all there is.
+    let mut no_clock: Option<String> = None;
+    let mut raised = false;
     loop {
         let Some(poll) = poll_queues()? else {
             ui::skip("not waiting for the RabbitMQ backlog: the rabbitmq endpoint is not configured in canup.toml");
             return Ok(());
         };
+        let now = Instant::now();
+        if no_clock.is_none() {
+            match node_uptime() {
+                Ok(Some(uptime)) => clock.observe(uptime, now),
+                // Listed without its figures (just restarted): not known yet.
+                Ok(None) => {}
+                Err(why) => {
+                    ui::warn(&format!(
+                        "cannot read RabbitMQ's statistics interval ({why}); relying on drain_stats_interval_ms = {configured}: it must not be below the broker's collect_statistics_interval"
+                    ));
+                    no_clock = Some(why);
+                }
+            }
+        }
+        let broker = clock.interval();
+        let interval = match broker {
+            Some(b) if b > configured + (configured / 10).max(100) => {
+                if !raised {
+                    ui::warn(&format!(
+                        "drain_stats_interval_ms = {configured} is below RabbitMQ's statistics interval (about {b} ms, from GET /api/nodes uptime): waiting on {b} ms; set drain_stats_interval_ms to the broker's collect_statistics_interval"
+                    ));
+                    raised = true;
+                }
+                b
+            }
+            _ => configured,
+        };
+        let window = window(interval);
+        // Evidence needs the broker's interval known (or unknowable): until then, a window
+        // computed from a setting that is too low would confirm nothing.
+        let clock_known = broker.is_some() || no_clock.is_some();
         let backlog: u64 = poll.loaded.iter().map(|(_, n)| n).sum();
-        let mut wait = poll_every;
         if poll.empty() {
-            match empty_since {
-                Some(since) if since.elapsed() >= interval => {
-                    ui::info(&format!("every queue of vhost canopsis is empty (two polls {} ms apart)", since.elapsed().as_millis()));
+            match &empty_since {
+                Some((since, at_start)) if clock_known && confirmed(at_start, &poll, since.elapsed(), window) => {
+                    ui::info(&format!(
+                        "every queue of vhost canopsis is empty: confirmed {} ms after the first empty reading, on figures newer than it or unchanged for {} ms",
+                        since.elapsed().as_millis(),
+                        window.as_millis()
+                    ));
                     return Ok(());
                 }
-                // The confirming poll comes one statistics interval after the first.
-                Some(since) => wait = interval.saturating_sub(since.elapsed()),
-                None => {
-                    empty_since = Some(Instant::now());
-                    wait = interval;
-                }
+                Some(_) => {}
+                None => empty_since = Some((now, poll.emissions.clone())),
             }
         } else {
             empty_since = None;
-            let initial = *first.get_or_insert(backlog);
+            // The first backlog with every count known; a backlog that grows raises it.
+            if poll.unknown.is_empty() || total.is_some() {
+                total = Some(total.map_or(backlog, |t| t.max(backlog)));
+            }
             let unknown = match poll.unknown.len() {
                 0 => String::new(),
                 n => format!("; RabbitMQ does not know the counts of {n} queue(s) yet"),
             };
-            ui::progress(initial.saturating_sub(backlog), Some(initial), &format!("{backlog} messages waiting in RabbitMQ{unknown}"));
+            let done = total.map_or(0, |t| t.saturating_sub(backlog));
+            ui::progress(done, total, &format!("{backlog} messages waiting in RabbitMQ{unknown}"));
         }
         if start.elapsed() >= timeout {
             let mut list: Vec<String> = poll.loaded.iter().map(|(q, n)| format!("{q} ({n} messages)")).collect();
             list.extend(poll.unknown.iter().map(|q| format!("{q} (count not known yet)")));
             if list.is_empty() {
-                list.push("none left, but not yet confirmed by a second poll".to_owned());
+                list.push(format!("none left, but not yet confirmed by figures newer than the first empty reading (waiting up to {} ms)", window.as_millis()));
             }
             bail!("the RabbitMQ queues did not drain within {} s: {}; {} and run canup apply again", timeout.as_secs(), list.join(", "), advice(ctx));
         }
-        std::thread::sleep(wait.min(timeout.saturating_sub(start.elapsed())).max(Duration::from_millis(10)));
+        std::thread::sleep(poll_every.min(timeout.saturating_sub(start.elapsed())).max(Duration::from_millis(10)));
     }
 }
 
@@ -151,5 +287,56 @@ mod tests {
         assert_eq!(poll.loaded, [("Engine_fifo".to_owned(), 42), ("Engine_action".to_owned(), 7)]);
         assert!(!poll.empty());
         assert!(read_queues(&serde_json::json!([{"name": "Engine_che", "messages": 0}])).empty());
+    }
+
+    fn emissions(list: &[(&str, Option<u64>)]) -> BTreeMap<String, Option<u64>> {
+        list.iter().map(|(q, r)| (q.to_string(), *r)).collect()
+    }
+
+    #[test]
+    fn empty_is_confirmed_by_a_newer_emission_or_by_the_whole_window_never_by_a_stale_reading() {
+        let window = Duration::from_secs(11);
+        let start = emissions(&[("Engine_axe", Some(100)), ("Engine_che", Some(7))]);
+        let stale =
+            read_queues(&serde_json::json!([{"name": "Engine_axe", "messages": 0, "reductions": 100}, {"name": "Engine_che", "messages": 0, "reductions": 7}]));
+        // The tester's confirming poll 5 s later, on the very figures of the first: not evidence.
+        assert!(!confirmed(&start, &stale, Duration::from_secs(5), window));
+        assert!(confirmed(&start, &stale, window, window), "idle for two intervals and a second");
+        // Engine_axe emitted again (still empty), Engine_che did not: Engine_che waits the window.
+        let one_newer =
+            read_queues(&serde_json::json!([{"name": "Engine_axe", "messages": 0, "reductions": 180}, {"name": "Engine_che", "messages": 0, "reductions": 7}]));
+        assert!(!confirmed(&start, &one_newer, Duration::from_secs(5), window));
+        let both_newer =
+            read_queues(&serde_json::json!([{"name": "Engine_axe", "messages": 0, "reductions": 180}, {"name": "Engine_che", "messages": 0, "reductions": 9}]));
+        assert!(confirmed(&start, &both_newer, Duration::from_secs(1), window));
+        // A newer emission that shows the refill is no confirmation at any time.
+        let refilled =
+            read_queues(&serde_json::json!([{"name": "Engine_axe", "messages": 5, "reductions": 180}, {"name": "Engine_che", "messages": 0, "reductions": 9}]));
+        assert!(!confirmed(&start, &refilled, Duration::from_secs(60), window));
+        // Without reductions (an older broker), only the window counts.
+        let bare = read_queues(&serde_json::json!([{"name": "Engine_axe", "messages": 0}, {"name": "Engine_che", "messages": 0}]));
+        assert!(!confirmed(&emissions(&[("Engine_axe", None), ("Engine_che", None)]), &bare, Duration::from_secs(10), window));
+    }
+
+    #[test]
+    fn the_stats_interval_is_measured_from_successive_uptimes_and_never_overestimated_from_slow_polls() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        // A 5 s broker polled every second: uptime 1217636 until a refresh to 1222639.
+        let mut c = StatsClock::default();
+        for (i, at) in [0, 1000, 2000, 3000].into_iter().enumerate() {
+            c.observe(1_217_636, ms(at));
+            assert_eq!(c.interval(), None, "poll {i}: no refresh seen yet");
+        }
+        c.observe(1_222_639, ms(4000));
+        assert_eq!(c.interval(), Some(5003));
+        // A 100 ms broker polled every 300 ms: refreshes fall between polls, nothing is measured
+        // and the lower bound stays below the broker's real interval.
+        let mut c = StatsClock::default();
+        for (i, up) in [1000, 1300, 1600, 1900].into_iter().enumerate() {
+            c.observe(up, ms(i as u64 * 300));
+        }
+        assert_eq!(c.measured, None);
+        assert!(c.interval().is_some_and(|i| i <= 100), "{c:?}");
     }
 }
