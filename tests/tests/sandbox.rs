@@ -1353,3 +1353,70 @@ async fn a_compose_change_cannot_get_a_root_container_under_the_shipped_policy()
     assert!(e.contains("service rooted: privileged"), "{e}");
     assert_eq!(w.sim.snapshot().unwrap(), snapshot);
 }
+
+/// The README's threat model names every grant of the shipped policy, rule by rule: each
+/// program, each path rule, each endpoint, each content rule value. A rule added to
+/// host/dist/policy.toml without its line in the threat model fails here.
+#[test]
+fn the_threat_model_names_every_rule_of_the_shipped_policy() {
+    let readme = std::fs::read_to_string(canup_tests::workspace_dir().join("README.md")).unwrap();
+    let start = readme.find("What a signed step can make root do under the shipped policy").expect("the threat model's list of grants");
+    let section = &readme[start..start + readme[start..].find("\n## ").unwrap()];
+    let policy = shipped_policy();
+    let mut missing = Vec::new();
+    let mut want = |what: String, shown: &str| {
+        if !section.contains(shown) {
+            missing.push(what);
+        }
+    };
+    for rule in &policy.exec {
+        let name = rule.program.rsplit('/').next().unwrap();
+        want(format!("program {}", rule.program), name);
+        for arg in rule.args.iter().filter(|a| a.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') && !a.starts_with('-')) {
+            want(format!("{name} {arg}"), arg);
+        }
+    }
+    for h in &policy.http {
+        want(format!("endpoint {}", h.endpoint), &format!("`{}`", h.endpoint));
+        for m in &h.methods {
+            want(format!("{m} on {}", h.endpoint), m);
+        }
+    }
+    for d in &policy.database {
+        want(format!("database endpoint {}", d.endpoint), &format!("`{}`", d.endpoint));
+    }
+    for p in &policy.units.programs {
+        want(format!("unit program {p}"), p);
+    }
+    for d in &policy.units.directives {
+        want(format!("unit directive {d}"), &format!("`{d}=`"));
+    }
+    for m in &policy.compose.host_mounts {
+        want(format!("host mount {m}"), m);
+    }
+    let created: Vec<String> = policy.fs.create.iter().filter_map(|p| p.rsplit('/').next().map(str::to_owned)).filter(|n| !n.contains('*')).collect();
+    for name in created.iter().filter(|n| *n != ".env") {
+        want(format!("created file {name}"), name);
+    }
+    assert!(missing.is_empty(), "the threat model does not name: {missing:?}");
+}
+
+/// A policy that names a program reaching the network from its own arguments does not load:
+/// `redis-cli -u redis://*/11 FLUSHDB` once matched `redis://h/0/11` and flushed database 0 of
+/// another host; `mongo mongodb://*` read `runProgram` on its input. The database endpoints
+/// take their URL from canup.toml or go-engines-vars.conf, never from a step.
+#[test]
+fn a_policy_naming_a_network_client_does_not_load() {
+    for (program, args) in
+        [("/usr/bin/redis-cli", r#"["-u", "redis://*/11", "FLUSHDB"]"#), ("/usr/bin/mongo", r#"["mongodb://*"]"#), ("/usr/bin/psql", r#"["**"]"#)]
+    {
+        let text = format!("[[policy.exec]]\nprogram = {program:?}\nargs = {args}\n");
+        let e = canup::config::Config::parse(&text, "/etc/canup/canup.toml").unwrap_err().to_string();
+        assert!(e.contains("/etc/canup/canup.toml") && e.contains(program) && e.contains("database endpoint"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("policy.d")).unwrap();
+        std::fs::write(dir.path().join("policy.d/review.toml"), &text).unwrap();
+        let e = canup::policy::read_sources(&dir.path().join("none.toml"), &dir.path().join("policy.d")).unwrap_err().to_string();
+        assert!(e.contains("review.toml") && e.contains(program), "{e}");
+    }
+}
