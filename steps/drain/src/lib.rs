@@ -28,9 +28,13 @@
 //! the channels emit them on timers of their own, so a poll can show a publish before the
 //! queue's `messages` that counts it.
 //!
-//! The broker's interval is read from `GET /api/nodes` (`uptime`, in ms, is refreshed once per
-//! interval: two successive values differ by the interval). A `drain_stats_interval_ms` below
-//! it is raised to it with a warning, since the confirmation would otherwise prove nothing.
+//! The window rests on `drain_stats_interval_ms`, which must be the broker's
+//! `collect_statistics_interval` (rabbitmq.conf): the management API does not expose it (no
+//! field in `/api/overview` or `/api/nodes` on Debian's 3.10.8), and timing the nodes' own
+//! figures does not tell it either (they refresh about every 5 s whatever the setting: a 100 ms
+//! broker measured 5060 ms). A setting below the broker's interval shortens the window of an
+//! idle queue: a refill that reaches the statistics later than two of those shorter intervals
+//! and a second after the first empty reading is missed. A setting above it only waits longer.
 //! The progress total is the first backlog read with every queue's count known (a restarted
 //! broker's first polls have none), raised if the backlog grows.
 //!
@@ -103,48 +107,6 @@ pub fn confirmed(start: &BTreeMap<String, Option<u64>>, now: &Poll, elapsed: Dur
         })
 }
 
-/// The broker's statistics interval, from the node's `uptime` (refreshed once per interval).
-#[derive(Debug, Default)]
-pub struct StatsClock {
-    last: Option<(u64, Instant)>,
-    /// The interval measured: two successive uptime values from polls close enough together
-    /// that no refresh fell between them.
-    pub measured: Option<u64>,
-    /// At least this much: uptime moved by `delta` while `gap` passed between our polls.
-    pub at_least: u64,
-    pub changes: u32,
-}
-
-impl StatsClock {
-    /// One reading of the node's uptime (ms), taken at `at`.
-    pub fn observe(&mut self, uptime: u64, at: Instant) {
-        match self.last {
-            Some((prev, seen)) if uptime > prev => {
-                let delta = uptime - prev;
-                let gap = u64::try_from(at.duration_since(seen).as_millis()).unwrap_or(u64::MAX);
-                // Refreshes every I: between the last poll that saw `prev` and the first that saw
-                // `uptime`, gap > delta - I. A gap under delta/2 leaves room for one refresh only.
-                if gap < delta / 2 {
-                    self.measured = Some(self.measured.map_or(delta, |m| m.min(delta)));
-                }
-                self.at_least = self.at_least.max(delta.saturating_sub(gap));
-                self.changes += 1;
-                self.last = Some((uptime, at));
-            }
-            Some((prev, _)) if uptime == prev => {
-                // Same refresh: the last poll that still saw it is the one that bounds the gap.
-                self.last = Some((uptime, at));
-            }
-            _ => self.last = Some((uptime, at)),
-        }
-    }
-
-    /// The broker's interval as far as known (ms), or `None` before any evidence.
-    pub fn interval(&self) -> Option<u64> {
-        self.measured.or((self.changes > 0).then_some(self.at_least))
-    }
-}
-
 fn poll_queues() -> Result<Option<Poll>> {
     let resp = match http::Request::get("rabbitmq", &format!("/api/queues/canopsis?columns={QUEUE_COLUMNS}")).send() {
         Ok(r) => r,
@@ -156,17 +118,6 @@ fn poll_queues() -> Result<Option<Poll>> {
     }
     let queues: serde_json::Value = serde_json::from_slice(resp.body()).map_err(|e| canup_sdk::Error::msg(format!("RabbitMQ queues: {e}")))?;
     Ok(Some(read_queues(&queues)))
-}
-
-/// The node's `uptime` (ms) as of its latest statistics refresh; the error says why not.
-fn node_uptime() -> std::result::Result<Option<u64>, String> {
-    let resp = http::Request::get("rabbitmq", "/api/nodes?columns=name,uptime").send().map_err(|e| e.message)?;
-    if !resp.is_success() {
-        return Err(format!("HTTP {} for GET /api/nodes", resp.status()));
-    }
-    let nodes: serde_json::Value = serde_json::from_slice(resp.body()).map_err(|e| format!("GET /api/nodes: {e}"))?;
-    // One node for Canopsis; in a cluster, the smallest uptime is as good as any.
-    Ok(nodes.as_array().map(Vec::as_slice).unwrap_or_default().iter().filter_map(|n| n.get("uptime").and_then(|u| u.as_u64())).min())
 }
 
 /// Where to look when the engines do not consume: the tool of the install method.
@@ -187,54 +138,20 @@ fn window(interval_ms: u64) -> Duration {
 fn drain(ctx: &Context) -> Result<()> {
     let timeout = Duration::from_secs(setting("drain_timeout_seconds", 900));
     let poll_every = Duration::from_millis(setting("drain_poll_ms", 1000));
-    let configured = setting("drain_stats_interval_ms", 5000);
+    let window = window(setting("drain_stats_interval_ms", 5000));
     let start = Instant::now();
     let mut total: Option<u64> = None;
     let mut empty_since: Option<(Instant, BTreeMap<String, Option<u64>>)> = None;
-    let mut clock = StatsClock::default();
-    // `Some(why)` once the node's uptime cannot be read: the configured interval is all there is.
-    let mut no_clock: Option<String> = None;
-    let mut raised = false;
     loop {
         let Some(poll) = poll_queues()? else {
             ui::skip("not waiting for the RabbitMQ backlog: the rabbitmq endpoint is not configured in canup.toml");
             return Ok(());
         };
         let now = Instant::now();
-        if no_clock.is_none() {
-            match node_uptime() {
-                Ok(Some(uptime)) => clock.observe(uptime, now),
-                // Listed without its figures (just restarted): not known yet.
-                Ok(None) => {}
-                Err(why) => {
-                    ui::warn(&format!(
-                        "cannot read RabbitMQ's statistics interval ({why}); relying on drain_stats_interval_ms = {configured}: it must not be below the broker's collect_statistics_interval"
-                    ));
-                    no_clock = Some(why);
-                }
-            }
-        }
-        let broker = clock.interval();
-        let interval = match broker {
-            Some(b) if b > configured + (configured / 10).max(100) => {
-                if !raised {
-                    ui::warn(&format!(
-                        "drain_stats_interval_ms = {configured} is below RabbitMQ's statistics interval (about {b} ms, from GET /api/nodes uptime): waiting on {b} ms; set drain_stats_interval_ms to the broker's collect_statistics_interval"
-                    ));
-                    raised = true;
-                }
-                b
-            }
-            _ => configured,
-        };
-        let window = window(interval);
-        // Evidence needs the broker's interval known (or unknowable): until then, a window
-        // computed from a setting that is too low would confirm nothing.
-        let clock_known = broker.is_some() || no_clock.is_some();
         let backlog: u64 = poll.loaded.iter().map(|(_, n)| n).sum();
         if poll.empty() {
             match &empty_since {
-                Some((since, at_start)) if clock_known && confirmed(at_start, &poll, since.elapsed(), window) => {
+                Some((since, at_start)) if confirmed(at_start, &poll, since.elapsed(), window) => {
                     ui::info(&format!(
                         "every queue of vhost canopsis is empty: confirmed {} ms after the first empty reading, on figures newer than it or unchanged for {} ms",
                         since.elapsed().as_millis(),
@@ -316,27 +233,5 @@ mod tests {
         // Without reductions (an older broker), only the window counts.
         let bare = read_queues(&serde_json::json!([{"name": "Engine_axe", "messages": 0}, {"name": "Engine_che", "messages": 0}]));
         assert!(!confirmed(&emissions(&[("Engine_axe", None), ("Engine_che", None)]), &bare, Duration::from_secs(10), window));
-    }
-
-    #[test]
-    fn the_stats_interval_is_measured_from_successive_uptimes_and_never_overestimated_from_slow_polls() {
-        let t0 = Instant::now();
-        let ms = |n: u64| t0 + Duration::from_millis(n);
-        // A 5 s broker polled every second: uptime 1217636 until a refresh to 1222639.
-        let mut c = StatsClock::default();
-        for (i, at) in [0, 1000, 2000, 3000].into_iter().enumerate() {
-            c.observe(1_217_636, ms(at));
-            assert_eq!(c.interval(), None, "poll {i}: no refresh seen yet");
-        }
-        c.observe(1_222_639, ms(4000));
-        assert_eq!(c.interval(), Some(5003));
-        // A 100 ms broker polled every 300 ms: refreshes fall between polls, nothing is measured
-        // and the lower bound stays below the broker's real interval.
-        let mut c = StatsClock::default();
-        for (i, up) in [1000, 1300, 1600, 1900].into_iter().enumerate() {
-            c.observe(up, ms(i as u64 * 300));
-        }
-        assert_eq!(c.measured, None);
-        assert!(c.interval().is_some_and(|i| i <= 100), "{c:?}");
     }
 }
