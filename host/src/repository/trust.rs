@@ -28,8 +28,9 @@
 //! keys and of its own, versions without a gap) and refuses a bad link naming the file. Had
 //! `root.json` alone been read, deleting it would have sent canup back to the configured root
 //! 1, from where a forged `2.root.json` signed by the retired key would have been accepted and
-//! written over the real one. So a missing `root.json` beside a saved chain is rebuilt from
-//! the chain, and a `root.json` that is not the chain's newest root is refused. The
+//! written over the real one. So a missing or older `root.json` beside a saved chain is
+//! rebuilt from the chain (an older one is what a crash between the two writes of `persist`
+//! leaves), and a `root.json` that is none of the chain's roots is refused. The
 //! configured root seeds an empty store only, and canup says so.
 
 use std::fs;
@@ -264,29 +265,30 @@ impl TrustStore {
             self.persist(&seed)?;
             return Ok((seed, None));
         };
-        match fs::read(&current) {
-            Ok(bytes) if bytes == newest.bytes => {}
+        // `root.json` is a copy of the chain's newest root. An older root of the chain there is
+        // what a crash between `persist`'s two writes leaves (or an old copy put back): the
+        // chain says where trust stands, so it is rebuilt. Anything else was altered.
+        let rebuilt = match fs::read(&current) {
+            Ok(bytes) if bytes == newest.bytes => None,
+            Ok(bytes) if chain.iter().any(|r| r.bytes == bytes) => Some("an older root of the saved chain"),
             Ok(_) => {
                 return Err(RepoError::TrustStore {
                     path: current.display().to_string(),
-                    why: format!(
-                        "it is not the newest root of the chain saved beside it ({}.root.json, version {}): it is older or was altered",
-                        newest.version(),
-                        newest.version()
-                    ),
+                    why: format!("it is none of the roots of the chain saved beside it (1 to {}.root.json): it was altered", newest.version()),
                     hint: format!("remove {} and run again: canup rebuilds it from the saved N.root.json files", current.display()),
                 });
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                tracing::warn!(
-                    "{} is missing: rebuilt from the saved chain of roots ({}.root.json to {}.root.json)",
-                    current.display(),
-                    chain[0].version(),
-                    newest.version()
-                );
-                crate::durable::atomic_replace(&current, &newest.bytes).map_err(|e| self.store_err(&current, e.to_string()))?;
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some("missing"),
             Err(e) => return Err(self.store_err(&current, e.to_string())),
+        };
+        if let Some(was) = rebuilt {
+            tracing::warn!(
+                "{} was {was}: rebuilt from the saved chain of roots ({}.root.json to {}.root.json)",
+                current.display(),
+                chain[0].version(),
+                newest.version()
+            );
+            crate::durable::atomic_replace(&current, &newest.bytes).map_err(|e| self.store_err(&current, e.to_string()))?;
         }
         if seed.version() > newest.version() {
             return Ok((newest, Some(seed)));
