@@ -498,7 +498,7 @@ users = ["canopsis"]
         }
         let named = set("[[exec]]\nprogram = \"/bin/x\"\nenv = [\"CPS_MONGO_URL\", \"_X1\"]\n");
         let g = Grant::new("s", &named, &named).unwrap();
-        let listed = super::exec::FORBIDDEN_ENV.iter().map(|p| p.replace('*', "X"));
+        let listed = super::exec::CODE_LOADING_ENV.iter().chain(super::exec::FORBIDDEN_ENV).map(|p| p.replace('*', "X"));
         let examples = [
             "LD_PRELOAD",
             "LD_LIBRARY_PATH",

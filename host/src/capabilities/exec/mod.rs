@@ -21,19 +21,13 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use super::{Denial, ExecRule, Grant, PatternError};
 use crate::sysroot::Sysroot;
 
-/// Variables that make the dynamic loader, a shell, an interpreter or a tool run code or read
-/// configuration of the caller's choosing: glibc's "unsecure" list and its tunables, the
-/// shells' startup hooks and exported functions (`BASH_FUNC_name%%`, which bash imports as
-/// code), every Python variable (yum and dnf are Python: `PYTHONWARNINGS` imports a module by
-/// name, and with `BROWSER` that gave a root shell), the code-loading variables of the other
-/// interpreters a Canopsis host runs (Perl, Node.js, Ruby, Java), the editors, pagers and
-/// browsers tools start (`SYSTEMD_EDITOR`, `PAGER`), OpenSSL's configuration and key log, the
-/// search path and the home directory (`~/.rpmmacros` is rpm's: a macro there runs a shell),
-/// and the proxies (a network target is an endpoint's, never a step's).
-///
-/// Variables are granted by name, per program, in both the declaration and the policy
-/// ([`validate_rule`]); this list stays as defence in depth: no rule can grant these.
-pub const FORBIDDEN_ENV: &[&str] = &[
+/// Variables that make the dynamic loader, a shell or an interpreter run code of the caller's
+/// choosing: glibc's "unsecure" list and its tunables, the shells' startup hooks and exported
+/// functions (`BASH_FUNC_name%%`, which bash imports as code), every Python variable (yum and
+/// dnf are Python: `PYTHONWARNINGS` imports a module by name, and with `BROWSER` that gave a
+/// root shell), and the code-loading variables of the other interpreters a Canopsis host runs
+/// (Perl, Node.js, Ruby, Java). No command gets them, not even from an `env_file`.
+pub const CODE_LOADING_ENV: &[&str] = &[
     "LD_*",
     "GLIBC_TUNABLES",
     "BASH_FUNC_*",
@@ -64,6 +58,17 @@ pub const FORBIDDEN_ENV: &[&str] = &[
     "BASHOPTS",
     "PS4",
     "IFS",
+];
+
+/// Besides [`CODE_LOADING_ENV`], what a step never passes: the editors, pagers and browsers
+/// tools start (`SYSTEMD_EDITOR`, `PAGER`), OpenSSL's configuration and key log, the search
+/// path and the home directory (`~/.rpmmacros` is rpm's: a macro there runs a shell), and the
+/// proxies (a network target is an endpoint's, never a step's). An operator's `env_file`
+/// (go-engines-vars.conf, which no step reads or writes) may set these.
+///
+/// Variables are granted by exact name, per program, in both the declaration and the policy
+/// ([`validate_rule`]); both lists stay as defence in depth: no rule can grant these.
+pub const FORBIDDEN_ENV: &[&str] = &[
     "PATH",
     "HOME",
     "XDG_*",
@@ -363,9 +368,20 @@ impl Grant {
     }
 }
 
-/// Whether a variable name is one no command may receive (see [`FORBIDDEN_ENV`]).
+/// Whether a variable name is one no step may pass (see [`CODE_LOADING_ENV`] and
+/// [`FORBIDDEN_ENV`]): the pattern it matches.
 pub fn forbidden_env(name: &str) -> Option<&'static str> {
-    FORBIDDEN_ENV.iter().copied().find(|p| match (p.strip_suffix('*'), p.strip_prefix('*')) {
+    code_loading_env(name).or_else(|| matching(FORBIDDEN_ENV, name))
+}
+
+/// Whether a variable name makes a program run code of the caller's choosing
+/// ([`CODE_LOADING_ENV`]): refused even from an operator's `env_file`.
+pub fn code_loading_env(name: &str) -> Option<&'static str> {
+    matching(CODE_LOADING_ENV, name)
+}
+
+fn matching(list: &[&'static str], name: &str) -> Option<&'static str> {
+    list.iter().copied().find(|p| match (p.strip_suffix('*'), p.strip_prefix('*')) {
         (Some(prefix), _) => name.starts_with(prefix),
         (_, Some(suffix)) => name.ends_with(suffix),
         _ => name == *p,
@@ -527,7 +543,7 @@ const RECEIPT_SHELL: &str = "/bin/sh";
 /// The shell gets the command's environment as its own, never as arguments: any local user
 /// can read a process's arguments, and the variables can hold passwords (`CPS_MONGO_URL`).
 /// What could make the shell run code of the environment's choosing (`ENV`, `BASH_ENV`,
-/// exported functions, `SHELLOPTS`, `PS4`, `IFS`) is in [`FORBIDDEN_ENV`], refused before
+/// exported functions, `SHELLOPTS`, `PS4`, `IFS`) is in [`CODE_LOADING_ENV`], refused before
 /// any command runs.
 macro_rules! receipt_wrapper {
     () => {

@@ -35,7 +35,8 @@ impl wit::exec::Host for StepState {
         if let Some(file) = self.env.grant.exec_env_file(&req) {
             args["env_file"] = json!(file);
         }
-        let result = match self.check_command(&req, input.as_ref().map(|(name, ..)| name.clone())) {
+        let unsigned_input = input.as_ref().is_some_and(|(name, ..)| name.is_none());
+        let result = match self.check_command(&req, unsigned_input) {
             Err(e) => Err(e),
             Ok(req) => self.exec_allowed(req).await,
         };
@@ -54,7 +55,7 @@ impl StepState {
     /// listing and the audit), its arguments fit the host's bound, and its working directory
     /// is one the step may read, resolved beneath the sysroot like any path of the step
     /// (never `/tmp`, where anyone can leave a file the program would take).
-    fn check_command(&self, req: &ExecRequest, input: Option<Option<String>>) -> Result<ExecRequest, WitError> {
+    fn check_command(&self, req: &ExecRequest, unsigned_input: bool) -> Result<ExecRequest, WitError> {
         let size: usize = req.args.iter().map(String::len).sum::<usize>() + req.env.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
         if size > self.env.limits.exec_args {
             return Err(wit_error(
@@ -66,7 +67,7 @@ impl StepState {
             ));
         }
         self.env.grant.check_exec(req).map_err(WitError::from)?;
-        if input == Some(None) {
+        if unsigned_input {
             return Err(WitError::from(crate::capabilities::Denial::Forbidden {
                 what: format!("input for {}", req.program),
                 why: format!(
@@ -228,7 +229,7 @@ impl StepState {
         let text = crate::capabilities::fs::read_for_host(&self.env.sysroot, file, self.env.limits.fs_read)
             .map_err(|e| wit_error(ErrorKind::NotFound, format!("{file}, the environment of {}, cannot be read: {e}", req.program)))?;
         let vars = crate::capabilities::database::parse_env_file(&String::from_utf8_lossy(&text));
-        if let Some((name, pattern)) = vars.iter().find_map(|(k, _)| cap_exec::forbidden_env(k).map(|p| (k, p))) {
+        if let Some((name, pattern)) = vars.iter().find_map(|(k, _)| cap_exec::code_loading_env(k).map(|p| (k, p))) {
             return Err(wit_error(
                 ErrorKind::Denied,
                 format!("{file} sets {name}: {pattern} lets a program load code of the caller's choosing; canup passes no such file to {}", req.program),
