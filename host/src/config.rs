@@ -105,6 +105,8 @@ pub struct LimitsConfig {
     pub exec_args_kib: Option<u64>,
     /// The largest step module canup compiles.
     pub module_kib: Option<u64>,
+    /// How long compiling one step module may take.
+    pub module_compile_seconds: Option<u64>,
 }
 
 /// The bounds the sandbox applies to one step.
@@ -130,6 +132,8 @@ pub struct StepLimits {
     /// The largest module compiled: compiling costs about 8 s and 80 MB per MB of module on
     /// these machines (15 MB took 121 s and 1.17 GB), and published modules are ~200 KB.
     pub module: usize,
+    /// How long compiling one module may take (published modules: about a second).
+    pub compile: Duration,
 }
 
 impl Default for StepLimits {
@@ -145,6 +149,7 @@ impl Default for StepLimits {
             ui_text: 256 << 10,
             exec_args: 128 << 10,
             module: 2 << 20,
+            compile: Duration::from_secs(60),
         }
     }
 }
@@ -174,6 +179,7 @@ impl LimitsConfig {
             ui_text: kib(self.ui_text_kib, d.ui_text),
             exec_args: kib(self.exec_args_kib, d.exec_args),
             module: kib(self.module_kib, d.module),
+            compile: secs(self.module_compile_seconds, d.compile),
         }
     }
 }

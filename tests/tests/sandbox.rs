@@ -560,6 +560,17 @@ fn a_module_over_the_size_limit_is_refused_before_compiling_and_the_operator_can
     assert!(!e.to_string().contains("refused before compiling"), "{e}");
 }
 
+/// A compile that takes longer than `module_compile_seconds` is given up on: the probe
+/// module takes well over a millisecond to compile.
+#[test]
+fn a_compile_past_its_time_limit_is_abandoned() {
+    let wasm = std::fs::read(guest_wasm("probe")).unwrap();
+    let hurried = Sandbox::new(None).unwrap().with_max_compile(Duration::from_millis(1));
+    let Err(e) = hurried.load("probe", &wasm, &STEP_API) else { panic!("compiled within 1 ms") };
+    assert!(e.to_string().contains("module_compile_seconds"), "{e}");
+    assert!(Sandbox::new(None).unwrap().load("probe", &wasm, &STEP_API).is_ok());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_option_cannot_slip_through_a_star_pattern() {
     let w = world().await;

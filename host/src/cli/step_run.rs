@@ -36,7 +36,10 @@ pub async fn run(settings: &Settings, args: StepRunArgs) -> Result<(), Failure> 
     let grant = Grant::new(&manifest.id, &manifest.capabilities, &config.policy).map_err(usage)?;
 
     let refused = |e: SandboxError| Failure::new(e.exit_code(), e);
-    let sandbox = Sandbox::new(Some(&state_dir.join("cache/compiled"))).map_err(refused)?.with_max_module(config.limits.resolve().module);
+    let sandbox = Sandbox::new(Some(&state_dir.join("cache/compiled")))
+        .map_err(refused)?
+        .with_max_module(config.limits.resolve().module)
+        .with_max_compile(config.limits.resolve().compile);
     let load_start = std::time::Instant::now();
     let loaded = sandbox.load(&manifest.id, &wasm, &release.api).map_err(refused)?;
     let load_time = load_start.elapsed();

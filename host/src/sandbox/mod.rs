@@ -308,6 +308,10 @@ pub struct Sandbox {
     /// Compiling is the costliest work a module makes the host do, and wasmtime cannot stop
     /// it halfway: its size bounds its time and memory.
     max_module: usize,
+    /// How long one compile may take before the load gives up on it (`[limits]
+    /// module_compile_seconds`): the compiling thread cannot be stopped, but canup stops
+    /// waiting, fails the step and exits, which ends it.
+    max_compile: Duration,
 }
 
 impl Sandbox {
@@ -341,13 +345,45 @@ impl Sandbox {
             })
             .map_err(|e| SandboxError::Engine(e.to_string()))?;
         let cache = cache_dir.map(|d| CompiledCache::open(d, &engine)).transpose()?;
-        Ok(Self { engine, linker, cache, compiling: CompileGate::new(2), max_module: crate::config::StepLimits::default().module })
+        Ok(Self {
+            engine,
+            linker,
+            cache,
+            compiling: CompileGate::new(2),
+            max_module: crate::config::StepLimits::default().module,
+            max_compile: crate::config::StepLimits::default().compile,
+        })
     }
 
     /// The largest module this sandbox compiles (`[limits] module_kib`).
     pub fn with_max_module(mut self, bytes: usize) -> Self {
         self.max_module = bytes;
         self
+    }
+
+    /// How long a compile may take (`[limits] module_compile_seconds`).
+    pub fn with_max_compile(mut self, limit: Duration) -> Self {
+        self.max_compile = limit;
+        self
+    }
+
+    /// Compiles on a thread of its own, waiting at most `max_compile` for it.
+    fn compile(&self, step: &str, wasm: &[u8]) -> Result<Component, SandboxError> {
+        let (engine, bytes) = (self.engine.clone(), wasm.to_vec());
+        let (done, compiled) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name(format!("compile {step}"))
+            .spawn(move || {
+                let _ = done.send(Component::new(&engine, &bytes));
+            })
+            .map_err(|e| SandboxError::Invalid { step: step.to_owned(), why: format!("no thread to compile it: {e}") })?;
+        match compiled.recv_timeout(self.max_compile) {
+            Ok(c) => c.map_err(|e| SandboxError::Invalid { step: step.to_owned(), why: format!("{e:#}") }),
+            Err(_) => Err(SandboxError::Invalid {
+                step: step.to_owned(),
+                why: format!("compiling it took more than {} s (module_compile_seconds in canup.toml's [limits]); abandoned", self.max_compile.as_secs_f64()),
+            }),
+        }
     }
 
     pub fn engine(&self) -> &Engine {
@@ -387,7 +423,7 @@ impl Sandbox {
             None => {
                 let c = {
                     let _permit = self.compiling.enter();
-                    Component::new(&self.engine, wasm).map_err(|e| SandboxError::Invalid { step: step.to_owned(), why: format!("{e:#}") })?
+                    self.compile(step, wasm)?
                 };
                 if let Some(cache) = &self.cache
                     && let Err(e) = cache.store(&sha, &c)

@@ -155,7 +155,9 @@ impl Session {
         for step in index.releases.iter_mut().flat_map(|r| r.steps.iter_mut()) {
             step.manifest.capabilities = step.manifest.capabilities.at_compose_dir(&compose_dir);
         }
-        let sandbox = Sandbox::new(Some(&state_dir.join("cache/compiled")))?.with_max_module(config.limits.resolve().module);
+        let sandbox = Sandbox::new(Some(&state_dir.join("cache/compiled")))?
+            .with_max_module(config.limits.resolve().module)
+            .with_max_compile(config.limits.resolve().compile);
         tracing::debug!("sandbox ready");
         let audit = Arc::new(AuditLog::open(&state_dir.join("audit.jsonl"), "canup").map_err(|source| UpgradeError::Store {
             what: "audit log",
