@@ -32,6 +32,10 @@ const SDK_FILES: &[(&str, &str)] = &[
     ("src/resync/yaml.rs", include_str!("../../../sdk/src/resync/yaml.rs")),
 ];
 
+/// The YAML reading the SDK's resync shares with canup (`canup-yaml`), embedded beside it:
+/// the SDK names it as `../yaml`.
+const YAML_FILES: &[(&str, &str)] = &[("Cargo.toml", include_str!("../../../yaml/Cargo.toml")), ("src/lib.rs", include_str!("../../../yaml/src/lib.rs"))];
+
 const CARGO_TOML: &str = include_str!("../../../sdk/template/Cargo.toml");
 const STEP_TOML: &str = include_str!("../../../sdk/template/step.toml");
 const LIB_RS: &str = include_str!("../../../sdk/template/lib.rs");
@@ -87,6 +91,7 @@ fn create(dir: &Path, release: &Version, sdk: Option<&Path>) -> anyhow::Result<(
     ];
     if sdk.is_none() {
         files.extend(SDK_FILES.iter().map(|(path, text)| (Path::new("canup-sdk").join(path), (*text).to_owned())));
+        files.extend(YAML_FILES.iter().map(|(path, text)| (Path::new("yaml").join(path), (*text).to_owned())));
     }
     for (path, text) in &files {
         let path = dir.join(path);
@@ -125,6 +130,15 @@ mod tests {
         on_disk.sort();
         embedded.sort();
         assert_eq!(embedded, on_disk);
+        let yaml = Path::new(env!("CARGO_MANIFEST_DIR")).join("../yaml");
+        let mut yaml_on_disk: Vec<String> =
+            std::fs::read_dir(yaml.join("src")).unwrap().map(|e| format!("src/{}", e.unwrap().file_name().to_string_lossy())).collect();
+        yaml_on_disk.push("Cargo.toml".into());
+        yaml_on_disk.sort();
+        let mut yaml_embedded: Vec<String> = YAML_FILES.iter().map(|(p, _)| (*p).to_owned()).collect();
+        yaml_embedded.sort();
+        assert_eq!(yaml_embedded, yaml_on_disk);
+        assert!(include_str!("../../../sdk/Cargo.toml").contains(r#"path = "../yaml""#), "the SDK finds canup-yaml where the scaffold writes it");
     }
 
     #[test]

@@ -120,6 +120,18 @@ fn poll_queues() -> Result<Option<Poll>> {
     Ok(Some(read_queues(&queues)))
 }
 
+/// The progress bar's total after `poll`: the first backlog read with every queue's count
+/// known (a restarted broker lists its queues without counts for a while: a total taken then
+/// showed `0/0`), raised when the backlog grows.
+pub fn progress_total(total: Option<u64>, poll: &Poll) -> Option<u64> {
+    let backlog: u64 = poll.loaded.iter().map(|(_, n)| n).sum();
+    match total {
+        Some(t) => Some(t.max(backlog)),
+        None if poll.unknown.is_empty() => Some(backlog),
+        None => None,
+    }
+}
+
 /// Where to look when the engines do not consume: the tool of the install method.
 fn advice(ctx: &Context) -> &'static str {
     match ctx.method.as_str() {
@@ -165,9 +177,7 @@ fn drain(ctx: &Context) -> Result<()> {
         } else {
             empty_since = None;
             // The first backlog with every count known; a backlog that grows raises it.
-            if poll.unknown.is_empty() || total.is_some() {
-                total = Some(total.map_or(backlog, |t| t.max(backlog)));
-            }
+            total = progress_total(total, &poll);
             let unknown = match poll.unknown.len() {
                 0 => String::new(),
                 n => format!("; RabbitMQ does not know the counts of {n} queue(s) yet"),
@@ -233,5 +243,17 @@ mod tests {
         // Without reductions (an older broker), only the window counts.
         let bare = read_queues(&serde_json::json!([{"name": "Engine_axe", "messages": 0}, {"name": "Engine_che", "messages": 0}]));
         assert!(!confirmed(&emissions(&[("Engine_axe", None), ("Engine_che", None)]), &bare, Duration::from_secs(10), window));
+    }
+
+    #[test]
+    fn the_progress_total_waits_for_every_count_and_grows_with_the_backlog() {
+        let restarted = read_queues(&serde_json::json!([{"name": "Engine_axe"}, {"name": "Engine_che", "messages": 3}]));
+        assert_eq!(progress_total(None, &restarted), None, "no total while a count is unknown");
+        let known = read_queues(&serde_json::json!([{"name": "Engine_axe", "messages": 200}, {"name": "Engine_che", "messages": 3}]));
+        assert_eq!(progress_total(None, &known), Some(203));
+        let less = read_queues(&serde_json::json!([{"name": "Engine_axe", "messages": 50}]));
+        assert_eq!(progress_total(Some(203), &less), Some(203));
+        let more = read_queues(&serde_json::json!([{"name": "Engine_axe", "messages": 250}]));
+        assert_eq!(progress_total(Some(203), &more), Some(250));
     }
 }
