@@ -13,7 +13,8 @@
 //!   refused (it runs a Dockerfile);
 //! - no `privileged`, `cap_add`, `security_opt`, `devices`, `device_cgroup_rules`,
 //!   `cgroup_parent`, and no host `pid`, `ipc`, `uts`, `userns_mode`, `cgroup` or
-//!   `network_mode`;
+//!   `network_mode`; no `extends` nor a new top-level `include` (they bring in files no rule
+//!   judges);
 //! - a bind mount's host path must match one of `host_mounts` (the reference's `./files/…`)
 //!   and hold no `..`;
 //! - a top-level volume with `driver_opts` (a named volume bound to a host path) or a config
@@ -182,6 +183,9 @@ pub(crate) fn judge(
     for (name, def) in changed("services") {
         service(rules, def).map_err(|why| format!("service {name}: {why}"))?;
     }
+    if new.get("include").is_some_and(|inc| old.get("include").is_none_or(|o| !o.same(inc))) {
+        return Err("it includes other Compose files (top-level include), which no rule judges".into());
+    }
     for (name, def) in changed("volumes") {
         if def.get("driver_opts").is_some() {
             return Err(format!("volume {name} has driver_opts (a named volume bound to a host path)"));
@@ -199,7 +203,9 @@ pub(crate) fn judge(
 
 /// Settings that give a container the host: refused on a changed service whatever their value
 /// (`privileged` only when true, the namespaces only when `host`).
-const REFUSED: &[&str] = &["cap_add", "security_opt", "devices", "device_cgroup_rules", "cgroup_parent", "build"];
+/// `extends` (and the top-level `include`) would bring in services from a file no rule judges
+/// (a `*.env` file a step may rewrite can hold YAML).
+const REFUSED: &[&str] = &["cap_add", "security_opt", "devices", "device_cgroup_rules", "cgroup_parent", "build", "extends"];
 const NAMESPACES: &[&str] = &["pid", "ipc", "uts", "userns_mode", "cgroup", "network_mode"];
 
 fn service(rules: &CompiledComposeRules, def: &Value) -> Result<(), String> {
@@ -270,6 +276,7 @@ mod tests {
             ("    volumes: ['./files/../../etc:/x']\n", "host path"),
             ("    volumes: ['./files/${UNSET}:/x']\n", "host path"),
             ("    volumes: [{type: bind, source: /etc, target: /x}]\n", "host path /etc"),
+            ("    extends: {file: compose.env, service: rooted}\n", "extends"),
         ] {
             let new = format!("{base}  evil:\n    image: canopsis/engine-che\n{bad}");
             let e = judge(&rules(), Some((base, &env)), (&new, &env)).unwrap_err();
@@ -279,6 +286,8 @@ mod tests {
         assert!(judge(&rules(), Some((base, &env)), (&other, &env)).unwrap_err().contains("evil.io/root"));
         let ok = format!("{base}  fine:\n    image: canopsis/engine-che\n    volumes: ['./files/mongo/:/init', 'data:/data']\n");
         assert_eq!(judge(&rules(), Some((base, &env)), (&ok, &env)), Ok(()));
+        let included = format!("{base}include: [compose.env]\n");
+        assert!(judge(&rules(), Some((base, &env)), (&included, &env)).unwrap_err().contains("include"));
         let bound = format!("{base}volumes:\n  data:\n    driver_opts: {{type: none, o: bind, device: /}}\n");
         assert!(judge(&rules(), Some((base, &env)), (&bound, &env)).unwrap_err().contains("driver_opts"));
     }
