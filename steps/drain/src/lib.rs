@@ -143,7 +143,7 @@ fn advice(ctx: &Context) -> &'static str {
 
 /// How long figures must stay unchanged to count as evidence on their own: a change shows
 /// up to two statistics intervals late, and a second of margin for the polls themselves.
-fn window(interval_ms: u64) -> Duration {
+pub fn window(interval_ms: u64) -> Duration {
     Duration::from_millis(interval_ms.saturating_mul(2).saturating_add(1000))
 }
 
@@ -193,7 +193,11 @@ fn drain(ctx: &Context) -> Result<()> {
             }
             bail!("the RabbitMQ queues did not drain within {} s: {}; {} and run canup apply again", timeout.as_secs(), list.join(", "), advice(ctx));
         }
-        std::thread::sleep(poll_every.min(timeout.saturating_sub(start.elapsed())).max(Duration::from_millis(10)));
+        // Once the queues read empty, the next poll comes no later than the end of the window:
+        // polling on the slower `drain_poll_ms` beat would only make the check wait longer than
+        // its evidence needs.
+        let until_window = empty_since.as_ref().map_or(poll_every, |(since, _)| window.saturating_sub(since.elapsed()));
+        std::thread::sleep(poll_every.min(until_window).min(timeout.saturating_sub(start.elapsed())).max(Duration::from_millis(10)));
     }
 }
 

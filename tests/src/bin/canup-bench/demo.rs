@@ -123,6 +123,8 @@ fn script_from_dry_run(dry_run_stdout: &str, stats_interval: Duration) -> Result
     let mut commands = 0;
     let mut heredoc_open = false;
     let mut previous_query = None;
+    // Whether the current run of identical drain polls has had its window already.
+    let mut waited = false;
     for line in changes.lines() {
         // canup prints each change at two spaces; a write's content follows at four.
         if let Some(content) = line.strip_prefix("    ") {
@@ -149,12 +151,15 @@ fn script_from_dry_run(dry_run_stdout: &str, stats_interval: Duration) -> Result
             match query.split_once(" on endpoint ") {
                 Some((request, endpoint)) => {
                     let (method, path) = request.split_once(' ').context("query without a path")?;
-                    // The drain check's confirming poll: RabbitMQ's counts are statistics, up to
-                    // one statistics interval old, so a check that means what it says polls
-                    // twice that far apart (steps/drain). The script waits as canup does.
-                    if path.starts_with("/api/queues/") && last_query == Some(query) {
-                        writeln!(script, "sleep {}", stats_interval.as_secs_f64())?;
+                    // The drain check's confirming poll: RabbitMQ's counts are statistics, which
+                    // show a change up to two statistics intervals late, so a check that means
+                    // what it says reads an idle queue empty again only after that window
+                    // (steps/drain: two intervals and a second). The script waits as canup does.
+                    let repeated = last_query == Some(query);
+                    if path.starts_with("/api/queues/") && repeated && !waited {
+                        writeln!(script, "sleep {}", (2 * stats_interval + Duration::from_secs(1)).as_secs_f64())?;
                     }
+                    waited = repeated;
                     writeln!(script, "curl -s -o /dev/null -X {method} {}{path}\" || true", endpoint_base(endpoint)?)?;
                 }
                 None => {
