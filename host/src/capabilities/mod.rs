@@ -126,13 +126,6 @@ impl CapabilitySet {
 
     /// Adds `other`'s rules to these (the policy's sources add up, see `crate::policy`).
     pub fn add(&mut self, other: &CapabilitySet) {
-        fn extend<T: Clone + PartialEq>(into: &mut Vec<T>, from: &[T]) {
-            for item in from {
-                if !into.contains(item) {
-                    into.push(item.clone());
-                }
-            }
-        }
         extend(&mut self.exec, &other.exec);
         extend(&mut self.fs.read, &other.fs.read);
         extend(&mut self.fs.write, &other.fs.write);
@@ -178,6 +171,15 @@ impl CapabilitySet {
         lines.extend(self.http.iter().map(|h| format!("{} {:?} on endpoint {}", h.methods.join("/"), h.paths, h.endpoint)));
         lines.extend(self.database.iter().map(|d| format!("{} scripts on database endpoint {}", if d.write { "changing" } else { "read-only" }, d.endpoint)));
         lines
+    }
+}
+
+/// Adds the items of `from` that `into` lacks: the policy's sources add up, rule by rule.
+pub(crate) fn extend<T: Clone + PartialEq>(into: &mut Vec<T>, from: &[T]) {
+    for item in from {
+        if !into.contains(item) {
+            into.push(item.clone());
+        }
     }
 }
 

@@ -180,8 +180,20 @@ impl DryRun {
         }
     }
 
+    /// `names` (a directory's entries on disk) as the listed changes leave `dir`, sorted.
+    pub fn listing(&self, dir: &Path, mut names: Vec<String>) -> Vec<String> {
+        for (name, state) in self.staged_in(dir) {
+            names.retain(|n| *n != name);
+            if state != Staged::Removed {
+                names.push(name);
+            }
+        }
+        names.sort();
+        names
+    }
+
     /// The entries staged directly in the directory `dir`: (name, state).
-    pub fn staged_in(&self, dir: &Path) -> Vec<(String, Staged)> {
+    fn staged_in(&self, dir: &Path) -> Vec<(String, Staged)> {
         let Ok(s) = self.staged.lock() else { return Vec::new() };
         s.iter().filter(|(p, _)| p.parent() == Some(dir)).filter_map(|(p, st)| Some((p.file_name()?.to_string_lossy().into_owned(), st.clone()))).collect()
     }

@@ -50,8 +50,8 @@ impl ComposeRules {
     }
 
     pub(crate) fn add(&mut self, other: &ComposeRules) {
-        super::extend(&mut self.images, &other.images);
-        super::extend(&mut self.host_mounts, &other.host_mounts);
+        super::super::extend(&mut self.images, &other.images);
+        super::super::extend(&mut self.host_mounts, &other.host_mounts);
     }
 }
 

@@ -28,7 +28,7 @@ use std::path::Path;
 use globset::GlobMatcher;
 use serde::{Deserialize, Serialize};
 
-use super::{Denial, Grant, PatternError, glob};
+use super::{Denial, Grant, PatternError, extend, glob};
 
 /// Where systemd reads units and drop-ins from: any file below is judged as one.
 const UNIT_DIRS: &[&str] = &["/etc/systemd/", "/run/systemd/", "/usr/lib/systemd/", "/lib/systemd/", "/usr/local/lib/systemd/"];
@@ -56,15 +56,6 @@ impl UnitRules {
     pub(crate) fn add(&mut self, other: &UnitRules) {
         extend(&mut self.directives, &other.directives);
         extend(&mut self.programs, &other.programs);
-    }
-}
-
-/// Adds the items of `from` that `into` lacks (policy sources add up).
-fn extend(into: &mut Vec<String>, from: &[String]) {
-    for item in from {
-        if !into.contains(item) {
-            into.push(item.clone());
-        }
     }
 }
 
@@ -101,6 +92,11 @@ impl CompiledUnitRules {
         }
         Ok(Self { directives: rules.directives.clone(), programs: rules.programs.iter().map(|p| glob(p, true, origin)).collect::<Result<_, _>>()? })
     }
+}
+
+/// A file's bytes as text, invalid UTF-8 replaced.
+fn text(bytes: Option<&[u8]>) -> Option<String> {
+    bytes.map(|b| String::from_utf8_lossy(b).into_owned())
 }
 
 /// Whether `logical` is a file systemd reads as a unit or drop-in.
@@ -205,22 +201,21 @@ impl Grant {
         }
         let name = logical.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let dir = logical.parent().unwrap_or(Path::new("/"));
-        let text = |b: Option<Vec<u8>>| b.map(|b| String::from_utf8_lossy(&b).into_owned());
         let refused = |file: &Path, why: String| Denial::NotInPolicy {
             step: self.step.clone(),
             what: format!("the change to the Compose file {}: {why}", file.display()),
         };
-        let env_of = |b: Option<&[u8]>| compose::parse_env(&text(b.map(<[u8]>::to_vec)).unwrap_or_default());
+        let env_of = |b: Option<&[u8]>| compose::parse_env(&text(b).unwrap_or_default());
         if compose::is_compose_file(&name) {
             let env = env_of(project.read(&dir.join(".env")).as_deref());
-            let (old, new) = (text(old.map(<[u8]>::to_vec)), text(new.map(<[u8]>::to_vec)).unwrap_or_default());
+            let (old, new) = (text(old), text(new).unwrap_or_default());
             return compose::judge(&self.policy.compose, old.as_deref().map(|o| (o, &env)), (&new, &env)).map_err(|why| refused(logical, why));
         }
         if name == ".env" {
             let (old_env, new_env) = (env_of(old), env_of(new));
             for file in project.list(dir).into_iter().filter(|n| compose::is_compose_file(n)) {
                 let path = dir.join(&file);
-                let Some(content) = text(project.read(&path)) else { continue };
+                let Some(content) = text(project.read(&path).as_deref()) else { continue };
                 compose::judge(&self.policy.compose, Some((&content, &old_env)), (&content, &new_env))
                     .map_err(|why| refused(&path, format!("{why} (with the variables of {} as the change leaves it)", logical.display())))?;
             }
@@ -231,8 +226,7 @@ impl Grant {
     fn check_unit(&self, logical: &Path, old: Option<&[u8]>, new: Option<&[u8]>) -> Result<(), Denial> {
         let refused =
             |why: String| Denial::NotInPolicy { step: self.step.clone(), what: format!("the change to the systemd unit file {}: {why}", logical.display()) };
-        let text = |b: Option<&[u8]>| b.map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
-        let (old, new) = (entries(&text(old)), entries(&text(new)));
+        let (old, new) = (entries(&text(old).unwrap_or_default()), entries(&text(new).unwrap_or_default()));
         let identity = |list: &[Entry]| list.iter().filter(|e| IDENTITY.contains(&e.name.as_str())).cloned().collect::<Vec<_>>();
         if identity(&old) != identity(&new) {
             return Err(refused(

@@ -27,21 +27,27 @@ impl wit::exec::Host for StepState {
         };
         // Values are left out of the audit: they can hold credentials (CPS_AMQP_URL...).
         let env_names: Vec<&str> = req.env.iter().map(|(k, _)| k.as_str()).collect();
-        let input = req.stdin.as_deref().map(|data| (self.release_data_named(data), sha256_hex(data), data.len()));
+        let input = req.stdin.as_deref().map(|data| Input { data: self.release_data_named(data), sha256: sha256_hex(data) });
         let mut args = json!({ "program": req.program, "args": req.args, "env": env_names, "cwd": req.cwd, "user": req.user });
-        if let Some((name, digest, len)) = &input {
-            args["stdin"] = json!({ "data": name, "sha256": digest, "bytes": len });
+        if let (Some(input), Some(stdin)) = (&input, &req.stdin) {
+            args["stdin"] = json!({ "data": input.data, "sha256": input.sha256, "bytes": stdin.len() });
         }
         if let Some(file) = self.env.grant.exec_env_file(&req) {
             args["env_file"] = json!(file);
         }
-        let unsigned_input = input.as_ref().is_some_and(|(name, ..)| name.is_none());
-        let result = match self.check_command(&req, unsigned_input) {
+        let result = match self.check_command(&req, input.as_ref()) {
             Err(e) => Err(e),
-            Ok(req) => self.exec_allowed(req).await,
+            Ok(req) => self.exec_allowed(req, input.as_ref()).await,
         };
         self.conclude(start, "exec", args, result, "ran before the interruption", |o| exit_text(o.status))
     }
+}
+
+/// What a command gets on its standard input: the release data file it is (none: the step's
+/// own bytes, refused), and their digest.
+struct Input {
+    data: Option<String>,
+    sha256: String,
 }
 
 impl StepState {
@@ -55,7 +61,7 @@ impl StepState {
     /// listing and the audit), its arguments fit the host's bound, and its working directory
     /// is one the step may read, resolved beneath the sysroot like any path of the step
     /// (never `/tmp`, where anyone can leave a file the program would take).
-    fn check_command(&self, req: &ExecRequest, unsigned_input: bool) -> Result<ExecRequest, WitError> {
+    fn check_command(&self, req: &ExecRequest, input: Option<&Input>) -> Result<ExecRequest, WitError> {
         let size: usize = req.args.iter().map(String::len).sum::<usize>() + req.env.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
         if size > self.env.limits.exec_args {
             return Err(wit_error(
@@ -67,7 +73,7 @@ impl StepState {
             ));
         }
         self.env.grant.check_exec(req).map_err(WitError::from)?;
-        if unsigned_input {
+        if input.is_some_and(|i| i.data.is_none()) {
             return Err(WitError::from(crate::capabilities::Denial::Forbidden {
                 what: format!("input for {}", req.program),
                 why: format!(
@@ -87,13 +93,13 @@ impl StepState {
     }
 
     /// A checked command with its env_file's variables, shown and journaled as a command.
-    async fn exec_allowed(&mut self, req: ExecRequest) -> Result<Done<wit::exec::Output>, WitError> {
+    async fn exec_allowed(&mut self, req: ExecRequest, input: Option<&Input>) -> Result<Done<wit::exec::Output>, WitError> {
         let host_env = self.host_env(&req)?;
         let changing = !self.env.grant.exec_is_readonly(&req);
         let words = shell_words(&req.program, &req.args);
-        let input = req.stdin.as_deref().map(|data| {
-            let name = self.release_data_named(data).unwrap_or_default();
-            format!(" < release data {name} ({} bytes, sha256 {}):\n{}", data.len(), &sha256_hex(data)[..16], super::fs::indent(&String::from_utf8_lossy(data)))
+        let input = input.zip(req.stdin.as_deref()).map(|(input, data)| {
+            let name = input.data.as_deref().unwrap_or_default();
+            format!(" < release data {name} ({} bytes, sha256 {}):\n{}", data.len(), &input.sha256[..16], super::fs::indent(&String::from_utf8_lossy(data)))
         });
         let listed = if changing {
             let user = req.user.as_ref().map(|u| format!(" (as {u})")).unwrap_or_default();

@@ -121,19 +121,12 @@ impl wit::fs::Host for StepState {
             Access::Read,
             move |p, _| {
                 let Some(dry) = dry else { return cap_fs::list(p) };
-                let mut names = match dry.staged(&p.logical) {
+                let names = match dry.staged(&p.logical) {
                     Some(Staged::Dir) => Vec::new(),
                     Some(_) => return Err(io::ErrorKind::NotADirectory.into()),
                     None => cap_fs::list(p)?,
                 };
-                for (name, state) in dry.staged_in(&p.logical) {
-                    names.retain(|n| n != &name);
-                    if state != Staged::Removed {
-                        names.push(name);
-                    }
-                }
-                names.sort();
-                Ok(names)
+                Ok(dry.listing(&p.logical, names))
             },
             |l| format!("{} entries", l.len()),
         )
@@ -362,14 +355,11 @@ impl content::Project for HostProject {
     }
 
     fn list(&self, dir: &Path) -> Vec<String> {
-        let mut names = cap_fs::list_for_host(&self.sysroot, &dir.display().to_string()).unwrap_or_default();
-        for (name, state) in self.dry.as_ref().map(|d| d.staged_in(dir)).unwrap_or_default() {
-            names.retain(|n| *n != name);
-            if state != Staged::Removed {
-                names.push(name);
-            }
+        let names = cap_fs::list_for_host(&self.sysroot, &dir.display().to_string()).unwrap_or_default();
+        match &self.dry {
+            Some(dry) => dry.listing(dir, names),
+            None => names,
         }
-        names
     }
 }
 
