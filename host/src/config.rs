@@ -76,6 +76,53 @@ pub struct Config {
     /// `[answers."23.10.3/options"] enable-x = "yes"`, by step id then question id.
     #[serde(default)]
     pub answers: Answers,
+    #[serde(default)]
+    pub backup: BackupConfig,
+}
+
+/// `[backup]`: what canup saves before a run's first change, and where (see
+/// `crate::backup::set`). Every field has a default.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BackupConfig {
+    /// Where each run's backups go (`DIR/RUN/`); `STATE/backups` unless stated. The file
+    /// backups of `restore-files` stay under the state directory.
+    pub dir: Option<PathBuf>,
+    /// How many runs' backup sets to keep, the newest (3 unless stated); older run
+    /// directories are removed whole when a new set is taken.
+    pub keep: Option<usize>,
+    /// Which databases are dumped.
+    pub databases: Option<DumpPolicy>,
+    /// The configuration directories saved; `/opt/canopsis/etc` on a package installation
+    /// and the Compose project's directory on a Compose one unless stated.
+    pub config_dirs: Option<Vec<String>>,
+    /// Free space (MiB) the destination must keep after the backups (256 unless stated):
+    /// the disk a dump fills may be the one Canopsis writes to.
+    pub reserve_mib: Option<u64>,
+}
+
+/// `[backup] databases`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum DumpPolicy {
+    /// The databases the plan's steps migrate: those they ask a backup of (`backup` in
+    /// step.toml) or may write to. A release whose steps migrate nothing skips the dumps.
+    #[default]
+    Asked,
+    /// Every database of the installation (postgres, mongo) on every run.
+    Always,
+    /// None: a rollback of a run that migrated a database is then refused.
+    Never,
+}
+
+impl BackupConfig {
+    pub fn keep(&self) -> usize {
+        self.keep.unwrap_or(3).max(1)
+    }
+
+    pub fn reserve(&self) -> u64 {
+        self.reserve_mib.unwrap_or(256).saturating_mul(1 << 20)
+    }
 }
 
 /// Step id → question id → the chosen option.
@@ -238,6 +285,11 @@ impl Config {
     /// Where the Docker Compose project is.
     pub fn compose_dir(&self) -> String {
         self.compose_dir.clone().unwrap_or_else(|| crate::capabilities::DEFAULT_COMPOSE_DIR.to_owned())
+    }
+
+    /// Where the runs' backup sets go (`[backup] dir`).
+    pub fn backup_dir(&self) -> PathBuf {
+        self.backup.dir.clone().unwrap_or_else(|| self.state_dir().join("backups"))
     }
 
     pub fn state_dir(&self) -> PathBuf {

@@ -35,10 +35,14 @@ pub enum ExitCode {
     Withdrawn,
     /// The installed version is not in the repository.
     UnknownInstalled,
+    /// The backups before the first change could not be taken (space, a dump failed).
+    Backup,
+    /// `canup rollback` refused: nothing was changed.
+    RollbackRefused,
 }
 
 impl ExitCode {
-    pub const ALL: [ExitCode; 15] = [
+    pub const ALL: [ExitCode; 17] = [
         ExitCode::Success,
         ExitCode::StepFailed,
         ExitCode::Usage,
@@ -54,6 +58,8 @@ impl ExitCode {
         ExitCode::NotInRepository,
         ExitCode::Withdrawn,
         ExitCode::UnknownInstalled,
+        ExitCode::Backup,
+        ExitCode::RollbackRefused,
     ];
 
     pub fn code(self) -> u8 {
@@ -73,6 +79,8 @@ impl ExitCode {
             ExitCode::NotInRepository => 12,
             ExitCode::Withdrawn => 13,
             ExitCode::UnknownInstalled => 14,
+            ExitCode::Backup => 15,
+            ExitCode::RollbackRefused => 16,
         }
     }
 
@@ -96,6 +104,10 @@ impl ExitCode {
             ExitCode::NotInRepository => "target not in the repository",
             ExitCode::Withdrawn => "withdrawn release",
             ExitCode::UnknownInstalled => "unknown installed version",
+            ExitCode::Backup => "the backups before the first change could not be taken (no space, a dump failed); nothing was changed",
+            ExitCode::RollbackRefused => {
+                "`canup rollback` refused (a later run, packages changed since, an incomplete or altered backup set, a migration barrier); nothing was changed"
+            }
         }
     }
 

@@ -100,6 +100,63 @@ pub enum Event {
         occurrence: u32,
         result: ActionResult,
     },
+    /// `canup rollback` started to bring the host back to what run `run` found (`to`).
+    RollbackStarted {
+        rollback: String,
+        run: String,
+        time: String,
+        to: Version,
+    },
+    /// One stage of a rollback is done (packages, files, databases): a resumed rollback
+    /// does not do it again.
+    RollbackStage {
+        rollback: String,
+        stage: String,
+        time: String,
+        message: String,
+    },
+    RollbackFinished {
+        rollback: String,
+        time: String,
+        outcome: Outcome,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message: Option<String>,
+    },
+}
+
+impl Event {
+    /// The run the event belongs to (a rollback's events: none, see [`RollbackRecord`]).
+    fn run(&self) -> Option<&str> {
+        match self {
+            Event::RunStarted { run, .. }
+            | Event::StepStarted { run, .. }
+            | Event::StepFinished { run, .. }
+            | Event::RunFinished { run, .. }
+            | Event::ActionStarted { run, .. }
+            | Event::ActionDone { run, .. }
+            | Event::RollbackStarted { run, .. } => Some(run),
+            Event::RollbackStage { .. } | Event::RollbackFinished { .. } => None,
+        }
+    }
+
+    /// When it happened, for the events that say.
+    fn time(&self) -> Option<&str> {
+        match self {
+            Event::RunStarted { time, .. }
+            | Event::StepStarted { time, .. }
+            | Event::StepFinished { time, .. }
+            | Event::RunFinished { time, .. }
+            | Event::RollbackStarted { time, .. }
+            | Event::RollbackStage { time, .. }
+            | Event::RollbackFinished { time, .. } => Some(time),
+            Event::ActionStarted { .. } | Event::ActionDone { .. } => None,
+        }
+    }
+}
+
+/// When run `run` last did something: its last event with a time, before any rollback of it.
+pub fn run_last_time(events: &[Event], run: &str) -> Option<String> {
+    events.iter().filter(|e| e.run() == Some(run) && !matches!(e, Event::RollbackStarted { .. })).filter_map(Event::time).next_back().map(str::to_owned)
 }
 
 /// What a step saw of one of its actions.
@@ -217,6 +274,24 @@ pub struct RunRecord {
     /// (step, action, occurrence) → what became of it, across every attempt of the run.
     #[serde(skip)]
     pub actions: std::collections::HashMap<(String, String, u32), PastAction>,
+    /// The latest `canup rollback` of this run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<RollbackRecord>,
+}
+
+/// A rollback as the journal tells it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RollbackRecord {
+    pub rollback: String,
+    pub started: String,
+    /// The version the run found, which the rollback brings back.
+    pub to: Version,
+    /// The stages done, with what each did.
+    pub stages: Vec<(String, String)>,
+    /// `None` while it is unfinished (resumable).
+    pub outcome: Option<Outcome>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -258,6 +333,7 @@ pub fn runs(events: &[Event]) -> Vec<RunRecord> {
                 outcome: None,
                 message: None,
                 actions: Default::default(),
+                rollback: None,
             }),
             Event::StepStarted { run, step, .. } => {
                 if let Some(r) = runs.iter_mut().rev().find(|r| &r.run == run) {
@@ -291,6 +367,31 @@ pub fn runs(events: &[Event]) -> Vec<RunRecord> {
                     r.actions.insert((step.clone(), action.clone(), *occurrence), PastAction::Done(result.clone()));
                 }
             }
+            Event::RollbackStarted { rollback, run, time, to } => {
+                if let Some(r) = runs.iter_mut().rev().find(|r| &r.run == run)
+                    && r.rollback.as_ref().is_none_or(|b| &b.rollback != rollback)
+                {
+                    r.rollback = Some(RollbackRecord {
+                        rollback: rollback.clone(),
+                        started: time.clone(),
+                        to: to.clone(),
+                        stages: Vec::new(),
+                        outcome: None,
+                        message: None,
+                    });
+                }
+            }
+            Event::RollbackStage { rollback, stage, message, .. } => {
+                if let Some(b) = runs.iter_mut().filter_map(|r| r.rollback.as_mut()).find(|b| &b.rollback == rollback) {
+                    b.stages.push((stage.clone(), message.clone()));
+                }
+            }
+            Event::RollbackFinished { rollback, outcome, message, .. } => {
+                if let Some(b) = runs.iter_mut().filter_map(|r| r.rollback.as_mut()).find(|b| &b.rollback == rollback) {
+                    b.outcome = Some(*outcome);
+                    b.message = message.clone();
+                }
+            }
         }
     }
     runs
@@ -302,6 +403,11 @@ pub fn runs(events: &[Event]) -> Vec<RunRecord> {
 /// makes sense after it).
 pub fn unfinished(events: &[Event]) -> Option<RunRecord> {
     runs(events).into_iter().last().filter(|r| r.outcome.is_none())
+}
+
+/// A rollback that started and did not finish: nothing else may run until it does.
+pub fn pending_rollback(events: &[Event]) -> Option<(String, RollbackRecord)> {
+    runs(events).into_iter().find_map(|r| r.rollback.filter(|b| b.outcome.is_none()).map(|b| (r.run, b)))
 }
 
 /// The changing actions of one attempt of one step, journaled as they finish, and those of

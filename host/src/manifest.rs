@@ -76,6 +76,11 @@ pub struct StepManifest {
     /// [`crate::formats`]); a canup without one of them refuses the index.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub requires: Vec<String>,
+    /// The database endpoints this step migrates by other means than a `database` script
+    /// (`canopsis-reconfigure -migrate-postgres`): canup dumps them before the run's first
+    /// change (`[backup] databases`). An older canup ignores the field and takes no dump.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backup: Vec<String>,
 }
 
 impl StepManifest {
@@ -96,6 +101,7 @@ impl StepManifest {
             description: String::new(),
             capabilities: CapabilitySet::default(),
             requires: Vec::new(),
+            backup: Vec::new(),
         }
     }
 }

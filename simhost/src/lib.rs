@@ -26,8 +26,9 @@ pub mod packages;
 pub mod rabbitmq;
 
 /// Where each program of the host lives, as a step names it. `yum`, `dnf` and `rpm` are the
-/// real tools run against the host's root, `redis-cli` and `psql` the real ones against the
-/// servers canup connects them to; the others are simulated. A host has MongoDB's legacy
+/// real tools run against the host's root, `redis-cli`, `psql`, `pg_dump` and `pg_restore` the
+/// real ones against the servers canup connects them to; the others are simulated
+/// (`mongodump` and `mongorestore` copy the simulated MongoDB's file to and from the archive). A host has MongoDB's legacy
 /// `mongo` shell before 24.04 and `mongosh` from 24.04 (MongoDB 7 ships no `mongo`).
 pub const PROGRAMS: &[&str] = &[
     "/usr/bin/yum",
@@ -39,6 +40,10 @@ pub const PROGRAMS: &[&str] = &[
     "/usr/bin/mongo",
     "/usr/bin/mongosh",
     "/usr/bin/psql",
+    "/usr/bin/pg_dump",
+    "/usr/bin/pg_restore",
+    "/usr/bin/mongodump",
+    "/usr/bin/mongorestore",
     "/usr/bin/docker-compose",
     "/usr/bin/docker",
     "/usr/bin/redis-cli",

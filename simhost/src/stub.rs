@@ -68,7 +68,9 @@ pub fn run(mut argv: Vec<String>) -> ExitCode {
     let env = env.into_iter().map(|(k, v)| (k, connection(&v))).collect();
     // redis-cli reads its commands on standard input (canup's database endpoint): recorded,
     // `AUTH` masked, then handed to the real one.
-    let input = (name == "redis-cli").then(|| {
+    // The package managers' `shell` reads its transaction there too (a rollback's).
+    let reads_input = name == "redis-cli" || (matches!(name.as_str(), "dnf" | "yum") && args.iter().any(|a| a == "shell"));
+    let input = reads_input.then(|| {
         let mut text = String::new();
         let _ = std::io::stdin().read_to_string(&mut text);
         text
@@ -92,7 +94,15 @@ pub fn run(mut argv: Vec<String>) -> ExitCode {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
     }
+    // Tests make a program fail (a step after the update, say) by creating
+    // /var/lib/canup-sim/fail-NAME: the call is recorded, then fails as the real one would.
+    if sim.path(&format!("/var/lib/canup-sim/fail-{name}")).exists() {
+        return fail(&format!("{name}: failed (simulated fault: /var/lib/canup-sim/fail-{name})"));
+    }
     match name.as_str() {
+        "yum" | "dnf" if input.is_some() => {
+            feed(packages::dnf(&sim.root, sim.read("/var/lib/canup-sim/os").trim()).args(&args), input.unwrap_or_default().as_bytes())
+        }
         "yum" | "dnf" => dnf(&sim, &args),
         "rpm" => hand_over(packages::rpm(&sim.root).args(&args)),
         "su" => su(&sim, &args),
@@ -128,6 +138,9 @@ pub fn run(mut argv: Vec<String>) -> ExitCode {
         "mongo" | "mongosh" => mongo(&sim, &args),
         // The real psql, against the server canup connected it to (a real PostgreSQL in tests).
         "psql" => hand_over(Command::new("psql").args(&args)),
+        // The real pg_dump and pg_restore, likewise; the dump file is canup's, outside the root.
+        "pg_dump" | "pg_restore" => hand_over(Command::new(&name).args(&args)),
+        "mongodump" | "mongorestore" => mongo_archive(&sim, &name, &args),
         "canopsinit" => {
             if sim.user != "canopsis" {
                 return fail("canopsinit must run as the canopsis user (su - canopsis -c ...)");
@@ -162,6 +175,11 @@ pub fn run(mut argv: Vec<String>) -> ExitCode {
                 && !sim.root.join(file.trim_start_matches('/')).is_file()
             {
                 return fail(&format!("canopsis-reconfigure: open {file}: no such file or directory"));
+            }
+            if args.iter().any(|a| a == "-migrate-postgres=true")
+                && let Err(e) = migrate_postgres(&sim, &args)
+            {
+                return fail(&format!("canopsis-reconfigure: {e}"));
             }
             sim.write("/opt/canopsis/var/reconfigured", &format!("{}\n", sim.installed_version()));
             ExitCode::SUCCESS
@@ -289,8 +307,94 @@ fn systemctl(sim: &Sim, args: &[String]) -> ExitCode {
     }
 }
 
+/// Where canopsis-reconfigure reads the PostgreSQL migrations unless told (its flags.go).
+const POSTGRES_MIGRATIONS: &str = "/opt/canopsis/share/database/postgres_migrations";
+
+/// What `-migrate-postgres=true` does in the real canopsis-reconfigure (golang-migrate `up`):
+/// every `NNN_name.up.sql` of the directory newer than `schema_migrations`' version, in order,
+/// each in a transaction with the version it leaves, on the server of `CPS_POSTGRES_URL` (the
+/// real psql). The simulated packages ship no migration: a directory without one changes
+/// nothing and needs no server.
+fn migrate_postgres(sim: &Sim, args: &[String]) -> Result<(), String> {
+    let dir = args.iter().position(|a| a == "-postgres-migration-directory").and_then(|i| args.get(i + 1)).map_or(POSTGRES_MIGRATIONS, String::as_str);
+    let mut ups: Vec<(u64, PathBuf)> = fs::read_dir(sim.path(dir))
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter_map(|p| {
+                    let name = p.file_name()?.to_str()?.to_owned();
+                    let version = name.strip_suffix(".up.sql")?.split('_').next()?.parse().ok()?;
+                    Some((version, p))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if ups.is_empty() {
+        return Ok(());
+    }
+    ups.sort();
+    let url = std::env::var("CPS_POSTGRES_URL").map_err(|_| "CPS_POSTGRES_URL is not set".to_owned())?;
+    let psql = |extra: &[&str]| -> Result<String, String> {
+        let out = Command::new("psql")
+            .arg(&url)
+            .args(["--no-psqlrc", "--quiet", "--tuples-only", "--no-align", "-v", "ON_ERROR_STOP=1"])
+            .args(extra)
+            .output()
+            .map_err(|e| format!("psql: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("migration failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    };
+    psql(&["-c", "CREATE TABLE IF NOT EXISTS schema_migrations (version bigint NOT NULL PRIMARY KEY, dirty boolean NOT NULL)"])?;
+    let current: u64 =
+        psql(&["-c", "SELECT COALESCE(max(version), 0) FROM schema_migrations"])?.parse().map_err(|_| "schema_migrations holds no number".to_owned())?;
+    for (version, file) in ups.into_iter().filter(|(v, _)| *v > current) {
+        let file = file.display().to_string();
+        let record = format!("DELETE FROM schema_migrations; INSERT INTO schema_migrations VALUES ({version}, false)");
+        psql(&["--single-transaction", "-f", &file, "-c", &record])?;
+        println!("{version}/u {} applied", file.rsplit('/').next().unwrap_or_default());
+    }
+    Ok(())
+}
+
+/// The simulated MongoDB's content: the scripts applied to it, in order.
+const MONGO_DATA: &str = "/var/lib/canup-sim/mongo-applied.js";
+/// The first line of a simulated archive.
+const ARCHIVE_HEADER: &str = "canup-sim mongodump archive\n";
+
+/// `mongodump --archive=FILE --config=CONF` copies the simulated database into FILE;
+/// `mongorestore --drop --archive=FILE --config=CONF` replaces it with FILE's. Like the real
+/// tools, both need the connection (the URL in the configuration file canup wrote).
+fn mongo_archive(sim: &Sim, name: &str, args: &[String]) -> ExitCode {
+    let value = |flag: &str| args.iter().find_map(|a| a.strip_prefix(flag)).map(str::to_owned);
+    let (Some(archive), Some(config)) = (value("--archive="), value("--config=")) else {
+        return fail(&format!("{name} (simulated): expected --archive=FILE and --config=FILE"));
+    };
+    if !std::fs::read_to_string(&config).is_ok_and(|c| c.starts_with("uri: \"mongodb")) {
+        return fail(&format!("{name}: error parsing the configuration file {config}: no uri"));
+    }
+    if name == "mongodump" {
+        let data = sim.read(MONGO_DATA);
+        return match std::fs::write(&archive, format!("{ARCHIVE_HEADER}{data}")) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&format!("mongodump: writing {archive}: {e}")),
+        };
+    }
+    if !args.iter().any(|a| a == "--drop") {
+        return fail("mongorestore (simulated): only --drop restores are supported");
+    }
+    match std::fs::read_to_string(&archive).ok().and_then(|a| a.strip_prefix(ARCHIVE_HEADER).map(str::to_owned)) {
+        Some(data) => {
+            sim.write(MONGO_DATA, &data);
+            ExitCode::SUCCESS
+        }
+        None => fail(&format!("mongorestore: {archive} is not an archive")),
+    }
+}
+
 /// `mongo DB --eval SCRIPT` or a script on stdin: the script is appended to the simulated
-/// database's journal of applied scripts.
+/// database's journal of applied scripts. `print(db.stats().dataSize)` answers its size.
 fn mongo(sim: &Sim, args: &[String]) -> ExitCode {
     let script = match args.iter().position(|a| a == "--eval") {
         Some(i) => match args.get(i + 1) {
@@ -321,7 +425,11 @@ fn mongo(sim: &Sim, args: &[String]) -> ExitCode {
     if !refuse.trim().is_empty() && script.contains(refuse.trim()) {
         return fail(&format!("mongo: script refused (simulated fault: {})", refuse.trim()));
     }
-    sim.append("/var/lib/canup-sim/mongo-applied.js", script.trim());
+    if script.trim() == "print(db.stats().dataSize)" {
+        println!("{}", sim.read(MONGO_DATA).len());
+        return ExitCode::SUCCESS;
+    }
+    sim.append(MONGO_DATA, script.trim());
     println!("WriteResult({{ \"nMatched\" : 1, \"nUpserted\" : 0, \"nModified\" : 1 }})");
     ExitCode::SUCCESS
 }

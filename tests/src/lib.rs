@@ -83,6 +83,11 @@ pub fn shipped_policy() -> canup::capabilities::CapabilitySet {
     shipped.policy.at_compose_dir(canup::capabilities::DEFAULT_COMPOSE_DIR)
 }
 
+/// A simulated site's `[backup]` unless its policy fragment has one: its PostgreSQL URL leads
+/// nowhere (tests/tests/rollback.rs dumps a real server), so no database is dumped; the
+/// package list and the configuration directories are saved on every run all the same.
+pub const SITE_BACKUP: &str = "\n[backup]\ndatabases = \"never\"\n";
+
 /// Writes the `canup.toml` of a simulated site at `config`: the repository served at
 /// `repo_url` (its first root from the published `repo`), state in `state`, `policy`, and the
 /// `rabbitmq` and `canopsis-api` endpoints, their password files beside `config`, and the test
@@ -93,11 +98,12 @@ pub fn write_site_config(config: &Path, repo_url: &str, repo: &Path, state: &Pat
     std::fs::write(
         config,
         format!(
-            "repository = \"{repo_url}\"\ntrusted_root = \"{}\"\nstate_dir = \"{}\"\n\n{policy}\n{}{}\n[settings]\ndrain_stats_interval_ms = \"{}\"\n",
+            "repository = \"{repo_url}\"\ntrusted_root = \"{}\"\nstate_dir = \"{}\"\n\n{policy}\n{}{}{}\n[settings]\ndrain_stats_interval_ms = \"{}\"\n",
             repo.join("metadata/1.root.json").display(),
             state.display(),
             rabbitmq::endpoint_toml(&dir.join("rabbitmq.pw"))?,
             api.endpoint_toml(&dir.join("api.pw"))?,
+            if policy.lines().any(|l| l.trim() == "[backup]") { "" } else { SITE_BACKUP },
             rabbitmq::STATS_INTERVAL_MS,
         ),
     )?;

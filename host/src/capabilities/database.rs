@@ -82,6 +82,9 @@ pub enum DatabaseError {
     BadConfig { endpoint: String, why: String },
     #[error("database endpoint {endpoint}: {why}")]
     Refused { endpoint: String, why: String },
+    /// The installation has no such database (4.x before 4.5 has no PostgreSQL).
+    #[error("database endpoint {endpoint}: no url in [databases.{endpoint}] of canup.toml, and {GO_ENGINES_VARS} sets no {var}")]
+    Absent { endpoint: String, var: String },
     #[error("database endpoint {endpoint}: cannot write its connection file: {source}")]
     TempFile { endpoint: String, source: std::io::Error },
 }
@@ -143,7 +146,7 @@ pub fn resolve(endpoint: &str, databases: &Databases, sysroot: &Sysroot) -> Resu
                 .into_iter()
                 .find(|(k, _)| k == var)
                 .map(|(_, v)| v)
-                .ok_or_else(|| bad(format!("no url in [databases.{endpoint}] of canup.toml, and {GO_ENGINES_VARS} sets no {var}")))?
+                .ok_or_else(|| DatabaseError::Absent { endpoint: endpoint.to_owned(), var: var.to_owned() })?
         }
     };
     let mut url = Url::parse(&text).map_err(|e| bad(format!("its URL is not a URL ({e})")))?;
@@ -215,6 +218,117 @@ pub fn client(engine: Engine, sysroot: &Sysroot) -> &'static str {
     }
 }
 
+/// Variables of a client's environment.
+type Env = Vec<(String, String)>;
+
+/// libpq's own variables for `conn` (so that nothing of the URL is an argument), and the
+/// password file they name.
+fn postgres_env(conn: &Connection, refused: &dyn Fn(String) -> DatabaseError) -> Result<(Env, Option<tempfile::NamedTempFile>), DatabaseError> {
+    let url = &conn.url;
+    let mut env: Vec<(String, String)> = Vec::new();
+    let mut set = |k: &str, v: String| env.push((k.to_owned(), v));
+    if let Some(h) = url.host_str() {
+        set("PGHOST", h.trim_start_matches('[').trim_end_matches(']').to_owned());
+    }
+    if let Some(p) = url.port() {
+        set("PGPORT", p.to_string());
+    }
+    if !url.username().is_empty() {
+        set("PGUSER", decoded(url.username()));
+    }
+    let db = url.path().trim_start_matches('/');
+    if !db.is_empty() {
+        set("PGDATABASE", decoded(db));
+    }
+    for (k, v) in url.query_pairs() {
+        let var = match k.as_ref() {
+            "host" => "PGHOST",
+            "port" => "PGPORT",
+            "user" => "PGUSER",
+            "dbname" => "PGDATABASE",
+            "sslmode" => "PGSSLMODE",
+            "sslrootcert" => "PGSSLROOTCERT",
+            "sslcert" => "PGSSLCERT",
+            "sslkey" => "PGSSLKEY",
+            "connect_timeout" => "PGCONNECT_TIMEOUT",
+            "target_session_attrs" => "PGTARGETSESSIONATTRS",
+            "application_name" => continue,
+            other => return Err(refused(format!("its URL has the parameter {other:?}, which canup does not pass to psql"))),
+        };
+        set(var, v.into_owned());
+    }
+    set("PGAPPNAME", "canup".into());
+    if !env.iter().any(|(k, _)| k == "PGCONNECT_TIMEOUT") {
+        env.push(("PGCONNECT_TIMEOUT".into(), "15".into()));
+    }
+    let secret = match url.password().map(decoded) {
+        Some(p) => {
+            let f = secret_file(&conn.endpoint, &pgpass(&p))?;
+            env.push(("PGPASSFILE".into(), f.path().display().to_string()));
+            Some(f)
+        }
+        None => None,
+    };
+    Ok((env, secret))
+}
+
+/// A whole database copied to or from a file of the backup set.
+#[derive(Debug, Clone, Copy)]
+pub enum Transfer<'a> {
+    /// `pg_dump --format=custom`, `mongodump --archive --gzip` into the file.
+    Dump(&'a Path),
+    /// The file put back in one transaction (`pg_restore --clean --single-transaction`), or
+    /// collection by collection (`mongorestore --drop`).
+    Restore(&'a Path),
+}
+
+/// How canup dumps or restores `conn`'s database: the tool, its arguments (the file, never a
+/// credential) and environment. Run as root: canup writes every argument itself, and the set
+/// lives in root's backup directory. Redis is not dumped (Canopsis keeps only caches there).
+pub fn transfer_invocation(conn: &Connection, transfer: Transfer<'_>) -> Result<Invocation, DatabaseError> {
+    let refused = |why: String| DatabaseError::Refused { endpoint: conn.endpoint.clone(), why };
+    let mut secrets = Vec::new();
+    let (program, args, env) = match conn.engine {
+        Engine::Postgres => {
+            let (env, secret) = postgres_env(conn, &refused)?;
+            secrets.extend(secret);
+            let (program, args) = match transfer {
+                Transfer::Dump(file) => ("/usr/bin/pg_dump", vec!["--no-password".to_owned(), "--format=custom".into(), format!("--file={}", file.display())]),
+                Transfer::Restore(file) => {
+                    let db = env
+                        .iter()
+                        .find(|(k, _)| k == "PGDATABASE")
+                        .map(|(_, v)| v.clone())
+                        .ok_or_else(|| refused("its URL names no database to restore into".into()))?;
+                    let args = ["--no-password", "--clean", "--if-exists", "--single-transaction", "--exit-on-error"].map(str::to_owned).to_vec();
+                    ("/usr/bin/pg_restore", [args, vec![format!("--dbname={db}"), file.display().to_string()]].concat())
+                }
+            };
+            (program, args, env)
+        }
+        Engine::Mongo => {
+            // The URL (password included) from a configuration file only root reads.
+            let uri = serde_json::to_string(conn.url.as_str()).unwrap_or_default();
+            let f = secret_file(&conn.endpoint, &format!("uri: {uri}\n"))?;
+            let config = format!("--config={}", f.path().display());
+            secrets.push(f);
+            match transfer {
+                Transfer::Dump(file) => {
+                    ("/usr/bin/mongodump", vec!["--quiet".to_owned(), "--gzip".into(), format!("--archive={}", file.display()), config], Vec::new())
+                }
+                Transfer::Restore(file) => (
+                    "/usr/bin/mongorestore",
+                    vec!["--quiet".to_owned(), "--gzip".into(), "--drop".into(), format!("--archive={}", file.display()), config],
+                    Vec::new(),
+                ),
+            }
+        }
+        Engine::Redis => return Err(refused("canup does not dump Redis (Canopsis keeps caches there, rebuilt by the engines)".into())),
+    };
+    let request = ExecRequest { program: program.to_owned(), args, host_env: env, ..Default::default() };
+    Ok(Invocation { request, secrets, skip_lines: 0 })
+}
+
 /// How the host runs `script` on `conn`: the client, its arguments (no credential among
 /// them), its environment and its input.
 pub fn invocation(conn: &Connection, script: &str, write: bool, sysroot: &Sysroot) -> Result<Invocation, DatabaseError> {
@@ -225,52 +339,14 @@ pub fn invocation(conn: &Connection, script: &str, write: bool, sysroot: &Sysroo
     let mut env: Vec<(String, String)> = Vec::new();
     let (args, stdin, skip_lines) = match conn.engine {
         Engine::Postgres => {
-            // libpq's own variables, so that nothing of the URL is an argument.
-            let mut set = |k: &str, v: String| env.push((k.to_owned(), v));
-            if let Some(h) = url.host_str() {
-                set("PGHOST", h.trim_start_matches('[').trim_end_matches(']').to_owned());
-            }
-            if let Some(p) = url.port() {
-                set("PGPORT", p.to_string());
-            }
-            if !url.username().is_empty() {
-                set("PGUSER", decoded(url.username()));
-            }
-            let db = url.path().trim_start_matches('/');
-            if !db.is_empty() {
-                set("PGDATABASE", decoded(db));
-            }
-            for (k, v) in url.query_pairs() {
-                let var = match k.as_ref() {
-                    "host" => "PGHOST",
-                    "port" => "PGPORT",
-                    "user" => "PGUSER",
-                    "dbname" => "PGDATABASE",
-                    "sslmode" => "PGSSLMODE",
-                    "sslrootcert" => "PGSSLROOTCERT",
-                    "sslcert" => "PGSSLCERT",
-                    "sslkey" => "PGSSLKEY",
-                    "connect_timeout" => "PGCONNECT_TIMEOUT",
-                    "target_session_attrs" => "PGTARGETSESSIONATTRS",
-                    "application_name" => continue,
-                    other => return Err(refused(format!("its URL has the parameter {other:?}, which canup does not pass to psql"))),
-                };
-                set(var, v.into_owned());
-            }
-            set("PGAPPNAME", "canup".into());
-            if !env.iter().any(|(k, _)| k == "PGCONNECT_TIMEOUT") {
-                env.push(("PGCONNECT_TIMEOUT".into(), "15".into()));
-            }
+            let (pg_env, secret) = postgres_env(conn, &refused)?;
+            env = pg_env;
+            secrets.extend(secret);
             if !write {
                 // A read-only request runs in read-only transactions: the server refuses a
                 // change the step did not declare (a script can undo it, so it is a guard
                 // against mistakes, not a boundary: that is the policy's `write`).
                 env.push(("PGOPTIONS".into(), "-c default_transaction_read_only=on".into()));
-            }
-            if let Some(p) = &password {
-                let f = secret_file(&conn.endpoint, &pgpass(p))?;
-                env.push(("PGPASSFILE".into(), f.path().display().to_string()));
-                secrets.push(f);
             }
             // The script as one `--command`: psql sends it to the server as it is, in one
             // transaction, so a failed migration leaves nothing half-done. Read from a file or

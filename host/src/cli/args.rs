@@ -106,6 +106,18 @@ pub enum Command {
         /// The run id (see `canup history`).
         run: String,
     },
+    /// Bring the host back to what a run found: its packages in one transaction, its files,
+    /// its databases from the dumps taken before its first change; then detection. Resumes an
+    /// interrupted rollback.
+    Rollback {
+        /// The run id (see `canup history`).
+        run: String,
+        /// Do not ask (the databases are overwritten without a question).
+        #[arg(long)]
+        yes: bool,
+        #[command(flatten)]
+        output: Output,
+    },
     /// Print shell completions.
     Completions { shell: clap_complete::Shell },
     /// Print the man page (roff).

@@ -104,6 +104,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::History { output } => operate::history(&Settings::resolve(&global, None)?, output),
         Command::RestoreFiles { run } => operate::restore_files(&Settings::resolve(&global, None)?, &run),
+        Command::Rollback { run, yes, output } => operate::rollback(&Settings::resolve(&global, None)?, &run, yes, output).await,
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "canup", &mut std::io::stdout());
             Ok(())

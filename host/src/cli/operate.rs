@@ -49,11 +49,14 @@ pub async fn plan(settings: &Settings, to: Option<&Version>, output: Output) -> 
     let (session, progress) = session(settings, ConsoleUi::default()).await?;
     let detected = session.detect(progress).await?;
     let plan = session.plan(&detected, to)?;
+    // Whether the backups fit is known before the maintenance window, too.
+    let backups = upgrade::backups::plan(&session, &plan, None).await?;
     let modules = session.prepare(&plan).await?;
     eprintln!("{modules} modules of the plan verified and compiled: `canup apply` will start from them");
     if output.json {
         print::json(&plan);
     } else {
+        print::backups(&backups.describe());
         print::plan(&plan, &[], &settings.config.policy);
     }
     Ok(())
@@ -63,10 +66,11 @@ pub async fn apply(settings: &Settings, a: Apply) -> Result<(), Failure> {
     let console = ConsoleUi { assume_yes: a.yes, accept_manual: a.accept_manual, min_level: None };
     let (session, progress) = session(settings, console).await?;
     let options = ApplyOptions { to: a.to, dry_run: a.dry_run, restart: a.restart, strict_checks: a.strict_checks };
-    let confirm = |plan: &Plan, done: &[String]| {
+    let confirm = |plan: &Plan, done: &[String], backups: &[String]| {
         if a.json {
             return a.yes || a.dry_run;
         }
+        print::backups(backups);
         print::plan(plan, done, &settings.config.policy);
         if !done.is_empty() {
             println!("resuming an interrupted run: {} steps already done are not run again", done.len());
@@ -77,7 +81,7 @@ pub async fn apply(settings: &Settings, a: Apply) -> Result<(), Failure> {
     let p: Arc<dyn upgrade::Progress> = progress.clone();
     let result = upgrade::apply(&session, &options, p, &confirm).await;
     if a.json {
-        print::apply_json(&result, a.dry_run);
+        print::apply_json(&result, a.dry_run, &session.state_dir, &session.config.backup_dir());
     }
     let summary = result?;
     if !a.json {
@@ -93,6 +97,37 @@ pub fn history(settings: &Settings, output: Output) -> Result<(), Failure> {
         print::json(&runs);
     } else {
         print::history(&runs, &settings.state_dir);
+    }
+    Ok(())
+}
+
+pub async fn rollback(settings: &Settings, run: &str, yes: bool, output: Output) -> Result<(), Failure> {
+    let console = ConsoleUi { assume_yes: yes, accept_manual: false, min_level: None };
+    let (session, progress) = session(settings, console).await?;
+    let confirm = |lines: &[String]| {
+        if !output.json {
+            println!("rollback of run {run}:");
+            for l in lines {
+                println!("  {l}");
+            }
+            println!();
+        }
+        yes || print::ask_yes_no("Roll back, overwriting what is named above? [y/N] ")
+    };
+    let result = upgrade::rollback::rollback(&session, run, progress, &confirm).await;
+    if output.json {
+        print::rollback_json(&result, run);
+    }
+    let summary = result?;
+    if !output.json {
+        for line in &summary.done {
+            println!("{line}");
+        }
+        println!(
+            "rolled back: Canopsis is at {} again, detection after the rollback found it installed (rollback {})",
+            canup::version::text(&summary.verified.installed),
+            summary.rollback
+        );
     }
     Ok(())
 }

@@ -8,6 +8,7 @@ use canup::capabilities::CapabilitySet;
 use canup::journal::{self, RunRecord};
 use canup::plan::Plan;
 use canup::sandbox::StepReport;
+use canup::upgrade::rollback::RollbackSummary;
 use canup::upgrade::{ApplySummary, Status, UpgradeError};
 use canup::version::text;
 
@@ -92,7 +93,9 @@ fn outcome_words(skipped: usize) -> String {
 }
 
 /// `apply --json`: what Ansible's role reads. `changed` is true when a step ran for real.
-pub fn apply_json(result: &Result<ApplySummary, UpgradeError>, dry_run: bool) {
+pub fn apply_json(result: &Result<ApplySummary, UpgradeError>, dry_run: bool, state_dir: &Path, backup_dir: &Path) {
+    // The run's backup set, when it was taken: what the fleet summary names.
+    let backup = |run: &str| canup::backup::set::BackupSet::read(backup_dir, run).ok().flatten().map(|_| backup_dir.join(run).display().to_string());
     let value = match result {
         Ok(s) => {
             let ran: Vec<&str> = s.reports.iter().map(|r| r.step.as_str()).collect();
@@ -124,11 +127,48 @@ pub fn apply_json(result: &Result<ApplySummary, UpgradeError>, dry_run: bool) {
                 "already_done": s.already_done,
                 "recorded": s.recorded,
                 "verified": s.verified,
+                "backup": if dry_run { None } else { backup(&s.run) },
             })
         }
+        Err(e) => {
+            // A run that started: its versions from the journal, and the step that failed.
+            let (run, failed_step) = match e {
+                UpgradeError::StepFailed { run, step, .. } => (Some(run.as_str()), Some(step.as_str())),
+                UpgradeError::Unverified { run, .. } => (Some(run.as_str()), None),
+                _ => (None, None),
+            };
+            let record = run.and_then(|r| journal::Journal::read(state_dir).ok().and_then(|ev| journal::runs(&ev).into_iter().find(|x| x.run == r)));
+            serde_json::json!({
+                "outcome": if matches!(e, UpgradeError::Unverified { .. }) { "unverified" } else { "failed" },
+                "changed": matches!(e, UpgradeError::StepFailed { .. } | UpgradeError::Unverified { .. }),
+                "exit_code": e.exit_code().code(),
+                "error": e.to_string(),
+                "run": run,
+                "failed_step": failed_step,
+                "installed": record.as_ref().map(|r| r.installed.to_string()),
+                "target": record.as_ref().map(|r| r.target.to_string()),
+                "backup": run.and_then(backup),
+            })
+        }
+    };
+    println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
+}
+
+/// `rollback --json`: what the Ansible role reads.
+pub fn rollback_json(result: &Result<RollbackSummary, UpgradeError>, run: &str) {
+    let value = match result {
+        Ok(s) => serde_json::json!({
+            "outcome": "rolled-back",
+            "changed": true,
+            "run": s.run,
+            "rollback": s.rollback,
+            "installed": s.verified.installed.to_string(),
+            "stages": s.done,
+        }),
         Err(e) => serde_json::json!({
-            "outcome": if matches!(e, UpgradeError::Unverified { .. }) { "unverified" } else { "failed" },
-            "changed": matches!(e, UpgradeError::StepFailed { .. } | UpgradeError::Unverified { .. }),
+            "outcome": if matches!(e, UpgradeError::RollbackUnverified { .. }) { "unverified" } else { "failed" },
+            "changed": matches!(e, UpgradeError::RollbackFailed { .. } | UpgradeError::RollbackUnverified { .. }),
+            "run": run,
             "exit_code": e.exit_code().code(),
             "error": e.to_string(),
         }),
@@ -193,6 +233,14 @@ pub fn plan(plan: &Plan, done: &[String], policy: &CapabilitySet) {
     }
 }
 
+/// The plan's backup phase: what is saved before the first change, and where.
+pub fn backups(lines: &[String]) {
+    println!("backup (before the first change):");
+    for l in lines {
+        println!("  {l}");
+    }
+}
+
 /// `canup history`: each run and its steps.
 pub fn history(runs: &[RunRecord], state_dir: &Path) {
     if runs.is_empty() {
@@ -210,6 +258,17 @@ pub fn history(runs: &[RunRecord], state_dir: &Path) {
         let skipped = r.steps.iter().filter(|s| s.outcome == Some(journal::Outcome::Skipped)).count();
         let outcome = if r.outcome == Some(journal::Outcome::Succeeded) { outcome_words(skipped) } else { outcome.to_owned() };
         println!("run {} ({}): {} → {} {outcome}{why}", r.run, r.started, text(&r.installed), text(&r.target));
+        if let Some(b) = &r.rollback {
+            let state = match b.outcome {
+                Some(journal::Outcome::Succeeded) => format!("done: {}", b.message.clone().unwrap_or_default()),
+                Some(_) => format!("FAILED: {}", b.message.clone().unwrap_or_default()),
+                None => "interrupted (`canup rollback` resumes it)".to_owned(),
+            };
+            println!("  rolled back to {} by rollback {} ({}): {state}", text(&b.to), b.rollback, b.started);
+            for (stage, message) in &b.stages {
+                println!("    {stage}: {message}");
+            }
+        }
         for s in &r.steps {
             let o = match s.outcome {
                 Some(journal::Outcome::Succeeded) => "ok".to_owned(),

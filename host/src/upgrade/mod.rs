@@ -6,8 +6,10 @@
 //! work starts in the background as soon as the plan is known, so it overlaps with the
 //! operator reading the plan instead of adding to the service interruption.
 
+pub mod backups;
 mod endpoints;
 mod prefetch;
+pub mod rollback;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -82,6 +84,23 @@ pub enum UpgradeError {
     Restore { run: String, what: String, source: std::io::Error },
     #[error("run {run}: the backup index line {line} is not readable: {source}")]
     BackupIndex { run: String, line: usize, source: serde_json::Error },
+    #[error("the backups before the first change: {0}")]
+    Backup(String),
+    #[error(
+        "the backups before the first change do not fit in {dir}; nothing was changed:\n  {}\nFree space there, or set [backup] dir (or reserve_mib) in canup.toml.",
+        .lines.join("\n  ")
+    )]
+    BackupSpace { dir: String, lines: Vec<String> },
+    #[error("canup will not roll back run {run}: {why}\nNothing was changed.")]
+    RollbackRefused { run: String, why: String },
+    #[error(
+        "rollback {rollback} of run {run} stopped at its {stage} stage: {why}\nFix the cause and run `canup rollback {run}` again: it resumes at that stage."
+    )]
+    RollbackFailed { rollback: String, run: String, stage: String, why: String },
+    #[error("rollback {rollback} of run {run} is unfinished; run `canup rollback {run}` to finish it before anything else")]
+    RollbackPending { run: String, rollback: String },
+    #[error("rollback {rollback} ran every stage, but Canopsis is not at {expected}: {found}. Check `canup status`; the backup set is kept.")]
+    RollbackUnverified { rollback: String, expected: Version, found: String },
 }
 
 impl UpgradeError {
@@ -95,7 +114,11 @@ impl UpgradeError {
             UpgradeError::Pending { .. } | UpgradeError::Changed { .. } => ExitCode::Pending,
             UpgradeError::Sandbox(e) => e.exit_code(),
             UpgradeError::Declined => ExitCode::Declined,
-            UpgradeError::Unverified { .. } => ExitCode::Unverified,
+            UpgradeError::Unverified { .. } | UpgradeError::RollbackUnverified { .. } => ExitCode::Unverified,
+            UpgradeError::Backup(_) | UpgradeError::BackupSpace { .. } => ExitCode::Backup,
+            UpgradeError::RollbackRefused { .. } => ExitCode::RollbackRefused,
+            UpgradeError::RollbackFailed { .. } => ExitCode::StepFailed,
+            UpgradeError::RollbackPending { .. } => ExitCode::Pending,
             UpgradeError::StepFailed { .. } | UpgradeError::Detect(_) | UpgradeError::Endpoints(_) => ExitCode::StepFailed,
             UpgradeError::Journal(_)
             | UpgradeError::Store { .. }
@@ -138,7 +161,7 @@ fn likely_method(session: &Session) -> Method {
     if env.is_file() { Method::Compose } else { Method::Packages }
 }
 
-fn run_id() -> String {
+pub(crate) fn run_id() -> String {
     let t = humantime::format_rfc3339_seconds(SystemTime::now()).to_string().replace([':', '-'], "");
     format!("{}-{}", t.trim_end_matches('Z'), std::process::id())
 }
@@ -323,14 +346,17 @@ pub struct ApplySummary {
     pub verified: Option<Detected>,
 }
 
-/// Shows the plan (with the steps a resumed run already did) and asks the operator to
-/// confirm it; `true` to go on.
-pub type Confirm<'a> = &'a dyn Fn(&Plan, &[String]) -> bool;
+/// Shows the plan (with the steps a resumed run already did, and the backup phase's lines)
+/// and asks the operator to confirm it; `true` to go on.
+pub type Confirm<'a> = &'a dyn Fn(&Plan, &[String], &[String]) -> bool;
 
 /// `canup apply`.
 pub async fn apply(session: &Session, options: &ApplyOptions, progress: Arc<dyn Progress>, confirm: Confirm<'_>) -> Result<ApplySummary, UpgradeError> {
     let _lock = if options.dry_run { None } else { Some(ApplyLock::acquire(&session.state_dir)?) };
     let events = Journal::read(&session.state_dir)?;
+    if let Some((run, pending)) = journal::pending_rollback(&events) {
+        return Err(UpgradeError::RollbackPending { run, rollback: pending.rollback });
+    }
     let pending = if options.dry_run { None } else { journal::unfinished(&events) };
     let journal = if options.dry_run { None } else { Some(Arc::new(Mutex::new(Journal::open(&session.state_dir)?))) };
     let append = |event: Event| -> Result<(), UpgradeError> {
@@ -386,11 +412,14 @@ pub async fn apply(session: &Session, options: &ApplyOptions, progress: Arc<dyn 
             prefetch.want(&p.step, release);
         }
     }
+    // What the backup phase takes, and whether it fits, before the operator is asked.
+    let backup_plan = backups::plan(session, &plan, Some(&run)).await?;
+    let backup_lines = backup_plan.describe();
     // The plan is always shown; `confirm` asks unless the operator said --yes.
     let confirmed = match tokio::runtime::Handle::current().runtime_flavor() {
         // Reading the answer blocks this worker; let the other workers take over the fetches.
-        tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(|| confirm(&plan, &done)),
-        _ => confirm(&plan, &done),
+        tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(|| confirm(&plan, &done, &backup_lines)),
+        _ => confirm(&plan, &done, &backup_lines),
     };
     if !confirmed {
         return Err(UpgradeError::Declined);
@@ -417,6 +446,10 @@ pub async fn apply(session: &Session, options: &ApplyOptions, progress: Arc<dyn 
                 .map(|p| PlannedRef { id: p.step.manifest.id.clone(), release: p.release.clone(), phase: p.phase, module_sha256: p.step.sha256.clone() })
                 .collect(),
         })?;
+    }
+    if !options.dry_run {
+        // Before the first change; a resumed run whose set is complete takes nothing again.
+        backups::take(session, &backup_plan, &plan, &run, ui.as_ref()).await?;
     }
     let detected = Detected { installed: plan.installed.clone(), edition: plan.edition, method: plan.method };
     let mut reports = Vec::new();

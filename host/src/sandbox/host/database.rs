@@ -18,7 +18,7 @@ impl From<DatabaseError> for WitError {
         let kind = match &e {
             DatabaseError::Unknown(_) => ErrorKind::NotFound,
             DatabaseError::Refused { .. } => ErrorKind::Denied,
-            DatabaseError::BadConfig { .. } | DatabaseError::TempFile { .. } => ErrorKind::Failed,
+            DatabaseError::BadConfig { .. } | DatabaseError::Absent { .. } | DatabaseError::TempFile { .. } => ErrorKind::Failed,
         };
         wit_error(kind, e.to_string())
     }
