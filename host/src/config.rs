@@ -6,11 +6,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use thiserror::Error;
 
 use crate::capabilities::CapabilitySet;
 use crate::capabilities::exec::ExecLimits;
 use crate::capabilities::http::{Endpoints, HttpLimits};
+pub use crate::formats::ConfigError;
 
 pub const DEFAULT_CONFIG: &str = "/etc/canup/canup.toml";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/canup";
@@ -229,17 +229,6 @@ impl LimitsConfig {
             compile: secs(self.module_compile_seconds, d.compile),
         }
     }
-}
-
-#[derive(Debug, Error)]
-pub enum ConfigError {
-    #[error("cannot read config {path}: {source}")]
-    Read { path: String, source: std::io::Error },
-    /// toml's message shows the line; an unknown key is named by its path.
-    #[error("config {path}: {source}")]
-    Parse { path: String, source: crate::formats::StrictError },
-    #[error("config {path}: {what}: {why}")]
-    Invalid { path: String, what: String, why: String },
 }
 
 impl Config {

@@ -35,6 +35,18 @@ pub enum StrictError {
     Unknown(Vec<String>),
 }
 
+/// A file a person wrote (canup.toml, a policy file) that canup cannot use, naming it.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    /// toml's message shows the line; an unknown key is named by its path.
+    #[error("config {path}: {source}")]
+    Parse { path: String, source: StrictError },
+    #[error("config {path}: {what}: {why}")]
+    Invalid { path: String, what: String, why: String },
+}
+
 /// Reads TOML a person wrote into types that are lenient for signed metadata: any key the
 /// types do not have is an error naming its path (`step.0.capabilites`).
 pub fn strict_toml<T: DeserializeOwned>(text: &str) -> Result<T, StrictError> {

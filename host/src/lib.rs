@@ -2,15 +2,17 @@
 //! sandboxed WebAssembly components. This crate knows nothing about Canopsis; the steps do.
 //!
 //! Where things live, in the order an upgrade uses them:
-//! - [`upgrade`]: detect, plan, prefetch, apply and resume, status, restore-files: the driver;
+//! - [`upgrade`]: detect, plan, back up, prefetch, apply and resume, status, restore-files,
+//!   rollback: the driver;
 //! - [`repository`]: the signed release repository (TUF via tough, the persisted root of
-//!   trust, the release index, the vendor's tools);
+//!   trust, the release index, and `publish`: the vendor's side);
 //! - [`plan`]: releases and steps from installed to target, and admission against the policy;
 //! - [`sandbox`]: the engine, the host side of the step contract (one file per interface),
 //!   limits and trap mapping;
 //! - [`capabilities`]: the rules and the one checkpoint per host call (exec, fs, http);
 //! - [`journal`]: runs, steps and changing actions, fsync'd, and the apply lock;
-//! - [`audit`], [`backup`]: the records a run leaves behind;
+//! - [`audit`], [`backup`]: the records a run leaves behind (the run's backup set and
+//!   `canup rollback` are the upgrade's: `upgrade::backups`, `upgrade::rollback`);
 //! - [`cache`]: compiled components;
 //! - [`durable`]: atomic, synced file writes (everything canup writes goes through it);
 //! - [`manifest`], [`config`]: what the vendor declares and what the operator allows;

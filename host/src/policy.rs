@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::capabilities::{CapabilitySet, glob};
-use crate::config::ConfigError;
+use crate::formats::ConfigError;
 
 pub const SHIPPED_POLICY: &str = "/usr/share/canup/policy.toml";
 /// The drop-in directory's name, beside canup.toml.

@@ -5,6 +5,13 @@
 use std::io;
 use std::path::{Component, Path, PathBuf};
 
+/// The sysroot's directory, opened once per sysroot (`O_PATH`): the start of every walk
+/// beneath it (`capabilities/fs/beneath.rs`), which sits above this module.
+pub fn open_root(root: &Path) -> io::Result<std::os::fd::OwnedFd> {
+    use nix::fcntl::{OFlag, open};
+    Ok(open(root, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())?)
+}
+
 #[derive(Debug, Clone)]
 pub struct Sysroot {
     /// Canonical root; `/` for the real host.
@@ -37,7 +44,7 @@ impl Sysroot {
     pub fn dir(&self) -> io::Result<std::os::fd::BorrowedFd<'_>> {
         use std::os::fd::AsFd;
         if self.dir.get().is_none() {
-            let _ = self.dir.set(crate::capabilities::fs::open_root(&self.root)?);
+            let _ = self.dir.set(open_root(&self.root)?);
         }
         self.dir.get().map(|fd| fd.as_fd()).ok_or_else(|| io::Error::other("the sysroot's directory could not be kept open"))
     }

@@ -675,11 +675,11 @@ async fn shared_steps_are_registered_once_follow_their_range_and_verify_checks_t
     assert!(verified.status.success(), "{}", text(&verified));
     assert!(text(&verified).contains("shared steps procedure-3.x/yum-update, procedure-3.x/canopsinit for releases >=3.0.0, <4.0.0"), "{}", text(&verified));
 
-    let mut index = canup::repository::vendor::read_index(&repo).await.unwrap();
+    let mut index = canup::repository::publish::read_index(&repo).await.unwrap();
     let release = index.releases.iter_mut().find(|r| r.version == semver::Version::new(3, 41, 0)).unwrap();
     release.steps.retain(|s| s.manifest.id != "procedure-3.x/yum-update");
     let key = target_dir().join("dev-keys/dev.key");
-    canup::repository::vendor::publish_index(&repo, &[key], &Default::default(), &index).await.unwrap();
+    canup::repository::publish::publish_index(&repo, &[key], &Default::default(), &index).await.unwrap();
     let refused = h.run(&["repo", "verify"]);
     assert_eq!(refused.status.code(), Some(4), "{}", text(&refused));
     assert!(
@@ -1104,7 +1104,7 @@ async fn a_release_past_the_eras_drain_is_refused_until_the_drain_is_widened() {
     vendor(&repo, "widen", &["--step", "drain/queues", "--applies", ">=3.0.0, <26.0.0"]);
     let published = publish_note_only(&repo, "25.01.0", None);
     assert!(published.status.success(), "{}", text(&published));
-    let index = canup::repository::vendor::read_index(&repo).await.unwrap();
+    let index = canup::repository::publish::read_index(&repo).await.unwrap();
     let release = index.releases.iter().find(|r| r.version == semver::Version::new(25, 1, 0)).unwrap();
     for id in ["drain/queues", "api-check", "broadcast/announce", "detect", "procedure-22.x/update", "compose-update"] {
         assert!(release.steps.iter().any(|s| s.manifest.id == id), "{id} in 25.01.0");

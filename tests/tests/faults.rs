@@ -239,7 +239,7 @@ async fn plans_and_an_apply_while_the_vendor_refreshes_the_timestamp_see_a_consi
             let runtime = tokio::runtime::Runtime::new().unwrap();
             let mut refreshes = 0u32;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                runtime.block_on(canup::repository::vendor::refresh_timestamp(&repo, std::slice::from_ref(&key), 1)).unwrap();
+                runtime.block_on(canup::repository::publish::refresh_timestamp(&repo, std::slice::from_ref(&key), 1)).unwrap();
                 refreshes += 1;
             }
             refreshes

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use canup::manifest::{Edition, Method};
-use canup::repository::vendor::{self, Expiry, RoleKeyFiles};
+use canup::repository::publish::{self, Expiry, RoleKeyFiles};
 use canup::repository::{Index, LoadOptions, Repository};
 use canup::sandbox::Sandbox;
 use canup_tests::repo_server::{Control, Fault, serve_repo};
@@ -197,10 +197,10 @@ async fn a_tampered_index_is_refused() {
 async fn a_module_not_listed_in_the_signed_targets_is_refused() {
     let c = case().await;
     // A (buggy or compromised-index) release pointing at a file the targets never signed.
-    let mut index = vendor::read_index(&c.repo).await.unwrap();
+    let mut index = publish::read_index(&c.repo).await.unwrap();
     let release = index.releases.iter_mut().find(|r| r.version == Version::new(3, 40, 0)).unwrap();
     release.steps[0].module = "ghost.wasm".into();
-    vendor::publish_index(&c.repo, std::slice::from_ref(&c.key), &c.expiry(), &index).await.unwrap();
+    publish::publish_index(&c.repo, std::slice::from_ref(&c.key), &c.expiry(), &index).await.unwrap();
     std::fs::write(c.repo.join("targets/ghost.wasm"), b"\0asm").unwrap();
     let err = match c.upgrade(&c.url).await {
         Ok(_) => panic!("ran an unlisted module"),
@@ -216,12 +216,12 @@ async fn a_module_not_listed_in_the_signed_targets_is_refused() {
 async fn attacker_repo(c: &Case) -> PathBuf {
     let attacker = c.repo.parent().unwrap().join("attacker");
     let key = c.repo.parent().unwrap().join("attacker.key");
-    vendor::keygen(&key).await.unwrap();
-    vendor::init(&attacker, &RoleKeyFiles { root: vec![key.clone()], ..Default::default() }, &vendor::Thresholds::all(1), &c.expiry()).await.unwrap();
-    let index = vendor::read_index(&c.repo).await.unwrap();
+    publish::keygen(&key).await.unwrap();
+    publish::init(&attacker, &RoleKeyFiles { root: vec![key.clone()], ..Default::default() }, &publish::Thresholds::all(1), &c.expiry()).await.unwrap();
+    let index = publish::read_index(&c.repo).await.unwrap();
     for _ in 0..3 {
         // Push the attacker's versions above the real ones.
-        vendor::publish_index(&attacker, std::slice::from_ref(&key), &c.expiry(), &index).await.unwrap();
+        publish::publish_index(&attacker, std::slice::from_ref(&key), &c.expiry(), &index).await.unwrap();
     }
     attacker
 }
@@ -241,9 +241,9 @@ async fn a_signature_threshold_not_met_is_refused() {
     let dir = c.repo.parent().unwrap().join("two-key");
     let keys = [dir.with_extension("k1"), dir.with_extension("k2")];
     for k in &keys {
-        vendor::keygen(k).await.unwrap();
+        publish::keygen(k).await.unwrap();
     }
-    vendor::init(&dir, &RoleKeyFiles { root: keys.to_vec(), ..Default::default() }, &vendor::Thresholds::all(2), &c.expiry()).await.unwrap();
+    publish::init(&dir, &RoleKeyFiles { root: keys.to_vec(), ..Default::default() }, &publish::Thresholds::all(2), &c.expiry()).await.unwrap();
     let mut ts: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("metadata/timestamp.json")).unwrap()).unwrap();
     ts["signatures"].as_array_mut().unwrap().pop();
     let served = Control::default();
@@ -261,21 +261,21 @@ async fn a_signature_threshold_not_met_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_timestamp_is_refused() {
     let c = case().await;
-    vendor::refresh_timestamp(&c.repo, std::slice::from_ref(&c.key), -1).await.unwrap();
+    publish::refresh_timestamp(&c.repo, std::slice::from_ref(&c.key), -1).await.unwrap();
     c.refused(&["timestamp metadata is expired"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_snapshot_is_refused() {
     let c = case().await;
-    vendor::sign(&c.repo, std::slice::from_ref(&c.key), &Expiry { snapshot_days: -1, ..c.expiry() }).await.unwrap();
+    publish::sign(&c.repo, std::slice::from_ref(&c.key), &Expiry { snapshot_days: -1, ..c.expiry() }).await.unwrap();
     c.refused(&["snapshot metadata is expired"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_targets_are_refused() {
     let c = case().await;
-    vendor::sign(&c.repo, std::slice::from_ref(&c.key), &Expiry { targets_days: -1, ..c.expiry() }).await.unwrap();
+    publish::sign(&c.repo, std::slice::from_ref(&c.key), &Expiry { targets_days: -1, ..c.expiry() }).await.unwrap();
     c.refused(&["targets metadata is expired"]).await;
 }
 
@@ -283,7 +283,7 @@ async fn expired_targets_are_refused() {
 async fn an_expired_root_is_refused() {
     let c = case().await;
     // A frozen root: rotated long ago and never renewed.
-    vendor::rotate_root(&c.repo, std::slice::from_ref(&c.key), std::slice::from_ref(&c.key), &Expiry { root_days: -1, ..c.expiry() }).await.unwrap();
+    publish::rotate_root(&c.repo, std::slice::from_ref(&c.key), std::slice::from_ref(&c.key), &Expiry { root_days: -1, ..c.expiry() }).await.unwrap();
     c.refused(&["root metadata is expired"]).await;
 }
 
@@ -291,7 +291,7 @@ async fn an_expired_root_is_refused() {
 async fn a_rollback_to_an_older_timestamp_is_refused() {
     let c = case().await;
     let old = std::fs::read(c.repo.join("metadata/timestamp.json")).unwrap();
-    vendor::refresh_timestamp(&c.repo, std::slice::from_ref(&c.key), 1).await.unwrap();
+    publish::refresh_timestamp(&c.repo, std::slice::from_ref(&c.key), 1).await.unwrap();
     // The operator sees the new version once …
     Repository::open(&c.url, &c.root(), &c.cache, &c.cache.join("trust"), &options()).await.unwrap();
     let seen = c.cached_timestamp_version().unwrap();
@@ -306,12 +306,12 @@ async fn a_fresh_timestamp_pointing_to_an_older_snapshot_is_refused() {
     let c = case().await;
     let old_ts = std::fs::read(c.repo.join("metadata/timestamp.json")).unwrap();
     let n = c.newest("snapshot");
-    vendor::sign(&c.repo, std::slice::from_ref(&c.key), &c.expiry()).await.unwrap();
+    publish::sign(&c.repo, std::slice::from_ref(&c.key), &c.expiry()).await.unwrap();
     Repository::open(&c.url, &c.root(), &c.cache, &c.cache.join("trust"), &options()).await.unwrap();
     // Someone holding the timestamp key signs newer timestamps that name the old snapshot.
     std::fs::write(c.repo.join("metadata/timestamp.json"), old_ts).unwrap();
-    vendor::refresh_timestamp(&c.repo, std::slice::from_ref(&c.key), 1).await.unwrap();
-    vendor::refresh_timestamp(&c.repo, std::slice::from_ref(&c.key), 1).await.unwrap();
+    publish::refresh_timestamp(&c.repo, std::slice::from_ref(&c.key), 1).await.unwrap();
+    publish::refresh_timestamp(&c.repo, std::slice::from_ref(&c.key), 1).await.unwrap();
     c.refused(&[&format!("Snapshot version {n} in timestamp {} is less than {} in timestamp {}", n + 2, n + 1, n + 1)]).await;
 }
 
@@ -320,7 +320,7 @@ async fn a_rollback_to_older_targets_is_refused() {
     let c = case().await;
     let n = c.newest("targets");
     let old_targets = std::fs::read(c.repo.join(format!("metadata/{n}.targets.json"))).unwrap();
-    vendor::sign(&c.repo, std::slice::from_ref(&c.key), &c.expiry()).await.unwrap();
+    publish::sign(&c.repo, std::slice::from_ref(&c.key), &c.expiry()).await.unwrap();
     // The new snapshot names N+1.targets.json; the mirror answers with version N's content.
     let path = format!("metadata/{}.targets.json", n + 1);
     c.control.fault(&path, Fault::Replace(old_targets));
@@ -332,7 +332,7 @@ async fn mix_and_match_of_snapshot_and_targets_is_refused() {
     let c = case().await;
     let n = c.newest("snapshot");
     let old_snapshot = std::fs::read(c.repo.join(format!("metadata/{n}.snapshot.json"))).unwrap();
-    vendor::sign(&c.repo, std::slice::from_ref(&c.key), &c.expiry()).await.unwrap();
+    publish::sign(&c.repo, std::slice::from_ref(&c.key), &c.expiry()).await.unwrap();
     // Timestamp N+1 names snapshot N+1; the mirror serves snapshot N (which names targets N) in its place.
     let path = format!("metadata/{}.snapshot.json", n + 1);
     c.control.fault(&path, Fault::Replace(old_snapshot));
@@ -370,8 +370,8 @@ async fn a_connection_dropped_mid_download_is_retried() {
 async fn root_rotation_is_followed_and_a_retired_key_is_refused() {
     let c = case().await;
     let new_key = c.repo.parent().unwrap().join("new-root.key");
-    vendor::keygen(&new_key).await.unwrap();
-    vendor::rotate_root(&c.repo, std::slice::from_ref(&c.key), std::slice::from_ref(&new_key), &c.expiry()).await.unwrap();
+    publish::keygen(&new_key).await.unwrap();
+    publish::rotate_root(&c.repo, std::slice::from_ref(&c.key), std::slice::from_ref(&new_key), &c.expiry()).await.unwrap();
     // A client that trusts root 1 follows the chain to root 2.
     let repo = Repository::open(&c.url, &c.root(), &c.cache, &c.cache.join("trust"), &options()).await.unwrap();
     assert_eq!(repo.tuf().root().signed.version.get(), 2);
@@ -381,7 +381,7 @@ async fn root_rotation_is_followed_and_a_retired_key_is_refused() {
     let scratch = c.repo.parent().unwrap().join("forge");
     copy_dir(&c.repo, &scratch);
     // (canup's own vendor commands refuse to sign with a key the current root does not list.)
-    let refused = vendor::rotate_root(&scratch, std::slice::from_ref(&c.key), std::slice::from_ref(&c.key), &c.expiry()).await.unwrap_err().to_string();
+    let refused = publish::rotate_root(&scratch, std::slice::from_ref(&c.key), std::slice::from_ref(&c.key), &c.expiry()).await.unwrap_err().to_string();
     assert!(refused.contains("not signed by enough keys"), "{refused}");
     let attacker = scratch.join("attacker.pem");
     canup_tests::tuf::tufctl([
@@ -404,7 +404,7 @@ async fn root_rotation_is_followed_and_a_retired_key_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_withdrawn_release_is_marked_in_the_index() {
     let c = case().await;
-    vendor::withdraw(&c.repo, std::slice::from_ref(&c.key), &c.expiry(), &Version::new(3, 40, 0), "breaks engine-axe; use 3.40.1").await.unwrap();
+    publish::withdraw(&c.repo, std::slice::from_ref(&c.key), &c.expiry(), &Version::new(3, 40, 0), "breaks engine-axe; use 3.40.1").await.unwrap();
     let repo = Repository::open(&c.url, &c.root(), &c.cache, &c.cache.join("trust"), &options()).await.unwrap();
     let index = repo.index().await.unwrap();
     assert_eq!(index.release(&Version::new(3, 40, 0)).unwrap().withdrawn.as_deref(), Some("breaks engine-axe; use 3.40.1"));
@@ -416,10 +416,10 @@ async fn a_withdrawn_release_is_marked_in_the_index() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repository_needing_a_newer_canup_is_refused_before_any_step() {
     let c = case().await;
-    let mut index = vendor::read_index(&c.repo).await.unwrap();
+    let mut index = publish::read_index(&c.repo).await.unwrap();
     let release = index.releases.iter_mut().find(|r| r.version == Version::new(3, 40, 0)).unwrap();
     release.steps[0].manifest.requires = vec!["time-travel".into()];
-    vendor::publish_index(&c.repo, std::slice::from_ref(&c.key), &c.expiry(), &index).await.unwrap();
+    publish::publish_index(&c.repo, std::slice::from_ref(&c.key), &c.expiry(), &index).await.unwrap();
     let err = c.refused(&["this repository needs a newer canup (feature time-travel, required by step 3.40.0/webserver-services)"]).await;
     assert!(err.contains("nothing was planned"), "{err}");
 }
@@ -436,8 +436,8 @@ impl Case {
     /// The vendor moves root to a new key: the repository's root 2.
     async fn rotate_root(&self) -> PathBuf {
         let new_key = self.repo.parent().unwrap().join("new-root.key");
-        vendor::keygen(&new_key).await.unwrap();
-        vendor::rotate_root(&self.repo, std::slice::from_ref(&self.key), std::slice::from_ref(&new_key), &self.expiry()).await.unwrap();
+        publish::keygen(&new_key).await.unwrap();
+        publish::rotate_root(&self.repo, std::slice::from_ref(&self.key), std::slice::from_ref(&new_key), &self.expiry()).await.unwrap();
         new_key
     }
 

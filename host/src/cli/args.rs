@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use canup::config::DEFAULT_CONFIG;
 use canup::exit::ExitCode;
 use canup::manifest::{Edition, Method};
-use canup::repository::vendor::Expiry;
+use canup::repository::publish::Expiry;
 use clap::{Args, Parser, Subcommand};
 use semver::Version;
 

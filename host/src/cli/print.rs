@@ -95,7 +95,7 @@ fn outcome_words(skipped: usize) -> String {
 /// `apply --json`: what Ansible's role reads. `changed` is true when a step ran for real.
 pub fn apply_json(result: &Result<ApplySummary, UpgradeError>, dry_run: bool, state_dir: &Path, backup_dir: &Path) {
     // The run's backup set, when it was taken: what the fleet summary names.
-    let backup = |run: &str| canup::backup::set::BackupSet::read(backup_dir, run).ok().flatten().map(|_| backup_dir.join(run).display().to_string());
+    let backup = |run: &str| canup::upgrade::backups::set::BackupSet::read(backup_dir, run).ok().flatten().map(|_| backup_dir.join(run).display().to_string());
     let value = match result {
         Ok(s) => {
             let ran: Vec<&str> = s.reports.iter().map(|r| r.step.as_str()).collect();

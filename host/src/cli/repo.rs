@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use canup::exit::ExitCode;
 use canup::manifest::ReleaseSteps;
-use canup::repository::vendor::{self, RoleKeyFiles, VendorError};
+use canup::repository::publish::{self, PublishError, RoleKeyFiles};
 use canup::repository::{LoadOptions, Repository};
 
 use super::args::{GlobalArgs, RepoCommand, SigningArgs};
@@ -19,13 +19,13 @@ fn read_module(path: &PathBuf) -> Result<Vec<u8>, Failure> {
 
 pub async fn run(global: &GlobalArgs, cmd: RepoCommand) -> Result<(), Failure> {
     // A vendor command that fails for another reason than its arguments failed like a step.
-    let vendor_err = |e: VendorError| match e {
-        VendorError::Usage(_) => usage(e),
+    let publish_err = |e: PublishError| match e {
+        PublishError::Usage(_) => usage(e),
         other => Failure::new(ExitCode::StepFailed, other),
     };
     match cmd {
         RepoCommand::Keygen { out } => {
-            let id = vendor::keygen(&out).await.map_err(vendor_err)?;
+            let id = publish::keygen(&out).await.map_err(publish_err)?;
             println!("created {} (key id {id})", out.display());
         }
         RepoCommand::Init {
@@ -42,13 +42,13 @@ pub async fn run(global: &GlobalArgs, cmd: RepoCommand) -> Result<(), Failure> {
             expiry,
         } => {
             let keys = RoleKeyFiles { root: root_keys, targets: targets_keys, snapshot: snapshot_keys, timestamp: timestamp_keys };
-            let thresholds = vendor::Thresholds {
+            let thresholds = publish::Thresholds {
                 root: root_threshold.unwrap_or(threshold),
                 targets: targets_threshold.unwrap_or(threshold),
                 snapshot: snapshot_threshold.unwrap_or(threshold),
                 timestamp: timestamp_threshold.unwrap_or(threshold),
             };
-            vendor::init(&dir, &keys, &thresholds, &expiry.expiry()).await.map_err(vendor_err)?;
+            publish::init(&dir, &keys, &thresholds, &expiry.expiry()).await.map_err(publish_err)?;
             println!("initialised {} (root: {}/metadata/1.root.json)", dir.display(), dir.display());
         }
         RepoCommand::AddShared { dir, steps, module, signing: SigningArgs { keys, expiry } } => {
@@ -57,7 +57,7 @@ pub async fn run(global: &GlobalArgs, cmd: RepoCommand) -> Result<(), Failure> {
                 return Err(usage(anyhow::anyhow!("{} names a `release`: publish it with `canup repo add-release`", steps.display())));
             }
             let module = read_module(&module)?;
-            let done = vendor::add_shared(&dir, &keys, &expiry.expiry(), &shared, &module).await.map_err(vendor_err)?;
+            let done = publish::add_shared(&dir, &keys, &expiry.expiry(), &shared, &module).await.map_err(publish_err)?;
             println!("registered shared steps {} for releases {}", done.shared.join("; "), shared.applies.map(|r| r.to_string()).unwrap_or_default());
             let releases = done.releases.iter().map(ToString::to_string).collect::<Vec<_>>();
             match releases.is_empty() {
@@ -66,7 +66,7 @@ pub async fn run(global: &GlobalArgs, cmd: RepoCommand) -> Result<(), Failure> {
             }
         }
         RepoCommand::Registrations { dir } => {
-            let index = vendor::read_index(&dir).await.map_err(vendor_err)?;
+            let index = publish::read_index(&dir).await.map_err(publish_err)?;
             if index.shared.is_empty() {
                 println!("no shared steps are registered in {}", dir.display());
             }
@@ -82,7 +82,7 @@ pub async fn run(global: &GlobalArgs, cmd: RepoCommand) -> Result<(), Failure> {
             }
         }
         RepoCommand::Widen { dir, step, applies, signing: SigningArgs { keys, expiry } } => {
-            let done = vendor::widen(&dir, &keys, &expiry.expiry(), &step, applies.clone()).await.map_err(vendor_err)?;
+            let done = publish::widen(&dir, &keys, &expiry.expiry(), &step, applies.clone()).await.map_err(publish_err)?;
             let releases = done.releases.iter().map(canup::version::text).collect::<Vec<_>>();
             println!("{} now registered for {applies}; republished in {} release(s): {}", done.shared.join("; "), releases.len(), releases.join(", "));
         }
@@ -101,10 +101,10 @@ pub async fn run(global: &GlobalArgs, cmd: RepoCommand) -> Result<(), Failure> {
             }
             let data_dir = data.or_else(|| steps.parent().map(|d| d.join("data")).filter(|d| d.is_dir()));
             let files = match &data_dir {
-                Some(d) => vendor::read_data_dir(d).map_err(vendor_err)?,
+                Some(d) => publish::read_data_dir(d).map_err(publish_err)?,
                 None => Vec::new(),
             };
-            let done = vendor::add_release(&dir, &keys, &expiry.expiry(), &release, &published, module.as_deref(), &files).await.map_err(vendor_err)?;
+            let done = publish::add_release(&dir, &keys, &expiry.expiry(), &release, &published, module.as_deref(), &files).await.map_err(publish_err)?;
             println!("published release {version} in {}", dir.display());
             let own = release.steps.iter().map(|s| s.id.as_str()).collect::<Vec<_>>();
             println!("  own steps: {}", if own.is_empty() { "none".to_owned() } else { own.join(", ") });
@@ -114,32 +114,32 @@ pub async fn run(global: &GlobalArgs, cmd: RepoCommand) -> Result<(), Failure> {
             }
         }
         RepoCommand::Withdraw { dir, release, reason, signing: SigningArgs { keys, expiry } } => {
-            vendor::withdraw(&dir, &keys, &expiry.expiry(), &release, &reason).await.map_err(vendor_err)?;
+            publish::withdraw(&dir, &keys, &expiry.expiry(), &release, &reason).await.map_err(publish_err)?;
             println!("withdrew release {release}");
         }
         RepoCommand::Barrier { dir, release, guide, url, reason, signing: SigningArgs { keys, expiry } } => {
             let barrier = canup::repository::Barrier { guide, url, reason };
-            vendor::set_barrier(&dir, &keys, &expiry.expiry(), &release, barrier).await.map_err(vendor_err)?;
+            publish::set_barrier(&dir, &keys, &expiry.expiry(), &release, barrier).await.map_err(publish_err)?;
             println!("release {release} is a migration barrier: canup plans up to the release before it and from it, never across");
         }
         RepoCommand::Sign { dir, signing: SigningArgs { keys, expiry } } => {
-            vendor::sign(&dir, &keys, &expiry.expiry()).await.map_err(vendor_err)?;
+            publish::sign(&dir, &keys, &expiry.expiry()).await.map_err(publish_err)?;
             println!("signed {}", dir.display());
         }
         RepoCommand::RefreshTimestamp { dir, keys, days } => {
-            let v = vendor::refresh_timestamp(&dir, &keys, days).await.map_err(vendor_err)?;
+            let v = publish::refresh_timestamp(&dir, &keys, days).await.map_err(publish_err)?;
             println!("timestamp version {v}, valid {days} day(s)");
         }
         RepoCommand::RotateRoot { dir, old_keys, new_keys, expiry } => {
-            let v = vendor::rotate_root(&dir, &old_keys, &new_keys, &expiry.expiry()).await.map_err(vendor_err)?;
+            let v = publish::rotate_root(&dir, &old_keys, &new_keys, &expiry.expiry()).await.map_err(publish_err)?;
             println!("wrote {}/metadata/{v}.root.json; re-sign the other roles if their keys changed", dir.display());
         }
         RepoCommand::RotateKeys { dir, role, new_keys, threshold, root_keys, keys, out, expiry } => {
-            let change = vendor::RoleChange { role: role.into(), keys: new_keys, threshold };
+            let change = publish::RoleChange { role: role.into(), keys: new_keys, threshold };
             match out {
                 Some(out) => {
-                    let candidate = vendor::root::propose(&dir, &[change], &expiry.expiry()).await.map_err(vendor_err)?;
-                    vendor::root::write_candidate(&out, &candidate).map_err(vendor_err)?;
+                    let candidate = publish::root::propose(&dir, &[change], &expiry.expiry()).await.map_err(publish_err)?;
+                    publish::root::write_candidate(&out, &candidate).map_err(publish_err)?;
                     println!(
                         "wrote the candidate root version {} to {}; each root key holder signs it with `canup repo sign-root {} --candidate {} --key KEY`",
                         candidate.signed.version,
@@ -149,16 +149,16 @@ pub async fn run(global: &GlobalArgs, cmd: RepoCommand) -> Result<(), Failure> {
                     );
                 }
                 None => {
-                    let v = vendor::root::rotate(&dir, &[change], &root_keys, &keys, &expiry.expiry()).await.map_err(vendor_err)?;
+                    let v = publish::root::rotate(&dir, &[change], &root_keys, &keys, &expiry.expiry()).await.map_err(publish_err)?;
                     println!("published {}/metadata/{v}.root.json: role {} has its new keys", dir.display(), tough::schema::RoleType::from(role));
                 }
             }
         }
         RepoCommand::SignRoot { dir, candidate, keys } => {
-            let mut root = vendor::root::read_candidate(&candidate).map_err(vendor_err)?;
-            vendor::root::add_signatures(&dir, &mut root, &keys).await.map_err(vendor_err)?;
-            vendor::root::write_candidate(&candidate, &root).map_err(vendor_err)?;
-            let missing = vendor::root::missing_signatures(&dir, &root).map_err(vendor_err)?;
+            let mut root = publish::root::read_candidate(&candidate).map_err(publish_err)?;
+            publish::root::add_signatures(&dir, &mut root, &keys).await.map_err(publish_err)?;
+            publish::root::write_candidate(&candidate, &root).map_err(publish_err)?;
+            let missing = publish::root::missing_signatures(&dir, &root).map_err(publish_err)?;
             if missing.is_empty() {
                 println!(
                     "{} carries enough signatures: publish it with `canup repo publish-root {} --candidate {}`",
@@ -174,8 +174,8 @@ pub async fn run(global: &GlobalArgs, cmd: RepoCommand) -> Result<(), Failure> {
             }
         }
         RepoCommand::PublishRoot { dir, candidate, keys, expiry } => {
-            let root = vendor::root::read_candidate(&candidate).map_err(vendor_err)?;
-            let v = vendor::root::publish_root(&dir, &root, &keys, &expiry.expiry()).await.map_err(vendor_err)?;
+            let root = publish::root::read_candidate(&candidate).map_err(publish_err)?;
+            let v = publish::root::publish_root(&dir, &root, &keys, &expiry.expiry()).await.map_err(publish_err)?;
             println!("published {}/metadata/{v}.root.json", dir.display());
         }
         RepoCommand::Verify { cache_dir } => return verify(&Settings::resolve(global, None)?, cache_dir).await,

@@ -9,7 +9,7 @@ use canup::backup::Backups;
 use canup::capabilities::Grant;
 use canup::exit::ExitCode;
 use canup::manifest::ReleaseSteps;
-use canup::repository::{self, vendor};
+use canup::repository::{self, publish};
 use canup::sandbox::{Sandbox, SandboxError, StepContext, StepEnv};
 use canup::ui::ConsoleUi;
 use semver::Version;
@@ -62,7 +62,7 @@ pub async fn run(settings: &Settings, args: StepRunArgs) -> Result<(), Failure> 
     // The release's data files sit in `data/` beside its step.toml, as `canup repo add-release` publishes them.
     let data_dir = args.manifest.parent().map(|d| d.join("data")).filter(|d| d.is_dir());
     let data = match &data_dir {
-        Some(d) => vendor::read_data_dir(d).map_err(usage)?.into_iter().collect(),
+        Some(d) => publish::read_data_dir(d).map_err(usage)?.into_iter().collect(),
         None => repository::ReleaseData::new(),
     };
     let env = StepEnv {

@@ -10,9 +10,9 @@
 //! used without being checked again.
 
 pub mod index;
+pub mod publish;
 mod transport;
 pub mod trust;
-pub mod vendor;
 
 use std::fs;
 use std::path::{Path, PathBuf};

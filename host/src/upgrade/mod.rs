@@ -6,13 +6,14 @@
 //! work starts in the background as soon as the plan is known, so it overlaps with the
 //! operator reading the plan instead of adding to the service interruption.
 
+mod apply;
 pub mod backups;
 mod endpoints;
 mod prefetch;
 pub mod rollback;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use semver::Version;
@@ -23,13 +24,14 @@ use crate::backup::Backups;
 use crate::capabilities::{Grant, Policy};
 use crate::config::Config;
 use crate::exit::ExitCode;
-use crate::journal::{self, ApplyLock, Event, Journal, JournalError, Outcome, PlannedRef, StepActions};
+use crate::journal::{self, Journal, JournalError, StepActions};
 use crate::manifest::{Edition, Method, Phase};
 use crate::plan::{self, Plan, PlanError, PlannedStep};
 use crate::repository::{Index, IndexStep, LoadOptions, ReleaseData, RepoError, Repository};
 use crate::sandbox::{Detected, DryRun, LoadedStep, Sandbox, SandboxError, StepContext, StepEnv, StepReport};
 use crate::sysroot::Sysroot;
 use crate::ui::Ui;
+pub use apply::{ApplyOptions, ApplySummary, Confirm, apply};
 use prefetch::{Prefetch, load_step};
 
 #[derive(Debug, Error)]
@@ -321,298 +323,6 @@ impl Session {
     pub fn unadmitted_plan(&self, detected: &Detected, to: Option<&Version>) -> Result<Plan, UpgradeError> {
         Ok(plan::plan(&self.index, &detected.installed, to, detected.edition, detected.method)?)
     }
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct ApplyOptions {
-    pub to: Option<Version>,
-    pub dry_run: bool,
-    pub restart: bool,
-    /// A skipped check fails the run (`--strict-checks`).
-    pub strict_checks: bool,
-}
-
-#[derive(Debug)]
-pub struct ApplySummary {
-    pub run: String,
-    pub plan: Plan,
-    pub reports: Vec<StepReport>,
-    /// Steps a resumed run did not repeat.
-    pub already_done: Vec<String>,
-    /// In a dry run: the commands and file changes the real run would make.
-    pub recorded: Vec<String>,
-    /// What detection found after the steps ran (the target, or the run failed); `None` when
-    /// nothing ran for real (a dry run, nothing to do).
-    pub verified: Option<Detected>,
-}
-
-/// Shows the plan (with the steps a resumed run already did, and the backup phase's lines)
-/// and asks the operator to confirm it; `true` to go on.
-pub type Confirm<'a> = &'a dyn Fn(&Plan, &[String], &[String]) -> bool;
-
-/// `canup apply`.
-pub async fn apply(session: &Session, options: &ApplyOptions, progress: Arc<dyn Progress>, confirm: Confirm<'_>) -> Result<ApplySummary, UpgradeError> {
-    let _lock = if options.dry_run { None } else { Some(ApplyLock::acquire(&session.state_dir)?) };
-    let events = Journal::read(&session.state_dir)?;
-    if let Some((run, pending)) = journal::pending_rollback(&events) {
-        return Err(UpgradeError::RollbackPending { run, rollback: pending.rollback });
-    }
-    let pending = if options.dry_run { None } else { journal::unfinished(&events) };
-    let journal = if options.dry_run { None } else { Some(Arc::new(Mutex::new(Journal::open(&session.state_dir)?))) };
-    let append = |event: Event| -> Result<(), UpgradeError> {
-        match &journal {
-            Some(j) => Ok(j.lock().map_err(|_| UpgradeError::JournalPoisoned)?.append(&event)?),
-            None => Ok(()),
-        }
-    };
-    let ui: Arc<dyn Ui> = progress.clone();
-
-    let recorded = DryRun::default();
-    let mut prefetch = Prefetch::new(session);
-    // A named target's own steps are in any plan that reaches it: their modules load while
-    // detection runs. Only those of the method the host likely uses: compiling the other
-    // method's modules (Compose's resync is the largest) would only cost memory and time.
-    if let Some(release) = options.to.as_ref().and_then(|t| session.index.release(t)) {
-        let method = likely_method(session);
-        release.steps.iter().filter(|s| s.manifest.methods.contains(&method)).for_each(|s| prefetch.want(s, release));
-    }
-    let mut resumed = None;
-    let (run, plan, done) = match pending {
-        Some(run) if options.restart => {
-            append(Event::RunFinished {
-                run: run.run.clone(),
-                time: journal::now(),
-                outcome: Outcome::Failed,
-                message: Some("abandoned by the operator (apply --restart)".into()),
-            })?;
-            fresh_plan(session, options, ui.clone(), &recorded).await?
-        }
-        Some(run) => {
-            if options.to.as_ref().is_some_and(|t| t != &run.target) {
-                return Err(UpgradeError::Pending { run: run.run, target: run.target });
-            }
-            let plan = replay(session, &run)?;
-            let done: Vec<String> = run.done().into_iter().map(str::to_owned).collect();
-            let id = run.run.clone();
-            resumed = Some(run);
-            (id, plan, done)
-        }
-        None => fresh_plan(session, options, ui.clone(), &recorded).await?,
-    };
-    let fresh = done.is_empty() && !events.iter().any(|e| matches!(e, Event::RunStarted { run: r, .. } if r == &run));
-    let remaining: Vec<&PlannedStep> = plan.steps.iter().filter(|p| !done.contains(&p.key)).collect();
-    if plan.steps.is_empty() && plan.installed == plan.target {
-        // Already at the target: nothing to confirm, nothing to journal.
-        return Ok(ApplySummary { run, plan, reports: Vec::new(), already_done: done, recorded: Vec::new(), verified: None });
-    }
-    // The rest of the fetching and compiling starts now, while the operator reads the plan.
-    tracing::debug!(steps = remaining.len(), "plan ready; fetching and compiling its modules");
-    for p in &remaining {
-        if let Some(release) = session.index.release(&p.release) {
-            prefetch.want(&p.step, release);
-        }
-    }
-    // What the backup phase takes, and whether it fits, before the operator is asked.
-    let backup_plan = backups::plan(session, &plan, Some(&run)).await?;
-    let backup_lines = backup_plan.describe();
-    // The plan is always shown; `confirm` asks unless the operator said --yes.
-    let confirmed = match tokio::runtime::Handle::current().runtime_flavor() {
-        // Reading the answer blocks this worker; let the other workers take over the fetches.
-        tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(|| confirm(&plan, &done, &backup_lines)),
-        _ => confirm(&plan, &done, &backup_lines),
-    };
-    if !confirmed {
-        return Err(UpgradeError::Declined);
-    }
-    // Every module is verified and compiled before anything runs.
-    let (loaded, data) = prefetch.finish(&session.index, &remaining).await?;
-    tracing::debug!(modules = loaded.len(), "every module verified and compiled");
-    // What the steps will call answers, before the first of them changes anything.
-    let problems = endpoints::check(&remaining, &session.config.endpoints, &session.policy, &session.config.limits.resolve(), ui.as_ref()).await;
-    if !problems.is_empty() {
-        return Err(UpgradeError::Endpoints(problems));
-    }
-    if fresh {
-        append(Event::RunStarted {
-            run: run.clone(),
-            time: journal::now(),
-            installed: plan.installed.clone(),
-            target: plan.target.clone(),
-            edition: plan.edition,
-            method: plan.method,
-            steps: plan
-                .steps
-                .iter()
-                .map(|p| PlannedRef { id: p.step.manifest.id.clone(), release: p.release.clone(), phase: p.phase, module_sha256: p.step.sha256.clone() })
-                .collect(),
-        })?;
-    }
-    if !options.dry_run {
-        // Before the first change; a resumed run whose set is complete takes nothing again.
-        backups::take(session, &backup_plan, &plan, &run, ui.as_ref()).await?;
-    }
-    let detected = Detected { installed: plan.installed.clone(), edition: plan.edition, method: plan.method };
-    let mut reports = Vec::new();
-    let total = plan.steps.len();
-    for (i, p) in plan.steps.iter().enumerate() {
-        let id = &p.key;
-        if done.contains(id) {
-            continue;
-        }
-        tracing::debug!(step = %id, "step starting");
-        progress.step_started(i + 1, total, p);
-        append(Event::StepStarted { run: run.clone(), step: id.clone(), time: journal::now() })?;
-        let actions = journal.as_ref().map(|j| StepActions::new(j.clone(), &run, id, resumed.as_ref().map(|r| r.actions_of(id)).unwrap_or_default()));
-        let module = loaded.get(&p.step.sha256).ok_or_else(|| UpgradeError::NotLoaded(id.to_string()))?;
-        let release_data = data.get(&p.release).cloned().unwrap_or_default();
-        let report = session
-            .run_step(
-                &run,
-                module,
-                &p.step,
-                &p.release,
-                release_data,
-                actions,
-                p.phase,
-                &plan.installed,
-                &plan.target,
-                Some(&detected),
-                ui.clone(),
-                options.dry_run,
-                &recorded,
-            )
-            .await?;
-        progress.step_finished(&report);
-        // A check that did not run is not an ok; under --strict-checks it is a failure.
-        let strict = options.strict_checks && !options.dry_run;
-        let failure = match (&report.result, &report.skipped) {
-            (Err(e), _) => Some(e.to_string()),
-            (Ok(()), Some(why)) if strict => Some(format!("skipped ({why}), and --strict-checks makes a skipped check fail the run")),
-            _ => None,
-        };
-        let (outcome, message) = match (&failure, &report.skipped) {
-            (Some(why), _) => (Outcome::Failed, Some(why.clone())),
-            (None, Some(why)) => (Outcome::Skipped, Some(why.clone())),
-            (None, None) => (Outcome::Succeeded, None),
-        };
-        append(Event::StepFinished {
-            run: run.clone(),
-            step: id.clone(),
-            time: journal::now(),
-            outcome,
-            message,
-            duration_ms: report.duration.as_millis() as u64,
-            module_sha256: report.module_sha256.clone(),
-        })?;
-        if let Some(why) = failure {
-            return Err(UpgradeError::StepFailed { run, step: id.clone(), why });
-        }
-        reports.push(report);
-    }
-    if options.dry_run {
-        // The real run ends with detection again (below): its queries are part of what it
-        // does, so the dry run runs and lists them too; their answer means nothing here.
-        if let Err(e) = session.detect_recording(ui, Some(&recorded)).await {
-            tracing::warn!("the dry run's closing detection failed: {e}");
-        }
-        let recorded = recorded.lines();
-        return Ok(ApplySummary { run, plan, reports, already_done: done, recorded, verified: None });
-    }
-    let recorded = Vec::new();
-    // The steps said they succeeded; what is installed says whether the upgrade happened.
-    ui.log("canup", crate::ui::Level::Info, "every step succeeded; detecting what is installed now:");
-    let verdict = verify(session, &plan, ui).await;
-    let (outcome, message) = match &verdict {
-        Ok(found) => {
-            (Outcome::Succeeded, format!("detection after the run found Canopsis {} ({} edition, {} method)", found.installed, found.edition, found.method))
-        }
-        Err(found) => (Outcome::Unverified, format!("expected Canopsis {}, detection after the run {found}", plan.target)),
-    };
-    append(Event::RunFinished { run: run.clone(), time: journal::now(), outcome, message: Some(message) })?;
-    Journal::clear_receipts(&session.state_dir);
-    match verdict {
-        Ok(found) => Ok(ApplySummary { run, plan, reports, already_done: done, recorded, verified: Some(found) }),
-        Err(found) => Err(UpgradeError::Unverified { run, expected: plan.target.clone(), found }),
-    }
-}
-
-/// Detects the installation again after the last step: the target version, in the plan's
-/// edition and method, or what was found instead (as the end of a sentence).
-async fn verify(session: &Session, plan: &Plan, ui: Arc<dyn Ui>) -> Result<Detected, String> {
-    let heard = Arc::new(Warnings { inner: ui, heard: Mutex::default() });
-    let verdict = match session.detect(heard.clone()).await {
-        Ok(found) if found.installed == plan.target && found.edition == plan.edition && found.method == plan.method => return Ok(found),
-        Ok(found) => format!("found Canopsis {} ({} edition, {} method)", found.installed, found.edition, found.method),
-        Err(e) => format!("could not tell what is installed: {e}"),
-    };
-    // What detection warned of says why (`canopsis-webui is at 4.5.4`): it goes with the verdict
-    // into the message, the journal and --json, not only past the operator's eyes.
-    let warnings = heard.heard.lock().map(|w| w.clone()).unwrap_or_default();
-    Err(if warnings.is_empty() { verdict } else { format!("{verdict}: {}", warnings.join("; ")) })
-}
-
-/// A terminal that also keeps the warnings it shows: what the closing detection warned of.
-struct Warnings {
-    inner: Arc<dyn Ui>,
-    heard: Mutex<Vec<String>>,
-}
-
-impl Ui for Warnings {
-    fn log(&self, step: &str, level: crate::ui::Level, message: &str) {
-        if level >= crate::ui::Level::Warn
-            && let Ok(mut heard) = self.heard.lock()
-        {
-            heard.push(message.to_owned());
-        }
-        self.inner.log(step, level, message);
-    }
-    fn progress(&self, step: &str, done: u64, total: Option<u64>, message: &str) {
-        self.inner.progress(step, done, total, message);
-    }
-    fn confirm(&self, step: &str, question: &str) -> bool {
-        self.inner.confirm(step, question)
-    }
-    fn manual(&self, step: &str, instruction: &str) -> bool {
-        self.inner.manual(step, instruction)
-    }
-    fn choose(&self, step: &str, question: &str, options: &[String], default: usize) -> Option<usize> {
-        self.inner.choose(step, question, options, default)
-    }
-}
-
-async fn fresh_plan(session: &Session, options: &ApplyOptions, ui: Arc<dyn Ui>, recorded: &DryRun) -> Result<(String, Plan, Vec<String>), UpgradeError> {
-    let detected = session.detect_recording(ui, options.dry_run.then_some(recorded)).await?;
-    let plan = session.plan(&detected, options.to.as_ref())?;
-    Ok((run_id(), plan, Vec::new()))
-}
-
-/// The plan of an interrupted run, rebuilt from the journal and the current index. A step
-/// whose module changed since is refused: a run never mixes two versions of a release.
-fn replay(session: &Session, run: &journal::RunRecord) -> Result<Plan, UpgradeError> {
-    let mut steps = Vec::new();
-    for r in &run.planned {
-        let step = session.index.release(&r.release).and_then(|rel| rel.steps.iter().find(|s| s.manifest.id == r.id)).ok_or_else(|| UpgradeError::Changed {
-            run: run.run.clone(),
-            step: r.id.clone(),
-            was: r.module_sha256.clone(),
-            now: "missing".into(),
-        })?;
-        if step.sha256 != r.module_sha256 {
-            return Err(UpgradeError::Changed { run: run.run.clone(), step: r.id.clone(), was: r.module_sha256.clone(), now: step.sha256.clone() });
-        }
-        steps.push(PlannedStep { release: r.release.clone(), phase: r.phase, step: step.clone(), key: String::new() });
-    }
-    plan::assign_keys(&mut steps);
-    let releases = {
-        let mut v: Vec<Version> = run.planned.iter().map(|r| r.release.clone()).collect();
-        v.sort();
-        v.dedup();
-        v
-    };
-    let plan =
-        Plan { installed: run.installed.clone(), target: run.target.clone(), edition: run.edition, method: run.method, releases, skipped: Vec::new(), steps };
-    plan::admit(&plan, &session.config.policy).map_err(UpgradeError::Admission)?;
-    Ok(plan)
 }
 
 /// `canup restore-files RUN`: puts back every file a run changed, from its backups.

@@ -27,6 +27,9 @@ type Task<T> = tokio::task::JoinHandle<Result<T, UpgradeError>>;
 /// verified and compiled in its own task: downloads run concurrently and each module
 /// compiles as soon as it is verified. Work can start before the plan is known (the target
 /// release's own steps, while detection runs); what the plan turns out not to need is dropped.
+/// The plan's modules, verified and compiled (by digest), and each release's data files.
+pub type Loaded = (HashMap<String, LoadedStep>, HashMap<Version, Arc<ReleaseData>>);
+
 pub(super) struct Prefetch {
     modules: HashMap<String, Task<LoadedStep>>,
     data: HashMap<Version, Task<Arc<ReleaseData>>>,
@@ -55,11 +58,7 @@ impl Prefetch {
 
     /// Waits for what `steps` need (the first failure, in plan order, is the answer); the
     /// rest is dropped with the prefetch.
-    pub(super) async fn finish(
-        mut self,
-        index: &Index,
-        steps: &[&PlannedStep],
-    ) -> Result<(HashMap<String, LoadedStep>, HashMap<Version, Arc<ReleaseData>>), UpgradeError> {
+    pub(super) async fn finish(mut self, index: &Index, steps: &[&PlannedStep]) -> Result<Loaded, UpgradeError> {
         async fn join<T>(task: Task<T>) -> Result<T, UpgradeError> {
             task.await.map_err(|source| UpgradeError::Task { what: "fetching the plan's modules".into(), source })?
         }

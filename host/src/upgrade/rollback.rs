@@ -15,7 +15,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::backup::set::{BackupSet, Package, PackageChanges};
+use super::backups::set::{BackupSet, Package, PackageChanges};
 use crate::capabilities::database::{self, Transfer};
 use crate::capabilities::exec::ExecRequest;
 use crate::capabilities::fs::{self as cap_fs, Restore};

@@ -27,7 +27,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 
 use nix::errno::Errno;
-use nix::fcntl::{OFlag, open, openat, readlinkat};
+use nix::fcntl::{OFlag, openat, readlinkat};
 use nix::sys::stat::{FileStat, Mode, fstat};
 use nix::unistd::{UnlinkatFlags, fsync, unlinkat};
 
@@ -168,11 +168,6 @@ fn take(mut dirs: Vec<(OwnedFd, OsString)>, root: BorrowedFd<'_>) -> io::Result<
     }
 }
 
-/// The sysroot's directory, opened once per sysroot (`O_PATH`): the start of every walk.
-pub fn open_root(root: &Path) -> io::Result<OwnedFd> {
-    Ok(open(root, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())?)
-}
-
 /// A walked path's last component and the directory that holds it, reached through real
 /// directories only (the descriptor is `O_PATH`: usable as a directory to open in, not for
 /// reading or syncing, which [`Entry::writable`] reopens for).
@@ -309,7 +304,7 @@ mod tests {
     use super::*;
 
     fn walk(root: &Path, path: &Path) -> Result<Walk, WalkError> {
-        super::walk(root, open_root(root).unwrap().as_fd(), path)
+        super::walk(root, crate::sysroot::open_root(root).unwrap().as_fd(), path)
     }
 
     fn at(root: &Path, path: &str) -> Walk {

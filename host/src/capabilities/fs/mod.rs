@@ -14,7 +14,6 @@ use std::path::{Path, PathBuf};
 use globset::GlobMatcher;
 use nix::sys::stat::FileStat;
 
-pub use self::beneath::open_root;
 use self::beneath::{Entry, WalkError};
 use super::{Denial, FsRules, Grant, PatternError, glob};
 use crate::backup::{Backups, Original};

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use canup::manifest::{ReleaseSteps, STEP_API};
-use canup::repository::vendor::{self, Expiry, RoleKeyFiles};
+use canup::repository::publish::{self, Expiry, RoleKeyFiles};
 use canup::repository::{Index, LoadOptions, Repository};
 use canup::sandbox::{Allocation, Sandbox};
 use canup_tests::repo_server::{Control, serve_repo};
@@ -185,8 +185,8 @@ async fn main() -> Result<()> {
     let generate = Instant::now();
     let repo = work.join("repo");
     let key = work.join("bench.key");
-    vendor::keygen(&key).await?;
-    vendor::init(&repo, &RoleKeyFiles { root: vec![key.clone()], ..Default::default() }, &vendor::Thresholds::all(1), &Expiry::default()).await?;
+    publish::keygen(&key).await?;
+    publish::init(&repo, &RoleKeyFiles { root: vec![key.clone()], ..Default::default() }, &publish::Thresholds::all(1), &Expiry::default()).await?;
     for minor in 0..RELEASES {
         let version = Version::new(3, minor, 0);
         let mut release = template.clone();
@@ -196,7 +196,7 @@ async fn main() -> Result<()> {
         }
         // Planning is what is timed: the releases carry their note steps only, said so.
         release.no_update = Some("bench repository: planning only".into());
-        vendor::add_release(&repo, std::slice::from_ref(&key), &Expiry::default(), &release, "2020-05-04", Some(&module), &[]).await?;
+        publish::add_release(&repo, std::slice::from_ref(&key), &Expiry::default(), &release, "2020-05-04", Some(&module), &[]).await?;
     }
     eprintln!("generated a {RELEASES}-release repository in {:.1} s", generate.elapsed().as_secs_f64());
     let url = serve_repo(repo.clone(), Control::default()).await;

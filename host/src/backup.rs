@@ -1,7 +1,11 @@
 //! File backups: before a run changes a file for the first time, its previous content (or
 //! the fact that it did not exist) is saved durably under the state directory. Only the first
 //! version matters: it is what the operator had before canup touched anything, and what an
-//! undo restores.
+//! undo restores (`restore-files`, and `canup rollback`'s files stage).
+//!
+//! Below everything that changes the host: nothing here knows the sysroot or runs a command.
+//! The run's backup set (packages, configuration directories, database dumps) is the
+//! upgrade's: `crate::upgrade::backups`.
 
 use std::collections::HashSet;
 use std::fs;

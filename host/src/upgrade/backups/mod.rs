@@ -7,7 +7,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::backup::set::{self, BackupSet, Dump, NotDumped, Package, SavedConfigFile, SavedDir};
+pub mod set;
+
 use crate::capabilities::database::{self, Connection, Engine, Transfer};
 use crate::capabilities::exec::{self, ExecOutput, ExecRequest, TimeLimit, Watch};
 use crate::capabilities::fs as cap_fs;
@@ -16,6 +17,7 @@ use crate::manifest::Method;
 use crate::plan::Plan;
 use crate::sysroot::Sysroot;
 use crate::ui::{Level, Ui};
+use set::{BackupSet, Dump, NotDumped, Package, SavedConfigFile, SavedDir};
 
 use super::{Session, UpgradeError};
 

@@ -1,4 +1,4 @@
-//! A run's backup set: what the host was before the run's first change, taken by canup itself
+//! A run's backup set (`crate::backup` keeps the single files steps change): what the host was before the run's first change, taken by canup itself
 //! because every migration guide from 22.10 on starts with « Réalisation d'une sauvegarde ».
 //!
 //! `set.json` is written last, atomically: a set without it is incomplete (a crash while a

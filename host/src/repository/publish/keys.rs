@@ -15,7 +15,7 @@ use aws_lc_rs::signature::Ed25519KeyPair;
 use tough::key_source::KeySource;
 use tough::sign::Sign;
 
-use super::{VendorError, io, tuf};
+use super::{PublishError, io, tuf};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
@@ -57,7 +57,7 @@ pub fn sources(paths: &[PathBuf]) -> Vec<Box<dyn KeySource>> {
 }
 
 /// Generates an ed25519 signing key (PKCS#8 v1 PEM, mode 0600) and returns its TUF key id.
-pub async fn keygen(out: &Path) -> Result<String, VendorError> {
+pub async fn keygen(out: &Path) -> Result<String, PublishError> {
     let shown = out.display().to_string();
     let pair = Ed25519KeyPair::generate().map_err(|e| tuf("generating a key")(&e))?;
     let der = pair.to_pkcs8v1().map_err(|e| tuf("encoding the key")(&e))?;
@@ -74,12 +74,12 @@ pub async fn keygen(out: &Path) -> Result<String, VendorError> {
 }
 
 /// The signer of a key file.
-pub async fn signer(path: &Path) -> Result<Box<dyn Sign>, VendorError> {
-    KeyFile { path: path.to_owned() }.as_sign().await.map_err(|e| VendorError::Tuf { what: format!("key {}", path.display()), why: e.to_string() })
+pub async fn signer(path: &Path) -> Result<Box<dyn Sign>, PublishError> {
+    KeyFile { path: path.to_owned() }.as_sign().await.map_err(|e| PublishError::Tuf { what: format!("key {}", path.display()), why: e.to_string() })
 }
 
 /// The TUF key id of a key file.
-pub async fn key_id(path: &Path) -> Result<String, VendorError> {
+pub async fn key_id(path: &Path) -> Result<String, PublishError> {
     let sign = signer(path).await?;
     let id = sign.tuf_key().key_id().map_err(|e| tuf(&format!("key {}", path.display()))(&e))?;
     Ok(hex::encode(id))

@@ -23,6 +23,12 @@ use thiserror::Error;
 
 use crate::manifest::{Edition, Method, Phase};
 
+mod actions;
+mod lock;
+
+pub use actions::{ActionRecorder, StepActions};
+pub use lock::ApplyLock;
+
 /// One planned step as recorded when the run starts: a resumed run replays exactly this.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PlannedRef {
@@ -408,118 +414,6 @@ pub fn unfinished(events: &[Event]) -> Option<RunRecord> {
 /// A rollback that started and did not finish: nothing else may run until it does.
 pub fn pending_rollback(events: &[Event]) -> Option<(String, RollbackRecord)> {
     runs(events).into_iter().find_map(|r| r.rollback.filter(|b| b.outcome.is_none()).map(|b| (r.run, b)))
-}
-
-/// The changing actions of one attempt of one step, journaled as they finish, and those of
-/// its earlier attempts in the same run. A step is an ordinary program: resumed after a crash,
-/// it runs again from its start. Its actions are keyed by what they are (the command line,
-/// its environment and input) and how many times the step did the same thing before, so the
-/// second attempt gets the first one's results for what was already done instead of doing it
-/// twice; only successful results are replayed, a failed action runs again.
-pub struct StepActions {
-    recorder: ActionRecorder,
-    receipts: PathBuf,
-    past: std::collections::HashMap<(String, u32), PastAction>,
-    seen: std::collections::HashMap<String, u32>,
-}
-
-/// Where a step's action results go: a handle an operation can hold while the step's state is
-/// borrowed for the call (a file append journals from inside its `fs` operation).
-#[derive(Clone)]
-pub struct ActionRecorder {
-    journal: std::sync::Arc<std::sync::Mutex<Journal>>,
-    run: String,
-    step: String,
-}
-
-impl StepActions {
-    pub fn new(journal: std::sync::Arc<std::sync::Mutex<Journal>>, run: &str, step: &str, past: std::collections::HashMap<(String, u32), PastAction>) -> Self {
-        let receipts = {
-            let j = journal.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            Journal::receipts_dir(j.path.parent().unwrap_or(Path::new("/")))
-        };
-        Self { recorder: ActionRecorder { journal, run: run.to_owned(), step: step.to_owned() }, receipts, past, seen: Default::default() }
-    }
-
-    /// The receipt of a changing command: named by the run, the step, the action and its
-    /// occurrence, so that a resumed canup finds what the interrupted one started.
-    pub fn receipt(&self, action: &str, occurrence: u32) -> crate::capabilities::exec::Receipt {
-        let identity = format!("{}\n{}\n{action}\n{occurrence}", self.recorder.run, self.recorder.step);
-        crate::capabilities::exec::Receipt::new(&self.receipts, &crate::sha256_hex(identity.as_bytes())[..32])
-    }
-
-    /// The occurrence of `action` this call is, and what an earlier attempt made of it.
-    pub fn next(&mut self, action: &str) -> (u32, Option<PastAction>) {
-        let n = self.seen.entry(action.to_owned()).or_default();
-        let occurrence = *n;
-        *n += 1;
-        (occurrence, self.past.get(&(action.to_owned(), occurrence)).cloned())
-    }
-
-    pub fn recorder(&self) -> ActionRecorder {
-        self.recorder.clone()
-    }
-
-    pub fn started(&self, action: &str, occurrence: u32, expect: String) -> Result<(), JournalError> {
-        self.recorder.started(action, occurrence, expect)
-    }
-
-    pub fn done(&self, action: &str, occurrence: u32, result: ActionResult) -> Result<(), JournalError> {
-        self.recorder.done(action, occurrence, result)
-    }
-}
-
-impl ActionRecorder {
-    fn append(&self, event: &Event) -> Result<(), JournalError> {
-        let mut j = self.journal.lock().map_err(|_| JournalError::Io { path: "journal".into(), source: io::Error::other("journal lock poisoned") })?;
-        j.append(event)
-    }
-
-    pub fn started(&self, action: &str, occurrence: u32, expect: String) -> Result<(), JournalError> {
-        self.append(&Event::ActionStarted { run: self.run.clone(), step: self.step.clone(), action: action.to_owned(), occurrence, expect })
-    }
-
-    pub fn done(&self, action: &str, occurrence: u32, result: ActionResult) -> Result<(), JournalError> {
-        self.append(&Event::ActionDone { run: self.run.clone(), step: self.step.clone(), action: action.to_owned(), occurrence, result })
-    }
-}
-
-/// Held for the whole of an apply.
-pub struct ApplyLock {
-    _file: fs::File,
-}
-
-impl ApplyLock {
-    /// Takes the lock or says who holds it. A lock file left by a dead process is not held
-    /// (the kernel released it), and is taken over with a message naming the old pid.
-    pub fn acquire(state_dir: &Path) -> Result<Self, JournalError> {
-        let path = state_dir.join("lock");
-        let err = |source| JournalError::Io { path: path.display().to_string(), source };
-        fs::create_dir_all(state_dir).map_err(err)?;
-        let mut file = fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(&path).map_err(err)?;
-        let previous = fs::read_to_string(&path).unwrap_or_default().trim().to_owned();
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => {
-                return Err(JournalError::Locked { pid: if previous.is_empty() { "?".into() } else { previous }, state: state_dir.display().to_string() });
-            }
-            Err(fs::TryLockError::Error(e)) => return Err(err(e)),
-        }
-        if !previous.is_empty() && previous != std::process::id().to_string() {
-            eprintln!("canup: taking over the lock left by pid {previous}, which is no longer running");
-        }
-        file.set_len(0).map_err(err)?;
-        file.write_all(format!("{}\n", std::process::id()).as_bytes()).map_err(err)?;
-        file.sync_data().map_err(err)?;
-        Ok(Self { _file: file })
-    }
-}
-
-impl Drop for ApplyLock {
-    fn drop(&mut self) {
-        // Clear the pid so the next canup does not report a takeover after a clean exit.
-        let _ = self._file.set_len(0);
-    }
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use tough::editor::signed::SignedRole;
 use tough::schema::{KeyHolder, Role, RoleKeys, RoleType, Root, Signature, Signed};
 
 use super::keys::{signer, sources};
-use super::{Expiry, RoleKeyFiles, VendorError, in_days, io, latest_root, metadata_dir, republish, targets_dir, tuf};
+use super::{Expiry, PublishError, RoleKeyFiles, in_days, io, latest_root, metadata_dir, republish, targets_dir, tuf};
 use crate::error_chain;
 
 /// Signatures needed per role.
@@ -45,24 +45,24 @@ impl Thresholds {
     }
 }
 
-fn threshold(role: RoleType, n: u64, keys: usize) -> Result<NonZeroU64, VendorError> {
-    let t = NonZeroU64::new(n).ok_or_else(|| VendorError::Usage(format!("the threshold of role {role} must be at least 1")))?;
+fn threshold(role: RoleType, n: u64, keys: usize) -> Result<NonZeroU64, PublishError> {
+    let t = NonZeroU64::new(n).ok_or_else(|| PublishError::Usage(format!("the threshold of role {role} must be at least 1")))?;
     if (keys as u64) < t.get() {
-        return Err(VendorError::Usage(format!("role {role} has {keys} keys, fewer than its threshold {t}: no one could ever sign it")));
+        return Err(PublishError::Usage(format!("role {role} has {keys} keys, fewer than its threshold {t}: no one could ever sign it")));
     }
     Ok(t)
 }
 
 /// Gives `role` the keys of `files` with `threshold` in `root`, and drops the keys no role
 /// uses any more.
-async fn assign(root: &mut Root, role: RoleType, files: &[PathBuf], threshold_n: u64) -> Result<(), VendorError> {
+async fn assign(root: &mut Root, role: RoleType, files: &[PathBuf], threshold_n: u64) -> Result<(), PublishError> {
     let threshold = threshold(role, threshold_n, files.len())?;
     let mut keyids = Vec::new();
     for file in files {
         let key = signer(file).await?.tuf_key();
         let id = key.key_id().map_err(|e| tuf(&format!("key {}", file.display()))(&e))?;
         if keyids.contains(&id) {
-            return Err(VendorError::Usage(format!("key {} is given twice for role {role}", file.display())));
+            return Err(PublishError::Usage(format!("key {} is given twice for role {role}", file.display())));
         }
         root.keys.insert(id.clone(), key);
         keyids.push(id);
@@ -76,13 +76,13 @@ async fn assign(root: &mut Root, role: RoleType, files: &[PathBuf], threshold_n:
 
 /// Creates a repository: root metadata signed by the root keys, and an empty release index
 /// signed by the other roles' keys (each role uses the root keys unless given its own).
-pub async fn init(repo: &Path, keys: &RoleKeyFiles, thresholds: &Thresholds, expiry: &Expiry) -> Result<(), VendorError> {
+pub async fn init(repo: &Path, keys: &RoleKeyFiles, thresholds: &Thresholds, expiry: &Expiry) -> Result<(), PublishError> {
     let meta = metadata_dir(repo);
     if meta.join("1.root.json").exists() {
-        return Err(VendorError::Usage(format!("{} already holds a repository", repo.display())));
+        return Err(PublishError::Usage(format!("{} already holds a repository", repo.display())));
     }
     if keys.root.is_empty() {
-        return Err(VendorError::Usage("at least one root key is needed (--root-key)".into()));
+        return Err(PublishError::Usage("at least one root key is needed (--root-key)".into()));
     }
     let mut root = Root {
         spec_version: "1.0.0".into(),
@@ -108,7 +108,7 @@ pub async fn init(repo: &Path, keys: &RoleKeyFiles, thresholds: &Thresholds, exp
         .signed()
         .signed
         .verify_role(signed.signed())
-        .map_err(|e| VendorError::Tuf { what: "signing root.json (pass as many --root-key as its threshold)".into(), why: error_chain(&e) })?;
+        .map_err(|e| PublishError::Tuf { what: "signing root.json (pass as many --root-key as its threshold)".into(), why: error_chain(&e) })?;
     fs::create_dir_all(&meta).map_err(io(format!("creating {}", meta.display())))?;
     fs::create_dir_all(targets_dir(repo)).map_err(io("creating the targets directory"))?;
     fs::write(meta.join("1.root.json"), signed.buffer()).map_err(io("writing 1.root.json"))?;
@@ -124,18 +124,18 @@ pub struct RoleChange {
     pub threshold: Option<u64>,
 }
 
-fn read_root(path: &Path) -> Result<Signed<Root>, VendorError> {
+fn read_root(path: &Path) -> Result<Signed<Root>, PublishError> {
     let bytes = fs::read(path).map_err(io(format!("reading {}", path.display())))?;
     serde_json::from_slice(&bytes).map_err(|e| tuf(&format!("parsing {}", path.display()))(&e))
 }
 
 /// The repository's newest root.
-fn current_root(repo: &Path) -> Result<Signed<Root>, VendorError> {
+fn current_root(repo: &Path) -> Result<Signed<Root>, PublishError> {
     read_root(&latest_root(repo)?.0)
 }
 
 /// The next root with `changes` applied, version N+1, a fresh expiry, and no signature yet.
-pub async fn propose(repo: &Path, changes: &[RoleChange], expiry: &Expiry) -> Result<Signed<Root>, VendorError> {
+pub async fn propose(repo: &Path, changes: &[RoleChange], expiry: &Expiry) -> Result<Signed<Root>, PublishError> {
     let current = current_root(repo)?;
     let mut next = current.signed.clone();
     next.version = current.signed.version.saturating_add(1);
@@ -149,7 +149,7 @@ pub async fn propose(repo: &Path, changes: &[RoleChange], expiry: &Expiry) -> Re
 
 /// Adds the signatures of `keys` to a candidate root. Each key must be a root key of the
 /// current root or of the candidate: any other signature would only be noise for clients.
-pub async fn add_signatures(repo: &Path, candidate: &mut Signed<Root>, keys: &[PathBuf]) -> Result<(), VendorError> {
+pub async fn add_signatures(repo: &Path, candidate: &mut Signed<Root>, keys: &[PathBuf]) -> Result<(), PublishError> {
     let current = current_root(repo)?;
     let data = candidate.signed.canonical_form().map_err(|e| tuf("the candidate root")(&e))?;
     let rng = SystemRandom::new();
@@ -157,7 +157,7 @@ pub async fn add_signatures(repo: &Path, candidate: &mut Signed<Root>, keys: &[P
         let sign = signer(file).await?;
         let is_root_key = |root: &Root| root.key_id(sign.as_ref()).filter(|id| root.roles.get(&RoleType::Root).is_some_and(|r| r.keyids.contains(id)));
         let Some(keyid) = is_root_key(&candidate.signed).or_else(|| is_root_key(&current.signed)) else {
-            return Err(VendorError::Usage(format!(
+            return Err(PublishError::Usage(format!(
                 "key {} is a root key of neither the current root (version {}) nor the new one",
                 file.display(),
                 current.signed.version
@@ -166,21 +166,21 @@ pub async fn add_signatures(repo: &Path, candidate: &mut Signed<Root>, keys: &[P
         if candidate.signatures.iter().any(|s| s.keyid == keyid) {
             continue;
         }
-        let sig = sign.sign(&data, &rng).await.map_err(|e| VendorError::Tuf { what: format!("signing with {}", file.display()), why: e.to_string() })?;
+        let sig = sign.sign(&data, &rng).await.map_err(|e| PublishError::Tuf { what: format!("signing with {}", file.display()), why: e.to_string() })?;
         candidate.signatures.push(Signature { keyid, sig: sig.into() });
     }
     Ok(())
 }
 
 /// Where a candidate root stands: what is still missing before it can be published.
-pub fn missing_signatures(repo: &Path, candidate: &Signed<Root>) -> Result<Vec<String>, VendorError> {
+pub fn missing_signatures(repo: &Path, candidate: &Signed<Root>) -> Result<Vec<String>, PublishError> {
     missing_against(&current_root(repo)?, candidate)
 }
 
-fn missing_against(current: &Signed<Root>, candidate: &Signed<Root>) -> Result<Vec<String>, VendorError> {
+fn missing_against(current: &Signed<Root>, candidate: &Signed<Root>) -> Result<Vec<String>, PublishError> {
     let mut missing = Vec::new();
     if candidate.signed.version.get() != current.signed.version.get() + 1 {
-        return Err(VendorError::Usage(format!(
+        return Err(PublishError::Usage(format!(
             "the candidate root is version {}, but the repository's newest root is version {}: a new root must be exactly the next version",
             candidate.signed.version, current.signed.version
         )));
@@ -196,16 +196,19 @@ fn missing_against(current: &Signed<Root>, candidate: &Signed<Root>) -> Result<V
 
 /// Publishes a fully signed candidate root, re-signing (with `keys`) the roles whose keys
 /// it changed.
-pub async fn publish_root(repo: &Path, candidate: &Signed<Root>, keys: &[PathBuf], expiry: &Expiry) -> Result<u64, VendorError> {
+pub async fn publish_root(repo: &Path, candidate: &Signed<Root>, keys: &[PathBuf], expiry: &Expiry) -> Result<u64, PublishError> {
     let current = current_root(repo)?;
     let missing = missing_against(&current, candidate)?;
     if !missing.is_empty() {
-        return Err(VendorError::Usage(format!("the new root is not signed by enough keys yet: {}; add them with `canup repo sign-root`", missing.join("; "))));
+        return Err(PublishError::Usage(format!(
+            "the new root is not signed by enough keys yet: {}; add them with `canup repo sign-root`",
+            missing.join("; ")
+        )));
     }
     let changed = |role: RoleType| current.signed.roles.get(&role) != candidate.signed.roles.get(&role);
     let from = [RoleType::Targets, RoleType::Snapshot, RoleType::Timestamp].into_iter().find(|r| changed(*r)).unwrap_or(RoleType::Root);
     if from != RoleType::Root && keys.is_empty() {
-        return Err(VendorError::Usage(format!(
+        return Err(PublishError::Usage(format!(
             "the new root changes the {from} keys, so {from} and what follows it must be re-signed in the same publication: pass their new keys with --key"
         )));
     }
@@ -214,19 +217,19 @@ pub async fn publish_root(repo: &Path, candidate: &Signed<Root>, keys: &[PathBuf
 }
 
 /// Writes a candidate root to a file, for the holders of the root keys to sign one by one.
-pub fn write_candidate(path: &Path, candidate: &Signed<Root>) -> Result<(), VendorError> {
+pub fn write_candidate(path: &Path, candidate: &Signed<Root>) -> Result<(), PublishError> {
     let bytes = serde_json::to_vec_pretty(candidate).map_err(|e| tuf("the candidate root")(&e))?;
     crate::durable::atomic_replace(path, &bytes).map_err(io(format!("writing {}", path.display())))
 }
 
-pub fn read_candidate(path: &Path) -> Result<Signed<Root>, VendorError> {
+pub fn read_candidate(path: &Path) -> Result<Signed<Root>, PublishError> {
     read_root(path)
 }
 
 /// The one-step rotation, when the vendor holds every key needed: proposes the change,
 /// signs it with `root_keys` (and with the new root keys when the root role changes), and
 /// publishes it. Returns the new root's version.
-pub async fn rotate(repo: &Path, changes: &[RoleChange], root_keys: &[PathBuf], keys: &[PathBuf], expiry: &Expiry) -> Result<u64, VendorError> {
+pub async fn rotate(repo: &Path, changes: &[RoleChange], root_keys: &[PathBuf], keys: &[PathBuf], expiry: &Expiry) -> Result<u64, PublishError> {
     let mut candidate = propose(repo, changes, expiry).await?;
     let mut signers = root_keys.to_vec();
     signers.extend(changes.iter().filter(|c| c.role == RoleType::Root).flat_map(|c| c.keys.clone()));
@@ -237,6 +240,6 @@ pub async fn rotate(repo: &Path, changes: &[RoleChange], root_keys: &[PathBuf], 
 
 /// Replaces the root keys: `N+1.root.json` signed by the old keys and the new ones. The old
 /// keys can sign nothing after it (unless another role still uses them).
-pub async fn rotate_root(repo: &Path, old_keys: &[PathBuf], new_keys: &[PathBuf], expiry: &Expiry) -> Result<u64, VendorError> {
+pub async fn rotate_root(repo: &Path, old_keys: &[PathBuf], new_keys: &[PathBuf], expiry: &Expiry) -> Result<u64, PublishError> {
     rotate(repo, &[RoleChange { role: RoleType::Root, keys: new_keys.to_vec(), threshold: None }], old_keys, &[], expiry).await
 }

@@ -1,6 +1,6 @@
-//! The vendor's side of the repository: keys, initialisation, publishing releases, signing,
-//! timestamp refresh and key rotation. Metadata is built from tough's schema types and signed
-//! with tough's `SignedRole`, so the files are exactly what tough's client verifies; the
+//! The publisher's side of the repository, what the vendor runs: keys, initialisation,
+//! publishing releases, signing, timestamp refresh and key rotation. Metadata is built from
+//! tough's schema types and signed with tough's `SignedRole`, so the files are exactly what tough's client verifies; the
 //! editor is not used because it refuses metadata whose `spec_version` is not "1.0.0", and
 //! the vendor commands must keep working on a repository another conforming implementation
 //! wrote (python-tuf writes "1.0.31").
@@ -11,6 +11,7 @@
 //! ceremony are in [`root`].
 
 pub mod keys;
+mod release;
 pub mod root;
 
 use std::collections::HashMap;
@@ -20,7 +21,6 @@ use std::path::{Path, PathBuf};
 
 use aws_lc_rs::rand::SystemRandom;
 use jiff::{SignedDuration, Timestamp, Unit};
-use semver::Version;
 use thiserror::Error;
 use tough::editor::signed::SignedRole;
 use tough::schema::decoded::Decoded;
@@ -28,14 +28,14 @@ use tough::schema::{Hashes, KeyHolder, Metafile, RoleType, Root, Signed, Snapsho
 use tough::{ExpirationEnforcement, IntoVec, RepositoryLoader, TargetName};
 use url::Url;
 
-use super::index::{Barrier, INDEX_FORMAT, INDEX_TARGET, Index, IndexData, IndexStep, Release, SharedSteps};
-use crate::manifest::ReleaseSteps;
-use crate::{error_chain, sha256_hex};
+use super::index::{INDEX_FORMAT, INDEX_TARGET, Index};
+use crate::error_chain;
 pub use keys::{key_id, keygen};
+pub use release::{Published, add_release, add_shared, read_data_dir, set_barrier, widen, withdraw};
 pub use root::{RoleChange, Thresholds, init, rotate_root};
 
 #[derive(Debug, Error)]
-pub enum VendorError {
+pub enum PublishError {
     #[error("{0}")]
     Usage(String),
     #[error("{what}: {source}")]
@@ -44,13 +44,13 @@ pub enum VendorError {
     Tuf { what: String, why: String },
 }
 
-fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> VendorError {
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> PublishError {
     let what = what.into();
-    move |source| VendorError::Io { what, source }
+    move |source| PublishError::Io { what, source }
 }
 
-fn tuf(what: &str) -> impl FnOnce(&dyn std::fmt::Display) -> VendorError + '_ {
-    move |e| VendorError::Tuf { what: what.to_owned(), why: e.to_string() }
+fn tuf(what: &str) -> impl FnOnce(&dyn std::fmt::Display) -> PublishError + '_ {
+    move |e| PublishError::Tuf { what: what.to_owned(), why: e.to_string() }
 }
 
 /// How long each role's signature stays valid: the timestamp is short (a cron job refreshes
@@ -69,7 +69,7 @@ impl Default for Expiry {
     }
 }
 
-fn in_days(days: i64) -> Result<Timestamp, VendorError> {
+fn in_days(days: i64) -> Result<Timestamp, PublishError> {
     (Timestamp::now() + SignedDuration::from_hours(24 * days)).round(Unit::Second).map_err(|e| tuf("expiry date")(&e))
 }
 
@@ -83,7 +83,7 @@ fn targets_dir(repo: &Path) -> PathBuf {
 
 /// Where new metadata is written before it goes live: beside `metadata/`, on the same file
 /// system, so that going live is a rename.
-fn staging_dir(repo: &Path) -> Result<tempfile::TempDir, VendorError> {
+fn staging_dir(repo: &Path) -> Result<tempfile::TempDir, PublishError> {
     tempfile::Builder::new().prefix(".staging-").tempdir_in(repo).map_err(io(format!("creating a staging directory in {}", repo.display())))
 }
 
@@ -91,7 +91,7 @@ fn staging_dir(repo: &Path) -> Result<tempfile::TempDir, VendorError> {
 /// meanwhile never sees a torn file or a timestamp naming a snapshot not there yet: each file
 /// is renamed into place (atomic), versioned files first, `timestamp.json` last — the order
 /// TUF clients read backwards from.
-fn move_into_place(staging: &Path, metadata: &Path) -> Result<(), VendorError> {
+fn move_into_place(staging: &Path, metadata: &Path) -> Result<(), PublishError> {
     let mut files: Vec<PathBuf> =
         fs::read_dir(staging).map_err(io(format!("reading {}", staging.display())))?.filter_map(Result::ok).map(|e| e.path()).collect();
     let rank = |p: &PathBuf| match p.file_name().and_then(|n| n.to_str()) {
@@ -119,7 +119,7 @@ pub struct RoleKeyFiles {
 }
 
 /// The newest `N.root.json` of a repository and its N.
-fn latest_root(repo: &Path) -> Result<(PathBuf, u64), VendorError> {
+fn latest_root(repo: &Path) -> Result<(PathBuf, u64), PublishError> {
     let dir = metadata_dir(repo);
     let entries = fs::read_dir(&dir).map_err(io(format!("reading {}", dir.display())))?;
     entries
@@ -130,31 +130,31 @@ fn latest_root(repo: &Path) -> Result<(PathBuf, u64), VendorError> {
             Some((e.path(), n))
         })
         .max_by_key(|(_, n)| *n)
-        .ok_or_else(|| VendorError::Usage(format!("{} holds no N.root.json: run `canup repo init` first", dir.display())))
+        .ok_or_else(|| PublishError::Usage(format!("{} holds no N.root.json: run `canup repo init` first", dir.display())))
 }
 
 /// The repository as its own vendor sees it: trusted from its first root, expired metadata
 /// accepted (so that it can be refreshed).
-async fn load_own(repo: &Path) -> Result<tough::Repository, VendorError> {
+async fn load_own(repo: &Path) -> Result<tough::Repository, PublishError> {
     let first = fs::read(metadata_dir(repo).join("1.root.json")).map_err(io(format!("reading {}/metadata/1.root.json", repo.display())))?;
     let url = |dir: PathBuf| {
         let dir = dir.canonicalize().map_err(io(format!("{}", dir.display())))?;
-        Url::from_directory_path(&dir).map_err(|_| VendorError::Usage(format!("{} is not an absolute directory", dir.display())))
+        Url::from_directory_path(&dir).map_err(|_| PublishError::Usage(format!("{} is not an absolute directory", dir.display())))
     };
     RepositoryLoader::new(&first, url(metadata_dir(repo))?, url(targets_dir(repo))?)
         .expiration_enforcement(ExpirationEnforcement::Unsafe)
         .load()
         .await
-        .map_err(|e| VendorError::Tuf { what: format!("loading {}", repo.display()), why: error_chain(&e) })
+        .map_err(|e| PublishError::Tuf { what: format!("loading {}", repo.display()), why: error_chain(&e) })
 }
 
 /// The current index of a repository.
-pub async fn read_index(repo: &Path) -> Result<Index, VendorError> {
+pub async fn read_index(repo: &Path) -> Result<Index, PublishError> {
     let loaded = load_own(repo).await?;
     read_index_of(&loaded).await
 }
 
-async fn read_index_of(loaded: &tough::Repository) -> Result<Index, VendorError> {
+async fn read_index_of(loaded: &tough::Repository) -> Result<Index, PublishError> {
     let name = TargetName::new(INDEX_TARGET).map_err(|e| tuf("index name")(&e))?;
     let stream = loaded.read_target(&name).await.map_err(|e| tuf("reading the index")(&e))?;
     let bytes = match stream {
@@ -165,13 +165,13 @@ async fn read_index_of(loaded: &tough::Repository) -> Result<Index, VendorError>
 }
 
 /// Publishes `index` as it is (the other vendor commands edit it first).
-pub async fn publish_index(repo: &Path, keys: &[PathBuf], expiry: &Expiry, index: &Index) -> Result<(), VendorError> {
+pub async fn publish_index(repo: &Path, keys: &[PathBuf], expiry: &Expiry, index: &Index) -> Result<(), PublishError> {
     publish(repo, keys, expiry, index, &[]).await
 }
 
 /// Writes `index` and `files` as targets and signs targets, snapshot and timestamp with new
 /// versions and expiries.
-async fn publish(repo: &Path, keys: &[PathBuf], expiry: &Expiry, index: &Index, files: &[(String, Vec<u8>)]) -> Result<(), VendorError> {
+async fn publish(repo: &Path, keys: &[PathBuf], expiry: &Expiry, index: &Index, files: &[(String, Vec<u8>)]) -> Result<(), PublishError> {
     republish(repo, None, keys, expiry, RoleType::Targets, Some((index, files))).await.map(|_| ())
 }
 
@@ -189,7 +189,7 @@ async fn republish(
     expiry: &Expiry,
     from: RoleType,
     edit: Option<TargetsEdit<'_>>,
-) -> Result<Option<u64>, VendorError> {
+) -> Result<Option<u64>, PublishError> {
     let current = Current::read(repo).await?;
     let root = new_root.unwrap_or(&current.root);
     let consistent = root.signed.consistent_snapshot;
@@ -282,7 +282,7 @@ struct Current {
 impl Current {
     /// The newest root file, and the rest as tough's client verifies it (expired accepted,
     /// so that it can be refreshed); a repository with no targets yet has only a root.
-    async fn read(repo: &Path) -> Result<Self, VendorError> {
+    async fn read(repo: &Path) -> Result<Self, PublishError> {
         let (root_path, _) = latest_root(repo)?;
         let root: Signed<Root> = serde_json::from_slice(&fs::read(&root_path).map_err(io(format!("reading {}", root_path.display())))?)
             .map_err(|e| tuf(&format!("parsing {}", root_path.display()))(&e))?;
@@ -291,7 +291,7 @@ impl Current {
         }
         let loaded = load_own(repo).await?;
         if loaded.targets().signed.delegations.as_ref().is_some_and(|d| !d.roles.is_empty()) {
-            return Err(VendorError::Usage(format!(
+            return Err(PublishError::Usage(format!(
                 "{} delegates targets to other roles; canup's vendor commands edit only top-level targets",
                 repo.display()
             )));
@@ -299,7 +299,7 @@ impl Current {
         Ok(Self { root, targets: Some(loaded.targets().clone()), snapshot: Some(loaded.snapshot().clone()), timestamp: Some(loaded.timestamp().clone()) })
     }
 
-    fn next_targets(&self, expiry: &Expiry) -> Result<Targets, VendorError> {
+    fn next_targets(&self, expiry: &Expiry) -> Result<Targets, PublishError> {
         let expires = in_days(expiry.targets_days)?;
         Ok(match &self.targets {
             Some(t) => Targets { version: t.signed.version.saturating_add(1), expires, ..t.signed.clone() },
@@ -309,7 +309,7 @@ impl Current {
 
     /// The next snapshot: naming `targets` when targets were re-signed, the same targets
     /// otherwise.
-    fn next_snapshot(&self, targets: Option<Metafile>, expiry: &Expiry) -> Result<Snapshot, VendorError> {
+    fn next_snapshot(&self, targets: Option<Metafile>, expiry: &Expiry) -> Result<Snapshot, PublishError> {
         let expires = in_days(expiry.snapshot_days)?;
         let mut snapshot = match &self.snapshot {
             Some(s) => Snapshot { version: s.signed.version.saturating_add(1), expires, ..s.signed.clone() },
@@ -321,7 +321,7 @@ impl Current {
         Ok(snapshot)
     }
 
-    fn next_timestamp(&self, snapshot: Option<Metafile>, days: i64) -> Result<TimestampRole, VendorError> {
+    fn next_timestamp(&self, snapshot: Option<Metafile>, days: i64) -> Result<TimestampRole, PublishError> {
         let expires = in_days(days)?;
         let mut timestamp = match &self.timestamp {
             Some(t) => TimestampRole { version: t.signed.version.saturating_add(1), expires, ..t.signed.clone() },
@@ -355,251 +355,27 @@ struct Signer<'a> {
 }
 
 impl Signer<'_> {
-    async fn sign<T: tough::schema::Role + serde::Serialize>(&self, role: T, name: &str) -> Result<SignedRole<T>, VendorError> {
+    async fn sign<T: tough::schema::Role + serde::Serialize>(&self, role: T, name: &str) -> Result<SignedRole<T>, PublishError> {
         let version = role.version();
         let signed = SignedRole::new(role, &KeyHolder::Root(self.root.clone()), &keys::sources(self.keys), &SystemRandom::new())
             .await
-            .map_err(|e| VendorError::Tuf { what: format!("signing {name} (are its keys among --key, as many as its threshold?)"), why: error_chain(&e) })?;
+            .map_err(|e| PublishError::Tuf { what: format!("signing {name} (are its keys among --key, as many as its threshold?)"), why: error_chain(&e) })?;
         let file = if self.consistent && name != "timestamp" { format!("{version}.{name}.json") } else { format!("{name}.json") };
         fs::write(self.staging.join(&file), signed.buffer()).map_err(io(format!("staging {file}")))?;
         Ok(signed)
     }
 }
 
-/// Index entries for the steps of one `step.toml` implemented by `module`, published as the
-/// target `target`.
-fn index_steps(steps: &ReleaseSteps, module: &[u8], target: &str) -> Vec<IndexStep> {
-    let sha256 = sha256_hex(module);
-    steps
-        .steps
-        .iter()
-        .map(|m| IndexStep { api: steps.api.clone(), module: target.to_owned(), sha256: sha256.clone(), length: module.len() as u64, manifest: m.clone() })
-        .collect()
-}
-
-/// The target name of a shared module: content-addressed, so that a registration updated
-/// with the same module reuses the file.
-fn shared_target(module: &[u8]) -> String {
-    format!("shared-{}.wasm", &sha256_hex(module)[..16])
-}
-
-/// What publishing a release or registering shared steps did, for the vendor to read.
-#[derive(Debug, Default)]
-pub struct Published {
-    /// The shared registrations a release got (their step ids).
-    pub shared: Vec<String>,
-    /// The releases a registration was republished in.
-    pub releases: Vec<Version>,
-}
-
-/// Adds (or replaces) a release: its own steps (`release`, implemented by `module`, published
-/// as `release-VERSION.wasm`), every registered shared step whose range covers it, and its
-/// `data` files (`data-SHA`). Refused when an install would get no `update` step
-/// ([`Index::check_update`]) or when an own step reuses a shared step's id.
-pub async fn add_release(
-    repo: &Path,
-    keys: &[PathBuf],
-    expiry: &Expiry,
-    release: &ReleaseSteps,
-    published: &str,
-    module: Option<&[u8]>,
-    data: &[(String, Vec<u8>)],
-) -> Result<Published, VendorError> {
-    let version = release.release.clone().ok_or_else(|| VendorError::Usage("a release's step.toml names its `release`".into()))?;
-    let mut index = read_index(repo).await?;
-    let mut steps = Vec::new();
-    let mut files = Vec::new();
-    match (module, release.steps.is_empty()) {
-        (Some(module), _) => {
-            let target = format!("release-{version}.wasm");
-            steps.extend(index_steps(release, module, &target));
-            files.push((target, module.to_vec()));
-        }
-        (None, true) => {}
-        (None, false) => return Err(VendorError::Usage(format!("release {version} declares steps: pass the --module implementing them"))),
-    }
-    let mut report = Published::default();
-    for shared in index.shared.iter().filter(|s| s.covers(&version)) {
-        if let Some(clash) = shared.steps.iter().find(|s| steps.iter().any(|own: &IndexStep| own.manifest.id == s.manifest.id)) {
-            return Err(VendorError::Usage(format!(
-                "release {version} has its own step {}, which is also a registered shared step: rename the release's step",
-                clash.manifest.id
-            )));
-        }
-        steps.extend(shared.steps.iter().cloned());
-        report.shared.push(shared.ids());
-    }
-    if steps.is_empty() {
-        return Err(VendorError::Usage(format!("release {version} has no step, own or shared")));
-    }
-    let mut data_entries = Vec::new();
-    for (name, bytes) in data {
-        check_data_name(name)?;
-        let sha256 = sha256_hex(bytes);
-        // Content-addressed: the same reference file shipped by several releases is stored once.
-        let target = format!("data-{}", &sha256[..32]);
-        data_entries.push(IndexData { name: name.clone(), target: target.clone(), sha256, length: bytes.len() as u64 });
-        if !files.iter().any(|(t, _)| t == &target) {
-            files.push((target, bytes.clone()));
-        }
-    }
-    let entry = Release {
-        version: version.clone(),
-        published: published.to_owned(),
-        withdrawn: None,
-        barrier: None,
-        steps,
-        no_update: release.no_update.clone(),
-        data: data_entries,
-        waived: release.waive.clone(),
-    };
-    index.check_update(&entry).map_err(VendorError::Usage)?;
-    index.check_roles(&entry).map_err(VendorError::Usage)?;
-    index.upsert(entry);
-    publish(repo, keys, expiry, &index, &files).await?;
-    Ok(report)
-}
-
-/// Registers shared steps (`shared` declares the range it `applies` to; `module` implements
-/// them) and republishes them in every release of the repository: releases in the range get
-/// the new version, releases that had an earlier registration of these steps and are no
-/// longer in the range lose them. A registration sharing a step id with an earlier one
-/// replaces it. Refused, with nothing written, when a release would be left without an
-/// `update` step.
-pub async fn add_shared(repo: &Path, keys: &[PathBuf], expiry: &Expiry, shared: &ReleaseSteps, module: &[u8]) -> Result<Published, VendorError> {
-    let applies = shared.applies.clone().ok_or_else(|| VendorError::Usage("shared steps declare the releases they `applies` to".into()))?;
-    if shared.steps.is_empty() {
-        return Err(VendorError::Usage("the shared step.toml declares no step".into()));
-    }
-    let index = read_index(repo).await?;
-    let target = shared_target(module);
-    let registration = SharedSteps { applies, role: shared.role.clone(), steps: index_steps(shared, module, &target) };
-    register(repo, keys, expiry, index, registration, &[(target, module.to_vec())]).await
-}
-
-/// Gives the registration holding `step` the range `applies`, with the module already in the
-/// repository: the vendor extends an era without a rebuild, and every release of the new range
-/// gets the steps (those left out of it lose them, as with `add-shared`).
-pub async fn widen(repo: &Path, keys: &[PathBuf], expiry: &Expiry, step: &str, applies: semver::VersionReq) -> Result<Published, VendorError> {
-    let index = read_index(repo).await?;
-    let Some(current) = index.shared.iter().find(|s| s.steps.iter().any(|st| st.manifest.id == step)) else {
-        let known: Vec<String> = index.shared.iter().map(|s| s.ids()).collect();
-        return Err(VendorError::Usage(format!("no registration holds step {step}; registered: {}", known.join("; "))));
-    };
-    let registration = SharedSteps { applies, ..current.clone() };
-    register(repo, keys, expiry, index, registration, &[]).await
-}
-
-/// Puts `registration` in the index in place of any holding the same step ids, republishes
-/// every release it now covers or used to, and signs with `files` (its module, when new).
-async fn register(
-    repo: &Path,
-    keys: &[PathBuf],
-    expiry: &Expiry,
-    mut index: Index,
-    registration: SharedSteps,
-    files: &[(String, Vec<u8>)],
-) -> Result<Published, VendorError> {
-    let new_ids: Vec<&str> = registration.steps.iter().map(|s| s.manifest.id.as_str()).collect();
-    let (replaced, kept): (Vec<SharedSteps>, Vec<SharedSteps>) =
-        std::mem::take(&mut index.shared).into_iter().partition(|r| r.steps.iter().any(|s| new_ids.contains(&s.manifest.id.as_str())));
-    index.shared = kept;
-    let mut ids: Vec<String> = new_ids.iter().map(|id| (*id).to_owned()).collect();
-    ids.extend(replaced.iter().flat_map(|r| r.steps.iter().map(|s| s.manifest.id.clone())));
-    let earlier: Vec<&str> = replaced.iter().flat_map(|r| r.steps.iter().map(|s| s.module.as_str())).collect();
-    // Which of a release's steps came from the registration replaced: the module says (shared
-    // targets); an own step with a shared id is refused when the release is published.
-    let from_earlier = |s: &IndexStep| ids.contains(&s.manifest.id) && earlier.contains(&s.module.as_str());
-    let mut report = Published::default();
-    for release in &mut index.releases {
-        let had = release.steps.iter().any(from_earlier);
-        let covered = registration.covers(&release.version);
-        if !had && !covered {
-            continue;
-        }
-        if let Some(own) = release.steps.iter().find(|s| new_ids.contains(&s.manifest.id.as_str()) && !earlier.contains(&s.module.as_str())) {
-            return Err(VendorError::Usage(format!(
-                "release {} has its own step {}, which these shared steps would duplicate: nothing was registered",
-                release.version, own.manifest.id
-            )));
-        }
-        release.steps.retain(|s| !from_earlier(s));
-        if covered {
-            release.steps.extend(registration.steps.iter().cloned());
-        }
-        report.releases.push(release.version.clone());
-    }
-    report.shared.push(registration.ids());
-    index.shared.push(registration);
-    for release in index.releases.iter().filter(|r| r.withdrawn.is_none()) {
-        index.check_update(release).map_err(|e| VendorError::Usage(format!("{e}; nothing was registered")))?;
-        index.check_roles(release).map_err(|e| VendorError::Usage(format!("{e}; nothing was registered")))?;
-    }
-    publish(repo, keys, expiry, &index, files).await?;
-    Ok(report)
-}
-
-/// Data names are relative paths of plain components, so that a step asking for
-/// `compose/.env` can never be handed something named outside the release's data.
-fn check_data_name(name: &str) -> Result<(), VendorError> {
-    let ok = !name.is_empty()
-        && name.split('/').all(|c| !c.is_empty() && c != "." && c != ".." && c.chars().all(|ch| ch.is_ascii_alphanumeric() || "._-".contains(ch)));
-    if ok { Ok(()) } else { Err(VendorError::Usage(format!("data file name {name:?} must be a relative path of letters, digits, '.', '_' and '-'"))) }
-}
-
-/// Every file under `dir` as (relative name, bytes), sorted by name: a release's data directory.
-pub fn read_data_dir(dir: &Path) -> Result<Vec<(String, Vec<u8>)>, VendorError> {
-    fn walk(base: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>)>) -> Result<(), VendorError> {
-        let entries = fs::read_dir(dir).map_err(io(format!("reading data directory {}", dir.display())))?;
-        for entry in entries {
-            let path = entry.map_err(io(format!("reading data directory {}", dir.display())))?.path();
-            if path.is_dir() {
-                walk(base, &path, out)?;
-            } else {
-                let name = path.strip_prefix(base).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
-                out.push((name, fs::read(&path).map_err(io(format!("reading data file {}", path.display())))?));
-            }
-        }
-        Ok(())
-    }
-    let mut out = Vec::new();
-    walk(dir, dir, &mut out)?;
-    out.sort();
-    Ok(out)
-}
-
-/// Marks a release withdrawn: operators are told why and it is never planned.
-pub async fn withdraw(repo: &Path, keys: &[PathBuf], expiry: &Expiry, version: &Version, reason: &str) -> Result<(), VendorError> {
-    edit_release(repo, keys, expiry, version, |r| r.withdrawn = Some(reason.to_owned())).await
-}
-
-/// Makes a release a migration barrier (the index then requires the `barriers` feature).
-pub async fn set_barrier(repo: &Path, keys: &[PathBuf], expiry: &Expiry, version: &Version, barrier: Barrier) -> Result<(), VendorError> {
-    if !barrier.url.starts_with("https://") {
-        return Err(VendorError::Usage(format!("the migration guide's URL {:?} must be an https:// address operators can open", barrier.url)));
-    }
-    edit_release(repo, keys, expiry, version, |r| r.barrier = Some(barrier)).await
-}
-
-/// Changes one published release's entry and re-signs.
-async fn edit_release(repo: &Path, keys: &[PathBuf], expiry: &Expiry, version: &Version, edit: impl FnOnce(&mut Release)) -> Result<(), VendorError> {
-    let mut index = read_index(repo).await?;
-    let release =
-        index.releases.iter_mut().find(|r| &r.version == version).ok_or_else(|| VendorError::Usage(format!("the repository has no release {version}")))?;
-    edit(release);
-    publish(repo, keys, expiry, &index, &[]).await
-}
-
 /// Re-signs targets, snapshot and timestamp with fresh versions and expiries.
-pub async fn sign(repo: &Path, keys: &[PathBuf], expiry: &Expiry) -> Result<(), VendorError> {
+pub async fn sign(repo: &Path, keys: &[PathBuf], expiry: &Expiry) -> Result<(), PublishError> {
     let index = read_index(repo).await?;
     publish(repo, keys, expiry, &index, &[]).await
 }
 
 /// Signs a new timestamp for the current snapshot: what a cron job runs so that clients can
 /// tell a live repository from a frozen one. Needs only the timestamp key.
-pub async fn refresh_timestamp(repo: &Path, timestamp_keys: &[PathBuf], days: i64) -> Result<u64, VendorError> {
+pub async fn refresh_timestamp(repo: &Path, timestamp_keys: &[PathBuf], days: i64) -> Result<u64, PublishError> {
     let expiry = Expiry { timestamp_days: days, ..Expiry::default() };
     let version = republish(repo, None, timestamp_keys, &expiry, RoleType::Timestamp, None).await?;
-    version.ok_or_else(|| VendorError::Usage(format!("{} has no timestamp yet: run `canup repo init` first", repo.display())))
+    version.ok_or_else(|| PublishError::Usage(format!("{} has no timestamp yet: run `canup repo init` first", repo.display())))
 }
