@@ -187,3 +187,48 @@ async fn a_destination_without_space_stops_the_plan_before_any_change() {
     assert_eq!(history_json(&h), serde_json::json!([]), "no run started");
     assert_eq!(std::fs::read_dir(small.path()).unwrap().count(), 0, "nothing written to the destination");
 }
+
+/// What the operator changed after a failed run is not undone behind their back: a package
+/// installed again after the run's last record, and a later run, each make `canup rollback`
+/// refuse, naming it, with nothing changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_is_refused_once_the_host_changed_after_the_run() {
+    let pg = Postgres::start().unwrap();
+    let h = site(&pg, "rollback_changed", "").await;
+    h.sim.write("/var/lib/canup-sim/fail-systemctl", "").unwrap();
+    let out = h.run(&["apply", "--to", "23.04.14", "--yes", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let run = result["run"].as_str().unwrap().to_owned();
+    // rpm records install times in seconds: the operator's reinstall comes later.
+    std::thread::sleep(Duration::from_millis(2100));
+    let webui = packages::package(&packages::repository().unwrap(), "rhel8", "canopsis-webui", "23.04.14").unwrap();
+    let reinstalled = packages::rpm(h.sim.root()).args(["-U", "--replacepkgs", "--nodeps", "--noscripts"]).arg(&webui).output().unwrap();
+    assert!(reinstalled.status.success(), "{}", String::from_utf8_lossy(&reinstalled.stderr));
+    let before = h.sim.snapshot().unwrap();
+    let rows = pg.sql_in("rollback_changed", ROWS).unwrap();
+    let refused = h.run(&["rollback", &run, "--yes"]);
+    assert_eq!(refused.status.code(), Some(16), "{}", text(&refused));
+    assert!(
+        text(&refused).contains("packages changed after the run's last record") && text(&refused).contains("canopsis-webui-23.04.14"),
+        "{}",
+        text(&refused)
+    );
+    assert_eq!(h.sim.snapshot().unwrap(), before, "nothing changed");
+    assert_eq!(pg.sql_in("rollback_changed", ROWS).unwrap(), rows, "no database restored");
+    assert!(history_json(&h)[0]["rollback"].is_null(), "no rollback journaled");
+
+    // A run after the one rolled back: undoing the first would undo the second too.
+    let h = site(&pg, "rollback_later", "").await;
+    let first = h.run(&["apply", "--to", "23.04.13", "--yes", "--json"]);
+    assert!(first.status.success(), "{}", text(&first));
+    let run: serde_json::Value = serde_json::from_slice(&first.stdout).unwrap();
+    let run = run["run"].as_str().unwrap().to_owned();
+    let second = h.run(&["apply", "--to", "23.04.14", "--yes"]);
+    assert!(second.status.success(), "{}", text(&second));
+    let before = h.sim.snapshot().unwrap();
+    let refused = h.run(&["rollback", &run, "--yes"]);
+    assert_eq!(refused.status.code(), Some(16), "{}", text(&refused));
+    assert!(text(&refused).contains("started after it") && text(&refused).contains("canup rolls back the newest run only"), "{}", text(&refused));
+    assert_eq!(h.sim.snapshot().unwrap(), before, "nothing changed");
+}
