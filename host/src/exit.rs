@@ -1,6 +1,7 @@
 //! canup's exit codes: part of the operator's contract (scripts and the Ansible role branch on
 //! them), so they are listed once, here. `--help` and the man page print [`ExitCode::help`];
-//! a test checks the README's table against [`ExitCode::markdown_table`].
+//! a test checks the operator guide's table (`docs/operator-guide.md`) against
+//! [`ExitCode::markdown_table`].
 
 /// Why canup stopped, as the process exit status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,7 +121,7 @@ impl ExitCode {
         text
     }
 
-    /// The README's table.
+    /// The operator guide's table.
     pub fn markdown_table() -> String {
         let mut text = String::from("| code | meaning |\n| --- | --- |\n");
         for c in Self::ALL {

@@ -97,6 +97,16 @@ impl Host {
         shown
     }
 
+    /// Waits for a stub the test froze (`/var/lib/canup-sim/block-NAME`) to say it is blocked.
+    pub fn wait_blocked(&self, name: &str) {
+        let marker = self.sim.path(&format!("/var/lib/canup-sim/blocked-{name}"));
+        let start = std::time::Instant::now();
+        while !marker.exists() {
+            assert!(start.elapsed() < std::time::Duration::from_secs(120), "{name} never started");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// Rewrites a line of canup.toml (an endpoint's URL, say).
     pub fn edit_config(&self, from: &str, to: &str) {
         let text = std::fs::read_to_string(&self.config).unwrap();

@@ -318,16 +318,6 @@ async fn dry_run_changes_nothing_and_lists_what_the_real_run_does() {
     assert_eq!(listed, executed);
 }
 
-/// Waits for a stub to report that it is blocked.
-fn wait_blocked(h: &Host, name: &str) {
-    let marker = h.sim.path(&format!("/var/lib/canup-sim/blocked-{name}"));
-    let start = Instant::now();
-    while !marker.exists() {
-        assert!(start.elapsed() < Duration::from_secs(60), "{name} never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// The operator re-runs `apply` while the program the killed run started (`program`, held by
 /// the simulated host) still runs: the resumed run must wait for it; then the program is let
 /// go. Returns the resumed run's status and output.
@@ -355,7 +345,7 @@ async fn a_kill_mid_step_resumes_and_each_step_completes_once() {
     let h = host(Spec { version: "3.38.0".into(), edition: Edition::Cat, method: Method::Packages, ..Spec::default() }).await;
     h.sim.write("/var/lib/canup-sim/block-init", "").unwrap();
     let mut child = h.canup(&["apply", "--to", "3.40.0", "--yes", "--accept-manual"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-    wait_blocked(&h, "init");
+    h.wait_blocked("init");
     // A second apply meanwhile is refused.
     let second = h.run(&["apply", "--to", "3.40.0", "--yes", "--accept-manual"]);
     assert_eq!(second.status.code(), Some(6), "{}", text(&second));
@@ -483,7 +473,7 @@ async fn a_kill_during_the_package_update_leaves_exactly_one_dnf_transaction() {
     let h = host(Spec { version: "3.39.1".into(), edition: Edition::Cat, method: Method::Packages, ..Spec::default() }).await;
     h.sim.write("/var/lib/canup-sim/block-yum", "").unwrap();
     let mut child = h.canup(&["apply", "--to", "3.40.0", "--yes", "--accept-manual"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-    wait_blocked(&h, "yum");
+    h.wait_blocked("yum");
     child.kill().unwrap();
     child.wait().unwrap();
     let (status, resumed) = resume_while_blocked(&h, "yum");
@@ -500,7 +490,7 @@ async fn a_command_whose_receipt_shell_died_with_canup_runs_again_with_a_warning
     let h = host(Spec { version: "3.38.0".into(), edition: Edition::Cat, method: Method::Packages, ..Spec::default() }).await;
     h.sim.write("/var/lib/canup-sim/block-canoctl", "").unwrap();
     let mut child = h.canup(&["apply", "--to", "3.40.0", "--yes", "--accept-manual"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-    wait_blocked(&h, "canoctl");
+    h.wait_blocked("canoctl");
     // What a power cut does: canup, the receipt's shell and the command all die at once.
     let pid: i32 = h.sim.read("/var/lib/canup-sim/blocked-canoctl").unwrap().trim().parse().unwrap();
     let group = nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid))).unwrap();

@@ -1,6 +1,6 @@
-//! The catalogue as operators and the vendor see it: every release from 4.0.0 to 23.10.8
-//! published, with the README's table, the simulated package repository and the workspace kept
-//! equal to what `steps/` holds.
+//! The catalogue as operators and the vendor see it: every release from 3.37.0 to 24.04.3
+//! published, with the table of `docs/catalogue.md`, the simulated package repository and the
+//! workspace kept equal to what `steps/` holds.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -20,7 +20,7 @@ async fn index() -> canup::repository::Index {
     repo.index().await.unwrap()
 }
 
-/// The README table: one row per published release, what canup does for it.
+/// The catalogue page's table: one row per published release, what canup does for it.
 fn table(index: &canup::repository::Index) -> String {
     let mut out = String::from("| release | published | what canup does |\n| --- | --- | --- |\n");
     let shared_ids: BTreeSet<String> = index.shared.iter().flat_map(|s| s.steps.iter().map(|st| st.manifest.id.clone())).collect();
@@ -56,7 +56,7 @@ fn table(index: &canup::repository::Index) -> String {
 }
 
 #[tokio::test]
-async fn the_readme_lists_every_published_release_with_what_canup_does() {
+async fn the_catalogue_page_lists_every_published_release_with_what_canup_does() {
     let index = index().await;
     let versions: Vec<String> = index.releases.iter().map(|r| text(&r.version)).collect();
     for must in ["4.0.0", "4.3.1", "4.5.12", "22.10.3", "23.04.10", "23.10.8", "24.04.3"] {
@@ -66,17 +66,18 @@ async fn the_readme_lists_every_published_release_with_what_canup_does() {
     assert_eq!(catalogue.barrier.len(), 10);
     assert_eq!(catalogue.withdrawn.len(), 3);
     let table = table(&index);
-    let path = workspace_dir().join("README.md");
-    let readme = std::fs::read_to_string(&path).unwrap();
-    let (start, end) = (readme.find(BEGIN).expect("README has the catalogue markers"), readme.find(END).expect("README has the catalogue end marker"));
-    let current = &readme[start + BEGIN.len()..end];
+    let path = workspace_dir().join("docs/catalogue.md");
+    let page = std::fs::read_to_string(&path).unwrap();
+    let start = page.find(BEGIN).expect("docs/catalogue.md has the catalogue markers");
+    let end = page.find(END).expect("docs/catalogue.md has the catalogue end marker");
+    let current = &page[start + BEGIN.len()..end];
     let wanted = format!("\n{table}");
     if current != wanted {
         if std::env::var_os("CANUP_BLESS").is_some() {
-            std::fs::write(&path, format!("{}{wanted}{}", &readme[..start + BEGIN.len()], &readme[end..])).unwrap();
+            std::fs::write(&path, format!("{}{wanted}{}", &page[..start + BEGIN.len()], &page[end..])).unwrap();
             return;
         }
-        panic!("the README's catalogue table is not what steps/ publishes; rerun with CANUP_BLESS=1 and review:\n{table}");
+        panic!("the catalogue table of docs/catalogue.md is not what steps/ publishes; rerun with CANUP_BLESS=1 and review:\n{table}");
     }
 }
 

@@ -205,10 +205,10 @@ async fn a_bad_policy_names_the_key_and_line_with_exit_2() {
     assert!(s.sim.calls().unwrap().is_empty());
 }
 
-/// The exit codes are listed once (`canup::exit::ExitCode`); help, man page and README say
-/// exactly that.
+/// The exit codes are listed once (`canup::exit::ExitCode`); help, man page and the operator
+/// guide's table say exactly that.
 #[test]
-fn help_man_page_and_readme_list_the_exit_codes_of_exit_rs() {
+fn help_man_page_and_operator_guide_list_the_exit_codes_of_exit_rs() {
     use canup::exit::ExitCode;
     let out = Command::new(canup_bin()).arg("--help").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
@@ -218,8 +218,8 @@ fn help_man_page_and_readme_list_the_exit_codes_of_exit_rs() {
     for c in ExitCode::ALL {
         assert!(page.contains(&format!("{:>2}  {}", c.code(), c.meaning())), "the man page lacks exit code {}: {page}", c.code());
     }
-    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md")).unwrap();
-    assert!(readme.contains(&ExitCode::markdown_table()), "README's exit code table differs from host/src/exit.rs:\n{}", ExitCode::markdown_table());
+    let guide = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/operator-guide.md")).unwrap();
+    assert!(guide.contains(&ExitCode::markdown_table()), "docs/operator-guide.md's exit code table differs from exit.rs:\n{}", ExitCode::markdown_table());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

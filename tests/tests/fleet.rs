@@ -40,6 +40,19 @@ async fn site_with_policy(dir: &Path, name: &'static str, spec: Spec, repo_url: 
     Site { name, sim, config, _api: api }
 }
 
+/// A fleet's directory, one copy of the published repository served for its sites, and the
+/// shared broker set up as Canopsis has it (Engine_che bound again: 3.39.0 unbinds it).
+async fn fleet() -> (tempfile::TempDir, PathBuf, String, Admin) {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    copy_dir(&pristine_repo().0, &repo).unwrap();
+    let url = serve_repo(repo.clone(), Control::default()).await;
+    let admin = Admin::new();
+    admin.setup_canopsis_once().await.unwrap();
+    admin.bind_che().await.unwrap();
+    (dir, repo, url, admin)
+}
+
 /// Where [`play`] has the role write the fleet summary.
 fn summary_path(dir: &Path) -> PathBuf {
     dir.join("canup-fleet-summary.json")
@@ -150,13 +163,7 @@ fn files(sim: &SimHost) -> BTreeMap<String, String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_role_upgrades_a_fleet_canary_first_reports_changes_once_and_stops_at_a_failing_host() {
-    let dir = tempfile::tempdir().unwrap();
-    let repo = dir.path().join("repo");
-    copy_dir(&pristine_repo().0, &repo).unwrap();
-    let url = serve_repo(repo.clone(), Control::default()).await;
-    let admin = Admin::new();
-    admin.setup_canopsis_once().await.unwrap();
-    admin.bind_che().await.unwrap();
+    let (dir, repo, url, admin) = fleet().await;
 
     // Two sites at different versions and methods: site-a is the canary, site-b the next batch.
     let a =
@@ -353,13 +360,7 @@ async fn a_failing_canary_stops_the_rollout_and_the_summary_says_where_every_hos
 /// were, and the summary names the failed step, the backup and the rollback.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_role_rolls_back_a_failed_host_when_asked() {
-    let dir = tempfile::tempdir().unwrap();
-    let repo = dir.path().join("repo");
-    copy_dir(&pristine_repo().0, &repo).unwrap();
-    let url = serve_repo(repo.clone(), Control::default()).await;
-    let admin = Admin::new();
-    admin.setup_canopsis_once().await.unwrap();
-    admin.bind_che().await.unwrap();
+    let (dir, repo, url, _admin) = fleet().await;
     // 3.38.0's MongoDB rename is migrated, and dumped first (MongoDB is simulated).
     let policy = format!("{OPERATOR_POLICY}\n[backup]\ndatabases = \"asked\"\n");
     let spec = Spec { version: "3.38.0".into(), edition: Edition::Cat, method: Method::Packages, ..Spec::default() };

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use canup_tests::OPERATOR_POLICY;
 use canup_tests::postgres::Postgres;
@@ -43,15 +43,6 @@ fn tree(h: &Host) -> BTreeMap<String, String> {
     let mut t = h.sim.snapshot().unwrap();
     t.retain(|p, _| !p.contains("canup-sim/") && !p.starts_with("/opt/canopsis/var/"));
     t
-}
-
-fn wait_blocked(h: &Host, name: &str) {
-    let marker = h.sim.path(&format!("/var/lib/canup-sim/blocked-{name}"));
-    let start = Instant::now();
-    while !marker.exists() {
-        assert!(start.elapsed() < Duration::from_secs(120), "{name} never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn history_json(h: &Host) -> serde_json::Value {
@@ -121,7 +112,7 @@ async fn a_failed_upgrade_is_rolled_back_packages_files_and_postgres_rows() {
     let transactions = packages::history(h.sim.root(), "8").unwrap().len();
     h.sim.write("/var/lib/canup-sim/block-pg_restore", "").unwrap();
     let mut child = h.canup(&["rollback", &run, "--yes"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-    wait_blocked(&h, "pg_restore");
+    h.wait_blocked("pg_restore");
     let pid: i32 = h.sim.read("/var/lib/canup-sim/blocked-pg_restore").unwrap().trim().parse().unwrap();
     let group = nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid))).unwrap();
     child.kill().unwrap();

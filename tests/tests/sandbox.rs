@@ -1365,14 +1365,14 @@ async fn a_compose_change_cannot_get_a_root_container_under_the_shipped_policy()
     assert_eq!(w.sim.snapshot().unwrap(), snapshot);
 }
 
-/// The README's threat model names every grant of the shipped policy, rule by rule: each
-/// program, each path rule, each endpoint, each content rule value. A rule added to
+/// The threat model (`docs/threat-model.md`) names every grant of the shipped policy, rule by
+/// rule: each program, each path rule, each endpoint, each content rule value. A rule added to
 /// host/dist/policy.toml without its line in the threat model fails here.
 #[test]
 fn the_threat_model_names_every_rule_of_the_shipped_policy() {
-    let readme = std::fs::read_to_string(canup_tests::workspace_dir().join("README.md")).unwrap();
-    let start = readme.find("What a signed step can make root do under the shipped policy").expect("the threat model's list of grants");
-    let section = &readme[start..start + readme[start..].find("\n## ").unwrap()];
+    let page = std::fs::read_to_string(canup_tests::workspace_dir().join("docs/threat-model.md")).unwrap();
+    let start = page.find("What a signed step can make root do under the shipped policy").expect("the threat model's list of grants");
+    let section = &page[start..start + page[start..].find("\n## ").unwrap_or(page.len() - start)];
     let policy = shipped_policy();
     let mut missing = Vec::new();
     let mut want = |what: String, shown: &str| {

@@ -54,8 +54,9 @@ pub fn ensure_debian_package(program: &str, package: &str) -> Result<()> {
 /// The real tools behind the simulated host's package management (`canup_sim::packages`):
 /// rpm and rpmbuild, dnf, createrepo_c, systemctl for `systemctl --root`, Compose v1's
 /// `docker-compose config`, which checks the Compose files steps write, redis-server with
-/// its redis-cli (4.3.1's cache purge runs against a real server), and PostgreSQL's server
-/// and psql (24.04.3's perf_data_name migration runs against a real one).
+/// its redis-cli (4.3.1's cache purge runs against a real server), and PostgreSQL's server,
+/// psql, pg_dump and pg_restore (24.04.3's perf_data_name migration, and the backups and
+/// rollbacks of `tests/tests/rollback.rs`, run against a real one).
 pub fn ensure_simulated_host_tools() -> Result<()> {
     for (program, package) in [
         ("rpmbuild", "rpm"),

@@ -193,7 +193,7 @@ pub struct StepReport {
 
 /// How instances get their memory. canup uses the default, on-demand allocation: a step is
 /// instantiated once per upgrade (about fifteen instantiations in all), and `cargo xtask
-/// bench` measured what the pooling allocator would save on them (see the README).
+/// bench` measured what the pooling allocator would save on them (docs/performance.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Allocation {
     OnDemand,

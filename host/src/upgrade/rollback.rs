@@ -249,6 +249,11 @@ fn read_packages(dir: &Path, set: &BackupSet) -> Result<Vec<Package>, String> {
 /// The packages back in one transaction; a package manager that was killed with an earlier
 /// rollback holds rpm's lock, and this one waits for it, then finds less or nothing to do.
 async fn packages(session: &Session, work: &Work, ui: &dyn Ui) -> Result<String, String> {
+    if work.set.packages.is_none() {
+        // A Compose installation's software is its images: the files stage puts back the
+        // project's files that name them; the containers are the operator's to recreate.
+        return Ok("no package list in the set (a Compose installation): no package changed".into());
+    }
     let recorded = read_packages(&session.config.backup_dir(), &work.set)?;
     let now = installed_packages(session).await?;
     let changes = PackageChanges::between(&recorded, &now);
