@@ -223,3 +223,41 @@ async fn a_rollback_is_refused_once_the_host_changed_after_the_run() {
     assert!(text(&refused).contains("started after it") && text(&refused).contains("canup rolls back the newest run only"), "{}", text(&refused));
     assert_eq!(h.sim.snapshot().unwrap(), before, "nothing changed");
 }
+
+/// A Compose installation: the backup set holds the project's directory and no package list
+/// and no dump (its databases are in the containers; this run migrated none). The rollback
+/// puts the project's files back, runs no package manager, and does not claim what it did not
+/// do: detection finds the containers still at the target, and says how to finish (exit 9);
+/// once the operator recreates them, canup finds the run's starting version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compose_rollback_puts_the_project_back_and_says_the_containers_are_not() {
+    let policy = format!("{OPERATOR_POLICY}\n[backup]\ndatabases = \"asked\"\n");
+    let spec = Spec { version: "3.38.0".into(), edition: Edition::Core, method: canup_tests::simhost::Method::Compose, ..Spec::default() };
+    let h = host_with_policy(spec, &policy).await;
+    let env_before = h.sim.read("/opt/canopsis/docker/.env").unwrap();
+    let out = h.run(&["apply", "--to", "3.40.0", "--yes", "--accept-manual", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let backup = Path::new(result["backup"].as_str().unwrap()).to_owned();
+    let set: serde_json::Value = serde_json::from_slice(&std::fs::read(backup.join("set.json")).unwrap()).unwrap();
+    assert!(set["packages"].is_null() && set["dumps"] == serde_json::json!([]), "{set:#}");
+    assert_eq!(set["config"][0]["path"], "/opt/canopsis/docker", "the Compose project is saved: {set:#}");
+
+    let rolled = h.run(&["rollback", result["run"].as_str().unwrap(), "--yes"]);
+    assert_eq!(rolled.status.code(), Some(9), "{}", text(&rolled));
+    assert!(text(&rolled).contains("run `docker compose up -d` in /opt/canopsis/docker"), "{}", text(&rolled));
+    assert_eq!(h.sim.read("/opt/canopsis/docker/.env").unwrap(), env_before, "the project's files are back");
+    assert!(!h.sim.calls().unwrap().iter().any(|c| c.program == "dnf" || c.program == "yum"), "no package manager ran");
+    assert_eq!(history_json(&h)[0]["rollback"]["outcome"], "unverified");
+
+    // What the message says to do, then canup agrees.
+    let up = std::process::Command::new(h.sim.path("/usr/bin/docker"))
+        .args(["compose", "up", "-d"])
+        .current_dir(h.sim.path("/opt/canopsis/docker"))
+        .env("CPS_EDITION", "community")
+        .output()
+        .unwrap();
+    assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
+    let status: serde_json::Value = serde_json::from_slice(&h.run(&["status", "--json"]).stdout).unwrap();
+    assert_eq!(status["installed"], "3.38.0", "{status:#}");
+}
