@@ -46,7 +46,10 @@ async fn host(dir: &Path, version: &str, repo_url: &str, rabbitmq: &str, state: 
     .unwrap();
     let api = CanopsisApi::serve(sim.root().to_path_buf()).await;
     let config = dir.join("canup.toml");
-    canup_tests::write_site_config(&config, repo_url, repository(), state, OPERATOR_POLICY, &api).unwrap();
+    // The full-disk test's state directory is a 96 MiB tmpfs: the backups' default reserve
+    // (256 MiB kept free) would refuse every plan there before the fault it is about.
+    let policy = format!("{OPERATOR_POLICY}\n[backup]\ndatabases = \"never\"\nreserve_mib = 0\n");
+    canup_tests::write_site_config(&config, repo_url, repository(), state, &policy, &api).unwrap();
     let h = Host { dir: dir.to_path_buf(), sim, config, _api: api };
     h.set_rabbitmq(rabbitmq);
     h
