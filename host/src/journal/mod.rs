@@ -160,9 +160,14 @@ impl Event {
     }
 }
 
-/// When run `run` last did something: its last event with a time, before any rollback of it.
-pub fn run_last_time(events: &[Event], run: &str) -> Option<String> {
-    events.iter().filter(|e| e.run() == Some(run) && !matches!(e, Event::RollbackStarted { .. })).filter_map(Event::time).next_back().map(str::to_owned)
+/// When run `run` last did something: the time of its last event before its rollback (if
+/// one started), and when that rollback started. What changed between the two was neither the
+/// run's doing nor the rollback's.
+pub fn run_window(events: &[Event], run: &str) -> (Option<String>, Option<String>) {
+    let rollback = events.iter().position(|e| matches!(e, Event::RollbackStarted { run: r, .. } if r == run));
+    let before = &events[..rollback.unwrap_or(events.len())];
+    let last = before.iter().filter(|e| e.run() == Some(run)).filter_map(Event::time).next_back().map(str::to_owned);
+    (last, rollback.and_then(|i| events[i].time()).map(str::to_owned))
 }
 
 /// What a step saw of one of its actions.
@@ -419,6 +424,34 @@ pub fn pending_rollback(events: &[Event]) -> Option<(String, RollbackRecord)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rollback_is_folded_under_its_run_and_bounds_the_runs_window() {
+        let at = |t: &str| format!("2026-12-06T10:00:0{t}.000Z");
+        let events = vec![
+            started("r1"),
+            Event::StepFinished {
+                run: "r1".into(),
+                step: "a".into(),
+                time: at("1"),
+                outcome: Outcome::Failed,
+                message: None,
+                duration_ms: 1,
+                module_sha256: "x".into(),
+            },
+            Event::RollbackStarted { rollback: "b1".into(), run: "r1".into(), time: at("3"), to: Version::new(3, 38, 0) },
+            Event::RunFinished { run: "r1".into(), time: at("4"), outcome: Outcome::Failed, message: Some("rolled back".into()) },
+            Event::RollbackStage { rollback: "b1".into(), stage: "packages".into(), time: at("5"), message: "done".into() },
+        ];
+        assert_eq!(run_window(&events, "r1"), (Some(at("1")), Some(at("3"))), "the run's own last record, then the rollback's start");
+        let (run, pending) = pending_rollback(&events).unwrap();
+        assert_eq!((run.as_str(), pending.stages.len()), ("r1", 1));
+        assert!(unfinished(&events).is_none(), "a run being rolled back is not resumed by apply");
+        let mut done = events.clone();
+        done.push(Event::RollbackFinished { rollback: "b1".into(), time: at("6"), outcome: Outcome::Succeeded, message: None });
+        assert!(pending_rollback(&done).is_none());
+        assert_eq!(runs(&done)[0].rollback.as_ref().and_then(|b| b.outcome), Some(Outcome::Succeeded));
+    }
 
     fn started(run: &str) -> Event {
         Event::RunStarted {

@@ -114,19 +114,20 @@ pub async fn rollback(session: &Session, run: &str, ui: Arc<dyn Ui>, confirm: Co
         Some(b) => b.rollback.clone(),
         None => {
             let id = format!("{}-rollback", super::run_id());
-            if record.outcome.is_none() {
-                // The interrupted run is given up: `apply` must not resume it over the rollback.
-                journal.append(&Event::RunFinished {
-                    run: run.to_owned(),
-                    time: journal::now(),
-                    outcome: Outcome::Failed,
-                    message: Some(format!("rolled back (rollback {id})")),
-                })?;
-            }
             journal.append(&Event::RollbackStarted { rollback: id.clone(), run: run.to_owned(), time: journal::now(), to: work.set.installed.clone() })?;
             id
         }
     };
+    if record.outcome.is_none() {
+        // The interrupted run is given up: `apply` must not resume it over the rollback. (After
+        // the rollback's start: the run's own last record bounds what it did.)
+        journal.append(&Event::RunFinished {
+            run: run.to_owned(),
+            time: journal::now(),
+            outcome: Outcome::Failed,
+            message: Some(format!("rolled back (rollback {rollback})")),
+        })?;
+    }
     let failed = |stage: &str| {
         let (rollback, run, stage) = (rollback.clone(), run.to_owned(), stage.to_owned());
         move |why: String| UpgradeError::RollbackFailed { rollback, run, stage, why }
@@ -211,23 +212,26 @@ async fn check(session: &Session, record: &RunRecord, events: &[Event]) -> Resul
             let recorded = read_packages(&dir, &set)?;
             let now = installed_packages(session).await.map_err(|e| format!("listing the installed packages: {e}"))?;
             let changes = PackageChanges::between(&recorded, &now);
-            // A package rpm installed after the run's last record was not the run's doing.
-            let end = journal::run_last_time(events, run)
-                .and_then(|t| humantime::parse_rfc3339_weak(&t).ok())
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
-            if let Some(end) = end {
+            // A package rpm installed after the run's last record and before a rollback of it
+            // started was not the run's doing, nor the rollback's.
+            let (last, rollback_start) = journal::run_window(events, run);
+            let secs = |t: &Option<String>| {
+                t.as_deref().and_then(|t| humantime::parse_rfc3339_weak(t).ok()).and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_secs())
+            };
+            if let Some(end) = secs(&last) {
+                let until = secs(&rollback_start).unwrap_or(u64::MAX);
                 let after: Vec<String> = changes
                     .changed
                     .iter()
                     .map(|(now, _)| now)
                     .chain(&changes.added)
-                    .filter(|p| p.installed_at.is_some_and(|t| t > end.as_secs() + 1))
+                    .filter(|p| p.installed_at.is_some_and(|t| t > end + 1 && t < until))
                     .map(|p| format!("{}-{}-{}", p.name, p.version, p.release))
                     .collect();
                 if !after.is_empty() {
                     return Err(format!(
                         "packages changed after the run's last record ({}): {}; the host is no longer what the run left, and undoing the run would undo that too",
-                        journal::run_last_time(events, run).unwrap_or_default(),
+                        last.unwrap_or_default(),
                         after.join(", ")
                     ));
                 }
