@@ -65,11 +65,12 @@ pub fn apply_summary(summary: &ApplySummary, dry_run: bool) {
     } else {
         match &summary.verified {
             Some(found) => println!(
-                "{}: Canopsis is now at {}, detection after the run found it installed ({} edition, {} method). Backups of changed files: canup restore-files {}",
+                "{}: Canopsis is now at {}, detection after the run found it installed ({} edition, {} method). To undo it: canup rollback {} (the backup set taken before its first change), or canup restore-files {} (the files only)",
                 outcome_words(skipped.len()),
                 text(&found.installed),
                 found.edition,
                 found.method,
+                summary.run,
                 summary.run
             ),
             // `apply` verifies every real run; a summary without it is a bug, not a success.
