@@ -32,7 +32,10 @@ pub fn run() -> Result<()> {
     let url = runtime.block_on(canup_tests::repo_server::serve_repo(repo.clone(), Default::default()));
     let api = runtime.block_on(canup_tests::canopsis_api::CanopsisApi::serve(sim.root().to_path_buf()));
     let config = demo.join("canup.toml");
-    canup_tests::write_site_config(&config, &url, &repo, &demo.join("state"), DEMO_POLICY, &api)?;
+    // The backups of a real host: a database the plan's steps migrate is dumped (none from
+    // 3.38.0 to 3.40.0; the simulated MongoDB's dump would be a copy of its file).
+    let site_policy = format!("{DEMO_POLICY}\n[backup]\ndatabases = \"asked\"\n");
+    canup_tests::write_site_config(&config, &url, &repo, &demo.join("state"), &site_policy, &api)?;
     println!("== rabbitmq-server on 127.0.0.1:15672 with the canopsis vhost, Engine_che bound to canopsis.events");
     println!("== the simulated host's Canopsis API at {}", api.url);
     println!("== signed repository of {} served at {url}", repo.display());
