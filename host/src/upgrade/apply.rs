@@ -100,7 +100,9 @@ pub async fn apply(session: &Session, options: &ApplyOptions, progress: Arc<dyn 
         return Err(UpgradeError::Declined);
     }
     let loaded = admit(session, options, &journal, prefetch, &run, &plan, &remaining, fresh, ui.as_ref()).await?;
-    if !options.dry_run {
+    if options.dry_run {
+        backups::listing(&backup_plan, &run).into_iter().for_each(|l| recorded.record(l));
+    } else {
         // Before the first change; a resumed run whose set is complete takes nothing again.
         backups::take(session, &backup_plan, &plan, &run, ui.as_ref()).await?;
     }

@@ -270,6 +270,26 @@ fn engine_name(engine: Engine) -> &'static str {
     }
 }
 
+/// What a dry run lists for the backup phase, where the real run takes it: canup's own work,
+/// not a step's, each line naming what is saved and where.
+pub fn listing(bplan: &BackupPlan, run: &str) -> Vec<String> {
+    if bplan.taken.is_some() {
+        return Vec::new();
+    }
+    let run_dir = bplan.dir.join(run);
+    bplan
+        .items
+        .iter()
+        .map(|i| match &i.kind {
+            Kind::Packages => {
+                format!("back up the installed packages: /usr/bin/rpm -qa --qf {} > {}", set::RPM_QUERY_FORMAT, run_dir.join(set::PACKAGES_FILE).display())
+            }
+            Kind::Config(d) => format!("back up {d} to {}", run_dir.join(set::CONFIG_DIR).join(d.trim_start_matches('/')).display()),
+            Kind::Dump(c) => format!("back up database {} ({}) to {}", c.endpoint, c.shown(), run_dir.join(dump_file(&c.endpoint, c.engine)).display()),
+        })
+        .collect()
+}
+
 /// Takes the planned set into `dir/RUN/`, then removes the sets past `[backup] keep`.
 pub async fn take(session: &Session, bplan: &BackupPlan, plan: &Plan, run: &str, ui: &dyn Ui) -> Result<(), UpgradeError> {
     if bplan.taken.is_some() {

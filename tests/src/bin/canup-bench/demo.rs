@@ -118,7 +118,8 @@ fn script_from_dry_run(dry_run_stdout: &str, stats_interval: Duration) -> Result
         .context("no list of changes in the dry-run output")?;
     let mut script = String::from(
         "#!/bin/bash\n# Generated from `canup apply --dry-run`: the same changes, run by bash.\nset -euo pipefail\nROOT=\"$1\"\n\
-         # The release notes' way of exporting the engines' variables.\nset -o allexport; source \"$ROOT/opt/canopsis/etc/go-engines-vars.conf\"; set +o allexport\n",
+         # The release notes' way of exporting the engines' variables.\nset -o allexport; source \"$ROOT/opt/canopsis/etc/go-engines-vars.conf\"; set +o allexport\n\
+         BACKUP=\"$(mktemp -d)\"; trap 'rm -rf \"$BACKUP\"' EXIT\n",
     );
     let mut commands = 0;
     let mut heredoc_open = false;
@@ -195,6 +196,17 @@ fn script_from_dry_run(dry_run_stdout: &str, stats_interval: Duration) -> Result
             writeln!(script, "mkdir -p \"$ROOT{}\"", rest.split(" (").next().context("create directory without a path")?)?;
         } else if let Some(path) = entry.strip_prefix("remove ") {
             writeln!(script, "rm -f \"$ROOT{path}\"")?;
+        } else if let Some(rest) = entry.strip_prefix("back up the installed packages: ") {
+            // The backup the vendor's guides ask for before an update, as canup takes it: the
+            // package list, and (below) a copy of the configuration directories.
+            let (command, _) = rest.split_once(" > ").context("a package list without its file")?;
+            let words: Vec<String> = command.split(' ').map(|w| format!("'{w}'")).collect();
+            let (program, args) = words.split_first().context("empty command")?;
+            writeln!(script, "\"$ROOT\"{} {} > \"$BACKUP/packages.txt\"", program.trim_matches('\''), args.join(" "))?;
+            commands += 1;
+        } else if let Some(rest) = entry.strip_prefix("back up /") {
+            let dir = format!("/{}", rest.split(" to ").next().context("a directory without its destination")?);
+            writeln!(script, "mkdir -p \"$BACKUP/config{dir}\" && cp -a \"$ROOT{dir}/.\" \"$BACKUP/config{dir}/\"")?;
         } else if let Some(rest) = entry.strip_prefix("send: ") {
             let mut parts = rest.splitn(5, ' ');
             let (method, path, _, _, endpoint) = (parts.next(), parts.next(), parts.next(), parts.next(), parts.next());
