@@ -96,7 +96,7 @@ impl ExitCode {
             ExitCode::Admission => "the plan needs more than the operator's policy allows (no step ran after detection)",
             ExitCode::Locked => "another canup is applying an upgrade",
             ExitCode::Pending => "an interrupted run is pending (`--restart` to abandon it), or the repository changed under it",
-            ExitCode::Declined => "the operator declined the plan",
+            ExitCode::Declined => "the operator declined the plan (or the rollback)",
             ExitCode::Unverified => {
                 "every step ran, but detection after the run did not find the target installed (the run is over; see `canup status` and `canup history`)"
             }

@@ -108,6 +108,17 @@ async fn a_failed_upgrade_is_rolled_back_packages_files_and_postgres_rows() {
     assert_eq!(h.sim.snapshot().unwrap(), snapshot, "nothing changed");
     std::fs::write(&dump_file, &original).unwrap();
 
+    // Without --yes and without a terminal to answer on: the rollback shows what it would
+    // overwrite, each database named, and does nothing.
+    let asked = h.canup(&["rollback", &run]).stdin(Stdio::null()).output().unwrap();
+    assert_eq!(asked.status.code(), Some(8), "{}", text(&asked));
+    let shown = text(&asked);
+    assert!(shown.contains("database postgres (postgresql://cpspostgres:***@127.0.0.1:") && shown.contains("OVERWRITTEN with its dump taken at"), "{shown}");
+    assert!(shown.contains("package canopsis-common: 23.04.14-1.el8 removed (installed by the run)"), "{shown}");
+    assert!(shown.contains("the operator declined the rollback"), "{shown}");
+    assert_eq!(h.sim.snapshot().unwrap(), snapshot, "nothing changed");
+    assert!(history_json(&h)[0]["rollback"].is_null(), "no rollback journaled");
+
     // The rollback, killed (with what it ran) while restoring the database; then run again.
     let transactions = packages::history(h.sim.root(), "8").unwrap().len();
     h.sim.write("/var/lib/canup-sim/block-pg_restore", "").unwrap();

@@ -180,7 +180,7 @@ pub fn rollback_json(result: &Result<RollbackSummary, UpgradeError>, run: &str) 
 pub fn ask_yes_no(prompt: &str) -> bool {
     use std::io::{BufRead, IsTerminal, Write};
     if !std::io::stdin().is_terminal() {
-        eprintln!("no terminal to confirm the plan: pass --yes to apply it unattended");
+        eprintln!("no terminal to confirm: pass --yes to go on unattended");
         return false;
     }
     print!("{prompt}");

@@ -93,6 +93,8 @@ pub enum UpgradeError {
         .lines.join("\n  ")
     )]
     BackupSpace { dir: String, lines: Vec<String> },
+    #[error("the operator declined the rollback of run {0}; nothing was changed")]
+    RollbackDeclined(String),
     #[error("canup will not roll back run {run}: {why}\nNothing was changed.")]
     RollbackRefused { run: String, why: String },
     #[error(
@@ -115,7 +117,7 @@ impl UpgradeError {
             UpgradeError::Journal(JournalError::Locked { .. }) => ExitCode::Locked,
             UpgradeError::Pending { .. } | UpgradeError::Changed { .. } => ExitCode::Pending,
             UpgradeError::Sandbox(e) => e.exit_code(),
-            UpgradeError::Declined => ExitCode::Declined,
+            UpgradeError::Declined | UpgradeError::RollbackDeclined(_) => ExitCode::Declined,
             UpgradeError::Unverified { .. } | UpgradeError::RollbackUnverified { .. } => ExitCode::Unverified,
             UpgradeError::Backup(_) | UpgradeError::BackupSpace { .. } => ExitCode::Backup,
             UpgradeError::RollbackRefused { .. } => ExitCode::RollbackRefused,

@@ -106,7 +106,7 @@ pub async fn rollback(session: &Session, run: &str, ui: Arc<dyn Ui>, confirm: Co
         }));
     }
     if !confirm(&shown) {
-        return Err(UpgradeError::Declined);
+        return Err(UpgradeError::RollbackDeclined(run.to_owned()));
     }
 
     let mut journal = Journal::open(&session.state_dir)?;
