@@ -107,6 +107,21 @@ impl Host {
         }
     }
 
+    /// What a power cut does to a canup whose `program` the test froze: canup, and the process
+    /// group of the program (a receipt's shell, the program), die at once. Returns when they
+    /// are gone; the program's block stays for the caller to lift.
+    pub fn power_cut(&self, canup: &mut std::process::Child, program: &str) {
+        self.wait_blocked(program);
+        let pid: i32 = self.sim.read(&format!("/var/lib/canup-sim/blocked-{program}")).unwrap().trim().parse().unwrap();
+        let group = nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid))).unwrap();
+        canup.kill().unwrap();
+        canup.wait().unwrap();
+        nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL).unwrap();
+        while crate::process_alive(pid) {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// Rewrites a line of canup.toml (an endpoint's URL, say).
     pub fn edit_config(&self, from: &str, to: &str) {
         let text = std::fs::read_to_string(&self.config).unwrap();

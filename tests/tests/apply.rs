@@ -490,16 +490,8 @@ async fn a_command_whose_receipt_shell_died_with_canup_runs_again_with_a_warning
     let h = host(Spec { version: "3.38.0".into(), edition: Edition::Cat, method: Method::Packages, ..Spec::default() }).await;
     h.sim.write("/var/lib/canup-sim/block-canoctl", "").unwrap();
     let mut child = h.canup(&["apply", "--to", "3.40.0", "--yes", "--accept-manual"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-    h.wait_blocked("canoctl");
     // What a power cut does: canup, the receipt's shell and the command all die at once.
-    let pid: i32 = h.sim.read("/var/lib/canup-sim/blocked-canoctl").unwrap().trim().parse().unwrap();
-    let group = nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid))).unwrap();
-    child.kill().unwrap();
-    child.wait().unwrap();
-    nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL).unwrap();
-    while canup_tests::process_alive(pid) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    h.power_cut(&mut child, "canoctl");
     std::fs::remove_file(h.sim.path("/var/lib/canup-sim/block-canoctl")).unwrap();
     let resumed = h.run(&["apply", "--yes", "--accept-manual"]);
     assert!(resumed.status.success(), "{}", text(&resumed));

@@ -123,12 +123,7 @@ async fn a_failed_upgrade_is_rolled_back_packages_files_and_postgres_rows() {
     let transactions = packages::history(h.sim.root(), "8").unwrap().len();
     h.sim.write("/var/lib/canup-sim/block-pg_restore", "").unwrap();
     let mut child = h.canup(&["rollback", &run, "--yes"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-    h.wait_blocked("pg_restore");
-    let pid: i32 = h.sim.read("/var/lib/canup-sim/blocked-pg_restore").unwrap().trim().parse().unwrap();
-    let group = nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid))).unwrap();
-    child.kill().unwrap();
-    child.wait().unwrap();
-    nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL).unwrap();
+    h.power_cut(&mut child, "pg_restore");
     std::fs::remove_file(h.sim.path("/var/lib/canup-sim/block-pg_restore")).unwrap();
     let pending = history_json(&h);
     assert!(pending[0]["rollback"]["outcome"].is_null(), "{pending:#}");
