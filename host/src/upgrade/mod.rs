@@ -104,7 +104,7 @@ pub enum UpgradeError {
     #[error("rollback {rollback} of run {run} is unfinished; run `canup rollback {run}` to finish it before anything else")]
     RollbackPending { run: String, rollback: String },
     #[error("rollback {rollback} ran every stage, but Canopsis is not at {expected}: {found}. Check `canup status`; the backup set is kept.")]
-    RollbackUnverified { rollback: String, expected: Version, found: String },
+    RollbackUnverified { rollback: String, expected: String, found: String },
 }
 
 impl UpgradeError {

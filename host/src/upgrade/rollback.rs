@@ -81,7 +81,9 @@ pub async fn rollback(session: &Session, run: &str, ui: Arc<dyn Ui>, confirm: Co
 
     let mut shown = vec![format!(
         "bring the host back to Canopsis {} as run {run} found it ({} edition, {} method)",
-        work.set.installed, work.set.edition, work.set.method
+        text(&work.set.installed),
+        work.set.edition,
+        work.set.method
     )];
     if !stages_done.is_empty() {
         shown.push(format!(
@@ -167,7 +169,7 @@ pub async fn rollback(session: &Session, run: &str, ui: Arc<dyn Ui>, confirm: Co
     journal.append(&Event::RollbackFinished { rollback: rollback.clone(), time: journal::now(), outcome, message: Some(message) })?;
     match verdict {
         Ok(verified) => Ok(RollbackSummary { run: run.to_owned(), rollback, done, verified }),
-        Err(found) => Err(UpgradeError::RollbackUnverified { rollback, expected: work.set.installed.clone(), found }),
+        Err(found) => Err(UpgradeError::RollbackUnverified { rollback, expected: text(&work.set.installed), found }),
     }
 }
 
