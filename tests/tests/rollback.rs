@@ -267,3 +267,26 @@ async fn a_compose_rollback_puts_the_project_back_and_says_the_containers_are_no
     let status: serde_json::Value = serde_json::from_slice(&h.run(&["status", "--json"]).stdout).unwrap();
     assert_eq!(status["installed"], "3.38.0", "{status:#}");
 }
+
+/// A 4.4 installation has no PostgreSQL (CPS_POSTGRES_URL comes with 4.5): the procedure's
+/// finalize asks for dumps of both databases, MongoDB is dumped (simulated), and the missing
+/// PostgreSQL neither stops the plan nor the rollback of a run that failed after the update.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_the_installation_lacks_is_not_asked_of_its_rollback() {
+    let policy = format!("{OPERATOR_POLICY}\n[backup]\ndatabases = \"asked\"\n");
+    let h = host_with_policy(Spec { version: "4.4.0".into(), edition: Edition::Core, ..Spec::default() }, &policy).await;
+    let packages_before = h.sim.installed_packages().unwrap();
+    h.sim.write("/var/lib/canup-sim/fail-canoctl", "").unwrap();
+    let out = h.run(&["apply", "--to", "4.4.1", "--yes", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let set: serde_json::Value = serde_json::from_slice(&std::fs::read(Path::new(result["backup"].as_str().unwrap()).join("set.json")).unwrap()).unwrap();
+    assert_eq!(set["asked"], serde_json::json!(["mongo"]), "{set:#}");
+    assert!(set["not_dumped"][0]["why"].as_str().unwrap_or_default().contains("sets no CPS_POSTGRES_URL"), "{set:#}");
+    assert_ne!(h.sim.installed_packages().unwrap(), packages_before, "the update ran");
+    std::fs::remove_file(h.sim.path("/var/lib/canup-sim/fail-canoctl")).unwrap();
+    let rolled = h.run(&["rollback", result["run"].as_str().unwrap(), "--yes"]);
+    assert!(rolled.status.success(), "{}", text(&rolled));
+    assert_eq!(h.sim.installed_packages().unwrap(), packages_before);
+    assert!(text(&rolled).contains("rolled back: Canopsis is at 4.4.0 again"), "{}", text(&rolled));
+}

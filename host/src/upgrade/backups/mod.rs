@@ -141,7 +141,7 @@ pub async fn plan(session: &Session, plan: &Plan, run: Option<&str>) -> Result<B
     if backup.databases == Some(DumpPolicy::Never) {
         not_dumped.extend(asked.iter().map(|e| NotDumped { endpoint: e.clone(), why: "[backup] databases = \"never\" in canup.toml".into() }));
     }
-    let mut seen = Vec::new();
+    let (mut seen, mut absent) = (Vec::new(), Vec::new());
     for endpoint in wanted {
         if seen.contains(&endpoint) {
             continue;
@@ -163,6 +163,10 @@ pub async fn plan(session: &Session, plan: &Plan, run: Option<&str>) -> Result<B
             // "always" dumps what the installation has; a database a step migrates must be
             // there, unless the installation has none (4.x before 4.5 has no PostgreSQL).
             Err(e) if !is_asked || matches!(e, database::DatabaseError::Absent { .. }) => {
+                if matches!(e, database::DatabaseError::Absent { .. }) {
+                    // Nothing there to migrate, nor to restore.
+                    absent.push(endpoint.clone());
+                }
                 not_dumped.push(NotDumped { endpoint, why: e.to_string() });
                 continue;
             }
@@ -171,6 +175,7 @@ pub async fn plan(session: &Session, plan: &Plan, run: Option<&str>) -> Result<B
         let estimate = measure(session, &conn).await.map_err(|e| failed(format!("measuring database {endpoint} before dumping it: {e}")))?;
         items.push(Item { what: format!("dump of {endpoint} ({})", conn.shown()), estimate, kind: Kind::Dump(conn) });
     }
+    let asked = asked.into_iter().filter(|e| !absent.contains(e)).collect();
     let free = set::free_bytes(&dir).map_err(|e| failed(format!("the free space of {}: {e}", dir.display())))?;
     let bplan = BackupPlan { dir, items, asked, not_dumped, free, reserve: backup.reserve(), taken: None };
     if bplan.total().saturating_add(bplan.reserve) > bplan.free {
