@@ -15,6 +15,9 @@ use crate::sysroot::Sysroot;
 /// Why a run's files could not all be put back.
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
+    /// The run changed no file through a step (or its backups are gone).
+    #[error("no backups in {dir}: {source}")]
+    NoBackups { dir: String, source: io::Error },
     #[error("{what}: {source}")]
     Io { what: String, source: io::Error },
     #[error("line {line} of the backup index: {source}")]
@@ -26,7 +29,7 @@ pub enum RestoreError {
 pub fn restore(state_dir: &Path, sysroot: &Sysroot, run: &str) -> Result<Vec<String>, RestoreError> {
     let io_err = |what: String| move |source| RestoreError::Io { what, source };
     let dir = state_dir.join("backups").join(run);
-    let index = std::fs::read_to_string(dir.join("index.jsonl")).map_err(io_err(format!("no backups in {}", dir.display())))?;
+    let index = std::fs::read_to_string(dir.join("index.jsonl")).map_err(|source| RestoreError::NoBackups { dir: dir.display().to_string(), source })?;
     let mut done = Vec::new();
     let mut created_dirs = Vec::new();
     for (n, line) in index.lines().enumerate() {

@@ -330,6 +330,7 @@ impl Session {
 /// `canup restore-files RUN`: puts back every file a run changed, from its backups.
 pub fn restore_files(state_dir: &std::path::Path, sysroot: &Sysroot, run: &str) -> Result<Vec<String>, UpgradeError> {
     crate::restore::restore(state_dir, sysroot, run).map_err(|e| match e {
+        crate::restore::RestoreError::NoBackups { dir, source } => UpgradeError::Restore { run: run.to_owned(), what: format!("no backups in {dir}"), source },
         crate::restore::RestoreError::Io { what, source } => UpgradeError::Restore { run: run.to_owned(), what, source },
         crate::restore::RestoreError::Index { line, source } => UpgradeError::BackupIndex { run: run.to_owned(), line, source },
     })

@@ -21,6 +21,7 @@ use crate::capabilities::exec::ExecRequest;
 use crate::capabilities::fs::{self as cap_fs, Restore};
 use crate::journal::{self, ApplyLock, Event, Journal, Outcome, RunRecord};
 use crate::manifest::Method;
+use crate::restore::RestoreError;
 use crate::sandbox::Detected;
 use crate::ui::{Level, Ui};
 use crate::version::text;
@@ -285,9 +286,10 @@ async fn packages(session: &Session, work: &Work, ui: &dyn Ui) -> Result<String,
 /// The files the run's steps changed (their backups), then each configuration directory's
 /// files as the set has them. Files created since in those directories are kept, and said.
 fn files(session: &Session, run: &str, set: &BackupSet) -> Result<String, String> {
-    let mut lines = match super::restore_files(&session.state_dir, &session.sysroot, run) {
+    // A run whose steps changed no file has no file backups; any other failure stops the stage.
+    let mut lines = match crate::restore::restore(&session.state_dir, &session.sysroot, run) {
         Ok(lines) => lines,
-        Err(UpgradeError::Restore { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(RestoreError::NoBackups { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(e) => return Err(e.to_string()),
     };
     let run_dir = session.config.backup_dir().join(run);
